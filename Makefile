@@ -1,0 +1,42 @@
+# Thin wrapper over CMake. `make demo` and `make test` are the README's two commands.
+BUILD ?= build
+ASAN_BUILD ?= build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all setup build demo test test-asan bench clean format
+
+all: build
+
+setup:
+	@scripts/setup.sh
+
+$(BUILD)/CMakeCache.txt: | setup
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS) >/dev/null
+
+build: setup $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+demo: build
+	$(BUILD)/mxmoe demo
+
+# All tests, then the format and loader tests again under ASan/UBSan.
+test: build
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	$(MAKE) --no-print-directory test-asan
+
+test-asan: setup
+	@[ -f $(ASAN_BUILD)/CMakeCache.txt ] || cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DMXM_SANITIZE=ON -DMXM_CUDA=OFF >/dev/null
+	cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS) -R '$(ASAN_TESTS)'
+
+ASAN_TESTS ?= test_formats|test_safetensors|test_route|test_moe_errors|test_checkpoint
+
+bench: build
+	$(BUILD)/bench_quant
+
+format:
+	clang-format -i include/*.h src/*/*.[ch] tools/*.c tests/*.[ch] bench/*.c
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what mxmoe needs on a fresh Debian 12 machine (root) and is fast when nothing is
+# missing: Debian packages (cmake, jansson, cmocka, OpenMP) and a project-local Python venv with
+# the test oracles (numpy, ml_dtypes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pkg in cmake pkg-config libjansson-dev libcmocka-dev python3-venv; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python3 ] || ! .venv/bin/python3 -c 'import numpy, ml_dtypes' 2>/dev/null; then
+  echo "setup: creating .venv with numpy and ml_dtypes" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r tests/oracle/requirements.txt
+fi

@@ -1,0 +1,41 @@
+#include <stddef.h>
+
+#include "core/core.h"
+#include "cpu/cpu_kernels.h"
+
+void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
+    k->name = "ref";
+    k->mx_quantize_f32 = mxm_mx_quantize_f32_ref;
+    k->mx_quantize_bf16 = mxm_mx_quantize_bf16_ref;
+    k->mx_dequantize_f32 = mxm_mx_dequantize_f32_ref;
+    k->mx_fakequant_f32 = mxm_mx_fakequant_f32_ref;
+    k->pack_mxfp8_panel = mxm_pack_mxfp8_panel_ref;
+    k->gemm_panel16 = mxm_gemm_panel16_ref;
+    k->gemv_mxfp8 = mxm_gemv_mxfp8_ref;
+}
+
+static mxm_cpu_kernels ref_set, best_set;
+static int initialized;
+
+static void init_sets(void) {
+    mxm_cpu_kernels_init_ref(&ref_set);
+    best_set = ref_set;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        mxm_cpu_quant_init_avx2(&best_set);
+        mxm_cpu_gemm_init_avx2(&best_set);
+        best_set.name = "avx2";
+    }
+}
+
+const mxm_cpu_kernels *mxm_cpu_kernels_get(bool force_ref) {
+    if (!__atomic_load_n(&initialized, __ATOMIC_ACQUIRE)) {
+#pragma omp critical(mxm_cpu_kernels_init)
+        if (!initialized) {
+            init_sets();
+            __atomic_store_n(&initialized, 1, __ATOMIC_RELEASE);
+        }
+    }
+    return (force_ref || mxm_env_forces_ref()) ? &ref_set : &best_set;
+}

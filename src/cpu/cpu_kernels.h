@@ -1,0 +1,57 @@
+/* CPU kernel table. Filled with the scalar *_ref kernels first, then overridden by the fastest
+ * implementation this CPU supports (AVX2+FMA+F16C, AVX-512). Dispatch happens once, at plan
+ * time (or on first use for the standalone format functions). MXM_KERNELS=ref forces *_ref. */
+#ifndef MXM_CPU_KERNELS_H
+#define MXM_CPU_KERNELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+typedef struct mxm_cpu_kernels {
+    const char *name; /* "ref", "avx2", "avx512" */
+
+    /* ---- formats (one row; n % 32 == 0 for MXFP8) ------------------------------------------ */
+    /* MXFP8 quantize n values: q [n] E4M3, s [n/32] E8M0 (SPEC 2.2, incl. specials). */
+    void (*mx_quantize_f32)(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
+    void (*mx_quantize_bf16)(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
+    /* Decode MXFP8 to f32: out[i] = e4m3(q[i]) * 2^(s[i/32]-127). */
+    void (*mx_dequantize_f32)(const uint8_t *q, const uint8_t *s, int64_t n, float *out);
+    /* Quantize then decode (the values the W8A8 math sees), in place allowed (x == out). */
+    void (*mx_fakequant_f32)(const float *x, int64_t n, float *out, int rule);
+
+    /* ---- expert GEMM pieces (see src/cpu/gemm_ref.c for the exact contracts) ------------------ */
+    /* Decode rows [r0, r0 + nr) of an MXFP8 weight [rows, k] into a packed fp32 panel
+     * panel[k][16] (column j of the panel = row r0 + j; rows past nr are zero). */
+    void (*pack_mxfp8_panel)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
+                             float *panel);
+    /* c[m][0..16) = sum_k a[m][k] * panel[k][0..16) for m < mr (mr <= 6); a given as row
+     * pointers; c rows have stride ldc. */
+    void (*gemm_panel16)(const float *const *a, int mr, const float *panel, int64_t k, float *c,
+                         int64_t ldc);
+    /* Dot products of nt (<= 4) fp32 vectors x[t][0..k) with MXFP8 rows r0..r0+nr of w
+     * (nr <= 4): out[t * ldo + j] = sum_k x[t][k] * deq(w[r0+j][k]). Streams weights once. */
+    void (*gemv_mxfp8)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
+                       const float *const *x, int nt, float *out, int64_t ldo);
+} mxm_cpu_kernels;
+
+/* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref. */
+const mxm_cpu_kernels *mxm_cpu_kernels_get(bool force_ref);
+
+/* Reference and per-ISA initializers (each overrides only what it implements). */
+void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k);
+void mxm_cpu_quant_init_avx2(mxm_cpu_kernels *k);
+void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k);
+
+/* Scalar reference kernels, also called directly by tests. */
+void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
+void mxm_mx_quantize_bf16_ref(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
+void mxm_mx_dequantize_f32_ref(const uint8_t *q, const uint8_t *s, int64_t n, float *out);
+void mxm_mx_fakequant_f32_ref(const float *x, int64_t n, float *out, int rule);
+void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
+                              float *panel);
+void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int64_t k, float *c,
+                          int64_t ldc);
+void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
+                        const float *const *x, int nt, float *out, int64_t ldo);
+
+#endif
