@@ -7,6 +7,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+/* Largest token count per expert for which the streaming GEMV beats pack + GEMM. */
+#define MXM_GEMV_MAX_TOKENS 4
+
 typedef struct mxm_cpu_kernels {
     const char *name; /* "ref", "avx2", "avx512" */
 
@@ -20,18 +23,19 @@ typedef struct mxm_cpu_kernels {
     void (*mx_fakequant_f32)(const float *x, int64_t n, float *out, int rule);
 
     /* ---- expert GEMM pieces (see src/cpu/gemm_ref.c for the exact contracts) ------------------ */
-    /* Decode rows [r0, r0 + nr) of an MXFP8 weight [rows, k] into a packed fp32 panel
-     * panel[k][16] (column j of the panel = row r0 + j; rows past nr are zero). */
-    void (*pack_mxfp8_panel)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                             float *panel);
-    /* c[m][0..16) = sum_k a[m][k] * panel[k][0..16) for m < mr (mr <= 6); a given as row
-     * pointers; c rows have stride ldc. */
+    /* Decode rows r0 + j*rstep (j < nr <= 16) of an MXFP8 weight [rows, k] into a packed fp32
+     * panel [16][k] (row j of the panel = weight row r0 + j*rstep; rows past nr are zero). */
+    void (*pack_mxfp8_panel)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+                             int64_t rstep, int nr, float *panel);
+    /* c[m * ldc + j] = sum_i a[m][i] * panel[j][i] for m < mr (mr <= 6), j < 16; a given as
+     * row pointers. */
     void (*gemm_panel16)(const float *const *a, int mr, const float *panel, int64_t k, float *c,
                          int64_t ldc);
-    /* Dot products of nt (<= 4) fp32 vectors x[t][0..k) with MXFP8 rows r0..r0+nr of w
-     * (nr <= 4): out[t * ldo + j] = sum_k x[t][k] * deq(w[r0+j][k]). Streams weights once. */
-    void (*gemv_mxfp8)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                       const float *const *x, int nt, float *out, int64_t ldo);
+    /* Dot products of nt (<= MXM_GEMV_MAX_TOKENS) fp32 vectors x[t][0..k) with the MXFP8 rows
+     * r0 + j*rstep (j < nr <= 4) of w: out[t * ldo + j] = sum_i x[t][i] * deq(w[row][i]).
+     * Streams each weight row once (decode: few tokens per expert). */
+    void (*gemv_mxfp8)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
+                       int nr, const float *const *x, int nt, float *out, int64_t ldo);
 } mxm_cpu_kernels;
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref. */
@@ -47,11 +51,11 @@ void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, 
 void mxm_mx_quantize_bf16_ref(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
 void mxm_mx_dequantize_f32_ref(const uint8_t *q, const uint8_t *s, int64_t n, float *out);
 void mxm_mx_fakequant_f32_ref(const float *x, int64_t n, float *out, int rule);
-void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                              float *panel);
+void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+                              int64_t rstep, int nr, float *panel);
 void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int64_t k, float *c,
                           int64_t ldc);
-void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                        const float *const *x, int nt, float *out, int64_t ldo);
+void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
+                        int nr, const float *const *x, int nt, float *out, int64_t ldo);
 
 #endif

@@ -5,17 +5,17 @@
 #include "cpu/cpu_kernels.h"
 #include "formats/formats.h"
 
-void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                              float *panel) {
+void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+                              int64_t rstep, int nr, float *panel) {
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         for (int64_t i = 0; i < k; i++) {
             float v = 0.0f;
             if (j < nr) {
-                const int64_t r = r0 + j;
+                const int64_t r = r0 + j * rstep;
                 v = mxm_e4m3_decode(w[r * k + i]) * mxm_e8m0_decode(ws[r * kb + i / MXM_MX_BLOCK]);
             }
-            panel[i * 16 + j] = v;
+            panel[j * k + i] = v;
         }
     }
 }
@@ -25,18 +25,18 @@ void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int
     for (int m = 0; m < mr; m++) {
         for (int j = 0; j < 16; j++) {
             float acc = 0.0f;
-            for (int64_t i = 0; i < k; i++) acc += a[m][i] * panel[i * 16 + j];
+            for (int64_t i = 0; i < k; i++) acc += a[m][i] * panel[j * k + i];
             c[m * ldc + j] = acc;
         }
     }
 }
 
-void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int nr,
-                        const float *const *x, int nt, float *out, int64_t ldo) {
+void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
+                        int nr, const float *const *x, int nt, float *out, int64_t ldo) {
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int t = 0; t < nt; t++) {
         for (int j = 0; j < nr; j++) {
-            const int64_t r = r0 + j;
+            const int64_t r = r0 + j * rstep;
             float acc = 0.0f;
             for (int64_t i = 0; i < k; i++)
                 acc += x[t][i] *

@@ -1,0 +1,473 @@
+/* The MoE forward on the CPU (SPEC section 5), in passes over batches of tokens:
+ *   1. prepare: x -> fp32 values the GEMMs see (dynamic W8A8 quantization), routing
+ *   2. permute: rows grouped by local expert, in token order (deterministic)
+ *   3. GEMM1 + activation + requantization, work items (expert, 128 columns of I)
+ *   4. GEMM2, work items (expert, 64 rows of H)
+ *   5. combine: out[t] = sum_k w[t,k] y[t,k] in k order, + shared expert
+ * Work items are handed out through an atomic counter, largest experts first, so skewed routing
+ * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. */
+#define _GNU_SOURCE /* qsort_r */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/core.h"
+#include "cpu/cpu_kernels.h"
+#include "formats/formats.h"
+#include "moe/activation.h"
+#include "moe/plan.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#define THREAD_ID() omp_get_thread_num()
+#else
+#define THREAD_ID() 0
+#endif
+
+#define CPU_BATCH 1024   /* tokens per pass: bounds the workspace; weights re-read per pass */
+#define GEMM1_COLS 128   /* I columns per GEMM1 work item (a multiple of every act block) */
+#define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
+#define MR 6             /* tokens per micro-kernel call */
+
+/* Everything one pass needs, shared by the worker threads. */
+typedef struct pass {
+    const mxm_moe_plan *p;
+    const mxm_cpu_kernels *k;
+    const mxm_moe_weights *w;
+    int64_t nt;         /* tokens in this pass */
+    float *xf;          /* [nt, H] */
+    int32_t *ids;       /* [nt, K] */
+    float *wts;         /* [nt, K] */
+    int32_t *pos;       /* [nt, K] */
+    int32_t *rows;      /* [rows] token of each permuted row */
+    int64_t *count;     /* [E_loc + 1] (last: shared) */
+    int64_t *offset;    /* [E_loc + 1] */
+    int32_t *shared_rows; /* identity map 0..nt-1 for the shared expert */
+    int64_t *items;
+    int64_t nitems;
+    float *act, *act_sh, *y, *y_sh;
+    char *thread_ws;
+    int64_t thread_bytes;
+} pass;
+
+/* ---- weight access per format ------------------------------------------------------------- */
+
+/* Rows r0 + j*rstep (j < nr) of a weight [rows, k] -> panel [16][k] fp32 (rows past nr zero). */
+static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
+                       int64_t rstep, int nr, float *panel) {
+    switch (ps->p->cfg.weight_format) {
+    case MXM_WFMT_MXFP8:
+        ps->k->pack_mxfp8_panel(w, s, k, r0, rstep, nr, panel);
+        return;
+    case MXM_WFMT_FP8_BLOCK: {
+        const int64_t kb = mxm_ceil_div(k, MXM_FP8_BLOCK);
+        for (int j = 0; j < 16; j++) {
+            const int64_t r = r0 + j * rstep;
+            for (int64_t i = 0; i < k; i++)
+                panel[j * k + i] = j < nr ? mxm_e4m3_decode(((const uint8_t *)w)[r * k + i]) *
+                                                ((const float *)s)[(r / MXM_FP8_BLOCK) * kb + i / MXM_FP8_BLOCK]
+                                          : 0.0f;
+        }
+        return;
+    }
+    case MXM_WFMT_BF16:
+        for (int j = 0; j < 16; j++)
+            for (int64_t i = 0; i < k; i++)
+                panel[j * k + i] =
+                    j < nr ? mxm_bf16_decode(((const uint16_t *)w)[(r0 + j * rstep) * k + i]) : 0.0f;
+        return;
+    default: /* MXM_WFMT_F32 */
+        for (int j = 0; j < 16; j++)
+            for (int64_t i = 0; i < k; i++)
+                panel[j * k + i] = j < nr ? ((const float *)w)[(r0 + j * rstep) * k + i] : 0.0f;
+        return;
+    }
+}
+
+/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16). */
+static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
+                          int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
+                          float *panel) {
+    if (n <= MXM_GEMV_MAX_TOKENS && ps->p->cfg.weight_format == MXM_WFMT_MXFP8) {
+        for (int j = 0; j < nr; j += 4) {
+            const int nr4 = nr - j < 4 ? nr - j : 4;
+            ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+        }
+        return;
+    }
+    pack_panel(ps, w, s, k, r0, rstep, nr, panel);
+    for (int64_t i = 0; i < n; i += MR) {
+        const int mr = n - i < MR ? (int)(n - i) : MR;
+        ps->k->gemm_panel16(x + i, mr, panel, k, h + i * 16, 16);
+    }
+}
+
+/* ---- activation quantization ------------------------------------------------------------------ */
+
+/* DeepSeek FP8 1x128 quantize-dequantize of a row segment, in place. */
+static void fp8block_fakequant(float *x, int64_t n) {
+    for (int64_t c0 = 0; c0 < n; c0 += MXM_FP8_BLOCK) {
+        const int64_t m = n - c0 < MXM_FP8_BLOCK ? n - c0 : MXM_FP8_BLOCK;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < m; i++) {
+            const float a = x[c0 + i] < 0 ? -x[c0 + i] : x[c0 + i];
+            if (a != a || a > amax) amax = a;
+            if (a != a) break;
+        }
+        const float s = mxm_fp8block_scale(amax);
+        for (int64_t i = 0; i < m; i++) x[c0 + i] = mxm_e4m3_decode(mxm_e4m3_rne_sat(x[c0 + i] / s)) * s;
+    }
+}
+
+/* The W8A8 activation rule of the plan's scheme, applied in place to a row segment that starts
+ * on a block boundary. */
+static void act_fakequant(const pass *ps, float *x, int64_t n) {
+    if (ps->p->cfg.act_quant == MXM_ACT_QUANT_NONE) return;
+    if (ps->p->scheme->act_block == MXM_FP8_BLOCK)
+        fp8block_fakequant(x, n);
+    else
+        ps->k->mx_fakequant_f32(x, n, x, ps->p->cfg.scale_rule);
+}
+
+/* ---- pass stages ---------------------------------------------------------------------------------- */
+
+static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_global, int64_t t) {
+    const mxm_moe_plan *p = ps->p;
+    const int64_t H = p->cfg.hidden_size;
+    float *row = ps->xf + t * H;
+    if (in->x_dtype == MXM_DT_E4M3) {
+        const uint8_t *q = (const uint8_t *)in->x + t_global * H;
+        if (p->scheme->act_scale_e8m0) {
+            ps->k->mx_dequantize_f32(q, (const uint8_t *)in->x_scale + t_global * (H / 32), H, row);
+        } else {
+            const int64_t nb = mxm_ceil_div(H, MXM_FP8_BLOCK);
+            const float *s = in->x_scale;
+            for (int64_t i = 0; i < H; i++) {
+                const int64_t b = i / MXM_FP8_BLOCK;
+                const float sc = in->x_scale_transposed ? s[b * in->num_tokens + t_global] : s[t_global * nb + b];
+                row[i] = mxm_e4m3_decode(q[i]) * sc;
+            }
+        }
+        return;
+    }
+    if (in->x_dtype == MXM_DT_F32)
+        memcpy(row, (const float *)in->x + t_global * H, (size_t)H * 4);
+    else
+        for (int64_t i = 0; i < H; i++) row[i] = mxm_bf16_decode(((const uint16_t *)in->x)[t_global * H + i]);
+    act_fakequant(ps, row, H);
+}
+
+/* Groups the (t, k) pairs by local expert, in token order. Returns an error for ids outside
+ * [0, E) (only possible with caller-given ids). */
+static mxm_status permute(pass *ps) {
+    const mxm_moe_plan *p = ps->p;
+    const int64_t K = p->cfg.top_k, off = p->cfg.local_expert_offset;
+    int64_t *count = ps->count, *offset = ps->offset;
+    memset(count, 0, sizeof(int64_t) * (size_t)(p->e_loc + 1));
+    for (int64_t i = 0; i < ps->nt * K; i++) {
+        const int32_t g = ps->ids[i];
+        if (g < 0 || g >= p->cfg.num_experts)
+            return mxm_fail(MXM_ERR_INVALID_ARG, "topk_ids[%lld] = %d is outside 0..%d", (long long)i, g,
+                            p->cfg.num_experts - 1);
+        const int64_t e = g - off;
+        if (e >= 0 && e < p->e_loc) count[e]++;
+    }
+    int64_t acc = 0;
+    for (int32_t e = 0; e < p->e_loc; e++) {
+        offset[e] = acc;
+        acc += count[e];
+    }
+    int64_t *cursor = offset + p->e_loc + 1; /* scratch after the offsets (sized E_loc + 2) */
+    memcpy(cursor, offset, sizeof(int64_t) * (size_t)p->e_loc);
+    for (int64_t t = 0; t < ps->nt; t++) {
+        for (int64_t k = 0; k < K; k++) {
+            const int64_t e = ps->ids[t * K + k] - off;
+            if (e >= 0 && e < p->e_loc) {
+                const int64_t r = cursor[e]++;
+                ps->rows[r] = (int32_t)t;
+                ps->pos[t * K + k] = (int32_t)r;
+            } else {
+                ps->pos[t * K + k] = -1;
+            }
+        }
+    }
+    count[p->e_loc] = p->cfg.shared_intermediate_size ? ps->nt : 0;
+    offset[p->e_loc] = 0;
+    return MXM_OK;
+}
+
+static int cmp_desc_count(const void *a, const void *b, void *ctx) {
+    const int64_t *count = ctx;
+    const int64_t ea = *(const int32_t *)a, eb = *(const int32_t *)b;
+    if (count[ea] != count[eb]) return count[ea] > count[eb] ? -1 : 1;
+    return ea < eb ? -1 : 1;
+}
+
+/* Work items (expert << 32 | chunk), experts with most rows first. The shared expert is
+ * expert index E_loc. */
+static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t chunk) {
+    const mxm_moe_plan *p = ps->p;
+    int32_t order[p->e_loc + 1];
+    int32_t n = 0;
+    for (int32_t e = 0; e <= p->e_loc; e++)
+        if (ps->count[e] > 0) order[n++] = e;
+    qsort_r(order, (size_t)n, sizeof order[0], cmp_desc_count, ps->count);
+    ps->nitems = 0;
+    for (int32_t i = 0; i < n; i++) {
+        const int64_t dim = order[i] == p->e_loc ? dim_shared : dim_routed;
+        for (int64_t c = 0; c < mxm_ceil_div(dim, chunk); c++)
+            ps->items[ps->nitems++] = ((int64_t)order[i] << 32) | c;
+    }
+}
+
+/* Per-thread scratch: a decoded weight panel [max(H, I, I_s)][16], two result tiles for up to
+ * max_rows rows, and max_rows row pointers. An expert holds at most batch*K rows (caller-given ids
+ * may repeat an expert within a token). The combine reuses the start as an [H] accumulator. */
+typedef struct thread_scratch {
+    float *panel, *h0, *h1;
+    const float **x;
+} thread_scratch;
+
+static int64_t panel_floats_of(const mxm_moe_plan *p) {
+    int64_t d = p->cfg.hidden_size;
+    if (p->cfg.intermediate_size > d) d = p->cfg.intermediate_size;
+    if (p->cfg.shared_intermediate_size > d) d = p->cfg.shared_intermediate_size;
+    return 16 * d;
+}
+
+static int64_t max_rows_of(const mxm_moe_plan *p) { return p->batch * p->cfg.top_k; }
+
+static thread_scratch scratch_of(const mxm_moe_plan *p, char *base) {
+    thread_scratch s;
+    s.panel = (float *)base;
+    s.h0 = s.panel + panel_floats_of(p);
+    s.h1 = s.h0 + max_rows_of(p) * 16;
+    s.x = (const float **)(s.h1 + max_rows_of(p) * 16);
+    return s;
+}
+
+typedef struct expert_view {
+    const mxm_expert_weights *wt;
+    int64_t n;           /* rows (tokens) */
+    const int32_t *tok;  /* token of each row */
+    int64_t row0;        /* first permuted row (routed) */
+    int64_t I;           /* this expert's intermediate size */
+    int act;
+    bool shared;
+} expert_view;
+
+static expert_view view_of(const pass *ps, int32_t e) {
+    const mxm_moe_plan *p = ps->p;
+    expert_view v;
+    v.shared = e == p->e_loc;
+    v.wt = v.shared ? ps->w->shared : &ps->w->experts[e];
+    v.n = ps->count[e];
+    v.row0 = v.shared ? 0 : ps->offset[e];
+    v.tok = v.shared ? ps->shared_rows : ps->rows + v.row0;
+    v.I = v.shared ? p->cfg.shared_intermediate_size : p->cfg.intermediate_size;
+    v.act = v.shared ? p->shared_act : p->cfg.activation;
+    return v;
+}
+
+static mxm_act_params act_params_of(const pass *ps, int32_t e, bool shared) {
+    const mxm_moe_config *c = &ps->p->cfg;
+    mxm_act_params a = {c->swiglu_alpha, c->swiglu_beta, c->swiglu_limit};
+    if (!shared) {
+        if (ps->w->gemm1_alpha) a.alpha = ps->w->gemm1_alpha[e];
+        if (ps->w->gemm1_beta) a.beta = ps->w->gemm1_beta[e];
+        if (ps->w->gemm1_clamp_limit) a.limit = ps->w->gemm1_clamp_limit[e];
+    }
+    return a;
+}
+
+static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
+    const mxm_moe_plan *p = ps->p;
+    const int32_t e = (int32_t)(item >> 32);
+    const expert_view v = view_of(ps, e);
+    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t j0 = (item & 0xFFFFFFFF) * GEMM1_COLS;
+    const int64_t j1 = j0 + GEMM1_COLS < I ? j0 + GEMM1_COLS : I;
+    const bool gated = mxm_act_is_gated(v.act);
+    const mxm_act_params ap = act_params_of(ps, e, v.shared);
+    const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
+
+    thread_scratch sc = scratch_of(p, scratch);
+    float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
+    const float **x = sc.x;
+    for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
+
+    float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
+    const int64_t ld = I;
+    int64_t gate_r0, up_r0, rstep = 1;
+    switch (gated ? p->cfg.w13_layout : MXM_W13_GATE_UP) {
+    case MXM_W13_UP_GATE: gate_r0 = I, up_r0 = 0; break;
+    case MXM_W13_INTERLEAVED: gate_r0 = 0, up_r0 = 1, rstep = 2; break;
+    default: gate_r0 = 0, up_r0 = I; break;
+    }
+    const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
+    for (int64_t jp = j0; jp < j1; jp += 16) {
+        const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
+        const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
+        panel_product(ps, w13, s13, H, gr, rstep, nr, x, v.n, hg, panel);
+        if (gated) panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x, v.n, hu, panel);
+        for (int64_t i = 0; i < v.n; i++) {
+            float *dst = act + i * ld + jp;
+            for (int j = 0; j < nr; j++) {
+                const float a = gated ? mxm_act_gated(v.act, hg[i * 16 + j], hu[i * 16 + j], ap)
+                                      : mxm_act_plain(v.act, hg[i * 16 + j]);
+                dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
+            }
+        }
+    }
+    for (int64_t i = 0; i < v.n; i++) act_fakequant(ps, act + i * ld + j0, j1 - j0);
+}
+
+static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
+    const mxm_moe_plan *p = ps->p;
+    const int32_t e = (int32_t)(item >> 32);
+    const expert_view v = view_of(ps, e);
+    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t h0 = (item & 0xFFFFFFFF) * GEMM2_ROWS;
+    const int64_t h1 = h0 + GEMM2_ROWS < H ? h0 + GEMM2_ROWS : H;
+    const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
+
+    thread_scratch sc = scratch_of(p, scratch);
+    float *panel = sc.panel, *hy = sc.h0;
+    const float **x = sc.x;
+    const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
+    for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
+    float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
+
+    for (int64_t hp = h0; hp < h1; hp += 16) {
+        const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
+        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
+        for (int64_t i = 0; i < v.n; i++) {
+            float *dst = y + i * H + hp;
+            for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
+        }
+    }
+}
+
+static void run_items(pass *ps, void (*fn)(const pass *, int64_t, char *)) {
+    int64_t next = 0;
+    const int nt = ps->nitems < ps->p->nthreads ? (int)ps->nitems : ps->p->nthreads;
+#pragma omp parallel num_threads(nt > 0 ? nt : 1)
+    {
+        char *scratch = ps->thread_ws + (int64_t)THREAD_ID() * ps->thread_bytes;
+        for (;;) {
+            const int64_t i = __atomic_fetch_add(&next, 1, __ATOMIC_RELAXED);
+            if (i >= ps->nitems) break;
+            fn(ps, ps->items[i], scratch);
+        }
+    }
+}
+
+static void store_row(void *dst, int32_t dtype, int64_t t, const float *v, int64_t H) {
+    if (dtype == MXM_DT_F32) {
+        memcpy((float *)dst + t * H, v, (size_t)H * 4);
+    } else {
+        uint16_t *o = (uint16_t *)dst + t * H;
+        for (int64_t i = 0; i < H; i++) o[i] = mxm_bf16_rne(v[i]);
+    }
+}
+
+static void combine(const pass *ps, const mxm_moe_outputs *out, int64_t b0) {
+    const mxm_moe_plan *p = ps->p;
+    const int64_t H = p->cfg.hidden_size, K = p->cfg.top_k;
+    const bool has_shared = p->cfg.shared_intermediate_size > 0;
+#pragma omp parallel for num_threads(ps->nt < p->nthreads ? (int)ps->nt : p->nthreads) schedule(static)
+    for (int64_t t = 0; t < ps->nt; t++) {
+        float *acc = (float *)(ps->thread_ws + (int64_t)THREAD_ID() * ps->thread_bytes);
+        for (int64_t i = 0; i < H; i++) acc[i] = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const int32_t r = ps->pos[t * K + k];
+            if (r < 0) continue;
+            const float w = ps->wts[t * K + k];
+            const float *y = ps->y + (int64_t)r * H;
+            for (int64_t i = 0; i < H; i++) acc[i] += w * y[i];
+        }
+        if (out->out_routed) store_row(out->out_routed, out->out_dtype, b0 + t, acc, H);
+        if (has_shared)
+            for (int64_t i = 0; i < H; i++) acc[i] += ps->y_sh[t * H + i];
+        store_row(out->out, out->out_dtype, b0 + t, acc, H);
+    }
+}
+
+/* ---- plan and forward -------------------------------------------------------------------------------- */
+
+mxm_status mxm_cpu_moe_plan(mxm_moe_plan *p) {
+    const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
+    p->cpu_kernels = k;
+    p->kernels_name = k->name;
+    p->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
+    const int64_t H = p->cfg.hidden_size;
+    int64_t I = p->cfg.intermediate_size;
+    if (p->cfg.shared_intermediate_size > I) I = p->cfg.shared_intermediate_size;
+    const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows_of(p), 4, 1);
+    if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
+    p->ws.thread_bytes = mxm_align_up(bytes + max_rows_of(p) * 8, 64);
+    const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
+    p->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
+    return MXM_OK;
+}
+
+mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *wsv) {
+    char *ws = wsv;
+    const mxm_moe_config *c = &p->cfg;
+    const int64_t T = in->num_tokens, K = c->top_k, E = c->num_experts;
+    pass ps = {.p = p, .k = p->cpu_kernels, .w = w};
+    ps.xf = (float *)(ws + p->ws.xf);
+    ps.ids = (int32_t *)(ws + p->ws.ids);
+    ps.wts = (float *)(ws + p->ws.wts);
+    ps.pos = (int32_t *)(ws + p->ws.pos);
+    ps.rows = (int32_t *)(ws + p->ws.rows);
+    ps.shared_rows = ps.rows + p->batch * K;
+    ps.count = (int64_t *)(ws + p->ws.counts);
+    ps.offset = ps.count + p->e_loc + 1;
+    ps.items = (int64_t *)(ws + p->ws.items);
+    ps.act = (float *)(ws + p->ws.act);
+    ps.act_sh = (float *)(ws + p->ws.act_sh);
+    ps.y = (float *)(ws + p->ws.y);
+    ps.y_sh = (float *)(ws + p->ws.y_sh);
+    ps.thread_ws = ws + p->ws.thread;
+    ps.thread_bytes = p->ws.thread_bytes;
+    for (int64_t t = 0; t < p->batch; t++) ps.shared_rows[t] = (int32_t)t;
+    const int32_t ldt = in->logits_dtype == MXM_DT_BF16 ? 2 : 4;
+
+    for (int64_t b0 = 0; b0 < T; b0 += p->batch) {
+        ps.nt = T - b0 < p->batch ? T - b0 : p->batch;
+        const int nthr = ps.nt < p->nthreads ? (int)ps.nt : p->nthreads;
+        /* 1. prepare activations and route */
+#pragma omp parallel num_threads(nthr)
+        {
+            char *rs = ws + p->ws.route_scratch + (int64_t)THREAD_ID() * p->ws.route_scratch_bytes;
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < ps.nt; t++) prepare_row(&ps, in, b0 + t, t);
+            if (in->router_logits) {
+                const char *lg = (const char *)in->router_logits + b0 * E * ldt;
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < ps.nt; t++)
+                    mxm_route_rows(&p->route, lg, in->logits_dtype, in->routing_bias, in->bias_dtype, t,
+                                   t + 1, ps.ids, ps.wts, rs);
+            }
+        }
+        if (!in->router_logits) {
+            memcpy(ps.ids, in->topk_ids + b0 * K, (size_t)(ps.nt * K) * 4);
+            memcpy(ps.wts, in->topk_weights + b0 * K, (size_t)(ps.nt * K) * 4);
+        }
+        if (out->topk_ids) memcpy(out->topk_ids + b0 * K, ps.ids, (size_t)(ps.nt * K) * 4);
+        if (out->topk_weights) memcpy(out->topk_weights + b0 * K, ps.wts, (size_t)(ps.nt * K) * 4);
+        /* 2. permute */
+        mxm_status st = permute(&ps);
+        if (st) return st;
+        /* 3. GEMM1 + activation + requantization */
+        make_items(&ps, c->intermediate_size, c->shared_intermediate_size, GEMM1_COLS);
+        run_items(&ps, gemm1_item);
+        /* 4. GEMM2 */
+        make_items(&ps, c->hidden_size, c->hidden_size, GEMM2_ROWS);
+        run_items(&ps, gemm2_item);
+        /* 5. combine */
+        combine(&ps, out, b0);
+    }
+    return MXM_OK;
+}

@@ -1,0 +1,20 @@
+/* Entry points of the CUDA backend when it is not built (no nvcc at configure time). */
+#ifndef MXM_WITH_CUDA
+#include "core/core.h"
+#include "moe/plan.h"
+
+int32_t mxm_cuda_available(void) { return 0; }
+
+mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
+    (void)p;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library (no nvcc at build time)");
+}
+
+mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
+                                const mxm_moe_outputs *out, void *ws, void *stream) {
+    (void)p, (void)w, (void)in, (void)out, (void)ws, (void)stream;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+#else
+typedef int mxm_cuda_stub_unused;
+#endif

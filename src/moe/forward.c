@@ -1,0 +1,76 @@
+/* mxm_moe_forward: checks every caller input once, then hands over to the plan's backend. */
+#include "core/core.h"
+#include "moe/plan.h"
+
+static mxm_status check_expert(const mxm_moe_plan *p, const mxm_expert_weights *e, const char *what,
+                               int32_t idx) {
+    if (!e->w13 || !e->w2)
+        return mxm_fail(MXM_ERR_NULL, "weights: %s %d has a NULL w13 or w2", what, idx);
+    if (p->scheme->scale_rows && (!e->w13_scale || !e->w2_scale))
+        return mxm_fail(MXM_ERR_NULL, "weights: %s %d has a NULL w13_scale or w2_scale (format %s needs scales)",
+                        what, idx, p->scheme->name);
+    return MXM_OK;
+}
+
+static mxm_status check_inputs(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                               const mxm_moe_inputs *in, const mxm_moe_outputs *out) {
+    const mxm_moe_config *c = &p->cfg;
+    if (!w || !in || !out) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: weights, inputs or outputs is NULL");
+    if (in->num_tokens < 0 || in->num_tokens > p->max_tokens)
+        return mxm_fail(MXM_ERR_SHAPE, "num_tokens=%lld is outside 0..%lld (the plan's max_tokens)",
+                        (long long)in->num_tokens, (long long)p->max_tokens);
+    if (!in->x) return mxm_fail(MXM_ERR_NULL, "inputs: x is NULL");
+    if (in->x_dtype != MXM_DT_F32 && in->x_dtype != MXM_DT_BF16 && in->x_dtype != MXM_DT_E4M3)
+        return mxm_fail(MXM_ERR_DTYPE, "inputs: x dtype %s is not supported; supported: F32, BF16, F8_E4M3",
+                        mxm_dtype_name(in->x_dtype));
+    if (in->x_dtype == MXM_DT_E4M3) {
+        if (!in->x_scale) return mxm_fail(MXM_ERR_NULL, "inputs: pre-quantized x needs x_scale");
+        if (c->act_quant == MXM_ACT_QUANT_NONE)
+            return mxm_fail(MXM_ERR_UNSUPPORTED, "inputs: pre-quantized x with act_quant none; pass bf16/f32 x");
+        if (c->weight_format == MXM_WFMT_FP8_BLOCK ? 0 : in->x_scale_transposed)
+            return mxm_fail(MXM_ERR_UNSUPPORTED, "inputs: transposed x scales exist only for fp8_block");
+    }
+    if (in->router_logits) {
+        if (in->logits_dtype != MXM_DT_F32 && in->logits_dtype != MXM_DT_BF16)
+            return mxm_fail(MXM_ERR_DTYPE, "inputs: router_logits dtype %s; supported: F32, BF16",
+                            mxm_dtype_name(in->logits_dtype));
+        if (in->routing_bias && in->bias_dtype != MXM_DT_F32 && in->bias_dtype != MXM_DT_BF16)
+            return mxm_fail(MXM_ERR_DTYPE, "inputs: routing_bias dtype %s; supported: F32, BF16",
+                            mxm_dtype_name(in->bias_dtype));
+    } else if (!in->topk_ids || !in->topk_weights) {
+        return mxm_fail(MXM_ERR_NULL, "inputs: give router_logits, or both topk_ids and topk_weights");
+    }
+    if (!out->out) return mxm_fail(MXM_ERR_NULL, "outputs: out is NULL");
+    if (out->out_dtype != MXM_DT_F32 && out->out_dtype != MXM_DT_BF16)
+        return mxm_fail(MXM_ERR_DTYPE, "outputs: out dtype %s; supported: F32, BF16", mxm_dtype_name(out->out_dtype));
+    if (!w->experts) return mxm_fail(MXM_ERR_NULL, "weights: experts array is NULL");
+    for (int32_t e = 0; e < p->e_loc; e++) {
+        mxm_status st = check_expert(p, &w->experts[e], "local expert", e);
+        if (st) return st;
+    }
+    if (c->shared_intermediate_size) {
+        if (!w->shared)
+            return mxm_fail(MXM_ERR_NULL, "weights: shared_intermediate_size=%d but no shared expert weights",
+                            c->shared_intermediate_size);
+        mxm_status st = check_expert(p, w->shared, "shared expert", 0);
+        if (st) return st;
+    }
+    return MXM_OK;
+}
+
+mxm_status mxm_moe_forward(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
+                           const mxm_moe_outputs *out, void *workspace, int64_t workspace_bytes,
+                           void *stream) {
+    if (!p) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: plan is NULL");
+    mxm_status st = check_inputs(p, w, in, out);
+    if (st) return st;
+    if (!workspace && p->ws.total > 0) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: workspace is NULL");
+    if (workspace_bytes < p->ws.total)
+        return mxm_fail(MXM_ERR_WORKSPACE, "workspace has %lld bytes; the plan needs %lld",
+                        (long long)workspace_bytes, (long long)p->ws.total);
+    if ((uintptr_t)workspace % 64)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "workspace must be 64-byte aligned");
+    if (in->num_tokens == 0) return MXM_OK;
+    if (p->cfg.backend == MXM_BACKEND_CUDA) return mxm_cuda_moe_forward(p, w, in, out, workspace, stream);
+    return mxm_cpu_moe_forward(p, w, in, out, workspace);
+}

@@ -1,0 +1,71 @@
+/* The MoE plan: a validated config, derived sizes, the chosen kernels and the workspace layout.
+ * Shared by the backend-independent forward (src/moe) and the backends (src/cpu, src/cuda). */
+#ifndef MXM_PLAN_H
+#define MXM_PLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "mxmoe.h"
+#include "route/route.h"
+
+/* A weight quantization scheme: one row of the table in scheme.c. */
+typedef struct mxm_scheme {
+    int32_t weight_format;   /* mxm_weight_format */
+    const char *name;        /* "mxfp8", "fp8_block", "bf16", "f32" */
+    int32_t code_bytes;      /* bytes per weight element */
+    int32_t scale_rows;      /* weight scale block: rows x cols (0 = no scales) */
+    int32_t scale_cols;
+    int32_t act_block;       /* W8A8 activation quantization block along the row (32 or 128) */
+    bool act_scale_e8m0;     /* activation scales: E8M0 (MXFP8) or f32 (DeepSeek FP8) */
+} mxm_scheme;
+
+const mxm_scheme *mxm_scheme_get(int32_t weight_format);
+
+/* Workspace regions (byte offsets from the 64-byte aligned workspace start). */
+typedef struct mxm_ws_layout {
+    int64_t xf;         /* f32 [B, H] activations as the GEMMs see them */
+    int64_t ids;        /* i32 [B, K] */
+    int64_t wts;        /* f32 [B, K] */
+    int64_t pos;        /* i32 [B, K] permuted row of (t, k), -1 when not local */
+    int64_t rows;       /* i32 [B*K + B] token of each permuted row, grouped by expert */
+    int64_t counts;     /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t items;      /* i64 [max items] work items */
+    int64_t act;        /* f32 [B*K, I] intermediate activations (routed) */
+    int64_t act_sh;     /* f32 [B, I_s] (shared expert) */
+    int64_t y;          /* f32 [B*K, H] expert outputs */
+    int64_t y_sh;       /* f32 [B, H] shared expert output */
+    int64_t route_scratch; /* per-thread routing scratch */
+    int64_t route_scratch_bytes;
+    int64_t thread;     /* per-thread GEMM scratch */
+    int64_t thread_bytes;
+    int64_t total;
+} mxm_ws_layout;
+
+struct mxm_moe_plan {
+    mxm_moe_config cfg;
+    int64_t max_tokens;
+    int64_t batch;         /* tokens per pass (workspace is sized for this many) */
+    int32_t e_loc;         /* local experts */
+    int32_t m1;            /* rows of W13 */
+    bool gated;
+    int32_t shared_act;    /* activation of the shared expert */
+    int32_t nthreads;
+    int64_t max_items;
+    mxm_route_params route;
+    const mxm_scheme *scheme;
+    const void *cpu_kernels; /* const mxm_cpu_kernels * (CPU backend) */
+    const char *kernels_name;
+    mxm_ws_layout ws;
+};
+
+/* Backend entry points: inputs were validated by mxm_moe_forward. */
+mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *w,
+                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws);
+mxm_status mxm_cpu_moe_plan(mxm_moe_plan *plan);
+mxm_status mxm_cuda_moe_plan(mxm_moe_plan *plan);
+mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *w,
+                                const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
+                                void *stream);
+
+#endif

@@ -1,0 +1,268 @@
+/* The MoE forward against the independent float64 reference (tests/moe_ref.c), on fresh random
+ * inputs, outputs poisoned before every run. One line per case: op fmt shape err PASS|FAIL.
+ *
+ * Tolerances (relative L2 over the whole output):
+ *  - no requantization (act_quant none, profile exact): 1e-5. fp32 accumulation in any order
+ *    against float64 is ~1e-7.
+ *  - integer-valued data (exact sums in any order): 1e-6, W8A8 included. This checks the whole
+ *    W8A8 pipeline (quantize, GEMM1, activation, requantize, GEMM2, combine) strictly.
+ *  - random data with W8A8 requantization or bf16 rounding points: an fp32 dot product differs
+ *    from the float64 one by ~1e-7 relative, and where that straddles an E4M3 (or bf16) rounding
+ *    boundary the code moves by one step (6-12% of that element for E4M3). These flips are
+ *    legitimate (any accumulation order is allowed). Over a few hundred cases the largest
+ *    errors seen were 4.7e-5 (W8A8) and 2.7e-4 (bf16 rounding of y, whose flips cost 2^-9 of an
+ *    element each); the bounds are 5e-4 and 3e-3, about ten times that. A wrong scale, block
+ *    or row gives errors of order 1. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_ref.h"
+#include "mxmoe.h"
+#include "testutil.h"
+
+typedef enum { ROUTE_UNIFORM, ROUTE_SKEWED } route_kind;
+
+static void random_routing(tu_rng *r, int64_t T, int K, int E, route_kind kind, int32_t *ids, float *w) {
+    for (int64_t t = 0; t < T; t++) {
+        for (int k = 0; k < K; k++) {
+            int32_t e;
+            int dup;
+            do {
+                e = (kind == ROUTE_SKEWED && k == 0) ? 0 : (int32_t)tu_randint(r, 0, E - 1);
+                if (kind == ROUTE_SKEWED && k == 1 && tu_uniform(r) < 0.8) e = 1 % E;
+                dup = 0;
+                for (int j = 0; j < k; j++) dup |= ids[t * K + j] == e;
+            } while (dup);
+            ids[t * K + k] = e;
+            w[t * K + k] = (float)(0.1 + tu_uniform(r));
+        }
+    }
+}
+
+static double tolerance_for(const mxm_moe_config *c, int integer_data) {
+    if (integer_data) return 1e-6;
+    if (c->act_quant == MXM_ACT_QUANT_MXFP8) return 5e-4;
+    if (c->profile == MXM_PROFILE_TRTLLM) return 3e-3;
+    return 1e-5;
+}
+
+typedef struct run_result {
+    double err;
+    int nan_count;
+} run_result;
+
+/* Runs the library on (x, ids, w); returns rel. L2 error against ref (double [T,H]). */
+static run_result run_lib(const mxm_moe_config *cfg, const ref_layer *L, int64_t T, const float *x,
+                          const int32_t *ids, const float *w, const double *ref, const double *ref_routed,
+                          float *out_keep) {
+    mxm_moe_plan *plan = NULL;
+    assert_int_equal(mxm_moe_plan_create(cfg, T, &plan), MXM_OK);
+    const int64_t ws_bytes = mxm_moe_plan_workspace_size(plan);
+    assert_true(ws_bytes > 0);
+    void *ws = aligned_alloc(64, (size_t)ws_bytes);
+    memset(ws, 0xCD, (size_t)ws_bytes); /* garbage, not zeros */
+    const int64_t H = cfg->hidden_size;
+    float *out = tu_alloc(4 * T * H), *routed = tu_alloc(4 * T * H);
+    tu_poison_f32(out, T * H);
+    tu_poison_f32(routed, T * H);
+    mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = MXM_DT_F32, .topk_ids = ids, .topk_weights = w};
+    mxm_moe_outputs o = {.out = out, .out_dtype = MXM_DT_F32, .out_routed = routed};
+    mxm_moe_weights mw = ref_layer_weights(L);
+    const mxm_status st = mxm_moe_forward(plan, &mw, &in, &o, ws, ws_bytes, NULL);
+    if (st) fprintf(stderr, "forward failed: %s\n", mxm_last_error());
+    assert_int_equal(st, MXM_OK);
+    run_result r = {tu_rel_l2_f32(out, ref, T * H), 0};
+    const double er = tu_rel_l2_f32(routed, ref_routed, T * H);
+    if (er > r.err) r.err = er;
+    for (int64_t i = 0; i < T * H; i++) r.nan_count += isnan(out[i]);
+    if (out_keep) memcpy(out_keep, out, 4 * T * H);
+    free(out), free(routed), free(ws);
+    mxm_moe_plan_destroy(plan);
+    return r;
+}
+
+/* One full case: fresh weights and inputs, reference, library with `kernels`, check. */
+static double run_case(const char *op, mxm_moe_config cfg, int64_t T, route_kind rk, int integer_data) {
+    tu_rng r = tu_rng_fresh();
+    ref_layer L;
+    ref_layer_init(&L, &cfg, tu_next(&r), integer_data);
+    if (cfg.activation == MXM_ACT_SWIGLUOAI) {
+        L.alpha = tu_alloc(4 * L.e_loc), L.beta = tu_alloc(4 * L.e_loc), L.limit = tu_alloc(4 * L.e_loc);
+        for (int e = 0; e < L.e_loc; e++) {
+            L.alpha[e] = (float)(1.0 + tu_uniform(&r));
+            L.beta[e] = (float)tu_uniform(&r);
+            L.limit[e] = (float)(0.5 + 2 * tu_uniform(&r)); /* small: the clamp is exercised */
+        }
+    }
+    const int64_t H = cfg.hidden_size, K = cfg.top_k;
+    float *x = tu_alloc(4 * T * H), *w = tu_alloc(4 * T * K);
+    int32_t *ids = tu_alloc(4 * T * K);
+    if (integer_data)
+        for (int64_t i = 0; i < T * H; i++) x[i] = (float)tu_randint(&r, -8, 8);
+    else
+        tu_fill_blockscaled_f32(&r, x, T * H, 3, 3);
+    random_routing(&r, T, (int)K, cfg.num_experts, rk, ids, w);
+    double *ref = tu_alloc(8 * T * H), *ref_routed = tu_alloc(8 * T * H);
+    ref_forward(&L, T, x, ids, w, ref, ref_routed);
+    const double tol = tolerance_for(&cfg, integer_data);
+    double worst = 0;
+    for (int kern = 0; kern < 2; kern++) {
+        cfg.kernels = kern ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
+        const run_result rr = run_lib(&cfg, &L, T, x, ids, w, ref, ref_routed, NULL);
+        const int pass = rr.err <= tol && rr.nan_count == 0;
+        printf("%-10s %-9s %-12s %-4s %-5s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld %s err=%.2e tol=%.0e %s\n", op,
+               mxm_weight_format_name(cfg.weight_format), mxm_activation_name(cfg.activation),
+               cfg.act_quant ? "w8" : "w8a8", cfg.profile ? "exact" : "trt", cfg.hidden_size,
+               cfg.intermediate_size, cfg.num_experts, cfg.top_k, (long long)T, kern ? "ref " : "auto", rr.err,
+               tol, pass ? "PASS" : "FAIL");
+        assert_true(pass);
+        if (rr.err > worst) worst = rr.err;
+    }
+    free(x), free(w), free(ids), free(ref), free(ref_routed);
+    ref_layer_free(&L);
+    return worst;
+}
+
+static mxm_moe_config base_cfg(int H, int I, int E, int K, int act) {
+    mxm_moe_config c;
+    mxm_moe_config_default(&c);
+    c.hidden_size = H, c.intermediate_size = I, c.num_experts = E, c.top_k = K, c.activation = act;
+    c.num_threads = 2;
+    return c;
+}
+
+static void test_integer_exact_w8a8(void **state) {
+    (void)state;
+    const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
+    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_BF16, MXM_WFMT_F32};
+    for (int a = 0; a < 2; a++)
+        for (int f = 0; f < 3; f++) {
+            mxm_moe_config c = base_cfg(96, 160, 8, 3, acts[a]);
+            c.weight_format = fmts[f];
+            c.profile = MXM_PROFILE_EXACT;
+            run_case("int-exact", c, 37, ROUTE_UNIFORM, 1);
+            c.act_quant = MXM_ACT_QUANT_NONE;
+            run_case("int-exact", c, 5, ROUTE_UNIFORM, 1);
+        }
+}
+
+static void test_every_mode(void **state) {
+    (void)state;
+    for (int act = 0; act < MXM_ACT_COUNT_; act++)
+        for (int fmt = 0; fmt < MXM_WFMT_COUNT_; fmt++)
+            for (int aq = 0; aq < 2; aq++)
+                for (int prof = 0; prof < 2; prof++) {
+                    mxm_moe_config c = base_cfg(96, 160, 6, 2, act);
+                    c.weight_format = fmt, c.act_quant = aq, c.profile = prof;
+                    run_case("mode", c, 9, ROUTE_UNIFORM, 0);
+                }
+}
+
+static void test_w13_layouts(void **state) {
+    (void)state;
+    const int acts[] = {MXM_ACT_SILU, MXM_ACT_SWIGLUOAI, MXM_ACT_GELU};
+    for (int a = 0; a < 3; a++)
+        for (int lay = 0; lay < 3; lay++) {
+            mxm_moe_config c = base_cfg(64, 96, 5, 2, acts[a]);
+            c.w13_layout = lay;
+            c.profile = MXM_PROFILE_EXACT, c.act_quant = MXM_ACT_QUANT_NONE;
+            run_case("layout", c, 11, ROUTE_UNIFORM, 0);
+            c.profile = MXM_PROFILE_TRTLLM, c.act_quant = MXM_ACT_QUANT_MXFP8;
+            run_case("layout", c, 11, ROUTE_UNIFORM, 0);
+        }
+}
+
+static void test_shapes(void **state) {
+    (void)state;
+    struct { int H, I, E, K; int64_t T; route_kind rk; } s[] = {
+        {32, 32, 4, 1, 1, ROUTE_UNIFORM},      {224, 96, 16, 10, 3, ROUTE_UNIFORM},
+        {96, 288, 12, 4, 1, ROUTE_UNIFORM},    {64, 96, 8, 2, 2500, ROUTE_UNIFORM},
+        {160, 64, 16, 4, 700, ROUTE_SKEWED},   {96, 1856, 4, 2, 3, ROUTE_UNIFORM},
+        {2688, 64, 4, 2, 2, ROUTE_UNIFORM},    {128, 256, 32, 8, 64, ROUTE_SKEWED},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        mxm_moe_config c = base_cfg(s[i].H, s[i].I, s[i].E, s[i].K, MXM_ACT_RELU2_NO_MUL);
+        c.profile = MXM_PROFILE_EXACT, c.act_quant = MXM_ACT_QUANT_NONE;
+        run_case("shape", c, s[i].T, s[i].rk, 0);
+        c.activation = MXM_ACT_SILU;
+        run_case("shape", c, s[i].T, s[i].rk, 0);
+        c.profile = MXM_PROFILE_TRTLLM, c.act_quant = MXM_ACT_QUANT_MXFP8;
+        run_case("shape", c, s[i].T, s[i].rk, 0);
+    }
+}
+
+static void test_shared_expert(void **state) {
+    (void)state;
+    mxm_moe_config c = base_cfg(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
+    c.shared_intermediate_size = 192;
+    c.profile = MXM_PROFILE_EXACT, c.act_quant = MXM_ACT_QUANT_NONE;
+    run_case("shared", c, 13, ROUTE_UNIFORM, 0);
+    c.shared_activation = MXM_ACT_SILU;
+    run_case("shared", c, 13, ROUTE_UNIFORM, 0);
+    c.profile = MXM_PROFILE_TRTLLM, c.act_quant = MXM_ACT_QUANT_MXFP8;
+    run_case("shared", c, 1, ROUTE_UNIFORM, 0);
+}
+
+/* Expert parallelism: the partial outputs of all slices sum to the whole layer. */
+static void test_expert_parallel_slices(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    mxm_moe_config whole = base_cfg(96, 64, 12, 3, MXM_ACT_SILU);
+    whole.profile = MXM_PROFILE_EXACT, whole.act_quant = MXM_ACT_QUANT_NONE;
+    const int64_t T = 40, H = whole.hidden_size, K = whole.top_k;
+    ref_layer L;
+    ref_layer_init(&L, &whole, tu_next(&r), 0);
+    float *x = tu_alloc(4 * T * H), *w = tu_alloc(4 * T * K), *part = tu_alloc(4 * T * H);
+    int32_t *ids = tu_alloc(4 * T * K);
+    tu_fill_normal_f32(&r, x, T * H, 1);
+    random_routing(&r, T, (int)K, whole.num_experts, ROUTE_UNIFORM, ids, w);
+    double *ref = tu_alloc(8 * T * H), *ref_r = tu_alloc(8 * T * H), *sum = calloc(T * H, 8);
+    ref_forward(&L, T, x, ids, w, ref, ref_r);
+    const int offs[] = {0, 5, 7, 12};
+    for (int s = 0; s < 3; s++) {
+        mxm_moe_config c = whole;
+        c.local_expert_offset = offs[s], c.local_num_experts = offs[s + 1] - offs[s];
+        /* The slice holds the whole layer's experts from its offset on. */
+        mxm_expert_weights *ex = tu_alloc(sizeof *ex * c.local_num_experts);
+        memcpy(ex, L.experts + offs[s], sizeof *ex * c.local_num_experts);
+        run_result rr;
+        {
+            mxm_moe_plan *plan;
+            assert_int_equal(mxm_moe_plan_create(&c, T, &plan), MXM_OK);
+            int64_t wsb = mxm_moe_plan_workspace_size(plan);
+            void *ws = aligned_alloc(64, (size_t)wsb);
+            tu_poison_f32(part, T * H);
+            mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = MXM_DT_F32, .topk_ids = ids, .topk_weights = w};
+            mxm_moe_outputs o = {.out = part, .out_dtype = MXM_DT_F32};
+            mxm_moe_weights mw = {ex, NULL, NULL, NULL, NULL};
+            assert_int_equal(mxm_moe_forward(plan, &mw, &in, &o, ws, wsb, NULL), MXM_OK);
+            free(ws);
+            mxm_moe_plan_destroy(plan);
+            rr.nan_count = 0;
+            for (int64_t i = 0; i < T * H; i++) {
+                rr.nan_count += isnan(part[i]);
+                sum[i] += part[i];
+            }
+        }
+        assert_int_equal(rr.nan_count, 0);
+        free(ex);
+    }
+    float *sumf = tu_alloc(4 * T * H);
+    for (int64_t i = 0; i < T * H; i++) sumf[i] = (float)sum[i];
+    const double err = tu_rel_l2_f32(sumf, ref, T * H);
+    printf("ep-slices  3 slices of E=12 sum to the layer: err=%.2e %s\n", err, err < 1e-5 ? "PASS" : "FAIL");
+    assert_true(err < 1e-5);
+    free(x), free(w), free(part), free(ids), free(ref), free(ref_r), free(sum), free(sumf);
+    ref_layer_free(&L);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_integer_exact_w8a8), cmocka_unit_test(test_every_mode),
+        cmocka_unit_test(test_w13_layouts),        cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_shared_expert),      cmocka_unit_test(test_expert_parallel_slices),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
