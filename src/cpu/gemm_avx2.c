@@ -104,35 +104,39 @@ static void gemm_panel16_avx2(const float *const *a, int mr, const float *panel,
     }
 }
 
-/* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once. */
+/* The 32 values of one block as four vectors: decoded in registers, or through the scalar
+ * path for the rare special blocks. */
+static inline void load_block(const uint8_t *q, uint8_t b, __m256 *w0, __m256 *w1, __m256 *w2, __m256 *w3) {
+    if (__builtin_expect(block_fast(q, b), 1)) {
+        const __m256 f = block_factor(b);
+        *w0 = dec8(q, f), *w1 = dec8(q + 8, f), *w2 = dec8(q + 16, f), *w3 = dec8(q + 24, f);
+    } else {
+        float tmp[MXM_MX_BLOCK];
+        decode_block_slow(q, b, tmp);
+        *w0 = _mm256_loadu_ps(tmp), *w1 = _mm256_loadu_ps(tmp + 8);
+        *w2 = _mm256_loadu_ps(tmp + 16), *w3 = _mm256_loadu_ps(tmp + 24);
+    }
+}
+
+/* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
+ * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). NT*NR + 4
+ * vector registers live: nothing spills. */
 #define DEFINE_GEMV(NT, NR)                                                                         \
-    static void gemv_##NT##_##NR(const uint8_t *const *w, const uint8_t *const *s, int64_t k,       \
-                                 const float *const *x, float *out, int64_t ldo) {                 \
+    __attribute__((noinline)) static void gemv_##NT##_##NR(const uint8_t *const *w, const uint8_t *const *s, \
+                                                           int64_t k, const float *const *x, float *out, int64_t ldo) { \
         __m256 acc[NT][NR];                                                                         \
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
-            int fast = 1;                                                                           \
-            for (int j = 0; j < NR; j++) fast &= block_fast(w[j] + c, s[j][c / MXM_MX_BLOCK]);      \
-            if (fast) {                                                                             \
-                __m256 f[NR];                                                                       \
-                for (int j = 0; j < NR; j++) f[j] = block_factor(s[j][c / MXM_MX_BLOCK]);           \
-                for (int i = 0; i < MXM_MX_BLOCK; i += 8) {                                         \
-                    __m256 wv[NR];                                                                  \
-                    for (int j = 0; j < NR; j++) wv[j] = dec8(w[j] + c + i, f[j]);                  \
-                    for (int t = 0; t < NT; t++) {                                                  \
-                        const __m256 xv = _mm256_loadu_ps(x[t] + c + i);                            \
-                        for (int j = 0; j < NR; j++) acc[t][j] = _mm256_fmadd_ps(xv, wv[j], acc[t][j]); \
-                    }                                                                               \
-                }                                                                                   \
-            } else {                                                                                \
-                float tmp[MXM_MX_BLOCK];                                                            \
-                for (int j = 0; j < NR; j++) {                                                      \
-                    decode_block_slow(w[j] + c, s[j][c / MXM_MX_BLOCK], tmp);                       \
-                    for (int i = 0; i < MXM_MX_BLOCK; i += 8)                                       \
-                        for (int t = 0; t < NT; t++)                                                \
-                            acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(x[t] + c + i),              \
-                                                        _mm256_loadu_ps(tmp + i), acc[t][j]);       \
+            for (int j = 0; j < NR; j++) {                                                          \
+                __m256 w0, w1, w2, w3;                                                              \
+                load_block(w[j] + c, s[j][c / MXM_MX_BLOCK], &w0, &w1, &w2, &w3);                   \
+                for (int t = 0; t < NT; t++) {                                                      \
+                    const float *xt = x[t] + c;                                                     \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);                \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][j]);            \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 16), w2, acc[t][j]);           \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);           \
                 }                                                                                   \
             }                                                                                       \
         }                                                                                           \

@@ -1,0 +1,79 @@
+/* Helpers shared by the benchmark programs: wall clock, the memory-read roof and the fp32 FMA
+ * roof, measured in the same run as the figures they bound. Header-only (each bench is one
+ * program). */
+#ifndef MXM_BENCH_COMMON_H
+#define MXM_BENCH_COMMON_H
+
+#include <immintrin.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static inline double bench_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* GB/s of reading a large buffer (sum of floats) with nthreads, best of reps. */
+__attribute__((target("avx2"))) static double bench_read_roof(int nthreads, int64_t bytes, int reps) {
+    const int64_t n = bytes / 4;
+    float *buf = aligned_alloc(64, (size_t)bytes);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
+    double best = 0;
+    volatile float sink = 0;
+    for (int r = 0; r < reps; r++) {
+        const double t0 = bench_now();
+        float total = 0;
+#pragma omp parallel for num_threads(nthreads) schedule(static) reduction(+ : total)
+        for (int64_t c = 0; c < n; c += 64) {
+            __m256 a0 = _mm256_load_ps(buf + c), a1 = _mm256_load_ps(buf + c + 8);
+            __m256 a2 = _mm256_load_ps(buf + c + 16), a3 = _mm256_load_ps(buf + c + 24);
+            a0 = _mm256_add_ps(a0, _mm256_load_ps(buf + c + 32));
+            a1 = _mm256_add_ps(a1, _mm256_load_ps(buf + c + 40));
+            a2 = _mm256_add_ps(a2, _mm256_load_ps(buf + c + 48));
+            a3 = _mm256_add_ps(a3, _mm256_load_ps(buf + c + 56));
+            __m256 s = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+            float t[8];
+            _mm256_storeu_ps(t, s);
+            total += t[0] + t[7];
+        }
+        const double dt = bench_now() - t0;
+        sink += total;
+        if (bytes / dt / 1e9 > best) best = bytes / dt / 1e9;
+    }
+    (void)sink;
+    free(buf);
+    return best;
+}
+
+/* GFLOP/s of independent fp32 FMAs in registers (AVX2: 12 chains of 8 lanes) with nthreads. */
+__attribute__((target("avx2,fma"))) static double bench_fma_roof(int nthreads) {
+    const int64_t iters = 20000000;
+    double best = 0;
+    for (int r = 0; r < 3; r++) {
+        const double t0 = bench_now();
+        float sink = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : sink)
+        {
+            __m256 a[12];
+            const __m256 m = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+            for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps((float)j);
+            for (int64_t i = 0; i < iters; i++)
+                for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], m, b);
+            for (int j = 1; j < 12; j++) a[0] = _mm256_add_ps(a[0], a[j]);
+            float t[8];
+            _mm256_storeu_ps(t, a[0]);
+            sink += t[0];
+        }
+        const double dt = bench_now() - t0;
+        const double gf = (double)nthreads * iters * 12 * 8 * 2 / dt / 1e9;
+        if (gf > best && sink != 12345.f) best = gf;
+    }
+    return best;
+}
+
+#endif

@@ -1,0 +1,246 @@
+#include "moebench.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench_common.h"
+
+const mb_shape mb_shapes[3] = {
+    {"nano", "Nemotron-3-Nano", 2688, 1856, 128, 128, 6, MXM_ACT_RELU2_NO_MUL, MXM_ROUTE_DEEPSEEK_V3, 1, 1, 3712},
+    {"qwen3", "Qwen3-30B-A3B", 2048, 768, 128, 128, 8, MXM_ACT_SILU, MXM_ROUTE_RENORMALIZE, 0, 0, 0},
+    {"dsv3", "DeepSeek-V3 EP slice", 7168, 2048, 256, 32, 8, MXM_ACT_SILU, MXM_ROUTE_DEEPSEEK_V3, 8, 4, 0},
+};
+
+const mb_shape *mb_shape_find(const char *name) {
+    for (int i = 0; i < 3; i++)
+        if (strcmp(mb_shapes[i].name, name) == 0) return &mb_shapes[i];
+    return NULL;
+}
+
+static uint64_t mix(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* E4M3 codes shaped like quantized normal weights: magnitudes mostly in the top exponents of the
+ * block (block max near 448), random signs; never the NaN codes. */
+static void fill_codes(uint8_t *q, int64_t n, uint64_t seed, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t c = 0; c < n; c += 8) {
+        uint64_t r = mix(seed + (uint64_t)c);
+        for (int i = 0; i < 8 && c + i < n; i++, r >>= 8) {
+            const uint8_t b = (uint8_t)r;
+            /* exponent field 8..14 with mantissa from the low bits: values 1..448 */
+            q[c + i] = (uint8_t)((b & 0x80) | ((8 + (b >> 4 & 7) % 7) << 3) | (b & 7));
+        }
+    }
+}
+
+static void fill_scales(uint8_t *s, int64_t n, uint64_t seed, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; i++) s[i] = (uint8_t)(114 + mix(seed ^ (uint64_t)i * 7919u) % 4);
+}
+
+int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer *L) {
+    memset(L, 0, sizeof *L);
+    L->shape = *s;
+    mxm_moe_config *c = &L->cfg;
+    mxm_moe_config_default(c);
+    c->hidden_size = s->H, c->intermediate_size = s->I, c->num_experts = s->E;
+    c->local_num_experts = s->E_loc, c->top_k = s->K, c->activation = s->act;
+    c->routing_method = s->method, c->n_group = s->n_group, c->topk_group = s->topk_group;
+    c->routed_scaling_factor = s->method == MXM_ROUTE_DEEPSEEK_V3 ? 2.5f : 1.0f;
+    c->shared_intermediate_size = s->shared_I;
+    c->num_threads = threads;
+    const int gated = s->act <= MXM_ACT_SWIGLUOAI;
+    const int64_t H = s->H, I = s->I, M1 = gated ? 2 * I : I;
+    const int64_t Is = s->shared_I, M1s = gated ? 2 * Is : Is;
+    const int64_t n13 = s->E_loc * M1 * H + M1s * H, n2 = s->E_loc * H * I + H * Is;
+    L->w13 = malloc((size_t)n13), L->s13 = malloc((size_t)n13 / 32);
+    L->w2 = malloc((size_t)n2), L->s2 = malloc((size_t)n2 / 32);
+    L->experts = calloc((size_t)s->E_loc + 1, sizeof *L->experts);
+    if (!L->w13 || !L->s13 || !L->w2 || !L->s2 || !L->experts) {
+        mb_layer_destroy(L);
+        return MXM_ERR_NOMEM;
+    }
+    fill_codes(L->w13, n13, seed, threads);
+    fill_codes(L->w2, n2, seed * 3 + 1, threads);
+    fill_scales(L->s13, n13 / 32, seed * 5 + 2, threads);
+    fill_scales(L->s2, n2 / 32, seed * 7 + 3, threads);
+    for (int e = 0; e <= s->E_loc; e++) {
+        L->experts[e] = (mxm_expert_weights){L->w13 + e * M1 * H, L->s13 + e * M1 * H / 32, L->w2 + e * H * I,
+                                             L->s2 + e * H * I / 32};
+    }
+    L->expert_bytes = (M1 * H + H * I) * 33 / 32;
+    L->shared_bytes = (M1s * H + H * Is) * 33 / 32;
+    return MXM_OK;
+}
+
+void mb_layer_destroy(mb_layer *L) {
+    free(L->w13), free(L->s13), free(L->w2), free(L->s2), free(L->experts);
+    memset(L, 0, sizeof *L);
+}
+
+mxm_moe_weights mb_layer_weights(const mb_layer *L) {
+    mxm_moe_weights w = {L->experts, L->shape.shared_I ? &L->experts[L->shape.E_loc] : NULL, NULL, NULL, NULL};
+    return w;
+}
+
+static uint16_t bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
+static double gauss(uint64_t *s) {
+    const double u1 = ((mix(++*s) >> 11) + 1) * 0x1.0p-53, u2 = (mix(++*s) >> 11) * 0x1.0p-53;
+    return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in) {
+    const int64_t H = L->shape.H, E = L->shape.E;
+    in->T = T;
+    in->x = malloc((size_t)(T * H * 2));
+    in->logits = malloc((size_t)(T * E * 4));
+    in->bias = malloc((size_t)E * 4);
+    uint64_t s = seed;
+    for (int64_t i = 0; i < T * H; i++) in->x[i] = bf16_of((float)gauss(&s));
+    for (int64_t e = 0; e < E; e++) in->bias[e] = (float)(0.01 * gauss(&s));
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < E; e++) {
+            /* Skewed: a few hot experts (a Zipf-like tilt toward low ids) take most tokens. */
+            const double tilt = r == MB_SKEWED ? 4.0 * exp(-(double)e / 6.0) : 0.0;
+            in->logits[t * E + e] = (float)(gauss(&s) + tilt);
+        }
+}
+
+void mb_inputs_destroy(mb_inputs *in) {
+    free(in->x), free(in->logits), free(in->bias);
+    memset(in, 0, sizeof *in);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uint16_t *out_bf16) {
+    const int64_t T = in->T, H = L->shape.H, K = L->shape.K;
+    mxm_moe_plan *plan;
+    int st = mxm_moe_plan_create(&L->cfg, T, &plan);
+    if (st) return st;
+    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+    void *ws = aligned_alloc(64, (size_t)wsb);
+    uint16_t *out = out_bf16 ? out_bf16 : malloc((size_t)(T * H * 2));
+    int32_t *ids = malloc((size_t)(T * K * 4));
+    double *times = malloc(sizeof(double) * (size_t)(reps > 0 ? reps : 1));
+    if (!ws || !out || !ids || !times) {
+        st = MXM_ERR_NOMEM;
+        goto done;
+    }
+    mxm_moe_weights w = mb_layer_weights(L);
+    mxm_moe_inputs mi = {.num_tokens = T, .x = in->x, .x_dtype = MXM_DT_BF16, .router_logits = in->logits,
+                         .logits_dtype = MXM_DT_F32, .routing_bias = in->bias, .bias_dtype = MXM_DT_F32};
+    mxm_moe_outputs mo = {.out = out, .out_dtype = MXM_DT_BF16, .topk_ids = ids};
+    if ((st = mxm_moe_forward(plan, &w, &mi, &mo, ws, wsb, NULL))) goto done; /* warm-up */
+    for (int r = 0; r < reps; r++) {
+        const double t0 = bench_now();
+        if ((st = mxm_moe_forward(plan, &w, &mi, &mo, ws, wsb, NULL))) goto done;
+        times[r] = bench_now() - t0;
+    }
+    qsort(times, (size_t)reps, sizeof *times, cmp_double);
+    const double t = times[reps / 2];
+    /* Experts touched and FLOPs from the routing actually taken. */
+    const int32_t off = L->cfg.local_expert_offset, E_loc = L->shape.E_loc;
+    char *touched = calloc((size_t)E_loc, 1);
+    int64_t pairs = 0;
+    for (int64_t i = 0; i < T * K; i++) {
+        const int32_t e = ids[i] - off;
+        if (e >= 0 && e < E_loc) touched[e] = 1, pairs++;
+    }
+    int32_t nt = 0;
+    for (int e = 0; e < E_loc; e++) nt += touched[e];
+    free(touched);
+    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI;
+    const double I = L->shape.I, Is = L->shape.shared_I;
+    const double per_pair = 2.0 * ((gated ? 2 : 1) * I * H + H * I);
+    const double shared = 2.0 * T * ((gated ? 2 : 1) * Is * H + H * Is);
+    res->us = t * 1e6;
+    res->tokens_per_s = T / t;
+    res->experts_touched = nt;
+    res->weight_gb = ((double)nt * L->expert_bytes + (double)L->shared_bytes) / 1e9;
+    res->gbs = res->weight_gb / t;
+    res->gflop = (pairs * per_pair + shared) / 1e9;
+    res->gflops = res->gflop / t;
+done:
+    free(ws), free(ids), free(times);
+    if (!out_bf16) free(out);
+    mxm_moe_plan_destroy(plan);
+    return st;
+}
+
+double mb_read_roof(int threads) { return bench_read_roof(threads, (int64_t)1 << 30, 5); }
+double mb_fma_roof(int threads) { return bench_fma_roof(threads); }
+
+int mb_bench(const mb_options *o, FILE *tf) {
+    const int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
+    fprintf(stderr, "measuring roofs (%d threads)...\n", threads);
+    const double roof_read = mb_read_roof(threads), roof_fma = mb_fma_roof(threads);
+    fprintf(tf, "roofs (same run, %d threads): memory read %.1f GB/s, fp32 FMA %.1f GFLOP/s\n", threads, roof_read,
+            roof_fma);
+    fprintf(tf, "%-6s %-8s %6s %11s %11s %9s %7s %9s %7s %5s\n", "shape", "routing", "T", "us", "tokens/s",
+            "GB/s", "%read", "GFLOP/s", "%fma", "exp");
+    FILE *js = o->json_path ? fopen(o->json_path, "w") : NULL;
+    if (js) fprintf(js, "{\"threads\": %d, \"read_roof_gbs\": %.2f, \"fma_roof_gflops\": %.2f, \"results\": [\n", threads, roof_read, roof_fma);
+    int first = 1, st = MXM_OK;
+    char shapes[256];
+    snprintf(shapes, sizeof shapes, "%s", o->shapes);
+    for (char *sv = NULL, *sn = strtok_r(shapes, ",", &sv); sn; sn = strtok_r(NULL, ",", &sv)) {
+        const mb_shape *s = mb_shape_find(sn);
+        if (!s) {
+            fprintf(stderr, "unknown shape '%s'; known: nano, qwen3, dsv3\n", sn);
+            st = MXM_ERR_INVALID_ARG;
+            break;
+        }
+        mb_layer L;
+        fprintf(stderr, "building %s layer (%s)...\n", s->name, s->model);
+        if ((st = mb_layer_create(s, 42, threads, &L))) break;
+        L.cfg.kernels = o->kernels, L.cfg.backend = o->backend;
+        char toks[256];
+        snprintf(toks, sizeof toks, "%s", o->tokens);
+        for (char *tv = NULL, *tn = strtok_r(toks, ",", &tv); tn && !st; tn = strtok_r(NULL, ",", &tv)) {
+            const int64_t T = atoll(tn);
+            for (int r = 0; r < 2 && !st; r++) {
+                if ((r == 0 && strcmp(o->routing, "skewed") == 0) || (r == 1 && strcmp(o->routing, "uniform") == 0))
+                    continue;
+                mb_inputs in;
+                mb_inputs_create(&L, T, (mb_routing)r, 1000 + (uint64_t)T, &in);
+                mb_result res = {0};
+                const int reps = T >= 1024 ? (o->reps < 3 ? o->reps : 3) : o->reps;
+                st = mb_run(&L, &in, reps, &res, NULL);
+                mb_inputs_destroy(&in);
+                if (st) break;
+                fprintf(tf, "%-6s %-8s %6lld %11.1f %11.1f %9.1f %6.0f%% %9.1f %6.0f%% %5d\n", s->name,
+                        r ? "skewed" : "uniform", (long long)T, res.us, res.tokens_per_s, res.gbs,
+                        100 * res.gbs / roof_read, res.gflops, 100 * res.gflops / roof_fma, res.experts_touched);
+                fflush(tf);
+                if (js)
+                    fprintf(js,
+                            "%s  {\"shape\": \"%s\", \"routing\": \"%s\", \"T\": %lld, \"us\": %.2f, \"tokens_per_s\": %.2f, "
+                            "\"weight_gb\": %.5f, \"gbs\": %.2f, \"gflops\": %.2f, \"experts_touched\": %d}",
+                            first ? "" : ",\n", s->name, r ? "skewed" : "uniform", (long long)T, res.us,
+                            res.tokens_per_s, res.weight_gb, res.gbs, res.gflops, res.experts_touched);
+                first = 0;
+            }
+        }
+        mb_layer_destroy(&L);
+    }
+    if (js) {
+        fprintf(js, "\n]}\n");
+        fclose(js);
+    }
+    if (st) fprintf(stderr, "bench failed: %s: %s\n", mxm_status_str(st), mxm_last_error());
+    return st;
+}

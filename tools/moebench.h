@@ -1,0 +1,73 @@
+/* Synthetic MoE layers with real models' shapes, and the layer benchmark. Used by the CLI
+ * (`mxmoe demo`, `mxmoe bench`) and by bench/bench_moe. Sees only the public API. */
+#ifndef MXM_MOEBENCH_H
+#define MXM_MOEBENCH_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "mxmoe.h"
+
+typedef struct mb_shape {
+    const char *name;
+    const char *model;
+    int32_t H, I, E, E_loc, K, act, method, n_group, topk_group, shared_I;
+} mb_shape;
+
+/* "nano" (Nemotron-3-Nano), "qwen3" (Qwen3-30B-A3B), "dsv3" (a DeepSeek-V3 EP slice). */
+const mb_shape *mb_shape_find(const char *name);
+extern const mb_shape mb_shapes[3];
+
+/* A layer of deterministic pseudo-random MXFP8 weights (all experts contiguous). */
+typedef struct mb_layer {
+    mb_shape shape;
+    mxm_moe_config cfg;
+    uint8_t *w13, *s13, *w2, *s2;       /* [E_loc (+1 shared), ...] */
+    mxm_expert_weights *experts;        /* [E_loc + 1]; the last is the shared expert */
+    int64_t expert_bytes, shared_bytes; /* weight + scale bytes of one routed / the shared expert */
+} mb_layer;
+
+int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer *L);
+void mb_layer_destroy(mb_layer *L);
+mxm_moe_weights mb_layer_weights(const mb_layer *L);
+
+typedef enum { MB_UNIFORM = 0, MB_SKEWED = 1 } mb_routing;
+
+/* Random inputs for T tokens: x bf16 [T, H], logits f32 [T, E], bias f32 [E]. */
+typedef struct mb_inputs {
+    int64_t T;
+    uint16_t *x;
+    float *logits, *bias;
+} mb_inputs;
+void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in);
+void mb_inputs_destroy(mb_inputs *in);
+
+typedef struct mb_result {
+    double us;           /* median time of one forward */
+    double tokens_per_s;
+    double weight_gb;    /* weight + scale bytes of the experts touched, GB */
+    double gbs;          /* weight_gb / time */
+    double gflop, gflops;
+    int32_t experts_touched;
+} mb_result;
+
+/* Times reps forwards (after one warm-up) of L on `in`; cfg overrides (threads, kernels, ...)
+ * come from L->cfg. Returns an mxm_status. */
+int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uint16_t *out_bf16);
+
+/* Read roof (GB/s) and fp32 FMA roof (GFLOP/s) of this machine with `threads` threads. */
+double mb_read_roof(int threads);
+double mb_fma_roof(int threads);
+
+/* The benchmark table of `mxmoe bench` / bench_moe: shapes x T x routing, with roofs measured
+ * in the same run; JSON to json_path when not NULL. */
+typedef struct mb_options {
+    const char *shapes;  /* comma list, e.g. "nano,qwen3,dsv3" */
+    const char *tokens;  /* comma list, e.g. "1,4,16,64,256,1024,4096" */
+    const char *routing; /* "uniform", "skewed" or "both" */
+    int32_t threads, reps, kernels, backend;
+    const char *json_path;
+} mb_options;
+int mb_bench(const mb_options *o, FILE *table);
+
+#endif
