@@ -376,6 +376,95 @@ MXM_API const char *mxm_routing_method_name(int32_t method);
 MXM_API int32_t mxm_routing_method_from_name(const char *name);
 MXM_API const char *mxm_weight_format_name(int32_t fmt);
 
+
+/* ------------------------------------------------------------------------------------------ */
+/* Checkpoints (SPEC section 6): Hugging Face folders in ModelOpt MXFP8, DeepSeek FP8 or        */
+/* BF16/F32, families nemotron_h, qwen3_moe and deepseek_v3. Files are memory-mapped; hostile   */
+/* files give errors, never crashes.                                                          */
+
+typedef struct mxm_model mxm_model;
+
+/* Opens a model folder (config.json + model.safetensors or a sharded index) or a single
+ * .safetensors file (then no MoE layers are known, but the tensors can be listed). */
+MXM_API mxm_status mxm_model_open(const char *path, mxm_model **out);
+MXM_API void mxm_model_close(mxm_model *m);
+
+/* "nemotron_h", "qwen3_moe", "deepseek_v3", or "" when unknown / no config. */
+MXM_API const char *mxm_model_family(const mxm_model *m);
+/* Storage of the expert weights: MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK, MXM_WFMT_BF16 or
+ * MXM_WFMT_F32; -1 when there are no MoE layers. */
+MXM_API int32_t mxm_model_weight_format(const mxm_model *m);
+/* MoE layers, in order: count, and the i-th one's layer index. */
+MXM_API int32_t mxm_model_moe_layer_count(const mxm_model *m);
+MXM_API int32_t mxm_model_moe_layer(const mxm_model *m, int32_t i);
+
+/* Every tensor of the model (sorted by name): name, safetensors dtype string, rank, shape. */
+MXM_API int64_t mxm_model_tensor_count(const mxm_model *m);
+MXM_API mxm_status mxm_model_tensor_info(const mxm_model *m, int64_t i, const char **name,
+                                         const char **dtype, int32_t *rank, int64_t shape[8]);
+
+/* Index of the tensor called name, or -1. */
+MXM_API int64_t mxm_model_tensor_find(const mxm_model *m, const char *name);
+/* The i-th tensor's bytes (read-only mapping; may be unaligned: copy with memcpy). */
+MXM_API mxm_status mxm_model_tensor_data(const mxm_model *m, int64_t i, const void **data,
+                                         int64_t *nbytes);
+
+/* A tensor to write with mxm_safetensors_write. dtype is a safetensors string ("BF16", ...). */
+typedef struct mxm_tensor_out {
+    const char *name;
+    const char *dtype;
+    int32_t rank;
+    int64_t shape[8];
+    const void *data;
+} mxm_tensor_out;
+/* Writes n tensors to a safetensors file (via a temporary file renamed on success). */
+MXM_API mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *tensors,
+                                         int64_t n);
+
+typedef struct mxm_layer_options {
+    /* Weight format to run in: -1 = as stored (BF16/F32 checkpoints run in the reference
+     * mode), MXM_WFMT_MXFP8 = quantize BF16/F32 experts to MXFP8 at load (with scale_rule). */
+    int32_t weight_format;
+    int32_t scale_rule;
+    int32_t num_threads; /* 0 = all */
+    /* Numerics profile of the loaded config, and of the router: with MXM_PROFILE_TRTLLM a
+     * router that runs in the model dtype (qwen3_moe's bf16 gate) rounds its logits to bf16;
+     * with MXM_PROFILE_EXACT all routers are fp32. */
+    int32_t profile;
+} mxm_layer_options;
+MXM_API void mxm_layer_options_default(mxm_layer_options *o);
+
+/* One loaded MoE layer: its config (mxm_moe_config with the routing method chosen as vLLM
+ * does for the family), its expert weights (mmap views where the layout allows, W13 assembled
+ * as [gate ; up] for gated experts), its router and bias. */
+typedef struct mxm_layer mxm_layer;
+MXM_API mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index,
+                                  const mxm_layer_options *opts, mxm_layer **out);
+MXM_API void mxm_layer_free(mxm_layer *l);
+MXM_API const mxm_moe_config *mxm_layer_config(const mxm_layer *l);
+MXM_API const mxm_moe_weights *mxm_layer_weights(const mxm_layer *l);
+MXM_API const float *mxm_layer_routing_bias(const mxm_layer *l); /* [E] or NULL */
+/* Router logits [T, E] f32 for x [T, H] (f32 or bf16): fp32 x . Wg^T, rounded to bf16 for
+ * families whose router runs in the model dtype (qwen3_moe) in the trtllm profile. */
+MXM_API mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype,
+                                           int64_t num_tokens, float *logits,
+                                           int32_t num_threads);
+/* Bytes of expert weights + scales of the layer (routed + shared). */
+MXM_API int64_t mxm_layer_weight_bytes(const mxm_layer *l);
+
+/* Progress callback for long work: done of total units; return non-zero to cancel. */
+typedef int32_t (*mxm_progress_fn)(int64_t done, int64_t total, const char *what, void *user);
+
+/* Quantizes a BF16/F32 Hugging Face checkpoint folder into a ModelOpt MXFP8 checkpoint in
+ * out_dir (created if missing): routed- and shared-expert Linear weights become F8_E4M3
+ * `.weight` + U8 `.weight_scale` [N, K/32]; everything else is copied unchanged;
+ * hf_quant_config.json and config.json's quantization_config are written; other files are
+ * copied. Output files are written to temporaries and renamed, so a failure leaves no
+ * half-written file. */
+MXM_API mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_dir,
+                                           int32_t scale_rule, int32_t num_threads,
+                                           mxm_progress_fn progress, void *user);
+
 /* 1 if the CUDA backend was built and a device is present, else 0. */
 MXM_API int32_t mxm_cuda_available(void);
 

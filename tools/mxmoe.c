@@ -1,11 +1,676 @@
-/* mxmoe: the command-line tool. */
+/* mxmoe: the command-line tool.
+ *
+ *   mxmoe demo      run a synthetic Nemotron-3-Nano-shaped MXFP8 layer and report on it
+ *   mxmoe inspect   list a checkpoint's family, quantization, MoE layers and tensors
+ *   mxmoe run       run a checkpoint's MoE layer on inputs from a safetensors file
+ *   mxmoe verify    compare a checkpoint's layer against a reference.safetensors fixture
+ *   mxmoe quantize  BF16 Hugging Face checkpoint -> ModelOpt MXFP8 checkpoint
+ *   mxmoe bench     the layer benchmark (same as bench/bench_moe)
+ *
+ * Errors are one line on stderr and a non-zero exit. Progress goes to stderr. */
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
+#include "moebench.h"
 #include "mxmoe.h"
 
-int main(int argc, char **argv) {
-    (void)argc, (void)argv;
-    printf("mxmoe %s\n", mxm_version());
+static int die(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "mxmoe: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    return 1;
+}
+
+static int die_status(int st, const char *what) {
+    return die("%s: %s: %s", what, mxm_status_str(st), mxm_last_error());
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int parse_int(const char *s, const char *opt, int64_t lo, int64_t hi, int64_t *out) {
+    char *end;
+    const long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) return die("%s: '%s' is not an integer in %lld..%lld", opt, s, (long long)lo, (long long)hi);
+    *out = v;
     return 0;
+}
+
+/* Options shared by run/verify/demo/bench. */
+typedef struct common_opts {
+    int32_t act_quant, profile, threads, backend, quantize;
+} common_opts;
+
+static const struct option common_long[] = {
+    {"act-quant", required_argument, 0, 'a'}, {"profile", required_argument, 0, 'p'},
+    {"threads", required_argument, 0, 't'},   {"backend", required_argument, 0, 'b'},
+    {"quantize", no_argument, 0, 'q'},
+};
+
+/* Handles one of the common options; returns 1 when handled, -1 on a bad value, 0 otherwise. */
+static int common_opt(int c, common_opts *o) {
+    int64_t v;
+    switch (c) {
+    case 'a':
+        if (!strcmp(optarg, "mxfp8")) o->act_quant = MXM_ACT_QUANT_MXFP8;
+        else if (!strcmp(optarg, "none")) o->act_quant = MXM_ACT_QUANT_NONE;
+        else return die("--act-quant: '%s'; supported: mxfp8, none", optarg), -1;
+        return 1;
+    case 'p':
+        if (!strcmp(optarg, "trtllm")) o->profile = MXM_PROFILE_TRTLLM;
+        else if (!strcmp(optarg, "exact")) o->profile = MXM_PROFILE_EXACT;
+        else return die("--profile: '%s'; supported: trtllm, exact", optarg), -1;
+        return 1;
+    case 't':
+        if (parse_int(optarg, "--threads", 1, 4096, &v)) return -1;
+        o->threads = (int32_t)v;
+        return 1;
+    case 'b':
+        if (!strcmp(optarg, "cpu")) o->backend = MXM_BACKEND_CPU;
+        else if (!strcmp(optarg, "cuda")) o->backend = MXM_BACKEND_CUDA;
+        else return die("--backend: '%s'; supported: cpu, cuda", optarg), -1;
+        if (o->backend == MXM_BACKEND_CUDA && !mxm_cuda_available())
+            return die("--backend cuda: no CUDA device is present (or the CUDA backend was not built)"), -1;
+        return 1;
+    case 'q': o->quantize = 1; return 1;
+    }
+    return 0;
+}
+
+static void common_defaults(common_opts *o) {
+    o->act_quant = MXM_ACT_QUANT_MXFP8, o->profile = MXM_PROFILE_TRTLLM, o->threads = 0;
+    o->backend = MXM_BACKEND_CPU, o->quantize = 0;
+}
+
+static const char common_help[] =
+    "  --act-quant mxfp8|none   W8A8 (activations quantized, default) or weight-only\n"
+    "  --profile trtllm|exact   bf16 rounding points of the TRT-LLM kernel (default) or fp32\n"
+    "  --threads N              CPU threads (default: all)\n"
+    "  --backend cpu|cuda       where to run (default cpu)\n";
+
+/* ---- a loaded layer, ready to run ------------------------------------------------------------ */
+
+typedef struct runner {
+    mxm_model *model;
+    mxm_layer *layer;
+    mxm_moe_config cfg;
+    int32_t layer_index;
+} runner;
+
+static int runner_open(runner *r, const char *dir, int32_t layer_index, const common_opts *o) {
+    memset(r, 0, sizeof *r);
+    int st = mxm_model_open(dir, &r->model);
+    if (st) return die_status(st, dir);
+    if (mxm_model_moe_layer_count(r->model) == 0)
+        return die("%s: no MoE layers found (family '%s')", dir, mxm_model_family(r->model));
+    r->layer_index = layer_index >= 0 ? layer_index : mxm_model_moe_layer(r->model, 0);
+    mxm_layer_options lo;
+    mxm_layer_options_default(&lo);
+    lo.num_threads = o->threads;
+    lo.profile = o->profile;
+    if (o->quantize) lo.weight_format = MXM_WFMT_MXFP8;
+    fprintf(stderr, "loading layer %d of %s...\n", r->layer_index, dir);
+    if ((st = mxm_layer_load(r->model, r->layer_index, &lo, &r->layer))) return die_status(st, "loading layer");
+    r->cfg = *mxm_layer_config(r->layer);
+    r->cfg.act_quant = o->act_quant, r->cfg.profile = o->profile;
+    r->cfg.num_threads = o->threads, r->cfg.backend = o->backend;
+    return 0;
+}
+
+static void runner_close(runner *r) {
+    mxm_layer_free(r->layer);
+    mxm_model_close(r->model);
+}
+
+/* Runs T tokens of x (bf16 or f32): y, yr bf16 [T, H], ids [T, K], w [T, K]. */
+static int runner_forward(const runner *r, const void *x, int32_t x_dtype, int64_t T, uint16_t *y, uint16_t *yr,
+                          int32_t *ids, float *w, double *seconds) {
+    const int64_t E = r->cfg.num_experts;
+    float *logits = malloc((size_t)(T * E * 4 + 4));
+    mxm_moe_plan *plan = NULL;
+    void *ws = NULL;
+    int st = logits ? mxm_layer_router_logits(r->layer, x, x_dtype, T, logits, r->cfg.num_threads) : MXM_ERR_NOMEM;
+    if (!st) st = mxm_moe_plan_create(&r->cfg, T > 0 ? T : 1, &plan);
+    if (!st) {
+        const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+        ws = aligned_alloc(64, (size_t)wsb);
+        const mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = x_dtype, .router_logits = logits,
+                                   .logits_dtype = MXM_DT_F32, .routing_bias = mxm_layer_routing_bias(r->layer),
+                                   .bias_dtype = MXM_DT_F32};
+        const mxm_moe_outputs out = {y, MXM_DT_BF16, yr, ids, w};
+        const double t0 = now_s();
+        st = ws ? mxm_moe_forward(plan, mxm_layer_weights(r->layer), &in, &out, ws, wsb, NULL) : MXM_ERR_NOMEM;
+        if (seconds) *seconds = now_s() - t0;
+    }
+    free(ws), free(logits);
+    mxm_moe_plan_destroy(plan);
+    return st ? die_status(st, "forward") : 0;
+}
+
+/* x tensor from a safetensors file as a malloc'd copy (aligned), bf16 or f32 [T, H]. */
+static void *load_x(mxm_model *f, int64_t i, int64_t H, int32_t *dtype, int64_t *T, const char *path) {
+    const char *name, *dt;
+    int32_t rank;
+    int64_t shape[8];
+    const void *data;
+    int64_t nbytes;
+    mxm_model_tensor_info(f, i, &name, &dt, &rank, shape);
+    if (strcmp(dt, "BF16") && strcmp(dt, "F32")) return die("%s: '%s' is %s; supported: BF16, F32", path, name, dt), NULL;
+    if (rank != 2 || shape[1] != H)
+        return die("%s: '%s' must be [T, %lld]; it is rank %d [%lld, ...]", path, name, (long long)H, rank,
+                   (long long)shape[0]),
+               NULL;
+    mxm_model_tensor_data(f, i, &data, &nbytes);
+    void *x = malloc((size_t)nbytes + 1);
+    if (!x) return die("out of memory"), NULL;
+    memcpy(x, data, (size_t)nbytes);
+    *dtype = strcmp(dt, "BF16") ? MXM_DT_F32 : MXM_DT_BF16;
+    *T = shape[0];
+    return x;
+}
+
+/* ---- run --------------------------------------------------------------------------------------- */
+
+static int cmd_run(int argc, char **argv) {
+    static const char help[] =
+        "usage: mxmoe run --model DIR --input IN.safetensors --output OUT.safetensors [options]\n"
+        "For every tensor x<suffix> in IN (bf16/f32 [T, H], the hidden states entering the MoE block)\n"
+        "writes y<suffix> (bf16, routed + shared experts), yr<suffix> (bf16, routed only),\n"
+        "ids<suffix> (int32 [T, K]) and w<suffix> (f32 [T, K], final routing weights) to OUT.\n"
+        "  --layer L                MoE layer index (default: the first MoE layer)\n"
+        "  --quantize               quantize BF16/F32 expert weights to MXFP8 at load\n";
+    const char *model = NULL, *input = NULL, *output = NULL;
+    int64_t layer = -1;
+    common_opts o;
+    common_defaults(&o);
+    struct option lo[16] = {{"model", required_argument, 0, 'm'}, {"input", required_argument, 0, 'i'},
+                            {"output", required_argument, 0, 'o'}, {"layer", required_argument, 0, 'l'},
+                            {"help", no_argument, 0, 'h'}};
+    memcpy(lo + 5, common_long, sizeof common_long);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        const int r = common_opt(c, &o);
+        if (r < 0) return 1;
+        if (r) continue;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'i': input = optarg; break;
+        case 'o': output = optarg; break;
+        case 'l': if (parse_int(optarg, "--layer", 0, 1 << 20, &layer)) return 1; break;
+        case 'h': printf("%s%s", help, common_help); return 0;
+        default: fprintf(stderr, "%s%s", help, common_help); return 1;
+        }
+    }
+    if (!model || !input || !output) return die("run: --model, --input and --output are required (see --help)");
+    runner r;
+    if (runner_open(&r, model, (int32_t)layer, &o)) return 1;
+    mxm_model *in;
+    int st = mxm_model_open(input, &in);
+    if (st) {
+        runner_close(&r);
+        return die_status(st, input);
+    }
+    const int64_t H = r.cfg.hidden_size, K = r.cfg.top_k, n = mxm_model_tensor_count(in);
+    mxm_tensor_out *outs = calloc((size_t)(4 * n + 1), sizeof *outs);
+    void **bufs = calloc((size_t)(5 * n + 1), sizeof *bufs);
+    char **names = calloc((size_t)(4 * n + 1), sizeof *names);
+    int64_t no = 0, nb = 0, ran = 0;
+    int rc = 0;
+    for (int64_t i = 0; i < n && !rc; i++) {
+        const char *name;
+        mxm_model_tensor_info(in, i, &name, NULL, NULL, NULL);
+        if (name[0] != 'x') continue;
+        int32_t dt;
+        int64_t T;
+        void *x = load_x(in, i, H, &dt, &T, input);
+        if (!x) {
+            rc = 1;
+            break;
+        }
+        bufs[nb++] = x;
+        uint16_t *y = malloc((size_t)(T * H * 2 + 2)), *yr = malloc((size_t)(T * H * 2 + 2));
+        int32_t *ids = malloc((size_t)(T * K * 4 + 4));
+        float *w = malloc((size_t)(T * K * 4 + 4));
+        bufs[nb++] = y, bufs[nb++] = yr, bufs[nb++] = ids, bufs[nb++] = w;
+        double secs;
+        if ((rc = runner_forward(&r, x, dt, T, y, yr, ids, w, &secs))) break;
+        fprintf(stderr, "%s: %lld tokens in %.1f ms\n", name, (long long)T, secs * 1e3);
+        const char *pre[4] = {"y", "yr", "ids", "w"};
+        const char *dts[4] = {"BF16", "BF16", "I32", "F32"};
+        const void *data[4] = {y, yr, ids, w};
+        for (int k = 0; k < 4; k++) {
+            names[no] = malloc(strlen(name) + 8);
+            sprintf(names[no], "%s%s", pre[k], name + 1);
+            outs[no] = (mxm_tensor_out){names[no], dts[k], 2, {T, k < 2 ? H : K}, data[k]};
+            no++;
+        }
+        ran++;
+    }
+    if (!rc && !ran) rc = die("%s: no tensor named x<suffix> found", input);
+    if (!rc && (st = mxm_safetensors_write(output, outs, no))) rc = die_status(st, output);
+    if (!rc) fprintf(stderr, "wrote %lld tensors to %s\n", (long long)no, output);
+    for (int64_t i = 0; i < nb; i++) free(bufs[i]);
+    for (int64_t i = 0; i < no; i++) free(names[i]);
+    free(bufs), free(names), free(outs);
+    mxm_model_close(in);
+    runner_close(&r);
+    return rc;
+}
+
+/* ---- verify ----------------------------------------------------------------------------------- */
+
+static float bf16f(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Relative L2 error of bf16 y against a reference tensor (bf16 or f32) of the same shape. */
+static double rel_err(const uint16_t *y, mxm_model *ref, int64_t idx, int64_t n) {
+    const char *dt;
+    const void *data;
+    mxm_model_tensor_info(ref, idx, NULL, &dt, NULL, NULL);
+    mxm_model_tensor_data(ref, idx, &data, NULL);
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double rv;
+        if (!strcmp(dt, "F32")) {
+            float f;
+            memcpy(&f, (const char *)data + 4 * i, 4);
+            rv = f;
+        } else {
+            uint16_t h;
+            memcpy(&h, (const char *)data + 2 * i, 2);
+            rv = bf16f(h);
+        }
+        const double d = bf16f(y[i]) - rv;
+        num += d * d, den += rv * rv;
+    }
+    return den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0);
+}
+
+static int64_t find_shaped(mxm_model *m, const char *name, int64_t n) {
+    const int64_t i = mxm_model_tensor_find(m, name);
+    if (i < 0) return -1;
+    int64_t nbytes;
+    const char *dt;
+    mxm_model_tensor_info(m, i, NULL, &dt, NULL, NULL);
+    mxm_model_tensor_data(m, i, NULL, &nbytes);
+    const int64_t es = !strcmp(dt, "F32") || !strcmp(dt, "I32") ? 4 : !strcmp(dt, "BF16") ? 2 : 0;
+    return es && nbytes == n * es ? i : -2;
+}
+
+static int cmd_verify(int argc, char **argv) {
+    static const char help[] =
+        "usage: mxmoe verify --model DIR --reference REF.safetensors [options]\n"
+        "Runs every x_T of REF through the model's MoE layer and prints, per T, the relative L2\n"
+        "error of y against y_T (bf16 reference) and y32_T (fp32 reference), and the fraction\n"
+        "of routing choices that match topk_ids_T. Exits 1 when an error exceeds the tolerance.\n"
+        "  --layer L                MoE layer index (default: the first MoE layer)\n"
+        "  --tolerance X            bound on the error against y32 (default: 0.08 for W8A8 MXFP8,\n"
+        "                           0.02 otherwise; see docs/checkpoints.md)\n"
+        "  --quantize               quantize BF16/F32 expert weights to MXFP8 at load\n";
+    const char *model = NULL, *refp = NULL;
+    int64_t layer = -1;
+    double tol = -1;
+    common_opts o;
+    common_defaults(&o);
+    struct option lo[16] = {{"model", required_argument, 0, 'm'}, {"reference", required_argument, 0, 'r'},
+                            {"layer", required_argument, 0, 'l'}, {"tolerance", required_argument, 0, 'T'},
+                            {"help", no_argument, 0, 'h'}};
+    memcpy(lo + 5, common_long, sizeof common_long);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        const int r = common_opt(c, &o);
+        if (r < 0) return 1;
+        if (r) continue;
+        switch (c) {
+        case 'm': model = optarg; break;
+        case 'r': refp = optarg; break;
+        case 'l': if (parse_int(optarg, "--layer", 0, 1 << 20, &layer)) return 1; break;
+        case 'T': {
+            char *end;
+            tol = strtod(optarg, &end);
+            if (*end || !(tol > 0)) return die("--tolerance: '%s' is not a positive number", optarg);
+            break;
+        }
+        case 'h': printf("%s%s", help, common_help); return 0;
+        default: fprintf(stderr, "%s%s", help, common_help); return 1;
+        }
+    }
+    if (!model || !refp) return die("verify: --model and --reference are required (see --help)");
+    runner r;
+    if (runner_open(&r, model, (int32_t)layer, &o)) return 1;
+    const int w8a8 = r.cfg.act_quant == MXM_ACT_QUANT_MXFP8 &&
+                     (r.cfg.weight_format == MXM_WFMT_MXFP8 || r.cfg.weight_format == MXM_WFMT_FP8_BLOCK);
+    if (tol < 0) tol = w8a8 ? 0.08 : 0.02;
+    mxm_model *ref;
+    int st = mxm_model_open(refp, &ref);
+    if (st) {
+        runner_close(&r);
+        return die_status(st, refp);
+    }
+    printf("model %s layer %d: %s, weights %s, act-quant %s, profile %s\n", model, r.layer_index,
+           mxm_model_family(r.model), mxm_weight_format_name(r.cfg.weight_format),
+           r.cfg.act_quant ? "none" : "mxfp8", r.cfg.profile ? "exact" : "trtllm");
+    printf("%6s %12s %12s %12s %10s  %s\n", "T", "err(y_T)", "err(y32_T)", "err(yr32_T)", "ids match", "verdict");
+    const int64_t H = r.cfg.hidden_size, K = r.cfg.top_k, n = mxm_model_tensor_count(ref);
+    int rc = 0, checked = 0;
+    for (int64_t i = 0; i < n && rc != 2; i++) {
+        const char *name;
+        mxm_model_tensor_info(ref, i, &name, NULL, NULL, NULL);
+        if (strncmp(name, "x_", 2)) continue;
+        const char *suffix = name + 1;
+        int32_t dt;
+        int64_t T;
+        void *x = load_x(ref, i, H, &dt, &T, refp);
+        if (!x) {
+            rc = 2;
+            break;
+        }
+        uint16_t *y = malloc((size_t)(T * H * 2 + 2)), *yr = malloc((size_t)(T * H * 2 + 2));
+        int32_t *ids = malloc((size_t)(T * K * 4 + 4));
+        float *w = malloc((size_t)(T * K * 4 + 4));
+        if (runner_forward(&r, x, dt, T, y, yr, ids, w, NULL)) {
+            rc = 2;
+        } else {
+            char nm[64];
+            snprintf(nm, sizeof nm, "y%s", suffix);
+            const int64_t iy = find_shaped(ref, nm, T * H);
+            snprintf(nm, sizeof nm, "y32%s", suffix);
+            const int64_t iy32 = find_shaped(ref, nm, T * H);
+            snprintf(nm, sizeof nm, "yr32%s", suffix);
+            const int64_t iyr32 = find_shaped(ref, nm, T * H);
+            snprintf(nm, sizeof nm, "topk_ids%s", suffix);
+            const int64_t iid = find_shaped(ref, nm, T * K);
+            const double ey = iy >= 0 ? rel_err(y, ref, iy, T * H) : NAN;
+            const double ey32 = iy32 >= 0 ? rel_err(y, ref, iy32, T * H) : NAN;
+            const double eyr32 = iyr32 >= 0 ? rel_err(yr, ref, iyr32, T * H) : NAN;
+            double match = NAN;
+            if (iid >= 0) {
+                const void *d;
+                mxm_model_tensor_data(ref, iid, &d, NULL);
+                int64_t hit = 0;
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t a = 0; a < K; a++) {
+                        int32_t rid;
+                        memcpy(&rid, (const char *)d + 4 * (t * K + a), 4);
+                        for (int64_t b = 0; b < K; b++) hit += ids[t * K + b] == rid;
+                    }
+                match = (double)hit / (double)(T * K);
+            }
+            const double e = !isnan(ey32) ? ey32 : ey;
+            const int ok = !isnan(e) && e <= tol;
+            printf("%6lld %12.3e %12.3e %12.3e %9.1f%%  %s\n", (long long)T, ey, ey32, eyr32, 100 * match,
+                   ok ? "ok" : "FAIL");
+            if (!ok) rc = 1;
+            checked++;
+        }
+        free(x), free(y), free(yr), free(ids), free(w);
+    }
+    if (!checked && rc != 2) rc = die("%s: no x_T tensors found", refp) ? 2 : 2;
+    printf("tolerance (error against y32, or y): %.3g -> %s\n", tol, rc ? "FAILED" : "passed");
+    mxm_model_close(ref);
+    runner_close(&r);
+    return rc;
+}
+
+/* ---- inspect ---------------------------------------------------------------------------------- */
+
+static int cmd_inspect(int argc, char **argv) {
+    static const char help[] = "usage: mxmoe inspect [--tensors] PATH\n"
+                               "PATH: a model folder or a .safetensors file. Prints the family, quantization,\n"
+                               "MoE parameters and MoE layers; --tensors also lists every tensor.\n";
+    int tensors = 0, c;
+    struct option lo[] = {{"tensors", no_argument, 0, 't'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        if (c == 't') tensors = 1;
+        else if (c == 'h') return printf("%s", help), 0;
+        else return fprintf(stderr, "%s", help), 1;
+    }
+    if (optind != argc - 1) return die("inspect: give exactly one PATH (see --help)");
+    const char *path = argv[optind];
+    mxm_model *m;
+    int st = mxm_model_open(path, &m);
+    if (st) return die_status(st, path);
+    const int64_t n = mxm_model_tensor_count(m);
+    printf("%s: %lld tensors\n", path, (long long)n);
+    const int32_t nl = mxm_model_moe_layer_count(m);
+    if (*mxm_model_family(m)) {
+        printf("family: %s\nexpert weights: %s\nMoE layers: %d", mxm_model_family(m),
+               mxm_weight_format_name(mxm_model_weight_format(m)) ? mxm_weight_format_name(mxm_model_weight_format(m)) : "?",
+               nl);
+        for (int32_t i = 0; i < nl && i < 64; i++) printf("%s%d", i ? "," : " (", mxm_model_moe_layer(m, i));
+        printf("%s\n", nl ? (nl > 64 ? ", ...)" : ")") : "");
+    } else {
+        printf("family: unknown (no config.json or a model type mxmoe does not know)\n");
+    }
+    if (nl > 0) {
+        mxm_layer *l;
+        if ((st = mxm_layer_load(m, mxm_model_moe_layer(m, 0), NULL, &l))) {
+            mxm_model_close(m);
+            return die_status(st, "loading the first MoE layer");
+        }
+        const mxm_moe_config *c2 = mxm_layer_config(l);
+        printf("MoE: hidden %d, intermediate %d, experts %d, top-k %d, activation %s, routing %s",
+               c2->hidden_size, c2->intermediate_size, c2->num_experts, c2->top_k, mxm_activation_name(c2->activation),
+               mxm_routing_method_name(c2->routing_method));
+        if (c2->n_group > 1) printf(" (groups %d, keep %d)", c2->n_group, c2->topk_group);
+        printf(", scaling %g, bias %s, shared expert %d\n", (double)c2->routed_scaling_factor,
+               mxm_layer_routing_bias(l) ? "yes" : "no", c2->shared_intermediate_size);
+        printf("expert weight bytes per layer: %.1f MB\n", mxm_layer_weight_bytes(l) / 1e6);
+        mxm_layer_free(l);
+    }
+    if (tensors) {
+        for (int64_t i = 0; i < n; i++) {
+            const char *name, *dt;
+            int32_t rank;
+            int64_t shape[8];
+            mxm_model_tensor_info(m, i, &name, &dt, &rank, shape);
+            printf("  %-64s %-8s [", name, dt);
+            for (int r = 0; r < rank; r++) printf("%s%lld", r ? ", " : "", (long long)shape[r]);
+            printf("]\n");
+        }
+    }
+    mxm_model_close(m);
+    return 0;
+}
+
+/* ---- quantize --------------------------------------------------------------------------------- */
+
+static int32_t progress_bar(int64_t done, int64_t total, const char *what, void *user) {
+    (void)user;
+    if (!isatty(2) && done != total) return 0;
+    const int width = 40, fill = total > 0 ? (int)(width * done / total) : width;
+    fprintf(stderr, "\r[%.*s%*s] %5.1f%% %-40.40s", fill, "########################################", width - fill, "",
+            total > 0 ? 100.0 * done / total : 100.0, what ? what : "");
+    if (done == total) fprintf(stderr, "\n");
+    return 0;
+}
+
+static int cmd_quantize(int argc, char **argv) {
+    static const char help[] = "usage: mxmoe quantize IN_DIR OUT_DIR [--scale-rule rceil|floor] [--threads N]\n"
+                               "Quantizes a BF16 Hugging Face checkpoint into the ModelOpt MXFP8 layout.\n";
+    int32_t rule = MXM_SCALE_RCEIL;
+    int64_t threads = 0;
+    struct option lo[] = {{"scale-rule", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
+                          {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        if (c == 's') {
+            if (!strcmp(optarg, "rceil")) rule = MXM_SCALE_RCEIL;
+            else if (!strcmp(optarg, "floor")) rule = MXM_SCALE_FLOOR;
+            else return die("--scale-rule: '%s'; supported: rceil, floor", optarg);
+        } else if (c == 't') {
+            if (parse_int(optarg, "--threads", 1, 4096, &threads)) return 1;
+        } else if (c == 'h') {
+            return printf("%s", help), 0;
+        } else {
+            return fprintf(stderr, "%s", help), 1;
+        }
+    }
+    if (optind != argc - 2) return die("quantize: give IN_DIR and OUT_DIR (see --help)");
+    const int st = mxm_checkpoint_quantize(argv[optind], argv[optind + 1], rule, (int32_t)threads, progress_bar, NULL);
+    if (st) return die_status(st, "quantize");
+    fprintf(stderr, "wrote %s\n", argv[optind + 1]);
+    return 0;
+}
+
+/* ---- demo and bench ----------------------------------------------------------------------------- */
+
+static int cmd_demo(int argc, char **argv) {
+    static const char help[] =
+        "usage: mxmoe demo [--tokens N] [--threads N] [--backend cpu|cuda]\n"
+        "Builds a deterministic synthetic MXFP8 layer with Nemotron-3-Nano's shapes (H 2688, I 1856,\n"
+        "128 experts, top-6, relu2, shared expert 3712), runs a batch of tokens through it and reports\n"
+        "the routing, the speed, and the error against the reference mode (same weights, fp32\n"
+        "activations, exact profile).\n";
+    int64_t T = 64;
+    common_opts o;
+    common_defaults(&o);
+    struct option lo[16] = {{"tokens", required_argument, 0, 'n'}, {"help", no_argument, 0, 'h'}};
+    memcpy(lo + 2, common_long, sizeof common_long);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        const int r = common_opt(c, &o);
+        if (r < 0) return 1;
+        if (r) continue;
+        if (c == 'n') {
+            if (parse_int(optarg, "--tokens", 1, 1 << 20, &T)) return 1;
+        } else if (c == 'h') {
+            return printf("%s", help), 0;
+        } else {
+            return fprintf(stderr, "%s", help), 1;
+        }
+    }
+    const mb_shape *s = mb_shape_find("nano");
+    mb_layer L;
+    fprintf(stderr, "building the synthetic %s layer (%.2f GB of MXFP8 weights)...\n", s->model,
+            ((double)s->E_loc * 3 * s->I * s->H / 2 * 2 / 3 * 33 / 32 + 2.0 * s->shared_I * s->H) / 1e9);
+    int st = mb_layer_create(s, 42, o.threads, &L);
+    if (st) return die_status(st, "building the layer");
+    L.cfg.backend = o.backend, L.cfg.act_quant = o.act_quant, L.cfg.profile = o.profile;
+    mb_inputs in;
+    mb_inputs_create(&L, T, MB_UNIFORM, 7, &in);
+    const int64_t H = s->H, E = s->E, K = s->K;
+    uint16_t *out = malloc((size_t)(T * H * 2)), *ref = malloc((size_t)(T * H * 2));
+    mb_result res;
+    if ((st = mb_run(&L, &in, 5, &res, out))) return die_status(st, "forward");
+    /* Routing histogram (the router is part of the forward: run it alone for the picture). */
+    int32_t *ids = malloc((size_t)(T * K * 4));
+    float *w = malloc((size_t)(T * K * 4));
+    if ((st = mxm_route(&L.cfg, T, in.logits, MXM_DT_F32, in.bias, MXM_DT_F32, ids, w))) return die_status(st, "route");
+    int64_t *hist = calloc((size_t)E, sizeof *hist);
+    for (int64_t i = 0; i < T * K; i++) hist[ids[i]]++;
+    int64_t maxh = 1, used = 0;
+    for (int64_t e = 0; e < E; e++) maxh = hist[e] > maxh ? hist[e] : maxh, used += hist[e] > 0;
+    printf("mxmoe demo: synthetic %s MoE layer, %lld tokens, MXFP8 weights, %s activations, profile %s, %s kernels\n",
+           s->model, (long long)T, o.act_quant ? "bf16" : "MXFP8", o.profile ? "exact" : "trtllm",
+           o.backend ? "cuda" : "cpu");
+    printf("  H %d, I %d, %d experts, top-%d, relu2, shared expert %d\n", s->H, s->I, s->E, s->K, s->shared_I);
+    printf("routing (tokens per expert, %lld of %lld experts used):\n", (long long)used, (long long)E);
+    for (int64_t e0 = 0; e0 < E; e0 += 32) {
+        printf("  %3lld-%3lld |", (long long)e0, (long long)(e0 + 31));
+        for (int64_t e = e0; e < e0 + 32; e++) printf("%c", " .:-=+*#%@"[hist[e] ? 1 + 8 * hist[e] / (maxh + 1) : 0]);
+        printf("|\n");
+    }
+    printf("speed: %.1f us per forward (median of 5), %.0f tokens/s, %.1f GB/s of expert weights, %.1f GFLOP/s\n",
+           res.us, res.tokens_per_s, res.gbs, res.gflops);
+    /* Reference mode: same weights, fp32 activations, exact profile. */
+    L.cfg.act_quant = MXM_ACT_QUANT_NONE, L.cfg.profile = MXM_PROFILE_EXACT;
+    mb_result rres;
+    if ((st = mb_run(&L, &in, 1, &rres, ref))) return die_status(st, "reference forward");
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < T * H; i++) {
+        const double d = (double)bf16f(out[i]) - bf16f(ref[i]);
+        num += d * d, den += (double)bf16f(ref[i]) * bf16f(ref[i]);
+    }
+    printf("error against the reference mode (fp32 activations, exact): relative L2 %.3e\n", sqrt(num / den));
+    printf("(this is the cost of quantizing activations to MXFP8 and of the bf16 rounding points)\n");
+    free(out), free(ref), free(ids), free(w), free(hist);
+    mb_inputs_destroy(&in);
+    mb_layer_destroy(&L);
+    return 0;
+}
+
+static int cmd_bench(int argc, char **argv) {
+    static const char help[] =
+        "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing uniform|skewed|both]\n"
+        "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] [--ref-kernels]\n"
+        "Times the MoE layer on synthetic MXFP8 layers with real models' shapes and reports each figure\n"
+        "against the memory-read and FMA roofs measured in the same run.\n";
+    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL};
+    common_opts o;
+    common_defaults(&o);
+    struct option lo[20] = {{"shapes", required_argument, 0, 's'}, {"tokens", required_argument, 0, 'n'},
+                            {"routing", required_argument, 0, 'r'}, {"reps", required_argument, 0, 'R'},
+                            {"json", required_argument, 0, 'j'}, {"ref-kernels", no_argument, 0, 'k'},
+                            {"help", no_argument, 0, 'h'}};
+    memcpy(lo + 7, common_long, sizeof common_long);
+    int c;
+    int64_t v;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        const int r = common_opt(c, &o);
+        if (r < 0) return 1;
+        if (r) continue;
+        switch (c) {
+        case 's': mo.shapes = optarg; break;
+        case 'n': mo.tokens = optarg; break;
+        case 'r':
+            if (strcmp(optarg, "uniform") && strcmp(optarg, "skewed") && strcmp(optarg, "both"))
+                return die("--routing: '%s'; supported: uniform, skewed, both", optarg);
+            mo.routing = optarg;
+            break;
+        case 'R': if (parse_int(optarg, "--reps", 1, 1000, &v)) return 1; mo.reps = (int32_t)v; break;
+        case 'j': mo.json_path = optarg; break;
+        case 'k': mo.kernels = MXM_KERNELS_REF; break;
+        case 'h': return printf("%s", help), 0;
+        default: return fprintf(stderr, "%s", help), 1;
+        }
+    }
+    mo.threads = o.threads, mo.backend = o.backend;
+    return mb_bench(&mo, stdout) ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    static const char usage[] =
+        "usage: mxmoe COMMAND [options]   (mxmoe COMMAND --help for each)\n"
+        "  demo      run a synthetic Nemotron-3-Nano-shaped MXFP8 MoE layer and report on it\n"
+        "  inspect   show a checkpoint's family, quantization, MoE layers and tensors\n"
+        "  run       run a checkpoint's MoE layer on inputs from a safetensors file\n"
+        "  verify    check a checkpoint's MoE layer against a reference.safetensors\n"
+        "  quantize  BF16 Hugging Face checkpoint -> ModelOpt MXFP8 checkpoint\n"
+        "  bench     benchmark the MoE layer\n"
+        "  version   print the version\n";
+    if (argc < 2) return fprintf(stderr, "%s", usage), 1;
+    const char *cmd = argv[1];
+    argc--, argv++;
+    if (!strcmp(cmd, "demo")) return cmd_demo(argc, argv);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc, argv);
+    if (!strcmp(cmd, "run")) return cmd_run(argc, argv);
+    if (!strcmp(cmd, "verify")) return cmd_verify(argc, argv);
+    if (!strcmp(cmd, "quantize")) return cmd_quantize(argc, argv);
+    if (!strcmp(cmd, "bench")) return cmd_bench(argc, argv);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) return printf("mxmoe %s\n", mxm_version()), 0;
+    if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h")) return printf("%s", usage), 0;
+    return die("unknown command '%s'\n%s", cmd, usage);
 }

@@ -1,0 +1,656 @@
+/* Hugging Face MoE checkpoints (SPEC section 6): family and MoE parameters from config.json,
+ * weight format from the quantization config and the tensors, MoE layers found by their router
+ * tensors, and layers loaded as mxm_moe_weights (mmap views where possible). Everything read
+ * from the files is checked (names, dtypes, shapes) before it is used. */
+#include <jansson.h>
+#include <omp.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "core/core.h"
+#include "formats/formats.h"
+#include "io/safetensors.h"
+#include "moe/activation.h"
+
+typedef enum { FAM_UNKNOWN = 0, FAM_NEMOTRON_H, FAM_QWEN3_MOE, FAM_DEEPSEEK_V3 } family_id;
+
+static const char *const family_names[] = {"", "nemotron_h", "qwen3_moe", "deepseek_v3"};
+
+/* Tensor name patterns per family: %d is the layer, then the expert. */
+typedef struct family_desc {
+    const char *router;      /* "...layers.%d...gate.weight" */
+    const char *expert;      /* prefix of expert e's projections: "...experts.%d" */
+    const char *shared;      /* prefix of the shared expert's projections, or NULL */
+    const char *bias;        /* e_score_correction_bias, or NULL */
+} family_desc;
+
+static const family_desc families[] = {
+    [FAM_UNKNOWN] = {NULL, NULL, NULL, NULL},
+    [FAM_NEMOTRON_H] = {"backbone.layers.%d.mixer.gate.weight", "backbone.layers.%d.mixer.experts.%d",
+                        "backbone.layers.%d.mixer.shared_experts", "backbone.layers.%d.mixer.gate.e_score_correction_bias"},
+    [FAM_QWEN3_MOE] = {"model.layers.%d.mlp.gate.weight", "model.layers.%d.mlp.experts.%d", NULL, NULL},
+    [FAM_DEEPSEEK_V3] = {"model.layers.%d.mlp.gate.weight", "model.layers.%d.mlp.experts.%d",
+                         "model.layers.%d.mlp.shared_experts", "model.layers.%d.mlp.gate.e_score_correction_bias"},
+};
+
+struct mxm_model {
+    char *path;
+    mxm_st_model *st;
+    json_t *config;
+    family_id family;
+    int32_t wfmt;
+    mxm_moe_config base; /* MoE parameters from config.json */
+    int32_t n_layers;
+    int32_t *layers;
+};
+
+/* ---- config.json ------------------------------------------------------------------------------ */
+
+static json_t *load_json(const char *path, mxm_status *st) {
+    json_error_t err;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    if (!j) {
+        struct stat sb;
+        *st = stat(path, &sb) ? MXM_ERR_NOT_FOUND
+                              : mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: not a JSON object", path);
+        return NULL;
+    }
+    *st = MXM_OK;
+    return j;
+}
+
+/* Integer field; def when absent or null; error when present but not an integer in range. */
+static mxm_status cfg_int(const mxm_model *m, const char *key, int64_t def, int64_t lo, int64_t hi, int32_t *out) {
+    json_t *v = json_object_get(m->config, key);
+    int64_t x = def;
+    if (v && !json_is_null(v)) {
+        if (json_is_boolean(v)) x = json_is_true(v);
+        else if (json_is_integer(v)) x = json_integer_value(v);
+        else return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not an integer", m->path, key);
+    }
+    if (x < lo || x > hi)
+        return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s=%lld is outside %lld..%lld", m->path, key, (long long)x,
+                        (long long)lo, (long long)hi);
+    *out = (int32_t)x;
+    return MXM_OK;
+}
+
+static const char *cfg_str(const mxm_model *m, const char *key) {
+    json_t *v = json_object_get(m->config, key);
+    return json_is_string(v) ? json_string_value(v) : NULL;
+}
+
+static int64_t first_present(const mxm_model *m, const char *const *keys) {
+    for (int i = 0; keys[i]; i++) {
+        json_t *v = json_object_get(m->config, keys[i]);
+        if (json_is_integer(v)) return i;
+    }
+    return -1;
+}
+
+static mxm_status parse_moe_params(mxm_model *m) {
+    mxm_moe_config *c = &m->base;
+    mxm_moe_config_default(c);
+    mxm_status st;
+    const int32_t BIG = 1 << 24;
+    if ((st = cfg_int(m, "hidden_size", 0, 1, 1 << 17, &c->hidden_size))) return st;
+    if ((st = cfg_int(m, "moe_intermediate_size", 0, 1, BIG, &c->intermediate_size))) return st;
+    static const char *const ekeys[] = {"n_routed_experts", "num_experts", "num_local_experts", NULL};
+    const int64_t ek = first_present(m, ekeys);
+    if (ek < 0) return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: no n_routed_experts, num_experts or num_local_experts", m->path);
+    if ((st = cfg_int(m, ekeys[ek], 0, 1, BIG, &c->num_experts))) return st;
+    if ((st = cfg_int(m, "num_experts_per_tok", 0, 1, c->num_experts, &c->top_k))) return st;
+    int32_t ng, tg, norm;
+    if ((st = cfg_int(m, "n_group", 1, 0, c->num_experts, &ng))) return st;
+    if ((st = cfg_int(m, "topk_group", 1, 0, c->num_experts, &tg))) return st;
+    if ((st = cfg_int(m, "norm_topk_prob", 1, 0, 1, &norm))) return st;
+    json_t *rs = json_object_get(m->config, "routed_scaling_factor");
+    c->routed_scaling_factor = json_is_number(rs) ? (float)json_number_value(rs) : 1.0f;
+    c->norm_topk_prob = norm;
+    switch (m->family) {
+    case FAM_NEMOTRON_H: {
+        const char *act = cfg_str(m, "mlp_hidden_act");
+        c->activation = act ? mxm_activation_from_name(act) : MXM_ACT_RELU2_NO_MUL;
+        if (c->activation < 0)
+            return mxm_fail(MXM_ERR_UNSUPPORTED, "%s/config.json: mlp_hidden_act '%s' is not supported", m->path, act);
+        if (mxm_act_is_gated(c->activation)) c->activation = c->activation == MXM_ACT_SILU ? MXM_ACT_SILU_NO_MUL : c->activation;
+        c->routing_method = MXM_ROUTE_DEEPSEEK_V3;
+        c->n_group = ng, c->topk_group = tg;
+        int32_t nsh = 1;
+        if ((st = cfg_int(m, "n_shared_experts", 1, 0, 64, &nsh))) return st;
+        if (nsh && (st = cfg_int(m, "moe_shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size)))
+            return st;
+        break;
+    }
+    case FAM_DEEPSEEK_V3: {
+        c->activation = MXM_ACT_SILU;
+        c->routing_method = MXM_ROUTE_DEEPSEEK_V3;
+        c->n_group = ng, c->topk_group = tg;
+        int32_t nsh = 0;
+        if ((st = cfg_int(m, "n_shared_experts", 0, 0, 64, &nsh))) return st;
+        c->shared_intermediate_size = nsh * c->intermediate_size;
+        break;
+    }
+    default: /* qwen3_moe: softmax, top-k, renormalized when norm_topk_prob */
+        c->activation = MXM_ACT_SILU;
+        c->routing_method = norm ? MXM_ROUTE_RENORMALIZE : MXM_ROUTE_DEFAULT;
+        if ((st = cfg_int(m, "shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size))) return st;
+        break;
+    }
+    return MXM_OK;
+}
+
+/* MXFP8 when hf_quant_config.json or config.json's quantization_config says so; DeepSeek FP8
+ * when quant_method is fp8; else the expert weights' own dtype. */
+static mxm_status detect_format(mxm_model *m) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/hf_quant_config.json", m->path);
+    mxm_status st;
+    json_t *hq = load_json(p, &st);
+    if (!hq && st != MXM_ERR_NOT_FOUND) return st;
+    st = MXM_OK;
+    const char *algo = NULL, *method = NULL;
+    if (hq) {
+        json_t *q = json_object_get(hq, "quantization");
+        json_t *a = q ? json_object_get(q, "quant_algo") : NULL;
+        if (json_is_string(a)) algo = json_string_value(a);
+    }
+    json_t *qc = json_object_get(m->config, "quantization_config");
+    if (json_is_object(qc)) {
+        json_t *a = json_object_get(qc, "quant_algo"), *mt = json_object_get(qc, "quant_method");
+        if (!algo && json_is_string(a)) algo = json_string_value(a);
+        if (json_is_string(mt)) method = json_string_value(mt);
+    }
+    m->wfmt = -1;
+    if (algo && strcmp(algo, "MXFP8") == 0) m->wfmt = MXM_WFMT_MXFP8;
+    else if (algo && (!method || strncmp(method, "modelopt", 8) == 0))
+        st = mxm_fail(MXM_ERR_UNSUPPORTED, "%s: quantization '%s' is not supported; supported: MXFP8, DeepSeek fp8 block, bf16/f32", m->path, algo);
+    else if (method && strcmp(method, "fp8") == 0) m->wfmt = MXM_WFMT_FP8_BLOCK;
+    json_decref(hq);
+    return st;
+}
+
+static int cmp_i32(const void *a, const void *b) { return *(const int32_t *)a - *(const int32_t *)b; }
+
+/* MoE layers are those with a router tensor of the family's name pattern. */
+static mxm_status find_layers(mxm_model *m) {
+    const family_desc *fd = &families[m->family];
+    const int64_t n = mxm_st_model_count(m->st);
+    m->layers = calloc((size_t)(n > 0 ? n : 1), sizeof(int32_t));
+    if (!m->layers) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    for (int64_t i = 0; i < n; i++) {
+        const char *name = mxm_st_model_at(m->st, i)->name;
+        int layer = -1, used = 0;
+        char fmt[160];
+        snprintf(fmt, sizeof fmt, "%s%%n", fd->router);
+        if (sscanf(name, fmt, &layer, &used) == 1 && used == (int)strlen(name) && layer >= 0) {
+            char canon[256];
+            snprintf(canon, sizeof canon, fd->router, layer);
+            if (strcmp(canon, name) == 0) m->layers[m->n_layers++] = layer;
+        }
+    }
+    qsort(m->layers, (size_t)m->n_layers, sizeof(int32_t), cmp_i32);
+    return MXM_OK;
+}
+
+mxm_status mxm_model_open(const char *path, mxm_model **out) {
+    if (!path || !out) return mxm_fail(MXM_ERR_NULL, "mxm_model_open: NULL argument");
+    *out = NULL;
+    mxm_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    }
+    mxm_status st = mxm_st_model_open(path, &m->st);
+    struct stat sb;
+    if (!st && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        char p[PATH_MAX];
+        snprintf(p, sizeof p, "%s/config.json", path);
+        m->config = load_json(p, &st);
+        if (st == MXM_ERR_NOT_FOUND) st = MXM_OK; /* tensors only */
+        if (m->config) {
+            const char *mt = cfg_str(m, "model_type");
+            for (int f = 1; f <= FAM_DEEPSEEK_V3 && mt; f++)
+                if (strcmp(mt, family_names[f]) == 0) m->family = (family_id)f;
+            if (mt && strcmp(mt, "kimi_k2") == 0) m->family = FAM_DEEPSEEK_V3;
+            if (m->family != FAM_UNKNOWN) {
+                if (!st) st = parse_moe_params(m);
+                if (!st) st = detect_format(m);
+                if (!st) st = find_layers(m);
+            }
+        }
+    }
+    if (st) {
+        mxm_model_close(m);
+        return st;
+    }
+    *out = m;
+    return MXM_OK;
+}
+
+void mxm_model_close(mxm_model *m) {
+    if (!m) return;
+    mxm_st_model_close(m->st);
+    json_decref(m->config);
+    free(m->layers);
+    free(m->path);
+    free(m);
+}
+
+const char *mxm_model_family(const mxm_model *m) { return m ? family_names[m->family] : ""; }
+
+int32_t mxm_model_moe_layer_count(const mxm_model *m) { return m ? m->n_layers : 0; }
+int32_t mxm_model_moe_layer(const mxm_model *m, int32_t i) {
+    return (m && i >= 0 && i < m->n_layers) ? m->layers[i] : -1;
+}
+
+int64_t mxm_model_tensor_find(const mxm_model *m, const char *name) {
+    if (!m || !name) return -1;
+    const int64_t n = mxm_st_model_count(m->st);
+    int64_t lo = 0, hi = n - 1; /* _at() is sorted by name */
+    while (lo <= hi) {
+        const int64_t mid = (lo + hi) / 2;
+        const int c = strcmp(mxm_st_model_at(m->st, mid)->name, name);
+        if (c == 0) return mid;
+        if (c < 0) lo = mid + 1;
+        else hi = mid - 1;
+    }
+    return -1;
+}
+
+mxm_status mxm_model_tensor_data(const mxm_model *m, int64_t i, const void **data, int64_t *nbytes) {
+    const mxm_st_tensor *t = m ? mxm_st_model_at(m->st, i) : NULL;
+    if (!t) return mxm_fail(MXM_ERR_INVALID_ARG, "tensor index %lld out of range", (long long)i);
+    if (data) *data = t->data;
+    if (nbytes) *nbytes = t->nbytes;
+    return MXM_OK;
+}
+
+mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *t, int64_t n) {
+    if (!path || (n > 0 && !t)) return mxm_fail(MXM_ERR_NULL, "mxm_safetensors_write: NULL argument");
+    mxm_st_writer *w;
+    mxm_status st = mxm_st_writer_create(path, &w);
+    if (st) return st;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t esz = 0;
+        if (mxm_st_dtype_from_str(t[i].dtype, &esz) == -2) {
+            mxm_st_writer_abort(w);
+            return mxm_fail(MXM_ERR_DTYPE, "%s: tensor '%s': unknown dtype '%s'", path, t[i].name, t[i].dtype);
+        }
+        int64_t numel = 1;
+        for (int r = 0; r < t[i].rank && r < 8; r++) numel = mxm_mul3_i64(numel, t[i].shape[r], 1);
+        const int64_t nbytes = mxm_mul3_i64(numel, esz, 1);
+        if ((st = mxm_st_writer_add(w, t[i].name, t[i].dtype, t[i].rank, t[i].shape, t[i].data, nbytes))) {
+            mxm_st_writer_abort(w);
+            return st;
+        }
+    }
+    return mxm_st_writer_finish(w);
+}
+
+int64_t mxm_model_tensor_count(const mxm_model *m) { return m ? mxm_st_model_count(m->st) : 0; }
+
+mxm_status mxm_model_tensor_info(const mxm_model *m, int64_t i, const char **name, const char **dtype,
+                                 int32_t *rank, int64_t shape[8]) {
+    if (!m) return mxm_fail(MXM_ERR_NULL, "mxm_model_tensor_info: model is NULL");
+    const mxm_st_tensor *t = mxm_st_model_at(m->st, i);
+    if (!t) return mxm_fail(MXM_ERR_INVALID_ARG, "tensor index %lld out of range", (long long)i);
+    if (name) *name = t->name;
+    if (dtype) *dtype = t->dtype_str;
+    if (rank) *rank = t->rank;
+    if (shape) memcpy(shape, t->shape, sizeof t->shape);
+    return MXM_OK;
+}
+
+/* ---- layers --------------------------------------------------------------------------------------- */
+
+struct mxm_layer {
+    mxm_moe_config cfg;
+    mxm_moe_weights weights;
+    mxm_expert_weights *experts; /* [E + 1]: routed, then shared */
+    float *router;               /* [E, H] */
+    float *bias;                 /* [E] or NULL */
+    int router_bf16;
+    int64_t weight_bytes;
+    void **owned;                /* buffers to free */
+    int64_t n_owned, cap_owned;
+};
+
+void mxm_layer_options_default(mxm_layer_options *o) {
+    o->weight_format = -1;
+    o->scale_rule = MXM_SCALE_RCEIL;
+    o->num_threads = 0;
+    o->profile = MXM_PROFILE_TRTLLM;
+}
+
+static void *layer_alloc(mxm_layer *l, int64_t bytes) {
+    if (l->n_owned == l->cap_owned) {
+        const int64_t cap = l->cap_owned ? 2 * l->cap_owned : 64;
+        void **o = realloc(l->owned, sizeof(void *) * (size_t)cap);
+        if (!o) return NULL;
+        l->owned = o, l->cap_owned = cap;
+    }
+    void *p = aligned_alloc(64, (size_t)mxm_align_up(bytes > 0 ? bytes : 1, 64));
+    if (p) l->owned[l->n_owned++] = p;
+    return p;
+}
+
+void mxm_layer_free(mxm_layer *l) {
+    if (!l) return;
+    for (int64_t i = 0; i < l->n_owned; i++) free(l->owned[i]);
+    free(l->owned);
+    free(l->experts);
+    free(l);
+}
+
+/* A Linear weight as found in the checkpoint: values, optional scales, [n, k]. */
+typedef struct linear {
+    const mxm_st_tensor *w, *s;
+    int32_t fmt; /* storage format */
+    int64_t n, k;
+} linear;
+
+static mxm_status find_linear(const mxm_model *m, const char *prefix, int expect_n, int expect_k, linear *L) {
+    char name[320];
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    L->w = mxm_st_model_find(m->st, name, NULL);
+    if (!L->w) return mxm_fail(MXM_ERR_NOT_FOUND, "%s: tensor '%s' is missing", m->path, name);
+    if (L->w->rank != 2 || L->w->shape[0] != expect_n || L->w->shape[1] != expect_k)
+        return mxm_fail(MXM_ERR_SHAPE, "%s: tensor '%s' has shape [%lld, %lld] (rank %d); expected [%d, %d]", m->path,
+                        name, (long long)L->w->shape[0], (long long)L->w->shape[1], L->w->rank, expect_n, expect_k);
+    L->n = expect_n, L->k = expect_k, L->s = NULL;
+    switch (L->w->dtype) {
+    case MXM_DT_E4M3: {
+        snprintf(name, sizeof name, "%s.weight_scale", prefix);
+        if ((L->s = mxm_st_model_find(m->st, name, NULL))) {
+            if ((L->s->dtype != MXM_DT_U8 && L->s->dtype != MXM_DT_E8M0) || L->s->rank != 2 ||
+                L->s->shape[0] != expect_n || L->s->shape[1] != expect_k / 32)
+                return mxm_fail(MXM_ERR_SHAPE, "%s: '%s' must be U8 [%d, %d] (MXFP8 scales)", m->path, name, expect_n,
+                                expect_k / 32);
+            L->fmt = MXM_WFMT_MXFP8;
+            return MXM_OK;
+        }
+        snprintf(name, sizeof name, "%s.weight_scale_inv", prefix);
+        if ((L->s = mxm_st_model_find(m->st, name, NULL))) {
+            if (L->s->dtype != MXM_DT_F32 || L->s->rank != 2 || L->s->shape[0] != mxm_ceil_div(expect_n, 128) ||
+                L->s->shape[1] != mxm_ceil_div(expect_k, 128))
+                return mxm_fail(MXM_ERR_SHAPE, "%s: '%s' must be F32 [%lld, %lld] (128x128 block scales)", m->path,
+                                name, (long long)mxm_ceil_div(expect_n, 128), (long long)mxm_ceil_div(expect_k, 128));
+            L->fmt = MXM_WFMT_FP8_BLOCK;
+            return MXM_OK;
+        }
+        return mxm_fail(MXM_ERR_NOT_FOUND, "%s: F8_E4M3 tensor '%s.weight' has neither weight_scale nor weight_scale_inv",
+                        m->path, prefix);
+    }
+    case MXM_DT_BF16: L->fmt = MXM_WFMT_BF16; return MXM_OK;
+    case MXM_DT_F32:
+    case MXM_DT_F16: L->fmt = MXM_WFMT_F32; return MXM_OK;
+    default:
+        return mxm_fail(MXM_ERR_DTYPE, "%s: tensor '%s.weight' has dtype %s; supported: F8_E4M3, BF16, F16, F32",
+                        m->path, prefix, L->w->dtype_str);
+    }
+}
+
+static float load_value(const mxm_st_tensor *t, int64_t i) {
+    const uint8_t *p = (const uint8_t *)t->data;
+    if (t->dtype == MXM_DT_BF16) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        return mxm_bf16_decode(h);
+    }
+    if (t->dtype == MXM_DT_F16) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        const uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, mant = h & 1023;
+        if (e == 31) return mxm_bits_f32(s | 0x7F800000u | (mant << 13));
+        if (e == 0) return (s ? -1.0f : 1.0f) * (float)mant * 5.9604644775390625e-08f; /* 2^-24 */
+        return mxm_bits_f32(s | ((e + 112) << 23) | (mant << 13));
+    }
+    float f;
+    memcpy(&f, p + 4 * i, 4);
+    return f;
+}
+
+/* Row range [r0, r0 + rows) of a linear's values as f32 into dst [rows, k]. */
+static void linear_to_f32(const linear *L, float *dst) {
+    for (int64_t i = 0; i < L->n * L->k; i++) dst[i] = load_value(L->w, i);
+}
+
+/* Places the linears (one, or gate then up) as the rows of one weight in format fmt.
+ * Where a single linear's storage already is the target, its mmap view is used as is. */
+static mxm_status place(mxm_layer *l, const linear *parts, int nparts, int32_t fmt, int32_t rule, int32_t threads,
+                        const void **w, const void **s) {
+    const int64_t k = parts[0].k;
+    int64_t n = 0;
+    for (int i = 0; i < nparts; i++) n += parts[i].n;
+    const int same_fmt = parts[0].fmt == fmt && (nparts == 1 || parts[1].fmt == fmt);
+    const int aligned = ((uintptr_t)parts[0].w->data % 4) == 0;
+    if (same_fmt && nparts == 1 && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK || aligned) &&
+        parts[0].w->dtype != MXM_DT_F16) {
+        *w = parts[0].w->data;
+        *s = parts[0].s ? parts[0].s->data : NULL;
+        if (fmt == MXM_WFMT_FP8_BLOCK && ((uintptr_t)*s % 4)) goto copy;
+        return MXM_OK;
+    }
+copy:
+    if (same_fmt && fmt != MXM_WFMT_F32) { /* concatenate codes (and scales) */
+        const int64_t eb = fmt == MXM_WFMT_BF16 ? 2 : 1;
+        uint8_t *wd = layer_alloc(l, n * k * eb);
+        if (!wd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
+        int64_t off = 0;
+        for (int i = 0; i < nparts; i++) {
+            memcpy(wd + off * k * eb, parts[i].w->data, (size_t)(parts[i].n * k * eb));
+            off += parts[i].n;
+        }
+        *w = wd, *s = NULL;
+        if (fmt == MXM_WFMT_MXFP8) {
+            uint8_t *sd = layer_alloc(l, n * k / 32);
+            if (!sd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
+            for (int i = 0, o = 0; i < nparts; o += (int)parts[i].n, i++)
+                memcpy(sd + (int64_t)o * k / 32, parts[i].s->data, (size_t)(parts[i].n * k / 32));
+            *s = sd;
+        } else if (fmt == MXM_WFMT_FP8_BLOCK) {
+            for (int i = 0; i + 1 < nparts; i++)
+                if (parts[i].n % 128)
+                    return mxm_fail(MXM_ERR_UNSUPPORTED,
+                                    "DeepSeek FP8 gate/up halves of %lld rows (not a multiple of 128) cannot share one 128x128 scale grid",
+                                    (long long)parts[i].n);
+            const int64_t kb = mxm_ceil_div(k, 128);
+            float *sd = layer_alloc(l, mxm_ceil_div(n, 128) * kb * 4);
+            if (!sd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
+            int64_t ro = 0;
+            for (int i = 0; i < nparts; i++) {
+                memcpy(sd + ro * kb, parts[i].s->data, (size_t)(mxm_ceil_div(parts[i].n, 128) * kb * 4));
+                ro += mxm_ceil_div(parts[i].n, 128);
+            }
+            *s = sd;
+        }
+        return MXM_OK;
+    }
+    /* Convert through f32: BF16/F16/F32 storage to F32 or MXFP8 (quantize at load). */
+    for (int i = 0; i < nparts; i++)
+        if (parts[i].fmt == MXM_WFMT_MXFP8 || parts[i].fmt == MXM_WFMT_FP8_BLOCK)
+            return mxm_fail(MXM_ERR_UNSUPPORTED, "weights stored as %s cannot be converted to %s",
+                            mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(fmt));
+    float *f = layer_alloc(l, n * k * 4);
+    if (!f) return mxm_fail(MXM_ERR_NOMEM, "out of memory converting weights");
+    for (int i = 0, o = 0; i < nparts; o += (int)parts[i].n, i++) linear_to_f32(&parts[i], f + (int64_t)o * k);
+    if (fmt == MXM_WFMT_F32) {
+        *w = f, *s = NULL;
+        return MXM_OK;
+    }
+    if (fmt != MXM_WFMT_MXFP8)
+        return mxm_fail(MXM_ERR_UNSUPPORTED, "quantizing at load supports mxfp8 only, not %s", mxm_weight_format_name(fmt));
+    uint8_t *q = layer_alloc(l, n * k), *sc = layer_alloc(l, n * k / 32);
+    if (!q || !sc) return mxm_fail(MXM_ERR_NOMEM, "out of memory quantizing weights");
+    mxm_status st = mxm_mxfp8_quantize(f, MXM_DT_F32, n, k, 0, q, sc, rule, threads);
+    *w = q, *s = sc;
+    return st;
+}
+
+static int64_t storage_bytes(int32_t fmt, int64_t n, int64_t k) {
+    switch (fmt) {
+    case MXM_WFMT_MXFP8: return n * k + n * k / 32;
+    case MXM_WFMT_FP8_BLOCK: return n * k + mxm_ceil_div(n, 128) * mxm_ceil_div(k, 128) * 4;
+    case MXM_WFMT_BF16: return 2 * n * k;
+    default: return 4 * n * k;
+    }
+}
+
+/* Loads one expert (routed e >= 0, or the shared one with prefix given) into ex. */
+static mxm_status load_expert(const mxm_model *m, mxm_layer *l, const char *prefix, int64_t I, int gated, int32_t *fmt,
+                              int32_t rule, int32_t threads, mxm_expert_weights *ex) {
+    const int64_t H = l->cfg.hidden_size;
+    char p[300];
+    linear parts[2], down;
+    mxm_status st;
+    if (gated) {
+        snprintf(p, sizeof p, "%s.gate_proj", prefix);
+        if ((st = find_linear(m, p, (int)I, (int)H, &parts[0]))) return st;
+        snprintf(p, sizeof p, "%s.up_proj", prefix);
+        if ((st = find_linear(m, p, (int)I, (int)H, &parts[1]))) return st;
+    } else {
+        snprintf(p, sizeof p, "%s.up_proj", prefix);
+        if ((st = find_linear(m, p, (int)I, (int)H, &parts[0]))) return st;
+    }
+    snprintf(p, sizeof p, "%s.down_proj", prefix);
+    if ((st = find_linear(m, p, (int)H, (int)I, &down))) return st;
+    if (*fmt < 0) *fmt = parts[0].fmt;
+    for (int i = 0; i < 1 + gated; i++)
+        if (parts[i].fmt != down.fmt && (parts[i].fmt <= MXM_WFMT_FP8_BLOCK || down.fmt <= MXM_WFMT_FP8_BLOCK))
+            return mxm_fail(MXM_ERR_FORMAT, "%s: %s mixes weight formats %s and %s", m->path, prefix,
+                            mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(down.fmt));
+    if ((st = place(l, parts, 1 + gated, *fmt, rule, threads, &ex->w13, &ex->w13_scale)) ||
+        (st = place(l, &down, 1, *fmt, rule, threads, &ex->w2, &ex->w2_scale)))
+        return mxm_fail_context(st, "%s: %s", m->path, prefix);
+    l->weight_bytes += storage_bytes(*fmt, (1 + gated) * I, H) + storage_bytes(*fmt, H, I);
+    return MXM_OK;
+}
+
+static mxm_status load_vector_f32(const mxm_model *m, const char *name, int64_t n, int64_t k, float *dst) {
+    const mxm_st_tensor *t = mxm_st_model_find(m->st, name, NULL);
+    if (!t) return mxm_fail(MXM_ERR_NOT_FOUND, "%s: tensor '%s' is missing", m->path, name);
+    const int64_t want = n * (k ? k : 1);
+    if (t->numel != want || t->rank != (k ? 2 : 1) || (k && (t->shape[0] != n || t->shape[1] != k)))
+        return mxm_fail(MXM_ERR_SHAPE, "%s: tensor '%s' must have shape [%lld%s%lld]", m->path, name, (long long)n,
+                        k ? ", " : "", (long long)(k ? k : 0));
+    if (t->dtype != MXM_DT_F32 && t->dtype != MXM_DT_BF16 && t->dtype != MXM_DT_F16)
+        return mxm_fail(MXM_ERR_DTYPE, "%s: tensor '%s' has dtype %s; supported: F32, BF16, F16", m->path, name,
+                        t->dtype_str);
+    for (int64_t i = 0; i < want; i++) dst[i] = load_value(t, i);
+    return MXM_OK;
+}
+
+mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_layer_options *opts, mxm_layer **out) {
+    if (!m || !out) return mxm_fail(MXM_ERR_NULL, "mxm_layer_load: NULL argument");
+    *out = NULL;
+    mxm_layer_options o;
+    mxm_layer_options_default(&o);
+    if (opts) o = *opts;
+    int found = 0;
+    for (int32_t i = 0; i < m->n_layers; i++) found |= m->layers[i] == layer_index;
+    if (!found)
+        return mxm_fail(MXM_ERR_NOT_FOUND, "%s: layer %d is not an MoE layer (%d MoE layers%s)", m->path, layer_index,
+                        m->n_layers, m->n_layers ? ", e.g. the first" : "");
+    if (o.weight_format != -1 && o.weight_format != MXM_WFMT_MXFP8)
+        return mxm_fail(MXM_ERR_UNSUPPORTED, "layer options: weight_format %d; supported: -1 (as stored), 0 (mxfp8)",
+                        o.weight_format);
+    mxm_layer *l = calloc(1, sizeof *l);
+    if (!l) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    l->cfg = m->base;
+    l->cfg.num_threads = o.num_threads;
+    if (o.profile != MXM_PROFILE_TRTLLM && o.profile != MXM_PROFILE_EXACT)
+        o.profile = MXM_PROFILE_TRTLLM;
+    l->cfg.profile = o.profile;
+    const family_desc *fd = &families[m->family];
+    const int64_t E = l->cfg.num_experts, H = l->cfg.hidden_size, I = l->cfg.intermediate_size;
+    const int gated = mxm_act_is_gated(l->cfg.activation);
+    mxm_status st = MXM_OK;
+    l->experts = calloc((size_t)E + 1, sizeof *l->experts);
+    l->router = layer_alloc(l, E * H * 4);
+    if (!l->experts || !l->router) st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    char name[300];
+    int32_t fmt = o.weight_format;
+    for (int64_t e = 0; e < E && !st; e++) {
+        snprintf(name, sizeof name, fd->expert, layer_index, (int)e);
+        st = load_expert(m, l, name, I, gated, &fmt, o.scale_rule, o.num_threads, &l->experts[e]);
+    }
+    if (!st && l->cfg.shared_intermediate_size && fd->shared) {
+        snprintf(name, sizeof name, fd->shared, layer_index);
+        st = load_expert(m, l, name, l->cfg.shared_intermediate_size, gated, &fmt, o.scale_rule, o.num_threads,
+                         &l->experts[E]);
+    }
+    if (!st) {
+        snprintf(name, sizeof name, fd->router, layer_index);
+        st = load_vector_f32(m, name, E, H, l->router);
+    }
+    if (!st && fd->bias) {
+        snprintf(name, sizeof name, fd->bias, layer_index);
+        if (mxm_st_model_find(m->st, name, NULL)) {
+            l->bias = layer_alloc(l, E * 4);
+            st = l->bias ? load_vector_f32(m, name, E, 0, l->bias) : mxm_fail(MXM_ERR_NOMEM, "out of memory");
+        }
+    }
+    if (st) {
+        mxm_layer_free(l);
+        return st;
+    }
+    l->cfg.weight_format = fmt;
+    /* Qwen3's router is a bf16 Linear: its logits are bf16 in the model dtype. */
+    l->router_bf16 = m->family == FAM_QWEN3_MOE && o.profile == MXM_PROFILE_TRTLLM;
+    l->weights = (mxm_moe_weights){l->experts, l->cfg.shared_intermediate_size ? &l->experts[E] : NULL, NULL, NULL, NULL};
+    *out = l;
+    return MXM_OK;
+}
+
+const mxm_moe_config *mxm_layer_config(const mxm_layer *l) { return l ? &l->cfg : NULL; }
+const mxm_moe_weights *mxm_layer_weights(const mxm_layer *l) { return l ? &l->weights : NULL; }
+const float *mxm_layer_routing_bias(const mxm_layer *l) { return l ? l->bias : NULL; }
+int64_t mxm_layer_weight_bytes(const mxm_layer *l) { return l ? l->weight_bytes : 0; }
+
+int32_t mxm_model_weight_format(const mxm_model *m) {
+    if (!m || !m->n_layers) return -1;
+    if (m->wfmt >= 0) return m->wfmt;
+    /* As stored: the dtype of the first expert's down projection. */
+    char name[300];
+    snprintf(name, sizeof name, families[m->family].expert, m->layers[0], 0);
+    strncat(name, ".down_proj.weight", sizeof name - strlen(name) - 1);
+    const mxm_st_tensor *t = mxm_st_model_find(m->st, name, NULL);
+    if (!t) return -1;
+    return t->dtype == MXM_DT_BF16 ? MXM_WFMT_BF16 : t->dtype == MXM_DT_E4M3 ? MXM_WFMT_MXFP8 : MXM_WFMT_F32;
+}
+
+mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype, int64_t T, float *logits,
+                                   int32_t num_threads) {
+    if (!l || !x || !logits) return mxm_fail(MXM_ERR_NULL, "mxm_layer_router_logits: NULL argument");
+    if (x_dtype != MXM_DT_F32 && x_dtype != MXM_DT_BF16)
+        return mxm_fail(MXM_ERR_DTYPE, "router: x dtype %s; supported: F32, BF16", mxm_dtype_name(x_dtype));
+    if (T < 0) return mxm_fail(MXM_ERR_SHAPE, "router: num_tokens=%lld", (long long)T);
+    const int64_t H = l->cfg.hidden_size, E = l->cfg.num_experts;
+    const int nt = mxm_threads(num_threads);
+    float *xbuf = malloc(sizeof(float) * (size_t)(H * nt));
+    if (!xbuf) return mxm_fail(MXM_ERR_NOMEM, "router: out of memory");
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        float *xr = xbuf + (int64_t)omp_get_thread_num() * H;
+        for (int64_t i = 0; i < H; i++)
+            xr[i] = x_dtype == MXM_DT_F32 ? ((const float *)x)[t * H + i]
+                                          : mxm_bf16_decode(((const uint16_t *)x)[t * H + i]);
+        for (int64_t e = 0; e < E; e++) {
+            float acc = 0;
+            const float *w = l->router + e * H;
+            for (int64_t i = 0; i < H; i++) acc += xr[i] * w[i];
+            logits[t * E + e] = l->router_bf16 ? mxm_round_bf16(acc) : acc;
+        }
+    }
+    free(xbuf);
+    return MXM_OK;
+}
