@@ -28,7 +28,7 @@ static const void *tensor(mxm_model *m, const char *name, int64_t *nbytes) {
 
 /* Runs one fixture folder over T in {1, 7, 64}; returns the worst error against y32. */
 static double run_fixture(const fixture_case *fc) {
-    char path[4096], refp[4096];
+    char path[4096], refp[4200];
     snprintf(path, sizeof path, "%s", tu_src_path(fc->dir));
     snprintf(refp, sizeof refp, "%s/reference.safetensors", fc->ref_dir ? tu_src_path(fc->ref_dir) : path);
     mxm_model *m, *ref;
@@ -112,17 +112,17 @@ static void test_fixtures(void **state) {
     /* Bounds: measured errors times ~3 (see docs/checkpoints.md for the table). */
     const fixture_case cases[] = {
         /* BF16 checkpoints in the reference mode: only fp32-vs-bf16 weights' rounding differences. */
-        {"tests/data/nemotron_h_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
-        {"tests/data/qwen3_moe_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
-        {"tests/data/deepseek_v3_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
+        {"tests/data/nemotron_h_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
+        {"tests/data/qwen3_moe_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
+        {"tests/data/deepseek_v3_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
         /* MXFP8 checkpoints, weight-only: y32 of the *_mxfp8 fixture used the same dequantized weights. */
-        {"tests/data/nemotron_h_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
-        {"tests/data/qwen3_moe_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
-        {"tests/data/deepseek_v3_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0},
+        {"tests/data/nemotron_h_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
+        {"tests/data/qwen3_moe_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
+        {"tests/data/deepseek_v3_tiny_mxfp8", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0, NULL},
         /* MXFP8 W8A8 in the trtllm profile: activation quantization error on top. */
-        {"tests/data/nemotron_h_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0},
-        {"tests/data/qwen3_moe_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0},
-        {"tests/data/deepseek_v3_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0},
+        {"tests/data/nemotron_h_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
+        {"tests/data/qwen3_moe_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
+        {"tests/data/deepseek_v3_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
         /* BF16 quantized at load gives the MXFP8 checkpoint's weights: its reference holds. */
         {"tests/data/nemotron_h_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 1, 1e-5, 1.0,
          "tests/data/nemotron_h_tiny_mxfp8"},

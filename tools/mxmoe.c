@@ -61,7 +61,7 @@ static const struct option common_long[] = {
 
 /* Handles one of the common options; returns 1 when handled, -1 on a bad value, 0 otherwise. */
 static int common_opt(int c, common_opts *o) {
-    int64_t v;
+    int64_t v = 0;
     switch (c) {
     case 'a':
         if (!strcmp(optarg, "mxfp8")) o->act_quant = MXM_ACT_QUANT_MXFP8;
@@ -626,7 +626,7 @@ static int cmd_bench(int argc, char **argv) {
                             {"help", no_argument, 0, 'h'}};
     memcpy(lo + 7, common_long, sizeof common_long);
     int c;
-    int64_t v;
+    int64_t v = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         const int r = common_opt(c, &o);

@@ -41,8 +41,12 @@ MXM_HD float mxm_bits_f32(uint32_t u) {
 /* Round |v| (0 <= v < 2^22) to the nearest integer, ties to even, with fp32 arithmetic only
  * (the 2^23 trick relies on the default round-to-nearest-even mode). */
 MXM_HD float mxm_rne_small(float v) {
+#ifdef __CUDA_ARCH__
+    return rintf(v); /* round to nearest even on the device */
+#else
     volatile float big = 8388608.0f; /* keeps the compiler from folding (v + big) - big */
     return (v + big) - big;
+#endif
 }
 
 /* ---- E4M3 ("fn"): s.eeee.mmm, bias 7, max 448, no inf, 0x7F/0xFF NaN ------------------- */

@@ -59,8 +59,9 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
     p->nthreads = mxm_threads(cfg->num_threads);
     p->batch = max_tokens;
     st = cfg->backend == MXM_BACKEND_CUDA ? mxm_cuda_moe_plan(p) : mxm_cpu_moe_plan(p);
-    if (!st) st = layout_workspace(p);
+    if (!st && p->ws.total == 0) st = layout_workspace(p); /* CUDA lays out its own */
     if (st) {
+        free(p->backend_state);
         free(p);
         return st;
     }
@@ -68,7 +69,10 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
     return MXM_OK;
 }
 
-void mxm_moe_plan_destroy(mxm_moe_plan *p) { free(p); }
+void mxm_moe_plan_destroy(mxm_moe_plan *p) {
+    if (p) free(p->backend_state);
+    free(p);
+}
 
 int64_t mxm_moe_plan_workspace_size(const mxm_moe_plan *p) {
     if (!p) return mxm_fail(MXM_ERR_NULL, "mxm_moe_plan_workspace_size: plan is NULL");

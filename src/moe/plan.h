@@ -56,6 +56,7 @@ struct mxm_moe_plan {
     const mxm_scheme *scheme;
     const void *cpu_kernels; /* const mxm_cpu_kernels * (CPU backend) */
     const char *kernels_name;
+    void *backend_state; /* owned by the backend, freed with the plan */
     mxm_ws_layout ws;
 };
 

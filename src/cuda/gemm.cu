@@ -1,0 +1,250 @@
+// Prefill path: grouped GEMMs on the tensor cores. MXFP8 weights are decoded exactly to bf16
+// (an E4M3 value times a power of two is a bf16 value) as they are staged into shared memory;
+// activations are already bf16 values (exact after MXFP8 quantization); bf16 mma.sync
+// accumulates in fp32. GEMM1 fuses the activation and the MXFP8 requantization into its
+// epilogue; GEMM2 writes the expert outputs. Tiles: 64 rows x 128 weight rows x 32 (one MX block)
+// per step, 8 warps of 32 x 32, the next step's tiles prefetched into registers.
+#include "cuda/kernels.cuh"
+#include "cuda/mx_device.cuh"
+
+#define BM MXM_CUDA_BM
+#define BN 128
+#define BK 32
+#define SROW 40 // shared row stride in bf16 (80 bytes: ldmatrix rows hit distinct banks)
+#define THREADS 256
+
+struct smem_tiles {
+    __nv_bfloat16 a[2][BM][SROW];
+    __nv_bfloat16 b[2][BN][SROW];
+};
+#define C_STRIDE (BN + 4)
+union __align__(16) smem_all {
+    smem_tiles t;
+    float c[BM][C_STRIDE];
+};
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Which MMA m-tile this block works on: the group and the tile's first row in the group.
+__device__ __forceinline__ bool find_tile(const mxm_cuda_args &a, int *g_out, int *m0_out) {
+    __shared__ int sg;
+    const int idx = blockIdx.x;
+    if (idx >= a.counts[0]) return false;
+    if (threadIdx.x == 0) {
+        int lo = 0, hi = a.groups - 1;
+        while (lo < hi) { // the last group whose first tile is <= idx
+            const int mid = (lo + hi + 1) / 2;
+            if (a.group[mid].tile0 <= idx) lo = mid;
+            else hi = mid - 1;
+        }
+        sg = lo;
+    }
+    __syncthreads();
+    *g_out = sg;
+    *m0_out = (idx - a.group[sg].tile0) * BM;
+    return true;
+}
+
+// Per-thread staging of one K step: 16 bytes of A (8 bf16) and 16 E4M3 codes of B with their scale.
+struct stage {
+    uint4 a;
+    uint4 b;
+    uint8_t s;
+};
+
+__device__ __forceinline__ void load_stage(stage &st, const __nv_bfloat16 *arow, const uint8_t *brow,
+                                           const uint8_t *bscale, int64_t k0, int acol, int bcol) {
+    st.a = arow ? *reinterpret_cast<const uint4 *>(arow + k0 + acol) : make_uint4(0, 0, 0, 0);
+    if (brow) {
+        st.b = *reinterpret_cast<const uint4 *>(brow + k0 + bcol);
+        st.s = bscale[k0 / 32];
+    } else {
+        st.b = make_uint4(0, 0, 0, 0);
+        st.s = 127;
+    }
+}
+
+__device__ __forceinline__ void store_stage(const stage &st, smem_tiles &t, int buf, int arow, int acol, int brow,
+                                            int bcol) {
+    *reinterpret_cast<uint4 *>(&t.a[buf][arow][acol]) = st.a;
+    const float sc = mxm_e8m0_decode(st.s);
+    const uint16_t *q = reinterpret_cast<const uint16_t *>(&st.b);
+    __align__(16) __nv_bfloat162 out[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const float2 f = mxm_e4m3x2_to_float2(q[i]);
+        out[i] = __floats2bfloat162_rn(f.x * sc, f.y * sc); // exact: E4M3 value times 2^k
+    }
+    *reinterpret_cast<uint4 *>(&t.b[buf][brow][bcol]) = *reinterpret_cast<uint4 *>(&out[0]);
+    *reinterpret_cast<uint4 *>(&t.b[buf][brow][bcol + 8]) = *reinterpret_cast<uint4 *>(&out[4]);
+}
+
+// acc[mi][ni][4] += A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece.
+__device__ __forceinline__ void mainloop(smem_tiles &t, const __nv_bfloat16 *arow, const uint8_t *brow,
+                                         const uint8_t *bscale, int64_t K, float (&acc)[2][4][4]) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
+    const int wm = warp / 4, wn = warp % 4;
+    const int ar = tid / 4, ac = (tid % 4) * 8;  // A staging: row, column
+    const int br = tid / 2, bc = (tid % 2) * 16; // B staging
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.0f;
+    stage st;
+    load_stage(st, arow, brow, bscale, 0, ac, bc);
+    store_stage(st, t, 0, ar, ac, br, bc);
+    __syncthreads();
+    int buf = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += BK) {
+        const bool more = k0 + BK < K;
+        if (more) load_stage(st, arow, brow, bscale, k0 + BK, ac, bc);
+#pragma unroll
+        for (int kk = 0; kk < BK; kk += 16) {
+            uint32_t af[2][4], bf[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+                ldmatrix_x4(af[mi], &t.a[buf][wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8][kk + (lane / 16) * 8]);
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t r[4];
+                ldmatrix_x4(r, &t.b[buf][wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8][kk + ((lane / 8) % 2) * 8]);
+                bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+        }
+        if (more) store_stage(st, t, buf ^ 1, ar, ac, br, bc);
+        __syncthreads();
+        buf ^= 1;
+    }
+}
+
+// Writes the accumulators into the block's C tile in shared memory.
+__device__ __forceinline__ void acc_to_smem(float (&c)[BM][C_STRIDE], const float (&acc)[2][4][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++) {
+            const int r = wm * 32 + mi * 16 + lane / 4, col = wn * 32 + ni * 8 + (lane % 4) * 2;
+            c[r][col] = acc[mi][ni][0], c[r][col + 1] = acc[mi][ni][1];
+            c[r + 8][col] = acc[mi][ni][2], c[r + 8][col + 1] = acc[mi][ni][3];
+        }
+}
+
+__device__ __forceinline__ int64_t w13_row_of(int layout, bool gated, int64_t I, int64_t j, int half) {
+    if (!gated) return j;
+    if (layout == MXM_W13_INTERLEAVED) return 2 * j + half;
+    const int first = layout == MXM_W13_UP_GATE ? 1 : 0;
+    return (half == first ? 0 : I) + j;
+}
+
+// GEMM1: gated tiles cover 64 intermediate columns (64 gate + 64 up weight rows), non-gated
+// tiles 128 columns.
+template <bool GATED>
+__global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
+    __shared__ smem_all sm;
+    int g, m0;
+    if (!find_tile(a, &g, &m0)) return;
+    const mxm_cuda_group G = a.group[g];
+    if (mxm_act_is_gated(G.act) != GATED) return;
+    const int JT = GATED ? BN / 2 : BN;
+    const int j0 = blockIdx.y * JT;
+    if (j0 >= G.I) return;
+    const int tid = threadIdx.x;
+    const int ar = tid / 4, br = tid / 2;
+    const __nv_bfloat16 *arow =
+        m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
+    const int jb = GATED ? j0 + (br % 64) : j0 + br;
+    const uint8_t *brow = nullptr, *bscale = nullptr;
+    if (jb < G.I) {
+        const int64_t r = w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0);
+        brow = G.w13 + r * a.H, bscale = G.s13 + r * (a.H / 32);
+    }
+    float acc[2][4][4];
+    mainloop(sm.t, arow, brow, bscale, a.H, acc);
+    acc_to_smem(sm.c, acc);
+    __syncthreads();
+    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+    for (int i = tid; i < BM * JT; i += THREADS) {
+        const int r = i / JT, j = i % JT;
+        sm.c[r][j] = GATED ? mxm_act_gated(G.act, sm.c[r][j], sm.c[r][JT + j], ap) : mxm_act_plain(G.act, sm.c[r][j]);
+    }
+    __syncthreads();
+    const int lane = tid & 31, warp = tid / 32, nb = JT / 32;
+    for (int u = warp; u < BM * nb; u += THREADS / 32) {
+        const int r = u / nb, b = u % nb;
+        const int j = j0 + b * 32 + lane;
+        float v = sm.c[r][b * 32 + lane];
+        if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
+        if (a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
+        if (m0 + r < G.rows && j0 + b * 32 < G.I) a.act[(int64_t)(G.row0 + m0 + r) * a.I_max + j] = __float2bfloat16_rn(v);
+    }
+}
+
+__global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
+    __shared__ smem_all sm;
+    int g, m0;
+    if (!find_tile(a, &g, &m0)) return;
+    const mxm_cuda_group G = a.group[g];
+    const int h0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, ar = tid / 4, br = tid / 2;
+    const __nv_bfloat16 *arow = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
+    const uint8_t *brow = nullptr, *bscale = nullptr;
+    if (h0 + br < a.H) brow = G.w2 + (int64_t)(h0 + br) * G.I, bscale = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
+    float acc[2][4][4];
+    mainloop(sm.t, arow, brow, bscale, G.I, acc);
+    const int lane = tid & 31, warp = tid / 32, wm = warp / 4, wn = warp % 4;
+    const bool trt = a.profile == MXM_PROFILE_TRTLLM;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int r = wm * 32 + mi * 16 + lane / 4 + (q / 2) * 8;
+                const int h = h0 + wn * 32 + ni * 8 + (lane % 4) * 2 + (q % 2);
+                if (m0 + r < G.rows && h < a.H) {
+                    const float v = acc[mi][ni][q];
+                    a.y[(int64_t)(G.row0 + m0 + r) * a.H + h] = trt ? mxm_round_bf16(v) : v;
+                }
+            }
+}
+
+mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
+    if (max_tiles <= 0) return MXM_OK;
+    // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
+    const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
+    if (a.gated_routed || a.gated_shared == 1) {
+        mma1_kernel<true><<<gg, THREADS, 0, s>>>(a);
+        MXM_CUDA_LAUNCHED();
+    }
+    if (!a.gated_routed || a.gated_shared == 0) {
+        mma1_kernel<false><<<gp, THREADS, 0, s>>>(a);
+        MXM_CUDA_LAUNCHED();
+    }
+    return MXM_OK;
+}
+
+mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
+    if (max_tiles <= 0) return MXM_OK;
+    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, 0, s>>>(a);
+    MXM_CUDA_LAUNCHED();
+    return MXM_OK;
+}

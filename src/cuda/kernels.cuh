@@ -1,0 +1,28 @@
+// Launchers of the CUDA MoE kernels, one .cu per op. Each returns an mxm_status and checks
+// its launch.
+#ifndef MXM_CUDA_KERNELS_CUH
+#define MXM_CUDA_KERNELS_CUH
+
+#include "cuda/common.cuh"
+
+// x [T, H] (f32 / bf16 / E4M3 + E8M0 scales) -> a.xq bf16 values the GEMMs see.
+mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_dtype, const void *x_scale,
+                              cudaStream_t s);
+extern "C" int64_t mxm_route_device_scratch_bytes(const mxm_route_params *p);
+// Routing on the device: logits [T, E] (f32/bf16), bias [E] or NULL -> a.ids, a.wts.
+mxm_status mxm_cuda_route(const mxm_cuda_args &a, const mxm_route_params &rp, const void *logits,
+                          int32_t logits_dtype, const void *bias, int32_t bias_dtype, void *scratch,
+                          cudaStream_t s);
+// a.ids -> counts, group rows/offsets/tiles, a.pos, a.row_token.
+mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_t s);
+// Groups with 1..MXM_CUDA_GEMV_MAX rows: GEMM1 + activation + requantization, then GEMM2.
+mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s);
+mxm_status mxm_cuda_gemv2(const mxm_cuda_args &a, cudaStream_t s);
+// Groups with more rows: tensor-core tiles (bf16 mma with exact MXFP8 dequantization).
+mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
+mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
+// out[t] = sum_k w y + shared.
+mxm_status mxm_cuda_combine(const mxm_cuda_args &a, void *out, void *out_routed, int32_t out_dtype,
+                            cudaStream_t s);
+
+#endif

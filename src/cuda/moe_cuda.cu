@@ -1,0 +1,146 @@
+// The CUDA backend: plan (device workspace layout) and forward (the launch sequence).
+//   prepare x -> route (or caller ids) -> permute -> GEMV1 | MMA1 -> GEMV2 | MMA2 -> combine
+// Every launch is on the caller's stream; nothing synchronizes with the host, so a forward can
+// be captured into a CUDA graph. Supported: MXFP8 and bf16 weights, MXFP8 or no activation
+// quantization, both profiles, every activation and layout, shared experts, EP slices.
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/kernels.cuh"
+
+extern "C" int32_t mxm_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n > 0;
+}
+
+// Workspace regions, 256-byte aligned.
+struct cuda_layout {
+    int64_t xq, ids, wts, pos, row_token, counts, groups, act, y, route, total;
+};
+
+static int64_t take(int64_t *cur, int64_t n) {
+    if (*cur < 0 || n < 0) return *cur = -1;
+    const int64_t off = mxm_align_up(*cur, 256);
+    if (!mxm_add_i64(off, n, cur)) *cur = -1;
+    return off;
+}
+
+static cuda_layout layout_of(const mxm_moe_plan *p) {
+    const mxm_moe_config &c = p->cfg;
+    const int64_t T = p->max_tokens, K = c.top_k, H = c.hidden_size;
+    const int64_t I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size
+                                                                            : c.intermediate_size;
+    const int64_t rows = T * K + (c.shared_intermediate_size ? T : 0), groups = p->e_loc + 1;
+    cuda_layout l;
+    int64_t cur = 0;
+    l.xq = take(&cur, mxm_mul3_i64(T, H, 2));
+    l.ids = take(&cur, mxm_mul3_i64(T, K, 4));
+    l.wts = take(&cur, mxm_mul3_i64(T, K, 4));
+    l.pos = take(&cur, mxm_mul3_i64(T, K, 4));
+    l.row_token = take(&cur, mxm_mul3_i64(rows, 1, 4));
+    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 2, 4)); // counts/cursors
+    l.groups = take(&cur, mxm_mul3_i64(groups, sizeof(mxm_cuda_group), 1));
+    l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
+    l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
+    l.route = take(&cur, mxm_mul3_i64(T, p->ws.route_scratch_bytes, 1));
+    l.total = cur < 0 ? -1 : mxm_align_up(cur, 256);
+    return l;
+}
+
+extern "C" mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
+    if (!mxm_cuda_available()) return mxm_fail(MXM_ERR_NO_DEVICE, "backend cuda: no CUDA device is present");
+    const mxm_moe_config &c = p->cfg;
+    if (c.weight_format != MXM_WFMT_MXFP8)
+        return mxm_fail(MXM_ERR_UNSUPPORTED,
+                        "weight format %s is not supported by the CUDA backend yet; supported: mxfp8 (cpu: all)",
+                        mxm_weight_format_name(c.weight_format));
+    int dev = 0;
+    MXM_CUDA_TRY(cudaGetDevice(&dev));
+    if (c.device != dev)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: config device %d is not the current device %d",
+                        c.device, dev);
+    if (p->max_tokens > (1 << 26) / (c.top_k + 1))
+        return mxm_fail(MXM_ERR_SHAPE, "backend cuda: max_tokens x (top_k + 1) must stay below 2^26");
+    p->batch = p->max_tokens;
+    p->kernels_name = "cuda-sm90";
+    p->ws.route_scratch_bytes = mxm_route_device_scratch_bytes(&p->route);
+    const cuda_layout l = layout_of(p);
+    if (l.total < 0) return mxm_fail(MXM_ERR_OVERFLOW, "backend cuda: workspace size overflows");
+    p->ws.total = l.total;
+    p->backend_state = calloc((size_t)p->e_loc + 1, sizeof(mxm_cuda_group));
+    if (!p->backend_state) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    return MXM_OK;
+}
+
+extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                                           const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
+                                           void *stream) {
+    const mxm_moe_config &c = p->cfg;
+    cudaStream_t s = (cudaStream_t)stream;
+    const cuda_layout l = layout_of(p);
+    char *base = (char *)ws;
+    const int64_t T = in->num_tokens, K = c.top_k;
+    if (in->x_dtype == MXM_DT_E4M3 && c.weight_format != MXM_WFMT_MXFP8)
+        return mxm_fail(MXM_ERR_UNSUPPORTED, "backend cuda: pre-quantized x needs mxfp8 weights");
+    mxm_cuda_args a;
+    memset(&a, 0, sizeof a);
+    a.T = (int32_t)T, a.H = c.hidden_size, a.K = c.top_k, a.E = c.num_experts, a.e_loc = p->e_loc;
+    a.off = c.local_expert_offset, a.groups = p->e_loc + (c.shared_intermediate_size ? 1 : 0);
+    a.wfmt = c.weight_format, a.layout = c.w13_layout, a.act_quant = c.act_quant, a.profile = c.profile;
+    a.rule = c.scale_rule, a.gated_routed = p->gated;
+    a.gated_shared = c.shared_intermediate_size ? mxm_act_is_gated(p->shared_act) : -1;
+    a.I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size : c.intermediate_size;
+    a.group = (mxm_cuda_group *)(base + l.groups);
+    a.ids = (int32_t *)(base + l.ids), a.wts = (float *)(base + l.wts), a.pos = (int32_t *)(base + l.pos);
+    a.row_token = (int32_t *)(base + l.row_token);
+    int32_t *cursor = (int32_t *)(base + l.counts);
+    a.counts = cursor + (a.groups + 1);
+    a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
+
+    // Group table: weight pointers and activation parameters (rows/offsets are filled on the device).
+    mxm_cuda_group *hg = (mxm_cuda_group *)p->backend_state;
+    for (int g = 0; g < a.groups; g++) {
+        const bool shared = g == p->e_loc;
+        const mxm_expert_weights &e = shared ? *w->shared : w->experts[g];
+        mxm_cuda_group G;
+        memset(&G, 0, sizeof G);
+        G.w13 = (const uint8_t *)e.w13, G.s13 = (const uint8_t *)e.w13_scale;
+        G.w2 = (const uint8_t *)e.w2, G.s2 = (const uint8_t *)e.w2_scale;
+        G.I = shared ? c.shared_intermediate_size : c.intermediate_size;
+        G.act = shared ? p->shared_act : c.activation;
+        G.alpha = c.swiglu_alpha, G.beta = c.swiglu_beta, G.limit = c.swiglu_limit;
+        if (!shared && w->gemm1_alpha) G.alpha = w->gemm1_alpha[g];
+        if (!shared && w->gemm1_beta) G.beta = w->gemm1_beta[g];
+        if (!shared && w->gemm1_clamp_limit) G.limit = w->gemm1_clamp_limit[g];
+        hg[g] = G;
+    }
+    // Pageable source: the copy is staged before the call returns, so the table can be reused.
+    MXM_CUDA_TRY(cudaMemcpyAsync(a.group, hg, sizeof(mxm_cuda_group) * a.groups, cudaMemcpyHostToDevice, s));
+
+    mxm_status st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, s);
+    if (st) return st;
+    if (in->router_logits) {
+        st = mxm_cuda_route(a, p->route, in->router_logits, in->logits_dtype, in->routing_bias, in->bias_dtype,
+                            base + l.route, s);
+    } else {
+        MXM_CUDA_TRY(cudaMemcpyAsync(a.ids, in->topk_ids, sizeof(int32_t) * T * K, cudaMemcpyDeviceToDevice, s));
+        MXM_CUDA_TRY(cudaMemcpyAsync(a.wts, in->topk_weights, sizeof(float) * T * K, cudaMemcpyDeviceToDevice, s));
+    }
+    if (st) return st;
+    if (out->topk_ids)
+        MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_ids, a.ids, sizeof(int32_t) * T * K, cudaMemcpyDeviceToDevice, s));
+    if (out->topk_weights)
+        MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_weights, a.wts, sizeof(float) * T * K, cudaMemcpyDeviceToDevice, s));
+    if ((st = mxm_cuda_permute(a, cursor, s))) return st;
+    // Upper bound of MMA tiles: every group's rows rounded up to whole tiles.
+    const int64_t rows = T * K + (a.groups > p->e_loc ? T : 0);
+    const int32_t max_tiles = (int32_t)(rows / MXM_CUDA_BM + a.groups);
+    if ((st = mxm_cuda_gemv1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_gemv2(a, s)) ||
+        (st = mxm_cuda_mma2(a, max_tiles, s)))
+        return st;
+    return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
+}
