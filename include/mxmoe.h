@@ -468,6 +468,16 @@ MXM_API mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_d
 /* 1 if the CUDA backend was built and a device is present, else 0. */
 MXM_API int32_t mxm_cuda_available(void);
 
+/* Device memory helpers for callers without their own CUDA runtime (ctypes, the CLI): plain
+ * cudaMalloc/cudaFree/cudaMemcpy on the current device. MXM_ERR_NO_DEVICE without CUDA. */
+MXM_API mxm_status mxm_device_alloc(int64_t bytes, void **ptr);
+MXM_API void mxm_device_free(void *ptr);
+MXM_API mxm_status mxm_copy_to_device(void *dst, const void *src, int64_t bytes);
+MXM_API mxm_status mxm_copy_to_host(void *dst, const void *src, int64_t bytes);
+MXM_API mxm_status mxm_device_synchronize(void);
+/* Name of the current device ("NVIDIA H200"), or "" without CUDA. */
+MXM_API const char *mxm_device_name(void);
+
 #ifdef __cplusplus
 }
 #endif

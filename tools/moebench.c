@@ -78,7 +78,27 @@ int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer 
     return MXM_OK;
 }
 
+int mb_layer_to_device(mb_layer *L) {
+    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI;
+    const int64_t H = L->shape.H, I = L->shape.I, M1 = gated ? 2 * I : I;
+    const int64_t Is = L->shape.shared_I, M1s = gated ? 2 * Is : Is;
+    const int64_t n13 = L->shape.E_loc * M1 * H + M1s * H, n2 = L->shape.E_loc * H * I + H * Is;
+    const int64_t bytes[4] = {n13, n13 / 32, n2, n2 / 32};
+    const void *host[4] = {L->w13, L->s13, L->w2, L->s2};
+    for (int i = 0; i < 4; i++) {
+        int st = mxm_device_alloc(bytes[i], &L->dev[i]);
+        if (!st) st = mxm_copy_to_device(L->dev[i], host[i], bytes[i]);
+        if (st) return st;
+    }
+    uint8_t *d13 = L->dev[0], *ds13 = L->dev[1], *d2 = L->dev[2], *ds2 = L->dev[3];
+    for (int e = 0; e <= L->shape.E_loc; e++)
+        L->experts[e] = (mxm_expert_weights){d13 + e * M1 * H, ds13 + e * M1 * H / 32, d2 + e * H * I, ds2 + e * H * I / 32};
+    L->cfg.backend = MXM_BACKEND_CUDA;
+    return MXM_OK;
+}
+
 void mb_layer_destroy(mb_layer *L) {
+    for (int i = 0; i < 4; i++) mxm_device_free(L->dev[i]);
     free(L->w13), free(L->s13), free(L->w2), free(L->s2), free(L->experts);
     memset(L, 0, sizeof *L);
 }
@@ -126,32 +146,86 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* Inputs and outputs where the backend wants them: host pointers, or device copies. */
+typedef struct run_bufs {
+    const void *x, *logits, *bias;
+    void *out, *ws;
+    int32_t *ids;
+    int dev;
+} run_bufs;
+
+static int bufs_create(const mb_layer *L, const mb_inputs *in, int64_t wsb, run_bufs *b) {
+    const int64_t T = in->T, H = L->shape.H, K = L->shape.K, E = L->shape.E;
+    memset(b, 0, sizeof *b);
+    b->dev = L->cfg.backend == MXM_BACKEND_CUDA;
+    if (!b->dev) {
+        b->x = in->x, b->logits = in->logits, b->bias = in->bias;
+        b->out = malloc((size_t)(T * H * 2));
+        b->ids = malloc((size_t)(T * K * 4));
+        b->ws = aligned_alloc(64, (size_t)wsb);
+        return b->out && b->ids && b->ws ? MXM_OK : MXM_ERR_NOMEM;
+    }
+    void *p[6] = {0};
+    const int64_t bytes[6] = {T * H * 2, T * E * 4, E * 4, T * H * 2, T * K * 4, wsb};
+    for (int i = 0; i < 6; i++) {
+        int st = mxm_device_alloc(bytes[i], &p[i]);
+        if (st) return st;
+    }
+    int st = mxm_copy_to_device(p[0], in->x, bytes[0]);
+    if (!st) st = mxm_copy_to_device(p[1], in->logits, bytes[1]);
+    if (!st) st = mxm_copy_to_device(p[2], in->bias, bytes[2]);
+    b->x = p[0], b->logits = p[1], b->bias = p[2], b->out = p[3], b->ids = p[4], b->ws = p[5];
+    return st;
+}
+
+static void bufs_destroy(run_bufs *b) {
+    if (b->dev) {
+        mxm_device_free((void *)b->x), mxm_device_free((void *)b->logits), mxm_device_free((void *)b->bias);
+        mxm_device_free(b->out), mxm_device_free(b->ids), mxm_device_free(b->ws);
+    } else {
+        free(b->out), free(b->ids), free(b->ws);
+    }
+}
+
 int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uint16_t *out_bf16) {
     const int64_t T = in->T, H = L->shape.H, K = L->shape.K;
     mxm_moe_plan *plan;
     int st = mxm_moe_plan_create(&L->cfg, T, &plan);
     if (st) return st;
     const int64_t wsb = mxm_moe_plan_workspace_size(plan);
-    void *ws = aligned_alloc(64, (size_t)wsb);
-    uint16_t *out = out_bf16 ? out_bf16 : malloc((size_t)(T * H * 2));
+    run_bufs b = {0};
     int32_t *ids = malloc((size_t)(T * K * 4));
     double *times = malloc(sizeof(double) * (size_t)(reps > 0 ? reps : 1));
-    if (!ws || !out || !ids || !times) {
-        st = MXM_ERR_NOMEM;
-        goto done;
-    }
+    if (!ids || !times) st = MXM_ERR_NOMEM;
+    if (!st) st = bufs_create(L, in, wsb, &b);
+    if (st) goto done;
     mxm_moe_weights w = mb_layer_weights(L);
-    mxm_moe_inputs mi = {.num_tokens = T, .x = in->x, .x_dtype = MXM_DT_BF16, .router_logits = in->logits,
-                         .logits_dtype = MXM_DT_F32, .routing_bias = in->bias, .bias_dtype = MXM_DT_F32};
-    mxm_moe_outputs mo = {.out = out, .out_dtype = MXM_DT_BF16, .topk_ids = ids};
-    if ((st = mxm_moe_forward(plan, &w, &mi, &mo, ws, wsb, NULL))) goto done; /* warm-up */
-    for (int r = 0; r < reps; r++) {
+    mxm_moe_inputs mi = {.num_tokens = T, .x = b.x, .x_dtype = MXM_DT_BF16, .router_logits = b.logits,
+                         .logits_dtype = MXM_DT_F32, .routing_bias = b.bias, .bias_dtype = MXM_DT_F32};
+    mxm_moe_outputs mo = {.out = b.out, .out_dtype = MXM_DT_BF16, .topk_ids = b.ids};
+    if ((st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL))) goto done; /* warm-up */
+    if (b.dev && (st = mxm_device_synchronize())) goto done;
+    double t;
+    if (b.dev) { /* back-to-back launches, one synchronization: the mean time of a forward */
+        const int n = reps * 4;
         const double t0 = bench_now();
-        if ((st = mxm_moe_forward(plan, &w, &mi, &mo, ws, wsb, NULL))) goto done;
-        times[r] = bench_now() - t0;
+        for (int r = 0; r < n && !st; r++) st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL);
+        if (!st) st = mxm_device_synchronize();
+        t = (bench_now() - t0) / n;
+        if (st) goto done;
+        if ((st = mxm_copy_to_host(ids, b.ids, T * K * 4))) goto done;
+        if (out_bf16 && (st = mxm_copy_to_host(out_bf16, b.out, T * H * 2))) goto done;
+    } else {
+        for (int r = 0; r < reps; r++) {
+            const double t0 = bench_now();
+            if ((st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL))) goto done;
+            times[r] = bench_now() - t0;
+        }
+        qsort(times, (size_t)reps, sizeof *times, cmp_double);
+        t = times[reps / 2];
+        memcpy(ids, b.ids, (size_t)(T * K * 4));
+        if (out_bf16) memcpy(out_bf16, b.out, (size_t)(T * H * 2));
     }
-    qsort(times, (size_t)reps, sizeof *times, cmp_double);
-    const double t = times[reps / 2];
     /* Experts touched and FLOPs from the routing actually taken. */
     const int32_t off = L->cfg.local_expert_offset, E_loc = L->shape.E_loc;
     char *touched = calloc((size_t)E_loc, 1);
@@ -175,8 +249,8 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
     res->gflop = (pairs * per_pair + shared) / 1e9;
     res->gflops = res->gflop / t;
 done:
-    free(ws), free(ids), free(times);
-    if (!out_bf16) free(out);
+    bufs_destroy(&b);
+    free(ids), free(times);
     mxm_moe_plan_destroy(plan);
     return st;
 }
@@ -186,14 +260,24 @@ double mb_fma_roof(int threads) { return bench_fma_roof(threads); }
 
 int mb_bench(const mb_options *o, FILE *tf) {
     const int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
-    fprintf(stderr, "measuring roofs (%d threads)...\n", threads);
-    const double roof_read = mb_read_roof(threads), roof_fma = mb_fma_roof(threads);
-    fprintf(tf, "roofs (same run, %d threads): memory read %.1f GB/s, fp32 FMA %.1f GFLOP/s\n", threads, roof_read,
-            roof_fma);
+    double roof_read = NAN, roof_fma = NAN;
+    if (o->backend == MXM_BACKEND_CUDA) {
+        fprintf(tf, "device %s (ceilings: bench/peers.py in the same run; %%read and %%fma are blank)\n",
+                mxm_device_name());
+    } else {
+        fprintf(stderr, "measuring roofs (%d threads)...\n", threads);
+        roof_read = mb_read_roof(threads), roof_fma = mb_fma_roof(threads);
+        fprintf(tf, "roofs (same run, %d threads): memory read %.1f GB/s, fp32 FMA %.1f GFLOP/s\n", threads,
+                roof_read, roof_fma);
+    }
     fprintf(tf, "%-6s %-8s %6s %11s %11s %9s %7s %9s %7s %5s\n", "shape", "routing", "T", "us", "tokens/s",
             "GB/s", "%read", "GFLOP/s", "%fma", "exp");
     FILE *js = o->json_path ? fopen(o->json_path, "w") : NULL;
-    if (js) fprintf(js, "{\"threads\": %d, \"read_roof_gbs\": %.2f, \"fma_roof_gflops\": %.2f, \"results\": [\n", threads, roof_read, roof_fma);
+    if (js)
+        fprintf(js, "{\"backend\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"read_roof_gbs\": %.2f, "
+                    "\"fma_roof_gflops\": %.2f, \"results\": [\n",
+                o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
+                threads, isnan(roof_read) ? 0.0 : roof_read, isnan(roof_fma) ? 0.0 : roof_fma);
     int first = 1, st = MXM_OK;
     char shapes[256];
     snprintf(shapes, sizeof shapes, "%s", o->shapes);
@@ -207,7 +291,8 @@ int mb_bench(const mb_options *o, FILE *tf) {
         mb_layer L;
         fprintf(stderr, "building %s layer (%s)...\n", s->name, s->model);
         if ((st = mb_layer_create(s, 42, threads, &L))) break;
-        L.cfg.kernels = o->kernels, L.cfg.backend = o->backend;
+        L.cfg.kernels = o->kernels;
+        if (o->backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) break;
         char toks[256];
         snprintf(toks, sizeof toks, "%s", o->tokens);
         for (char *tv = NULL, *tn = strtok_r(toks, ",", &tv); tn && !st; tn = strtok_r(NULL, ",", &tv)) {

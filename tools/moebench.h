@@ -25,9 +25,12 @@ typedef struct mb_layer {
     uint8_t *w13, *s13, *w2, *s2;       /* [E_loc (+1 shared), ...] */
     mxm_expert_weights *experts;        /* [E_loc + 1]; the last is the shared expert */
     int64_t expert_bytes, shared_bytes; /* weight + scale bytes of one routed / the shared expert */
+    void *dev[4];                       /* device copies of w13, s13, w2, s2 (CUDA backend) */
 } mb_layer;
 
 int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer *L);
+/* Copies the weights to the CUDA device and points the experts there (cfg.backend = CUDA). */
+int mb_layer_to_device(mb_layer *L);
 void mb_layer_destroy(mb_layer *L);
 mxm_moe_weights mb_layer_weights(const mb_layer *L);
 

@@ -563,11 +563,13 @@ static int cmd_demo(int argc, char **argv) {
     }
     const mb_shape *s = mb_shape_find("nano");
     mb_layer L;
-    fprintf(stderr, "building the synthetic %s layer (%.2f GB of MXFP8 weights)...\n", s->model,
-            ((double)s->E_loc * 3 * s->I * s->H / 2 * 2 / 3 * 33 / 32 + 2.0 * s->shared_I * s->H) / 1e9);
+    fprintf(stderr, "building the synthetic %s layer...\n", s->model);
     int st = mb_layer_create(s, 42, o.threads, &L);
     if (st) return die_status(st, "building the layer");
-    L.cfg.backend = o.backend, L.cfg.act_quant = o.act_quant, L.cfg.profile = o.profile;
+    fprintf(stderr, "%.2f GB of MXFP8 expert weights and scales\n",
+            ((double)L.expert_bytes * s->E_loc + (double)L.shared_bytes) / 1e9);
+    L.cfg.act_quant = o.act_quant, L.cfg.profile = o.profile;
+    if (o.backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) return die_status(st, "copying the layer to the GPU");
     mb_inputs in;
     mb_inputs_create(&L, T, MB_UNIFORM, 7, &in);
     const int64_t H = s->H, E = s->E, K = s->K;

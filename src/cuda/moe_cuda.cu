@@ -3,6 +3,7 @@
 // Every launch is on the caller's stream; nothing synchronizes with the host, so a forward can
 // be captured into a CUDA graph. Supported: MXFP8 and bf16 weights, MXFP8 or no activation
 // quantization, both profiles, every activation and layout, shared experts, EP slices.
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -143,4 +144,44 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
         (st = mxm_cuda_mma2(a, max_tiles, s)))
         return st;
     return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
+}
+
+// ---- device memory helpers of the public API ----------------------------------------------------
+
+extern "C" mxm_status mxm_device_alloc(int64_t bytes, void **ptr) {
+    if (!ptr) return mxm_fail(MXM_ERR_NULL, "mxm_device_alloc: ptr is NULL");
+    *ptr = NULL;
+    if (!mxm_cuda_available()) return mxm_fail(MXM_ERR_NO_DEVICE, "no CUDA device is present");
+    MXM_CUDA_TRY(cudaMalloc(ptr, (size_t)(bytes > 0 ? bytes : 1)));
+    return MXM_OK;
+}
+
+extern "C" void mxm_device_free(void *ptr) {
+    if (ptr) cudaFree(ptr);
+}
+
+extern "C" mxm_status mxm_copy_to_device(void *dst, const void *src, int64_t bytes) {
+    MXM_CUDA_TRY(cudaMemcpy(dst, src, (size_t)bytes, cudaMemcpyHostToDevice));
+    return MXM_OK;
+}
+
+extern "C" mxm_status mxm_copy_to_host(void *dst, const void *src, int64_t bytes) {
+    MXM_CUDA_TRY(cudaMemcpy(dst, src, (size_t)bytes, cudaMemcpyDeviceToHost));
+    return MXM_OK;
+}
+
+extern "C" mxm_status mxm_device_synchronize(void) {
+    MXM_CUDA_TRY(cudaDeviceSynchronize());
+    return MXM_OK;
+}
+
+extern "C" const char *mxm_device_name(void) {
+    static char name[256];
+    cudaDeviceProp prop;
+    int dev = 0;
+    if (!mxm_cuda_available() || cudaGetDevice(&dev) != cudaSuccess ||
+        cudaGetDeviceProperties(&prop, dev) != cudaSuccess)
+        return "";
+    snprintf(name, sizeof name, "%s", prop.name);
+    return name;
 }

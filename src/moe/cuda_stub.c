@@ -15,6 +15,24 @@ mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     (void)p, (void)w, (void)in, (void)out, (void)ws, (void)stream;
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
 }
+mxm_status mxm_device_alloc(int64_t bytes, void **ptr) {
+    (void)bytes;
+    if (ptr) *ptr = NULL;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+void mxm_device_free(void *ptr) { (void)ptr; }
+mxm_status mxm_copy_to_device(void *dst, const void *src, int64_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+mxm_status mxm_copy_to_host(void *dst, const void *src, int64_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+mxm_status mxm_device_synchronize(void) {
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+const char *mxm_device_name(void) { return ""; }
 #else
 typedef int mxm_cuda_stub_unused;
 #endif

@@ -1,0 +1,283 @@
+/* Backend comparison: the CUDA backend against the CPU backend (and the float64 reference on
+ * integer data), on every shape class, activation, layout, profile and mode, with skewed
+ * routing and EP slices. One line per case: op fmt shape err PASS|FAIL. Exits 77 (skipped)
+ * where no GPU is present. MXM_TEST_QUICK=1 runs a reduced set (for compute-sanitizer).
+ *
+ * Tolerances against the CPU backend (relative L2):
+ *  - W8A8: both backends quantize the same values; fp32 sums in different orders flip an E4M3
+ *    rounding now and then (see test_moe.c): 5e-4.
+ *  - weight-only: the CUDA backend keeps the intermediate in bf16 (like every GPU MoE kernel),
+ *    the CPU backend in fp32 in the exact profile: 4e-3.
+ *  - integer data (exact in any order, exact in bf16): 1e-6 against the float64 reference. */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moe_ref.h"
+#include "mxmoe.h"
+#include "testutil.h"
+
+static int quick;
+
+static void *to_dev(const void *h, size_t n) {
+    void *d = NULL;
+    assert_int_equal(cudaMalloc(&d, n ? n : 1), cudaSuccess);
+    if (n) assert_int_equal(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess);
+    return d;
+}
+
+/* Device copies of a ref_layer's MXFP8 weights. */
+typedef struct dev_layer {
+    mxm_expert_weights *ex;
+    void **ptrs;
+    int n;
+} dev_layer;
+
+static dev_layer layer_to_dev(const ref_layer *L) {
+    const mxm_moe_config *c = &L->cfg;
+    dev_layer d = {tu_alloc(sizeof(mxm_expert_weights) * (L->e_loc + 1)), tu_alloc(sizeof(void *) * 4 * (L->e_loc + 1)), 0};
+    const int64_t H = c->hidden_size;
+    for (int e = 0; e <= L->e_loc; e++) {
+        const int shared = e == L->e_loc;
+        if (shared && !c->shared_intermediate_size) break;
+        const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
+        const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
+        const int64_t M1 = act <= MXM_ACT_SWIGLUOAI ? 2 * I : I;
+        void *w13 = to_dev(L->w13[e], M1 * H), *s13 = to_dev(L->s13[e], M1 * H / 32);
+        void *w2 = to_dev(L->w2[e], H * I), *s2 = to_dev(L->s2[e], H * I / 32);
+        d.ex[e] = (mxm_expert_weights){w13, s13, w2, s2};
+        d.ptrs[d.n++] = w13, d.ptrs[d.n++] = s13, d.ptrs[d.n++] = w2, d.ptrs[d.n++] = s2;
+    }
+    return d;
+}
+
+static void dev_layer_free(dev_layer *d) {
+    for (int i = 0; i < d->n; i++) cudaFree(d->ptrs[i]);
+    free(d->ex), free(d->ptrs);
+}
+
+/* Runs cfg on the given backend; inputs are host arrays; returns out/ids/w on the host. */
+static void run_backend(mxm_moe_config cfg, int backend, const ref_layer *L, const dev_layer *D, int64_t T,
+                        const uint16_t *x, const float *logits, const float *bias, const int32_t *ids_in,
+                        const float *w_in, float *out, int32_t *ids_out, float *w_out) {
+    cfg.backend = backend;
+    const int64_t H = cfg.hidden_size, K = cfg.top_k, E = cfg.num_experts;
+    mxm_moe_plan *plan;
+    const mxm_status st = mxm_moe_plan_create(&cfg, T, &plan);
+    if (st) fprintf(stderr, "plan: %s\n", mxm_last_error());
+    assert_int_equal(st, MXM_OK);
+    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+    mxm_moe_weights mw = ref_layer_weights(L);
+    const int dev = backend == MXM_BACKEND_CUDA;
+    void *ws, *dx = (void *)x, *dl = (void *)logits, *db = (void *)bias, *di = (void *)ids_in, *dw = (void *)w_in;
+    float *dout = out;
+    int32_t *dids = ids_out;
+    float *dwo = w_out;
+    if (dev) {
+        mw.experts = D->ex, mw.shared = cfg.shared_intermediate_size ? &D->ex[L->e_loc] : NULL;
+        assert_int_equal(cudaMalloc(&ws, wsb), cudaSuccess);
+        assert_int_equal(cudaMemset(ws, 0xCD, wsb), cudaSuccess);
+        dx = to_dev(x, 2 * T * H);
+        dl = logits ? to_dev(logits, 4 * T * E) : NULL;
+        db = bias ? to_dev(bias, 4 * E) : NULL;
+        di = ids_in ? to_dev(ids_in, 4 * T * K) : NULL;
+        dw = w_in ? to_dev(w_in, 4 * T * K) : NULL;
+        assert_int_equal(cudaMalloc((void **)&dout, 4 * T * H), cudaSuccess);
+        assert_int_equal(cudaMemset(dout, 0xFF, 4 * T * H), cudaSuccess); /* NaN poison */
+        assert_int_equal(cudaMalloc((void **)&dids, 4 * T * K), cudaSuccess);
+        assert_int_equal(cudaMalloc((void **)&dwo, 4 * T * K), cudaSuccess);
+    } else {
+        ws = aligned_alloc(64, wsb);
+        tu_poison_f32(out, T * H);
+    }
+    mxm_moe_inputs in = {.num_tokens = T, .x = dx, .x_dtype = MXM_DT_BF16, .router_logits = dl,
+                         .logits_dtype = MXM_DT_F32, .routing_bias = db, .bias_dtype = MXM_DT_F32,
+                         .topk_ids = di, .topk_weights = dw};
+    mxm_moe_outputs o = {.out = dout, .out_dtype = MXM_DT_F32, .topk_ids = dids, .topk_weights = dwo};
+    const mxm_status fs = mxm_moe_forward(plan, &mw, &in, &o, ws, wsb, NULL);
+    if (fs) fprintf(stderr, "forward: %s\n", mxm_last_error());
+    assert_int_equal(fs, MXM_OK);
+    if (dev) {
+        assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+        assert_int_equal(cudaMemcpy(out, dout, 4 * T * H, cudaMemcpyDeviceToHost), cudaSuccess);
+        assert_int_equal(cudaMemcpy(ids_out, dids, 4 * T * K, cudaMemcpyDeviceToHost), cudaSuccess);
+        assert_int_equal(cudaMemcpy(w_out, dwo, 4 * T * K, cudaMemcpyDeviceToHost), cudaSuccess);
+        cudaFree(ws), cudaFree(dx), cudaFree(dl), cudaFree(db), cudaFree(di), cudaFree(dw), cudaFree(dout);
+        cudaFree(dids), cudaFree(dwo);
+    } else {
+        free(ws);
+    }
+    mxm_moe_plan_destroy(plan);
+}
+
+static double rel_f32(const float *a, const float *b, int64_t n, int *nan) {
+    double num = 0, den = 0;
+    *nan = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (isnan(a[i]) || isnan(b[i])) {
+            (*nan)++;
+            continue;
+        }
+        num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static mxm_moe_config cfg_of(int H, int I, int E, int K, int act) {
+    mxm_moe_config c;
+    mxm_moe_config_default(&c);
+    c.hidden_size = H, c.intermediate_size = I, c.num_experts = E, c.top_k = K, c.activation = act;
+    return c;
+}
+
+/* CUDA vs CPU on one case; with_logits: route on the device from logits, else given ids. */
+static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int with_logits, int integer) {
+    tu_rng r = tu_rng_fresh();
+    ref_layer L;
+    ref_layer_init(&L, &c, tu_next(&r), integer);
+    if (c.activation == MXM_ACT_SWIGLUOAI) {
+        L.alpha = tu_alloc(4 * L.e_loc), L.beta = tu_alloc(4 * L.e_loc), L.limit = tu_alloc(4 * L.e_loc);
+        for (int e = 0; e < L.e_loc; e++)
+            L.alpha[e] = 1.5f + e * 0.01f, L.beta[e] = 0.5f, L.limit[e] = 1.0f + 0.1f * (e % 7);
+    }
+    dev_layer D = layer_to_dev(&L);
+    const int64_t H = c.hidden_size, K = c.top_k, E = c.num_experts;
+    uint16_t *x = tu_alloc(2 * T * H);
+    float *xf = tu_alloc(4 * T * H), *lg = tu_alloc(4 * T * E), *bias = tu_alloc(4 * E), *w = tu_alloc(4 * T * K);
+    int32_t *ids = tu_alloc(4 * T * K);
+    for (int64_t i = 0; i < T * H; i++) {
+        const float v = integer ? (float)tu_randint(&r, -8, 8) : (float)tu_normal(&r);
+        x[i] = mxm_bf16_from_f32(v), xf[i] = mxm_bf16_to_f32(x[i]);
+    }
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t e = 0; e < E; e++) lg[t * E + e] = (float)(tu_normal(&r) + (skewed ? 3.0 * exp(-e / 3.0) : 0));
+    for (int64_t e = 0; e < E; e++) bias[e] = (float)(0.1 * tu_normal(&r));
+    /* routing from the CPU for the given-ids runs */
+    assert_int_equal(mxm_route(&c, T, lg, MXM_DT_F32, bias, MXM_DT_F32, ids, w), MXM_OK);
+    float *o_cpu = tu_alloc(4 * T * H), *o_gpu = tu_alloc(4 * T * H), *o_gpu2 = tu_alloc(4 * T * H);
+    float *w_cpu = tu_alloc(4 * T * K), *w_gpu = tu_alloc(4 * T * K);
+    int32_t *i_cpu = tu_alloc(4 * T * K), *i_gpu = tu_alloc(4 * T * K);
+    const float *lgp = with_logits ? lg : NULL, *bp = with_logits ? bias : NULL;
+    const int32_t *idp = with_logits ? NULL : ids;
+    const float *wp = with_logits ? NULL : w;
+    run_backend(c, MXM_BACKEND_CPU, &L, &D, T, x, lgp, bp, idp, wp, o_cpu, i_cpu, w_cpu);
+    run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu, i_gpu, w_gpu);
+    run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu2, i_gpu, w_gpu);
+    int nan_gpu, nan_cpu;
+    double err = rel_f32(o_gpu, o_cpu, T * H, &nan_gpu);
+    (void)rel_f32(o_cpu, o_cpu, T * H, &nan_cpu);
+    const int same_runs = memcmp(o_gpu, o_gpu2, 4 * T * H) == 0;
+    int64_t id_match = 0;
+    double wmax = 0;
+    for (int64_t i = 0; i < T * K; i++) {
+        id_match += i_gpu[i] == i_cpu[i];
+        const double d = fabs((double)w_gpu[i] - w_cpu[i]) / (fabs(w_cpu[i]) + 1e-30);
+        if (i_gpu[i] == i_cpu[i] && d > wmax) wmax = d;
+    }
+    double tol = c.act_quant == MXM_ACT_QUANT_MXFP8 ? 5e-4 : 4e-3;
+    if (integer) { /* against the float64 reference */
+        double *ref = tu_alloc(8 * T * H), *refr = tu_alloc(8 * T * H);
+        ref_forward(&L, T, xf, i_cpu, w_cpu, ref, refr);
+        err = tu_rel_l2_f32(o_gpu, ref, T * H);
+        tol = 1e-6;
+        free(ref), free(refr);
+    }
+    const int pass = err <= tol && nan_gpu == 0 && same_runs && id_match == T * K && wmax <= 8e-3;
+    printf("%-9s %-6s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e tol=%.0e ids=%s det=%s %s\n", op,
+           "mxfp8", mxm_activation_name(c.activation), c.act_quant ? "w8" : "w8a8", c.profile ? "exact" : "trt",
+           c.w13_layout == 1 ? "ug" : c.w13_layout == 2 ? "il" : "gu", c.hidden_size, c.intermediate_size,
+           c.num_experts, c.top_k, (long long)T, c.shared_intermediate_size ? " +shared" : "", err, tol,
+           id_match == T * K ? "same" : "DIFF", same_runs ? "yes" : "NO", pass ? "PASS" : "FAIL");
+    fflush(stdout);
+    assert_true(pass);
+    free(x), free(xf), free(lg), free(bias), free(w), free(ids), free(o_cpu), free(o_gpu), free(o_gpu2);
+    free(w_cpu), free(w_gpu), free(i_cpu), free(i_gpu);
+    dev_layer_free(&D);
+    ref_layer_free(&L);
+}
+
+static void test_modes(void **state) {
+    (void)state;
+    for (int act = 0; act < MXM_ACT_COUNT_; act++)
+        for (int aq = 0; aq < 2; aq++)
+            for (int prof = 0; prof < 2; prof++) {
+                if (quick && (aq || prof)) continue;
+                mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
+                c.act_quant = aq, c.profile = prof;
+                compare("mode", c, 13, 0, 0, 0); /* GEMV path */
+                compare("mode", c, 300, 0, 0, 0); /* MMA path */
+            }
+}
+
+static void test_layouts_and_shared(void **state) {
+    (void)state;
+    for (int lay = 0; lay < 3; lay++) {
+        mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
+        c.w13_layout = lay;
+        compare("layout", c, 5, 0, 0, 0);
+        compare("layout", c, 200, 0, 0, 0);
+    }
+    mxm_moe_config c = cfg_of(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
+    c.shared_intermediate_size = 192;
+    compare("shared", c, 3, 0, 0, 0);
+    compare("shared", c, 150, 0, 0, 0);
+    c.shared_activation = MXM_ACT_SILU;
+    compare("shared", c, 150, 0, 0, 0);
+}
+
+static void test_shapes_routing(void **state) {
+    (void)state;
+    struct { int H, I, E, K; int64_t T; int skew, logits, method, ng, tg; } s[] = {
+        {32, 32, 4, 1, 1, 0, 1, MXM_ROUTE_RENORMALIZE, 0, 0},
+        {224, 96, 16, 10, 7, 0, 1, MXM_ROUTE_DEFAULT, 0, 0},
+        {2688, 1856, 16, 6, 1, 0, 1, MXM_ROUTE_DEEPSEEK_V3, 1, 1},
+        {2688, 1856, 16, 6, 100, 1, 1, MXM_ROUTE_DEEPSEEK_V3, 1, 1},
+        {256, 128, 64, 8, 2048, 0, 1, MXM_ROUTE_DEEPSEEK_V3, 8, 4},
+        {160, 96, 32, 4, 1000, 1, 0, MXM_ROUTE_SIGMOID_RENORM, 0, 0},
+        {128, 64, 16, 4, 16384, 0, 1, MXM_ROUTE_TOPK_SIGMOID, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        if (quick && s[i].T > 2048) continue;
+        mxm_moe_config c = cfg_of(s[i].H, s[i].I, s[i].E, s[i].K, MXM_ACT_SILU);
+        c.routing_method = s[i].method, c.n_group = s[i].ng, c.topk_group = s[i].tg;
+        c.routed_scaling_factor = 2.5f;
+        compare("shape", c, s[i].T, s[i].skew, s[i].logits, 0);
+    }
+}
+
+static void test_integer_exact(void **state) {
+    (void)state;
+    const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
+    for (int a = 0; a < 2; a++) {
+        mxm_moe_config c = cfg_of(96, 160, 8, 3, acts[a]);
+        c.profile = MXM_PROFILE_EXACT;
+        compare("int-exact", c, 6, 0, 0, 1);
+        compare("int-exact", c, 400, 0, 0, 1);
+    }
+}
+
+static void test_expert_parallel(void **state) {
+    (void)state;
+    mxm_moe_config c = cfg_of(96, 64, 12, 3, MXM_ACT_SILU);
+    c.local_expert_offset = 5, c.local_num_experts = 4;
+    compare("ep-slice", c, 9, 0, 1, 0);
+    compare("ep-slice", c, 500, 1, 1, 0);
+}
+
+int main(void) {
+    if (!mxm_cuda_available()) {
+        printf("no CUDA device: skipped\n");
+        return 77;
+    }
+    quick = getenv("MXM_TEST_QUICK") != NULL;
+    printf("device: %s\n", mxm_device_name());
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
+        cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_integer_exact),
+        cmocka_unit_test(test_expert_parallel),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
