@@ -88,7 +88,7 @@ def layer_peer(shape, T, mode):
         x, ids, w = sets[state["i"] % 8]
         flat = ids.flatten()
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=E)
+        counts = torch.zeros(E, dtype=torch.int64, device=dev).index_add_(0, flat, torch.ones_like(flat))
         offs = torch.cumsum(counts, 0).to(torch.int32)
         xs = x[order // K]
         if mode == "bf16":

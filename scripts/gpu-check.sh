@@ -13,16 +13,19 @@ if [ -d .debs ] && ! [ -f /usr/include/jansson.h ]; then
   mkdir -p /tmp/mxm-sys && for f in .debs/*.deb; do dpkg -x "$f" /tmp/mxm-sys; done
   export CMAKE_PREFIX_PATH=/tmp/mxm-sys/usr LD_LIBRARY_PATH=/tmp/mxm-sys/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 fi
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXM_PYTHON=python3 >"$OUT/build.log" 2>&1 &&
   cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build ok"
 rc=0
 if [ "$what" != bench ]; then
-  (cd build-gpu && ctest --output-on-failure -j4 -E 'test_cuda') >"$OUT/ctest.log" 2>&1; echo "ctest (CPU tests on the GPU machine): rc=$?"; tail -3 "$OUT/ctest.log"
-  build-gpu/test_cuda >"$OUT/test_cuda.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"; grep -E "FAIL|PASSED|FAILED" "$OUT/test_cuda.log" | head -20
-  MXM_TEST_QUICK=1 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/test_cuda >"$OUT/memcheck.log" 2>&1; r=$?; echo "memcheck rc=$r"; tail -2 "$OUT/memcheck.log"; rc=$((rc | r))
-  MXM_TEST_QUICK=1 compute-sanitizer --tool racecheck --error-exitcode 9 build-gpu/test_cuda >"$OUT/racecheck.log" 2>&1; r=$?; echo "racecheck rc=$r"; tail -2 "$OUT/racecheck.log"; rc=$((rc | r))
+  (cd build-gpu && ctest --output-on-failure -j4 -E 'test_cuda|py_') >"$OUT/ctest.log" 2>&1; echo "ctest (CPU tests on the GPU machine): rc=$?"; tail -3 "$OUT/ctest.log"
+  build-gpu/test_cuda >"$OUT/tests.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"; grep -E "FAIL|PASSED|FAILED" "$OUT/tests.log" | head -20
+  for tool in memcheck racecheck; do
+    echo "== compute-sanitizer --tool $tool (MXM_TEST_QUICK=1) ==" >>"$OUT/tests.log"
+    MXM_TEST_QUICK=1 compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/test_cuda >>"$OUT/tests.log" 2>&1; r=$?
+    echo "$tool rc=$r"; tail -1 "$OUT/tests.log"; rc=$((rc | r))
+  done
 fi
 if [ "$what" != test ]; then
   build-gpu/mxmoe bench --backend cuda --shapes nano,qwen3,dsv3 --tokens ${TOKENS:-1,8,32,64,256,1024,4096,16384} \

@@ -52,7 +52,8 @@ struct mxm_cuda_args {
     float *wts;              // [T, K]
     int32_t *pos;            // [T, K] permuted row or -1
     int32_t *row_token;      // [rows_total] token of each permuted row
-    int32_t *counts;         // [groups + 1] (last: total tiles)
+    int32_t *counts;         // [2]: MMA tiles in use, GEMV groups in use
+    int32_t *gemv_list;      // [groups] the groups with 1..GEMV_MAX rows
     __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see
     __nv_bfloat16 *act;      // [rows_total, I_max] intermediate
     float *y;                // [rows_total, H]

@@ -5,54 +5,66 @@
 #include "cuda/mx_device.cuh"
 
 #define GEMV_THREADS 256
-#define GEMV1_COLS 128 // intermediate columns per block (a multiple of every act block)
-#define GEMV2_ROWS 128 // rows of H per block
+#define GEMV_COLS 32 // intermediate columns (GEMM1) or rows of H (GEMM2) per block: one MX block
+#define WARP_COLS (GEMV_COLS / (GEMV_THREADS / 32)) // 4 per warp
 
-// acc[t] += sum over this lane's 16 elements of w * x_t, for the weight row `w` (codes, scales)
-// and activation rows x_t (bf16) at element offset c.
+// acc[r][t] = dot(weight row r, activation row t) for the warp's R rows and n (<= GEMV_MAX)
+// activation rows x[t] (bf16), over k elements. Each lane loads 16 codes of every row per
+// step (R independent 16-byte loads in flight), decodes each row once and reuses it for all
+// activation rows (read from L1/L2).
 template <int R>
-__device__ __forceinline__ void dot16(const uint8_t *w, const uint8_t *s, int64_t c, const __nv_bfloat16 *const *x,
-                                      int n, float (&acc)[R]) {
-    const uint4 q = *reinterpret_cast<const uint4 *>(w + c);
-    const float sc = mxm_e8m0_decode(s[c / 32]);
-    float wf[16];
-    const uint16_t *q16 = reinterpret_cast<const uint16_t *>(&q);
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float2 f = mxm_e4m3x2_to_float2(q16[i]);
-        wf[2 * i] = f.x * sc, wf[2 * i + 1] = f.y * sc;
-    }
-#pragma unroll
-    for (int t = 0; t < R; t++) {
-        if (t >= n) break;
-        const uint4 xa = *reinterpret_cast<const uint4 *>(x[t] + c);
-        const uint4 xb = *reinterpret_cast<const uint4 *>(x[t] + c + 8);
-        const __nv_bfloat162 *h0 = reinterpret_cast<const __nv_bfloat162 *>(&xa);
-        const __nv_bfloat162 *h1 = reinterpret_cast<const __nv_bfloat162 *>(&xb);
-        float s_ = 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const float2 a0 = __bfloat1622float2(h0[i]), a1 = __bfloat1622float2(h1[i]);
-            s_ = fmaf(a0.x, wf[2 * i], s_);
-            s_ = fmaf(a0.y, wf[2 * i + 1], s_);
-            s_ = fmaf(a1.x, wf[8 + 2 * i], s_);
-            s_ = fmaf(a1.y, wf[8 + 2 * i + 1], s_);
-        }
-        acc[t] += s_;
-    }
-}
-
-template <int R>
-__device__ __forceinline__ void warp_dot(const uint8_t *w, const uint8_t *s, int64_t k, const __nv_bfloat16 *const *x,
-                                         int n, float (&acc)[R]) {
+__device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const uint8_t *const (&s)[R], int64_t k,
+                                          const __nv_bfloat16 *const *x, int n, float (&acc)[R][MXM_CUDA_GEMV_MAX]) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int t = 0; t < R; t++) acc[t] = 0.0f;
-    for (int64_t c = (int64_t)lane * 16; c < k; c += 32 * 16) dot16<R>(w, s, c, x, n, acc);
+    for (int r = 0; r < R; r++)
 #pragma unroll
-    for (int t = 0; t < R; t++)
+        for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++) acc[r][t] = 0.0f;
+    for (int64_t c = (int64_t)lane * 16; c < k; c += 32 * 16) {
+        uint4 q[R];
+        float sc[R];
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) acc[t] += __shfl_xor_sync(0xFFFFFFFFu, acc[t], o);
+        for (int r = 0; r < R; r++) {
+            q[r] = w[r] ? __ldg(reinterpret_cast<const uint4 *>(w[r] + c)) : make_uint4(0, 0, 0, 0);
+            sc[r] = w[r] ? mxm_e8m0_decode(__ldg(s[r] + c / 32)) : 0.0f;
+        }
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            float wf[16];
+            const uint16_t *q16 = reinterpret_cast<const uint16_t *>(&q[r]);
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float2 f = mxm_e4m3x2_to_float2(q16[i]);
+                wf[2 * i] = f.x * sc[r], wf[2 * i + 1] = f.y * sc[r];
+            }
+#pragma unroll
+            for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++) {
+                if (t >= n) break;
+                const uint4 xa = *reinterpret_cast<const uint4 *>(x[t] + c);
+                const uint4 xb = *reinterpret_cast<const uint4 *>(x[t] + c + 8);
+                const __nv_bfloat162 *h0 = reinterpret_cast<const __nv_bfloat162 *>(&xa);
+                const __nv_bfloat162 *h1 = reinterpret_cast<const __nv_bfloat162 *>(&xb);
+                float d = 0.0f;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float2 a0 = __bfloat1622float2(h0[i]), a1 = __bfloat1622float2(h1[i]);
+                    d = fmaf(a0.x, wf[2 * i], d);
+                    d = fmaf(a0.y, wf[2 * i + 1], d);
+                    d = fmaf(a1.x, wf[8 + 2 * i], d);
+                    d = fmaf(a1.y, wf[8 + 2 * i + 1], d);
+                }
+                acc[r][t] += d;
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++) {
+            if (t >= n) break;
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) acc[r][t] += __shfl_xor_sync(0xFFFFFFFFu, acc[r][t], o);
+        }
 }
 
 // Row of W13 holding gate (half 0) or up (half 1) of intermediate column j.
@@ -63,79 +75,119 @@ __device__ __forceinline__ int64_t w13_row(int layout, int gated, int64_t I, int
     return (half == first ? 0 : I) + j;
 }
 
+// The block's group among the GEMV groups (list built by the permutation), or -1.
+__device__ __forceinline__ int gemv_group(const mxm_cuda_args &a, int chunks, int *chunk) {
+    const int i = blockIdx.x / chunks;
+    *chunk = blockIdx.x % chunks;
+    return i < a.counts[1] ? a.gemv_list[i] : -1;
+}
+
+template <bool GATED>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv1_kernel(mxm_cuda_args a) {
-    const int chunks = (a.I_max + GEMV1_COLS - 1) / GEMV1_COLS;
-    const int g = blockIdx.x / chunks, j0 = (blockIdx.x % chunks) * GEMV1_COLS;
+    const int chunks = (a.I_max + GEMV_COLS - 1) / GEMV_COLS;
+    int chunk;
+    const int g = gemv_group(a, chunks, &chunk);
+    if (g < 0) return;
     const mxm_cuda_group G = a.group[g];
-    if (G.rows < 1 || G.rows > MXM_CUDA_GEMV_MAX || j0 >= G.I) return;
-    __shared__ float a_s[MXM_CUDA_GEMV_MAX][GEMV1_COLS];
+    const int j0 = chunk * GEMV_COLS;
+    if (j0 >= G.I || mxm_act_is_gated(G.act) != GATED) return;
+    __shared__ float a_s[MXM_CUDA_GEMV_MAX][GEMV_COLS];
     __shared__ const __nv_bfloat16 *xrow[MXM_CUDA_GEMV_MAX];
     const int n = G.rows, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     if (threadIdx.x < n) xrow[threadIdx.x] = a.xq + (int64_t)a.row_token[G.row0 + threadIdx.x] * a.H;
     __syncthreads();
-    const int gated = mxm_act_is_gated(G.act);
+    constexpr int R = GATED ? 2 * WARP_COLS : WARP_COLS;
     const int64_t kb = a.H / 32;
-    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
-    const int j1 = min(j0 + GEMV1_COLS, G.I);
-    for (int j = j0 + warp; j < j1; j += GEMV_THREADS / 32) {
-        float hg[MXM_CUDA_GEMV_MAX], hu[MXM_CUDA_GEMV_MAX];
-        const int64_t rg = w13_row(a.layout, gated, G.I, j, 0);
-        warp_dot<MXM_CUDA_GEMV_MAX>(G.w13 + rg * a.H, G.s13 + rg * kb, a.H, xrow, n, hg);
-        if (gated) {
-            const int64_t ru = w13_row(a.layout, gated, G.I, j, 1);
-            warp_dot<MXM_CUDA_GEMV_MAX>(G.w13 + ru * a.H, G.s13 + ru * kb, a.H, xrow, n, hu);
-        }
-        if (lane == 0)
+    const uint8_t *w[R], *s[R];
 #pragma unroll
-            for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++)
-                if (t < n) a_s[t][j - j0] = gated ? mxm_act_gated(G.act, hg[t], hu[t], ap) : mxm_act_plain(G.act, hg[t]);
+    for (int r = 0; r < R; r++) {
+        const int j = j0 + warp * WARP_COLS + r % WARP_COLS;
+        const int64_t row = w13_row(a.layout, GATED, G.I, j, r / WARP_COLS);
+        w[r] = j < G.I ? G.w13 + row * a.H : nullptr;
+        s[r] = j < G.I ? G.s13 + row * kb : nullptr;
+    }
+    float acc[R][MXM_CUDA_GEMV_MAX];
+    warp_rows<R>(w, s, a.H, xrow, n, acc);
+    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+    if (lane < WARP_COLS) {
+#pragma unroll
+        for (int c = 0; c < WARP_COLS; c++) {
+            if (c != lane) continue;
+#pragma unroll
+            for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++) {
+                if (t >= n) break;
+                a_s[t][warp * WARP_COLS + c] = GATED ? mxm_act_gated(G.act, acc[c][t], acc[WARP_COLS + c][t], ap)
+                                                     : mxm_act_plain(G.act, acc[c][t]);
+            }
+        }
     }
     __syncthreads();
-    // Requantize each (row, 32-block): one warp per unit, one value per lane.
-    const int blocks = (j1 - j0) / 32;
-    for (int u = warp; u < n * blocks; u += GEMV_THREADS / 32) {
-        const int t = u / blocks, b = u % blocks;
-        float v = a_s[t][b * 32 + lane];
+    // Requantize: warp t takes activation row t (one 32-block), one value per lane.
+    if (warp < n && j0 + lane < G.I) {
+        float v = a_s[warp][lane];
         if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
         if (a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
-        a.act[(int64_t)(G.row0 + t) * a.I_max + j0 + b * 32 + lane] = __float2bfloat16_rn(v);
+        a.act[(int64_t)(G.row0 + warp) * a.I_max + j0 + lane] = __float2bfloat16_rn(v);
     }
 }
 
 __global__ void __launch_bounds__(GEMV_THREADS) gemv2_kernel(mxm_cuda_args a) {
-    const int chunks = (a.H + GEMV2_ROWS - 1) / GEMV2_ROWS;
-    const int g = blockIdx.x / chunks, h0 = (blockIdx.x % chunks) * GEMV2_ROWS;
+    const int chunks = (a.H + GEMV_COLS - 1) / GEMV_COLS;
+    int chunk;
+    const int g = gemv_group(a, chunks, &chunk);
+    if (g < 0) return;
     const mxm_cuda_group G = a.group[g];
-    if (G.rows < 1 || G.rows > MXM_CUDA_GEMV_MAX) return;
     __shared__ const __nv_bfloat16 *xrow[MXM_CUDA_GEMV_MAX];
     const int n = G.rows, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     if (threadIdx.x < n) xrow[threadIdx.x] = a.act + (int64_t)(G.row0 + threadIdx.x) * a.I_max;
     __syncthreads();
     const int64_t kb = G.I / 32;
-    const int h1 = min(h0 + GEMV2_ROWS, a.H);
-    for (int h = h0 + warp; h < h1; h += GEMV_THREADS / 32) {
-        float acc[MXM_CUDA_GEMV_MAX];
-        warp_dot<MXM_CUDA_GEMV_MAX>(G.w2 + (int64_t)h * G.I, G.s2 + (int64_t)h * kb, G.I, xrow, n, acc);
-        if (lane < n) {
-            float v = 0.0f;
+    const int h0 = chunk * GEMV_COLS + warp * WARP_COLS;
+    const uint8_t *w[WARP_COLS], *s[WARP_COLS];
 #pragma unroll
-            for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++)
-                if (t == lane) v = acc[t];
-            a.y[(int64_t)(G.row0 + lane) * a.H + h] = a.profile == MXM_PROFILE_TRTLLM ? mxm_round_bf16(v) : v;
-        }
+    for (int r = 0; r < WARP_COLS; r++) {
+        const int h = h0 + r;
+        w[r] = h < a.H ? G.w2 + (int64_t)h * G.I : nullptr;
+        s[r] = h < a.H ? G.s2 + (int64_t)h * kb : nullptr;
+    }
+    float acc[WARP_COLS][MXM_CUDA_GEMV_MAX];
+    warp_rows<WARP_COLS>(w, s, G.I, xrow, n, acc);
+    // lane = t * WARP_COLS + r writes row r of token t
+    const int t = lane / WARP_COLS, r = lane % WARP_COLS;
+    if (t < n && h0 + r < a.H) {
+        float v = 0.0f;
+#pragma unroll
+        for (int rr = 0; rr < WARP_COLS; rr++)
+#pragma unroll
+            for (int tt = 0; tt < MXM_CUDA_GEMV_MAX; tt++)
+                if (rr == r && tt == t) v = acc[rr][tt];
+        a.y[(int64_t)(G.row0 + t) * a.H + h0 + r] = a.profile == MXM_PROFILE_TRTLLM ? mxm_round_bf16(v) : v;
     }
 }
 
+// Blocks: (groups that can be GEMV groups) x chunks; a group list built on the device maps them.
+static int gemv_group_bound(const mxm_cuda_args &a) {
+    const int64_t pairs = (int64_t)a.T * a.K + (a.groups > a.e_loc ? 1 : 0);
+    return (int)(pairs < a.groups ? pairs : a.groups);
+}
+
 mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s) {
-    const int chunks = (a.I_max + GEMV1_COLS - 1) / GEMV1_COLS;
-    gemv1_kernel<<<a.groups * chunks, GEMV_THREADS, 0, s>>>(a);
-    MXM_CUDA_LAUNCHED();
+    const int chunks = (a.I_max + GEMV_COLS - 1) / GEMV_COLS;
+    const int blocks = gemv_group_bound(a) * chunks;
+    if (a.gated_routed || a.gated_shared == 1) {
+        gemv1_kernel<true><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        MXM_CUDA_LAUNCHED();
+    }
+    if (!a.gated_routed || a.gated_shared == 0) {
+        gemv1_kernel<false><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        MXM_CUDA_LAUNCHED();
+    }
     return MXM_OK;
 }
 
 mxm_status mxm_cuda_gemv2(const mxm_cuda_args &a, cudaStream_t s) {
-    const int chunks = (a.H + GEMV2_ROWS - 1) / GEMV2_ROWS;
-    gemv2_kernel<<<a.groups * chunks, GEMV_THREADS, 0, s>>>(a);
+    const int chunks = (a.H + GEMV_COLS - 1) / GEMV_COLS;
+    gemv2_kernel<<<gemv_group_bound(a) * chunks, GEMV_THREADS, 0, s>>>(a);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

@@ -43,7 +43,7 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     l.wts = take(&cur, mxm_mul3_i64(T, K, 4));
     l.pos = take(&cur, mxm_mul3_i64(T, K, 4));
     l.row_token = take(&cur, mxm_mul3_i64(rows, 1, 4));
-    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 2, 4)); // counts/cursors
+    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, counts, GEMV group list
     l.groups = take(&cur, mxm_mul3_i64(groups, sizeof(mxm_cuda_group), 1));
     l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
     l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
@@ -100,6 +100,7 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     a.row_token = (int32_t *)(base + l.row_token);
     int32_t *cursor = (int32_t *)(base + l.counts);
     a.counts = cursor + (a.groups + 1);
+    a.gemv_list = a.counts + 2;
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
 
     // Group table: weight pointers and activation parameters (rows/offsets are filled on the device).

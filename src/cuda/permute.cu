@@ -13,7 +13,7 @@ __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
 
 // One thread: prefix sums over groups (E_loc + 1 entries at most a few thousand).
 __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
-    int32_t row = 0, tile = 0;
+    int32_t row = 0, tile = 0, ngemv = 0;
     for (int g = 0; g < a.groups; g++) {
         const bool shared = g == a.e_loc;
         const int32_t n = shared ? a.T : cursor[g];
@@ -22,10 +22,12 @@ __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
         G.row0 = shared ? a.T * a.K : row;
         G.tile0 = tile;
         if (n > MXM_CUDA_GEMV_MAX) tile += (n + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+        else if (n > 0) a.gemv_list[ngemv++] = g;
         cursor[g] = G.row0;
         if (!shared) row += n;
     }
     a.counts[0] = tile; // MMA tiles in use
+    a.counts[1] = ngemv;
 }
 
 __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
