@@ -33,6 +33,8 @@ static void test_config_errors(void **state) {
     mxm_moe_config c = small_cfg();
     c.hidden_size = 48;
     expect_plan_error(c, MXM_ERR_SHAPE, "hidden_size=48");
+    c = small_cfg(), c.hidden_size = (1 << 24) + 32;
+    expect_plan_error(c, MXM_ERR_SHAPE, "hidden_size");
     c = small_cfg(), c.intermediate_size = 100;
     expect_plan_error(c, MXM_ERR_SHAPE, "intermediate_size=100");
     c = small_cfg(), c.top_k = 9;
@@ -63,7 +65,7 @@ static void test_config_errors(void **state) {
     assert_int_equal(mxm_moe_plan_create(NULL, 4, &p), MXM_ERR_NULL);
     assert_int_equal(mxm_moe_plan_create(&c, 4, NULL), MXM_ERR_NULL);
     /* a workspace whose byte count overflows int64 */
-    c.hidden_size = 1 << 30, c.intermediate_size = 1 << 30, c.num_experts = c.top_k = 1 << 28;
+    c.hidden_size = 1 << 24, c.intermediate_size = 1 << 24, c.num_experts = c.top_k = 1 << 30;
     assert_int_equal(mxm_moe_plan_create(&c, (int64_t)1 << 40, &p), MXM_ERR_OVERFLOW);
     assert_null(p);
 }

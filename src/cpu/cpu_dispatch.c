@@ -1,3 +1,4 @@
+#include <cpuid.h>
 #include <stddef.h>
 
 #include "core/core.h"
@@ -14,6 +15,12 @@ void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
     k->gemv_mxfp8 = mxm_gemv_mxfp8_ref;
 }
 
+/* F16C through cpuid: clang 14's __builtin_cpu_supports does not know "f16c". */
+static bool cpu_has_f16c(void) {
+    unsigned a, b, c, d;
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+
 static mxm_cpu_kernels ref_set, best_set;
 static int initialized;
 
@@ -21,8 +28,7 @@ static void init_sets(void) {
     mxm_cpu_kernels_init_ref(&ref_set);
     best_set = ref_set;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c")) {
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c()) {
         mxm_cpu_quant_init_avx2(&best_set);
         mxm_cpu_gemm_init_avx2(&best_set);
         best_set.name = "avx2";

@@ -56,13 +56,15 @@ static void list_activations(char *buf, size_t n) {
 
 mxm_status mxm_moe_config_validate(const mxm_moe_config *c) {
     if (!c) return mxm_fail(MXM_ERR_NULL, "config is NULL");
-    if (c->hidden_size <= 0 || c->hidden_size % 32)
-        return mxm_fail(MXM_ERR_SHAPE, "hidden_size=%d must be a positive multiple of 32", c->hidden_size);
-    if (c->intermediate_size <= 0 || c->intermediate_size % 32)
-        return mxm_fail(MXM_ERR_SHAPE, "intermediate_size=%d must be a positive multiple of 32",
+    /* Sizes are bounded so that every per-row product (2 I, H * 16, ...) fits int32. */
+    const int32_t max_dim = 1 << 24;
+    if (c->hidden_size <= 0 || c->hidden_size % 32 || c->hidden_size > max_dim)
+        return mxm_fail(MXM_ERR_SHAPE, "hidden_size=%d must be a positive multiple of 32 up to 2^24", c->hidden_size);
+    if (c->intermediate_size <= 0 || c->intermediate_size % 32 || c->intermediate_size > max_dim)
+        return mxm_fail(MXM_ERR_SHAPE, "intermediate_size=%d must be a positive multiple of 32 up to 2^24",
                         c->intermediate_size);
-    if (c->shared_intermediate_size < 0 || c->shared_intermediate_size % 32)
-        return mxm_fail(MXM_ERR_SHAPE, "shared_intermediate_size=%d must be 0 or a positive multiple of 32",
+    if (c->shared_intermediate_size < 0 || c->shared_intermediate_size % 32 || c->shared_intermediate_size > max_dim)
+        return mxm_fail(MXM_ERR_SHAPE, "shared_intermediate_size=%d must be 0 or a positive multiple of 32 up to 2^24",
                         c->shared_intermediate_size);
     char names[256];
     list_activations(names, sizeof names);
