@@ -28,8 +28,11 @@ if [ "$what" != bench ]; then
   done
 fi
 if [ "$what" != test ]; then
-  build-gpu/mxmoe bench --backend cuda --shapes nano,qwen3,dsv3 --tokens ${TOKENS:-1,8,32,64,256,1024,4096,16384} \
+  # From precomputed top-k ids (as the peers), then with routing from logits included.
+  build-gpu/mxmoe bench --backend cuda --given-ids --shapes nano,qwen3,dsv3 --tokens ${TOKENS:-1,8,32,64,256,1024,4096,16384} \
     --routing uniform --reps 10 --json "$OUT/moe_cuda.json" | tee "$OUT/bench_cuda.txt"
+  build-gpu/mxmoe bench --backend cuda --shapes nano,qwen3,dsv3 --tokens 1,64,4096 --routing both --reps 10 \
+    --json "$OUT/moe_cuda_routed.json" | tee -a "$OUT/bench_cuda.txt"
   python3 bench/peers.py "$OUT/peers.json" ${TOKENS:-1,8,32,64,256,1024,4096,16384} | tee "$OUT/peers.txt"
 fi
 exit $rc

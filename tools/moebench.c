@@ -134,10 +134,18 @@ void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed,
             const double tilt = r == MB_SKEWED ? 4.0 * exp(-(double)e / 6.0) : 0.0;
             in->logits[t * E + e] = (float)(gauss(&s) + tilt);
         }
+    const int64_t K = L->shape.K;
+    in->ids = malloc((size_t)(T * K * 4));
+    in->w = malloc((size_t)(T * K * 4));
+    in->use_ids = 0;
+    mxm_moe_config c = L->cfg;
+    c.backend = MXM_BACKEND_CPU;
+    if (mxm_route(&c, T, in->logits, MXM_DT_F32, in->bias, MXM_DT_F32, in->ids, in->w))
+        memset(in->ids, 0, (size_t)(T * K * 4)); /* cannot happen for the built-in shapes */
 }
 
 void mb_inputs_destroy(mb_inputs *in) {
-    free(in->x), free(in->logits), free(in->bias);
+    free(in->x), free(in->logits), free(in->bias), free(in->ids), free(in->w);
     memset(in, 0, sizeof *in);
 }
 
@@ -148,7 +156,7 @@ static int cmp_double(const void *a, const void *b) {
 
 /* Inputs and outputs where the backend wants them: host pointers, or device copies. */
 typedef struct run_bufs {
-    const void *x, *logits, *bias;
+    const void *x, *logits, *bias, *ids_in, *w_in;
     void *out, *ws;
     int32_t *ids;
     int dev;
@@ -159,22 +167,25 @@ static int bufs_create(const mb_layer *L, const mb_inputs *in, int64_t wsb, run_
     memset(b, 0, sizeof *b);
     b->dev = L->cfg.backend == MXM_BACKEND_CUDA;
     if (!b->dev) {
-        b->x = in->x, b->logits = in->logits, b->bias = in->bias;
+        b->x = in->x, b->logits = in->logits, b->bias = in->bias, b->ids_in = in->ids, b->w_in = in->w;
         b->out = malloc((size_t)(T * H * 2));
         b->ids = malloc((size_t)(T * K * 4));
         b->ws = aligned_alloc(64, (size_t)wsb);
         return b->out && b->ids && b->ws ? MXM_OK : MXM_ERR_NOMEM;
     }
-    void *p[6] = {0};
-    const int64_t bytes[6] = {T * H * 2, T * E * 4, E * 4, T * H * 2, T * K * 4, wsb};
-    for (int i = 0; i < 6; i++) {
+    void *p[8] = {0};
+    const int64_t bytes[8] = {T * H * 2, T * E * 4, E * 4, T * H * 2, T * K * 4, wsb, T * K * 4, T * K * 4};
+    for (int i = 0; i < 8; i++) {
         int st = mxm_device_alloc(bytes[i], &p[i]);
         if (st) return st;
     }
     int st = mxm_copy_to_device(p[0], in->x, bytes[0]);
     if (!st) st = mxm_copy_to_device(p[1], in->logits, bytes[1]);
     if (!st) st = mxm_copy_to_device(p[2], in->bias, bytes[2]);
+    if (!st) st = mxm_copy_to_device(p[6], in->ids, bytes[6]);
+    if (!st) st = mxm_copy_to_device(p[7], in->w, bytes[7]);
     b->x = p[0], b->logits = p[1], b->bias = p[2], b->out = p[3], b->ids = p[4], b->ws = p[5];
+    b->ids_in = p[6], b->w_in = p[7];
     return st;
 }
 
@@ -182,6 +193,7 @@ static void bufs_destroy(run_bufs *b) {
     if (b->dev) {
         mxm_device_free((void *)b->x), mxm_device_free((void *)b->logits), mxm_device_free((void *)b->bias);
         mxm_device_free(b->out), mxm_device_free(b->ids), mxm_device_free(b->ws);
+        mxm_device_free((void *)b->ids_in), mxm_device_free((void *)b->w_in);
     } else {
         free(b->out), free(b->ids), free(b->ws);
     }
@@ -202,6 +214,7 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
     mxm_moe_weights w = mb_layer_weights(L);
     mxm_moe_inputs mi = {.num_tokens = T, .x = b.x, .x_dtype = MXM_DT_BF16, .router_logits = b.logits,
                          .logits_dtype = MXM_DT_F32, .routing_bias = b.bias, .bias_dtype = MXM_DT_F32};
+    if (in->use_ids) mi.router_logits = NULL, mi.topk_ids = b.ids_in, mi.topk_weights = b.w_in;
     mxm_moe_outputs mo = {.out = b.out, .out_dtype = MXM_DT_BF16, .topk_ids = b.ids};
     if ((st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL))) goto done; /* warm-up */
     if (b.dev && (st = mxm_device_synchronize())) goto done;
@@ -302,6 +315,7 @@ int mb_bench(const mb_options *o, FILE *tf) {
                     continue;
                 mb_inputs in;
                 mb_inputs_create(&L, T, (mb_routing)r, 1000 + (uint64_t)T, &in);
+                in.use_ids = o->use_ids;
                 mb_result res = {0};
                 const int reps = T >= 1024 ? (o->reps < 3 ? o->reps : 3) : o->reps;
                 st = mb_run(&L, &in, reps, &res, NULL);

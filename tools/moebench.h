@@ -41,6 +41,9 @@ typedef struct mb_inputs {
     int64_t T;
     uint16_t *x;
     float *logits, *bias;
+    int32_t *ids; /* [T, K] the routing of logits, computed once on the host */
+    float *w;     /* [T, K] */
+    int use_ids;  /* run from ids/w (as the PyTorch peers do) instead of logits */
 } mb_inputs;
 void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in);
 void mb_inputs_destroy(mb_inputs *in);
@@ -70,6 +73,7 @@ typedef struct mb_options {
     const char *routing; /* "uniform", "skewed" or "both" */
     int32_t threads, reps, kernels, backend;
     const char *json_path;
+    int32_t use_ids; /* time the layer from precomputed top-k ids/weights */
 } mb_options;
 int mb_bench(const mb_options *o, FILE *table);
 

@@ -617,16 +617,17 @@ static int cmd_bench(int argc, char **argv) {
     static const char help[] =
         "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing uniform|skewed|both]\n"
         "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] [--ref-kernels]\n"
+        "                   [--given-ids]   (route once on the host; time the layer from top-k ids, like the peers)\n"
         "Times the MoE layer on synthetic MXFP8 layers with real models' shapes and reports each figure\n"
         "against the memory-read and FMA roofs measured in the same run.\n";
-    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL};
+    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL, 0};
     common_opts o;
     common_defaults(&o);
     struct option lo[20] = {{"shapes", required_argument, 0, 's'}, {"tokens", required_argument, 0, 'n'},
                             {"routing", required_argument, 0, 'r'}, {"reps", required_argument, 0, 'R'},
                             {"json", required_argument, 0, 'j'}, {"ref-kernels", no_argument, 0, 'k'},
-                            {"help", no_argument, 0, 'h'}};
-    memcpy(lo + 7, common_long, sizeof common_long);
+                            {"help", no_argument, 0, 'h'}, {"given-ids", no_argument, 0, 'g'}};
+    memcpy(lo + 8, common_long, sizeof common_long);
     int c;
     int64_t v = 0;
     optind = 1;
@@ -645,6 +646,7 @@ static int cmd_bench(int argc, char **argv) {
         case 'R': if (parse_int(optarg, "--reps", 1, 1000, &v)) return 1; mo.reps = (int32_t)v; break;
         case 'j': mo.json_path = optarg; break;
         case 'k': mo.kernels = MXM_KERNELS_REF; break;
+        case 'g': mo.use_ids = 1; break;
         case 'h': return printf("%s", help), 0;
         default: return fprintf(stderr, "%s", help), 1;
         }

@@ -2,15 +2,16 @@
 // (an E4M3 value times a power of two is a bf16 value) as they are staged into shared memory;
 // activations are already bf16 values (exact after MXFP8 quantization); bf16 mma.sync
 // accumulates in fp32. GEMM1 fuses the activation and the MXFP8 requantization into its
-// epilogue; GEMM2 writes the expert outputs. Tiles: 64 rows x 128 weight rows x 32 (one MX block)
-// per step, 8 warps of 32 x 32, the next step's tiles prefetched into registers.
+// epilogue; GEMM2 writes the expert outputs. Tiles: 64 rows x 128 weight rows x 64 (two MX
+// blocks) per step, 8 warps of 32 x 32, double-buffered shared memory with the next step's tiles
+// prefetched into registers while the tensor cores work on the current one.
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
 #define BM MXM_CUDA_BM
 #define BN 128
-#define BK 32
-#define SROW 40 // shared row stride in bf16 (80 bytes: ldmatrix rows hit distinct banks)
+#define BK 64
+#define SROW 72 // shared row stride in bf16 (144 bytes: ldmatrix rows hit distinct banks)
 #define THREADS 256
 
 struct smem_tiles {
@@ -57,47 +58,59 @@ __device__ __forceinline__ bool find_tile(const mxm_cuda_args &a, int *g_out, in
     return true;
 }
 
-// Per-thread staging of one K step: 16 bytes of A (8 bf16) and 16 E4M3 codes of B with their scale.
+// Per-thread staging of one K step: two 16-byte pieces of A (8 bf16 each) and two of B (16
+// E4M3 codes each, with their scales). Thread t stages A rows t/8 and t/8 + 32 (columns
+// (t%8)*8) and B rows t/4 and t/4 + 64 (columns (t%4)*16).
 struct stage {
-    uint4 a;
-    uint4 b;
-    uint8_t s;
+    uint4 a[2];
+    uint4 b[2];
+    uint8_t s[2];
 };
 
-__device__ __forceinline__ void load_stage(stage &st, const __nv_bfloat16 *arow, const uint8_t *brow,
-                                           const uint8_t *bscale, int64_t k0, int acol, int bcol) {
-    st.a = arow ? *reinterpret_cast<const uint4 *>(arow + k0 + acol) : make_uint4(0, 0, 0, 0);
-    if (brow) {
-        st.b = *reinterpret_cast<const uint4 *>(brow + k0 + bcol);
-        st.s = bscale[k0 / 32];
-    } else {
-        st.b = make_uint4(0, 0, 0, 0);
-        st.s = 127;
+struct operand_rows {
+    const __nv_bfloat16 *a[2]; // A rows of this thread (nullptr: past the group's rows)
+    const uint8_t *b[2];       // B code rows (nullptr: past N)
+    const uint8_t *bs[2];      // their scale rows
+};
+
+// K is a multiple of 32, not always of BK: pieces past K load zeros.
+__device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int64_t k0, int64_t K) {
+    const int ac = (threadIdx.x % 8) * 8, bc = (threadIdx.x % 4) * 16;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        st.a[i] = r.a[i] && k0 + ac < K ? *reinterpret_cast<const uint4 *>(r.a[i] + k0 + ac) : make_uint4(0, 0, 0, 0);
+        if (r.b[i] && k0 + bc < K) {
+            st.b[i] = __ldg(reinterpret_cast<const uint4 *>(r.b[i] + k0 + bc));
+            st.s[i] = __ldg(r.bs[i] + (k0 + bc) / 32);
+        } else {
+            st.b[i] = make_uint4(0, 0, 0, 0);
+            st.s[i] = 127;
+        }
     }
 }
 
-__device__ __forceinline__ void store_stage(const stage &st, smem_tiles &t, int buf, int arow, int acol, int brow,
-                                            int bcol) {
-    *reinterpret_cast<uint4 *>(&t.a[buf][arow][acol]) = st.a;
-    const float sc = mxm_e8m0_decode(st.s);
-    const uint16_t *q = reinterpret_cast<const uint16_t *>(&st.b);
-    __align__(16) __nv_bfloat162 out[8];
+__device__ __forceinline__ void store_stage(const stage &st, smem_tiles &t, int buf) {
+    const int ar = threadIdx.x / 8, ac = (threadIdx.x % 8) * 8, br = threadIdx.x / 4, bc = (threadIdx.x % 4) * 16;
 #pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const float2 f = mxm_e4m3x2_to_float2(q[i]);
-        out[i] = __floats2bfloat162_rn(f.x * sc, f.y * sc); // exact: E4M3 value times 2^k
+    for (int i = 0; i < 2; i++) {
+        *reinterpret_cast<uint4 *>(&t.a[buf][ar + 32 * i][ac]) = st.a[i];
+        const float sc = mxm_e8m0_decode(st.s[i]);
+        const uint16_t *q = reinterpret_cast<const uint16_t *>(&st.b[i]);
+        __align__(16) __nv_bfloat162 out[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float2 f = mxm_e4m3x2_to_float2(q[j]);
+            out[j] = __floats2bfloat162_rn(f.x * sc, f.y * sc); // exact: E4M3 value times 2^k
+        }
+        *reinterpret_cast<uint4 *>(&t.b[buf][br + 64 * i][bc]) = *reinterpret_cast<uint4 *>(&out[0]);
+        *reinterpret_cast<uint4 *>(&t.b[buf][br + 64 * i][bc + 8]) = *reinterpret_cast<uint4 *>(&out[4]);
     }
-    *reinterpret_cast<uint4 *>(&t.b[buf][brow][bcol]) = *reinterpret_cast<uint4 *>(&out[0]);
-    *reinterpret_cast<uint4 *>(&t.b[buf][brow][bcol + 8]) = *reinterpret_cast<uint4 *>(&out[4]);
 }
 
 // acc[mi][ni][4] += A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece.
-__device__ __forceinline__ void mainloop(smem_tiles &t, const __nv_bfloat16 *arow, const uint8_t *brow,
-                                         const uint8_t *bscale, int64_t K, float (&acc)[2][4][4]) {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32;
+__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K, float (&acc)[2][4][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
     const int wm = warp / 4, wn = warp % 4;
-    const int ar = tid / 4, ac = (tid % 4) * 8;  // A staging: row, column
-    const int br = tid / 2, bc = (tid % 2) * 16; // B staging
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll
@@ -105,13 +118,13 @@ __device__ __forceinline__ void mainloop(smem_tiles &t, const __nv_bfloat16 *aro
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.0f;
     stage st;
-    load_stage(st, arow, brow, bscale, 0, ac, bc);
-    store_stage(st, t, 0, ar, ac, br, bc);
+    load_stage(st, rows, 0, K);
+    store_stage(st, t, 0);
     __syncthreads();
     int buf = 0;
     for (int64_t k0 = 0; k0 < K; k0 += BK) {
         const bool more = k0 + BK < K;
-        if (more) load_stage(st, arow, brow, bscale, k0 + BK, ac, bc);
+        if (more) load_stage(st, rows, k0 + BK, K);
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             uint32_t af[2][4], bf[4][2];
@@ -129,7 +142,7 @@ __device__ __forceinline__ void mainloop(smem_tiles &t, const __nv_bfloat16 *aro
 #pragma unroll
                 for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
         }
-        if (more) store_stage(st, t, buf ^ 1, ar, ac, br, bc);
+        if (more) store_stage(st, t, buf ^ 1);
         __syncthreads();
         buf ^= 1;
     }
@@ -159,7 +172,8 @@ __device__ __forceinline__ int64_t w13_row_of(int layout, bool gated, int64_t I,
 // tiles 128 columns.
 template <bool GATED>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
-    __shared__ smem_all sm;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
@@ -168,17 +182,20 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     const int j0 = blockIdx.y * JT;
     if (j0 >= G.I) return;
     const int tid = threadIdx.x;
-    const int ar = tid / 4, br = tid / 2;
-    const __nv_bfloat16 *arow =
-        m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
-    const int jb = GATED ? j0 + (br % 64) : j0 + br;
-    const uint8_t *brow = nullptr, *bscale = nullptr;
-    if (jb < G.I) {
-        const int64_t r = w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0);
-        brow = G.w13 + r * a.H, bscale = G.s13 + r * (a.H / 32);
+    operand_rows rows;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
+        rows.a[i] = m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
+        const int jb = GATED ? j0 + (br % 64) : j0 + br;
+        rows.b[i] = nullptr, rows.bs[i] = nullptr;
+        if (jb < G.I) {
+            const int64_t r = w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0);
+            rows.b[i] = G.w13 + r * a.H, rows.bs[i] = G.s13 + r * (a.H / 32);
+        }
     }
     float acc[2][4][4];
-    mainloop(sm.t, arow, brow, bscale, a.H, acc);
+    mainloop(sm.t, rows, a.H, acc);
     acc_to_smem(sm.c, acc);
     __syncthreads();
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
@@ -199,17 +216,23 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
 }
 
 __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
-    __shared__ smem_all sm;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
     const int h0 = blockIdx.y * BN;
-    const int tid = threadIdx.x, ar = tid / 4, br = tid / 2;
-    const __nv_bfloat16 *arow = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
-    const uint8_t *brow = nullptr, *bscale = nullptr;
-    if (h0 + br < a.H) brow = G.w2 + (int64_t)(h0 + br) * G.I, bscale = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
+    const int tid = threadIdx.x;
+    operand_rows rows;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
+        rows.a[i] = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
+        rows.b[i] = nullptr, rows.bs[i] = nullptr;
+        if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I, rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
+    }
     float acc[2][4][4];
-    mainloop(sm.t, arow, brow, bscale, G.I, acc);
+    mainloop(sm.t, rows, G.I, acc);
     const int lane = tid & 31, warp = tid / 32, wm = warp / 4, wn = warp % 4;
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
@@ -227,16 +250,30 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
             }
 }
 
+// The kernels need more than the default 48 KB of shared memory: raise their limit once.
+static mxm_status smem_opt_in() {
+    static int done = 0;
+    if (done) return MXM_OK;
+    const int bytes = (int)sizeof(smem_all);
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    done = 1;
+    return MXM_OK;
+}
+
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
+    mxm_status st = smem_opt_in();
+    if (st) return st;
     // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
     const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
     if (a.gated_routed || a.gated_shared == 1) {
-        mma1_kernel<true><<<gg, THREADS, 0, s>>>(a);
+        mma1_kernel<true><<<gg, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        mma1_kernel<false><<<gp, THREADS, 0, s>>>(a);
+        mma1_kernel<false><<<gp, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     return MXM_OK;
@@ -244,7 +281,9 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
 
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
-    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, 0, s>>>(a);
+    mxm_status st = smem_opt_in();
+    if (st) return st;
+    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, sizeof(smem_all), s>>>(a);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

@@ -20,7 +20,14 @@ extern "C" int32_t mxm_cuda_available(void) {
 
 // Workspace regions, 256-byte aligned.
 struct cuda_layout {
-    int64_t xq, ids, wts, pos, row_token, counts, groups, act, y, route, total;
+    int64_t xq, ids, wts, pos, row_token, counts, act, y, route, total;
+};
+
+// Per-plan state: the device copy of the group table (plan-owned, so a workspace can serve
+// several plans), followed on the host by the table being built and the last one uploaded.
+struct cuda_state {
+    mxm_cuda_group *dev_groups;
+    int uploaded;
 };
 
 static int64_t take(int64_t *cur, int64_t n) {
@@ -44,7 +51,6 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     l.pos = take(&cur, mxm_mul3_i64(T, K, 4));
     l.row_token = take(&cur, mxm_mul3_i64(rows, 1, 4));
     l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, counts, GEMV group list
-    l.groups = take(&cur, mxm_mul3_i64(groups, sizeof(mxm_cuda_group), 1));
     l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
     l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
     l.route = take(&cur, mxm_mul3_i64(T, p->ws.route_scratch_bytes, 1));
@@ -72,9 +78,16 @@ extern "C" mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
     const cuda_layout l = layout_of(p);
     if (l.total < 0) return mxm_fail(MXM_ERR_OVERFLOW, "backend cuda: workspace size overflows");
     p->ws.total = l.total;
-    p->backend_state = calloc((size_t)p->e_loc + 1, sizeof(mxm_cuda_group));
+    // The host copy of the group table, then the last uploaded one (and where it went).
+    p->backend_state = calloc(1, sizeof(cuda_state) + 2 * ((size_t)p->e_loc + 1) * sizeof(mxm_cuda_group));
     if (!p->backend_state) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    cuda_state *cs = (cuda_state *)p->backend_state;
+    MXM_CUDA_TRY(cudaMalloc(&cs->dev_groups, sizeof(mxm_cuda_group) * ((size_t)p->e_loc + 1)));
     return MXM_OK;
+}
+
+extern "C" void mxm_cuda_moe_plan_destroy(mxm_moe_plan *p) {
+    if (p->backend_state) cudaFree(((cuda_state *)p->backend_state)->dev_groups);
 }
 
 extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
@@ -95,7 +108,7 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     a.rule = c.scale_rule, a.gated_routed = p->gated;
     a.gated_shared = c.shared_intermediate_size ? mxm_act_is_gated(p->shared_act) : -1;
     a.I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size : c.intermediate_size;
-    a.group = (mxm_cuda_group *)(base + l.groups);
+    a.group = ((cuda_state *)p->backend_state)->dev_groups;
     a.ids = (int32_t *)(base + l.ids), a.wts = (float *)(base + l.wts), a.pos = (int32_t *)(base + l.pos);
     a.row_token = (int32_t *)(base + l.row_token);
     int32_t *cursor = (int32_t *)(base + l.counts);
@@ -104,7 +117,8 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
 
     // Group table: weight pointers and activation parameters (rows/offsets are filled on the device).
-    mxm_cuda_group *hg = (mxm_cuda_group *)p->backend_state;
+    cuda_state *cs = (cuda_state *)p->backend_state;
+    mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;
     for (int g = 0; g < a.groups; g++) {
         const bool shared = g == p->e_loc;
         const mxm_expert_weights &e = shared ? *w->shared : w->experts[g];
@@ -120,8 +134,15 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
         if (!shared && w->gemm1_clamp_limit) G.limit = w->gemm1_clamp_limit[g];
         hg[g] = G;
     }
-    // Pageable source: the copy is staged before the call returns, so the table can be reused.
-    MXM_CUDA_TRY(cudaMemcpyAsync(a.group, hg, sizeof(mxm_cuda_group) * a.groups, cudaMemcpyHostToDevice, s));
+    // Upload only when the table or the workspace changed (steady-state forwards launch kernels
+    // only, so they can be captured in a CUDA graph). Pageable source: the copy is staged before
+    // the call returns, so the host table can be rewritten right away.
+    const size_t tbytes = sizeof(mxm_cuda_group) * a.groups;
+    if (!cs->uploaded || memcmp(hg, last, tbytes) != 0) {
+        MXM_CUDA_TRY(cudaMemcpyAsync(a.group, hg, tbytes, cudaMemcpyHostToDevice, s));
+        memcpy(last, hg, tbytes);
+        cs->uploaded = 1;
+    }
 
     mxm_status st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, s);
     if (st) return st;
@@ -140,7 +161,9 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     if ((st = mxm_cuda_permute(a, cursor, s))) return st;
     // Upper bound of MMA tiles: every group's rows rounded up to whole tiles.
     const int64_t rows = T * K + (a.groups > p->e_loc ? T : 0);
-    const int32_t max_tiles = (int32_t)(rows / MXM_CUDA_BM + a.groups);
+    // A tile group has more than GEMV_MAX rows, so at most rows / (GEMV_MAX + 1) groups use tiles.
+    const int64_t tile_groups = rows / (MXM_CUDA_GEMV_MAX + 1) < a.groups ? rows / (MXM_CUDA_GEMV_MAX + 1) : a.groups;
+    const int32_t max_tiles = (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1);
     if ((st = mxm_cuda_gemv1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_gemv2(a, s)) ||
         (st = mxm_cuda_mma2(a, max_tiles, s)))
         return st;

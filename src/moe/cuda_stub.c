@@ -10,6 +10,8 @@ mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library (no nvcc at build time)");
 }
 
+void mxm_cuda_moe_plan_destroy(mxm_moe_plan *p) { (void)p; }
+
 mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
                                 const mxm_moe_outputs *out, void *ws, void *stream) {
     (void)p, (void)w, (void)in, (void)out, (void)ws, (void)stream;

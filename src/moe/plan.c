@@ -61,6 +61,7 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
     st = cfg->backend == MXM_BACKEND_CUDA ? mxm_cuda_moe_plan(p) : mxm_cpu_moe_plan(p);
     if (!st && p->ws.total == 0) st = layout_workspace(p); /* CUDA lays out its own */
     if (st) {
+        if (cfg->backend == MXM_BACKEND_CUDA) mxm_cuda_moe_plan_destroy(p);
         free(p->backend_state);
         free(p);
         return st;
@@ -70,6 +71,7 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
 }
 
 void mxm_moe_plan_destroy(mxm_moe_plan *p) {
+    if (p && p->cfg.backend == MXM_BACKEND_CUDA) mxm_cuda_moe_plan_destroy(p);
     if (p) free(p->backend_state);
     free(p);
 }

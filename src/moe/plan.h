@@ -65,6 +65,7 @@ mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *
                                const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws);
 mxm_status mxm_cpu_moe_plan(mxm_moe_plan *plan);
 mxm_status mxm_cuda_moe_plan(mxm_moe_plan *plan);
+void mxm_cuda_moe_plan_destroy(mxm_moe_plan *plan); /* frees backend_state's device memory */
 mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *w,
                                 const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
                                 void *stream);
