@@ -5,7 +5,9 @@
  *
  * Tolerances against the CPU backend (relative L2):
  *  - W8A8: both backends quantize the same values; fp32 sums in different orders flip an E4M3
- *    rounding now and then (see test_moe.c): 5e-4.
+ *    rounding now and then (see test_moe.c). The flip rate grows with the fp32 rounding error
+ *    of a dot product, ~sqrt(length): max(5e-4, 2.5e-5 sqrt(max(H, I))) (1.3e-3 at H = 2688,
+ *    where 5.2e-4 was seen).
  *  - weight-only: the CUDA backend keeps the intermediate in bf16 (like every GPU MoE kernel),
  *    the CPU backend in fp32 in the exact profile: 4e-3.
  *  - integer data (exact in any order, exact in bf16): 1e-6 against the float64 reference. */
@@ -177,7 +179,9 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
         const double d = fabs((double)w_gpu[i] - w_cpu[i]) / (fabs(w_cpu[i]) + 1e-30);
         if (i_gpu[i] == i_cpu[i] && d > wmax) wmax = d;
     }
-    double tol = c.act_quant == MXM_ACT_QUANT_MXFP8 ? 5e-4 : 4e-3;
+    const double len = c.hidden_size > c.intermediate_size ? c.hidden_size : c.intermediate_size;
+    const double w8a8_tol = 2.5e-5 * sqrt(len) > 5e-4 ? 2.5e-5 * sqrt(len) : 5e-4;
+    double tol = c.act_quant == MXM_ACT_QUANT_MXFP8 ? w8a8_tol : 4e-3;
     if (integer) { /* against the float64 reference */
         double *ref = tu_alloc(8 * T * H), *refr = tu_alloc(8 * T * H);
         ref_forward(&L, T, xf, i_cpu, w_cpu, ref, refr);
