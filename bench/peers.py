@@ -44,11 +44,11 @@ def bench_graph(fn, reps=40):
 
 
 def ceilings():
-    n = 1 << 30
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    n = 1 << 28  # 1 GiB of float32
+    src = torch.randn(n, device="cuda")
     dst = torch.empty_like(src)
     us = bench_graph(lambda: dst.copy_(src), 20)
-    copy = 2 * n / (us * 1e-6) / 1e12
+    copy = 2 * 4 * n / (us * 1e-6) / 1e12
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     us = bench_graph(lambda: a @ b, 10)
