@@ -11,23 +11,34 @@ __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
     if (e >= 0 && e < a.e_loc) atomicAdd(&cursor[e], 1);
 }
 
-// One thread: prefix sums over groups (E_loc + 1 entries at most a few thousand).
+// Prefix sums over groups (E_loc + 1 of them): counts are staged in shared memory, one thread
+// scans there (no dependent global loads), then the whole block writes the results.
 __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
-    int32_t row = 0, tile = 0, ngemv = 0;
-    for (int g = 0; g < a.groups; g++) {
-        const bool shared = g == a.e_loc;
-        const int32_t n = shared ? a.T : cursor[g];
-        mxm_cuda_group &G = a.group[g];
-        G.rows = n;
-        G.row0 = shared ? a.T * a.K : row;
-        G.tile0 = tile;
-        if (n > MXM_CUDA_GEMV_MAX) tile += (n + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
-        else if (n > 0) a.gemv_list[ngemv++] = g;
-        cursor[g] = G.row0;
-        if (!shared) row += n;
+    extern __shared__ int32_t sh[]; // n, row0, tile0, gemv list: 4 x groups
+    int32_t *n = sh, *row0 = sh + a.groups, *tile0 = sh + 2 * a.groups, *list = sh + 3 * a.groups;
+    __shared__ int32_t totals[2];
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int32_t row = 0, tile = 0, ngemv = 0;
+        for (int g = 0; g < a.groups; g++) {
+            const bool shared = g == a.e_loc;
+            row0[g] = shared ? a.T * a.K : row;
+            tile0[g] = tile;
+            if (n[g] > MXM_CUDA_GEMV_MAX) tile += (n[g] + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+            else if (n[g] > 0) list[ngemv++] = g;
+            if (!shared) row += n[g];
+        }
+        totals[0] = tile, totals[1] = ngemv;
     }
-    a.counts[0] = tile; // MMA tiles in use
-    a.counts[1] = ngemv;
+    __syncthreads();
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) {
+        mxm_cuda_group &G = a.group[g];
+        G.rows = n[g], G.row0 = row0[g], G.tile0 = tile0[g];
+        cursor[g] = row0[g];
+    }
+    for (int i = threadIdx.x; i < totals[1]; i += blockDim.x) a.gemv_list[i] = list[i];
+    if (threadIdx.x == 0) a.counts[0] = totals[0], a.counts[1] = totals[1]; // MMA tiles, GEMV groups
 }
 
 __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
@@ -50,7 +61,15 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
     MXM_CUDA_TRY(cudaMemsetAsync(cursor, 0, sizeof(int32_t) * (a.groups + 1), s));
     count_kernel<<<blocks, 256, 0, s>>>(a, cursor);
     MXM_CUDA_LAUNCHED();
-    offsets_kernel<<<1, 1, 0, s>>>(a, cursor);
+    const size_t smem = sizeof(int32_t) * 4 * (size_t)a.groups;
+    if (smem > 48 * 1024) {
+        static size_t raised = 0;
+        if (smem > raised) {
+            MXM_CUDA_TRY(cudaFuncSetAttribute(offsets_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            raised = smem;
+        }
+    }
+    offsets_kernel<<<1, 1024, smem, s>>>(a, cursor);
     MXM_CUDA_LAUNCHED();
     scatter_kernel<<<blocks, 256, 0, s>>>(a, cursor);
     MXM_CUDA_LAUNCHED();
