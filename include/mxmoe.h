@@ -475,6 +475,19 @@ MXM_API void mxm_device_free(void *ptr);
 MXM_API mxm_status mxm_copy_to_device(void *dst, const void *src, int64_t bytes);
 MXM_API mxm_status mxm_copy_to_host(void *dst, const void *src, int64_t bytes);
 MXM_API mxm_status mxm_device_synchronize(void);
+/* CUDA graphs: records one mxm_moe_forward (same arguments) into a graph that replays the whole
+ * layer in one launch, without per-kernel launch costs. Run one ordinary forward with the same
+ * weights first (it uploads the plan's expert table; an upload cannot be recorded). stream NULL:
+ * the graph gets a stream of its own. Replays use the pointers given here. */
+typedef struct mxm_cuda_graph mxm_cuda_graph;
+MXM_API mxm_status mxm_cuda_graph_capture(mxm_moe_plan *plan, const mxm_moe_weights *weights,
+                                          const mxm_moe_inputs *inputs,
+                                          const mxm_moe_outputs *outputs, void *workspace,
+                                          int64_t workspace_bytes, void *stream,
+                                          mxm_cuda_graph **graph);
+MXM_API mxm_status mxm_cuda_graph_launch(mxm_cuda_graph *graph);
+MXM_API void mxm_cuda_graph_destroy(mxm_cuda_graph *graph);
+
 /* Name of the current device ("NVIDIA H200"), or "" without CUDA. */
 MXM_API const char *mxm_device_name(void);
 

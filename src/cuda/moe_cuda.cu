@@ -209,3 +209,63 @@ extern "C" const char *mxm_device_name(void) {
     snprintf(name, sizeof name, "%s", prop.name);
     return name;
 }
+
+// ---- CUDA graphs of a whole forward ----------------------------------------------------------------
+
+struct mxm_cuda_graph {
+    cudaGraphExec_t exec;
+    cudaStream_t stream;
+    int own_stream;
+};
+
+extern "C" mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
+                                             const mxm_moe_outputs *out, void *ws, int64_t wsb, void *stream,
+                                             mxm_cuda_graph **graph) {
+    if (!graph) return mxm_fail(MXM_ERR_NULL, "mxm_cuda_graph_capture: graph is NULL");
+    *graph = NULL;
+    if (!p || p->cfg.backend != MXM_BACKEND_CUDA)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_cuda_graph_capture: needs a plan of the CUDA backend");
+    mxm_cuda_graph *g = (mxm_cuda_graph *)calloc(1, sizeof *g);
+    if (!g) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    g->stream = (cudaStream_t)stream;
+    if (!g->stream) {
+        if (cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking) != cudaSuccess) {
+            free(g);
+            return mxm_fail(MXM_ERR_CUDA, "mxm_cuda_graph_capture: cannot create a stream");
+        }
+        g->own_stream = 1;
+    }
+    cudaGraph_t graph_def = NULL;
+    mxm_status st = MXM_OK;
+    if (cudaStreamBeginCapture(g->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        st = mxm_fail(MXM_ERR_CUDA, "mxm_cuda_graph_capture: cannot begin a capture");
+    } else {
+        st = mxm_moe_forward(p, w, in, out, ws, wsb, g->stream);
+        const cudaError_t e = cudaStreamEndCapture(g->stream, &graph_def);
+        if (!st && e != cudaSuccess)
+            st = mxm_fail(MXM_ERR_CUDA, "mxm_cuda_graph_capture: %s (run one plain forward first)", cudaGetErrorString(e));
+        if (!st && cudaGraphInstantiate(&g->exec, graph_def, 0) != cudaSuccess)
+            st = mxm_fail(MXM_ERR_CUDA, "mxm_cuda_graph_capture: cannot instantiate the graph");
+    }
+    if (graph_def) cudaGraphDestroy(graph_def);
+    cudaGetLastError();
+    if (st) {
+        mxm_cuda_graph_destroy(g);
+        return st;
+    }
+    *graph = g;
+    return MXM_OK;
+}
+
+extern "C" mxm_status mxm_cuda_graph_launch(mxm_cuda_graph *g) {
+    if (!g) return mxm_fail(MXM_ERR_NULL, "mxm_cuda_graph_launch: graph is NULL");
+    MXM_CUDA_TRY(cudaGraphLaunch(g->exec, g->stream));
+    return MXM_OK;
+}
+
+extern "C" void mxm_cuda_graph_destroy(mxm_cuda_graph *g) {
+    if (!g) return;
+    if (g->exec) cudaGraphExecDestroy(g->exec);
+    if (g->own_stream) cudaStreamDestroy(g->stream);
+    free(g);
+}

@@ -35,6 +35,18 @@ mxm_status mxm_device_synchronize(void) {
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
 }
 const char *mxm_device_name(void) { return ""; }
+mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
+                                  const mxm_moe_outputs *out, void *ws, int64_t wsb, void *stream,
+                                  mxm_cuda_graph **g) {
+    (void)p, (void)w, (void)in, (void)out, (void)ws, (void)wsb, (void)stream;
+    if (g) *g = NULL;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+mxm_status mxm_cuda_graph_launch(mxm_cuda_graph *g) {
+    (void)g;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+void mxm_cuda_graph_destroy(mxm_cuda_graph *g) { (void)g; }
 #else
 typedef int mxm_cuda_stub_unused;
 #endif
