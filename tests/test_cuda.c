@@ -280,7 +280,7 @@ static void test_graph_replay(void **state) {
     ref_layer L;
     ref_layer_init(&L, &c, tu_next(&r), 0);
     dev_layer D = layer_to_dev(&L);
-    const int64_t T = 200, H = 256, E = 16, K = 4;
+    const int64_t T = 200, H = 256, E = 16;
     uint16_t *x = tu_alloc(2 * T * H);
     float *lg = tu_alloc(4 * T * E), *o1 = tu_alloc(4 * T * H), *o2 = tu_alloc(4 * T * H);
     for (int64_t i = 0; i < T * H; i++) x[i] = mxm_bf16_from_f32((float)tu_normal(&r));
