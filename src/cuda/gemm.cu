@@ -3,10 +3,8 @@
 // activations are already bf16 values (exact after MXFP8 quantization); bf16 mma.sync
 // accumulates in fp32. GEMM1 fuses the activation and the MXFP8 requantization into its
 // epilogue; GEMM2 writes the expert outputs. Tiles: 64 rows x 128 weight rows x 64 (two MX
-// blocks) per step, 8 warps of 32 x 32. A 3-stage cp.async ring brings the activations (bf16)
-// and the raw weight codes into shared memory ahead of use; each step the CTA decodes the
-// step's 128 x 64 codes once into a bf16 tile (scales of its 128 rows stay in shared memory for
-// the whole K loop), then the warps run ldmatrix + mma on it.
+// blocks) per step, 8 warps of 32 x 32, double-buffered shared memory with the next step's tiles
+// prefetched into registers while the tensor cores work on the current one.
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
@@ -14,27 +12,17 @@
 #define BN 128
 #define BK 64
 #define SROW 72 // shared row stride in bf16 (144 bytes: ldmatrix rows hit distinct banks)
-#define RAW_STRIDE 80 // bytes per raw code row in the ring
 #define THREADS 256
-#define STAGES 3
-#define A_BYTES (BM * SROW * 2)
-#define RAW_BYTES (BN * RAW_STRIDE)
-#define STAGE_BYTES (A_BYTES + RAW_BYTES)
-#define BTILE_BYTES (BN * SROW * 2)
+
+struct smem_tiles {
+    __nv_bfloat16 a[2][BM][SROW];
+    __nv_bfloat16 b[2][BN][SROW];
+};
 #define C_STRIDE (BN + 4)
-#define C_BYTES (BM * C_STRIDE * 4)
-// Shared memory: [ring: STAGES x (A bf16 | raw codes)] [decoded B tile bf16] [scales BN x K/32];
-// the epilogue's C tile reuses the ring.
-#define RING_BYTES (STAGES * STAGE_BYTES > C_BYTES ? STAGES * STAGE_BYTES : C_BYTES)
-
-static inline size_t smem_bytes(int64_t k) { return (size_t)RING_BYTES + BTILE_BYTES + (size_t)BN * (size_t)(k / 32); }
-
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
-    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+union __align__(16) smem_all {
+    smem_tiles t;
+    float c[BM][C_STRIDE];
+};
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
@@ -70,97 +58,83 @@ __device__ __forceinline__ bool find_tile(const mxm_cuda_args &a, int *g_out, in
     return true;
 }
 
-// The operand rows of one CTA: this thread's two A rows (t/8 and t/8 + 32) and two B rows
-// (t/4 and t/4 + 64); nullptr past the group's rows or past N.
-struct operand_rows {
-    const __nv_bfloat16 *a[2];
-    const uint8_t *b[2];
-    const void *any; // a valid global address: the source of zero-filled (skipped) copies
+// Per-thread staging of one K step: two 16-byte pieces of A (8 bf16 each) and two of B (16
+// E4M3 codes each, with their scales). Thread t stages A rows t/8 and t/8 + 32 (columns
+// (t%8)*8) and B rows t/4 and t/4 + 64 (columns (t%4)*16).
+struct stage {
+    uint4 a[2];
+    uint4 b[2];
+    uint8_t s[2];
 };
 
-// K is a multiple of 32, not always of BK: pieces past K are zero-filled.
-__device__ __forceinline__ void load_stage(unsigned char *stage, const operand_rows &r, int64_t k0, int64_t K) {
-    const int t = threadIdx.x;
-    __nv_bfloat16 *as = reinterpret_cast<__nv_bfloat16 *>(stage);
-    uint8_t *raw = stage + A_BYTES;
+struct operand_rows {
+    const __nv_bfloat16 *a[2]; // A rows of this thread (nullptr: past the group's rows)
+    const uint8_t *b[2];       // B code rows (nullptr: past N)
+    const uint8_t *bs[2];      // their scale rows
+};
+
+// K is a multiple of 32, not always of BK: pieces past K load zeros.
+__device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int64_t k0, int64_t K) {
+    const int ac = (threadIdx.x % 8) * 8, bc = (threadIdx.x % 4) * 16;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const int ar = t / 8 + 32 * i, ac = (t % 8) * 8;
-        const bool av = r.a[i] && k0 + ac < K;
-        cp_async16(as + ar * SROW + ac, av ? (const void *)(r.a[i] + k0 + ac) : r.any, av);
-        const int br = t / 4 + 64 * i, bc = (t % 4) * 16;
-        const bool bv = r.b[i] && k0 + bc < K;
-        cp_async16(raw + br * RAW_STRIDE + bc, bv ? (const void *)(r.b[i] + k0 + bc) : r.any, bv);
+        st.a[i] = r.a[i] && k0 + ac < K ? *reinterpret_cast<const uint4 *>(r.a[i] + k0 + ac) : make_uint4(0, 0, 0, 0);
+        if (r.b[i] && k0 + bc < K) {
+            st.b[i] = __ldg(reinterpret_cast<const uint4 *>(r.b[i] + k0 + bc));
+            st.s[i] = __ldg(r.bs[i] + (k0 + bc) / 32);
+        } else {
+            st.b[i] = make_uint4(0, 0, 0, 0);
+            st.s[i] = 127;
+        }
     }
 }
 
-// Decodes this thread's 2 x 16 codes of the stage into the bf16 B tile (exact).
-__device__ __forceinline__ void decode_stage(const unsigned char *stage, __nv_bfloat16 (*btile)[SROW],
-                                             const uint8_t *scales, int kb, int64_t k0) {
-    const int t = threadIdx.x;
-    const uint8_t *raw = stage + A_BYTES;
+__device__ __forceinline__ void store_stage(const stage &st, smem_tiles &t, int buf) {
+    const int ar = threadIdx.x / 8, ac = (threadIdx.x % 8) * 8, br = threadIdx.x / 4, bc = (threadIdx.x % 4) * 16;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const int br = t / 4 + 64 * i, bc = (t % 4) * 16;
-        const float sc = mxm_e8m0_decode(scales[br * kb + (int)((k0 + bc) / 32) % kb]);
-        const uint4 q4 = *reinterpret_cast<const uint4 *>(raw + br * RAW_STRIDE + bc);
-        const uint16_t *q = reinterpret_cast<const uint16_t *>(&q4);
+        *reinterpret_cast<uint4 *>(&t.a[buf][ar + 32 * i][ac]) = st.a[i];
+        const float sc = mxm_e8m0_decode(st.s[i]);
+        const uint16_t *q = reinterpret_cast<const uint16_t *>(&st.b[i]);
         __align__(16) __nv_bfloat162 out[8];
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const float2 f = mxm_e4m3x2_to_float2(q[j]);
             out[j] = __floats2bfloat162_rn(f.x * sc, f.y * sc); // exact: E4M3 value times 2^k
         }
-        *reinterpret_cast<uint4 *>(&btile[br][bc]) = *reinterpret_cast<uint4 *>(&out[0]);
-        *reinterpret_cast<uint4 *>(&btile[br][bc + 8]) = *reinterpret_cast<uint4 *>(&out[4]);
+        *reinterpret_cast<uint4 *>(&t.b[buf][br + 64 * i][bc]) = *reinterpret_cast<uint4 *>(&out[0]);
+        *reinterpret_cast<uint4 *>(&t.b[buf][br + 64 * i][bc + 8]) = *reinterpret_cast<uint4 *>(&out[4]);
     }
 }
 
-// acc[mi][ni][4] += A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece. scale_rows[n]: the
-// scale row of weight row n (nullptr: no row).
-__device__ __forceinline__ void mainloop(unsigned char *smem, const operand_rows &rows,
-                                         const uint8_t *const *scale_rows, int64_t K, float (&acc)[2][4][4]) {
+// acc[mi][ni][4] += A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece.
+__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K, float (&acc)[2][4][4]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
     const int wm = warp / 4, wn = warp % 4;
-    const int kb = (int)(K / 32);
-    __nv_bfloat16(*btile)[SROW] = reinterpret_cast<__nv_bfloat16(*)[SROW]>(smem + RING_BYTES);
-    uint8_t *scales = smem + RING_BYTES + BTILE_BYTES; // [BN][kb]
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.0f;
-    const int nsteps = (int)((K + BK - 1) / BK);
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
-        if (s < nsteps) load_stage(smem + s * STAGE_BYTES, rows, (int64_t)s * BK, K);
-        cp_async_commit();
-    }
-    for (int i = threadIdx.x; i < BN * kb; i += THREADS) {
-        const uint8_t *sr = scale_rows[i / kb];
-        scales[i] = sr ? __ldg(sr + i % kb) : (uint8_t)127;
-    }
-    for (int step = 0; step < nsteps; step++) {
-        cp_async_wait<STAGES - 2>();
-        __syncthreads(); // this step's stage has landed; the previous MMA is done with the B tile
-        const int pf = step + STAGES - 1;
-        if (pf < nsteps) load_stage(smem + (pf % STAGES) * STAGE_BYTES, rows, (int64_t)pf * BK, K);
-        cp_async_commit();
-        const unsigned char *stage = smem + (step % STAGES) * STAGE_BYTES;
-        decode_stage(stage, btile, scales, kb, (int64_t)step * BK);
-        __syncthreads();
-        const __nv_bfloat16(*as)[SROW] = reinterpret_cast<const __nv_bfloat16(*)[SROW]>(stage);
+    stage st;
+    load_stage(st, rows, 0, K);
+    store_stage(st, t, 0);
+    __syncthreads();
+    int buf = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += BK) {
+        const bool more = k0 + BK < K;
+        if (more) load_stage(st, rows, k0 + BK, K);
 #pragma unroll
         for (int kk = 0; kk < BK; kk += 16) {
             uint32_t af[2][4], bf[4][2];
 #pragma unroll
             for (int mi = 0; mi < 2; mi++)
-                ldmatrix_x4(af[mi], &as[wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8][kk + (lane / 16) * 8]);
+                ldmatrix_x4(af[mi], &t.a[buf][wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8][kk + (lane / 16) * 8]);
 #pragma unroll
             for (int np = 0; np < 2; np++) {
                 uint32_t r[4];
-                ldmatrix_x4(r, &btile[wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8][kk + ((lane / 8) % 2) * 8]);
+                ldmatrix_x4(r, &t.b[buf][wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8][kk + ((lane / 8) % 2) * 8]);
                 bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
             }
 #pragma unroll
@@ -168,13 +142,14 @@ __device__ __forceinline__ void mainloop(unsigned char *smem, const operand_rows
 #pragma unroll
                 for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
         }
+        if (more) store_stage(st, t, buf ^ 1);
+        __syncthreads();
+        buf ^= 1;
     }
-    cp_async_wait<0>();
-    __syncthreads(); // the ring may be reused by the epilogue
 }
 
 // Writes the accumulators into the block's C tile in shared memory.
-__device__ __forceinline__ void acc_to_smem(float (*c)[C_STRIDE], const float (&acc)[2][4][4]) {
+__device__ __forceinline__ void acc_to_smem(float (&c)[BM][C_STRIDE], const float (&acc)[2][4][4]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
@@ -197,8 +172,8 @@ __device__ __forceinline__ int64_t w13_row_of(int layout, bool gated, int64_t I,
 // tiles 128 columns.
 template <bool GATED>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ const uint8_t *scale_rows[BN];
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
@@ -207,37 +182,33 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     const int j0 = blockIdx.y * JT;
     if (j0 >= G.I) return;
     const int tid = threadIdx.x;
-    const int64_t kb = a.H / 32;
-    if (tid < BN) {
-        const int jb = GATED ? j0 + (tid % 64) : j0 + tid;
-        scale_rows[tid] = jb < G.I ? G.s13 + w13_row_of(a.layout, GATED, G.I, jb, GATED ? tid / 64 : 0) * kb : nullptr;
-    }
     operand_rows rows;
-    rows.any = G.w13;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
         rows.a[i] = m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
         const int jb = GATED ? j0 + (br % 64) : j0 + br;
-        rows.b[i] = jb < G.I ? G.w13 + w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0) * a.H : nullptr;
+        rows.b[i] = nullptr, rows.bs[i] = nullptr;
+        if (jb < G.I) {
+            const int64_t r = w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0);
+            rows.b[i] = G.w13 + r * a.H, rows.bs[i] = G.s13 + r * (a.H / 32);
+        }
     }
-    __syncthreads();
     float acc[2][4][4];
-    mainloop(smem, rows, scale_rows, a.H, acc);
-    float(*c)[C_STRIDE] = reinterpret_cast<float(*)[C_STRIDE]>(smem);
-    acc_to_smem(c, acc);
+    mainloop(sm.t, rows, a.H, acc);
+    acc_to_smem(sm.c, acc);
     __syncthreads();
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
     for (int i = tid; i < BM * JT; i += THREADS) {
         const int r = i / JT, j = i % JT;
-        c[r][j] = GATED ? mxm_act_gated(G.act, c[r][j], c[r][JT + j], ap) : mxm_act_plain(G.act, c[r][j]);
+        sm.c[r][j] = GATED ? mxm_act_gated(G.act, sm.c[r][j], sm.c[r][JT + j], ap) : mxm_act_plain(G.act, sm.c[r][j]);
     }
     __syncthreads();
     const int lane = tid & 31, warp = tid / 32, nb = JT / 32;
     for (int u = warp; u < BM * nb; u += THREADS / 32) {
         const int r = u / nb, b = u % nb;
         const int j = j0 + b * 32 + lane;
-        float v = c[r][b * 32 + lane];
+        float v = sm.c[r][b * 32 + lane];
         if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
         if (a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
         if (m0 + r < G.rows && j0 + b * 32 < G.I) a.act[(int64_t)(G.row0 + m0 + r) * a.I_max + j] = __float2bfloat16_rn(v);
@@ -245,25 +216,23 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
 }
 
 __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    __shared__ const uint8_t *scale_rows[BN];
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
     const int h0 = blockIdx.y * BN;
     const int tid = threadIdx.x;
-    if (tid < BN) scale_rows[tid] = h0 + tid < a.H ? G.s2 + (int64_t)(h0 + tid) * (G.I / 32) : nullptr;
     operand_rows rows;
-    rows.any = G.w2;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
         rows.a[i] = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
-        rows.b[i] = h0 + br < a.H ? G.w2 + (int64_t)(h0 + br) * G.I : nullptr;
+        rows.b[i] = nullptr, rows.bs[i] = nullptr;
+        if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I, rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
     }
-    __syncthreads();
     float acc[2][4][4];
-    mainloop(smem, rows, scale_rows, G.I, acc);
+    mainloop(sm.t, rows, G.I, acc);
     const int lane = tid & 31, warp = tid / 32, wm = warp / 4, wn = warp % 4;
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
@@ -281,29 +250,30 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
             }
 }
 
-// Raises a kernel's dynamic shared memory limit when a launch needs more than it has.
-template <typename K> static mxm_status ensure_smem(K kernel, size_t bytes, size_t *raised) {
-    if (bytes > 48 * 1024 && bytes > *raised) {
-        MXM_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-        *raised = bytes;
-    }
+// The kernels need more than the default 48 KB of shared memory: raise their limit once.
+static mxm_status smem_opt_in() {
+    static int done = 0;
+    if (done) return MXM_OK;
+    const int bytes = (int)sizeof(smem_all);
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(mma2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    done = 1;
     return MXM_OK;
 }
 
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
-    static size_t raised_g, raised_p;
-    const size_t smem = smem_bytes(a.H);
-    mxm_status st;
+    mxm_status st = smem_opt_in();
+    if (st) return st;
     // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
+    const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
     if (a.gated_routed || a.gated_shared == 1) {
-        if ((st = ensure_smem(mma1_kernel<true>, smem, &raised_g))) return st;
-        mma1_kernel<true><<<dim3(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), THREADS, smem, s>>>(a);
+        mma1_kernel<true><<<gg, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        if ((st = ensure_smem(mma1_kernel<false>, smem, &raised_p))) return st;
-        mma1_kernel<false><<<dim3(max_tiles, (a.I_max + BN - 1) / BN), THREADS, smem, s>>>(a);
+        mma1_kernel<false><<<gp, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     return MXM_OK;
@@ -311,11 +281,9 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
 
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
-    static size_t raised;
-    const size_t smem = smem_bytes(a.I_max);
-    mxm_status st = ensure_smem(mma2_kernel, smem, &raised);
+    mxm_status st = smem_opt_in();
     if (st) return st;
-    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, smem, s>>>(a);
+    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, sizeof(smem_all), s>>>(a);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }
