@@ -18,7 +18,7 @@ static inline double bench_now(void) {
 }
 
 /* GB/s of reading a large buffer (sum of floats) with nthreads, best of reps. */
-__attribute__((target("avx2"))) static double bench_read_roof(int nthreads, int64_t bytes, int reps) {
+__attribute__((target("avx2"), unused)) static double bench_read_roof(int nthreads, int64_t bytes, int reps) {
     const int64_t n = bytes / 4;
     float *buf = aligned_alloc(64, (size_t)bytes);
 #pragma omp parallel for num_threads(nthreads) schedule(static)
@@ -51,7 +51,7 @@ __attribute__((target("avx2"))) static double bench_read_roof(int nthreads, int6
 }
 
 /* GFLOP/s of independent fp32 FMAs in registers (AVX2: 12 chains of 8 lanes) with nthreads. */
-__attribute__((target("avx2,fma"))) static double bench_fma_roof(int nthreads) {
+__attribute__((target("avx2,fma"), unused)) static double bench_fma_roof(int nthreads) {
     const int64_t iters = 20000000;
     double best = 0;
     for (int r = 0; r < 3; r++) {

@@ -19,15 +19,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "bench_common.h"
 #include "cpu/cpu_kernels.h"
 #include "formats/formats.h"
 #include "mxmoe.h"
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void *xalloc(size_t n) {
     void *p = NULL;
@@ -36,55 +31,6 @@ static void *xalloc(size_t n) {
         exit(1);
     }
     return p;
-}
-
-/* ---- memory-read roof ------------------------------------------------------------------------ */
-
-__attribute__((target("avx2"))) static float sum_avx2(const float *x, int64_t n) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(x + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(x + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(x + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(x + i + 24));
-    }
-    __m256 a = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-    float t[8];
-    _mm256_storeu_ps(t, a);
-    float s = t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
-    for (; i < n; i++) s += x[i];
-    return s;
-}
-
-static float sum_scalar(const float *x, int64_t n) {
-    float s[8] = {0};
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) s[j] += x[i + j];
-    for (; i < n; i++) s[0] += x[i];
-    return s[0] + s[1] + s[2] + s[3] + s[4] + s[5] + s[6] + s[7];
-}
-
-static volatile float g_sink;
-
-static double read_roof(const float *buf, int64_t n, int threads, int reps, int avx2) {
-    double best = 1e30;
-    for (int r = 0; r < reps; r++) {
-        float total = 0.0f;
-        const double t0 = now_s();
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-        {
-            const int id = omp_get_thread_num(), nt = omp_get_num_threads();
-            const int64_t chunk = (n / nt) & ~(int64_t)31;
-            const int64_t b = id * chunk, e = id == nt - 1 ? n : b + chunk;
-            total += avx2 ? sum_avx2(buf + b, e - b) : sum_scalar(buf + b, e - b);
-        }
-        const double dt = now_s() - t0;
-        g_sink = total;
-        if (dt < best) best = dt;
-    }
-    return (double)n * sizeof(float) / best / 1e9;
 }
 
 /* ---- kernels ------------------------------------------------------------------------------- */
@@ -104,7 +50,7 @@ static double run_op(const mxm_cpu_kernels *k, int op, const tensors *t, int thr
     double best = 1e30;
     const int64_t rows = t->rows, cols = t->cols, sb = cols / MXM_MX_BLOCK;
     for (int r = 0; r < reps; r++) {
-        const double t0 = now_s();
+        const double t0 = bench_now();
 #pragma omp parallel for num_threads(threads) schedule(static)
         for (int64_t i = 0; i < rows; i++) {
             if (op == OP_Q_F32)
@@ -116,7 +62,7 @@ static double run_op(const mxm_cpu_kernels *k, int op, const tensors *t, int thr
             else
                 k->mx_dequantize_f32(t->q + i * cols, t->s + i * sb, cols, t->out + i * cols);
         }
-        const double dt = now_s() - t0;
+        const double dt = bench_now() - t0;
         if (dt < best) best = dt;
     }
     return best;
@@ -201,14 +147,10 @@ int main(int argc, char **argv) {
     char model[256];
     cpu_model(model, sizeof model);
 
-    /* Roof. */
-    const int64_t rn = (int64_t)512 << 20 >> 2; /* 512 MiB of fp32 */
-    float *rbuf = xalloc((size_t)rn * sizeof(float));
-#pragma omp parallel for num_threads(maxt) schedule(static)
-    for (int64_t i = 0; i < rn; i++) rbuf[i] = (float)(i & 1023) * 0.25f;
+    /* Roof: the same read roof as the layer benchmark (bench_common.h), 512 MiB, best of 7. */
     double roof[3];
-    for (int t = 0; t < ntc; t++) roof[t] = read_roof(rbuf, rn, thread_counts[t], 7, have_avx2);
-    free(rbuf);
+    for (int t = 0; t < ntc; t++) roof[t] = bench_read_roof(thread_counts[t], (int64_t)512 << 20, 7);
+    (void)have_avx2;
 
     /* Data: normal-ish values with a random power-of-two factor per 32-block (2^-20..2^20). */
     const int64_t n = rows * cols;

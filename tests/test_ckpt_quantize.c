@@ -21,26 +21,6 @@
 
 static char g_dir[256];
 
-static void rm_tree(const char *path) {
-    struct stat sb;
-    if (lstat(path, &sb) != 0) return;
-    if (S_ISDIR(sb.st_mode)) {
-        DIR *d = opendir(path);
-        if (d) {
-            struct dirent *de;
-            while ((de = readdir(d)) != NULL) {
-                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-                char sub[1024];
-                snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
-                rm_tree(sub);
-            }
-            closedir(d);
-        }
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
-}
 
 static int setup_dir(void **state) {
     (void)state;
@@ -50,7 +30,7 @@ static int setup_dir(void **state) {
 
 static int teardown_dir(void **state) {
     (void)state;
-    rm_tree(g_dir);
+    tu_rm_tree(g_dir);
     return 0;
 }
 

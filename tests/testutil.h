@@ -34,6 +34,9 @@ double tu_rel_l2_f32(const float *a, const double *b, int64_t n);
 /* Path of a file under the source tree (tests/data/...). Static buffer. */
 const char *tu_src_path(const char *rel);
 
+/* Removes a file or a directory tree (no error if absent). */
+void tu_rm_tree(const char *path);
+
 /* Allocation that fails the test on NULL. */
 void *tu_alloc(size_t n);
 

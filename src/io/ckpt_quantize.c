@@ -105,48 +105,12 @@ static int cq_exists(const char *path) {
 
 /* Reads a whole small file (at most CQ_MAX_JSON bytes) into a NUL-terminated heap buffer. */
 static mxm_status cq_read_file(const char *path, char **out, size_t *len) {
-    *out = NULL;
-    *len = 0;
-    const int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        const int e = errno;
-        return mxm_fail(e == ENOENT ? MXM_ERR_NOT_FOUND : MXM_ERR_IO, PT ": cannot open: %s", path,
-                        strerror(e));
-    }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return mxm_fail(MXM_ERR_IO, PT ": not a readable regular file", path);
-    }
-    if (sb.st_size > CQ_MAX_JSON) {
-        close(fd);
-        return mxm_fail(MXM_ERR_FORMAT, PT ": %lld bytes is over the %lld-byte limit", path,
-                        (long long)sb.st_size, CQ_MAX_JSON);
-    }
-    const size_t n = (size_t)sb.st_size;
-    char *buf = malloc(n + 1);
-    if (!buf) {
-        close(fd);
-        return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", path);
-    }
-    size_t got = 0;
-    while (got < n) {
-        const ssize_t r = read(fd, buf + got, n - got);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            const int e = r < 0 ? errno : 0;
-            close(fd);
-            free(buf);
-            return mxm_fail(MXM_ERR_IO, PT ": read failed: %s", path,
-                            e ? strerror(e) : "file shrank while reading");
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return MXM_OK;
+    uint8_t *buf;
+    int64_t n;
+    const mxm_status st = mxm_st_read_small_file(path, CQ_MAX_JSON, &buf, &n);
+    *out = (char *)buf;
+    *len = st ? 0 : (size_t)n;
+    return st;
 }
 
 static mxm_status cq_write_all(int fd, const void *p, size_t n, const char *path) {

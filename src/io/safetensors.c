@@ -1124,23 +1124,25 @@ static const char *st_skip_dot(const char *s) {
     return s;
 }
 
-/* Reads a small file (at most MXM_ST_MAX_HEADER bytes) into a heap buffer. */
-static mxm_status st_read_text_file(const char *path, uint8_t **out, int64_t *out_len) {
+mxm_status mxm_st_read_small_file(const char *path, int64_t max_bytes, uint8_t **out, int64_t *out_len) {
     char eb[128];
     *out = NULL;
+    *out_len = 0;
     const int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0)
-        return mxm_fail(MXM_ERR_IO, PT ": cannot open: %s", path,
-                        st_strerror(errno, eb, sizeof eb));
+    if (fd < 0) {
+        const int e = errno;
+        return mxm_fail(e == ENOENT ? MXM_ERR_NOT_FOUND : MXM_ERR_IO, PT ": cannot open: %s", path,
+                        st_strerror(e, eb, sizeof eb));
+    }
     struct stat sb;
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
         close(fd);
         return mxm_fail(MXM_ERR_IO, PT ": not a readable regular file", path);
     }
-    if (sb.st_size > MXM_ST_MAX_HEADER) {
+    if (sb.st_size > max_bytes) {
         close(fd);
-        return mxm_fail(MXM_ERR_FORMAT, PT ": %lld bytes is over the %d-byte limit for an index",
-                        path, (long long)sb.st_size, MXM_ST_MAX_HEADER);
+        return mxm_fail(MXM_ERR_FORMAT, PT ": %lld bytes is over the %lld-byte limit", path,
+                        (long long)sb.st_size, (long long)max_bytes);
     }
     const size_t len = (size_t)sb.st_size;
     uint8_t *buf = malloc(len + 1);
@@ -1162,6 +1164,7 @@ static mxm_status st_read_text_file(const char *path, uint8_t **out, int64_t *ou
         got += (size_t)r;
     }
     close(fd);
+    buf[len] = 0;
     *out = buf;
     *out_len = (int64_t)len;
     return MXM_OK;
@@ -1359,7 +1362,7 @@ mxm_status mxm_st_index_check_memory(const void *buf, int64_t len, const char *l
 static mxm_status st_model_from_index(mxm_st_model *m, const char *dir, const char *ipath) {
     uint8_t *buf = NULL;
     int64_t len = 0;
-    mxm_status st = st_read_text_file(ipath, &buf, &len);
+    mxm_status st = mxm_st_read_small_file(ipath, MXM_ST_MAX_HEADER, &buf, &len);
     if (st != MXM_OK) return st;
     char *arena;
     st_wm_pair *pairs;

@@ -124,6 +124,11 @@ void mxm_st_writer_abort(mxm_st_writer *w); /* frees without writing; NULL is fi
 int32_t mxm_st_dtype_from_str(const char *s, int32_t *elem_size);
 const char *mxm_st_dtype_to_str(int32_t mxm_dtype);
 
+/* Reads a whole regular file of at most max_bytes into a NUL-terminated heap buffer (free()).
+ * Missing file: MXM_ERR_NOT_FOUND; larger: MXM_ERR_FORMAT; other failures: MXM_ERR_IO. */
+mxm_status mxm_st_read_small_file(const char *path, int64_t max_bytes, uint8_t **out,
+                                  int64_t *out_len);
+
 /* Strict UTF-8 check (RFC 3629: no overlongs, surrogates or code points > U+10FFFF). Returns
  * -1 when valid, else the offset of the first bad byte. */
 int64_t mxm_st_utf8_invalid_at(const uint8_t *s, int64_t n);
