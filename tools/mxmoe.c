@@ -588,7 +588,8 @@ static int cmd_demo(int argc, char **argv) {
            s->model, (long long)T, o.act_quant ? "bf16" : "MXFP8", o.profile ? "exact" : "trtllm",
            o.backend ? "cuda" : "cpu");
     printf("  H %d, I %d, %d experts, top-%d, relu2, shared expert %d\n", s->H, s->I, s->E, s->K, s->shared_I);
-    printf("routing (tokens per expert, %lld of %lld experts used):\n", (long long)used, (long long)E);
+    printf("routing: %lld of %lld experts used; tokens per expert as ' ' (0) '.' ':' '-' '=' '+' '*' '#' '%%' '@' (%lld)\n",
+           (long long)used, (long long)E, (long long)maxh);
     for (int64_t e0 = 0; e0 < E; e0 += 32) {
         printf("  %3lld-%3lld |", (long long)e0, (long long)(e0 + 31));
         for (int64_t e = e0; e < e0 + 32; e++) printf("%c", " .:-=+*#%@"[hist[e] ? 1 + 8 * hist[e] / (maxh + 1) : 0]);
