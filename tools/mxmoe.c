@@ -181,6 +181,34 @@ static void *load_x(mxm_model *f, int64_t i, int64_t H, int32_t *dtype, int64_t 
     return x;
 }
 
+/* The layer's results for one x tensor of a safetensors file. */
+typedef struct x_result {
+    void *x;
+    uint16_t *y, *yr; /* bf16 [T, H] */
+    int32_t *ids;     /* [T, K] */
+    float *w;         /* [T, K] */
+    int64_t T;
+    double seconds;
+} x_result;
+
+static void x_result_free(x_result *r) {
+    free(r->x), free(r->y), free(r->yr), free(r->ids), free(r->w);
+    memset(r, 0, sizeof *r);
+}
+
+/* Loads tensor i of f as x and runs the layer on it. Returns 0 or 1 (error printed). */
+static int forward_tensor(const runner *r, mxm_model *f, int64_t i, const char *path, x_result *res) {
+    const int64_t H = r->cfg.hidden_size, K = r->cfg.top_k;
+    int32_t dt;
+    memset(res, 0, sizeof *res);
+    if (!(res->x = load_x(f, i, H, &dt, &res->T, path))) return 1;
+    const int64_t T = res->T;
+    res->y = malloc((size_t)(T * H * 2 + 2)), res->yr = malloc((size_t)(T * H * 2 + 2));
+    res->ids = malloc((size_t)(T * K * 4 + 4)), res->w = malloc((size_t)(T * K * 4 + 4));
+    if (!res->y || !res->yr || !res->ids || !res->w) return die("out of memory");
+    return runner_forward(r, res->x, dt, T, res->y, res->yr, res->ids, res->w, &res->seconds);
+}
+
 /* ---- run --------------------------------------------------------------------------------------- */
 
 static int cmd_run(int argc, char **argv) {
@@ -225,46 +253,33 @@ static int cmd_run(int argc, char **argv) {
     }
     const int64_t H = r.cfg.hidden_size, K = r.cfg.top_k, n = mxm_model_tensor_count(in);
     mxm_tensor_out *outs = calloc((size_t)(4 * n + 1), sizeof *outs);
-    void **bufs = calloc((size_t)(5 * n + 1), sizeof *bufs);
+    x_result *res = calloc((size_t)(n + 1), sizeof *res);
     char **names = calloc((size_t)(4 * n + 1), sizeof *names);
-    int64_t no = 0, nb = 0, ran = 0;
+    int64_t no = 0, ran = 0;
     int rc = 0;
     for (int64_t i = 0; i < n && !rc; i++) {
         const char *name;
         mxm_model_tensor_info(in, i, &name, NULL, NULL, NULL);
         if (name[0] != 'x') continue;
-        int32_t dt;
-        int64_t T;
-        void *x = load_x(in, i, H, &dt, &T, input);
-        if (!x) {
-            rc = 1;
-            break;
-        }
-        bufs[nb++] = x;
-        uint16_t *y = malloc((size_t)(T * H * 2 + 2)), *yr = malloc((size_t)(T * H * 2 + 2));
-        int32_t *ids = malloc((size_t)(T * K * 4 + 4));
-        float *w = malloc((size_t)(T * K * 4 + 4));
-        bufs[nb++] = y, bufs[nb++] = yr, bufs[nb++] = ids, bufs[nb++] = w;
-        double secs;
-        if ((rc = runner_forward(&r, x, dt, T, y, yr, ids, w, &secs))) break;
-        fprintf(stderr, "%s: %lld tokens in %.1f ms\n", name, (long long)T, secs * 1e3);
+        x_result *xr = &res[ran++];
+        if ((rc = forward_tensor(&r, in, i, input, xr))) break;
+        fprintf(stderr, "%s: %lld tokens in %.1f ms\n", name, (long long)xr->T, xr->seconds * 1e3);
         const char *pre[4] = {"y", "yr", "ids", "w"};
         const char *dts[4] = {"BF16", "BF16", "I32", "F32"};
-        const void *data[4] = {y, yr, ids, w};
+        const void *data[4] = {xr->y, xr->yr, xr->ids, xr->w};
         for (int k = 0; k < 4; k++) {
             names[no] = malloc(strlen(name) + 8);
             sprintf(names[no], "%s%s", pre[k], name + 1);
-            outs[no] = (mxm_tensor_out){names[no], dts[k], 2, {T, k < 2 ? H : K}, data[k]};
+            outs[no] = (mxm_tensor_out){names[no], dts[k], 2, {xr->T, k < 2 ? H : K}, data[k]};
             no++;
         }
-        ran++;
     }
     if (!rc && !ran) rc = die("%s: no tensor named x<suffix> found", input);
     if (!rc && (st = mxm_safetensors_write(output, outs, no))) rc = die_status(st, output);
     if (!rc) fprintf(stderr, "wrote %lld tensors to %s\n", (long long)no, output);
-    for (int64_t i = 0; i < nb; i++) free(bufs[i]);
+    for (int64_t i = 0; i < ran; i++) x_result_free(&res[i]);
     for (int64_t i = 0; i < no; i++) free(names[i]);
-    free(bufs), free(names), free(outs);
+    free(res), free(names), free(outs);
     mxm_model_close(in);
     runner_close(&r);
     return rc;
@@ -376,19 +391,13 @@ static int cmd_verify(int argc, char **argv) {
         mxm_model_tensor_info(ref, i, &name, NULL, NULL, NULL);
         if (strncmp(name, "x_", 2)) continue;
         const char *suffix = name + 1;
-        int32_t dt;
-        int64_t T;
-        void *x = load_x(ref, i, H, &dt, &T, refp);
-        if (!x) {
-            rc = 2;
-            break;
-        }
-        uint16_t *y = malloc((size_t)(T * H * 2 + 2)), *yr = malloc((size_t)(T * H * 2 + 2));
-        int32_t *ids = malloc((size_t)(T * K * 4 + 4));
-        float *w = malloc((size_t)(T * K * 4 + 4));
-        if (runner_forward(&r, x, dt, T, y, yr, ids, w, NULL)) {
+        x_result xr;
+        if (forward_tensor(&r, ref, i, refp, &xr)) {
             rc = 2;
         } else {
+            const int64_t T = xr.T;
+            const uint16_t *y = xr.y, *yr = xr.yr;
+            const int32_t *ids = xr.ids;
             char nm[64];
             snprintf(nm, sizeof nm, "y%s", suffix);
             const int64_t iy = find_shaped(ref, nm, T * H);
@@ -421,7 +430,7 @@ static int cmd_verify(int argc, char **argv) {
             if (!ok) rc = 1;
             checked++;
         }
-        free(x), free(y), free(yr), free(ids), free(w);
+        x_result_free(&xr);
     }
     if (!checked && rc != 2) rc = die("%s: no x_T tensors found", refp) ? 2 : 2;
     printf("tolerance (error against y32, or y): %.3g -> %s\n", tol, rc ? "FAILED" : "passed");
