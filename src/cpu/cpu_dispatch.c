@@ -32,6 +32,12 @@ static void init_sets(void) {
         mxm_cpu_quant_init_avx2(&best_set);
         mxm_cpu_gemm_init_avx2(&best_set);
         best_set.name = "avx2";
+        /* AVX-512 replaces the format kernels; the GEMM kernels stay AVX2 for now. */
+        if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+            __builtin_cpu_supports("avx512vl")) {
+            mxm_cpu_quant_init_avx512(&best_set);
+            best_set.name = "avx512";
+        }
     }
 }
 
