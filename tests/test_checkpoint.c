@@ -233,7 +233,141 @@ static void test_broken_checkpoints(void **state) {
     assert_int_equal(load_first_layer("/nonexistent/model"), MXM_ERR_NOT_FOUND);
 }
 
+/* DeepSeek FP8 checkpoints: the deepseek_v3 BF16 fixture with every expert Linear quantized to
+ * F8_E4M3 + F32 weight_scale_inv (128x128 blocks) by the library, and a twin with the same
+ * weights dequantized to F32. The FP8 checkpoint must load (gate/up scale grids merged into W13)
+ * and give the F32 twin's output in the exact weight-only mode. */
+static int is_expert_linear(const char *name) {
+    return (strstr(name, ".experts.") || strstr(name, ".shared_experts.")) && strstr(name, "_proj.weight");
+}
+
+static void make_fp8_twins(char *dir_fp8, char *dir_f32) {
+    strcpy(dir_fp8, "/tmp/mxm_fp8XXXXXX");
+    strcpy(dir_f32, "/tmp/mxm_f32XXXXXX");
+    assert_non_null(mkdtemp(dir_fp8));
+    assert_non_null(mkdtemp(dir_f32));
+    mxm_model *m;
+    assert_int_equal(mxm_model_open(tu_src_path("tests/data/deepseek_v3_tiny"), &m), MXM_OK);
+    const int64_t n = mxm_model_tensor_count(m);
+    mxm_tensor_out *t8 = tu_alloc(sizeof *t8 * 2 * n), *t32 = tu_alloc(sizeof *t32 * n);
+    void **bufs = tu_alloc(sizeof(void *) * 4 * n);
+    char **names = tu_alloc(sizeof(char *) * n);
+    int64_t k8 = 0, k32 = 0, nb = 0, nn = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const char *name, *dt;
+        int32_t rank;
+        int64_t shape[8];
+        const void *d;
+        int64_t bytes;
+        mxm_model_tensor_info(m, i, &name, &dt, &rank, shape);
+        mxm_model_tensor_data(m, i, &d, &bytes);
+        if (!is_expert_linear(name)) {
+            t8[k8] = (mxm_tensor_out){name, dt, rank, {0}, d};
+            memcpy(t8[k8++].shape, shape, sizeof shape);
+            t32[k32] = (mxm_tensor_out){name, dt, rank, {0}, d};
+            memcpy(t32[k32++].shape, shape, sizeof shape);
+            continue;
+        }
+        assert_string_equal(dt, "BF16");
+        const int64_t rows = shape[0], cols = shape[1];
+        uint16_t *w = tu_alloc(bytes);
+        memcpy(w, d, bytes);
+        uint8_t *q = tu_alloc(rows * cols);
+        const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
+        float *scale = tu_alloc(4 * sr * sc), *deq = tu_alloc(4 * rows * cols);
+        assert_int_equal(mxm_fp8block_quantize_weight(w, MXM_DT_BF16, rows, cols, q, scale, 1), MXM_OK);
+        assert_int_equal(mxm_fp8block_dequantize(q, scale, rows, cols, 128, 0, deq, MXM_DT_F32, 1), MXM_OK);
+        bufs[nb++] = w, bufs[nb++] = q, bufs[nb++] = scale, bufs[nb++] = deq;
+        t8[k8++] = (mxm_tensor_out){name, "F8_E4M3", 2, {rows, cols}, q};
+        char *sn = tu_alloc(strlen(name) + 16);
+        sprintf(sn, "%s_scale_inv", name);
+        names[nn++] = sn;
+        t8[k8++] = (mxm_tensor_out){sn, "F32", 2, {sr, sc}, scale};
+        t32[k32++] = (mxm_tensor_out){name, "F32", 2, {rows, cols}, deq};
+    }
+    char p[4200], src[4200], text[16384];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir_fp8);
+    assert_int_equal(mxm_safetensors_write(p, t8, k8), MXM_OK);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir_f32);
+    assert_int_equal(mxm_safetensors_write(p, t32, k32), MXM_OK);
+    /* config.json: the fixture's, plus DeepSeek's fp8 quantization_config for the FP8 twin */
+    snprintf(src, sizeof src, "%s/config.json", tu_src_path("tests/data/deepseek_v3_tiny"));
+    FILE *f = fopen(src, "r");
+    assert_non_null(f);
+    const size_t len = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[len] = 0;
+    snprintf(p, sizeof p, "%s/config.json", dir_f32);
+    write_file(p, text);
+    char *end = strrchr(text, '}');
+    assert_non_null(end);
+    strcpy(end, ", \"quantization_config\": {\"quant_method\": \"fp8\", \"fmt\": \"e4m3\", "
+                "\"activation_scheme\": \"dynamic\", \"weight_block_size\": [128, 128]}}\n");
+    snprintf(p, sizeof p, "%s/config.json", dir_fp8);
+    write_file(p, text);
+    for (int64_t i = 0; i < nb; i++) free(bufs[i]);
+    for (int64_t i = 0; i < nn; i++) free(names[i]);
+    free(bufs), free(names), free(t8), free(t32);
+    mxm_model_close(m);
+}
+
+/* Layer 0 of dir on x (bf16 [T, H]) into out (f32), exact weight-only mode; returns the format. */
+static int32_t run_layer0(const char *dir, const uint16_t *x, int64_t T, float *out) {
+    mxm_model *m;
+    assert_int_equal(mxm_model_open(dir, &m), MXM_OK);
+    mxm_layer_options lo;
+    mxm_layer_options_default(&lo);
+    lo.profile = MXM_PROFILE_EXACT;
+    mxm_layer *l;
+    const mxm_status st = mxm_layer_load(m, mxm_model_moe_layer(m, 0), &lo, &l);
+    if (st) fprintf(stderr, "%s\n", mxm_last_error());
+    assert_int_equal(st, MXM_OK);
+    mxm_moe_config c = *mxm_layer_config(l);
+    c.act_quant = MXM_ACT_QUANT_NONE;
+    const int64_t E = c.num_experts;
+    float *logits = tu_alloc(4 * T * E);
+    assert_int_equal(mxm_layer_router_logits(l, x, MXM_DT_BF16, T, logits, 0), MXM_OK);
+    mxm_moe_plan *plan;
+    assert_int_equal(mxm_moe_plan_create(&c, T, &plan), MXM_OK);
+    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+    void *ws = aligned_alloc(64, wsb);
+    mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = MXM_DT_BF16, .router_logits = logits,
+                         .logits_dtype = MXM_DT_F32, .routing_bias = mxm_layer_routing_bias(l), .bias_dtype = MXM_DT_F32};
+    mxm_moe_outputs o = {.out = out, .out_dtype = MXM_DT_F32};
+    tu_poison_f32(out, T * c.hidden_size);
+    assert_int_equal(mxm_moe_forward(plan, mxm_layer_weights(l), &in, &o, ws, wsb, NULL), MXM_OK);
+    const int32_t fmt = c.weight_format;
+    free(ws), free(logits);
+    mxm_moe_plan_destroy(plan);
+    mxm_layer_free(l);
+    mxm_model_close(m);
+    return fmt;
+}
+
+static void test_deepseek_fp8_checkpoint(void **state) {
+    (void)state;
+    char d8[64], d32[64];
+    make_fp8_twins(d8, d32);
+    tu_rng r = tu_rng_fresh();
+    const int64_t T = 33, H = 256;
+    uint16_t *x = tu_alloc(2 * T * H);
+    for (int64_t i = 0; i < T * H; i++) x[i] = mxm_bf16_from_f32((float)tu_normal(&r));
+    float *o8 = tu_alloc(4 * T * H), *o32 = tu_alloc(4 * T * H);
+    assert_int_equal(run_layer0(d8, x, T, o8), MXM_WFMT_FP8_BLOCK);
+    assert_int_equal(run_layer0(d32, x, T, o32), MXM_WFMT_F32);
+    double *ref = tu_alloc(8 * T * H);
+    for (int64_t i = 0; i < T * H; i++) ref[i] = o32[i];
+    const double err = tu_rel_l2_f32(o8, ref, T * H);
+    printf("fixture deepseek_v3 as DeepSeek FP8 vs its dequantized F32 twin: err %.3e (bound 1e-5) %s\n", err,
+           err <= 1e-5 ? "PASS" : "FAIL");
+    assert_true(err <= 1e-5);
+    free(x), free(o8), free(o32), free(ref);
+    tu_rm_tree(d8);
+    tu_rm_tree(d32);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fixtures), cmocka_unit_test(test_broken_checkpoints)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_fixtures), cmocka_unit_test(test_broken_checkpoints),
+                                       cmocka_unit_test(test_deepseek_fp8_checkpoint)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
