@@ -43,6 +43,7 @@ typedef struct pass {
     int64_t *offset;    /* [E_loc + 1] */
     int32_t *shared_rows; /* identity map 0..nt-1 for the shared expert */
     int64_t *items;
+    int32_t *order;     /* [E_loc + 1] scratch for make_items */
     int64_t nitems;
     float *act, *act_sh, *y, *y_sh;
     char *thread_ws;
@@ -206,11 +207,10 @@ static int cmp_desc_count(const void *a, const void *b, void *ctx) {
  * expert index E_loc. */
 static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t chunk) {
     const mxm_moe_plan *p = ps->p;
-    int32_t order[p->e_loc + 1];
-    int32_t n = 0;
+    int32_t *order = ps->order, n = 0;
     for (int32_t e = 0; e <= p->e_loc; e++)
         if (ps->count[e] > 0) order[n++] = e;
-    qsort_r(order, (size_t)n, sizeof order[0], cmp_desc_count, ps->count);
+    qsort_r(order, (size_t)n, sizeof *order, cmp_desc_count, ps->count);
     ps->nitems = 0;
     for (int32_t i = 0; i < n; i++) {
         const int64_t dim = order[i] == p->e_loc ? dim_shared : dim_routed;
@@ -425,6 +425,7 @@ mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     ps.count = (int64_t *)(ws + p->ws.counts);
     ps.offset = ps.count + p->e_loc + 1;
     ps.items = (int64_t *)(ws + p->ws.items);
+    ps.order = (int32_t *)(ws + p->ws.order);
     ps.act = (float *)(ws + p->ws.act);
     ps.act_sh = (float *)(ws + p->ws.act_sh);
     ps.y = (float *)(ws + p->ws.y);

@@ -26,6 +26,7 @@ static mxm_status layout_workspace(mxm_moe_plan *p) {
     w->rows = ws_take(&cur, mxm_mul3_i64(B, K + 1, 4));
     w->counts = ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 2, 2, 8));
     w->items = ws_take(&cur, mxm_mul3_i64(p->max_items, 1, 8));
+    w->order = ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 4));
     w->act = ws_take(&cur, mxm_mul3_i64(B * K, I, 4));
     w->act_sh = ws_take(&cur, mxm_mul3_i64(B, Is, 4));
     w->y = ws_take(&cur, mxm_mul3_i64(B * K, H, 4));

@@ -31,6 +31,7 @@ typedef struct mxm_ws_layout {
     int64_t rows;       /* i32 [B*K + B] token of each permuted row, grouped by expert */
     int64_t counts;     /* i64 [E_loc + 2] rows per expert, then offsets */
     int64_t items;      /* i64 [max items] work items */
+    int64_t order;      /* i32 [E_loc + 1] experts by descending rows */
     int64_t act;        /* f32 [B*K, I] intermediate activations (routed) */
     int64_t act_sh;     /* f32 [B, I_s] (shared expert) */
     int64_t y;          /* f32 [B*K, H] expert outputs */
