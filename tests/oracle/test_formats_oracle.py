@@ -12,45 +12,15 @@ Loads the shared library named by the environment variable MXM_LIB with ctypes a
 Exit status: 0 pass, 1 failure, 77 skipped (numpy/ml_dtypes or MXM_LIB missing).
 """
 import ctypes
-import subprocess
 import os
 import sys
 import time
 
-try:
-    import numpy as np
-    import ml_dtypes
-except ImportError as e:  # pragma: no cover
-    print(f"SKIP: {e}")
-    sys.exit(77)
+import ml_dtypes
+import numpy as np
 
-LIB = os.environ.get("MXM_LIB")
-if not LIB or not os.path.exists(LIB):
-    print("SKIP: MXM_LIB is not set or does not exist")
-    sys.exit(77)
+from oracle_common import lib
 
-
-
-def reexec_with_asan_runtime():
-    """A library built with -DMXM_SANITIZE=ON needs the ASan runtime loaded first: re-run this
-    script once with it preloaded (leak checking off: the interpreter itself 'leaks')."""
-    if os.environ.get("MXM_ORACLE_REEXEC"):
-        return
-    try:
-        out = subprocess.run(["ldd", LIB], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return
-    for line in out.splitlines():
-        if "libasan" in line and "=>" in line:
-            path = line.split("=>")[1].split("(")[0].strip()
-            env = dict(os.environ, MXM_ORACLE_REEXEC="1", LD_PRELOAD=path,
-                       ASAN_OPTIONS="detect_leaks=0:" + os.environ.get("ASAN_OPTIONS", ""))
-            sys.stdout.flush()
-            os.execve(sys.executable, [sys.executable] + sys.argv, env)
-
-
-reexec_with_asan_runtime()
-lib = ctypes.CDLL(LIB)
 u8, f32, i32, i64, vp = ctypes.c_uint8, ctypes.c_float, ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
 for name, res, args in [
     ("mxm_e4m3_from_f32", u8, [f32]),

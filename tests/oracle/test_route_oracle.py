@@ -11,41 +11,17 @@ Exit status: 0 pass, 1 failure, 77 skipped (numpy/ml_dtypes or MXM_LIB missing).
 import ctypes
 import ctypes.util
 import os
-import re
 import sys
 import time
 
-try:
-    import numpy as np
-    import ml_dtypes
-except ImportError as e:  # pragma: no cover
-    print(f"SKIP: {e}")
-    sys.exit(77)
+import ml_dtypes
+import numpy as np
 
-LIB = os.environ.get("MXM_LIB")
-SRC = os.environ.get("MXM_SOURCE_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
-if not LIB or not os.path.exists(LIB):
-    print("SKIP: MXM_LIB is not set or does not exist")
-    sys.exit(77)
+from oracle_common import Config, lib
 
-# ---- mxm_moe_config from the header ----------------------------------------------------------
-hdr = open(os.path.join(SRC, "include", "mxmoe.h")).read()
-body = re.search(r"typedef struct mxm_moe_config \{(.*?)\} mxm_moe_config;", hdr, re.S).group(1)
-fields = []
-for m in re.finditer(r"^\s*(int32_t|float)\s+(\w+)\s*;", body, re.M):
-    fields.append((m.group(2), ctypes.c_int32 if m.group(1) == "int32_t" else ctypes.c_float))
-assert len(fields) >= 20, fields
-
-
-class Config(ctypes.Structure):
-    _fields_ = fields
-
-
-lib = ctypes.CDLL(LIB)
 lib.mxm_route.restype = ctypes.c_int32
 lib.mxm_route.argtypes = [ctypes.POINTER(Config), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32,
                           ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p]
-lib.mxm_last_error.restype = ctypes.c_char_p
 lib.mxm_routing_method_name.restype = ctypes.c_char_p
 lib.mxm_routing_method_name.argtypes = [ctypes.c_int32]
 
@@ -155,7 +131,7 @@ def run(method, E, K, T, ldt, bias_mode, profile, n_group=0, topk_group=0, S=1.0
             braw = bias
             bdt = DT_F32
     cfg = Config()
-    for name, _ in fields:
+    for name, _ in Config._fields_:
         setattr(cfg, name, 0)
     cfg.num_experts, cfg.top_k, cfg.routing_method = E, K, method
     cfg.n_group, cfg.topk_group, cfg.routed_scaling_factor = n_group, topk_group, S

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Oracle test of the MoE forward (SPEC section 5) against a numpy float64 implementation that
+shares nothing with the library: its own MXFP8 quantizer (the integer scale rule of SPEC 2.2 on
+the fp32 bits, E4M3 rounding by ml_dtypes after clipping to +-448), its own activations and
+combine. Random layers (gated and non-gated, odd sizes, shared expert), random routing given as
+top-k ids, both activation modes, exact profile. W8A8 tolerance 5e-4 (requantization flips of
+fp32-vs-float64 sums, see tests/test_moe.c), weight-only 1e-5.
+Exit status: 0 pass, 1 failure, 77 skipped."""
+import ctypes
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+from oracle_common import Checks, Config, lib
+
+vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
+
+
+class Expert(ctypes.Structure):
+    _fields_ = [("w13", vp), ("w13_scale", vp), ("w2", vp), ("w2_scale", vp)]
+
+
+class Weights(ctypes.Structure):
+    _fields_ = [("experts", vp), ("shared", vp), ("gemm1_alpha", vp), ("gemm1_beta", vp), ("gemm1_clamp_limit", vp)]
+
+
+class Inputs(ctypes.Structure):
+    _fields_ = [("num_tokens", i64), ("x", vp), ("x_dtype", i32), ("x_scale", vp), ("x_scale_transposed", i32),
+                ("router_logits", vp), ("logits_dtype", i32), ("routing_bias", vp), ("bias_dtype", i32),
+                ("topk_ids", vp), ("topk_weights", vp)]
+
+
+class Outputs(ctypes.Structure):
+    _fields_ = [("out", vp), ("out_dtype", i32), ("out_routed", vp), ("topk_ids", vp), ("topk_weights", vp)]
+
+
+lib.mxm_moe_plan_create.argtypes = [ctypes.POINTER(Config), i64, ctypes.POINTER(vp)]
+lib.mxm_moe_plan_workspace_size.restype = i64
+lib.mxm_moe_plan_workspace_size.argtypes = [vp]
+lib.mxm_moe_forward.argtypes = [vp, ctypes.POINTER(Weights), ctypes.POINTER(Inputs), ctypes.POINTER(Outputs),
+                                vp, i64, vp]
+lib.mxm_moe_plan_destroy.argtypes = [vp]
+
+SILU, RELU2, GELU = 0, 6, 1
+DT_F32 = 0
+MXFP8, NONE = 0, 1
+EXACT = 1
+check = Checks("moe oracle")
+
+
+def mx_quantize(x):
+    """MXFP8 RCEIL quantization of float32 rows (last dim % 32 == 0): codes (uint8), scale bytes."""
+    x = np.asarray(x, np.float32)
+    blocks = x.reshape(-1, 32)
+    amax = np.abs(blocks).max(axis=1).astype(np.float32)
+    d = (amax * np.float32(1.0 / 448.0)).astype(np.float32)
+    bits = d.view(np.uint32)
+    E, m = (bits >> 23) & 0xFF, bits & 0x7FFFFF
+    b = E + ((m != 0) & ((E != 0) | (m > 0x400000))).astype(np.uint32)
+    b = np.minimum(b, 254)
+    b[amax == 0] = 0
+    scaled = (blocks.astype(np.float64) * np.ldexp(1.0, 127 - b.astype(np.int64))[:, None]).astype(np.float32)
+    q = np.clip(scaled, -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    q[b == 0] = (blocks[b == 0].view(np.uint32) >> 24).astype(np.uint8) & 0x80  # flushed to +-0
+    return q.reshape(x.shape), b.astype(np.uint8).reshape(x.shape[:-1] + (x.shape[-1] // 32,))
+
+
+def mx_dequantize(q, s):
+    v = q.view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    return v * np.repeat(np.ldexp(1.0, s.astype(np.int64) - 127), 32, axis=-1)
+
+
+def act(kind, h, I):
+    if kind == SILU:
+        g, u = h[:I], h[I:]
+        return g / (1 + np.exp(-g)) * u
+    if kind == GELU:
+        from math import erf
+        g, u = h[:I], h[I:]
+        return 0.5 * g * (1 + np.vectorize(erf)(g / np.sqrt(2))) * u
+    r = np.maximum(h, 0)
+    return r * r
+
+
+def case(rng, H, I, E, K, T, kind, aq, shared_I):
+    gated = kind in (SILU, GELU)
+    M1 = 2 * I if gated else I
+    n_exp = E + (1 if shared_I else 0)
+    weights, deq = [], []
+    for e in range(n_exp):
+        Ie = shared_I if e == E else I
+        M1e = 2 * Ie if gated else Ie
+        w1 = (rng.standard_normal((M1e, H)) / np.sqrt(H)).astype(np.float32) * np.float32(2.0 ** rng.integers(-2, 3))
+        w2 = (rng.standard_normal((H, Ie)) / np.sqrt(Ie)).astype(np.float32)
+        q1, s1 = mx_quantize(w1)
+        q2, s2 = mx_quantize(w2)
+        weights.append([np.ascontiguousarray(a) for a in (q1, s1, q2, s2)])
+        deq.append((mx_dequantize(q1, s1), mx_dequantize(q2, s2), Ie))
+    x = rng.standard_normal((T, H)).astype(np.float32) * np.float32(2.0)
+    ids = np.stack([rng.permutation(E)[:K] for _ in range(T)]).astype(np.int32)
+    w = rng.uniform(0.1, 1.0, (T, K)).astype(np.float32)
+
+    # reference
+    xq = mx_dequantize(*mx_quantize(x)) if aq == MXFP8 else x.astype(np.float64)
+    ref = np.zeros((T, H))
+
+    def expert(e, xv):
+        W1, W2, Ie = deq[e]
+        a = act(kind, W1 @ xv, Ie)
+        if aq == MXFP8:
+            a = mx_dequantize(*mx_quantize(a.astype(np.float32)[None, :]))[0]
+        return W2 @ a
+
+    for t in range(T):
+        for k in range(K):
+            ref[t] += float(w[t, k]) * expert(ids[t, k], xq[t])
+        if shared_I:
+            ref[t] += expert(E, xq[t])
+
+    # library
+    cfg = Config()
+    lib.mxm_moe_config_default(ctypes.byref(cfg))
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.top_k = H, I, E, K
+    cfg.activation, cfg.act_quant, cfg.profile, cfg.shared_intermediate_size = kind, aq, EXACT, shared_I
+    plan = vp()
+    st = lib.mxm_moe_plan_create(ctypes.byref(cfg), T, ctypes.byref(plan))
+    check(st == 0, f"plan_create {st}: {lib.mxm_last_error()}")
+    if st:
+        return
+    wsb = lib.mxm_moe_plan_workspace_size(plan)
+    ws = np.zeros(wsb + 64, np.uint8)
+    ws_ptr = (ws.ctypes.data + 63) // 64 * 64
+    experts = (Expert * n_exp)()
+    for e, (q1, s1, q2, s2) in enumerate(weights):
+        experts[e] = Expert(q1.ctypes.data, s1.ctypes.data, q2.ctypes.data, s2.ctypes.data)
+    wts = Weights(ctypes.addressof(experts), ctypes.addressof(experts[E]) if shared_I else None, None, None, None)
+    out = np.full((T, H), np.nan, np.float32)
+    inp = Inputs(T, x.ctypes.data, DT_F32, None, 0, None, 0, None, 0, ids.ctypes.data, w.ctypes.data)
+    outs = Outputs(out.ctypes.data, DT_F32, None, None, None)
+    st = lib.mxm_moe_forward(plan, ctypes.byref(wts), ctypes.byref(inp), ctypes.byref(outs), ws_ptr, wsb, None)
+    lib.mxm_moe_plan_destroy(plan)
+    check(st == 0, f"forward {st}: {lib.mxm_last_error()}")
+    err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
+    tol = 5e-4 if aq == MXFP8 else 1e-5
+    name = {SILU: "silu", RELU2: "relu2_no_mul", GELU: "gelu"}[kind]
+    print(f"moe-oracle {name:12} {'w8a8' if aq == MXFP8 else 'w8':4} H={H} I={I} E={E} K={K} T={T} shared={shared_I} "
+          f"err={err:.2e} tol={tol:.0e} {'PASS' if err <= tol else 'FAIL'}")
+    check(bool(err <= tol) and not np.isnan(out).any(), f"{name} aq={aq} H={H} I={I} T={T}: err {err:.3e}")
+
+
+def main():
+    seed = int(time.time_ns() % (1 << 31))
+    print(f"[seed] numpy seed {seed}")
+    rng = np.random.default_rng(seed)
+    t0 = time.time()
+    for kind in (SILU, RELU2, GELU):
+        for aq in (MXFP8, NONE):
+            case(rng, 96, 160, 6, 2, 7, kind, aq, 0)
+    case(rng, 224, 96, 12, 5, 33, SILU, MXFP8, 64)
+    case(rng, 64, 288, 8, 8, 1, RELU2, NONE, 96)
+    check.finish(time.time() - t0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
