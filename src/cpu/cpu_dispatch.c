@@ -3,6 +3,7 @@
 
 #include "core/core.h"
 #include "cpu/cpu_kernels.h"
+#include "formats/formats.h"
 
 void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
     k->name = "ref";
@@ -24,6 +25,16 @@ static bool cpu_has_f16c(void) {
 static mxm_cpu_kernels ref_set, best_set;
 static int initialized;
 
+/* Quantize-then-decode through the best set's own row kernels, one block at a time (the SIMD
+ * sets provide quantize and dequantize; this composes them). */
+static void fakequant_best(const float *x, int64_t n, float *out, int rule) {
+    uint8_t q[MXM_MX_BLOCK], s;
+    for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
+        best_set.mx_quantize_f32(x + b * MXM_MX_BLOCK, MXM_MX_BLOCK, q, &s, rule);
+        best_set.mx_dequantize_f32(q, &s, MXM_MX_BLOCK, out + b * MXM_MX_BLOCK);
+    }
+}
+
 static void init_sets(void) {
     mxm_cpu_kernels_init_ref(&ref_set);
     best_set = ref_set;
@@ -38,6 +49,7 @@ static void init_sets(void) {
             mxm_cpu_quant_init_avx512(&best_set);
             best_set.name = "avx512";
         }
+        best_set.mx_fakequant_f32 = fakequant_best;
     }
 }
 

@@ -267,17 +267,8 @@ static void mx_dequantize_f32_avx2(const uint8_t *q, const uint8_t *s, int64_t n
                                   out + nb * MXM_MX_BLOCK);
 }
 
-static void mx_fakequant_f32_avx2(const float *x, int64_t n, float *out, int rule) {
-    uint8_t qb[MXM_MX_BLOCK], sb;
-    for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
-        mx_quantize_f32_avx2(x + b * MXM_MX_BLOCK, MXM_MX_BLOCK, qb, &sb, rule);
-        mx_dequantize_f32_avx2(qb, &sb, MXM_MX_BLOCK, out + b * MXM_MX_BLOCK);
-    }
-}
-
 void mxm_cpu_quant_init_avx2(mxm_cpu_kernels *k) {
     k->mx_quantize_f32 = mx_quantize_f32_avx2;
     k->mx_quantize_bf16 = mx_quantize_bf16_avx2;
     k->mx_dequantize_f32 = mx_dequantize_f32_avx2;
-    k->mx_fakequant_f32 = mx_fakequant_f32_avx2;
 }
