@@ -9,10 +9,11 @@
  *  - random data with W8A8 requantization or bf16 rounding points: an fp32 dot product differs
  *    from the float64 one by ~1e-7 relative, and where that straddles an E4M3 (or bf16) rounding
  *    boundary the code moves by one step (6-12% of that element for E4M3). These flips are
- *    legitimate (any accumulation order is allowed). Over a few hundred cases the largest
- *    errors seen were 4.7e-5 (W8A8) and 2.7e-4 (bf16 rounding of y, whose flips cost 2^-9 of an
- *    element each); the bounds are 5e-4 and 3e-3, about ten times that. A wrong scale, block
- *    or row gives errors of order 1. */
+ *    legitimate (any accumulation order is allowed). One flip moves one intermediate element by
+ *    up to 1/8 of itself: about 0.125 / sqrt(I) of that row's output, 1e-3 of the whole output
+ *    for the smallest cases here (T*K = 18 rows, I = 160; 6.4e-4 was seen once in a -O0
+ *    build). bf16 flips of y cost 2^-9 of an element. The bounds are 3e-3 for both. A wrong
+ *    scale, block, row or rounding mode gives errors of 1e-2 to 1. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ static void random_routing(tu_rng *r, int64_t T, int K, int E, route_kind kind, 
 
 static double tolerance_for(const mxm_moe_config *c, int integer_data) {
     if (integer_data) return 1e-6;
-    if (c->act_quant == MXM_ACT_QUANT_MXFP8) return 5e-4;
+    if (c->act_quant == MXM_ACT_QUANT_MXFP8) return 3e-3;
     if (c->profile == MXM_PROFILE_TRTLLM) return 3e-3;
     return 1e-5;
 }
