@@ -3,7 +3,7 @@
 shares nothing with the library: its own MXFP8 quantizer (the integer scale rule of SPEC 2.2 on
 the fp32 bits, E4M3 rounding by ml_dtypes after clipping to +-448), its own activations and
 combine. Random layers (gated and non-gated, odd sizes, shared expert), random routing given as
-top-k ids, both activation modes, exact profile. W8A8 tolerance 5e-4 (requantization flips of
+top-k ids, both activation modes, exact profile. W8A8 tolerance 3e-3 (requantization flips of
 fp32-vs-float64 sums, see tests/test_moe.c), weight-only 1e-5.
 Exit status: 0 pass, 1 failure, 77 skipped."""
 import ctypes
@@ -143,7 +143,7 @@ def case(rng, H, I, E, K, T, kind, aq, shared_I):
     lib.mxm_moe_plan_destroy(plan)
     check(st == 0, f"forward {st}: {lib.mxm_last_error()}")
     err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
-    tol = 5e-4 if aq == MXFP8 else 1e-5
+    tol = 3e-3 if aq == MXFP8 else 1e-5
     name = {SILU: "silu", RELU2: "relu2_no_mul", GELU: "gelu"}[kind]
     print(f"moe-oracle {name:12} {'w8a8' if aq == MXFP8 else 'w8':4} H={H} I={I} E={E} K={K} T={T} shared={shared_I} "
           f"err={err:.2e} tol={tol:.0e} {'PASS' if err <= tol else 'FAIL'}")
