@@ -107,7 +107,55 @@ typedef struct runner {
     mxm_layer *layer;
     mxm_moe_config cfg;
     int32_t layer_index;
+    /* CUDA backend: the layer's expert weights copied to the device */
+    mxm_expert_weights *dev_experts; /* [E + 1] */
+    mxm_moe_weights dev_weights;
+    void *dev_bias;
+    void **dev_bufs;
+    int32_t ndev;
 } runner;
+
+static void *dev_copy(runner *r, const void *src, int64_t bytes) {
+    void *d = NULL;
+    if (mxm_device_alloc(bytes, &d) || mxm_copy_to_device(d, src, bytes)) {
+        mxm_device_free(d);
+        return NULL;
+    }
+    r->dev_bufs[r->ndev++] = d;
+    return d;
+}
+
+/* Copies the loaded layer's weights and bias to the GPU (MXFP8 only on the CUDA backend). */
+static int runner_to_device(runner *r) {
+    const mxm_moe_config *c = &r->cfg;
+    if (c->weight_format != MXM_WFMT_MXFP8)
+        return die("--backend cuda runs MXFP8 weights; this layer is %s (add --quantize for BF16/F32 checkpoints)",
+                   mxm_weight_format_name(c->weight_format));
+    const mxm_moe_weights *w = mxm_layer_weights(r->layer);
+    const int64_t E = c->num_experts, H = c->hidden_size;
+    r->dev_experts = calloc((size_t)E + 1, sizeof *r->dev_experts);
+    r->dev_bufs = calloc((size_t)(4 * (E + 1) + 1), sizeof(void *));
+    if (!r->dev_experts || !r->dev_bufs) return die("out of memory");
+    fprintf(stderr, "copying %.1f MB of expert weights to %s...\n", mxm_layer_weight_bytes(r->layer) / 1e6,
+            mxm_device_name());
+    for (int64_t e = 0; e <= E; e++) {
+        const int shared = e == E;
+        if (shared && !w->shared) break;
+        const mxm_expert_weights *src = shared ? w->shared : &w->experts[e];
+        const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
+        const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
+        const int gated = act <= MXM_ACT_SWIGLUOAI;
+        const int64_t n13 = (gated ? 2 : 1) * I * H, n2 = H * I;
+        mxm_expert_weights *d = &r->dev_experts[e];
+        if (!(d->w13 = dev_copy(r, src->w13, n13)) || !(d->w13_scale = dev_copy(r, src->w13_scale, n13 / 32)) ||
+            !(d->w2 = dev_copy(r, src->w2, n2)) || !(d->w2_scale = dev_copy(r, src->w2_scale, n2 / 32)))
+            return die_status(MXM_ERR_CUDA, "copying weights to the GPU");
+    }
+    r->dev_weights = (mxm_moe_weights){r->dev_experts, w->shared ? &r->dev_experts[E] : NULL, NULL, NULL, NULL};
+    const float *bias = mxm_layer_routing_bias(r->layer);
+    if (bias && !(r->dev_bias = dev_copy(r, bias, E * 4))) return die_status(MXM_ERR_CUDA, "copying the bias");
+    return 0;
+}
 
 static int runner_open(runner *r, const char *dir, int32_t layer_index, const common_opts *o) {
     memset(r, 0, sizeof *r);
@@ -126,35 +174,77 @@ static int runner_open(runner *r, const char *dir, int32_t layer_index, const co
     r->cfg = *mxm_layer_config(r->layer);
     r->cfg.act_quant = o->act_quant, r->cfg.profile = o->profile;
     r->cfg.num_threads = o->threads, r->cfg.backend = o->backend;
-    return 0;
+    return o->backend == MXM_BACKEND_CUDA ? runner_to_device(r) : 0;
 }
 
 static void runner_close(runner *r) {
+    for (int32_t i = 0; i < r->ndev; i++) mxm_device_free(r->dev_bufs[i]);
+    free(r->dev_bufs), free(r->dev_experts);
     mxm_layer_free(r->layer);
     mxm_model_close(r->model);
 }
 
 /* Runs T tokens of x (bf16 or f32): y, yr bf16 [T, H], ids [T, K], w [T, K]. */
+/* Device copies of one forward's inputs and outputs (CUDA backend). */
+typedef struct dev_io {
+    void *p[7]; /* x, logits, y, yr, ids, w, workspace */
+} dev_io;
+
+static int dev_io_alloc(dev_io *d, const int64_t bytes[7]) {
+    memset(d, 0, sizeof *d);
+    for (int i = 0; i < 7; i++)
+        if (mxm_device_alloc(bytes[i], &d->p[i])) return 1;
+    return 0;
+}
+
+static void dev_io_free(dev_io *d) {
+    for (int i = 0; i < 7; i++) mxm_device_free(d->p[i]);
+}
+
 static int runner_forward(const runner *r, const void *x, int32_t x_dtype, int64_t T, uint16_t *y, uint16_t *yr,
                           int32_t *ids, float *w, double *seconds) {
-    const int64_t E = r->cfg.num_experts;
+    const int64_t E = r->cfg.num_experts, H = r->cfg.hidden_size, K = r->cfg.top_k;
+    const int cuda = r->cfg.backend == MXM_BACKEND_CUDA;
     float *logits = malloc((size_t)(T * E * 4 + 4));
     mxm_moe_plan *plan = NULL;
     void *ws = NULL;
+    dev_io d = {{0}};
     int st = logits ? mxm_layer_router_logits(r->layer, x, x_dtype, T, logits, r->cfg.num_threads) : MXM_ERR_NOMEM;
     if (!st) st = mxm_moe_plan_create(&r->cfg, T > 0 ? T : 1, &plan);
     if (!st) {
-        const int64_t wsb = mxm_moe_plan_workspace_size(plan);
-        ws = aligned_alloc(64, (size_t)wsb);
-        const mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = x_dtype, .router_logits = logits,
-                                   .logits_dtype = MXM_DT_F32, .routing_bias = mxm_layer_routing_bias(r->layer),
-                                   .bias_dtype = MXM_DT_F32};
-        const mxm_moe_outputs out = {y, MXM_DT_BF16, yr, ids, w};
+        const int64_t wsb = mxm_moe_plan_workspace_size(plan), xb = T * H * mxm_dtype_size(x_dtype);
+        mxm_moe_inputs in = {.num_tokens = T, .x = x, .x_dtype = x_dtype, .router_logits = logits,
+                             .logits_dtype = MXM_DT_F32, .routing_bias = mxm_layer_routing_bias(r->layer),
+                             .bias_dtype = MXM_DT_F32};
+        mxm_moe_outputs out = {y, MXM_DT_BF16, yr, ids, w};
+        const mxm_moe_weights *mw = mxm_layer_weights(r->layer);
+        if (cuda) {
+            const int64_t bytes[7] = {xb, T * E * 4, T * H * 2, T * H * 2, T * K * 4, T * K * 4, wsb};
+            st = dev_io_alloc(&d, bytes) ? MXM_ERR_CUDA : MXM_OK;
+            if (!st) st = mxm_copy_to_device(d.p[0], x, xb);
+            if (!st) st = mxm_copy_to_device(d.p[1], logits, T * E * 4);
+            in.x = d.p[0], in.router_logits = d.p[1], in.routing_bias = r->dev_bias;
+            out = (mxm_moe_outputs){d.p[2], MXM_DT_BF16, d.p[3], d.p[4], d.p[5]};
+            ws = d.p[6];
+            mw = &r->dev_weights;
+        } else {
+            ws = aligned_alloc(64, (size_t)wsb);
+            if (!ws) st = MXM_ERR_NOMEM;
+        }
         const double t0 = now_s();
-        st = ws ? mxm_moe_forward(plan, mxm_layer_weights(r->layer), &in, &out, ws, wsb, NULL) : MXM_ERR_NOMEM;
+        if (!st) st = mxm_moe_forward(plan, mw, &in, &out, ws, wsb, NULL);
+        if (!st && cuda) st = mxm_device_synchronize();
         if (seconds) *seconds = now_s() - t0;
+        if (!st && cuda) {
+            st = mxm_copy_to_host(y, d.p[2], T * H * 2);
+            if (!st) st = mxm_copy_to_host(yr, d.p[3], T * H * 2);
+            if (!st) st = mxm_copy_to_host(ids, d.p[4], T * K * 4);
+            if (!st) st = mxm_copy_to_host(w, d.p[5], T * K * 4);
+        }
     }
-    free(ws), free(logits);
+    if (cuda) dev_io_free(&d);
+    else free(ws);
+    free(logits);
     mxm_moe_plan_destroy(plan);
     return st ? die_status(st, "forward") : 0;
 }
