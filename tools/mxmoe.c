@@ -51,6 +51,8 @@ static int parse_int(const char *s, const char *opt, int64_t lo, int64_t hi, int
 /* Options shared by run/verify/demo/bench. */
 typedef struct common_opts {
     int32_t act_quant, profile, threads, backend, quantize;
+    const char *model; /* --model (run, verify) */
+    int64_t layer;     /* --layer, -1: the first MoE layer */
 } common_opts;
 
 static const struct option common_long[] = {
@@ -85,13 +87,15 @@ static int common_opt(int c, common_opts *o) {
             return die("--backend cuda: no CUDA device is present (or the CUDA backend was not built)"), -1;
         return 1;
     case 'q': o->quantize = 1; return 1;
+    case 'm': o->model = optarg; return 1;
+    case 'l': return parse_int(optarg, "--layer", 0, 1 << 20, &o->layer) ? -1 : 1;
     }
     return 0;
 }
 
 static void common_defaults(common_opts *o) {
     o->act_quant = MXM_ACT_QUANT_MXFP8, o->profile = MXM_PROFILE_TRTLLM, o->threads = 0;
-    o->backend = MXM_BACKEND_CPU, o->quantize = 0;
+    o->backend = MXM_BACKEND_CPU, o->quantize = 0, o->model = NULL, o->layer = -1;
 }
 
 static const char common_help[] =
@@ -309,8 +313,7 @@ static int cmd_run(int argc, char **argv) {
         "ids<suffix> (int32 [T, K]) and w<suffix> (f32 [T, K], final routing weights) to OUT.\n"
         "  --layer L                MoE layer index (default: the first MoE layer)\n"
         "  --quantize               quantize BF16/F32 expert weights to MXFP8 at load\n";
-    const char *model = NULL, *input = NULL, *output = NULL;
-    int64_t layer = -1;
+    const char *input = NULL, *output = NULL;
     common_opts o;
     common_defaults(&o);
     struct option lo[16] = {{"model", required_argument, 0, 'm'}, {"input", required_argument, 0, 'i'},
@@ -324,17 +327,16 @@ static int cmd_run(int argc, char **argv) {
         if (r < 0) return 1;
         if (r) continue;
         switch (c) {
-        case 'm': model = optarg; break;
         case 'i': input = optarg; break;
         case 'o': output = optarg; break;
-        case 'l': if (parse_int(optarg, "--layer", 0, 1 << 20, &layer)) return 1; break;
         case 'h': printf("%s%s", help, common_help); return 0;
         default: fprintf(stderr, "%s%s", help, common_help); return 1;
         }
     }
+    const char *model = o.model;
     if (!model || !input || !output) return die("run: --model, --input and --output are required (see --help)");
     runner r;
-    if (runner_open(&r, model, (int32_t)layer, &o)) return 1;
+    if (runner_open(&r, model, (int32_t)o.layer, &o)) return 1;
     mxm_model *in;
     int st = mxm_model_open(input, &in);
     if (st) {
@@ -429,8 +431,7 @@ static int cmd_verify(int argc, char **argv) {
         "  --tolerance X            bound on the error against y32 (default: 0.08 for W8A8 MXFP8,\n"
         "                           0.02 otherwise; see docs/checkpoints.md)\n"
         "  --quantize               quantize BF16/F32 expert weights to MXFP8 at load\n";
-    const char *model = NULL, *refp = NULL;
-    int64_t layer = -1;
+    const char *refp = NULL;
     double tol = -1;
     common_opts o;
     common_defaults(&o);
@@ -445,9 +446,7 @@ static int cmd_verify(int argc, char **argv) {
         if (r < 0) return 1;
         if (r) continue;
         switch (c) {
-        case 'm': model = optarg; break;
         case 'r': refp = optarg; break;
-        case 'l': if (parse_int(optarg, "--layer", 0, 1 << 20, &layer)) return 1; break;
         case 'T': {
             char *end;
             tol = strtod(optarg, &end);
@@ -458,9 +457,10 @@ static int cmd_verify(int argc, char **argv) {
         default: fprintf(stderr, "%s%s", help, common_help); return 1;
         }
     }
+    const char *model = o.model;
     if (!model || !refp) return die("verify: --model and --reference are required (see --help)");
     runner r;
-    if (runner_open(&r, model, (int32_t)layer, &o)) return 1;
+    if (runner_open(&r, model, (int32_t)o.layer, &o)) return 1;
     const int w8a8 = r.cfg.act_quant == MXM_ACT_QUANT_MXFP8 &&
                      (r.cfg.weight_format == MXM_WFMT_MXFP8 || r.cfg.weight_format == MXM_WFMT_FP8_BLOCK);
     if (tol < 0) tol = w8a8 ? 0.08 : 0.02;

@@ -557,9 +557,13 @@ mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_lay
     if (opts) o = *opts;
     int found = 0;
     for (int32_t i = 0; i < m->n_layers; i++) found |= m->layers[i] == layer_index;
-    if (!found)
-        return mxm_fail(MXM_ERR_NOT_FOUND, "%s: layer %d is not an MoE layer (%d MoE layers%s)", m->path, layer_index,
-                        m->n_layers, m->n_layers ? ", e.g. the first" : "");
+    if (!found) {
+        char list[128] = "";
+        for (int32_t i = 0; i < m->n_layers && i < 8; i++)
+            snprintf(list + strlen(list), sizeof list - strlen(list), "%s%d", i ? ", " : "", m->layers[i]);
+        return mxm_fail(MXM_ERR_NOT_FOUND, "%s: layer %d is not an MoE layer; MoE layers: %s%s", m->path,
+                        layer_index, m->n_layers ? list : "none", m->n_layers > 8 ? ", ..." : "");
+    }
     if (o.weight_format != -1 && o.weight_format != MXM_WFMT_MXFP8)
         return mxm_fail(MXM_ERR_UNSUPPORTED, "layer options: weight_format %d; supported: -1 (as stored), 0 (mxfp8)",
                         o.weight_format);
