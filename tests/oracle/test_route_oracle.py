@@ -17,7 +17,7 @@ import time
 import ml_dtypes
 import numpy as np
 
-from oracle_common import Config, lib
+from oracle_common import Checks, Config, lib
 
 lib.mxm_route.restype = ctypes.c_int32
 lib.mxm_route.argtypes = [ctypes.POINTER(Config), ctypes.c_int64, ctypes.c_void_p, ctypes.c_int32,
@@ -30,16 +30,7 @@ TRTLLM, EXACT = 0, 1
 BF16 = ml_dtypes.bfloat16
 f32 = np.float32
 
-failures = []
-checks = 0
-
-
-def check(ok, what):
-    global checks
-    checks += 1
-    if not ok:
-        failures.append(what)
-        print("FAIL:", what)
+check = Checks("test_route_oracle")
 
 
 # The spec defines softmax/sigmoid with C's expf; numpy's float32 exp differs from glibc's by up to
@@ -180,8 +171,7 @@ def main():
             run(2, 256, 8, 200, DT_F32, bias_mode, profile, n_group=8, topk_group=4, S=2.5, rng=rng)
             run(2, 64, 8, 50, DT_BF16, bias_mode, profile, n_group=4, topk_group=2, rng=rng)
             run(2, 8, 3, 50, DT_F32, bias_mode, profile, n_group=8, topk_group=3, rng=rng)
-    print(f"{checks} checks, {len(failures)} failures, {time.time() - t0:.2f} s")
-    return 1 if failures else 0
+    check.finish(time.time() - t0)
 
 
 if __name__ == "__main__":
