@@ -62,22 +62,6 @@
 /* ------------------------------------------------------------------------------------------ */
 /* small helpers */
 
-static char *cq_strdup(const char *s) {
-    const size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) memcpy(p, s, n);
-    return p;
-}
-
-static char *cq_join(const char *dir, const char *name) {
-    const size_t a = strlen(dir), b = strlen(name);
-    char *p = malloc(a + b + 2);
-    if (!p) return NULL;
-    memcpy(p, dir, a);
-    p[a] = '/';
-    memcpy(p + a + 1, name, b + 1);
-    return p;
-}
 
 static char *cq_concat(const char *a, const char *b) {
     const size_t x = strlen(a), y = strlen(b);
@@ -130,7 +114,7 @@ static mxm_status cq_write_all(int fd, const void *p, size_t n, const char *path
 
 /* Creates path (and, like mkdir -p, missing parents). */
 static mxm_status cq_mkdirs(const char *path) {
-    char *p = cq_strdup(path);
+    char *p = strdup(path);
     if (!p) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
     mxm_status st = MXM_OK;
     const size_t n = strlen(p);
@@ -327,7 +311,7 @@ static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path)
         j->fin = f;
         j->captmp = cap;
     }
-    char *fin = cq_join(j->out_dir, name);
+    char *fin = mxm_st_path_join(j->out_dir, name);
     char *tmp = fin ? cq_concat(fin, ".tmp") : NULL;
     if (!tmp) {
         free(fin);
@@ -436,7 +420,7 @@ static int cq_cmp_shard(const void *a, const void *b) {
 /* Finds and opens the input shards (index or single file). */
 static mxm_status cq_open_inputs(cq_job *j) {
     mxm_status st;
-    char *ipath = cq_join(j->in_dir, CQ_INDEX), *spath = cq_join(j->in_dir, CQ_SINGLE);
+    char *ipath = mxm_st_path_join(j->in_dir, CQ_INDEX), *spath = mxm_st_path_join(j->in_dir, CQ_SINGLE);
     if (!ipath || !spath) {
         st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
         goto done;
@@ -482,7 +466,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
             while (k < j->nshards && strcmp(j->shards[k].name, s) != 0)
                 k++;
             if (k == j->nshards) {
-                j->shards[k].name = cq_strdup(s);
+                j->shards[k].name = strdup(s);
                 if (!j->shards[k].name) {
                     st = mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", ipath);
                     goto done;
@@ -503,7 +487,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
                               j->shards[k].name);
                 goto done;
             }
-            char *p = cq_join(j->in_dir, j->shards[k].name);
+            char *p = mxm_st_path_join(j->in_dir, j->shards[k].name);
             if (!p) {
                 st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
                 goto done;
@@ -530,7 +514,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
         }
     } else if (cq_is_regular(spath)) {
         j->shards = calloc(1, sizeof *j->shards);
-        if (!j->shards || !(j->shards[0].name = cq_strdup(CQ_SINGLE))) {
+        if (!j->shards || !(j->shards[0].name = strdup(CQ_SINGLE))) {
             st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
             goto done;
         }
@@ -1016,7 +1000,7 @@ static mxm_status cq_copy_others(cq_job *j) {
                     j->in_dir);
             continue;
         }
-        char *src = cq_join(j->in_dir, nm);
+        char *src = mxm_st_path_join(j->in_dir, nm);
         if (!src) {
             st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
             break;
@@ -1053,7 +1037,7 @@ static mxm_status cq_run(cq_job *j) {
                         "new folder",
                         j->out_dir);
 
-    char *cpath = cq_join(j->in_dir, CQ_CONFIG), *hpath = cq_join(j->in_dir, CQ_HFQ);
+    char *cpath = mxm_st_path_join(j->in_dir, CQ_CONFIG), *hpath = mxm_st_path_join(j->in_dir, CQ_HFQ);
     if (!cpath || !hpath) {
         free(cpath);
         free(hpath);

@@ -113,14 +113,7 @@ static const char *st_strerror(int e, char *buf, size_t n) {
     return buf;
 }
 
-static char *st_strdup(const char *s) {
-    const size_t n = strlen(s) + 1;
-    char *p = malloc(n);
-    if (p) memcpy(p, s, n);
-    return p;
-}
-
-static char *st_join(const char *dir, const char *name) {
+char *mxm_st_path_join(const char *dir, const char *name) {
     const size_t a = strlen(dir), b = strlen(name);
     char *p = malloc(a + b + 2);
     if (!p) return NULL;
@@ -915,7 +908,7 @@ static mxm_status st_parse(mxm_st_file *f) {
 static mxm_status st_new(const char *label, mxm_st_file **out) {
     mxm_st_file *f = calloc(1, sizeof *f);
     if (!f) return mxm_fail(MXM_ERR_NOMEM, "out of memory opening " PT, label);
-    f->path = st_strdup(label);
+    f->path = strdup(label);
     if (!f->path) {
         free(f);
         return mxm_fail(MXM_ERR_NOMEM, "out of memory opening " PT, label);
@@ -1074,7 +1067,7 @@ static int st_cmp_entry(const void *a, const void *b) {
 static mxm_status st_model_open_files(mxm_st_model *m, const char *dir, const char *const *names,
                                       int64_t n) {
     for (int64_t i = 0; i < n; i++) {
-        char *p = st_join(dir, names[i]);
+        char *p = mxm_st_path_join(dir, names[i]);
         if (!p) return mxm_fail(MXM_ERR_NOMEM, "out of memory opening model " PT, dir);
         mxm_status st = mxm_st_open(p, &m->files[m->nfiles]);
         free(p);
@@ -1417,7 +1410,7 @@ static mxm_status st_model_from_listing(mxm_st_model *m, const char *dir) {
         const char *s = de->d_name;
         const size_t l = strlen(s), sl = strlen(".safetensors");
         if (s[0] == '.' || l <= sl || strcmp(s + l - sl, ".safetensors") != 0) continue;
-        char *p = st_join(dir, s);
+        char *p = mxm_st_path_join(dir, s);
         const int reg = p && st_is_regular(p);
         free(p);
         if (!reg) continue;
@@ -1430,7 +1423,7 @@ static mxm_status st_model_from_listing(mxm_st_model *m, const char *dir) {
             }
             names = nn;
         }
-        names[n] = st_strdup(s);
+        names[n] = strdup(s);
         if (!names[n]) {
             st = mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", dir);
             break;
@@ -1480,8 +1473,8 @@ mxm_status mxm_st_model_open(const char *dir, mxm_st_model **out) {
     } else if (S_ISREG(sb.st_mode)) {
         st = st_model_single(m, dir);
     } else {
-        char *ipath = st_join(dir, "model.safetensors.index.json");
-        char *spath = st_join(dir, "model.safetensors");
+        char *ipath = mxm_st_path_join(dir, "model.safetensors.index.json");
+        char *spath = mxm_st_path_join(dir, "model.safetensors");
         if (!ipath || !spath)
             st = mxm_fail(MXM_ERR_NOMEM, "out of memory opening model " PT, dir);
         else if (st_is_regular(ipath))
@@ -1609,7 +1602,7 @@ mxm_status mxm_st_writer_create(const char *path, mxm_st_writer **out) {
     if (!path) return mxm_fail(MXM_ERR_NULL, "mxm_st_writer_create: path is NULL");
     if (path[0] == '\0') return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_st_writer_create: empty path");
     mxm_st_writer *w = calloc(1, sizeof *w);
-    if (!w || !(w->path = st_strdup(path))) {
+    if (!w || !(w->path = strdup(path))) {
         free(w);
         return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory creating writer", path);
     }
@@ -1673,7 +1666,7 @@ mxm_status mxm_st_writer_add(mxm_st_writer *w, const char *name, const char *dty
     }
     st_wtensor *t = &w->t[w->n];
     memset(t, 0, sizeof *t);
-    if (!(t->name = st_strdup(name))) return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);
+    if (!(t->name = strdup(name))) return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);
     t->dt = di;
     t->rank = rank;
     for (int32_t i = 0; i < rank; i++)
@@ -1692,7 +1685,7 @@ mxm_status mxm_st_writer_set_metadata(mxm_st_writer *w, const char *key, const c
     if (!st_valid_utf8_str(key) || !st_valid_utf8_str(value))
         return mxm_fail(MXM_ERR_INVALID_ARG, PT ": metadata '" NM "': not valid UTF-8", w->path,
                         key);
-    char *v = st_strdup(value);
+    char *v = strdup(value);
     if (!v) return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);
     for (int64_t i = 0; i < w->nmeta; i++) {
         if (strcmp(w->mkey[i], key) == 0) {
@@ -1713,7 +1706,7 @@ mxm_status mxm_st_writer_set_metadata(mxm_st_writer *w, const char *key, const c
         }
         w->mcap = ncap;
     }
-    char *k = st_strdup(key);
+    char *k = strdup(key);
     if (!k) {
         free(v);
         return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);

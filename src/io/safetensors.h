@@ -124,6 +124,9 @@ void mxm_st_writer_abort(mxm_st_writer *w); /* frees without writing; NULL is fi
 int32_t mxm_st_dtype_from_str(const char *s, int32_t *elem_size);
 const char *mxm_st_dtype_to_str(int32_t mxm_dtype);
 
+/* "dir/name" in a new heap string (free()); no doubled '/'. NULL when out of memory. */
+char *mxm_st_path_join(const char *dir, const char *name);
+
 /* Reads a whole regular file of at most max_bytes into a NUL-terminated heap buffer (free()).
  * Missing file: MXM_ERR_NOT_FOUND; larger: MXM_ERR_FORMAT; other failures: MXM_ERR_IO. */
 mxm_status mxm_st_read_small_file(const char *path, int64_t max_bytes, uint8_t **out,
