@@ -183,11 +183,11 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     const double w8a8_tol = 2.5e-5 * sqrt(len) > 3e-3 ? 2.5e-5 * sqrt(len) : 3e-3;
     double tol = c.act_quant == MXM_ACT_QUANT_MXFP8 ? w8a8_tol : 4e-3;
     if (integer) { /* against the float64 reference */
-        double *ref = tu_alloc(8 * T * H), *refr = tu_alloc(8 * T * H);
-        ref_forward(&L, T, xf, i_cpu, w_cpu, ref, refr);
-        err = tu_rel_l2_f32(o_gpu, ref, T * H);
+        ref_output ref = ref_output_alloc(T * H);
+        ref_forward(&L, T, xf, i_cpu, w_cpu, &ref);
+        err = tu_rel_l2_f32(o_gpu, ref.out, T * H);
         tol = 1e-6;
-        free(ref), free(refr);
+        ref_output_free(&ref);
     }
     const int pass = err <= tol && nan_gpu == 0 && same_runs && id_match == T * K && wmax <= 8e-3;
     printf("%-9s %-6s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e tol=%.0e ids=%s det=%s %s\n", op,
