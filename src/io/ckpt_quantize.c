@@ -11,11 +11,9 @@
  *
  * Everything else (routers, e_score_correction_bias, norms, embeddings, lm_head, attention,
  * mamba, dense MLPs) keeps its bytes and dtype. Each input shard gives one output shard of the
- * same file name, with the input file's __metadata__, written by mxm_st_writer: the layout of
- * the safetensors library's own writer (data ordered by dtype, then name; checked byte for byte
- * against safetensors 0.8.0). The tests/data/ *_mxfp8 fixtures were written by a script that
- * orders data by element size, then name (each F8_E4M3 weight next to its U8 scale), so the
- * output holds exactly their tensors and header entries, at other offsets. A sharded input also
+ * same file name, with the input file's __metadata__, written by mxm_st_writer in its default
+ * order (element size, then name: each F8_E4M3 weight next to its U8 scale), the layout of the
+ * tests/data *_mxfp8 fixtures, which the output reproduces byte for byte. A sharded input also
  * gets a rewritten model.safetensors.index.json (".weight_scale" entries added in the shard of
  * their weight, metadata.total_size updated).
  *

@@ -18,7 +18,7 @@
 #define PT "%.400s"
 
 /* ------------------------------------------------------------------------------------------ */
-/* dtypes: in the reference implementation's enum order (its writer sorts by this, descending) */
+/* dtypes: in the safetensors library's enum order (MXM_ST_ORDER_DTYPE sorts by it, descending) */
 
 static const struct st_dtype {
     const char *name;
@@ -1549,6 +1549,7 @@ struct mxm_st_writer {
     int64_t hcap;  /* power of two */
     char **mkey, **mval;
     int64_t nmeta, mcap;
+    mxm_st_order order;
 };
 
 static uint64_t st_hash(const char *s) {
@@ -1795,10 +1796,23 @@ static void st_put_json_str(st_buf *b, const char *s) {
     st_put(b, "\"", 1);
 }
 
-static int st_cmp_wtensor(const void *a, const void *b) {
+/* MXM_ST_ORDER_SIZE: larger elements first, then name (dtypes of one size interleave). */
+static int st_cmp_wtensor_size(const void *a, const void *b) {
     const st_wtensor *x = a, *y = b;
-    if (x->dt != y->dt) return x->dt > y->dt ? -1 : 1; /* descending dtype */
+    const int32_t sx = st_dtypes[x->dt].size, sy = st_dtypes[y->dt].size;
+    if (sx != sy) return sx > sy ? -1 : 1;
     return strcmp(x->name, y->name);
+}
+
+/* MXM_ST_ORDER_DTYPE: descending dtype enum, then name. */
+static int st_cmp_wtensor_dtype(const void *a, const void *b) {
+    const st_wtensor *x = a, *y = b;
+    if (x->dt != y->dt) return x->dt > y->dt ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+void mxm_st_writer_set_order(mxm_st_writer *w, mxm_st_order order) {
+    if (w) w->order = order;
 }
 
 static mxm_status st_write_all(int fd, const void *p, int64_t n, const char *tmp) {
@@ -1826,7 +1840,9 @@ mxm_status mxm_st_writer_finish(mxm_st_writer *w) {
     st_meta *meta = NULL;
     int fd = -1;
 
-    if (w->n > 1) qsort(w->t, (size_t)w->n, sizeof *w->t, st_cmp_wtensor);
+    if (w->n > 1)
+        qsort(w->t, (size_t)w->n, sizeof *w->t,
+              w->order == MXM_ST_ORDER_DTYPE ? st_cmp_wtensor_dtype : st_cmp_wtensor_size);
     meta = malloc(((size_t)w->nmeta + 1) * sizeof *meta);
     if (!meta) {
         st = mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);

@@ -98,14 +98,21 @@ mxm_status mxm_st_index_check_memory(const void *buf, int64_t len, const char *l
 
 /* Writer. Collects tensors (pointers, not copies: data must stay valid until finish/abort),
  * then writes header + data to "<path>.tmp" and renames it to path on success, so a failure
- * never leaves a half-written file at path. The layout is the reference (Python/Rust)
- * writer's, byte for byte: tensors ordered by descending dtype (U64, I64, F64, F32, U32, I32,
- * BF16, F16, U16, I16, F8_E8M0, F8_E4M3, F8_E5M2, I8, U8, BOOL), then by name (bytewise), so
- * every tensor's data is aligned to its element size in an 8-aligned mapping; compact JSON
- * with "__metadata__" first (keys sorted); header padded with spaces to a multiple of 8.
+ * never leaves a half-written file at path. Compact JSON with "__metadata__" first (keys
+ * sorted), header keys in data order, header padded with spaces to a multiple of 8, every
+ * tensor's data aligned to its element size in an 8-aligned mapping. The data order is one of:
+ *  - MXM_ST_ORDER_SIZE (default): by element size, descending, then by name (bytewise); dtypes
+ *    of one size interleave, so each F8_E4M3 weight sits next to its U8 scale. The layout of
+ *    ModelOpt-rule MXFP8 checkpoints such as the tests/data *_mxfp8 fixtures, which mxmoe
+ *    quantize reproduces byte for byte.
+ *  - MXM_ST_ORDER_DTYPE: the safetensors library's own writer (checked byte for byte against
+ *    safetensors 0.8.0): by descending dtype (U64, I64, F64, F32, U32, I32, BF16, F16, U16,
+ *    I16, F8_E8M0, F8_E4M3, F8_E5M2, I8, U8, BOOL), then by name.
  * A failing add/set_metadata leaves the writer as it was (it can still be finished). */
+typedef enum mxm_st_order { MXM_ST_ORDER_SIZE = 0, MXM_ST_ORDER_DTYPE = 1 } mxm_st_order;
 typedef struct mxm_st_writer mxm_st_writer;
 mxm_status mxm_st_writer_create(const char *path, mxm_st_writer **out);
+void mxm_st_writer_set_order(mxm_st_writer *w, mxm_st_order order);
 /* Checks: name non-empty valid UTF-8 and not "__metadata__" nor a duplicate
  * (MXM_ERR_INVALID_ARG), known dtype (MXM_ERR_DTYPE), rank 0..8 and dims >= 0
  * (MXM_ERR_SHAPE), numel*elem fits int64 (MXM_ERR_OVERFLOW), nbytes == numel*elem
