@@ -376,6 +376,12 @@ MXM_API const char *mxm_routing_method_name(int32_t method);
 MXM_API int32_t mxm_routing_method_from_name(const char *name);
 MXM_API const char *mxm_weight_format_name(int32_t fmt);
 
+/* Bytes of one [rows, cols] weight matrix in a weight format: its data (codes or values) and its
+ * scales (MXFP8: one byte per 1x32; DeepSeek FP8: one f32 per started 128x128 block; 0 for
+ * bf16/f32). Returns -1 for an unknown format or negative sizes. For copying experts to a GPU. */
+MXM_API int64_t mxm_weight_data_bytes(int32_t fmt, int64_t rows, int64_t cols);
+MXM_API int64_t mxm_weight_scale_bytes(int32_t fmt, int64_t rows, int64_t cols);
+
 
 /* ------------------------------------------------------------------------------------------ */
 /* Checkpoints (SPEC section 6): Hugging Face folders in ModelOpt MXFP8, DeepSeek FP8 or        */

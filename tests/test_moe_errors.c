@@ -238,11 +238,34 @@ static void test_router_path(void **state) {
     ref_layer_free(&L);
 }
 
+/* The weight size helpers agree with what the reference layer allocates per format. */
+static void test_weight_bytes(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    for (int k = 0; k < 20; k++) {
+        const int64_t rows = 32 * tu_randint(&r, 1, 80), cols = 32 * tu_randint(&r, 1, 80);
+        assert_int_equal(mxm_weight_data_bytes(MXM_WFMT_MXFP8, rows, cols), rows * cols);
+        assert_int_equal(mxm_weight_scale_bytes(MXM_WFMT_MXFP8, rows, cols), rows * cols / 32);
+        assert_int_equal(mxm_weight_data_bytes(MXM_WFMT_FP8_BLOCK, rows, cols), rows * cols);
+        int64_t blocks = 0; /* counted, not computed: started 128x128 blocks */
+        for (int64_t r0 = 0; r0 < rows; r0 += 128)
+            for (int64_t c0 = 0; c0 < cols; c0 += 128) blocks++;
+        assert_int_equal(mxm_weight_scale_bytes(MXM_WFMT_FP8_BLOCK, rows, cols), 4 * blocks);
+        assert_int_equal(mxm_weight_data_bytes(MXM_WFMT_BF16, rows, cols), 2 * rows * cols);
+        assert_int_equal(mxm_weight_data_bytes(MXM_WFMT_F32, rows, cols), 4 * rows * cols);
+        assert_int_equal(mxm_weight_scale_bytes(MXM_WFMT_BF16, rows, cols), 0);
+    }
+    assert_int_equal(mxm_weight_data_bytes(7, 32, 32), -1);
+    assert_int_equal(mxm_weight_scale_bytes(-1, 32, 32), -1);
+    assert_int_equal(mxm_weight_scale_bytes(MXM_WFMT_MXFP8, -32, 32), -1);
+    assert_int_equal(mxm_weight_data_bytes(MXM_WFMT_F32, INT64_MAX / 2, 4), -1); /* overflow */
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_errors),       cmocka_unit_test(test_forward_errors),
         cmocka_unit_test(test_nan_inputs),          cmocka_unit_test(test_input_output_dtypes),
-        cmocka_unit_test(test_router_path),
+        cmocka_unit_test(test_router_path),         cmocka_unit_test(test_weight_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

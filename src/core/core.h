@@ -38,7 +38,7 @@ static inline bool mxm_add_i64(int64_t a, int64_t b, int64_t *out) {
 }
 /* a*b*c with overflow check; returns -1 on overflow. */
 static inline int64_t mxm_mul3_i64(int64_t a, int64_t b, int64_t c) {
-    int64_t t, r;
+    int64_t t = 0, r = 0;
     if (!mxm_mul_i64(a, b, &t) || !mxm_mul_i64(t, c, &r)) return -1;
     return r;
 }
