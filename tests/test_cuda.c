@@ -3,6 +3,10 @@
  * routing and EP slices. One line per case: op fmt shape err PASS|FAIL. Exits 77 (skipped)
  * where no GPU is present. MXM_TEST_QUICK=1 runs a reduced set (for compute-sanitizer).
  *
+ * W8A8 cases small enough for the float64 reference are also checked element by element
+ * against its bounds (tests/moe_ref.h: fp32 sums in any order, both sides of any straddled
+ * E4M3/bf16 rounding boundary): "outside" must be 0.
+ *
  * Tolerances against the CPU backend (relative L2):
  *  - W8A8: both backends quantize the same values; fp32 sums in different orders flip an E4M3
  *    rounding now and then (see test_moe.c: one flip can cost 1e-3 in small cases). The flip
@@ -30,7 +34,7 @@ static void *to_dev(const void *h, size_t n) {
     return d;
 }
 
-/* Device copies of a ref_layer's MXFP8 weights. */
+/* Device copies of a ref_layer's weights (MXFP8 or DeepSeek FP8). */
 typedef struct dev_layer {
     mxm_expert_weights *ex;
     void **ptrs;
@@ -47,8 +51,10 @@ static dev_layer layer_to_dev(const ref_layer *L) {
         const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
         const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
         const int64_t M1 = act <= MXM_ACT_SWIGLUOAI ? 2 * I : I;
-        void *w13 = to_dev(L->w13[e], M1 * H), *s13 = to_dev(L->s13[e], M1 * H / 32);
-        void *w2 = to_dev(L->w2[e], H * I), *s2 = to_dev(L->s2[e], H * I / 32);
+        const int32_t f = c->weight_format;
+        void *w13 = to_dev(L->w13[e], mxm_weight_data_bytes(f, M1, H));
+        void *s13 = to_dev(L->s13[e], mxm_weight_scale_bytes(f, M1, H));
+        void *w2 = to_dev(L->w2[e], mxm_weight_data_bytes(f, H, I)), *s2 = to_dev(L->s2[e], mxm_weight_scale_bytes(f, H, I));
         d.ex[e] = (mxm_expert_weights){w13, s13, w2, s2};
         d.ptrs[d.n++] = w13, d.ptrs[d.n++] = s13, d.ptrs[d.n++] = w2, d.ptrs[d.n++] = s2;
     }
@@ -182,18 +188,26 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     const double len = c.hidden_size > c.intermediate_size ? c.hidden_size : c.intermediate_size;
     const double w8a8_tol = 2.5e-5 * sqrt(len) > 3e-3 ? 2.5e-5 * sqrt(len) : 3e-3;
     double tol = c.act_quant == MXM_ACT_QUANT_MXFP8 ? w8a8_tol : 4e-3;
-    if (integer) { /* against the float64 reference */
+    int64_t outside = -1; /* W8A8 (small cases): GPU elements outside the reference's bounds */
+    const double work = (double)T * (K + 1) * H * (c.intermediate_size + c.shared_intermediate_size);
+    if (integer || (c.act_quant == MXM_ACT_QUANT_MXFP8 && work < 2e9)) {
         ref_output ref = ref_output_alloc(T * H);
         ref_forward(&L, T, xf, i_cpu, w_cpu, &ref);
-        err = tu_rel_l2_f32(o_gpu, ref.out, T * H);
-        tol = 1e-6;
+        if (integer) { /* against the float64 reference */
+            err = tu_rel_l2_f32(o_gpu, ref.out, T * H);
+            tol = 1e-6;
+        } else {
+            outside = ref_check_f32(o_gpu, ref.out, ref.lo, ref.hi, T * H).outside;
+        }
         ref_output_free(&ref);
     }
-    const int pass = err <= tol && nan_gpu == 0 && same_runs && id_match == T * K && wmax <= 8e-3;
-    printf("%-9s %-6s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e tol=%.0e ids=%s det=%s %s\n", op,
-           "mxfp8", mxm_activation_name(c.activation), c.act_quant ? "w8" : "w8a8", c.profile ? "exact" : "trt",
+    const int pass = err <= tol && nan_gpu == 0 && same_runs && id_match == T * K && wmax <= 8e-3 && outside <= 0;
+    char bounds[32] = "";
+    if (outside >= 0) snprintf(bounds, sizeof bounds, " outside=%lld", (long long)outside);
+    printf("%-9s %-9s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e tol=%.0e%s ids=%s det=%s %s\n", op,
+           mxm_weight_format_name(c.weight_format), mxm_activation_name(c.activation), c.act_quant ? "w8" : "w8a8", c.profile ? "exact" : "trt",
            c.w13_layout == 1 ? "ug" : c.w13_layout == 2 ? "il" : "gu", c.hidden_size, c.intermediate_size,
-           c.num_experts, c.top_k, (long long)T, c.shared_intermediate_size ? " +shared" : "", err, tol,
+           c.num_experts, c.top_k, (long long)T, c.shared_intermediate_size ? " +shared" : "", err, tol, bounds,
            id_match == T * K ? "same" : "DIFF", same_runs ? "yes" : "NO", pass ? "PASS" : "FAIL");
     fflush(stdout);
     assert_true(pass);
@@ -250,6 +264,31 @@ static void test_shapes_routing(void **state) {
         c.routed_scaling_factor = 2.5f;
         compare("shape", c, s[i].T, s[i].skew, s[i].logits, 0);
     }
+}
+
+/* DeepSeek FP8 weights (128x128 block scales, 1x128 activation scales) on both paths; H and I
+ * not multiples of 128 (partial blocks, gate and up rows sharing a block row). */
+static void test_fp8_block(void **state) {
+    (void)state;
+    setenv("MXM_CUDA_FP8_BLOCK", "1", 1); /* the kernels' switch (src/cuda/moe_cuda.cu) */
+    const int acts[] = {MXM_ACT_SILU, MXM_ACT_RELU2_NO_MUL, MXM_ACT_SWIGLUOAI};
+    for (int ai = 0; ai < 3; ai++)
+        for (int aq = 0; aq < 2; aq++)
+            for (int prof = 0; prof < 2; prof++) {
+                if (quick && (aq || prof)) continue;
+                mxm_moe_config c = cfg_of(224, 160, 8, 3, acts[ai]);
+                c.weight_format = MXM_WFMT_FP8_BLOCK, c.act_quant = aq, c.profile = prof;
+                compare("fp8block", c, 13, 0, 0, 0); /* GEMV path */
+                compare("fp8block", c, 300, 0, 0, 0); /* MMA path */
+            }
+    mxm_moe_config c = cfg_of(256, 96, 8, 2, MXM_ACT_SILU);
+    c.weight_format = MXM_WFMT_FP8_BLOCK, c.w13_layout = MXM_W13_INTERLEAVED, c.shared_intermediate_size = 160;
+    compare("fp8block", c, 2, 0, 1, 0);
+    compare("fp8block", c, 700, 1, 1, 0);
+    c = cfg_of(7168 / 4, 512, 32, 8, MXM_ACT_SILU); /* DeepSeek-like blocks */
+    c.weight_format = MXM_WFMT_FP8_BLOCK, c.routing_method = MXM_ROUTE_DEEPSEEK_V3, c.n_group = 8, c.topk_group = 4;
+    compare("fp8block", c, 1, 0, 1, 0);
+    if (!quick) compare("fp8block", c, 4096, 0, 1, 0);
 }
 
 static void test_integer_exact(void **state) {
@@ -325,7 +364,8 @@ int main(void) {
     printf("device: %s\n", mxm_device_name());
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
-        cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_integer_exact),
+        cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
+        cmocka_unit_test(test_integer_exact),
         cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

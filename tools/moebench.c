@@ -38,13 +38,41 @@ static void fill_codes(uint8_t *q, int64_t n, uint64_t seed, int threads) {
     }
 }
 
-static void fill_scales(uint8_t *s, int64_t n, uint64_t seed, int threads) {
+/* MXFP8: E8M0 scale bytes near 2^-12 (weights of magnitude ~0.1 from codes up to 448). DeepSeek
+ * FP8: f32 block scales of the same magnitude, not powers of two. */
+static void fill_scales(uint8_t *s, int64_t bytes, int32_t fmt, uint64_t seed, int threads) {
+    if (fmt == MXM_WFMT_FP8_BLOCK) {
+        float *f = (float *)(void *)s;
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; i++) s[i] = (uint8_t)(114 + mix(seed ^ (uint64_t)i * 7919u) % 4);
+        for (int64_t i = 0; i < bytes / 4; i++) f[i] = (float)(0x1p-12 * (1.0 + (mix(seed ^ (uint64_t)i) % 1000) / 1000.0));
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < bytes; i++) s[i] = (uint8_t)(114 + mix(seed ^ (uint64_t)i * 7919u) % 4);
 }
 
-int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer *L) {
+/* Byte sizes of one routed and the shared expert's four arrays (w13, s13, w2, s2). */
+static void expert_sizes(const mb_layer *L, int64_t routed[4], int64_t shared[4]) {
+    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI, f = L->cfg.weight_format;
+    const int64_t H = L->shape.H, I = L->shape.I, Is = L->shape.shared_I;
+    const int64_t M1 = gated ? 2 * I : I, M1s = gated ? 2 * Is : Is;
+    routed[0] = mxm_weight_data_bytes(f, M1, H), routed[1] = mxm_weight_scale_bytes(f, M1, H);
+    routed[2] = mxm_weight_data_bytes(f, H, I), routed[3] = mxm_weight_scale_bytes(f, H, I);
+    shared[0] = mxm_weight_data_bytes(f, M1s, H), shared[1] = mxm_weight_scale_bytes(f, M1s, H);
+    shared[2] = mxm_weight_data_bytes(f, H, Is), shared[3] = mxm_weight_scale_bytes(f, H, Is);
+}
+
+/* Points the experts (and the shared one, last) into the four arrays at base[]. */
+static void point_experts(mb_layer *L, uint8_t *const base[4]) {
+    int64_t r[4], sh[4];
+    expert_sizes(L, r, sh);
+    for (int e = 0; e <= L->shape.E_loc; e++)
+        L->experts[e] = (mxm_expert_weights){base[0] + e * r[0], base[1] + e * r[1], base[2] + e * r[2], base[3] + e * r[3]};
+}
+
+int mb_layer_create(const mb_shape *s, int32_t weight_format, uint64_t seed, int32_t threads, mb_layer *L) {
     memset(L, 0, sizeof *L);
+    if (weight_format != MXM_WFMT_MXFP8 && weight_format != MXM_WFMT_FP8_BLOCK) return MXM_ERR_INVALID_ARG;
     L->shape = *s;
     mxm_moe_config *c = &L->cfg;
     mxm_moe_config_default(c);
@@ -54,45 +82,37 @@ int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer 
     c->routed_scaling_factor = s->method == MXM_ROUTE_DEEPSEEK_V3 ? 2.5f : 1.0f;
     c->shared_intermediate_size = s->shared_I;
     c->num_threads = threads;
-    const int gated = s->act <= MXM_ACT_SWIGLUOAI;
-    const int64_t H = s->H, I = s->I, M1 = gated ? 2 * I : I;
-    const int64_t Is = s->shared_I, M1s = gated ? 2 * Is : Is;
-    const int64_t n13 = s->E_loc * M1 * H + M1s * H, n2 = s->E_loc * H * I + H * Is;
-    L->w13 = malloc((size_t)n13), L->s13 = malloc((size_t)n13 / 32);
-    L->w2 = malloc((size_t)n2), L->s2 = malloc((size_t)n2 / 32);
+    c->weight_format = weight_format;
+    int64_t r[4], sh[4];
+    expert_sizes(L, r, sh);
+    for (int i = 0; i < 4; i++) L->bytes[i] = s->E_loc * r[i] + sh[i];
+    L->w13 = malloc((size_t)L->bytes[0]), L->s13 = malloc((size_t)L->bytes[1]);
+    L->w2 = malloc((size_t)L->bytes[2]), L->s2 = malloc((size_t)L->bytes[3]);
     L->experts = calloc((size_t)s->E_loc + 1, sizeof *L->experts);
     if (!L->w13 || !L->s13 || !L->w2 || !L->s2 || !L->experts) {
         mb_layer_destroy(L);
         return MXM_ERR_NOMEM;
     }
-    fill_codes(L->w13, n13, seed, threads);
-    fill_codes(L->w2, n2, seed * 3 + 1, threads);
-    fill_scales(L->s13, n13 / 32, seed * 5 + 2, threads);
-    fill_scales(L->s2, n2 / 32, seed * 7 + 3, threads);
-    for (int e = 0; e <= s->E_loc; e++) {
-        L->experts[e] = (mxm_expert_weights){L->w13 + e * M1 * H, L->s13 + e * M1 * H / 32, L->w2 + e * H * I,
-                                             L->s2 + e * H * I / 32};
-    }
-    L->expert_bytes = (M1 * H + H * I) * 33 / 32;
-    L->shared_bytes = (M1s * H + H * Is) * 33 / 32;
+    fill_codes(L->w13, L->bytes[0], seed, threads);
+    fill_codes(L->w2, L->bytes[2], seed * 3 + 1, threads);
+    fill_scales(L->s13, L->bytes[1], weight_format, seed * 5 + 2, threads);
+    fill_scales(L->s2, L->bytes[3], weight_format, seed * 7 + 3, threads);
+    uint8_t *const base[4] = {L->w13, L->s13, L->w2, L->s2};
+    point_experts(L, base);
+    L->expert_bytes = r[0] + r[1] + r[2] + r[3];
+    L->shared_bytes = sh[0] + sh[1] + sh[2] + sh[3];
     return MXM_OK;
 }
 
 int mb_layer_to_device(mb_layer *L) {
-    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI;
-    const int64_t H = L->shape.H, I = L->shape.I, M1 = gated ? 2 * I : I;
-    const int64_t Is = L->shape.shared_I, M1s = gated ? 2 * Is : Is;
-    const int64_t n13 = L->shape.E_loc * M1 * H + M1s * H, n2 = L->shape.E_loc * H * I + H * Is;
-    const int64_t bytes[4] = {n13, n13 / 32, n2, n2 / 32};
     const void *host[4] = {L->w13, L->s13, L->w2, L->s2};
     for (int i = 0; i < 4; i++) {
-        int st = mxm_device_alloc(bytes[i], &L->dev[i]);
-        if (!st) st = mxm_copy_to_device(L->dev[i], host[i], bytes[i]);
+        int st = mxm_device_alloc(L->bytes[i], &L->dev[i]);
+        if (!st) st = mxm_copy_to_device(L->dev[i], host[i], L->bytes[i]);
         if (st) return st;
     }
-    uint8_t *d13 = L->dev[0], *ds13 = L->dev[1], *d2 = L->dev[2], *ds2 = L->dev[3];
-    for (int e = 0; e <= L->shape.E_loc; e++)
-        L->experts[e] = (mxm_expert_weights){d13 + e * M1 * H, ds13 + e * M1 * H / 32, d2 + e * H * I, ds2 + e * H * I / 32};
+    uint8_t *const base[4] = {L->dev[0], L->dev[1], L->dev[2], L->dev[3]};
+    point_experts(L, base);
     L->cfg.backend = MXM_BACKEND_CUDA;
     return MXM_OK;
 }
@@ -279,6 +299,7 @@ double mb_fma_roof(int threads) { return bench_fma_roof(threads); }
 int mb_bench(const mb_options *o, FILE *tf) {
     const int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
     double roof_read = NAN, roof_fma = NAN;
+    fprintf(tf, "weights: %s\n", mxm_weight_format_name(o->weight_format));
     if (o->backend == MXM_BACKEND_CUDA) {
         fprintf(tf, "device %s (ceilings: bench/peers.py in the same run; %%read and %%fma are blank)\n",
                 mxm_device_name());
@@ -292,9 +313,10 @@ int mb_bench(const mb_options *o, FILE *tf) {
             "GB/s", "%read", "GFLOP/s", "%fma", "exp");
     FILE *js = o->json_path ? fopen(o->json_path, "w") : NULL;
     if (js)
-        fprintf(js, "{\"backend\": \"%s\", \"device\": \"%s\", \"threads\": %d, \"read_roof_gbs\": %.2f, "
-                    "\"fma_roof_gflops\": %.2f, \"results\": [\n",
+        fprintf(js, "{\"backend\": \"%s\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
+                    "\"read_roof_gbs\": %.2f, \"fma_roof_gflops\": %.2f, \"results\": [\n",
                 o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
+                mxm_weight_format_name(o->weight_format),
                 threads, isnan(roof_read) ? 0.0 : roof_read, isnan(roof_fma) ? 0.0 : roof_fma);
     int first = 1, st = MXM_OK;
     char shapes[256];
@@ -308,7 +330,7 @@ int mb_bench(const mb_options *o, FILE *tf) {
         }
         mb_layer L;
         fprintf(stderr, "building %s layer (%s)...\n", s->name, s->model);
-        if ((st = mb_layer_create(s, 42, threads, &L))) break;
+        if ((st = mb_layer_create(s, o->weight_format, 42, threads, &L))) break;
         L.cfg.kernels = o->kernels;
         if (o->backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) break;
         char toks[256];

@@ -18,17 +18,19 @@ typedef struct mb_shape {
 const mb_shape *mb_shape_find(const char *name);
 extern const mb_shape mb_shapes[3];
 
-/* A layer of deterministic pseudo-random MXFP8 weights (all experts contiguous). */
+/* A layer of deterministic pseudo-random MXFP8 or DeepSeek FP8 weights (all experts contiguous). */
 typedef struct mb_layer {
     mb_shape shape;
     mxm_moe_config cfg;
     uint8_t *w13, *s13, *w2, *s2;       /* [E_loc (+1 shared), ...] */
+    int64_t bytes[4];                   /* sizes of w13, s13, w2, s2 */
     mxm_expert_weights *experts;        /* [E_loc + 1]; the last is the shared expert */
     int64_t expert_bytes, shared_bytes; /* weight + scale bytes of one routed / the shared expert */
     void *dev[4];                       /* device copies of w13, s13, w2, s2 (CUDA backend) */
 } mb_layer;
 
-int mb_layer_create(const mb_shape *s, uint64_t seed, int32_t threads, mb_layer *L);
+/* weight_format: MXM_WFMT_MXFP8 or MXM_WFMT_FP8_BLOCK. */
+int mb_layer_create(const mb_shape *s, int32_t weight_format, uint64_t seed, int32_t threads, mb_layer *L);
 /* Copies the weights to the CUDA device and points the experts there (cfg.backend = CUDA). */
 int mb_layer_to_device(mb_layer *L);
 void mb_layer_destroy(mb_layer *L);
@@ -74,6 +76,7 @@ typedef struct mb_options {
     int32_t threads, reps, kernels, backend;
     const char *json_path;
     int32_t use_ids; /* time the layer from precomputed top-k ids/weights */
+    int32_t weight_format; /* MXM_WFMT_MXFP8 (default) or MXM_WFMT_FP8_BLOCK */
 } mb_options;
 int mb_bench(const mb_options *o, FILE *table);
 

@@ -129,12 +129,15 @@ static void *dev_copy(runner *r, const void *src, int64_t bytes) {
     return d;
 }
 
-/* Copies the loaded layer's weights and bias to the GPU (MXFP8 only on the CUDA backend). */
+/* Copies the loaded layer's weights and bias to the GPU (MXFP8 and DeepSeek FP8 on the CUDA
+ * backend). */
 static int runner_to_device(runner *r) {
     const mxm_moe_config *c = &r->cfg;
-    if (c->weight_format != MXM_WFMT_MXFP8)
-        return die("--backend cuda runs MXFP8 weights; this layer is %s (add --quantize for BF16/F32 checkpoints)",
-                   mxm_weight_format_name(c->weight_format));
+    const int32_t f = c->weight_format;
+    if (f != MXM_WFMT_MXFP8 && f != MXM_WFMT_FP8_BLOCK)
+        return die("--backend cuda runs MXFP8 and DeepSeek FP8 weights; this layer is %s (add --quantize for "
+                   "BF16/F32 checkpoints)",
+                   mxm_weight_format_name(f));
     const mxm_moe_weights *w = mxm_layer_weights(r->layer);
     const int64_t E = c->num_experts, H = c->hidden_size;
     r->dev_experts = calloc((size_t)E + 1, sizeof *r->dev_experts);
@@ -149,10 +152,12 @@ static int runner_to_device(runner *r) {
         const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
         const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
         const int gated = act <= MXM_ACT_SWIGLUOAI;
-        const int64_t n13 = (gated ? 2 : 1) * I * H, n2 = H * I;
+        const int64_t M1 = (gated ? 2 : 1) * I;
         mxm_expert_weights *d = &r->dev_experts[e];
-        if (!(d->w13 = dev_copy(r, src->w13, n13)) || !(d->w13_scale = dev_copy(r, src->w13_scale, n13 / 32)) ||
-            !(d->w2 = dev_copy(r, src->w2, n2)) || !(d->w2_scale = dev_copy(r, src->w2_scale, n2 / 32)))
+        if (!(d->w13 = dev_copy(r, src->w13, mxm_weight_data_bytes(f, M1, H))) ||
+            !(d->w13_scale = dev_copy(r, src->w13_scale, mxm_weight_scale_bytes(f, M1, H))) ||
+            !(d->w2 = dev_copy(r, src->w2, mxm_weight_data_bytes(f, H, I))) ||
+            !(d->w2_scale = dev_copy(r, src->w2_scale, mxm_weight_scale_bytes(f, H, I))))
             return die_status(MXM_ERR_CUDA, "copying weights to the GPU");
     }
     r->dev_weights = (mxm_moe_weights){r->dev_experts, w->shared ? &r->dev_experts[E] : NULL, NULL, NULL, NULL};
@@ -663,7 +668,7 @@ static int cmd_demo(int argc, char **argv) {
     const mb_shape *s = mb_shape_find("nano");
     mb_layer L;
     fprintf(stderr, "building the synthetic %s layer...\n", s->model);
-    int st = mb_layer_create(s, 42, o.threads, &L);
+    int st = mb_layer_create(s, MXM_WFMT_MXFP8, 42, o.threads, &L);
     if (st) return die_status(st, "building the layer");
     fprintf(stderr, "%.2f GB of MXFP8 expert weights and scales\n",
             ((double)L.expert_bytes * s->E_loc + (double)L.shared_bytes) / 1e9);
@@ -718,16 +723,19 @@ static int cmd_bench(int argc, char **argv) {
         "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing uniform|skewed|both]\n"
         "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] [--ref-kernels]\n"
         "                   [--given-ids]   (route once on the host; time the layer from top-k ids, like the peers)\n"
-        "Times the MoE layer on synthetic MXFP8 layers with real models' shapes and reports each figure\n"
+        "                   [--format mxfp8|fp8_block]   (weights: MXFP8, or DeepSeek FP8 128x128 blocks)\n"
+        "Times the MoE layer on synthetic MXFP8 (or DeepSeek FP8) layers with real models' shapes and reports each figure\n"
         "against the memory-read and FMA roofs measured in the same run.\n";
-    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL, 0};
+    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL, 0,
+                     MXM_WFMT_MXFP8};
     common_opts o;
     common_defaults(&o);
     struct option lo[20] = {{"shapes", required_argument, 0, 's'}, {"tokens", required_argument, 0, 'n'},
                             {"routing", required_argument, 0, 'r'}, {"reps", required_argument, 0, 'R'},
                             {"json", required_argument, 0, 'j'}, {"ref-kernels", no_argument, 0, 'k'},
-                            {"help", no_argument, 0, 'h'}, {"given-ids", no_argument, 0, 'g'}};
-    memcpy(lo + 8, common_long, sizeof common_long);
+                            {"help", no_argument, 0, 'h'}, {"given-ids", no_argument, 0, 'g'},
+                            {"format", required_argument, 0, 'f'}};
+    memcpy(lo + 9, common_long, sizeof common_long);
     int c;
     int64_t v = 0;
     optind = 1;
@@ -747,6 +755,11 @@ static int cmd_bench(int argc, char **argv) {
         case 'j': mo.json_path = optarg; break;
         case 'k': mo.kernels = MXM_KERNELS_REF; break;
         case 'g': mo.use_ids = 1; break;
+        case 'f':
+            if (strcmp(optarg, "mxfp8") && strcmp(optarg, "fp8_block"))
+                return die("--format: '%s'; supported: mxfp8, fp8_block", optarg);
+            mo.weight_format = strcmp(optarg, "mxfp8") ? MXM_WFMT_FP8_BLOCK : MXM_WFMT_MXFP8;
+            break;
         case 'h': return printf("%s", help), 0;
         default: return fprintf(stderr, "%s", help), 1;
         }

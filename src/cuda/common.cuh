@@ -35,7 +35,8 @@ extern "C" {
 
 // Per-group (local expert, then the shared expert) description on the device.
 struct mxm_cuda_group {
-    const uint8_t *w13, *s13, *w2, *s2; // MXFP8 codes and scales (bf16 weights: w only)
+    const uint8_t *w13, *s13, *w2, *s2; // E4M3 codes and MXFP8 scale bytes
+    const float *b13, *b2;              // DeepSeek FP8: the 128x128 block scales (s13/s2 unused)
     int32_t rows;                       // tokens routed to this group
     int32_t row0;                       // first permuted row
     int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > GEMV_MAX)
@@ -49,6 +50,8 @@ struct mxm_cuda_args {
     int32_t T, H, K, E, e_loc, off, groups; // groups = e_loc + (shared ? 1 : 0)
     int32_t wfmt, layout, act_quant, profile, rule, gated_routed, gated_shared; // gated_shared -1: none
     int32_t I_max;
+    int32_t blk;             // DeepSeek FP8 weights (128x128 block scales, 1x128 activation scales)
+    int32_t HB, IB;          // 128-blocks along H and along I_max
     mxm_cuda_group *group;   // [groups]
     int32_t *ids;            // [T, K]
     float *wts;              // [T, K]
@@ -56,9 +59,19 @@ struct mxm_cuda_args {
     int32_t *row_token;      // [rows_total] token of each permuted row
     int32_t *counts;         // [2]: MMA tiles in use, GEMV groups in use
     int32_t *gemv_list;      // [groups] the groups with 1..GEMV_MAX rows
-    __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see
-    __nv_bfloat16 *act;      // [rows_total, I_max] intermediate
+    __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see (DeepSeek FP8 W8A8: the E4M3 codes' values)
+    __nv_bfloat16 *act;      // [rows_total, I_max] intermediate (same rule)
     float *y;                // [rows_total, H]
+    // DeepSeek FP8 W8A8 only: the 1x128 activation scales of xq and act, and the fp32
+    // intermediate before its requantization (a 128-block spans several GEMM1 tiles).
+    float *xs;               // [T, HB]
+    float *acts;             // [rows_total, IB]
+    float *actf;             // [rows_total, I_max]
 };
+
+// A DeepSeek FP8 W8A8 path (scales applied per 128-block of K after the block's dot product).
+__host__ __device__ inline bool mxm_cuda_blk_w8a8(const mxm_cuda_args &a) {
+    return a.blk && a.act_quant == MXM_ACT_QUANT_MXFP8;
+}
 
 #endif

@@ -1,7 +1,9 @@
 // Prefill path: grouped GEMMs on the tensor cores. MXFP8 weights are decoded exactly to bf16
 // (an E4M3 value times a power of two is a bf16 value) as they are staged into shared memory;
 // activations are already bf16 values (exact after MXFP8 quantization); bf16 mma.sync
-// accumulates in fp32. GEMM1 fuses the activation and the MXFP8 requantization into its
+// accumulates in fp32. DeepSeek FP8 (BLK): the E4M3 codes' values go to the tensor cores as
+// they are (exact in bf16), each 128-block of K accumulates on its own and is added to the
+// result times its activation scale and weight scale (fp32), as DeepSeek's own kernels do. GEMM1 fuses the activation and the MXFP8 requantization into its
 // epilogue; GEMM2 writes the expert outputs. Tiles: 64 rows x 128 weight rows x 64 (two MX
 // blocks) per step, 8 warps of 32 x 32, double-buffered shared memory with the next step's tiles
 // prefetched into registers while the tensor cores work on the current one.
@@ -73,7 +75,8 @@ struct operand_rows {
     const uint8_t *bs[2];      // their scale rows
 };
 
-// K is a multiple of 32, not always of BK: pieces past K load zeros.
+// K is a multiple of 32, not always of BK: pieces past K load zeros. BLK: no MX scales (1.0).
+template <bool BLK>
 __device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int64_t k0, int64_t K) {
     const int ac = (threadIdx.x % 8) * 8, bc = (threadIdx.x % 4) * 16;
 #pragma unroll
@@ -81,7 +84,7 @@ __device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int
         st.a[i] = r.a[i] && k0 + ac < K ? *reinterpret_cast<const uint4 *>(r.a[i] + k0 + ac) : make_uint4(0, 0, 0, 0);
         if (r.b[i] && k0 + bc < K) {
             st.b[i] = __ldg(reinterpret_cast<const uint4 *>(r.b[i] + k0 + bc));
-            st.s[i] = __ldg(r.bs[i] + (k0 + bc) / 32);
+            st.s[i] = BLK ? 127 : __ldg(r.bs[i] + (k0 + bc) / 32);
         } else {
             st.b[i] = make_uint4(0, 0, 0, 0);
             st.s[i] = 127;
@@ -107,45 +110,103 @@ __device__ __forceinline__ void store_stage(const stage &st, smem_tiles &t, int 
     }
 }
 
-// acc[mi][ni][4] += A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece.
-__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K, float (&acc)[2][4][4]) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
-    const int wm = warp / 4, wn = warp % 4;
+// DeepSeek FP8: the per-128-block scales of this thread's accumulator rows and columns. Row
+// (mi, h) of the fragments is a[2 mi + h], column (ni, c) is b[2 ni + c]; each points at the
+// row's scales over the 128-blocks of K (nullptr: 1.0 for a, 0 for b).
+struct blk_scales {
+    const float *a[4];
+    const float *b[8];
+};
+
+__device__ __forceinline__ void zero_acc(float (&acc)[2][4][4]) {
 #pragma unroll
     for (int mi = 0; mi < 2; mi++)
 #pragma unroll
         for (int ni = 0; ni < 4; ni++)
 #pragma unroll
             for (int q = 0; q < 4; q++) acc[mi][ni][q] = 0.0f;
+}
+
+// acc += A . B^T over one staged BK step, for this warp's 32 x 32 piece.
+__device__ __forceinline__ void mma_step(const smem_tiles &t, int buf, float (&acc)[2][4][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+    const int wm = warp / 4, wn = warp % 4;
+#pragma unroll
+    for (int kk = 0; kk < BK; kk += 16) {
+        uint32_t af[2][4], bf[4][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+            ldmatrix_x4(af[mi], &t.a[buf][wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8][kk + (lane / 16) * 8]);
+#pragma unroll
+        for (int np = 0; np < 2; np++) {
+            uint32_t r[4];
+            ldmatrix_x4(r, &t.b[buf][wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8][kk + ((lane / 8) % 2) * 8]);
+            bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+    }
+}
+
+// acc += part * (activation scale x weight scale) of 128-block kb, then part = 0.
+__device__ __forceinline__ void promote(float (&acc)[2][4][4], float (&part)[2][4][4], const blk_scales &bs,
+                                        int64_t kb) {
+    float sa[4], sb[8];
+#pragma unroll
+    for (int i = 0; i < 4; i++) sa[i] = bs.a[i] ? bs.a[i][kb] : 1.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) sb[i] = bs.b[i] ? bs.b[i][kb] : 0.0f;
+#pragma unroll
+    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+        for (int ni = 0; ni < 4; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                acc[mi][ni][q] = fmaf(part[mi][ni][q], sa[2 * mi + q / 2] * sb[2 * ni + q % 2], acc[mi][ni][q]);
+                part[mi][ni][q] = 0.0f;
+            }
+}
+
+// acc[mi][ni][4] = A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece (BLK: scaled per
+// 128-block of K with bs).
+template <bool BLK>
+__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K, float (&acc)[2][4][4],
+                                         const blk_scales *bs) {
+    zero_acc(acc);
+    float part[2][4][4];
+    if (BLK) zero_acc(part);
     stage st;
-    load_stage(st, rows, 0, K);
+    load_stage<BLK>(st, rows, 0, K);
     store_stage(st, t, 0);
     __syncthreads();
     int buf = 0;
     for (int64_t k0 = 0; k0 < K; k0 += BK) {
         const bool more = k0 + BK < K;
-        if (more) load_stage(st, rows, k0 + BK, K);
-#pragma unroll
-        for (int kk = 0; kk < BK; kk += 16) {
-            uint32_t af[2][4], bf[4][2];
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-                ldmatrix_x4(af[mi], &t.a[buf][wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8][kk + (lane / 16) * 8]);
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t r[4];
-                ldmatrix_x4(r, &t.b[buf][wn * 32 + np * 16 + (lane % 8) + (lane / 16) * 8][kk + ((lane / 8) % 2) * 8]);
-                bf[2 * np][0] = r[0], bf[2 * np][1] = r[1], bf[2 * np + 1][0] = r[2], bf[2 * np + 1][1] = r[3];
-            }
-#pragma unroll
-            for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+        if (more) load_stage<BLK>(st, rows, k0 + BK, K);
+        if (BLK) {
+            mma_step(t, buf, part);
+            if ((k0 + BK) % 128 == 0 || !more) promote(acc, part, *bs, k0 / 128);
+        } else {
+            mma_step(t, buf, acc);
         }
         if (more) store_stage(st, t, buf ^ 1);
         __syncthreads();
         buf ^= 1;
     }
+}
+
+// The row of the block's B tile that fragment column (ni, c) of this thread reads.
+__device__ __forceinline__ int frag_col(int ni, int c) {
+    const int lane = threadIdx.x & 31, wn = (threadIdx.x / 32) % 4;
+    return wn * 32 + ni * 8 + (lane % 4) * 2 + c;
+}
+
+// The row of the block's A tile that fragment row (mi, h) of this thread holds.
+__device__ __forceinline__ int frag_row(int mi, int h) {
+    const int lane = threadIdx.x & 31, wm = (threadIdx.x / 32) / 4;
+    return wm * 32 + mi * 16 + lane / 4 + h * 8;
 }
 
 // Writes the accumulators into the block's C tile in shared memory.
@@ -170,7 +231,7 @@ __device__ __forceinline__ int64_t w13_row_of(int layout, bool gated, int64_t I,
 
 // GEMM1: gated tiles cover 64 intermediate columns (64 gate + 64 up weight rows), non-gated
 // tiles 128 columns.
-template <bool GATED>
+template <bool GATED, bool BLK>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
@@ -194,8 +255,23 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
             rows.b[i] = G.w13 + r * a.H, rows.bs[i] = G.s13 + r * (a.H / 32);
         }
     }
+    blk_scales bs;
+    if (BLK) {
+        const bool w8a8 = mxm_cuda_blk_w8a8(a);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = frag_row(i / 2, i % 2);
+            bs.a[i] = w8a8 && m0 + r < G.rows ? a.xs + (int64_t)a.row_token[G.row0 + m0 + r] * a.HB : nullptr;
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int br = frag_col(i / 2, i % 2), jb = GATED ? j0 + (br % 64) : j0 + br;
+            bs.b[i] = jb < G.I ? G.b13 + (w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0) / 128) * a.HB
+                               : nullptr;
+        }
+    }
     float acc[2][4][4];
-    mainloop(sm.t, rows, a.H, acc);
+    mainloop<BLK>(sm.t, rows, a.H, acc, &bs);
     acc_to_smem(sm.c, acc);
     __syncthreads();
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
@@ -210,11 +286,18 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
         const int j = j0 + b * 32 + lane;
         float v = sm.c[r][b * 32 + lane];
         if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
-        if (a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
-        if (m0 + r < G.rows && j0 + b * 32 < G.I) a.act[(int64_t)(G.row0 + m0 + r) * a.I_max + j] = __float2bfloat16_rn(v);
+        const int64_t o = (int64_t)(G.row0 + m0 + r) * a.I_max + j;
+        const bool keep = m0 + r < G.rows && j0 + b * 32 < G.I;
+        if (BLK && mxm_cuda_blk_w8a8(a)) { // requantized per 128-block by mxm_cuda_requant_fp8block
+            if (keep) a.actf[o] = v;
+            continue;
+        }
+        if (!BLK && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
+        if (keep) a.act[o] = __float2bfloat16_rn(v);
     }
 }
 
+template <bool BLK>
 __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
@@ -231,8 +314,22 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
         rows.b[i] = nullptr, rows.bs[i] = nullptr;
         if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I, rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
     }
+    blk_scales bs;
+    if (BLK) {
+        const bool w8a8 = mxm_cuda_blk_w8a8(a);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = frag_row(i / 2, i % 2);
+            bs.a[i] = w8a8 && m0 + r < G.rows ? a.acts + (int64_t)(G.row0 + m0 + r) * a.IB : nullptr;
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int h = h0 + frag_col(i / 2, i % 2);
+            bs.b[i] = h < a.H ? G.b2 + (int64_t)(h / 128) * ((G.I + 127) / 128) : nullptr;
+        }
+    }
     float acc[2][4][4];
-    mainloop(sm.t, rows, G.I, acc);
+    mainloop<BLK>(sm.t, rows, G.I, acc, &bs);
     const int lane = tid & 31, warp = tid / 32, wm = warp / 4, wn = warp % 4;
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
@@ -255,9 +352,14 @@ static mxm_status smem_opt_in() {
     static int done = 0;
     if (done) return MXM_OK;
     const int bytes = (int)sizeof(smem_all);
-    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    MXM_CUDA_TRY(cudaFuncSetAttribute(mma1_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    MXM_CUDA_TRY(cudaFuncSetAttribute(mma2_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+#define MXM_SMEM_OPT_IN(k) MXM_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))
+    MXM_SMEM_OPT_IN((mma1_kernel<true, false>));
+    MXM_SMEM_OPT_IN((mma1_kernel<false, false>));
+    MXM_SMEM_OPT_IN((mma1_kernel<true, true>));
+    MXM_SMEM_OPT_IN((mma1_kernel<false, true>));
+    MXM_SMEM_OPT_IN(mma2_kernel<false>);
+    MXM_SMEM_OPT_IN(mma2_kernel<true>);
+#undef MXM_SMEM_OPT_IN
     done = 1;
     return MXM_OK;
 }
@@ -269,11 +371,13 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
     const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
     if (a.gated_routed || a.gated_shared == 1) {
-        mma1_kernel<true><<<gg, THREADS, sizeof(smem_all), s>>>(a);
+        if (a.blk) mma1_kernel<true, true><<<gg, THREADS, sizeof(smem_all), s>>>(a);
+        else mma1_kernel<true, false><<<gg, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        mma1_kernel<false><<<gp, THREADS, sizeof(smem_all), s>>>(a);
+        if (a.blk) mma1_kernel<false, true><<<gp, THREADS, sizeof(smem_all), s>>>(a);
+        else mma1_kernel<false, false><<<gp, THREADS, sizeof(smem_all), s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     return MXM_OK;
@@ -283,7 +387,9 @@ mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     if (max_tiles <= 0) return MXM_OK;
     mxm_status st = smem_opt_in();
     if (st) return st;
-    mma2_kernel<<<dim3(max_tiles, (a.H + BN - 1) / BN), THREADS, sizeof(smem_all), s>>>(a);
+    const dim3 grid(max_tiles, (a.H + BN - 1) / BN);
+    if (a.blk) mma2_kernel<true><<<grid, THREADS, sizeof(smem_all), s>>>(a);
+    else mma2_kernel<false><<<grid, THREADS, sizeof(smem_all), s>>>(a);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

@@ -11,10 +11,13 @@
 // acc[r][t] = dot(weight row r, activation row t) for the warp's R rows and n (<= GEMV_MAX)
 // activation rows x[t] (bf16), over k elements. Each lane loads 16 codes of every row per
 // step (R independent 16-byte loads in flight), decodes each row once and reuses it for all
-// activation rows (read from L1/L2).
-template <int R>
-__device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const uint8_t *const (&s)[R], int64_t k,
-                                          const __nv_bfloat16 *const *x, int n, float (&acc)[R][MXM_CUDA_GEMV_MAX]) {
+// activation rows (read from L1/L2). MXFP8: s[r] are the rows' E8M0 scales. DeepSeek FP8
+// (BLK): b[r] the rows' 128x128 block scales along k, xs[t] the activation rows' 1x128 scales
+// (nullptr: 1); each lane's 16 products lie in one 128-block and are scaled together.
+template <int R, bool BLK>
+__device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const uint8_t *const (&s)[R],
+                                          const float *const (&b)[R], int64_t k, const __nv_bfloat16 *const *x,
+                                          const float *const *xs, int n, float (&acc)[R][MXM_CUDA_GEMV_MAX]) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -26,7 +29,8 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const ui
 #pragma unroll
         for (int r = 0; r < R; r++) {
             q[r] = w[r] ? __ldg(reinterpret_cast<const uint4 *>(w[r] + c)) : make_uint4(0, 0, 0, 0);
-            sc[r] = w[r] ? mxm_e8m0_decode(__ldg(s[r] + c / 32)) : 0.0f;
+            if (BLK) sc[r] = w[r] ? __ldg(b[r] + c / 128) : 0.0f;
+            else sc[r] = w[r] ? mxm_e8m0_decode(__ldg(s[r] + c / 32)) : 0.0f;
         }
 #pragma unroll
         for (int r = 0; r < R; r++) {
@@ -35,7 +39,7 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const ui
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 const float2 f = mxm_e4m3x2_to_float2(q16[i]);
-                wf[2 * i] = f.x * sc[r], wf[2 * i + 1] = f.y * sc[r];
+                wf[2 * i] = BLK ? f.x : f.x * sc[r], wf[2 * i + 1] = BLK ? f.y : f.y * sc[r];
             }
 #pragma unroll
             for (int t = 0; t < MXM_CUDA_GEMV_MAX; t++) {
@@ -53,7 +57,8 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const ui
                     d = fmaf(a1.x, wf[8 + 2 * i], d);
                     d = fmaf(a1.y, wf[8 + 2 * i + 1], d);
                 }
-                acc[r][t] += d;
+                if (BLK) acc[r][t] = fmaf(d, sc[r] * (xs[t] ? xs[t][c / 128] : 1.0f), acc[r][t]);
+                else acc[r][t] += d;
             }
         }
     }
@@ -82,7 +87,7 @@ __device__ __forceinline__ int gemv_group(const mxm_cuda_args &a, int chunks, in
     return i < a.counts[1] ? a.gemv_list[i] : -1;
 }
 
-template <bool GATED>
+template <bool GATED, bool BLK>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv1_kernel(mxm_cuda_args a) {
     const int chunks = (a.I_max + GEMV_COLS - 1) / GEMV_COLS;
     int chunk;
@@ -93,21 +98,28 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv1_kernel(mxm_cuda_args a) {
     if (j0 >= G.I || mxm_act_is_gated(G.act) != GATED) return;
     __shared__ float a_s[MXM_CUDA_GEMV_MAX][GEMV_COLS];
     __shared__ const __nv_bfloat16 *xrow[MXM_CUDA_GEMV_MAX];
+    __shared__ const float *xsrow[MXM_CUDA_GEMV_MAX];
     const int n = G.rows, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (threadIdx.x < n) xrow[threadIdx.x] = a.xq + (int64_t)a.row_token[G.row0 + threadIdx.x] * a.H;
+    if (threadIdx.x < n) {
+        const int64_t tok = a.row_token[G.row0 + threadIdx.x];
+        xrow[threadIdx.x] = a.xq + tok * a.H;
+        xsrow[threadIdx.x] = mxm_cuda_blk_w8a8(a) ? a.xs + tok * a.HB : nullptr;
+    }
     __syncthreads();
     constexpr int R = GATED ? 2 * WARP_COLS : WARP_COLS;
     const int64_t kb = a.H / 32;
     const uint8_t *w[R], *s[R];
+    const float *b[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int j = j0 + warp * WARP_COLS + r % WARP_COLS;
         const int64_t row = w13_row(a.layout, GATED, G.I, j, r / WARP_COLS);
         w[r] = j < G.I ? G.w13 + row * a.H : nullptr;
-        s[r] = j < G.I ? G.s13 + row * kb : nullptr;
+        s[r] = j < G.I && !BLK ? G.s13 + row * kb : nullptr;
+        b[r] = j < G.I && BLK ? G.b13 + (row / 128) * a.HB : nullptr;
     }
     float acc[R][MXM_CUDA_GEMV_MAX];
-    warp_rows<R>(w, s, a.H, xrow, n, acc);
+    warp_rows<R, BLK>(w, s, b, a.H, xrow, xsrow, n, acc);
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
     if (lane < WARP_COLS) {
 #pragma unroll
@@ -126,11 +138,17 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv1_kernel(mxm_cuda_args a) {
     if (warp < n && j0 + lane < G.I) {
         float v = a_s[warp][lane];
         if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
-        if (a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
-        a.act[(int64_t)(G.row0 + warp) * a.I_max + j0 + lane] = __float2bfloat16_rn(v);
+        const int64_t o = (int64_t)(G.row0 + warp) * a.I_max + j0 + lane;
+        if (BLK && mxm_cuda_blk_w8a8(a)) { // requantized per 128-block by mxm_cuda_requant_fp8block
+            a.actf[o] = v;
+            return;
+        }
+        if (!BLK && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
+        a.act[o] = __float2bfloat16_rn(v);
     }
 }
 
+template <bool BLK>
 __global__ void __launch_bounds__(GEMV_THREADS) gemv2_kernel(mxm_cuda_args a) {
     const int chunks = (a.H + GEMV_COLS - 1) / GEMV_COLS;
     int chunk;
@@ -138,20 +156,26 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv2_kernel(mxm_cuda_args a) {
     if (g < 0) return;
     const mxm_cuda_group G = a.group[g];
     __shared__ const __nv_bfloat16 *xrow[MXM_CUDA_GEMV_MAX];
+    __shared__ const float *xsrow[MXM_CUDA_GEMV_MAX];
     const int n = G.rows, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (threadIdx.x < n) xrow[threadIdx.x] = a.act + (int64_t)(G.row0 + threadIdx.x) * a.I_max;
+    if (threadIdx.x < n) {
+        xrow[threadIdx.x] = a.act + (int64_t)(G.row0 + threadIdx.x) * a.I_max;
+        xsrow[threadIdx.x] = mxm_cuda_blk_w8a8(a) ? a.acts + (int64_t)(G.row0 + threadIdx.x) * a.IB : nullptr;
+    }
     __syncthreads();
-    const int64_t kb = G.I / 32;
+    const int64_t kb = G.I / 32, ib = (G.I + 127) / 128;
     const int h0 = chunk * GEMV_COLS + warp * WARP_COLS;
     const uint8_t *w[WARP_COLS], *s[WARP_COLS];
+    const float *b[WARP_COLS];
 #pragma unroll
     for (int r = 0; r < WARP_COLS; r++) {
         const int h = h0 + r;
         w[r] = h < a.H ? G.w2 + (int64_t)h * G.I : nullptr;
-        s[r] = h < a.H ? G.s2 + (int64_t)h * kb : nullptr;
+        s[r] = h < a.H && !BLK ? G.s2 + (int64_t)h * kb : nullptr;
+        b[r] = h < a.H && BLK ? G.b2 + (int64_t)(h / 128) * ib : nullptr;
     }
     float acc[WARP_COLS][MXM_CUDA_GEMV_MAX];
-    warp_rows<WARP_COLS>(w, s, G.I, xrow, n, acc);
+    warp_rows<WARP_COLS, BLK>(w, s, b, G.I, xrow, xsrow, n, acc);
     // lane = t * WARP_COLS + r writes row r of token t
     const int t = lane / WARP_COLS, r = lane % WARP_COLS;
     if (t < n && h0 + r < a.H) {
@@ -175,11 +199,13 @@ mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s) {
     const int chunks = (a.I_max + GEMV_COLS - 1) / GEMV_COLS;
     const int blocks = gemv_group_bound(a) * chunks;
     if (a.gated_routed || a.gated_shared == 1) {
-        gemv1_kernel<true><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        if (a.blk) gemv1_kernel<true, true><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        else gemv1_kernel<true, false><<<blocks, GEMV_THREADS, 0, s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        gemv1_kernel<false><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        if (a.blk) gemv1_kernel<false, true><<<blocks, GEMV_THREADS, 0, s>>>(a);
+        else gemv1_kernel<false, false><<<blocks, GEMV_THREADS, 0, s>>>(a);
         MXM_CUDA_LAUNCHED();
     }
     return MXM_OK;
@@ -187,7 +213,8 @@ mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s) {
 
 mxm_status mxm_cuda_gemv2(const mxm_cuda_args &a, cudaStream_t s) {
     const int chunks = (a.H + GEMV_COLS - 1) / GEMV_COLS;
-    gemv2_kernel<<<gemv_group_bound(a) * chunks, GEMV_THREADS, 0, s>>>(a);
+    if (a.blk) gemv2_kernel<true><<<gemv_group_bound(a) * chunks, GEMV_THREADS, 0, s>>>(a);
+    else gemv2_kernel<false><<<gemv_group_bound(a) * chunks, GEMV_THREADS, 0, s>>>(a);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

@@ -5,9 +5,12 @@
 
 #include "cuda/common.cuh"
 
-// x [T, H] (f32 / bf16 / E4M3 + E8M0 scales) -> a.xq bf16 values the GEMMs see.
+// x [T, H] (f32 / bf16 / E4M3 + E8M0 or fp32 1x128 scales) -> a.xq bf16 values the GEMMs see
+// (and a.xs for DeepSeek FP8 W8A8).
 mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_dtype, const void *x_scale,
-                              cudaStream_t s);
+                              int32_t x_scale_transposed, cudaStream_t s);
+// DeepSeek FP8 W8A8: requantizes the fp32 intermediate a.actf into a.act and a.acts.
+mxm_status mxm_cuda_requant_fp8block(const mxm_cuda_args &a, cudaStream_t s);
 extern "C" int64_t mxm_route_device_scratch_bytes(const mxm_route_params *p);
 // Routing on the device: logits [T, E] (f32/bf16), bias [E] or NULL -> a.ids, a.wts.
 mxm_status mxm_cuda_route(const mxm_cuda_args &a, const mxm_route_params &rp, const void *logits,
@@ -18,7 +21,8 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
 // Groups with 1..MXM_CUDA_GEMV_MAX rows: GEMM1 + activation + requantization, then GEMM2.
 mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s);
 mxm_status mxm_cuda_gemv2(const mxm_cuda_args &a, cudaStream_t s);
-// Groups with more rows: tensor-core tiles (bf16 mma with exact MXFP8 dequantization).
+// Groups with more rows: tensor-core tiles (bf16 mma with exact MXFP8 dequantization, or with
+// the DeepSeek FP8 scales applied per 128-block of K).
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
 // out[t] = sum_k w y + shared.
