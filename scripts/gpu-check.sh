@@ -3,7 +3,7 @@
 # ./gpu-out): build log, test log, compute-sanitizer logs, benchmark tables and JSON.
 # Without Debian's -dev packages installed it unpacks the ones in .debs/ (apt-get download
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix.
-#   scripts/gpu-check.sh [all|test|bench]
+#   scripts/gpu-check.sh [all|test|bench|wgmma]   (wgmma: only the bench/wgmma prototype)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -18,6 +18,10 @@ cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXM_PYTHON=python3 >
   cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 echo "build ok"
 rc=0
+if [ "$what" = wgmma ] || [ "$what" = all ]; then
+  OUT="$(cd "$OUT" && pwd)/wgmma" bash bench/wgmma/run.sh | tail -25
+  [ "$what" = wgmma ] && exit 0
+fi
 if [ "$what" != bench ]; then
   (cd build-gpu && ctest --output-on-failure -j4 -E 'test_cuda|py_') >"$OUT/ctest.log" 2>&1; echo "ctest (CPU tests on the GPU machine): rc=$?"; tail -3 "$OUT/ctest.log"
   build-gpu/test_cuda >"$OUT/tests.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"; grep -E "FAIL|PASSED|FAILED" "$OUT/tests.log" | head -20
@@ -33,6 +37,10 @@ if [ "$what" != test ]; then
     --routing uniform --reps 10 --json "$OUT/moe_cuda.json" | tee "$OUT/bench_cuda.txt"
   build-gpu/mxmoe bench --backend cuda --shapes nano,qwen3,dsv3 --tokens 1,64,4096 --routing both --reps 10 \
     --json "$OUT/moe_cuda_routed.json" | tee -a "$OUT/bench_cuda.txt"
+  # DeepSeek FP8 weights (128x128 blocks) on the DeepSeek-V3 slice.
+  MXM_CUDA_FP8_BLOCK=1 build-gpu/mxmoe bench --backend cuda --given-ids --format fp8_block --shapes dsv3 \
+    --tokens ${TOKENS:-1,8,32,64,256,1024,4096,16384} --routing uniform --reps 10 --json "$OUT/moe_cuda_fp8block.json" |
+    tee -a "$OUT/bench_cuda.txt"
   python3 bench/peers.py "$OUT/peers.json" ${TOKENS:-1,8,32,64,256,1024,4096,16384} | tee "$OUT/peers.txt"
 fi
 exit $rc
