@@ -14,6 +14,8 @@ void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
     k->pack_mxfp8_panel = mxm_pack_mxfp8_panel_ref;
     k->gemm_panel16 = mxm_gemm_panel16_ref;
     k->gemv_mxfp8 = mxm_gemv_mxfp8_ref;
+    k->pack_fp8block_panel = mxm_pack_fp8block_panel_ref;
+    k->gemv_fp8block = mxm_gemv_fp8block_ref;
 }
 
 /* F16C through cpuid: clang 14's __builtin_cpu_supports does not know "f16c". */

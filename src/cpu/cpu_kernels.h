@@ -36,6 +36,12 @@ typedef struct mxm_cpu_kernels {
      * Streams each weight row once (decode: few tokens per expert). */
     void (*gemv_mxfp8)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
                        int nr, const float *const *x, int nt, float *out, int64_t ldo);
+    /* The same two for DeepSeek FP8 weights: ws is the whole weight's f32 scale grid
+     * [ceil(rows/128), ceil(k/128)], deq(w[r][i]) = e4m3(w[r][i]) * ws[r/128][i/128]. */
+    void (*pack_fp8block_panel)(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+                                int64_t rstep, int nr, float *panel);
+    void (*gemv_fp8block)(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
+                          int nr, const float *const *x, int nt, float *out, int64_t ldo);
 } mxm_cpu_kernels;
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref. */
@@ -58,5 +64,9 @@ void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int
                           int64_t ldc);
 void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
                         int nr, const float *const *x, int nt, float *out, int64_t ldo);
+void mxm_pack_fp8block_panel_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+                                 int64_t rstep, int nr, float *panel);
+void mxm_gemv_fp8block_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
+                           int nr, const float *const *x, int nt, float *out, int64_t ldo);
 
 #endif

@@ -1,11 +1,13 @@
-/* AVX2+FMA expert-GEMM kernels (twins of gemm_ref.c).
+/* AVX2+FMA expert-GEMM kernels (twins of gemm_ref.c), for MXFP8 and DeepSeek FP8 weights.
  *
  * E4M3 -> fp32 in four instructions: sign-extend the byte to 32 bits, shift left by 20 and keep
  * the sign bit and the 7 magnitude bits (mask 0x87F00000). Read as fp32 that is exactly the E4M3
  * value times 2^-120 (E4M3 subnormals become fp32 subnormals, also exact), so one multiply by
- * 2^(b-7) = 2^120 * 2^(b-127) applies the block's E8M0 scale b and gives the exact value. Blocks
- * where that factor is not a normal fp32 (b > 134, the NaN scale 0xFF) or that hold NaN codes
- * (0x7F/0xFF) take the scalar path, so special values decode exactly as in the reference. */
+ * scale * 2^120 applies the block's scale: for MXFP8 2^(b-7) (exact value), for DeepSeek FP8 the
+ * f32 block scale times 2^120 (the same single rounding as e4m3 * scale in the reference). Blocks
+ * where that factor is not a normal fp32 (MXFP8 b > 134 or the NaN byte; FP8 |s| >= 2^8 or NaN)
+ * or that hold NaN codes (0x7F/0xFF) take the scalar path, so special values decode exactly as
+ * in the reference. */
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
@@ -17,44 +19,74 @@ static inline __m256 dec8(const uint8_t *q, __m256 f) {
     return _mm256_mul_ps(_mm256_castsi256_ps(v), f);
 }
 
-/* True when the 32-block at q with scale byte b decodes exactly through dec8 and 2^(b-7). */
-static inline int block_fast(const uint8_t *q, uint8_t b) {
-    if (b > 134) return 0;
+/* True when no code of the 32-block at q is a NaN code (0x7F / 0xFF). */
+static inline int codes_ok(const uint8_t *q) {
     const __m256i v = _mm256_loadu_si256((const __m256i *)q);
     const __m256i m = _mm256_set1_epi8(0x7F);
     return _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m)) == 0;
 }
 
-static inline __m256 block_factor(uint8_t b) { return _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23))); }
+/* A 32-block's scale: `fast` when f = scale * 2^120 is a normal fp32, so that dec8(q, f) is
+ * exactly e4m3(q) * scale rounded once (the exact product is the same real number); s is the
+ * scale itself for the scalar path. */
+typedef struct blk_scale {
+    int fast;
+    __m256 f;
+    float s;
+} blk_scale;
 
-static void decode_block_slow(const uint8_t *q, uint8_t b, float *out) {
-    const float s = mxm_e8m0_decode(b);
+/* MXFP8: E8M0 byte b, 2^(b-127); fast for b <= 134 (not the NaN byte). */
+static inline __attribute__((always_inline)) blk_scale scale_mx(const void *s, int64_t c) {
+    const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
+    return (blk_scale){b <= 134, _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23))), mxm_e8m0_decode(b)};
+}
+
+/* DeepSeek FP8: the f32 scale of the 128-block holding column c; fast for |s| < 2^8 (not NaN). */
+static inline __attribute__((always_inline)) blk_scale scale_fp8block(const void *s, int64_t c) {
+    const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
+    return (blk_scale){(v < 0 ? -v : v) < 256.0f, _mm256_set1_ps(v * 0x1p120f), v};
+}
+
+typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
+
+static void decode_block_slow(const uint8_t *q, float s, float *out) {
     for (int i = 0; i < MXM_MX_BLOCK; i++) out[i] = mxm_e4m3_decode(q[i]) * s;
 }
 
-static void decode_row(const uint8_t *q, const uint8_t *s, int64_t k, float *out) {
+/* One weight row of k codes (scales of the row: s, read through scale_at) -> fp32. */
+static inline __attribute__((always_inline)) void decode_row(const uint8_t *q, const void *s, int64_t k,
+                                                             float *out, scale_at_fn scale_at) {
     for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {
-        const uint8_t b = s[c / MXM_MX_BLOCK];
-        if (block_fast(q + c, b)) {
-            const __m256 f = block_factor(b);
-            for (int i = 0; i < MXM_MX_BLOCK; i += 8) _mm256_storeu_ps(out + c + i, dec8(q + c + i, f));
+        const blk_scale b = scale_at(s, c);
+        if (b.fast && codes_ok(q + c)) {
+            for (int i = 0; i < MXM_MX_BLOCK; i += 8) _mm256_storeu_ps(out + c + i, dec8(q + c + i, b.f));
         } else {
-            decode_block_slow(q + c, b, out + c);
+            decode_block_slow(q + c, b.s, out + c);
         }
     }
+}
+
+static void zero_row(float *dst, int64_t k) {
+    for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
 static void pack_mxfp8_panel_avx2(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
                                   int64_t rstep, int nr, float *panel) {
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
-        float *dst = panel + j * k;
-        if (j < nr) {
-            const int64_t r = r0 + j * rstep;
-            decode_row(w + r * k, ws + r * kb, k, dst);
-        } else {
-            for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
-        }
+        const int64_t r = r0 + j * rstep;
+        if (j < nr) decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx);
+        else zero_row(panel + j * k, k);
+    }
+}
+
+static void pack_fp8block_panel_avx2(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+                                     int64_t rstep, int nr, float *panel) {
+    const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    for (int j = 0; j < 16; j++) {
+        const int64_t r = r0 + j * rstep;
+        if (j < nr) decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block);
+        else zero_row(panel + j * k, k);
     }
 }
 
@@ -106,13 +138,13 @@ static void gemm_panel16_avx2(const float *const *a, int mr, const float *panel,
 
 /* The 32 values of one block as four vectors: decoded in registers, or through the scalar
  * path for the rare special blocks. */
-static inline void load_block(const uint8_t *q, uint8_t b, __m256 *w0, __m256 *w1, __m256 *w2, __m256 *w3) {
-    if (__builtin_expect(block_fast(q, b), 1)) {
-        const __m256 f = block_factor(b);
-        *w0 = dec8(q, f), *w1 = dec8(q + 8, f), *w2 = dec8(q + 16, f), *w3 = dec8(q + 24, f);
+static inline __attribute__((always_inline)) void load_block(const uint8_t *q, blk_scale b, __m256 *w0, __m256 *w1,
+                                                             __m256 *w2, __m256 *w3) {
+    if (__builtin_expect(b.fast && codes_ok(q), 1)) {
+        *w0 = dec8(q, b.f), *w1 = dec8(q + 8, b.f), *w2 = dec8(q + 16, b.f), *w3 = dec8(q + 24, b.f);
     } else {
         float tmp[MXM_MX_BLOCK];
-        decode_block_slow(q, b, tmp);
+        decode_block_slow(q, b.s, tmp);
         *w0 = _mm256_loadu_ps(tmp), *w1 = _mm256_loadu_ps(tmp + 8);
         *w2 = _mm256_loadu_ps(tmp + 16), *w3 = _mm256_loadu_ps(tmp + 24);
     }
@@ -120,17 +152,18 @@ static inline void load_block(const uint8_t *q, uint8_t b, __m256 *w0, __m256 *w
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
  * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). NT*NR + 4
- * vector registers live: nothing spills. */
-#define DEFINE_GEMV(NT, NR)                                                                         \
-    __attribute__((noinline)) static void gemv_##NT##_##NR(const uint8_t *const *w, const uint8_t *const *s, \
-                                                           int64_t k, const float *const *x, float *out, int64_t ldo) { \
+ * vector registers live: nothing spills. FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
+#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
+                                                                   int64_t k, const float *const *x, float *out, \
+                                                                   int64_t ldo) {                   \
         __m256 acc[NT][NR];                                                                         \
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
             for (int j = 0; j < NR; j++) {                                                          \
                 __m256 w0, w1, w2, w3;                                                              \
-                load_block(w[j] + c, s[j][c / MXM_MX_BLOCK], &w0, &w1, &w2, &w3);                   \
+                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                        \
                 for (int t = 0; t < NT; t++) {                                                      \
                     const float *xt = x[t] + c;                                                     \
                     acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);                \
@@ -143,46 +176,69 @@ static inline void load_block(const uint8_t *q, uint8_t b, __m256 *w0, __m256 *w
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
-DEFINE_GEMV(1, 4)
-DEFINE_GEMV(2, 4)
-DEFINE_GEMV(3, 2)
-DEFINE_GEMV(4, 2)
-DEFINE_GEMV(1, 1)
-DEFINE_GEMV(2, 1)
-DEFINE_GEMV(3, 1)
-DEFINE_GEMV(4, 1)
+#define DEFINE_GEMV_SET(FMT, SCALE_AT)                                                              \
+    DEFINE_GEMV(FMT, SCALE_AT, 1, 4)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 2, 4)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 3, 2)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 4, 2)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 1, 1)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 2, 1)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 3, 1)                                                                \
+    DEFINE_GEMV(FMT, SCALE_AT, 4, 1)                                                                \
+    /* Rows wr[0..nr) (scales sr), nt tokens: 4 rows at a time for 1-2 tokens, 2 for 3-4. */        \
+    static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr, int64_t k,  \
+                                const float *const *x, int nt, float *out, int64_t ldo) {           \
+        int j = 0;                                                                                  \
+        const int step = nt <= 2 ? 4 : 2;                                                           \
+        for (; j + step <= nr; j += step) {                                                         \
+            switch (nt) {                                                                           \
+            case 1: gemv_##FMT##_1_4(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            case 2: gemv_##FMT##_2_4(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            case 3: gemv_##FMT##_3_2(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            default: gemv_##FMT##_4_2(wr + j, sr + j, k, x, out + j, ldo); break;                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (; j < nr; j++) {                                                                       \
+            switch (nt) {                                                                           \
+            case 1: gemv_##FMT##_1_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            case 2: gemv_##FMT##_2_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            case 3: gemv_##FMT##_3_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
+            default: gemv_##FMT##_4_1(wr + j, sr + j, k, x, out + j, ldo); break;                   \
+            }                                                                                       \
+        }                                                                                           \
+    }
+DEFINE_GEMV_SET(mx, scale_mx)
+DEFINE_GEMV_SET(fb, scale_fp8block)
 
 static void gemv_mxfp8_avx2(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
                             int nr, const float *const *x, int nt, float *out, int64_t ldo) {
     const int64_t kb = k / MXM_MX_BLOCK;
-    const uint8_t *wr[4], *sr[4];
+    const uint8_t *wr[4];
+    const void *sr[4];
     for (int j = 0; j < nr; j++) {
         wr[j] = w + (r0 + j * rstep) * k;
         sr[j] = ws + (r0 + j * rstep) * kb;
     }
-    int j = 0;
-    /* Four rows at a time for one or two tokens, two rows for three or four tokens (registers). */
-    const int step = nt <= 2 ? 4 : 2;
-    for (; j + step <= nr; j += step) {
-        switch (nt) {
-        case 1: gemv_1_4(wr + j, sr + j, k, x, out + j, ldo); break;
-        case 2: gemv_2_4(wr + j, sr + j, k, x, out + j, ldo); break;
-        case 3: gemv_3_2(wr + j, sr + j, k, x, out + j, ldo); break;
-        default: gemv_4_2(wr + j, sr + j, k, x, out + j, ldo); break;
-        }
+    gemv_rows_mx(wr, sr, nr, k, x, nt, out, ldo);
+}
+
+static void gemv_fp8block_avx2(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const float *const *x, int nt, float *out, int64_t ldo) {
+    const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    const uint8_t *wr[4];
+    const void *sr[4];
+    for (int j = 0; j < nr; j++) {
+        const int64_t r = r0 + j * rstep;
+        wr[j] = w + r * k;
+        sr[j] = ws + (r / MXM_FP8_BLOCK) * kb;
     }
-    for (; j < nr; j++) {
-        switch (nt) {
-        case 1: gemv_1_1(wr + j, sr + j, k, x, out + j, ldo); break;
-        case 2: gemv_2_1(wr + j, sr + j, k, x, out + j, ldo); break;
-        case 3: gemv_3_1(wr + j, sr + j, k, x, out + j, ldo); break;
-        default: gemv_4_1(wr + j, sr + j, k, x, out + j, ldo); break;
-        }
-    }
+    gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);
 }
 
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
     k->pack_mxfp8_panel = pack_mxfp8_panel_avx2;
     k->gemm_panel16 = gemm_panel16_avx2;
     k->gemv_mxfp8 = gemv_mxfp8_avx2;
+    k->pack_fp8block_panel = pack_fp8block_panel_avx2;
+    k->gemv_fp8block = gemv_fp8block_avx2;
 }

@@ -45,3 +45,26 @@ void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t 
         }
     }
 }
+
+/* The DeepSeek FP8 value of w[r][i] (scale grid ws of a weight with k columns). */
+static inline float fp8block_value(const uint8_t *w, const float *ws, int64_t k, int64_t r, int64_t i) {
+    const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    return mxm_e4m3_decode(w[r * k + i]) * ws[(r / MXM_FP8_BLOCK) * kb + i / MXM_FP8_BLOCK];
+}
+
+void mxm_pack_fp8block_panel_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+                                 int64_t rstep, int nr, float *panel) {
+    for (int j = 0; j < 16; j++)
+        for (int64_t i = 0; i < k; i++) panel[j * k + i] = j < nr ? fp8block_value(w, ws, k, r0 + j * rstep, i) : 0.0f;
+}
+
+void mxm_gemv_fp8block_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
+                           int nr, const float *const *x, int nt, float *out, int64_t ldo) {
+    for (int t = 0; t < nt; t++) {
+        for (int j = 0; j < nr; j++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < k; i++) acc += x[t][i] * fp8block_value(w, ws, k, r0 + j * rstep, i);
+            out[t * ldo + j] = acc;
+        }
+    }
+}

@@ -59,17 +59,9 @@ static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, 
     case MXM_WFMT_MXFP8:
         ps->k->pack_mxfp8_panel(w, s, k, r0, rstep, nr, panel);
         return;
-    case MXM_WFMT_FP8_BLOCK: {
-        const int64_t kb = mxm_ceil_div(k, MXM_FP8_BLOCK);
-        for (int j = 0; j < 16; j++) {
-            const int64_t r = r0 + j * rstep;
-            for (int64_t i = 0; i < k; i++)
-                panel[j * k + i] = j < nr ? mxm_e4m3_decode(((const uint8_t *)w)[r * k + i]) *
-                                                ((const float *)s)[(r / MXM_FP8_BLOCK) * kb + i / MXM_FP8_BLOCK]
-                                          : 0.0f;
-        }
+    case MXM_WFMT_FP8_BLOCK:
+        ps->k->pack_fp8block_panel(w, s, k, r0, rstep, nr, panel);
         return;
-    }
     case MXM_WFMT_BF16:
         for (int j = 0; j < 16; j++)
             for (int64_t i = 0; i < k; i++)
@@ -88,10 +80,12 @@ static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, 
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
                           float *panel) {
-    if (n <= MXM_GEMV_MAX_TOKENS && ps->p->cfg.weight_format == MXM_WFMT_MXFP8) {
+    const int32_t fmt = ps->p->cfg.weight_format;
+    if (n <= MXM_GEMV_MAX_TOKENS && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK)) {
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
-            ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            if (fmt == MXM_WFMT_MXFP8) ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            else ps->k->gemv_fp8block(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
         }
         return;
     }

@@ -1,0 +1,157 @@
+/* The CPU expert-GEMM kernels, optimized (AVX2 where this CPU has it) against their scalar _ref
+ * twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
+ * is exact in both; a NaN may differ in sign and payload), the GEMV dot products equal up to
+ * fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
+ * (NaN codes included), scales that take the fast path and scales that must not (MXFP8 bytes
+ * above 134 and 0xFF; FP8 scales >= 2^8, infinite, NaN, subnormal, negative), k a multiple of 32
+ * but not always of 128, odd row offsets and strides. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu/cpu_kernels.h"
+#include "formats/formats.h"
+#include "mxmoe.h"
+#include "testutil.h"
+
+typedef struct weight {
+    int fmt; /* MXM_WFMT_MXFP8 or MXM_WFMT_FP8_BLOCK */
+    int64_t rows, k;
+    uint8_t *q;
+    void *s; /* uint8_t [rows, k/32] or float [ceil(rows/128), ceil(k/128)] */
+} weight;
+
+static float odd_scale(tu_rng *r) {
+    switch (tu_randint(r, 0, 5)) {
+    case 0: return 300.0f;    /* >= 2^8: scalar path */
+    case 1: return INFINITY;
+    case 2: return NAN;
+    case 3: return 1e-40f;    /* subnormal */
+    case 4: return -0.015625f;
+    default: return 255.9f;   /* just under 2^8: fast path */
+    }
+}
+
+static weight make_weight(tu_rng *r, int fmt, int64_t rows, int64_t k) {
+    weight w = {fmt, rows, k, tu_alloc((size_t)(rows * k)), NULL};
+    for (int64_t i = 0; i < rows * k; i++) w.q[i] = (uint8_t)tu_randint(r, 0, 255);
+    /* most blocks without NaN codes (the fast path), a few with */
+    for (int64_t b = 0; b < rows * k / 32; b++)
+        if (tu_uniform(r) < 0.97)
+            for (int i = 0; i < 32; i++)
+                if ((w.q[b * 32 + i] & 0x7F) == 0x7F) w.q[b * 32 + i] ^= 1;
+    if (fmt == MXM_WFMT_MXFP8) {
+        uint8_t *s = tu_alloc((size_t)(rows * k / 32));
+        for (int64_t i = 0; i < rows * k / 32; i++) {
+            const double u = tu_uniform(r);
+            s[i] = (uint8_t)(u < 0.02 ? 255 : u < 0.05 ? tu_randint(r, 135, 160) : tu_randint(r, 100, 134));
+        }
+        w.s = s;
+    } else {
+        const int64_t n = ((rows + 127) / 128) * ((k + 127) / 128);
+        float *s = tu_alloc(sizeof(float) * (size_t)n);
+        for (int64_t i = 0; i < n; i++)
+            s[i] = tu_uniform(r) < 0.1 ? odd_scale(r) : (float)ldexp(1.0 + tu_uniform(r), (int)tu_randint(r, -20, 4));
+        w.s = s;
+    }
+    return w;
+}
+
+static void pack(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t rstep, int nr, float *panel) {
+    if (w->fmt == MXM_WFMT_MXFP8) kk->pack_mxfp8_panel(w->q, w->s, w->k, r0, rstep, nr, panel);
+    else kk->pack_fp8block_panel(w->q, w->s, w->k, r0, rstep, nr, panel);
+}
+
+static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t rstep, int nr,
+                 const float *const *x, int nt, float *out) {
+    if (w->fmt == MXM_WFMT_MXFP8) kk->gemv_mxfp8(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
+    else kk->gemv_fp8block(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
+}
+
+static void check_format(int fmt) {
+    tu_rng r = tu_rng_fresh();
+    const mxm_cpu_kernels *opt = mxm_cpu_kernels_get(false), *ref = mxm_cpu_kernels_get(true);
+    int64_t packs = 0, dots = 0, nan_dots = 0;
+    double worst = 0;
+    for (int trial = 0; trial < 40; trial++) {
+        const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 300);
+        weight w = make_weight(&r, fmt, rows, k);
+        float *pa = tu_alloc(sizeof(float) * 16 * (size_t)k), *pb = tu_alloc(sizeof(float) * 16 * (size_t)k);
+        for (int rep = 0; rep < 4; rep++) {
+            const int64_t rstep = tu_randint(&r, 1, 3);
+            const int nr = (int)tu_randint(&r, 1, 16);
+            const int64_t span = (nr - 1) * rstep;
+            if (span >= rows) continue;
+            const int64_t r0 = tu_randint(&r, 0, rows - 1 - span);
+            tu_poison_f32(pa, 16 * k);
+            tu_poison_f32(pb, 16 * k);
+            pack(opt, &w, r0, rstep, nr, pa);
+            pack(ref, &w, r0, rstep, nr, pb);
+            for (int64_t i = 0; i < 16 * k; i++) {
+                uint32_t ua, ub;
+                memcpy(&ua, &pa[i], 4), memcpy(&ub, &pb[i], 4);
+                if (ua != ub && !(isnan(pa[i]) && isnan(pb[i]))) { /* NaN: any sign or payload */
+                    const int64_t j = i / k, c = i % k, row = r0 + j * rstep;
+                    const float sc = w.fmt == MXM_WFMT_MXFP8 ? mxm_e8m0_decode(((uint8_t *)w.s)[row * (k / 32) + c / 32])
+                                                           : ((float *)w.s)[(row / 128) * ((k + 127) / 128) + c / 128];
+                    print_error("panel [%lld][%lld]: %08x vs ref %08x (code 0x%02x, scale %g)\n", (long long)j,
+                                (long long)c, ua, ub, w.q[row * k + c], sc);
+                    fail();
+                }
+            }
+            packs++;
+
+            /* GEMV on up to 4 rows of the panel's range, 1-4 tokens */
+            const int nt = (int)tu_randint(&r, 1, 4), ng = nr < 4 ? nr : 4;
+            float *xs[4], out_o[16], out_r[16];
+            for (int t = 0; t < nt; t++) {
+                xs[t] = tu_alloc(sizeof(float) * (size_t)k);
+                tu_fill_normal_f32(&r, xs[t], k, 1.0f);
+            }
+            tu_poison_f32(out_o, 16), tu_poison_f32(out_r, 16);
+            gemv(opt, &w, r0, rstep, ng, (const float *const *)xs, nt, out_o);
+            gemv(ref, &w, r0, rstep, ng, (const float *const *)xs, nt, out_r);
+            for (int t = 0; t < nt; t++)
+                for (int j = 0; j < ng; j++) {
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < k; i++) {
+                        exact += (double)xs[t][i] * pb[j * k + i];
+                        mag += fabs((double)xs[t][i] * pb[j * k + i]);
+                    }
+                    const float o = out_o[t * 4 + j], f = out_r[t * 4 + j];
+                    dots++;
+                    if (isnan(exact) || !(mag < 1e37)) { /* NaN/Inf weights or fp32 overflow: both non-finite or equal */
+                        nan_dots++;
+                        assert_true((isnan(o) && isnan(f)) || o == f || (!isfinite(o) && !isfinite(f)) || !(mag < 1e37));
+                        continue;
+                    }
+                    const double e = fabs(o - exact) / (mag > 0 ? mag : 1);
+                    if (e > worst) worst = e;
+                    assert_true(e <= 1e-5);
+                    assert_true(fabs(f - exact) / (mag > 0 ? mag : 1) <= 1e-5);
+                }
+            for (int t = 0; t < nt; t++) free(xs[t]);
+        }
+        free(pa), free(pb), free(w.q), free(w.s);
+    }
+    printf("%-9s %s vs ref: %lld panels bit-identical, %lld dot products (%lld non-finite) within %.1e of "
+           "sum|t| (worst %.1e) PASS\n",
+           fmt == MXM_WFMT_MXFP8 ? "mxfp8" : "fp8_block", opt->name, (long long)packs, (long long)dots,
+           (long long)nan_dots, 1e-5, worst);
+}
+
+static void test_mxfp8(void **state) {
+    (void)state;
+    check_format(MXM_WFMT_MXFP8);
+}
+
+static void test_fp8_block(void **state) {
+    (void)state;
+    check_format(MXM_WFMT_FP8_BLOCK);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
