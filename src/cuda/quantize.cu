@@ -61,10 +61,13 @@ __global__ void prepare_x_fp8block_kernel(mxm_cuda_args a, const void *x, int32_
     }
     __nv_bfloat16 *dst = a.xq + t * a.H + c0;
     if (x_dtype == MXM_DT_E4M3) {
+        // W8A8: the codes' values, scale aside; weight-only: the dequantized values (in bf16).
+        const float s = transposed ? x_scale[b * a.T + t] : x_scale[t * a.HB + b];
+        const bool w8a8 = a.act_quant == MXM_ACT_QUANT_MXFP8;
 #pragma unroll
         for (int i = 0; i < 4; i++)
-            if (32 * i + lane < n) dst[32 * i + lane] = __float2bfloat16_rn(v[i]);
-        if (lane == 0) a.xs[t * a.HB + b] = transposed ? x_scale[b * a.T + t] : x_scale[t * a.HB + b];
+            if (32 * i + lane < n) dst[32 * i + lane] = __float2bfloat16_rn(w8a8 ? v[i] : v[i] * s);
+        if (lane == 0 && w8a8) a.xs[t * a.HB + b] = s;
     } else if (a.act_quant == MXM_ACT_QUANT_MXFP8) {
         const float s = warp_fp8block_quant(v, n, dst);
         if (lane == 0) a.xs[t * a.HB + b] = s;
