@@ -291,6 +291,82 @@ static void test_fp8_block(void **state) {
     if (!quick) compare("fp8block", c, 4096, 0, 1, 0);
 }
 
+/* Pre-quantized E4M3 inputs (MXFP8 with E8M0 scales; DeepSeek FP8 with f32 1x128 scales in
+ * both layouts), W8A8 and weight-only: the CUDA backend against the CPU backend on the same
+ * codes and scales. */
+static void test_prequantized_x(void **state) {
+    (void)state;
+    setenv("MXM_CUDA_FP8_BLOCK", "1", 1);
+    tu_rng r = tu_rng_fresh();
+    const int64_t T = 37, H = 384, K = 2;
+    for (int fmt = 0; fmt < 2; fmt++)
+        for (int aq = 0; aq < 2; aq++)
+            for (int tr = 0; tr < (fmt == MXM_WFMT_FP8_BLOCK ? 2 : 1); tr++) {
+                mxm_moe_config c = cfg_of((int)H, 160, 8, (int)K, MXM_ACT_SILU);
+                c.weight_format = fmt, c.act_quant = aq, c.profile = MXM_PROFILE_EXACT;
+                ref_layer L;
+                ref_layer_init(&L, &c, tu_next(&r), 0);
+                dev_layer D = layer_to_dev(&L);
+                float *xf = tu_alloc(4 * T * H), *w = tu_alloc(4 * T * K);
+                int32_t *ids = tu_alloc(4 * T * K);
+                uint8_t *q = tu_alloc(T * H);
+                const int64_t HB = (H + 127) / 128;
+                const size_t sbytes = fmt == MXM_WFMT_MXFP8 ? (size_t)(T * H / 32) : (size_t)(4 * T * HB);
+                void *sc = tu_alloc(sbytes);
+                tu_fill_blockscaled_f32(&r, xf, T * H, 3, 3);
+                for (int64_t t = 0; t < T; t++)
+                    for (int64_t k = 0; k < K; k++) ids[t * K + k] = (int32_t)((t + 3 * k) % 8), w[t * K + k] = 0.5f + 0.1f * k;
+                if (fmt == MXM_WFMT_MXFP8)
+                    assert_int_equal(mxm_mxfp8_quantize(xf, MXM_DT_F32, T, H, 0, q, sc, MXM_SCALE_RCEIL, 1), MXM_OK);
+                else
+                    assert_int_equal(mxm_fp8block_quantize_act(xf, MXM_DT_F32, T, H, q, sc, tr, 1), MXM_OK);
+                float *out[2];
+                for (int b = 0; b < 2; b++) { /* 0: CPU, 1: CUDA */
+                    mxm_moe_config cb = c;
+                    cb.backend = b ? MXM_BACKEND_CUDA : MXM_BACKEND_CPU;
+                    mxm_moe_plan *plan;
+                    assert_int_equal(mxm_moe_plan_create(&cb, T, &plan), MXM_OK);
+                    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+                    out[b] = tu_alloc(4 * T * H);
+                    tu_poison_f32(out[b], T * H);
+                    mxm_moe_weights mw = ref_layer_weights(&L);
+                    void *ws, *dq = q, *ds = sc, *di = ids, *dw = w, *dout = out[b];
+                    if (b) {
+                        mw.experts = D.ex;
+                        dq = to_dev(q, T * H), ds = to_dev(sc, sbytes), di = to_dev(ids, 4 * T * K), dw = to_dev(w, 4 * T * K);
+                        assert_int_equal(cudaMalloc(&ws, wsb), cudaSuccess);
+                        assert_int_equal(cudaMalloc(&dout, 4 * T * H), cudaSuccess);
+                        assert_int_equal(cudaMemset(dout, 0xFF, 4 * T * H), cudaSuccess);
+                    } else {
+                        ws = aligned_alloc(64, wsb);
+                    }
+                    mxm_moe_inputs in = {.num_tokens = T, .x = dq, .x_dtype = MXM_DT_E4M3, .x_scale = ds,
+                                         .x_scale_transposed = tr, .topk_ids = di, .topk_weights = dw};
+                    mxm_moe_outputs o = {.out = dout, .out_dtype = MXM_DT_F32};
+                    const mxm_status st = mxm_moe_forward(plan, &mw, &in, &o, ws, wsb, NULL);
+                    if (st) fprintf(stderr, "forward: %s\n", mxm_last_error());
+                    assert_int_equal(st, MXM_OK);
+                    if (b) {
+                        assert_int_equal(cudaMemcpy(out[b], dout, 4 * T * H, cudaMemcpyDeviceToHost), cudaSuccess);
+                        cudaFree(dq), cudaFree(ds), cudaFree(di), cudaFree(dw), cudaFree(ws), cudaFree(dout);
+                    } else {
+                        free(ws);
+                    }
+                    mxm_moe_plan_destroy(plan);
+                }
+                int nan;
+                const double err = rel_f32(out[1], out[0], T * H, &nan);
+                const double tol = aq == MXM_ACT_QUANT_MXFP8 ? 3e-3 : 4e-3;
+                const int pass = err <= tol && nan == 0;
+                printf("prequant  %-9s %-4s scales%s err=%.2e tol=%.0e %s\n", mxm_weight_format_name(fmt),
+                       aq ? "w8" : "w8a8", tr ? " transposed" : "", err, tol, pass ? "PASS" : "FAIL");
+                assert_true(pass);
+                free(out[0]), free(out[1]), free(xf), free(w), free(ids), free(q), free(sc);
+                dev_layer_free(&D);
+                ref_layer_free(&L);
+            }
+}
+
 static void test_integer_exact(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
@@ -365,6 +441,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
         cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
+        cmocka_unit_test(test_prequantized_x),
         cmocka_unit_test(test_integer_exact),
         cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
     };
