@@ -232,6 +232,21 @@ static int st_peek(st_lex *L) {
     return L->i < L->n ? L->p[L->i] : -1;
 }
 
+/* After a member or an element: consumes ',' (1: another one follows) or the closing bracket
+ * (0: the object or array ends); -1 for anything else (st_sep_error gives the message). */
+static int st_separator(st_lex *L, int close) {
+    const int d = st_peek(L);
+    if (d == ',' || d == close) {
+        L->i++;
+        return d == ',';
+    }
+    return -1;
+}
+
+static mxm_status st_sep_error(st_lex *L, int close) {
+    return st_jerr(L, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+}
+
 static int st_hex4(const uint8_t *s, uint32_t *out) {
     uint32_t v = 0;
     for (int k = 0; k < 4; k++) {
@@ -492,16 +507,10 @@ static mxm_status st_skip_value(st_lex *L, int depth) {
         }
         st = st_skip_value(L, depth + 1);
         if (st != MXM_OK) break;
-        const int d = st_peek(L);
-        if (d == ',') {
-            L->i++;
-            continue;
-        }
-        if (d == close) {
-            L->i++;
-            break;
-        }
-        st = st_jerr(L, close == ']' ? "expected ',' or ']'" : "expected ',' or '}'");
+        const int more = st_separator(L, close);
+        if (more > 0) continue;
+        if (more == 0) break;
+        st = st_sep_error(L, close);
         break;
     }
     if (st == MXM_OK)
@@ -556,16 +565,10 @@ static mxm_status st_parse_int_array(st_lex *L, const char *name, const char *fi
             out[k] = num.v;
         }
         k++;
-        const int d = st_peek(L);
-        if (d == ',') {
-            L->i++;
-            continue;
-        }
-        if (d == ']') {
-            L->i++;
-            break;
-        }
-        return st_jerr(L, "expected ',' or ']'");
+        const int more = st_separator(L, ']');
+        if (more > 0) continue;
+        if (more == 0) break;
+        return st_sep_error(L, ']');
     }
     *count = k;
     return MXM_OK;
@@ -636,16 +639,10 @@ static mxm_status st_parse_entry_fields(st_lex *L, const char *name, mxm_st_tens
             if (st != MXM_OK) return st;
         }
         if (seen) L->alen = mark; /* known keys and the dtype string are not kept */
-        const int d = st_peek(L);
-        if (d == ',') {
-            L->i++;
-            continue;
-        }
-        if (d == '}') {
-            L->i++;
-            return MXM_OK;
-        }
-        return st_jerr(L, "expected ',' or '}'");
+        const int more = st_separator(L, '}');
+        if (more > 0) continue;
+        if (more == 0) return MXM_OK;
+        return st_sep_error(L, '}');
     }
 }
 
@@ -743,16 +740,10 @@ static mxm_status st_parse_metadata(st_lex *L, st_meta **meta, int64_t *nmeta) {
             *meta = nm;
         }
         (*meta)[(*nmeta)++] = (st_meta){k, v};
-        const int d = st_peek(L);
-        if (d == ',') {
-            L->i++;
-            continue;
-        }
-        if (d == '}') {
-            L->i++;
-            break;
-        }
-        return st_jerr(L, "expected ',' or '}'");
+        const int more = st_separator(L, '}');
+        if (more > 0) continue;
+        if (more == 0) break;
+        return st_sep_error(L, '}');
     }
     if (*nmeta > 1) qsort(*meta, (size_t)*nmeta, sizeof **meta, st_cmp_meta);
     for (int64_t i = 1; i < *nmeta; i++)
@@ -845,16 +836,10 @@ static mxm_status st_parse(mxm_st_file *f) {
                 count++;
                 f->n = count;
             }
-            const int d = st_peek(&L);
-            if (d == ',') {
-                L.i++;
-                continue;
-            }
-            if (d == '}') {
-                L.i++;
-                break;
-            }
-            return st_jerr(&L, "expected ',' or '}'");
+            const int more = st_separator(&L, '}');
+            if (more > 0) continue;
+            if (more == 0) break;
+            return st_sep_error(&L, '}');
         }
     }
     if (st_peek(&L) >= 0) return st_jerr(&L, "trailing characters after the header object");
@@ -1259,31 +1244,19 @@ static mxm_status st_parse_index(st_lex *L, st_wm_pair **pairs, int64_t *npairs)
                             *pairs = np;
                         }
                         (*pairs)[(*npairs)++] = (st_wm_pair){t, st_skip_dot(s)};
-                        const int d = st_peek(L);
-                        if (d == ',') {
-                            L->i++;
-                            continue;
-                        }
-                        if (d == '}') {
-                            L->i++;
-                            break;
-                        }
-                        st = st_jerr(L, "expected ',' or '}'");
+                        const int more = st_separator(L, '}');
+                        if (more > 0) continue;
+                        if (more == 0) break;
+                        st = st_sep_error(L, '}');
                         break;
                     }
                     if (st != MXM_OK) break;
                 }
             }
-            const int d = st_peek(L);
-            if (d == ',') {
-                L->i++;
-                continue;
-            }
-            if (d == '}') {
-                L->i++;
-                break;
-            }
-            st = st_jerr(L, "expected ',' or '}'");
+            const int more = st_separator(L, '}');
+            if (more > 0) continue;
+            if (more == 0) break;
+            st = st_sep_error(L, '}');
             break;
         }
     }
