@@ -69,6 +69,14 @@ struct mxm_cuda_args {
     float *actf;             // [rows_total, I_max]
 };
 
+// Row of W13 holding gate (half 0) or up (half 1) of intermediate column j (SPEC 4 layouts).
+__device__ __forceinline__ int64_t mxm_cuda_w13_row(int layout, bool gated, int64_t I, int64_t j, int half) {
+    if (!gated) return j;
+    if (layout == MXM_W13_INTERLEAVED) return 2 * j + half;
+    const int first = layout == MXM_W13_UP_GATE ? 1 : 0; // which half comes first
+    return (half == first ? 0 : I) + j;
+}
+
 // A DeepSeek FP8 W8A8 path (scales applied per 128-block of K after the block's dot product).
 __host__ __device__ inline bool mxm_cuda_blk_w8a8(const mxm_cuda_args &a) {
     return a.blk && a.act_quant == MXM_ACT_QUANT_MXFP8;

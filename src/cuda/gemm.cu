@@ -222,15 +222,15 @@ __device__ __forceinline__ void acc_to_smem(float (&c)[BM][C_STRIDE], const floa
         }
 }
 
-__device__ __forceinline__ int64_t w13_row_of(int layout, bool gated, int64_t I, int64_t j, int half) {
-    if (!gated) return j;
-    if (layout == MXM_W13_INTERLEAVED) return 2 * j + half;
-    const int first = layout == MXM_W13_UP_GATE ? 1 : 0;
-    return (half == first ? 0 : I) + j;
-}
-
 // GEMM1: gated tiles cover 64 intermediate columns (64 gate + 64 up weight rows), non-gated
 // tiles 128 columns.
+// The W13 row behind row br of a GEMM1 B tile starting at intermediate column j0, or -1 past I.
+template <bool GATED>
+__device__ __forceinline__ int64_t gemm1_b_row(const mxm_cuda_args &a, const mxm_cuda_group &G, int j0, int br) {
+    const int jb = GATED ? j0 + (br % 64) : j0 + br;
+    return jb < G.I ? mxm_cuda_w13_row(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0) : -1;
+}
+
 template <bool GATED, bool BLK>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -248,12 +248,9 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     for (int i = 0; i < 2; i++) {
         const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
         rows.a[i] = m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
-        const int jb = GATED ? j0 + (br % 64) : j0 + br;
-        rows.b[i] = nullptr, rows.bs[i] = nullptr;
-        if (jb < G.I) {
-            const int64_t r = w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0);
-            rows.b[i] = G.w13 + r * a.H, rows.bs[i] = G.s13 + r * (a.H / 32);
-        }
+        const int64_t r = gemm1_b_row<GATED>(a, G, j0, br);
+        rows.b[i] = r >= 0 ? G.w13 + r * a.H : nullptr;
+        rows.bs[i] = r >= 0 && !BLK ? G.s13 + r * (a.H / 32) : nullptr;
     }
     blk_scales bs;
     if (BLK) {
@@ -265,9 +262,8 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
         }
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            const int br = frag_col(i / 2, i % 2), jb = GATED ? j0 + (br % 64) : j0 + br;
-            bs.b[i] = jb < G.I ? G.b13 + (w13_row_of(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0) / 128) * a.HB
-                               : nullptr;
+            const int64_t r = gemm1_b_row<GATED>(a, G, j0, frag_col(i / 2, i % 2));
+            bs.b[i] = r >= 0 ? G.b13 + (r / 128) * a.HB : nullptr;
         }
     }
     float acc[2][4][4];
@@ -312,7 +308,8 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
         const int ar = tid / 8 + 32 * i, br = tid / 4 + 64 * i;
         rows.a[i] = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
         rows.b[i] = nullptr, rows.bs[i] = nullptr;
-        if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I, rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
+        if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I;
+        if (h0 + br < a.H && !BLK) rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
     }
     blk_scales bs;
     if (BLK) {

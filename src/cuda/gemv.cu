@@ -72,14 +72,6 @@ __device__ __forceinline__ void warp_rows(const uint8_t *const (&w)[R], const ui
         }
 }
 
-// Row of W13 holding gate (half 0) or up (half 1) of intermediate column j.
-__device__ __forceinline__ int64_t w13_row(int layout, int gated, int64_t I, int64_t j, int half) {
-    if (!gated) return j;
-    if (layout == MXM_W13_INTERLEAVED) return 2 * j + half;
-    const int first = layout == MXM_W13_UP_GATE ? 1 : 0; // which half comes first
-    return (half == first ? 0 : I) + j;
-}
-
 // The block's group among the GEMV groups (list built by the permutation), or -1.
 __device__ __forceinline__ int gemv_group(const mxm_cuda_args &a, int chunks, int *chunk) {
     const int i = blockIdx.x / chunks;
@@ -113,7 +105,7 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv1_kernel(mxm_cuda_args a) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int j = j0 + warp * WARP_COLS + r % WARP_COLS;
-        const int64_t row = w13_row(a.layout, GATED, G.I, j, r / WARP_COLS);
+        const int64_t row = mxm_cuda_w13_row(a.layout, GATED, G.I, j, r / WARP_COLS);
         w[r] = j < G.I ? G.w13 + row * a.H : nullptr;
         s[r] = j < G.I && !BLK ? G.s13 + row * kb : nullptr;
         b[r] = j < G.I && BLK ? G.b13 + (row / 128) * a.HB : nullptr;
