@@ -100,16 +100,11 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
 
 /* DeepSeek FP8 1x128 quantize-dequantize of a row segment, in place. */
 static void fp8block_fakequant(float *x, int64_t n) {
+    uint8_t q[MXM_FP8_BLOCK];
     for (int64_t c0 = 0; c0 < n; c0 += MXM_FP8_BLOCK) {
-        const int64_t m = n - c0 < MXM_FP8_BLOCK ? n - c0 : MXM_FP8_BLOCK;
-        float amax = 0.0f;
-        for (int64_t i = 0; i < m; i++) {
-            const float a = x[c0 + i] < 0 ? -x[c0 + i] : x[c0 + i];
-            if (a != a || a > amax) amax = a;
-            if (a != a) break;
-        }
-        const float s = mxm_fp8block_scale(amax);
-        for (int64_t i = 0; i < m; i++) x[c0 + i] = mxm_e4m3_decode(mxm_e4m3_rne_sat(x[c0 + i] / s)) * s;
+        const int m = n - c0 < MXM_FP8_BLOCK ? (int)(n - c0) : MXM_FP8_BLOCK;
+        const float s = mxm_fp8block_quantize_seg(x + c0, m, q);
+        for (int i = 0; i < m; i++) x[c0 + i] = mxm_e4m3_decode(q[i]) * s;
     }
 }
 

@@ -115,13 +115,12 @@ mxm_status mxm_fp8block_quantize_act(const void *x, int32_t x_dtype, int64_t row
     const int nt = nthreads_for(rows * cols, num_threads);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < rows; r++) {
+        float seg[MXM_FP8_BLOCK];
         for (int64_t b = 0; b < nb; b++) {
             const int64_t c0 = b * MXM_FP8_BLOCK;
-            const int64_t n = cols - c0 < MXM_FP8_BLOCK ? cols - c0 : MXM_FP8_BLOCK;
-            const float s = mxm_fp8block_scale(seg_amax(x, x_dtype, r * cols + c0, n));
-            scales[scales_transposed ? b * rows + r : r * nb + b] = s;
-            for (int64_t i = 0; i < n; i++)
-                q[r * cols + c0 + i] = mxm_e4m3_rne_sat(load_elem(x, x_dtype, r * cols + c0 + i) / s);
+            const int n = cols - c0 < MXM_FP8_BLOCK ? (int)(cols - c0) : MXM_FP8_BLOCK;
+            for (int i = 0; i < n; i++) seg[i] = load_elem(x, x_dtype, r * cols + c0 + i);
+            scales[scales_transposed ? b * rows + r : r * nb + b] = mxm_fp8block_quantize_seg(seg, n, q + r * cols + c0);
         }
     }
     return MXM_OK;

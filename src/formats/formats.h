@@ -151,4 +151,21 @@ MXM_HD float mxm_fp8block_scale(float amax) {
     return s < 1.17549435e-38f ? 1.17549435e-38f : s; /* max(amax/448, FLT_MIN); NaN stays NaN */
 }
 
+/* One 1x128 activation segment (n <= 128 values): codes q[i] = E4M3(x[i] / s), returns s. A NaN
+ * anywhere makes the scale NaN (and so every code). */
+MXM_HD float mxm_fp8block_quantize_seg(const float *x, int n, uint8_t *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float a = x[i] < 0 ? -x[i] : x[i];
+        if (a != a) {
+            amax = a;
+            break;
+        }
+        if (a > amax) amax = a;
+    }
+    const float s = mxm_fp8block_scale(amax);
+    for (int i = 0; i < n; i++) q[i] = mxm_e4m3_rne_sat(x[i] / s);
+    return s;
+}
+
 #endif
