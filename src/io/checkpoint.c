@@ -497,12 +497,7 @@ copy:
 }
 
 static int64_t storage_bytes(int32_t fmt, int64_t n, int64_t k) {
-    switch (fmt) {
-    case MXM_WFMT_MXFP8: return n * k + n * k / 32;
-    case MXM_WFMT_FP8_BLOCK: return n * k + mxm_ceil_div(n, 128) * mxm_ceil_div(k, 128) * 4;
-    case MXM_WFMT_BF16: return 2 * n * k;
-    default: return 4 * n * k;
-    }
+    return mxm_weight_data_bytes(fmt, n, k) + mxm_weight_scale_bytes(fmt, n, k);
 }
 
 /* Loads one expert (routed e >= 0, or the shared one with prefix given) into ex. */
