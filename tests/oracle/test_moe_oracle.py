@@ -10,7 +10,8 @@ interval of every result an fp32 implementation may produce: fp32 dot products i
 fp32 activations, and both codes where a value straddles an E4M3 rounding boundary (both scales
 where a block amax straddles a scale boundary). Every library output element must lie inside its
 interval; the intervals must stay narrow enough that the output scaled by 1 + 2^-6 falls outside
-for at least 90% of the elements over the run.
+for at least 90% of the elements over the run. Weight-only cases (exact profile: no rounding point
+can flip) also keep SPEC 7's relative L2 bound of 1e-5.
 Exit status: 0 pass, 1 failure, 77 skipped."""
 import ctypes
 import sys
@@ -210,7 +211,7 @@ def case(rng, H, I, E, K, T, kind, aq, shared_I):
     mutant = got * (1 + 2.0 ** -6)
     tally["elements"] += got.size
     tally["caught"] += int(np.count_nonzero(~((mutant >= lo) & (mutant <= hi)) & (ref != 0)))
-    ok = outside == 0 and width <= 0.5
+    ok = outside == 0 and width <= 0.5 and (aq == MXFP8 or err <= 1e-5)  # SPEC 7's L2 where nothing can flip
     name = {SILU: "silu", RELU2: "relu2_no_mul", GELU: "gelu"}[kind]
     print(f"moe-oracle {name:12} {'w8a8' if aq == MXFP8 else 'w8':4} H={H} I={I} E={E} K={K} T={T} shared={shared_I} "
           f"err={err:.2e} width={width:.1e} outside={outside} {'PASS' if ok else 'FAIL'}")
