@@ -319,7 +319,9 @@ typedef struct mxm_moe_inputs {
     const void *x;        /* [T, H]: f32, bf16, or E4M3 codes (pre-quantized, with x_scale) */
     int32_t x_dtype;      /* MXM_DT_F32, MXM_DT_BF16 or MXM_DT_E4M3 */
     /* Pre-quantized x only: MXFP8 weights: uint8 E8M0 [T, H/32]; FP8_BLOCK weights: f32
-     * [T, ceil(H/128)] or [ceil(H/128), T] when x_scale_transposed != 0. */
+     * [T, ceil(H/128)] or [ceil(H/128), T] when x_scale_transposed != 0. With act_quant
+     * MXM_ACT_QUANT_NONE (weight-only) the codes are dequantized (code value x scale) and run as
+     * unquantized activations. */
     const void *x_scale;
     int32_t x_scale_transposed;
     const void *router_logits; /* [T, E] f32 or bf16; NULL = use topk_ids/topk_weights */

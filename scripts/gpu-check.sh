@@ -38,7 +38,7 @@ if [ "$what" != test ]; then
   build-gpu/mxmoe bench --backend cuda --shapes nano,qwen3,dsv3 --tokens 1,64,4096 --routing both --reps 10 \
     --json "$OUT/moe_cuda_routed.json" | tee -a "$OUT/bench_cuda.txt"
   # DeepSeek FP8 weights (128x128 blocks) on the DeepSeek-V3 slice.
-  MXM_CUDA_FP8_BLOCK=1 build-gpu/mxmoe bench --backend cuda --given-ids --format fp8_block --shapes dsv3 \
+  build-gpu/mxmoe bench --backend cuda --given-ids --format fp8_block --shapes dsv3 \
     --tokens ${TOKENS:-1,8,32,64,256,1024,4096,16384} --routing uniform --reps 10 --json "$OUT/moe_cuda_fp8block.json" |
     tee -a "$OUT/bench_cuda.txt"
   python3 bench/peers.py "$OUT/peers.json" ${TOKENS:-1,8,32,64,256,1024,4096,16384} | tee "$OUT/peers.txt"

@@ -270,7 +270,6 @@ static void test_shapes_routing(void **state) {
  * not multiples of 128 (partial blocks, gate and up rows sharing a block row). */
 static void test_fp8_block(void **state) {
     (void)state;
-    setenv("MXM_CUDA_FP8_BLOCK", "1", 1); /* the kernels' switch (src/cuda/moe_cuda.cu) */
     const int acts[] = {MXM_ACT_SILU, MXM_ACT_RELU2_NO_MUL, MXM_ACT_SWIGLUOAI};
     for (int ai = 0; ai < 3; ai++)
         for (int aq = 0; aq < 2; aq++)
@@ -296,7 +295,6 @@ static void test_fp8_block(void **state) {
  * codes and scales. */
 static void test_prequantized_x(void **state) {
     (void)state;
-    setenv("MXM_CUDA_FP8_BLOCK", "1", 1);
     tu_rng r = tu_rng_fresh();
     const int64_t T = 37, H = 384, K = 2;
     for (int fmt = 0; fmt < 2; fmt++)

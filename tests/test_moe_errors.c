@@ -195,6 +195,25 @@ static void test_input_output_dtypes(void **state) {
     f.o.out = f.out, f.o.out_dtype = MXM_DT_F32;
     assert_int_equal(fwd(&f), MXM_OK);
     for (int64_t i = 0; i < T * H; i++) assert_true(f.out[i] == ref[i]);
+    /* Weight-only: the codes are dequantized; the same as passing the decoded values as f32. */
+    mxm_moe_config cw = small_cfg();
+    cw.act_quant = MXM_ACT_QUANT_NONE;
+    mxm_moe_plan *pw;
+    assert_int_equal(mxm_moe_plan_create(&cw, T, &pw), MXM_OK);
+    const int64_t wsw = mxm_moe_plan_workspace_size(pw);
+    void *ws2 = aligned_alloc(64, wsw);
+    float *xd = tu_alloc(4 * T * H), *o_dq = tu_alloc(4 * T * H);
+    assert_int_equal(mxm_mxfp8_dequantize(q, s, T, H, xd, MXM_DT_F32, 1), MXM_OK);
+    f.o.out = o_dq;
+    assert_int_equal(mxm_moe_forward(pw, &f.mw, &f.in, &f.o, ws2, wsw, NULL), MXM_OK);
+    mxm_moe_inputs in_f = f.in;
+    in_f.x = xd, in_f.x_dtype = MXM_DT_F32, in_f.x_scale = NULL;
+    f.o.out = f.out;
+    tu_poison_f32(f.out, T * H);
+    assert_int_equal(mxm_moe_forward(pw, &f.mw, &in_f, &f.o, ws2, wsw, NULL), MXM_OK);
+    for (int64_t i = 0; i < T * H; i++) assert_true(f.out[i] == o_dq[i]);
+    free(ws2), free(xd), free(o_dq);
+    mxm_moe_plan_destroy(pw);
     f.in.x_scale = NULL;
     assert_int_equal(fwd(&f), MXM_ERR_NULL);
     free(ref), free(xb), free(ob), free(q), free(s);

@@ -71,12 +71,6 @@ extern "C" mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
         return mxm_fail(MXM_ERR_UNSUPPORTED,
                         "weight format %s runs on the CPU backend only; the CUDA backend runs mxfp8 and fp8_block",
                         mxm_weight_format_name(c.weight_format));
-    // The DeepSeek FP8 kernels are built and compiled in CI but have not run on a GPU yet: they
-    // stay behind a switch until test_cuda (which sets it) has passed on one.
-    if (c.weight_format == MXM_WFMT_FP8_BLOCK && !getenv("MXM_CUDA_FP8_BLOCK"))
-        return mxm_fail(MXM_ERR_UNSUPPORTED,
-                        "backend cuda: DeepSeek FP8 (fp8_block) weights are not validated on a GPU yet; run them on "
-                        "the CPU backend, or set MXM_CUDA_FP8_BLOCK=1 to try the CUDA kernels");
     int dev = 0;
     MXM_CUDA_TRY(cudaGetDevice(&dev));
     if (c.device != dev)

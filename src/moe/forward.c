@@ -25,8 +25,6 @@ static mxm_status check_inputs(const mxm_moe_plan *p, const mxm_moe_weights *w,
                         mxm_dtype_name(in->x_dtype));
     if (in->x_dtype == MXM_DT_E4M3) {
         if (!in->x_scale) return mxm_fail(MXM_ERR_NULL, "inputs: pre-quantized x needs x_scale");
-        if (c->act_quant == MXM_ACT_QUANT_NONE)
-            return mxm_fail(MXM_ERR_UNSUPPORTED, "inputs: pre-quantized x with act_quant none; pass bf16/f32 x");
         if (c->weight_format == MXM_WFMT_FP8_BLOCK ? 0 : in->x_scale_transposed)
             return mxm_fail(MXM_ERR_UNSUPPORTED, "inputs: transposed x scales exist only for fp8_block");
     }
