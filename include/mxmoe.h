@@ -358,7 +358,9 @@ MXM_API const char *mxm_moe_plan_kernels(const mxm_moe_plan *plan);
 /* Runs the layer (SPEC section 5). workspace must hold mxm_moe_plan_workspace_size() bytes,
  * 64-byte aligned. stream: a cudaStream_t for the CUDA backend (NULL = default stream), ignored
  * on the CPU. Tokens routed to no local expert get zeros (expert parallelism: the output is this
- * rank's partial sum). NaN/Inf inputs propagate as NaN; they never crash. */
+ * rank's partial sum). NaN/Inf inputs propagate as NaN; they never crash. CUDA backend: every
+ * pointer is device memory, and out / out_routed must be 16-byte aligned (MXM_ERR_INVALID_ARG
+ * otherwise). */
 MXM_API mxm_status mxm_moe_forward(mxm_moe_plan *plan, const mxm_moe_weights *weights,
                                    const mxm_moe_inputs *inputs, const mxm_moe_outputs *outputs,
                                    void *workspace, int64_t workspace_bytes, void *stream);

@@ -27,6 +27,21 @@
 
 static int quick;
 
+/* When set, compare() replaces the routing by given ids that send exactly forced_counts[e]
+ * (t, k) pairs to expert e (each count <= T, so no token picks an expert twice). */
+static const int *forced_counts;
+
+static void force_ids(const mxm_moe_config *c, int64_t T, int32_t *ids, float *w) {
+    const int64_t K = c->top_k;
+    int64_t i = 0;
+    for (int e = 0; e < c->num_experts; e++)
+        for (int n = 0; n < forced_counts[e]; n++, i++) {
+            assert_true(forced_counts[e] <= T && i < T * K);
+            ids[(i % T) * K + i / T] = e, w[(i % T) * K + i / T] = 0.25f + 0.5f * (float)((i * 7) % 11) / 11.0f;
+        }
+    assert_int_equal(i, T * K);
+}
+
 static void *to_dev(const void *h, size_t n) {
     void *d = NULL;
     assert_int_equal(cudaMalloc(&d, n ? n : 1), cudaSuccess);
@@ -165,6 +180,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     for (int64_t e = 0; e < E; e++) bias[e] = (float)(0.1 * tu_normal(&r));
     /* routing from the CPU for the given-ids runs */
     assert_int_equal(mxm_route(&c, T, lg, MXM_DT_F32, bias, MXM_DT_F32, ids, w), MXM_OK);
+    if (forced_counts) force_ids(&c, T, ids, w);
     float *o_cpu = tu_alloc(4 * T * H), *o_gpu = tu_alloc(4 * T * H), *o_gpu2 = tu_alloc(4 * T * H);
     float *w_cpu = tu_alloc(4 * T * K), *w_gpu = tu_alloc(4 * T * K);
     int32_t *i_cpu = tu_alloc(4 * T * K), *i_gpu = tu_alloc(4 * T * K);
@@ -225,7 +241,7 @@ static void test_modes(void **state) {
                 if (quick && (aq || prof)) continue;
                 mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
                 c.act_quant = aq, c.profile = prof;
-                compare("mode", c, 13, 0, 0, 0); /* GEMV path */
+                compare("mode", c, 13, 0, 0, 0); /* skinny path */
                 compare("mode", c, 300, 0, 0, 0); /* MMA path */
             }
 }
@@ -277,7 +293,7 @@ static void test_fp8_block(void **state) {
                 if (quick && (aq || prof)) continue;
                 mxm_moe_config c = cfg_of(224, 160, 8, 3, acts[ai]);
                 c.weight_format = MXM_WFMT_FP8_BLOCK, c.act_quant = aq, c.profile = prof;
-                compare("fp8block", c, 13, 0, 0, 0); /* GEMV path */
+                compare("fp8block", c, 13, 0, 0, 0); /* skinny path */
                 compare("fp8block", c, 300, 0, 0, 0); /* MMA path */
             }
     mxm_moe_config c = cfg_of(256, 96, 8, 2, MXM_ACT_SILU);
@@ -365,6 +381,35 @@ static void test_prequantized_x(void **state) {
             }
 }
 
+/* Groups of exactly 0, 1, 7, 8, 9, ... rows: both sides of the skinny kernel's n8 tiles and of its
+ * 32-row limit, and of the 64-row MMA tiles; H and I multiples of 32 but not of the 128-wide
+ * K stages or the 64-row weight chunks. Given ids (K = 2), every format, gated and not. */
+static void test_group_sizes(void **state) {
+    (void)state;
+    static const int counts[16] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 129};
+    int total = 0;
+    for (int e = 0; e < 16; e++) total += counts[e];
+    forced_counts = counts;
+    const int acts[] = {MXM_ACT_SILU, MXM_ACT_RELU2_NO_MUL};
+    for (int fmt = 0; fmt < 2; fmt++)
+        for (int ai = 0; ai < 2; ai++)
+            for (int aq = 0; aq < 2; aq++) {
+                if (quick && aq) continue;
+                mxm_moe_config c = cfg_of(160, 96, 16, 2, acts[ai]);
+                c.weight_format = fmt, c.act_quant = aq;
+                c.shared_intermediate_size = ai ? 224 : 0; /* shared: T rows, the MMA path */
+                compare("groups", c, total / 2, 0, 0, 0);
+            }
+    /* One expert takes every token (K = 1), at the skinny limit and past it. */
+    static const int one_32[4] = {32, 0, 0, 0}, one_33[4] = {0, 0, 33, 0};
+    mxm_moe_config c = cfg_of(288, 224, 4, 1, MXM_ACT_SILU);
+    forced_counts = one_32;
+    compare("one-exp", c, 32, 0, 0, 0);
+    forced_counts = one_33;
+    compare("one-exp", c, 33, 0, 0, 0);
+    forced_counts = NULL;
+}
+
 static void test_integer_exact(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
@@ -439,7 +484,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
         cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
-        cmocka_unit_test(test_prequantized_x),
+        cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_group_sizes),
         cmocka_unit_test(test_integer_exact),
         cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
     };

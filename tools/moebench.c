@@ -169,6 +169,9 @@ void mb_inputs_destroy(mb_inputs *in) {
     memset(in, 0, sizeof *in);
 }
 
+/* Routing sets the CUDA benchmark rotates through (see mb_run). */
+#define MB_SETS 8
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -239,17 +242,51 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
     if ((st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL))) goto done; /* warm-up */
     if (b.dev && (st = mxm_device_synchronize())) goto done;
     double t;
-    if (b.dev) { /* the forward in a CUDA graph, replayed back to back: the mean time of a forward */
-        mxm_cuda_graph *graph = NULL;
-        if ((st = mxm_cuda_graph_capture(plan, &w, &mi, &mo, b.ws, wsb, NULL, &graph))) goto done;
-        st = mxm_cuda_graph_launch(graph); /* warm-up */
+    if (b.dev) { /* the forward in CUDA graphs, replayed back to back: the mean time of a forward */
+        /* MB_SETS routings, set s being set 0 with every local expert id rotated by s E_loc /
+         * MB_SETS inside the local slice (same load per expert, other experts; other ranks'
+         * experts stay): replayed in turn, consecutive forwards read other weights, which come
+         * from HBM and not from the L2 cache, as in the peers' method. */
+        mxm_cuda_graph *graph[MB_SETS] = {0};
+        void *rot[MB_SETS][4] = {{0}}; /* ids, w or logits, bias of sets 1.. */
+        const int64_t E = L->shape.E;
+        int32_t *ids_s = malloc((size_t)(T * K * 4));
+        float *lg_s = malloc((size_t)(T * E * 4)), *bias_s = malloc((size_t)(E * 4));
+        if (!ids_s || !lg_s || !bias_s) st = MXM_ERR_NOMEM;
+        for (int set = 0; set < MB_SETS && !st; set++) {
+            mxm_moe_inputs ms = mi;
+            if (set > 0) {
+                const int64_t off = L->cfg.local_expert_offset, nl = L->shape.E_loc, shift = set * nl / MB_SETS;
+#define MB_ROT(e) ((e) >= off && (e) < off + nl ? off + ((e) - off + shift) % nl : (e))
+                for (int64_t i = 0; i < T * K; i++) ids_s[i] = (int32_t)MB_ROT((int64_t)in->ids[i]);
+                for (int64_t t2 = 0; t2 < T; t2++)
+                    for (int64_t e = 0; e < E; e++) lg_s[t2 * E + MB_ROT(e)] = in->logits[t2 * E + e];
+                for (int64_t e = 0; e < E; e++) bias_s[MB_ROT(e)] = in->bias[e];
+#undef MB_ROT
+                const void *src[4] = {ids_s, in->w, lg_s, bias_s};
+                const int64_t nb[4] = {T * K * 4, T * K * 4, T * E * 4, E * 4};
+                for (int i = 0; i < 4 && !st; i++)
+                    if (!(st = mxm_device_alloc(nb[i], &rot[set][i]))) st = mxm_copy_to_device(rot[set][i], src[i], nb[i]);
+                if (st) break;
+                if (in->use_ids) ms.topk_ids = rot[set][0], ms.topk_weights = rot[set][1];
+                else ms.router_logits = rot[set][2], ms.routing_bias = rot[set][3];
+            }
+            st = mxm_cuda_graph_capture(plan, &w, &ms, &mo, b.ws, wsb, NULL, &graph[set]);
+        }
+        free(ids_s), free(lg_s), free(bias_s);
+        for (int set = 0; set < MB_SETS && !st; set++) st = mxm_cuda_graph_launch(graph[set]); /* warm-up */
         if (!st) st = mxm_device_synchronize();
-        const int n = reps * 4;
+        const int n = reps * 4 * MB_SETS;
         const double t0 = bench_now();
-        for (int r = 0; r < n && !st; r++) st = mxm_cuda_graph_launch(graph);
+        for (int r = 0; r < n && !st; r++) st = mxm_cuda_graph_launch(graph[r % MB_SETS]);
         if (!st) st = mxm_device_synchronize();
         t = (bench_now() - t0) / n;
-        mxm_cuda_graph_destroy(graph);
+        if (!st) st = mxm_cuda_graph_launch(graph[0]); /* leave set 0's result for the caller */
+        if (!st) st = mxm_device_synchronize();
+        for (int set = 0; set < MB_SETS; set++) {
+            mxm_cuda_graph_destroy(graph[set]);
+            for (int i = 0; i < 4; i++) mxm_device_free(rot[set][i]);
+        }
         if (st) goto done;
         if ((st = mxm_copy_to_host(ids, b.ids, T * K * 4))) goto done;
         if (out_bf16 && (st = mxm_copy_to_host(out_bf16, b.out, T * H * 2))) goto done;

@@ -1,29 +1,47 @@
 // out[t] = sum_k w[t,k] * y[pos[t,k]] in k order (+ the shared expert), fp32, stored bf16 or f32.
+// Each thread owns 4 consecutive columns of one token (16-byte loads of y; H is a multiple of
+// 32), so a decode step spreads over H/512 blocks per token instead of one serial block.
 #include "cuda/kernels.cuh"
 
-__global__ void combine_kernel(mxm_cuda_args a, void *out, void *out_routed, int32_t out_dtype) {
-    const int64_t t = blockIdx.x;
-    const bool shared = a.groups > a.e_loc;
-    for (int64_t h = threadIdx.x; h < a.H; h += blockDim.x) {
-        float acc = 0.0f;
-        for (int k = 0; k < a.K; k++) {
-            const int32_t r = a.pos[t * a.K + k];
-            if (r >= 0) acc += a.wts[t * a.K + k] * a.y[(int64_t)r * a.H + h];
-        }
-        const int64_t i = t * a.H + h;
-        if (out_routed) {
-            if (out_dtype == MXM_DT_F32) ((float *)out_routed)[i] = acc;
-            else ((__nv_bfloat16 *)out_routed)[i] = __float2bfloat16_rn(acc);
-        }
-        if (shared) acc += a.y[((int64_t)a.T * a.K + t) * a.H + h];
-        if (out_dtype == MXM_DT_F32) ((float *)out)[i] = acc;
-        else ((__nv_bfloat16 *)out)[i] = __float2bfloat16_rn(acc);
+#define COMBINE_THREADS 128
+#define COMBINE_COLS (COMBINE_THREADS * 4)
+
+__device__ __forceinline__ void store4(void *base, int64_t i, int32_t dtype, const float4 &v) {
+    if (dtype == MXM_DT_F32) {
+        *reinterpret_cast<float4 *>((float *)base + i) = v;
+    } else {
+        __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+        uint2 u;
+        u.x = *reinterpret_cast<uint32_t *>(&lo), u.y = *reinterpret_cast<uint32_t *>(&hi);
+        *reinterpret_cast<uint2 *>((__nv_bfloat16 *)base + i) = u;
     }
+}
+
+__global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(mxm_cuda_args a, void *out, void *out_routed,
+                                                                    int32_t out_dtype) {
+    const int64_t t = blockIdx.x, h = (int64_t)blockIdx.y * COMBINE_COLS + 4 * threadIdx.x;
+    if (h >= a.H) return;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int k = 0; k < a.K; k++) { // k order: the same sum as the CPU backend's
+        const int32_t r = a.pos[t * a.K + k];
+        if (r < 0) continue;
+        const float w = a.wts[t * a.K + k];
+        const float4 y = *reinterpret_cast<const float4 *>(a.y + (int64_t)r * a.H + h);
+        acc.x += w * y.x, acc.y += w * y.y, acc.z += w * y.z, acc.w += w * y.w;
+    }
+    const int64_t i = t * a.H + h;
+    if (out_routed) store4(out_routed, i, out_dtype, acc);
+    if (a.groups > a.e_loc) {
+        const float4 y = *reinterpret_cast<const float4 *>(a.y + ((int64_t)a.T * a.K + t) * a.H + h);
+        acc.x += y.x, acc.y += y.y, acc.z += y.z, acc.w += y.w;
+    }
+    store4(out, i, out_dtype, acc);
 }
 
 mxm_status mxm_cuda_combine(const mxm_cuda_args &a, void *out, void *out_routed, int32_t out_dtype,
                             cudaStream_t s) {
-    combine_kernel<<<a.T, 256, 0, s>>>(a, out, out_routed, out_dtype);
+    combine_kernel<<<dim3(a.T, (a.H + COMBINE_COLS - 1) / COMBINE_COLS), COMBINE_THREADS, 0, s>>>(a, out, out_routed,
+                                                                                                out_dtype);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

@@ -24,11 +24,11 @@ extern "C" {
 
 #define MXM_CUDA_LAUNCHED() MXM_CUDA_TRY(cudaGetLastError())
 
-// Rows of one expert group per MMA tile, and the GEMV threshold (rows per group). The GEMV
-// reads each weight once but does n FMAs per weight per row: past 2 rows the tensor-core tiles
-// win (H200: 8 rows took 2x the time of 16 rows in tiles).
+// Rows of one expert group per MMA tile, and the skinny-kernel threshold (rows per group): groups
+// with up to MXM_CUDA_SKINNY_MAX rows stream their weights through gemm_skinny.cu (one block
+// holds all of the group's tokens), larger ones take the 64-row tiles of gemm.cu.
 #define MXM_CUDA_BM 64
-#define MXM_CUDA_GEMV_MAX 2
+#define MXM_CUDA_SKINNY_MAX 32
 // GEMM1 covers 64 intermediate columns per tile (gate and up: 128 weight rows); GEMM2 128 rows of H.
 #define MXM_CUDA_J_TILE 64
 #define MXM_CUDA_H_TILE 128
@@ -39,7 +39,7 @@ struct mxm_cuda_group {
     const float *b13, *b2;              // DeepSeek FP8: the 128x128 block scales (s13/s2 unused)
     int32_t rows;                       // tokens routed to this group
     int32_t row0;                       // first permuted row
-    int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > GEMV_MAX)
+    int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > SKINNY_MAX)
     int32_t I;                          // intermediate size of this group
     int32_t act;                        // activation
     float alpha, beta, limit;           // SWIGLUOAI
@@ -57,8 +57,8 @@ struct mxm_cuda_args {
     float *wts;              // [T, K]
     int32_t *pos;            // [T, K] permuted row or -1
     int32_t *row_token;      // [rows_total] token of each permuted row
-    int32_t *counts;         // [2]: MMA tiles in use, GEMV groups in use
-    int32_t *gemv_list;      // [groups] the groups with 1..GEMV_MAX rows
+    int32_t *counts;         // [2]: MMA tiles in use, skinny groups in use
+    int32_t *skinny_list;    // [groups] the groups with 1..SKINNY_MAX rows
     __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see (DeepSeek FP8 W8A8: the E4M3 codes' values)
     __nv_bfloat16 *act;      // [rows_total, I_max] intermediate (same rule)
     float *y;                // [rows_total, H]

@@ -18,9 +18,9 @@ mxm_status mxm_cuda_route(const mxm_cuda_args &a, const mxm_route_params &rp, co
                           cudaStream_t s);
 // a.ids -> counts, group rows/offsets/tiles, a.pos, a.row_token.
 mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_t s);
-// Groups with 1..MXM_CUDA_GEMV_MAX rows: GEMM1 + activation + requantization, then GEMM2.
-mxm_status mxm_cuda_gemv1(const mxm_cuda_args &a, cudaStream_t s);
-mxm_status mxm_cuda_gemv2(const mxm_cuda_args &a, cudaStream_t s);
+// Groups with 1..MXM_CUDA_SKINNY_MAX rows: GEMM1 + activation + requantization, then GEMM2.
+mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s);
+mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s);
 // Groups with more rows: tensor-core tiles (bf16 mma with exact MXFP8 dequantization, or with
 // the DeepSeek FP8 scales applied per 128-block of K).
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);

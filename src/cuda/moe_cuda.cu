@@ -1,5 +1,5 @@
 // The CUDA backend: plan (device workspace layout) and forward (the launch sequence).
-//   prepare x -> route (or caller ids) -> permute -> GEMV1 | MMA1 [-> requant] -> GEMV2 | MMA2
+//   prepare x -> route (or caller ids) -> permute -> SKINNY1 | MMA1 [-> requant] -> SKINNY2 | MMA2
 //   -> combine
 // Every launch is on the caller's stream; nothing synchronizes with the host, so a forward can
 // be captured into a CUDA graph. Supported: MXFP8 and DeepSeek FP8 (128x128) weights, their
@@ -52,7 +52,7 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     l.wts = take(&cur, mxm_mul3_i64(T, K, 4));
     l.pos = take(&cur, mxm_mul3_i64(T, K, 4));
     l.row_token = take(&cur, mxm_mul3_i64(rows, 1, 4));
-    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, counts, GEMV group list
+    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, counts, skinny group list
     l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
     l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
     l.route = take(&cur, mxm_mul3_i64(T, p->ws.route_scratch_bytes, 1));
@@ -101,6 +101,9 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
                                            void *stream) {
     const mxm_moe_config &c = p->cfg;
     cudaStream_t s = (cudaStream_t)stream;
+    // The combine stores 4 columns at a time (16 bytes of f32, 8 of bf16).
+    if ((uintptr_t)out->out % 16 || (uintptr_t)out->out_routed % 16)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: out and out_routed must be 16-byte aligned device pointers");
     const cuda_layout l = layout_of(p);
     char *base = (char *)ws;
     const int64_t T = in->num_tokens, K = c.top_k;
@@ -119,7 +122,7 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     a.row_token = (int32_t *)(base + l.row_token);
     int32_t *cursor = (int32_t *)(base + l.counts);
     a.counts = cursor + (a.groups + 1);
-    a.gemv_list = a.counts + 2;
+    a.skinny_list = a.counts + 2;
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
 
@@ -169,11 +172,11 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     if ((st = mxm_cuda_permute(a, cursor, s))) return st;
     // Upper bound of MMA tiles: every group's rows rounded up to whole tiles.
     const int64_t rows = T * K + (a.groups > p->e_loc ? T : 0);
-    // A tile group has more than GEMV_MAX rows, so at most rows / (GEMV_MAX + 1) groups use tiles.
-    const int64_t tile_groups = rows / (MXM_CUDA_GEMV_MAX + 1) < a.groups ? rows / (MXM_CUDA_GEMV_MAX + 1) : a.groups;
+    // A tile group has more than SKINNY_MAX rows, so at most rows / (SKINNY_MAX + 1) groups use tiles.
+    const int64_t tile_groups = rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
     const int32_t max_tiles = (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1);
-    if ((st = mxm_cuda_gemv1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_requant_fp8block(a, s)) ||
-        (st = mxm_cuda_gemv2(a, s)) || (st = mxm_cuda_mma2(a, max_tiles, s)))
+    if ((st = mxm_cuda_skinny1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_requant_fp8block(a, s)) ||
+        (st = mxm_cuda_skinny2(a, s)) || (st = mxm_cuda_mma2(a, max_tiles, s)))
         return st;
     return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
 }

@@ -14,22 +14,22 @@ __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
 // Prefix sums over groups (E_loc + 1 of them): counts are staged in shared memory, one thread
 // scans there (no dependent global loads), then the whole block writes the results.
 __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
-    extern __shared__ int32_t sh[]; // n, row0, tile0, gemv list: 4 x groups
+    extern __shared__ int32_t sh[]; // n, row0, tile0, skinny list: 4 x groups
     int32_t *n = sh, *row0 = sh + a.groups, *tile0 = sh + 2 * a.groups, *list = sh + 3 * a.groups;
     __shared__ int32_t totals[2];
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
     __syncthreads();
     if (threadIdx.x == 0) {
-        int32_t row = 0, tile = 0, ngemv = 0;
+        int32_t row = 0, tile = 0, nskinny = 0;
         for (int g = 0; g < a.groups; g++) {
             const bool shared = g == a.e_loc;
             row0[g] = shared ? a.T * a.K : row;
             tile0[g] = tile;
-            if (n[g] > MXM_CUDA_GEMV_MAX) tile += (n[g] + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
-            else if (n[g] > 0) list[ngemv++] = g;
+            if (n[g] > MXM_CUDA_SKINNY_MAX) tile += (n[g] + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+            else if (n[g] > 0) list[nskinny++] = g;
             if (!shared) row += n[g];
         }
-        totals[0] = tile, totals[1] = ngemv;
+        totals[0] = tile, totals[1] = nskinny;
     }
     __syncthreads();
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x) {
@@ -37,8 +37,8 @@ __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
         G.rows = n[g], G.row0 = row0[g], G.tile0 = tile0[g];
         cursor[g] = row0[g];
     }
-    for (int i = threadIdx.x; i < totals[1]; i += blockDim.x) a.gemv_list[i] = list[i];
-    if (threadIdx.x == 0) a.counts[0] = totals[0], a.counts[1] = totals[1]; // MMA tiles, GEMV groups
+    for (int i = threadIdx.x; i < totals[1]; i += blockDim.x) a.skinny_list[i] = list[i];
+    if (threadIdx.x == 0) a.counts[0] = totals[0], a.counts[1] = totals[1]; // MMA tiles, skinny groups
 }
 
 __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
