@@ -6,7 +6,9 @@
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix. The vLLM Triton
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 #   scripts/gpu-check.sh [all|test|bench|profile|wgmma]
-#   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists.
+#   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
+#   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
+#   an existing build-gpu.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -32,7 +34,7 @@ fi
 if [ "$what" = all ] || [ "$what" = test ]; then
   build-gpu/test_cuda >"$OUT/tests.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"
   grep -E "FAIL|PASSED|FAILED|passed|failed" "$OUT/tests.log" | head -20
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${SANITIZERS-memcheck racecheck synccheck}; do
     echo "== compute-sanitizer --tool $tool (MXM_TEST_QUICK=1) ==" >>"$OUT/sanitizer.log"
     MXM_TEST_QUICK=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/test_cuda >>"$OUT/sanitizer.log" 2>&1; r=$?
     echo "$tool rc=$r"; tail -1 "$OUT/sanitizer.log"; rc=$((rc | r))
@@ -47,7 +49,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   # With routing from logits included.
   build-gpu/mxmoe bench --backend cuda --shapes "$SHAPES" --tokens 1,64,4096 --routing uniform --reps 10 \
     --json "$OUT/moe_cuda_routed.json" >>"$OUT/bench_cuda.txt" 2>&1
-  if [ -f .peers/vllm_triton/run_peer.py ]; then
+  if [ -f .peers/vllm_triton/run_peer.py ] && [ "${PEER:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout 300 python3 .peers/vllm_triton/run_peer.py --config-device auto --tokens "$TOKENS" \
       --json "$OUT/vllm_peer.json" >"$OUT/vllm_peer.txt" 2>&1; echo "vllm peer rc=$?"
   fi
