@@ -18,6 +18,24 @@ mxm_status mxm_cuda_route(const mxm_cuda_args &a, const mxm_route_params &rp, co
                           cudaStream_t s);
 // a.ids -> counts, group rows/offsets/tiles, a.pos, a.row_token.
 mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_t s);
+
+// Decode steps (T <= MXM_CUDA_PROLOGUE_MAX_T): activation quantization, routing (logits != NULL;
+// else a.ids / a.wts are given) and the permutation in one launch.
+#define MXM_CUDA_PROLOGUE_MAX_T 256
+struct mxm_cuda_prologue_in {
+    const void *x;
+    int32_t x_dtype;
+    const void *x_scale;
+    int32_t x_scale_transposed;
+    const void *logits; // [T, E] or NULL
+    int32_t logits_dtype;
+    const void *bias;
+    int32_t bias_dtype;
+    mxm_route_params rp;
+    char *route_scratch; // [T, route_stride]
+    int64_t route_stride;
+};
+mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s);
 // Groups with 1..MXM_CUDA_SKINNY_MAX rows: GEMM1 + activation + requantization, then GEMM2.
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s);
 mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s);

@@ -1,6 +1,8 @@
 // The CUDA backend: plan (device workspace layout) and forward (the launch sequence).
-//   prepare x -> route (or caller ids) -> permute -> SKINNY1 | MMA1 [-> requant] -> SKINNY2 | MMA2
-//   -> combine
+//   decode: prologue (prepare x + route + permute, one launch) -> SKINNY1 [| MMA1] [-> requant]
+//           -> SKINNY2 [| MMA2] -> combine
+//   prefill: prepare x -> route (or caller ids) -> permute -> SKINNY1 | MMA1 [-> requant] -> SKINNY2 | MMA2
+//           -> combine
 // Every launch is on the caller's stream; nothing synchronizes with the host, so a forward can
 // be captured into a CUDA graph. Supported: MXFP8 and DeepSeek FP8 (128x128) weights, their
 // activation quantization or none (weight-only), both profiles, every activation and layout,
@@ -155,26 +157,37 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
         cs->uploaded = 1;
     }
 
-    mxm_status st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, in->x_scale_transposed, s);
-    if (st) return st;
-    if (in->router_logits) {
-        st = mxm_cuda_route(a, p->route, in->router_logits, in->logits_dtype, in->routing_bias, in->bias_dtype,
-                            base + l.route, s);
+    // Caller-given routing is read in place (kernels only read a.ids / a.wts).
+    if (!in->router_logits) a.ids = (int32_t *)in->topk_ids, a.wts = (float *)in->topk_weights;
+    mxm_status st;
+    if (T <= MXM_CUDA_PROLOGUE_MAX_T) {
+        mxm_cuda_prologue_in pin;
+        memset(&pin, 0, sizeof pin);
+        pin.x = in->x, pin.x_dtype = in->x_dtype, pin.x_scale = in->x_scale;
+        pin.x_scale_transposed = in->x_scale_transposed;
+        pin.logits = in->router_logits, pin.logits_dtype = in->logits_dtype;
+        pin.bias = in->routing_bias, pin.bias_dtype = in->bias_dtype;
+        pin.rp = p->route, pin.route_scratch = base + l.route, pin.route_stride = p->ws.route_scratch_bytes;
+        if ((st = mxm_cuda_prologue(a, pin, s))) return st;
     } else {
-        MXM_CUDA_TRY(cudaMemcpyAsync(a.ids, in->topk_ids, sizeof(int32_t) * T * K, cudaMemcpyDeviceToDevice, s));
-        MXM_CUDA_TRY(cudaMemcpyAsync(a.wts, in->topk_weights, sizeof(float) * T * K, cudaMemcpyDeviceToDevice, s));
+        if ((st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, in->x_scale_transposed, s))) return st;
+        if (in->router_logits &&
+            (st = mxm_cuda_route(a, p->route, in->router_logits, in->logits_dtype, in->routing_bias, in->bias_dtype,
+                                 base + l.route, s)))
+            return st;
+        if ((st = mxm_cuda_permute(a, cursor, s))) return st;
     }
-    if (st) return st;
     if (out->topk_ids)
         MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_ids, a.ids, sizeof(int32_t) * T * K, cudaMemcpyDeviceToDevice, s));
     if (out->topk_weights)
         MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_weights, a.wts, sizeof(float) * T * K, cudaMemcpyDeviceToDevice, s));
-    if ((st = mxm_cuda_permute(a, cursor, s))) return st;
     // Upper bound of MMA tiles: every group's rows rounded up to whole tiles.
     const int64_t rows = T * K + (a.groups > p->e_loc ? T : 0);
     // A tile group has more than SKINNY_MAX rows, so at most rows / (SKINNY_MAX + 1) groups use tiles.
     const int64_t tile_groups = rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
-    const int32_t max_tiles = (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1);
+    // No group can exceed the skinny limit when every row of the step fits under it: no MMA launch.
+    const bool tiles = (int64_t)T * K > MXM_CUDA_SKINNY_MAX || (a.groups > p->e_loc && T > MXM_CUDA_SKINNY_MAX);
+    const int32_t max_tiles = tiles ? (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1) : 0;
     if ((st = mxm_cuda_skinny1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_requant_fp8block(a, s)) ||
         (st = mxm_cuda_skinny2(a, s)) || (st = mxm_cuda_mma2(a, max_tiles, s)))
         return st;

@@ -2,48 +2,70 @@
 // Counts use atomics; the order of rows inside a group may vary between runs, but every row's
 // result depends only on its own token, and the combine sums in (t, k) order, so outputs are
 // bit-identical run to run.
+//
+// Two ways there:
+//  - decode (T <= MXM_CUDA_PROLOGUE_MAX_T): one launch. Block 0 routes (one thread per token),
+//    counts, scans and scatters in shared memory; the other blocks quantize the activations.
+//  - prefill: prepare_x, route and three kernels here (count, offsets, scatter), each wide.
 #include "cuda/kernels.cuh"
+#include "cuda/prepare.cuh"
+#include "route/route_core.h"
 
-__global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= (int64_t)a.T * a.K) return;
-    const int32_t e = a.ids[i] - a.off;
-    if (e >= 0 && e < a.e_loc) atomicAdd(&cursor[e], 1);
-}
+#define PROLOGUE_THREADS 256
 
-// Prefix sums over groups (E_loc + 1 of them): counts are staged in shared memory, one thread
-// scans there (no dependent global loads), then the whole block writes the results.
-__global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
-    extern __shared__ int32_t sh[]; // n, row0, tile0, skinny list: 4 x groups
-    int32_t *n = sh, *row0 = sh + a.groups, *tile0 = sh + 2 * a.groups, *list = sh + 3 * a.groups;
-    __shared__ int32_t totals[2];
-    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
+// Exclusive prefix sums over the groups by one block, of three counters at once: routed rows
+// (first permuted row), MMA tiles (groups over MXM_CUDA_SKINNY_MAX rows), skinny groups (list
+// slots). Writes the group table's rows/row0/tile0, the skinny list, a.counts, and cursor[g] =
+// first row of g for the scatter. n: rows per group (shared or global memory).
+__device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, int32_t *cursor) {
+    __shared__ int3 warp_tot[32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32, nwarps = (blockDim.x + 31) / 32;
+    const int per = (a.groups + blockDim.x - 1) / blockDim.x;
+    const int g0 = min(tid * per, a.groups), g1 = min(g0 + per, a.groups);
+    int3 loc = make_int3(0, 0, 0);
+    for (int g = g0; g < g1; g++) {
+        const int ng = n[g];
+        loc.x += g == a.e_loc ? 0 : ng;
+        loc.y += ng > MXM_CUDA_SKINNY_MAX ? (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM : 0;
+        loc.z += ng > 0 && ng <= MXM_CUDA_SKINNY_MAX;
+    }
+    int3 inc = loc;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int x = __shfl_up_sync(0xFFFFFFFFu, inc.x, o), y = __shfl_up_sync(0xFFFFFFFFu, inc.y, o),
+                  z = __shfl_up_sync(0xFFFFFFFFu, inc.z, o);
+        if (lane >= o) inc.x += x, inc.y += y, inc.z += z;
+    }
+    if (lane == 31) warp_tot[warp] = inc;
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int32_t row = 0, tile = 0, nskinny = 0;
-        for (int g = 0; g < a.groups; g++) {
-            const bool shared = g == a.e_loc;
-            row0[g] = shared ? a.T * a.K : row;
-            tile0[g] = tile;
-            if (n[g] > MXM_CUDA_SKINNY_MAX) tile += (n[g] + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
-            else if (n[g] > 0) list[nskinny++] = g;
-            if (!shared) row += n[g];
+    if (warp == 0) {
+        int3 v = lane < nwarps ? warp_tot[lane] : make_int3(0, 0, 0), w = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int x = __shfl_up_sync(0xFFFFFFFFu, w.x, o), y = __shfl_up_sync(0xFFFFFFFFu, w.y, o),
+                      z = __shfl_up_sync(0xFFFFFFFFu, w.z, o);
+            if (lane >= o) w.x += x, w.y += y, w.z += z;
         }
-        totals[0] = tile, totals[1] = nskinny;
+        if (lane < nwarps) warp_tot[lane] = make_int3(w.x - v.x, w.y - v.y, w.z - v.z); // exclusive
     }
     __syncthreads();
-    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) {
+    int3 pre = warp_tot[warp];
+    pre.x += inc.x - loc.x, pre.y += inc.y - loc.y, pre.z += inc.z - loc.z;
+    for (int g = g0; g < g1; g++) {
+        const int ng = n[g];
+        const bool shared = g == a.e_loc;
         mxm_cuda_group &G = a.group[g];
-        G.rows = n[g], G.row0 = row0[g], G.tile0 = tile0[g];
-        cursor[g] = row0[g];
+        G.rows = ng, G.row0 = shared ? a.T * a.K : pre.x, G.tile0 = pre.y;
+        cursor[g] = G.row0;
+        if (!shared) pre.x += ng;
+        if (ng > MXM_CUDA_SKINNY_MAX) pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+        else if (ng > 0) a.skinny_list[pre.z++] = g;
     }
-    for (int i = threadIdx.x; i < totals[1]; i += blockDim.x) a.skinny_list[i] = list[i];
-    if (threadIdx.x == 0) a.counts[0] = totals[0], a.counts[1] = totals[1]; // MMA tiles, skinny groups
+    if (g1 == a.groups && g0 < g1) a.counts[0] = pre.y, a.counts[1] = pre.z; // MMA tiles, skinny groups
 }
 
-__global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
-    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (i >= (int64_t)a.T * a.K) return;
+// Pair i of the (t, k) list to its permuted row (cursor: next free row of each group).
+__device__ __forceinline__ void scatter_pair(const mxm_cuda_args &a, int64_t i, int32_t *cursor) {
     const int32_t t = (int32_t)(i / a.K), e = a.ids[i] - a.off;
     if (e >= 0 && e < a.e_loc) {
         const int32_t r = atomicAdd(&cursor[e], 1);
@@ -55,13 +77,32 @@ __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
     if (a.groups > a.e_loc && i % a.K == 0) a.row_token[a.T * a.K + t] = t;
 }
 
+__global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i >= (int64_t)a.T * a.K) return;
+    const int32_t e = a.ids[i] - a.off;
+    if (e >= 0 && e < a.e_loc) atomicAdd(&cursor[e], 1);
+}
+
+__global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
+    extern __shared__ int32_t n[]; // [groups]
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
+    __syncthreads();
+    group_offsets_block(a, n, cursor);
+}
+
+__global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
+    const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (i < (int64_t)a.T * a.K) scatter_pair(a, i, cursor);
+}
+
 mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_t s) {
     const int64_t n = (int64_t)a.T * a.K;
     const int blocks = (int)((n + 255) / 256);
     MXM_CUDA_TRY(cudaMemsetAsync(cursor, 0, sizeof(int32_t) * (a.groups + 1), s));
     count_kernel<<<blocks, 256, 0, s>>>(a, cursor);
     MXM_CUDA_LAUNCHED();
-    const size_t smem = sizeof(int32_t) * 4 * (size_t)a.groups;
+    const size_t smem = sizeof(int32_t) * (size_t)a.groups;
     if (smem > 48 * 1024) {
         static size_t raised = 0;
         if (smem > raised) {
@@ -72,6 +113,53 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
     offsets_kernel<<<1, 1024, smem, s>>>(a, cursor);
     MXM_CUDA_LAUNCHED();
     scatter_kernel<<<blocks, 256, 0, s>>>(a, cursor);
+    MXM_CUDA_LAUNCHED();
+    return MXM_OK;
+}
+
+// ---- the decode prologue ---------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_args a, mxm_cuda_prologue_in in) {
+    if (blockIdx.x > 0) { // activations
+        if (a.blk)
+            mxm_prepare_x_fp8block(a, (int64_t)(blockIdx.x - 1) * (PROLOGUE_THREADS / 32) + threadIdx.x / 32, in.x,
+                                   in.x_dtype, (const float *)in.x_scale, in.x_scale_transposed);
+        else
+            mxm_prepare_x_row(a, blockIdx.x - 1, in.x, in.x_dtype, (const uint8_t *)in.x_scale);
+        return;
+    }
+    extern __shared__ int32_t sh[]; // n, cursor: 2 x groups
+    int32_t *n = sh, *cursor = sh + a.groups;
+    if (in.logits)
+        for (int64_t t = threadIdx.x; t < a.T; t += blockDim.x)
+            mxm_route_token(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t, a.ids, a.wts,
+                            in.route_scratch + t * in.route_stride);
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : 0;
+    __syncthreads(); // the routing's ids (global, this block) and the zeroed counts
+    for (int64_t i = threadIdx.x; i < (int64_t)a.T * a.K; i += blockDim.x) {
+        const int32_t e = a.ids[i] - a.off;
+        if (e >= 0 && e < a.e_loc) atomicAdd(&n[e], 1);
+    }
+    __syncthreads();
+    group_offsets_block(a, n, cursor);
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < (int64_t)a.T * a.K; i += blockDim.x) scatter_pair(a, i, cursor);
+}
+
+extern "C" int64_t mxm_route_device_scratch_bytes(const mxm_route_params *p);
+
+mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s) {
+    const int64_t xblocks =
+        a.blk ? ((int64_t)a.T * a.HB + PROLOGUE_THREADS / 32 - 1) / (PROLOGUE_THREADS / 32) : (int64_t)a.T;
+    const size_t smem = 2 * sizeof(int32_t) * (size_t)a.groups;
+    if (smem > 48 * 1024) {
+        static size_t raised = 0;
+        if (smem > raised) {
+            MXM_CUDA_TRY(cudaFuncSetAttribute(prologue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            raised = smem;
+        }
+    }
+    prologue_kernel<<<(unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s>>>(a, in);
     MXM_CUDA_LAUNCHED();
     return MXM_OK;
 }

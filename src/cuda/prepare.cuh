@@ -1,0 +1,83 @@
+// Activation quantization bodies shared by the prepare_x kernels (quantize.cu) and the fused
+// decode prologue (permute.cu): the input rows as the GEMMs see them.
+//  - MXFP8 (and weight-only): bf16 values (exact for MXFP8: an E4M3 value times a power of two).
+//  - DeepSeek FP8 W8A8: 1x128 blocks, s = max(amax / 448, FLT_MIN), code = E4M3(v / s); the
+//    GEMMs see the codes' values (exact in bf16) and apply s per 128-block of K.
+#ifndef MXM_CUDA_PREPARE_CUH
+#define MXM_CUDA_PREPARE_CUH
+
+#include "cuda/mx_device.cuh"
+
+#define MXM_PREP_WARPS 8 // warps per block of the DeepSeek FP8 preparation
+
+// Row t of x, by the whole block (blockDim a multiple of 32; H a multiple of 32, so a warp holds
+// exactly one MX block).
+__device__ __forceinline__ void mxm_prepare_x_row(const mxm_cuda_args &a, int64_t t, const void *x, int32_t x_dtype,
+                                                  const uint8_t *x_scale) {
+    for (int64_t c = threadIdx.x; c < a.H; c += blockDim.x) {
+        const int64_t i = t * a.H + c;
+        float v;
+        if (x_dtype == MXM_DT_F32) v = ((const float *)x)[i];
+        else if (x_dtype == MXM_DT_BF16) v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
+        else v = mxm_e4m3_decode(((const uint8_t *)x)[i]) * mxm_e8m0_decode(x_scale[i / 32]);
+        if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
+        a.xq[i] = __float2bfloat16_rn(v);
+    }
+}
+
+// One warp quantizes one 1x128 block of n (<= 128) values, v[i] at column 32 i + lane: stores
+// the codes' values (bf16) at dst[32 i + lane] and returns the scale.
+__device__ __forceinline__ float mxm_warp_fp8block_quant(const float (&v)[4], int n, __nv_bfloat16 *dst) {
+    const int lane = threadIdx.x & 31;
+    float amax = 0.0f;
+    bool nan = false;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        if (32 * i + lane < n) nan |= v[i] != v[i], amax = fmaxf(amax, fabsf(v[i]));
+    nan = __any_sync(0xFFFFFFFFu, nan);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, o));
+    const float s = mxm_fp8block_scale(nan ? __int_as_float(0x7FC00000) : amax);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        if (32 * i + lane < n) dst[32 * i + lane] = __float2bfloat16_rn(mxm_e4m3_decode(mxm_e4m3_rne_sat(v[i] / s)));
+    return s;
+}
+
+// DeepSeek FP8 inputs: warp unit u = (token, 128-block).
+__device__ __forceinline__ void mxm_prepare_x_fp8block(const mxm_cuda_args &a, int64_t u, const void *x,
+                                                       int32_t x_dtype, const float *x_scale, int32_t transposed) {
+    if (u >= (int64_t)a.T * a.HB) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t t = u / a.HB, b = u % a.HB, c0 = b * 128;
+    const int n = a.H - c0 < 128 ? (int)(a.H - c0) : 128;
+    float v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int64_t idx = t * a.H + c0 + 32 * i + lane;
+        v[i] = 0.0f;
+        if (32 * i + lane >= n) continue;
+        if (x_dtype == MXM_DT_F32) v[i] = ((const float *)x)[idx];
+        else if (x_dtype == MXM_DT_BF16) v[i] = __bfloat162float(((const __nv_bfloat16 *)x)[idx]);
+        else v[i] = mxm_e4m3_decode(((const uint8_t *)x)[idx]); // pre-quantized: the code's value
+    }
+    __nv_bfloat16 *dst = a.xq + t * a.H + c0;
+    if (x_dtype == MXM_DT_E4M3) {
+        // W8A8: the codes' values, scale aside; weight-only: the dequantized values (in bf16).
+        const float s = transposed ? x_scale[b * a.T + t] : x_scale[t * a.HB + b];
+        const bool w8a8 = a.act_quant == MXM_ACT_QUANT_MXFP8;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (32 * i + lane < n) dst[32 * i + lane] = __float2bfloat16_rn(w8a8 ? v[i] : v[i] * s);
+        if (lane == 0 && w8a8) a.xs[t * a.HB + b] = s;
+    } else if (a.act_quant == MXM_ACT_QUANT_MXFP8) {
+        const float s = mxm_warp_fp8block_quant(v, n, dst);
+        if (lane == 0) a.xs[t * a.HB + b] = s;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            if (32 * i + lane < n) dst[32 * i + lane] = __float2bfloat16_rn(v[i]);
+    }
+}
+
+#endif
