@@ -409,6 +409,19 @@ MXM_API int64_t mxm_model_tensor_count(const mxm_model *m);
 MXM_API mxm_status mxm_model_tensor_info(const mxm_model *m, int64_t i, const char **name,
                                          const char **dtype, int32_t *rank, int64_t shape[8]);
 
+/* ModelOpt's exclude list (hf_quant_config.json `exclude_modules`, else config.json
+ * `quantization_config.ignore`): the modules left unquantized, as fnmatch patterns. An entry
+ * holding "\u0000" (ModelOpt 0.47 writes ".\u0000backbone.pt_name_sentinel" after every entry
+ * of Nemotron-H exports) is cut at the "." before it. \u0000 anywhere else in a config file is
+ * MXM_ERR_FORMAT from mxm_model_open. Count (0 without a list), the i-th entry (NULL out of
+ * range), and whether a module name ("lm_head", "model.layers.0.mlp.gate") matches an entry
+ * (1) or not (0), as vLLM and ModelOpt match them (exact name or fnmatch, '*' crossing dots). */
+MXM_API int32_t mxm_model_exclude_count(const mxm_model *m);
+MXM_API const char *mxm_model_exclude(const mxm_model *m, int32_t i);
+MXM_API int32_t mxm_model_module_excluded(const mxm_model *m, const char *module);
+/* A safetensors __metadata__ value of the model's files (the first file that has key), or NULL. */
+MXM_API const char *mxm_model_metadata(const mxm_model *m, const char *key);
+
 /* Index of the tensor called name, or -1. */
 MXM_API int64_t mxm_model_tensor_find(const mxm_model *m, const char *name);
 /* The i-th tensor's bytes (read-only mapping; may be unaligned: copy with memcpy). */

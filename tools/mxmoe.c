@@ -565,6 +565,9 @@ static int cmd_inspect(int argc, char **argv) {
     } else {
         printf("family: unknown (no config.json or a model type mxmoe does not know)\n");
     }
+    for (int32_t i = 0; i < mxm_model_exclude_count(m); i++)
+        printf("%s%s", i ? ", " : "not quantized (exclude_modules): ", mxm_model_exclude(m, i));
+    if (mxm_model_exclude_count(m)) printf("\n");
     if (nl > 0) {
         mxm_layer *l;
         if ((st = mxm_layer_load(m, mxm_model_moe_layer(m, 0), NULL, &l))) {
