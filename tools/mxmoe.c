@@ -612,21 +612,28 @@ static int32_t progress_bar(int64_t done, int64_t total, const char *what, void 
 }
 
 static int cmd_quantize(int argc, char **argv) {
-    static const char help[] = "usage: mxmoe quantize IN_DIR OUT_DIR [--scale-rule rceil|floor] [--threads N]\n"
-                               "Quantizes a BF16 Hugging Face checkpoint into the ModelOpt MXFP8 layout.\n";
-    int32_t rule = MXM_SCALE_RCEIL;
+    static const char help[] =
+        "usage: mxmoe quantize IN_DIR OUT_DIR [--experts-only] [--scale-rule rceil|floor] [--threads N]\n"
+        "Quantizes a BF16 Hugging Face checkpoint into the ModelOpt MXFP8 layout. By default the same\n"
+        "Linears as ModelOpt's MXFP8 default (all but lm_head, embeddings, routers and Mamba's conv1d), with\n"
+        "ModelOpt's exclude list and tensor order: on the tests/data fixtures, byte for byte ModelOpt 0.47's export.\n"
+        "  --experts-only           quantize only the routed and shared experts (the tests/data *_mxfp8 layout)\n";
+    mxm_quantize_options qo;
+    mxm_quantize_options_default(&qo);
     int64_t threads = 0;
     struct option lo[] = {{"scale-rule", required_argument, 0, 's'}, {"threads", required_argument, 0, 't'},
-                          {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
+                          {"experts-only", no_argument, 0, 'e'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         if (c == 's') {
-            if (!strcmp(optarg, "rceil")) rule = MXM_SCALE_RCEIL;
-            else if (!strcmp(optarg, "floor")) rule = MXM_SCALE_FLOOR;
+            if (!strcmp(optarg, "rceil")) qo.scale_rule = MXM_SCALE_RCEIL;
+            else if (!strcmp(optarg, "floor")) qo.scale_rule = MXM_SCALE_FLOOR;
             else return die("--scale-rule: '%s'; supported: rceil, floor", optarg);
         } else if (c == 't') {
             if (parse_int(optarg, "--threads", 1, 4096, &threads)) return 1;
+        } else if (c == 'e') {
+            qo.scope = MXM_QUANTIZE_EXPERTS;
         } else if (c == 'h') {
             return printf("%s", help), 0;
         } else {
@@ -634,7 +641,8 @@ static int cmd_quantize(int argc, char **argv) {
         }
     }
     if (optind != argc - 2) return die("quantize: give IN_DIR and OUT_DIR (see --help)");
-    const int st = mxm_checkpoint_quantize(argv[optind], argv[optind + 1], rule, (int32_t)threads, progress_bar, NULL);
+    qo.num_threads = (int32_t)threads;
+    const int st = mxm_checkpoint_quantize_ex(argv[optind], argv[optind + 1], &qo, progress_bar, NULL);
     if (st) return die_status(st, "quantize");
     fprintf(stderr, "wrote %s\n", argv[optind + 1]);
     return 0;
