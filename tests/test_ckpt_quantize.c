@@ -118,7 +118,8 @@ static int files_equal(const char *a, const char *b) {
 /* Where a quantized checkpoint's JSON holds "producer": hf_quant_config.json's root, config.json's
  * quantization_config (NULL for other files). */
 static json_t *producer_holder(json_t *root) {
-    return json_object_get(root, "quantization") ? root : json_object_get(root, "quantization_config");
+    return json_object_get(root, "quantization") ? root
+                                                 : json_object_get(root, "quantization_config");
 }
 
 /* mxmoe's output must name mxmoe as its producer; the entry is then removed. */
@@ -282,7 +283,9 @@ static json_t *modelopt_clean_list(const json_t *l) {
         size_t n = strlen(v);
         if (n < json_string_length(e)) {
             assert_true(n > 0 && v[n - 1] == '.');
-            assert_string_equal(v + n + 1, strncmp(v, "backbone.", 9) && strcmp(v, "lm_head.") ? "" : "backbone.pt_name_sentinel");
+            assert_string_equal(v + n + 1, strncmp(v, "backbone.", 9) && strcmp(v, "lm_head.")
+                                               ? ""
+                                               : "backbone.pt_name_sentinel");
             n--;
         }
         json_array_append_new(o, json_stringn(v, n));
@@ -302,7 +305,8 @@ static void assert_same_keys(const json_t *x, const json_t *y) {
 
 static void assert_json_equal(const json_t *x, const json_t *y, const char *what) {
     if (!json_equal(x, y)) {
-        char *a = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY), *b = json_dumps(y, JSON_COMPACT | JSON_ENCODE_ANY);
+        char *a = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY),
+             *b = json_dumps(y, JSON_COMPACT | JSON_ENCODE_ANY);
         print_error("%s differs:\n  mxmoe:    %s\n  ModelOpt: %s\n", what, a, b);
         free(a);
         free(b);
@@ -331,13 +335,16 @@ static void check_modelopt_export(const char *name) {
     int64_t nq = 0;
     for (int64_t i = 0; i < mxm_st_count(fe); i++) {
         const mxm_st_tensor *a = mxm_st_at(fo, i), *b = mxm_st_at(fe, i);
-        if (strcmp(a->name, b->name) != 0) print_error("data order: #%lld is %s, ModelOpt has %s\n", (long long)i, a->name, b->name);
+        if (strcmp(a->name, b->name) != 0)
+            print_error("data order: #%lld is %s, ModelOpt has %s\n", (long long)i, a->name,
+                        b->name);
         assert_string_equal(a->name, b->name);
         assert_string_equal(a->dtype_str, b->dtype_str);
         assert_int_equal(a->rank, b->rank);
         assert_memory_equal(a->shape, b->shape, sizeof a->shape);
         assert_int_equal(a->nbytes, b->nbytes);
-        if (memcmp(a->data, b->data, (size_t)a->nbytes) != 0) print_error("%s: bytes differ\n", a->name);
+        if (memcmp(a->data, b->data, (size_t)a->nbytes) != 0)
+            print_error("%s: bytes differ\n", a->name);
         assert_memory_equal(a->data, b->data, (size_t)a->nbytes);
         assert_int_equal(a->offset, b->offset);
         nq += b->dtype == MXM_DT_E4M3;
@@ -346,21 +353,26 @@ static void check_modelopt_export(const char *name) {
     assert_int_equal(mxm_st_metadata_count(fo), mxm_st_metadata_count(fe));
     assert_int_equal(mxm_st_header_size(fo), mxm_st_header_size(fe));
     print_message("%s: %lld tensors (%lld quantized) equal ModelOpt's export in data order; "
-                  "the whole model.safetensors is %s\n", name, (long long)mxm_st_count(fe), (long long)nq,
-                  files_equal(pj(out, "model.safetensors"), pj(ex, "model.safetensors")) ? "byte-identical" : "NOT identical");
+                  "the whole model.safetensors is %s\n",
+                  name, (long long)mxm_st_count(fe), (long long)nq,
+                  files_equal(pj(out, "model.safetensors"), pj(ex, "model.safetensors"))
+                      ? "byte-identical"
+                      : "NOT identical");
     assert_true(files_equal(pj(out, "model.safetensors"), pj(ex, "model.safetensors")));
     mxm_st_close(fo);
     mxm_st_close(fe);
 
     /* hf_quant_config.json: the same keys in the same order, the same values but the producer */
-    json_t *x = load_json_nul(pj(out, "hf_quant_config.json")), *y = load_json_nul(pj(ex, "hf_quant_config.json"));
+    json_t *x = load_json_nul(pj(out, "hf_quant_config.json")),
+           *y = load_json_nul(pj(ex, "hf_quant_config.json"));
     assert_same_keys(x, y);
     json_t *qx = json_object_get(x, "quantization"), *qy = json_object_get(y, "quantization");
     assert_same_keys(qx, qy);
     json_t *clean = modelopt_clean_list(json_object_get(qy, "exclude_modules"));
     assert_json_equal(json_object_get(qx, "exclude_modules"), clean, "exclude_modules");
     json_object_set(qy, "exclude_modules", clean);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(y, "producer"), "name")), "modelopt");
+    assert_string_equal(json_string_value(json_object_get(json_object_get(y, "producer"), "name")),
+                        "modelopt");
     check_and_drop_producer(x);
     json_object_del(y, "producer");
     assert_json_equal(x, y, "hf_quant_config.json");
@@ -374,7 +386,8 @@ static void check_modelopt_export(const char *name) {
     qx = json_object_get(x, "quantization_config"), qy = json_object_get(y, "quantization_config");
     assert_same_keys(qx, qy);
     void *last = json_object_iter(x);
-    while (json_object_iter_next(x, last)) last = json_object_iter_next(x, last);
+    while (json_object_iter_next(x, last))
+        last = json_object_iter_next(x, last);
     assert_string_equal(json_object_iter_key(last), "quantization_config");
     assert_json_equal(json_object_get(qx, "ignore"), clean, "quantization_config.ignore");
     json_object_set(qy, "ignore", clean);
@@ -489,12 +502,13 @@ static void test_modelopt_hybrid(void **state) {
             data[i] = f;
         } else {
             uint16_t *b = tu_alloc((size_t)numel * 2);
-            for (int64_t k = 0; k < numel; k++) b[k] = mxm_bf16_from_f32(f[k]);
+            for (int64_t k = 0; k < numel; k++)
+                b[k] = mxm_bf16_from_f32(f[k]);
             free(f);
             data[i] = b;
         }
-        assert_int_equal(mxm_st_writer_add(w, T[i].name, T[i].f32 ? "F32" : "BF16", T[i].rank, shape, data[i],
-                                           numel * (T[i].f32 ? 4 : 2)),
+        assert_int_equal(mxm_st_writer_add(w, T[i].name, T[i].f32 ? "F32" : "BF16", T[i].rank,
+                                           shape, data[i], numel * (T[i].f32 ? 4 : 2)),
                          MXM_OK);
     }
     assert_int_equal(mxm_st_writer_finish(w), MXM_OK);
@@ -512,7 +526,8 @@ static void test_modelopt_hybrid(void **state) {
         snprintf(sname, sizeof sname, "%s_scale", T[i].name);
         const mxm_st_tensor *ts = mxm_st_find(f, sname);
         if (!T[i].quantized) {
-            if (ts || strcmp(t->dtype_str, T[i].f32 ? "F32" : "BF16")) print_error("%s was quantized\n", T[i].name);
+            if (ts || strcmp(t->dtype_str, T[i].f32 ? "F32" : "BF16"))
+                print_error("%s was quantized\n", T[i].name);
             assert_null(ts);
             assert_string_equal(t->dtype_str, T[i].f32 ? "F32" : "BF16");
             assert_memory_equal(t->data, data[i], (size_t)t->nbytes);
@@ -525,8 +540,8 @@ static void test_modelopt_hybrid(void **state) {
         assert_string_equal(ts->dtype_str, "U8");
         const int64_t n = T[i].n, k = T[i].k;
         uint8_t *q = tu_alloc((size_t)(n * k)), *sc = tu_alloc((size_t)(n * k / 32));
-        assert_int_equal(mxm_mxfp8_quantize(data[i], T[i].f32 ? MXM_DT_F32 : MXM_DT_BF16, n, k, 0, q, sc,
-                                            MXM_SCALE_RCEIL, 1),
+        assert_int_equal(mxm_mxfp8_quantize(data[i], T[i].f32 ? MXM_DT_F32 : MXM_DT_BF16, n, k, 0,
+                                            q, sc, MXM_SCALE_RCEIL, 1),
                          MXM_OK);
         assert_memory_equal(q, t->data, (size_t)(n * k));
         assert_memory_equal(sc, ts->data, (size_t)(n * k / 32));
@@ -541,7 +556,8 @@ static void test_modelopt_hybrid(void **state) {
     for (int64_t i = 0; i < mxm_st_count(f); i++) {
         const mxm_st_tensor *t = mxm_st_at(f, i);
         int g = group;
-        while (g < 4 && strcmp(order[g], t->dtype_str)) g++;
+        while (g < 4 && strcmp(order[g], t->dtype_str))
+            g++;
         assert_true(g < 4); /* same group or a later one */
         if (g != group) prev = "";
         assert_true(strcmp(prev, t->name) < 0);
@@ -549,13 +565,16 @@ static void test_modelopt_hybrid(void **state) {
     }
     mxm_st_close(f);
     json_t *h = load_json_nul(pj(out, "hf_quant_config.json"));
-    json_t *want = json_pack("[s, s, s, s, s, s, s]", "lm_head", "backbone.embeddings", "backbone.layers.0.mixer.conv1d",
-                             "backbone.layers.1.*", "backbone.layers.10.mixer.conv1d", "backbone.layers.2.mixer.gate",
+    json_t *want = json_pack("[s, s, s, s, s, s, s]", "lm_head", "backbone.embeddings",
+                             "backbone.layers.0.mixer.conv1d", "backbone.layers.1.*",
+                             "backbone.layers.10.mixer.conv1d", "backbone.layers.2.mixer.gate",
                              "backbone.vision_tower*");
-    assert_json_equal(json_object_get(json_object_get(h, "quantization"), "exclude_modules"), want, "exclude_modules");
+    assert_json_equal(json_object_get(json_object_get(h, "quantization"), "exclude_modules"), want,
+                      "exclude_modules");
     json_decref(want);
     json_decref(h);
-    for (int i = 0; i < NT; i++) free(data[i]);
+    for (int i = 0; i < NT; i++)
+        free(data[i]);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1041,12 +1060,18 @@ static void test_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_modelopt_nemotron_h), cmocka_unit_test(test_modelopt_qwen3_moe),
-        cmocka_unit_test(test_modelopt_deepseek_v3), cmocka_unit_test(test_modelopt_hybrid),
-        cmocka_unit_test(test_nemotron_h),      cmocka_unit_test(test_qwen3_moe),
-        cmocka_unit_test(test_deepseek_v3),     cmocka_unit_test(test_floor),
-        cmocka_unit_test(test_sharded),         cmocka_unit_test(test_other_dtypes_and_names),
-        cmocka_unit_test(test_unaligned_input), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_modelopt_nemotron_h),
+        cmocka_unit_test(test_modelopt_qwen3_moe),
+        cmocka_unit_test(test_modelopt_deepseek_v3),
+        cmocka_unit_test(test_modelopt_hybrid),
+        cmocka_unit_test(test_nemotron_h),
+        cmocka_unit_test(test_qwen3_moe),
+        cmocka_unit_test(test_deepseek_v3),
+        cmocka_unit_test(test_floor),
+        cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_other_dtypes_and_names),
+        cmocka_unit_test(test_unaligned_input),
+        cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -275,11 +275,11 @@ typedef struct cq_job {
     size_t nshards;
     cq_excl_list excl;
     int64_t nquant;
-    int32_t scope;           /* MXM_QUANTIZE_MODELOPT or MXM_QUANTIZE_EXPERTS */
-    int nemotron;            /* model_type nemotron_h (exclude-list order, see cq_modelopt_key) */
-    const char **names;      /* every tensor name, sorted (router detection) */
+    int32_t scope;      /* MXM_QUANTIZE_MODELOPT or MXM_QUANTIZE_EXPERTS */
+    int nemotron;       /* model_type nemotron_h (exclude-list order, see cq_modelopt_key) */
+    const char **names; /* every tensor name, sorted (router detection) */
     size_t nnames;
-    const char **qnames;     /* the names of the tensors to quantize, sorted */
+    const char **qnames; /* the names of the tensors to quantize, sorted */
     size_t nqnames;
 
     /* temporaries written so far, renamed at the end: tmp[i] -> fin[i] */
@@ -550,24 +550,35 @@ static int cq_cmp_cstr(const void *a, const void *b) {
 
 /* Decided by cq_plan: one of the tensors to quantize (dtype and K checked there). */
 static int cq_should_quantize(const cq_job *j, const mxm_st_tensor *t) {
-    return j->nqnames && bsearch(&t->name, j->qnames, j->nqnames, sizeof *j->qnames, cq_cmp_cstr) != NULL;
+    return j->nqnames &&
+           bsearch(&t->name, j->qnames, j->nqnames, sizeof *j->qnames, cq_cmp_cstr) != NULL;
 }
 
 /* ModelOpt's MXFP8_DEFAULT_CFG (nvidia-modelopt 0.47: configs/ptq/presets/model/mxfp8.yaml)
  * enables the MXFP8 weight quantizer of every quantizable module, then disables it again where
  * "<module>.weight_quantizer" matches one of these fnmatch patterns
  * (configs/ptq/units/default_disabled_quantizers.yaml), and for every nn.Embedding. */
-static const char *const cq_modelopt_disabled[] = {
-    "*block_sparse_moe.gate*", "*linear_attn.conv1d*", "*linear_attn.in_proj_a*",
-    "*linear_attn.in_proj_b*", "*lm_head*",            "*mixer.conv1d*",
-    "*mlp.gate.*",             "*mlp.shared_expert_gate.*", "*output_layer*",
-    "*proj_out.*",             "*router*",             "output.*",
-    "*embed_vision*",          "*vision_tower*",       "*visual*",
-    "*vision_model*",          "*multi_modal_projector*", NULL};
+static const char *const cq_modelopt_disabled[] = {"*block_sparse_moe.gate*",
+                                                   "*linear_attn.conv1d*",
+                                                   "*linear_attn.in_proj_a*",
+                                                   "*linear_attn.in_proj_b*",
+                                                   "*lm_head*",
+                                                   "*mixer.conv1d*",
+                                                   "*mlp.gate.*",
+                                                   "*mlp.shared_expert_gate.*",
+                                                   "*output_layer*",
+                                                   "*proj_out.*",
+                                                   "*router*",
+                                                   "output.*",
+                                                   "*embed_vision*",
+                                                   "*vision_tower*",
+                                                   "*visual*",
+                                                   "*vision_model*",
+                                                   "*multi_modal_projector*",
+                                                   NULL};
 
 /* 1 if some name in sorted[0..n) starts with prefix (plen bytes). */
-static int cq_any_with_prefix(const char *const *sorted, size_t n, const char *prefix,
-                              size_t plen);
+static int cq_any_with_prefix(const char *const *sorted, size_t n, const char *prefix, size_t plen);
 
 /* The module of a ".weight" tensor that ModelOpt gives a weight quantizer (a Linear when rank 2,
  * a convolution when rank 3 or more; rank-1 weights are norms): 1 and its length in *mlen. */
@@ -749,7 +760,8 @@ static mxm_status cq_modelopt_exclude(cq_job *j, const char *const *qm, size_t n
  * list. Nothing is written before this has passed. */
 static mxm_status cq_plan(cq_job *j) {
     int64_t total = 0, nq = 0, ntensors = 0;
-    for (size_t s = 0; s < j->nshards; s++) ntensors += mxm_st_count(j->shards[s].file);
+    for (size_t s = 0; s < j->nshards; s++)
+        ntensors += mxm_st_count(j->shards[s].file);
     j->names = malloc((size_t)(ntensors + 1) * sizeof *j->names);
     j->qnames = malloc((size_t)(ntensors + 1) * sizeof *j->qnames);
     if (!j->names || !j->qnames) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
@@ -783,18 +795,21 @@ static mxm_status cq_plan(cq_job *j) {
                                    "32, so it cannot be stored as MXFP8%s",
                                 mxm_st_path(f), t->name, (long long)t->shape[0],
                                 (long long)t->shape[1], (long long)t->shape[1],
-                                j->scope == MXM_QUANTIZE_EXPERTS ? "" : " (experts only: MXM_QUANTIZE_EXPERTS, --experts-only)");
+                                j->scope == MXM_QUANTIZE_EXPERTS
+                                    ? ""
+                                    : " (experts only: MXM_QUANTIZE_EXPERTS, --experts-only)");
             j->qnames[nsel++] = t->name;
             nq++;
         }
     }
     if (nq == 0)
-        return mxm_fail(MXM_ERR_NOT_FOUND,
-                        PT ": no %s to quantize", j->in_dir,
-                        j->scope == MXM_QUANTIZE_EXPERTS
-                            ? "routed- or shared-expert Linear weights (names with .experts., .shared_experts. "
-                              "or .shared_expert., ending in _proj.weight)"
-                            : "Linear weights (rank-2 \".weight\" tensors other than lm_head, embeddings and routers)");
+        return mxm_fail(
+            MXM_ERR_NOT_FOUND, PT ": no %s to quantize", j->in_dir,
+            j->scope == MXM_QUANTIZE_EXPERTS
+                ? "routed- or shared-expert Linear weights (names with .experts., .shared_experts. "
+                  "or .shared_expert., ending in _proj.weight)"
+                : "Linear weights (rank-2 \".weight\" tensors other than lm_head, embeddings and "
+                  "routers)");
     qsort(j->qnames, nsel, sizeof *j->qnames, cq_cmp_cstr);
     j->nqnames = nsel;
     j->total = total;
@@ -808,12 +823,15 @@ static mxm_status cq_plan(cq_job *j) {
         st = qm ? MXM_OK : mxm_fail(MXM_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < nsel && st == MXM_OK; i++) {
             const size_t l = strlen(j->qnames[i]) - strlen(".weight");
-            if (!(qm[i] = malloc(l + 1))) st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
-            else memcpy(qm[i], j->qnames[i], l), qm[i][l] = '\0';
+            if (!(qm[i] = malloc(l + 1)))
+                st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
+            else
+                memcpy(qm[i], j->qnames[i], l), qm[i][l] = '\0';
         }
         if (st == MXM_OK) qsort(qm, nsel, sizeof *qm, cq_cmp_cstr);
         if (st == MXM_OK) st = cq_modelopt_exclude(j, (const char *const *)qm, nsel);
-        for (size_t i = 0; qm && i < nsel; i++) free(qm[i]);
+        for (size_t i = 0; qm && i < nsel; i++)
+            free(qm[i]);
         free(qm);
     }
     if (st != MXM_OK) return st;
@@ -1013,7 +1031,8 @@ static json_t *cq_ignore_list(const cq_job *j) {
     json_t *a = json_array();
     if (!a) return NULL;
     /* MXM_QUANTIZE_MODELOPT's list holds "lm_head" in its sorted place already */
-    int bad = j->scope == MXM_QUANTIZE_EXPERTS && json_array_append_new(a, json_string("lm_head")) != 0;
+    int bad =
+        j->scope == MXM_QUANTIZE_EXPERTS && json_array_append_new(a, json_string("lm_head")) != 0;
     for (size_t i = 0; i < j->excl.n; i++)
         bad |= json_array_append_new(a, json_string(j->excl.v[i].s)) != 0;
     if (bad) {
@@ -1269,8 +1288,9 @@ void mxm_quantize_options_default(mxm_quantize_options *o) {
     o->scope = MXM_QUANTIZE_MODELOPT;
 }
 
-mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir, const mxm_quantize_options *opts,
-                                      mxm_progress_fn progress, void *user) {
+mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir,
+                                      const mxm_quantize_options *opts, mxm_progress_fn progress,
+                                      void *user) {
     mxm_quantize_options o;
     mxm_quantize_options_default(&o);
     if (opts) o = *opts;
@@ -1287,9 +1307,10 @@ mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir, c
         return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_checkpoint_quantize: num_threads %d < 0",
                         o.num_threads);
     if (o.scope != MXM_QUANTIZE_MODELOPT && o.scope != MXM_QUANTIZE_EXPERTS)
-        return mxm_fail(MXM_ERR_INVALID_ARG,
-                        "mxm_checkpoint_quantize: scope %d unknown; supported: modelopt (0), experts (1)",
-                        o.scope);
+        return mxm_fail(
+            MXM_ERR_INVALID_ARG,
+            "mxm_checkpoint_quantize: scope %d unknown; supported: modelopt (0), experts (1)",
+            o.scope);
     cq_job j;
     memset(&j, 0, sizeof j);
     j.in_dir = in_dir;
