@@ -413,6 +413,19 @@ MXM_API int64_t mxm_model_tensor_count(const mxm_model *m);
 MXM_API mxm_status mxm_model_tensor_info(const mxm_model *m, int64_t i, const char **name,
                                          const char **dtype, int32_t *rank, int64_t shape[8]);
 
+/* ModelOpt's exclude list (hf_quant_config.json `exclude_modules`, else config.json
+ * `quantization_config.ignore`): the modules left unquantized, as fnmatch patterns. An entry
+ * holding "\u0000" (ModelOpt 0.47 writes ".\u0000backbone.pt_name_sentinel" after every entry
+ * of Nemotron-H exports) is cut at the "." before it. \u0000 anywhere else in a config file is
+ * MXM_ERR_FORMAT from mxm_model_open. Count (0 without a list), the i-th entry (NULL out of
+ * range), and whether a module name ("lm_head", "model.layers.0.mlp.gate") matches an entry
+ * (1) or not (0), as vLLM and ModelOpt match them (exact name or fnmatch, '*' crossing dots). */
+MXM_API int32_t mxm_model_exclude_count(const mxm_model *m);
+MXM_API const char *mxm_model_exclude(const mxm_model *m, int32_t i);
+MXM_API int32_t mxm_model_module_excluded(const mxm_model *m, const char *module);
+/* A safetensors __metadata__ value of the model's files (the first file that has key), or NULL. */
+MXM_API const char *mxm_model_metadata(const mxm_model *m, const char *key);
+
 /* Index of the tensor called name, or -1. */
 MXM_API int64_t mxm_model_tensor_find(const mxm_model *m, const char *name);
 /* The i-th tensor's bytes (read-only mapping; may be unaligned: copy with memcpy). */
@@ -465,12 +478,40 @@ MXM_API int64_t mxm_layer_weight_bytes(const mxm_layer *l);
 /* Progress callback for long work: done of total units; return non-zero to cancel. */
 typedef int32_t (*mxm_progress_fn)(int64_t done, int64_t total, const char *what, void *user);
 
-/* Quantizes a BF16/F32 Hugging Face checkpoint folder into a ModelOpt MXFP8 checkpoint in
- * out_dir (created if missing): routed- and shared-expert Linear weights become F8_E4M3
- * `.weight` + U8 `.weight_scale` [N, K/32]; everything else is copied unchanged;
- * hf_quant_config.json and config.json's quantization_config are written; other files are
- * copied. Output files are written to temporaries and renamed, so a failure leaves no
- * half-written file. */
+/* What mxm_checkpoint_quantize quantizes. */
+typedef enum mxm_quantize_scope {
+    /* ModelOpt's MXFP8 default (mtq.MXFP8_DEFAULT_CFG, nvidia-modelopt 0.47): every Linear
+     * weight except lm_head, the embeddings and the MoE routers (and the other modules its
+     * default disables by name, e.g. Mamba's conv1d); attention/MLA projections, Mamba
+     * in_proj/out_proj, dense MLPs and experts included. ModelOpt's exclude list and file order
+     * (by dtype, then by name). On the tests/data fixtures the tensors equal ModelOpt's own
+     * export byte for byte, in the same data order. */
+    MXM_QUANTIZE_MODELOPT = 0,
+    /* Routed- and shared-expert Linear weights only (names with ".experts.", ".shared_experts."
+     * or ".shared_expert." ending in "_proj.weight", or Mixtral's ".w1/.w2/.w3.weight"); the
+     * exclude list lists every other Linear; data by element size, then by name: the layout of
+     * the tests/data *_mxfp8 fixtures. */
+    MXM_QUANTIZE_EXPERTS = 1,
+} mxm_quantize_scope;
+
+typedef struct mxm_quantize_options {
+    int32_t scale_rule;  /* MXM_SCALE_RCEIL (default; ModelOpt's rule) or MXM_SCALE_FLOOR */
+    int32_t num_threads; /* 0 = all */
+    int32_t scope;       /* mxm_quantize_scope; default MXM_QUANTIZE_MODELOPT */
+} mxm_quantize_options;
+MXM_API void mxm_quantize_options_default(mxm_quantize_options *o);
+
+/* Quantizes a BF16/F16/F32 Hugging Face checkpoint folder into a ModelOpt MXFP8 checkpoint in
+ * out_dir (created if missing): each selected Linear weight [N, K] (opts->scope) becomes
+ * F8_E4M3 `.weight` + U8 `.weight_scale` [N, K/32] (K % 32 != 0 is MXM_ERR_SHAPE naming the
+ * tensor); everything else is copied unchanged; hf_quant_config.json and config.json's
+ * quantization_config are written with the exclude list and producer {"name": "mxmoe",
+ * "version": mxm_version()}; other files are copied. Output files are written to temporaries
+ * and renamed, so a failure leaves no half-written file. opts NULL: defaults. */
+MXM_API mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir,
+                                              const mxm_quantize_options *opts,
+                                              mxm_progress_fn progress, void *user);
+/* mxm_checkpoint_quantize_ex with scope MXM_QUANTIZE_MODELOPT. */
 MXM_API mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_dir,
                                            int32_t scale_rule, int32_t num_threads,
                                            mxm_progress_fn progress, void *user);

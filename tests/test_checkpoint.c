@@ -123,6 +123,28 @@ static void test_fixtures(void **state) {
         {"tests/data/nemotron_h_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
         {"tests/data/qwen3_moe_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
         {"tests/data/deepseek_v3_tiny_mxfp8", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0, NULL},
+        /* Real ModelOpt 0.47 exports: their experts are the *_mxfp8 twins' bytes, so the twins'
+         * weight-only references hold to the same bound; W8A8 against them as for the twins. */
+        {"tests/data/nemotron_h_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0,
+         "tests/data/nemotron_h_tiny_mxfp8"},
+        {"tests/data/qwen3_moe_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0,
+         "tests/data/qwen3_moe_tiny_mxfp8"},
+        {"tests/data/deepseek_v3_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 1e-5, 1.0,
+         "tests/data/deepseek_v3_tiny_mxfp8"},
+        {"tests/data/nemotron_h_tiny_modelopt", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0,
+         "tests/data/nemotron_h_tiny_mxfp8"},
+        {"tests/data/qwen3_moe_tiny_modelopt", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0,
+         "tests/data/qwen3_moe_tiny_mxfp8"},
+        {"tests/data/deepseek_v3_tiny_modelopt", MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM, 0, 0.08, 1.0,
+         "tests/data/deepseek_v3_tiny_mxfp8"},
+        /* ... and against the original BF16 model's outputs (what the export's own folder would
+         * ship): weight quantization's own error, measured 4-5%; docs/checkpoints.md. */
+        {"tests/data/nemotron_h_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 0.08, 1.0,
+         "tests/data/nemotron_h_tiny"},
+        {"tests/data/qwen3_moe_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 0.08, 1.0,
+         "tests/data/qwen3_moe_tiny"},
+        {"tests/data/deepseek_v3_tiny_modelopt", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 0, 0.08, 1.0,
+         "tests/data/deepseek_v3_tiny"},
         /* BF16 quantized at load gives the MXFP8 checkpoint's weights: its reference holds. */
         {"tests/data/nemotron_h_tiny", MXM_ACT_QUANT_NONE, MXM_PROFILE_EXACT, 1, 1e-5, 1.0,
          "tests/data/nemotron_h_tiny_mxfp8"},
@@ -231,6 +253,143 @@ static void test_broken_checkpoints(void **state) {
     remove_dir(dir);
 
     assert_int_equal(load_first_layer("/nonexistent/model"), MXM_ERR_NOT_FOUND);
+}
+
+/* ModelOpt exports: the exclude list, with Nemotron-H's "\u0000" entries cut, names exactly the
+ * Linear-shaped (rank-2 ".weight") tensors that are not F8_E4M3, in all three real exports. */
+static void test_modelopt_exclude(void **state) {
+    (void)state;
+    static const char *const dirs[] = {"tests/data/nemotron_h_tiny_modelopt", "tests/data/qwen3_moe_tiny_modelopt",
+                                       "tests/data/deepseek_v3_tiny_modelopt"};
+    static const char *const first[] = {"lm_head", "lm_head", "lm_head"};
+    static const char *const embed[] = {"backbone.embeddings", "model.embed_tokens", "model.embed_tokens"};
+    for (int d = 0; d < 3; d++) {
+        mxm_model *m;
+        assert_int_equal(mxm_model_open(tu_src_path(dirs[d]), &m), MXM_OK);
+        assert_int_equal(mxm_model_weight_format(m), MXM_WFMT_MXFP8);
+        assert_int_equal(mxm_model_exclude_count(m), 3);
+        assert_string_equal(mxm_model_exclude(m, 0), first[d]);
+        assert_string_equal(mxm_model_exclude(m, 1), embed[d]);
+        assert_null(mxm_model_exclude(m, 3));
+        int64_t n_excl = 0, n_quant = 0;
+        for (int64_t i = 0; i < mxm_model_tensor_count(m); i++) {
+            const char *name, *dt;
+            int32_t rank;
+            mxm_model_tensor_info(m, i, &name, &dt, &rank, NULL);
+            const size_t l = strlen(name);
+            if (rank != 2 || l < 8 || strcmp(name + l - 7, ".weight") != 0) continue;
+            char module[256];
+            snprintf(module, sizeof module, "%.*s", (int)(l - 7), name);
+            const int excluded = mxm_model_module_excluded(m, module);
+            if (excluded == !strcmp(dt, "F8_E4M3")) fprintf(stderr, "%s: %s %s excluded=%d\n", dirs[d], name, dt, excluded);
+            assert_int_equal(excluded, strcmp(dt, "F8_E4M3") != 0);
+            n_excl += excluded, n_quant += !excluded;
+        }
+        printf("%s: %lld Linear weights quantized, %lld excluded\n", dirs[d], (long long)n_quant, (long long)n_excl);
+        assert_int_equal(n_excl, 3);
+        mxm_model_close(m);
+    }
+}
+
+static void write_bytes(const char *path, const char *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(p, 1, n, f), n);
+    fclose(f);
+}
+
+/* Opens the nemotron BF16 fixture's tensors with the given config.json text (length n, raw NUL
+ * bytes allowed) and hf_quant_config.json (NULL: none); returns mxm_model_open's status. */
+static mxm_status open_with_configs(const char *config, size_t n, const char *hfq, mxm_model **out) {
+    char dir[64], p[4200];
+    make_broken(dir, "{}", 0, 0);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    write_bytes(p, config, n);
+    if (hfq) {
+        snprintf(p, sizeof p, "%s/hf_quant_config.json", dir);
+        write_file(p, hfq);
+    }
+    *out = NULL;
+    const mxm_status st = mxm_model_open(dir, out);
+    remove_dir(dir);
+    return st;
+}
+
+/* \u0000 is accepted in ModelOpt exclude entries only; everything else malformed stays an error. */
+static void test_json_nul(void **state) {
+    (void)state;
+#define CFG_HEAD "{\"model_type\": \"nemotron_h\", \"hidden_size\": 256, \"moe_intermediate_size\": 128, " \
+                 "\"n_routed_experts\": 16, \"num_experts_per_tok\": 4"
+#define HFQ(list) "{\"producer\": {\"name\": \"modelopt\", \"version\": \"0.47.0\"}, \"quantization\": " \
+                  "{\"quant_algo\": \"MXFP8\", \"kv_cache_quant_algo\": null, \"group_size\": 32, " \
+                  "\"exclude_modules\": " list "}}"
+    mxm_model *m;
+    /* in config.json's quantization_config.ignore (no hf_quant_config.json) */
+    const char *cfg = CFG_HEAD ", \"quantization_config\": {\"ignore\": [\"lm_head.\\u0000backbone.pt_name_sentinel\", "
+                      "\"a\\u0000b\"], \"quant_algo\": \"MXFP8\", \"quant_method\": \"modelopt\"}}";
+    assert_int_equal(open_with_configs(cfg, strlen(cfg), NULL, &m), MXM_OK);
+    assert_int_equal(mxm_model_exclude_count(m), 2);
+    assert_string_equal(mxm_model_exclude(m, 0), "lm_head");
+    assert_string_equal(mxm_model_exclude(m, 1), "a"); /* cut at the NUL; no dot to drop */
+    assert_true(mxm_model_module_excluded(m, "lm_head"));
+    assert_false(mxm_model_module_excluded(m, "lm_head.x"));
+    assert_false(mxm_model_module_excluded(m, "ab"));
+    mxm_model_close(m);
+    /* in hf_quant_config.json's exclude_modules, patterns included */
+    const char *plain = CFG_HEAD "}";
+    assert_int_equal(open_with_configs(plain, strlen(plain), HFQ("[\"lm_head.\\u0000backbone.pt_name_sentinel\", "
+                     "\"x.\\u0000\", \"\\u0000\", \"backbone.layers.*.mixer.gate.\\u0000backbone.pt_name_sentinel\"]"), &m),
+                     MXM_OK);
+    assert_int_equal(mxm_model_exclude_count(m), 4);
+    assert_string_equal(mxm_model_exclude(m, 1), "x");
+    assert_string_equal(mxm_model_exclude(m, 2), "");
+    assert_true(mxm_model_module_excluded(m, "backbone.layers.12.mixer.gate"));
+    assert_false(mxm_model_module_excluded(m, "backbone.layers.12.mixer.gate_proj"));
+    assert_false(mxm_model_module_excluded(m, "backbone.embeddings"));
+    mxm_model_close(m);
+
+    /* NULs anywhere else: clean errors naming the place */
+    static const struct {
+        const char *cfg, *hfq, *where;
+    } bad[] = {
+        {"{\"model_type\": \"nemotron_h\\u0000x\", \"hidden_size\": 256}", NULL, "model_type"},
+        {CFG_HEAD ", \"mlp_hidden_act\": \"relu2\\u0000\"}", NULL, "mlp_hidden_act"},
+        {CFG_HEAD ", \"layers_block_type\": [\"moe\", \"m\\u0000\"]}", NULL, "layers_block_type"},
+        {CFG_HEAD ", \"quantization_config\": {\"ignore\": [], \"quant_algo\": \"MXFP8\\u0000\", "
+         "\"quant_method\": \"modelopt\"}}", NULL, "quant_algo"},
+        {CFG_HEAD ", \"quantization_config\": {\"ignore\": [], \"producer\": {\"name\": \"m\\u0000\"}, "
+         "\"quant_algo\": \"MXFP8\", \"quant_method\": \"modelopt\"}}", NULL, "name"},
+        {CFG_HEAD "}", HFQ("[\"lm_head\"]") , NULL}, /* control: fine */
+        {CFG_HEAD "}", "{\"producer\": {\"name\": \"modelopt\\u0000\"}, \"quantization\": {\"quant_algo\": \"MXFP8\"}}",
+         "name"},
+        {CFG_HEAD "}", "{\"quantization\": {\"quant_algo\": \"MXFP8\", \"exclude_modules\": \"lm_\\u0000\"}}",
+         "exclude_modules"},
+        /* NUL in a key, truncated escapes, a raw NUL byte: the JSON parser's errors */
+        {"{\"model_type\\u0000\": \"nemotron_h\"}", NULL, "key"},
+        {CFG_HEAD ", \"x\": \"\\u00\"}", NULL, "escape"},
+        {CFG_HEAD ", \"x\": \"\\u0000", NULL, "end of input"},
+        {CFG_HEAD "}", HFQ("[\"lm_head.\\u000\"]"), "escape"},
+        {CFG_HEAD "}", "{\"quantization\": {\"quant_algo\": \"MXFP8\", \"exclude_modules\": [1]}}", "[0]"},
+        {CFG_HEAD "}", "{\"quantization\": {\"quant_algo\": \"MXFP8\", \"exclude_modules\": {\"a\": 1}}}",
+         "not a list"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        const mxm_status st = open_with_configs(bad[i].cfg, strlen(bad[i].cfg), bad[i].hfq, &m);
+        printf("hostile JSON %zu: %s: %s\n", i, mxm_status_str(st), st ? mxm_last_error() : "");
+        if (!bad[i].where) {
+            assert_int_equal(st, MXM_OK);
+            mxm_model_close(m);
+            continue;
+        }
+        assert_int_equal(st, MXM_ERR_FORMAT);
+        assert_null(m);
+        assert_non_null(strstr(mxm_last_error(), bad[i].where));
+    }
+    static const char raw[] = "{\"model_type\": \"nemotron_h\", \"x\": \"a\0b\"}";
+    assert_int_equal(open_with_configs(raw, sizeof raw - 1, NULL, &m), MXM_ERR_FORMAT);
+    assert_non_null(strstr(mxm_last_error(), "control character"));
+#undef CFG_HEAD
+#undef HFQ
 }
 
 /* DeepSeek FP8 checkpoints: the deepseek_v3 BF16 fixture with every expert Linear quantized to
@@ -368,6 +527,7 @@ static void test_deepseek_fp8_checkpoint(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_fixtures), cmocka_unit_test(test_broken_checkpoints),
+                                       cmocka_unit_test(test_modelopt_exclude), cmocka_unit_test(test_json_nul),
                                        cmocka_unit_test(test_deepseek_fp8_checkpoint)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

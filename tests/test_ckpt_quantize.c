@@ -1,7 +1,11 @@
-/* mxm_checkpoint_quantize: the three BF16 fixtures give byte-identical copies of the *_mxfp8
- * fixtures (model.safetensors byte for byte, JSON files equal when parsed, other files copied);
- * FLOOR; sharded inputs; F16/F32 inputs and other model types; errors and cancellation leave
- * nothing behind. Outputs go to a fresh mkdtemp directory, removed at the end. */
+/* mxm_checkpoint_quantize: by default, the three BF16 fixtures give NVIDIA ModelOpt 0.47's own
+ * MXFP8 exports (*_modelopt: every tensor's name, dtype, shape and bytes, the data order, the
+ * exclude list and the other quantization fields); ModelOpt's selection and exclude-list rules
+ * on a synthetic hybrid Nemotron-H (Mamba, attention, MoE, dense MLP); with MXM_QUANTIZE_EXPERTS
+ * byte-identical copies of the *_mxfp8 fixtures (model.safetensors byte for byte, JSON files
+ * equal when parsed but for the producer, other files copied); FLOOR; sharded inputs; F16/F32
+ * inputs and other model types; errors and cancellation leave nothing behind. Outputs go to a
+ * fresh mkdtemp directory, removed at the end. */
 #include <dirent.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -111,12 +115,36 @@ static int files_equal(const char *a, const char *b) {
     return eq;
 }
 
+/* Where a quantized checkpoint's JSON holds "producer": hf_quant_config.json's root, config.json's
+ * quantization_config (NULL for other files). */
+static json_t *producer_holder(json_t *root) {
+    return json_object_get(root, "quantization") ? root
+                                                 : json_object_get(root, "quantization_config");
+}
+
+/* mxmoe's output must name mxmoe as its producer; the entry is then removed. */
+static void check_and_drop_producer(json_t *root) {
+    json_t *h = producer_holder(root);
+    if (!h) return;
+    json_t *p = json_object_get(h, "producer");
+    assert_non_null(p);
+    assert_string_equal(json_string_value(json_object_get(p, "name")), "mxmoe");
+    assert_string_equal(json_string_value(json_object_get(p, "version")), mxm_version());
+    assert_int_equal(json_object_del(h, "producer"), 0);
+}
+
+/* Equal when parsed, with the producer of a (twin, output) pair set aside: the *_mxfp8 twins name
+ * ModelOpt 0.42 (their README says why), mxmoe's output names mxmoe. */
 static int json_files_equal(const char *a, const char *b) {
     json_error_t e;
     json_t *x = json_load_file(a, JSON_REJECT_DUPLICATES, &e);
     if (!x) print_error("%s: %s\n", a, e.text);
     json_t *y = json_load_file(b, JSON_REJECT_DUPLICATES, &e);
     if (!y) print_error("%s: %s\n", b, e.text);
+    if (x && y && producer_holder(y)) {
+        check_and_drop_producer(x); /* a: mxmoe's output */
+        json_object_del(producer_holder(y), "producer");
+    }
     const int eq = x && y && json_equal(x, y);
     if (!eq && x && y) {
         char *sx = json_dumps(x, JSON_COMPACT), *sy = json_dumps(y, JSON_COMPACT);
@@ -167,8 +195,16 @@ static prog prog_new(void) {
     return p;
 }
 
+static mxm_status quantize_experts(const char *in, const char *out, int32_t rule, int32_t threads,
+                                   mxm_progress_fn progress, void *user) {
+    mxm_quantize_options o;
+    mxm_quantize_options_default(&o);
+    o.scale_rule = rule, o.num_threads = threads, o.scope = MXM_QUANTIZE_EXPERTS;
+    return mxm_checkpoint_quantize_ex(in, out, &o, progress, user);
+}
+
 /* ------------------------------------------------------------------------------------------ */
-/* the fixtures, byte for byte */
+/* the fixtures, byte for byte (experts only: the *_mxfp8 twins) */
 
 static void check_fixture(const char *name) {
     char fxname[128], in[1024], fx[1024], out[1024];
@@ -178,7 +214,7 @@ static void check_fixture(const char *name) {
     snprintf(out, sizeof out, "%s/%s/out", g_dir, name); /* parent created too */
 
     prog p = prog_new();
-    const mxm_status st = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 2, prog_cb, &p);
+    const mxm_status st = quantize_experts(in, out, MXM_SCALE_RCEIL, 2, prog_cb, &p);
     if (st != MXM_OK) print_error("%s: %s\n", name, mxm_last_error());
     assert_int_equal(st, MXM_OK);
 
@@ -225,6 +261,323 @@ static void test_deepseek_v3(void **state) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* the default: NVIDIA ModelOpt 0.47's own exports of the same BF16 fixtures (tests/data/
+ * *_modelopt, unedited), tensor by tensor and in data order, and their JSON fields */
+
+static json_t *load_json_nul(const char *path) {
+    json_error_t e;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &e);
+    if (!j) print_error("%s: %s\n", path, e.text);
+    assert_non_null(j);
+    return j;
+}
+
+/* ModelOpt's exclude entries as module names: its Nemotron-H entries end in
+ * ".\u0000backbone.pt_name_sentinel" (its own bug, MODELOPT.md), cut there. */
+static json_t *modelopt_clean_list(const json_t *l) {
+    json_t *o = json_array();
+    size_t i;
+    json_t *e;
+    json_array_foreach(l, i, e) {
+        const char *v = json_string_value(e);
+        size_t n = strlen(v);
+        if (n < json_string_length(e)) {
+            assert_true(n > 0 && v[n - 1] == '.');
+            assert_string_equal(v + n + 1, strncmp(v, "backbone.", 9) && strcmp(v, "lm_head.")
+                                               ? ""
+                                               : "backbone.pt_name_sentinel");
+            n--;
+        }
+        json_array_append_new(o, json_stringn(v, n));
+    }
+    return o;
+}
+
+/* The keys of two objects, in order, are the same. */
+static void assert_same_keys(const json_t *x, const json_t *y) {
+    assert_int_equal(json_object_size(x), json_object_size(y));
+    void *ix = json_object_iter((json_t *)x), *iy = json_object_iter((json_t *)y);
+    while (ix && iy) {
+        assert_string_equal(json_object_iter_key(ix), json_object_iter_key(iy));
+        ix = json_object_iter_next((json_t *)x, ix), iy = json_object_iter_next((json_t *)y, iy);
+    }
+}
+
+static void assert_json_equal(const json_t *x, const json_t *y, const char *what) {
+    if (!json_equal(x, y)) {
+        char *a = json_dumps(x, JSON_COMPACT | JSON_ENCODE_ANY),
+             *b = json_dumps(y, JSON_COMPACT | JSON_ENCODE_ANY);
+        print_error("%s differs:\n  mxmoe:    %s\n  ModelOpt: %s\n", what, a, b);
+        free(a);
+        free(b);
+    }
+    assert_true(json_equal(x, y));
+}
+
+static void check_modelopt_export(const char *name) {
+    char exname[128], in[1024], ex[1024], out[1024];
+    snprintf(exname, sizeof exname, "%s_modelopt", name);
+    snprintf(in, sizeof in, "%s", data_dir(name));
+    snprintf(ex, sizeof ex, "%s", data_dir(exname));
+    snprintf(out, sizeof out, "%s/%s_default", g_dir, name);
+    prog p = prog_new();
+    const mxm_status st = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 2, prog_cb, &p);
+    if (st != MXM_OK) print_error("%s: %s\n", name, mxm_last_error());
+    assert_int_equal(st, MXM_OK);
+    assert_true(p.monotone);
+    assert_int_equal(p.last_done, p.total);
+
+    /* tensors, in data order: names, dtypes, shapes, offsets and bytes */
+    mxm_st_file *fo, *fe;
+    assert_int_equal(mxm_st_open(pj(out, "model.safetensors"), &fo), MXM_OK);
+    assert_int_equal(mxm_st_open(pj(ex, "model.safetensors"), &fe), MXM_OK);
+    assert_int_equal(mxm_st_count(fo), mxm_st_count(fe));
+    int64_t nq = 0;
+    for (int64_t i = 0; i < mxm_st_count(fe); i++) {
+        const mxm_st_tensor *a = mxm_st_at(fo, i), *b = mxm_st_at(fe, i);
+        if (strcmp(a->name, b->name) != 0)
+            print_error("data order: #%lld is %s, ModelOpt has %s\n", (long long)i, a->name,
+                        b->name);
+        assert_string_equal(a->name, b->name);
+        assert_string_equal(a->dtype_str, b->dtype_str);
+        assert_int_equal(a->rank, b->rank);
+        assert_memory_equal(a->shape, b->shape, sizeof a->shape);
+        assert_int_equal(a->nbytes, b->nbytes);
+        if (memcmp(a->data, b->data, (size_t)a->nbytes) != 0)
+            print_error("%s: bytes differ\n", a->name);
+        assert_memory_equal(a->data, b->data, (size_t)a->nbytes);
+        assert_int_equal(a->offset, b->offset);
+        nq += b->dtype == MXM_DT_E4M3;
+    }
+    assert_string_equal(mxm_st_metadata(fo, "format"), mxm_st_metadata(fe, "format"));
+    assert_int_equal(mxm_st_metadata_count(fo), mxm_st_metadata_count(fe));
+    assert_int_equal(mxm_st_header_size(fo), mxm_st_header_size(fe));
+    print_message("%s: %lld tensors (%lld quantized) equal ModelOpt's export in data order; "
+                  "the whole model.safetensors is %s\n",
+                  name, (long long)mxm_st_count(fe), (long long)nq,
+                  files_equal(pj(out, "model.safetensors"), pj(ex, "model.safetensors"))
+                      ? "byte-identical"
+                      : "NOT identical");
+    assert_true(files_equal(pj(out, "model.safetensors"), pj(ex, "model.safetensors")));
+    mxm_st_close(fo);
+    mxm_st_close(fe);
+
+    /* hf_quant_config.json: the same keys in the same order, the same values but the producer */
+    json_t *x = load_json_nul(pj(out, "hf_quant_config.json")),
+           *y = load_json_nul(pj(ex, "hf_quant_config.json"));
+    assert_same_keys(x, y);
+    json_t *qx = json_object_get(x, "quantization"), *qy = json_object_get(y, "quantization");
+    assert_same_keys(qx, qy);
+    json_t *clean = modelopt_clean_list(json_object_get(qy, "exclude_modules"));
+    assert_json_equal(json_object_get(qx, "exclude_modules"), clean, "exclude_modules");
+    json_object_set(qy, "exclude_modules", clean);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(y, "producer"), "name")),
+                        "modelopt");
+    check_and_drop_producer(x);
+    json_object_del(y, "producer");
+    assert_json_equal(x, y, "hf_quant_config.json");
+    json_decref(x);
+    json_decref(y);
+
+    /* config.json: the source's with quantization_config last (keys and values as ModelOpt's but
+     * the producer); ModelOpt's also differs in transformers_version (its transformers, 5.14.1) */
+    x = load_json_nul(pj(out, "config.json"));
+    y = load_json_nul(pj(ex, "config.json"));
+    qx = json_object_get(x, "quantization_config"), qy = json_object_get(y, "quantization_config");
+    assert_same_keys(qx, qy);
+    void *last = json_object_iter(x);
+    while (json_object_iter_next(x, last))
+        last = json_object_iter_next(x, last);
+    assert_string_equal(json_object_iter_key(last), "quantization_config");
+    assert_json_equal(json_object_get(qx, "ignore"), clean, "quantization_config.ignore");
+    json_object_set(qy, "ignore", clean);
+    check_and_drop_producer(x);
+    json_object_del(qy, "producer");
+    assert_json_equal(qx, qy, "quantization_config");
+    json_object_del(x, "transformers_version");
+    json_object_del(y, "transformers_version");
+    assert_json_equal(x, y, "config.json");
+    json_decref(x);
+    json_decref(y);
+    json_decref(clean);
+    assert_true(files_equal(pj(out, "generation_config.json"), pj(in, "generation_config.json")));
+
+    /* the output loads, and its exclude list names exactly its unquantized Linears */
+    mxm_model *m;
+    assert_int_equal(mxm_model_open(out, &m), MXM_OK);
+    assert_int_equal(mxm_model_weight_format(m), MXM_WFMT_MXFP8);
+    for (int64_t i = 0; i < mxm_model_tensor_count(m); i++) {
+        const char *tn, *dt;
+        int32_t rank;
+        mxm_model_tensor_info(m, i, &tn, &dt, &rank, NULL);
+        const size_t l = strlen(tn);
+        if (rank != 2 || l < 8 || strcmp(tn + l - 7, ".weight") != 0) continue;
+        char module[512];
+        snprintf(module, sizeof module, "%.*s", (int)(l - 7), tn);
+        assert_int_equal(mxm_model_module_excluded(m, module), strcmp(dt, "F8_E4M3") != 0);
+    }
+    mxm_model_close(m);
+}
+
+static void test_modelopt_nemotron_h(void **state) {
+    (void)state;
+    check_modelopt_export("nemotron_h_tiny");
+}
+static void test_modelopt_qwen3_moe(void **state) {
+    (void)state;
+    check_modelopt_export("qwen3_moe_tiny");
+}
+static void test_modelopt_deepseek_v3(void **state) {
+    (void)state;
+    check_modelopt_export("deepseek_v3_tiny");
+}
+
+/* ModelOpt's rules beyond the fixtures, on a synthetic hybrid Nemotron-H: Mamba layers (in_proj,
+ * out_proj quantized; conv1d excluded), attention, MoE (router excluded), a dense MLP, a vision
+ * branch (disabled by name), a layer holding only a conv1d next to layer 10 (the "<p>.*" form),
+ * F32 and BF16 inputs. The expected exclude list was worked out by hand from ModelOpt 0.47's
+ * export code (quant_utils.py: prefix wildcards at dots that match no quantized module, sorted
+ * by transformers' in-memory names, "model." for "backbone."). */
+static void test_modelopt_hybrid(void **state) {
+    (void)state;
+    char in[1024], out[1024];
+    snprintf(in, sizeof in, "%s/hybrid_in", g_dir);
+    snprintf(out, sizeof out, "%s/hybrid_out", g_dir);
+    assert_int_equal(mkdir(in, 0755), 0);
+    static const char cfg[] = "{\"model_type\": \"nemotron_h\", \"hidden_size\": 64}\n";
+    write_all(pj(in, "config.json"), cfg, sizeof cfg - 1);
+    enum { H = 64 };
+    static const struct {
+        const char *name;
+        int32_t rank;
+        int64_t n, k, c; /* shape [n, k] or [n, k, c] or [n] */
+        int f32, quantized;
+    } T[] = {
+        {"backbone.embeddings.weight", 2, 128, H, 0, 0, 0},
+        {"backbone.layers.0.mixer.in_proj.weight", 2, 160, H, 0, 0, 1},
+        {"backbone.layers.0.mixer.conv1d.weight", 3, 96, 1, 4, 0, 0},
+        {"backbone.layers.0.mixer.conv1d.bias", 1, 96, 0, 0, 0, 0},
+        {"backbone.layers.0.mixer.A_log", 1, 4, 0, 0, 1, 0},
+        {"backbone.layers.0.mixer.D", 1, 4, 0, 0, 1, 0},
+        {"backbone.layers.0.mixer.dt_bias", 1, 4, 0, 0, 0, 0},
+        {"backbone.layers.0.mixer.norm.weight", 1, 64, 0, 0, 0, 0},
+        {"backbone.layers.0.mixer.out_proj.weight", 2, H, 64, 0, 0, 1},
+        {"backbone.layers.0.norm.weight", 1, H, 0, 0, 0, 0},
+        {"backbone.layers.1.mixer.conv1d.weight", 3, 96, 1, 4, 0, 0},
+        {"backbone.layers.1.norm.weight", 1, H, 0, 0, 0, 0},
+        {"backbone.layers.2.mixer.gate.weight", 2, 4, H, 0, 1, 0},
+        {"backbone.layers.2.mixer.gate.e_score_correction_bias", 1, 4, 0, 0, 1, 0},
+        {"backbone.layers.2.mixer.experts.0.up_proj.weight", 2, 32, H, 0, 0, 1},
+        {"backbone.layers.2.mixer.experts.0.down_proj.weight", 2, H, 32, 0, 1, 1},
+        {"backbone.layers.2.mixer.experts.1.up_proj.weight", 2, 32, H, 0, 0, 1},
+        {"backbone.layers.2.mixer.experts.1.down_proj.weight", 2, H, 32, 0, 0, 1},
+        {"backbone.layers.2.mixer.shared_experts.up_proj.weight", 2, 64, H, 0, 0, 1},
+        {"backbone.layers.2.mixer.shared_experts.down_proj.weight", 2, H, 64, 0, 0, 1},
+        {"backbone.layers.3.mixer.q_proj.weight", 2, 64, H, 0, 0, 1},
+        {"backbone.layers.3.mixer.k_proj.weight", 2, 32, H, 0, 0, 1},
+        {"backbone.layers.3.mixer.v_proj.weight", 2, 32, H, 0, 0, 1},
+        {"backbone.layers.3.mixer.o_proj.weight", 2, H, 64, 0, 0, 1},
+        {"backbone.layers.4.mixer.up_proj.weight", 2, 96, H, 0, 0, 1},
+        {"backbone.layers.4.mixer.down_proj.weight", 2, H, 96, 0, 0, 1},
+        {"backbone.layers.10.mixer.in_proj.weight", 2, 160, H, 0, 0, 1},
+        {"backbone.layers.10.mixer.conv1d.weight", 3, 96, 1, 4, 0, 0},
+        {"backbone.layers.10.mixer.out_proj.weight", 2, H, 64, 0, 1, 1},
+        {"backbone.vision_tower.blocks.0.proj.weight", 2, 32, H, 0, 0, 0},
+        {"backbone.vision_tower.blocks.1.proj.weight", 2, 32, H, 0, 0, 0},
+        {"backbone.norm_f.weight", 1, H, 0, 0, 0, 0},
+        {"lm_head.weight", 2, 128, H, 0, 0, 0},
+    };
+    enum { NT = sizeof T / sizeof T[0] };
+    tu_rng r = tu_rng_fresh();
+    void *data[NT];
+    mxm_st_writer *w;
+    assert_int_equal(mxm_st_writer_create(pj(in, "model.safetensors"), &w), MXM_OK);
+    assert_int_equal(mxm_st_writer_set_metadata(w, "format", "pt"), MXM_OK);
+    for (int i = 0; i < NT; i++) {
+        const int64_t numel = T[i].n * (T[i].rank > 1 ? T[i].k : 1) * (T[i].rank > 2 ? T[i].c : 1);
+        const int64_t shape[3] = {T[i].n, T[i].k, T[i].c};
+        float *f = tu_alloc((size_t)numel * 4);
+        tu_fill_blockscaled_f32(&r, f, numel, 8, 8);
+        if (T[i].f32) {
+            data[i] = f;
+        } else {
+            uint16_t *b = tu_alloc((size_t)numel * 2);
+            for (int64_t k = 0; k < numel; k++)
+                b[k] = mxm_bf16_from_f32(f[k]);
+            free(f);
+            data[i] = b;
+        }
+        assert_int_equal(mxm_st_writer_add(w, T[i].name, T[i].f32 ? "F32" : "BF16", T[i].rank,
+                                           shape, data[i], numel * (T[i].f32 ? 4 : 2)),
+                         MXM_OK);
+    }
+    assert_int_equal(mxm_st_writer_finish(w), MXM_OK);
+    const mxm_status st = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 1, NULL, NULL);
+    if (st != MXM_OK) print_error("%s\n", mxm_last_error());
+    assert_int_equal(st, MXM_OK);
+
+    mxm_st_file *f;
+    assert_int_equal(mxm_st_open(pj(out, "model.safetensors"), &f), MXM_OK);
+    int nquant = 0;
+    for (int i = 0; i < NT; i++) {
+        const mxm_st_tensor *t = mxm_st_find(f, T[i].name);
+        assert_non_null(t);
+        char sname[256];
+        snprintf(sname, sizeof sname, "%s_scale", T[i].name);
+        const mxm_st_tensor *ts = mxm_st_find(f, sname);
+        if (!T[i].quantized) {
+            if (ts || strcmp(t->dtype_str, T[i].f32 ? "F32" : "BF16"))
+                print_error("%s was quantized\n", T[i].name);
+            assert_null(ts);
+            assert_string_equal(t->dtype_str, T[i].f32 ? "F32" : "BF16");
+            assert_memory_equal(t->data, data[i], (size_t)t->nbytes);
+            continue;
+        }
+        nquant++;
+        if (!ts) print_error("%s was not quantized\n", T[i].name);
+        assert_non_null(ts);
+        assert_string_equal(t->dtype_str, "F8_E4M3");
+        assert_string_equal(ts->dtype_str, "U8");
+        const int64_t n = T[i].n, k = T[i].k;
+        uint8_t *q = tu_alloc((size_t)(n * k)), *sc = tu_alloc((size_t)(n * k / 32));
+        assert_int_equal(mxm_mxfp8_quantize(data[i], T[i].f32 ? MXM_DT_F32 : MXM_DT_BF16, n, k, 0,
+                                            q, sc, MXM_SCALE_RCEIL, 1),
+                         MXM_OK);
+        assert_memory_equal(q, t->data, (size_t)(n * k));
+        assert_memory_equal(sc, ts->data, (size_t)(n * k / 32));
+        free(q);
+        free(sc);
+    }
+    assert_int_equal(mxm_st_count(f), NT + nquant);
+    /* data order: the safetensors library's (F32, then BF16, F8_E4M3, U8; by name in each) */
+    static const char *const order[] = {"F32", "BF16", "F8_E4M3", "U8"};
+    int group = 0;
+    const char *prev = "";
+    for (int64_t i = 0; i < mxm_st_count(f); i++) {
+        const mxm_st_tensor *t = mxm_st_at(f, i);
+        int g = group;
+        while (g < 4 && strcmp(order[g], t->dtype_str))
+            g++;
+        assert_true(g < 4); /* same group or a later one */
+        if (g != group) prev = "";
+        assert_true(strcmp(prev, t->name) < 0);
+        group = g, prev = t->name;
+    }
+    mxm_st_close(f);
+    json_t *h = load_json_nul(pj(out, "hf_quant_config.json"));
+    json_t *want = json_pack("[s, s, s, s, s, s, s]", "lm_head", "backbone.embeddings",
+                             "backbone.layers.0.mixer.conv1d", "backbone.layers.1.*",
+                             "backbone.layers.10.mixer.conv1d", "backbone.layers.2.mixer.gate",
+                             "backbone.vision_tower*");
+    assert_json_equal(json_object_get(json_object_get(h, "quantization"), "exclude_modules"), want,
+                      "exclude_modules");
+    json_decref(want);
+    json_decref(h);
+    for (int i = 0; i < NT; i++)
+        free(data[i]);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* FLOOR: a valid file whose scales differ from RCEIL's somewhere, by at most one, and whose
  * quantized tensors equal mxm_mxfp8_quantize(FLOOR) of the input */
 
@@ -234,7 +587,7 @@ static void test_floor(void **state) {
     snprintf(in, sizeof in, "%s", data_dir("nemotron_h_tiny"));
     snprintf(fx, sizeof fx, "%s", data_dir("nemotron_h_tiny_mxfp8"));
     snprintf(out, sizeof out, "%s/floor", g_dir);
-    assert_int_equal(mxm_checkpoint_quantize(in, out, MXM_SCALE_FLOOR, 0, NULL, NULL), MXM_OK);
+    assert_int_equal(quantize_experts(in, out, MXM_SCALE_FLOOR, 0, NULL, NULL), MXM_OK);
     assert_true(json_files_equal(pj(out, "hf_quant_config.json"), pj(fx, "hf_quant_config.json")));
 
     /* against the RCEIL fixture: same layout, different scale bytes */
@@ -335,7 +688,7 @@ static void test_sharded(void **state) {
     copy_file(pj(src, "generation_config.json"), pj(in, "generation_config.json"));
 
     prog p = prog_new();
-    const mxm_status st = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 2, prog_cb, &p);
+    const mxm_status st = quantize_experts(in, out, MXM_SCALE_RCEIL, 2, prog_cb, &p);
     if (st != MXM_OK) print_error("%s\n", mxm_last_error());
     assert_int_equal(st, MXM_OK);
     assert_int_equal(p.last_done, total);
@@ -466,7 +819,7 @@ static void test_other_dtypes_and_names(void **state) {
                      MXM_OK);
     assert_int_equal(mxm_st_writer_finish(w), MXM_OK);
 
-    const mxm_status st = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 1, NULL, NULL);
+    const mxm_status st = quantize_experts(in, out, MXM_SCALE_RCEIL, 1, NULL, NULL);
     if (st != MXM_OK) print_error("%s\n", mxm_last_error());
     assert_int_equal(st, MXM_OK);
 
@@ -634,6 +987,13 @@ static void test_errors(void **state) {
     assert_int_equal(mxm_checkpoint_quantize(src, NULL, 0, 0, NULL, NULL), MXM_ERR_NULL);
     assert_int_equal(mxm_checkpoint_quantize(src, out, 7, 0, NULL, NULL), MXM_ERR_INVALID_ARG);
     assert_int_equal(mxm_checkpoint_quantize(src, out, 0, -1, NULL, NULL), MXM_ERR_INVALID_ARG);
+    mxm_quantize_options qo;
+    mxm_quantize_options_default(&qo);
+    assert_int_equal(qo.scope, MXM_QUANTIZE_MODELOPT);
+    assert_int_equal(qo.scale_rule, MXM_SCALE_RCEIL);
+    qo.scope = 2;
+    assert_int_equal(mxm_checkpoint_quantize_ex(src, out, &qo, NULL, NULL), MXM_ERR_INVALID_ARG);
+    assert_non_null(strstr(mxm_last_error(), "supported: modelopt (0), experts (1)"));
 
     /* missing input */
     mxm_status st = mxm_checkpoint_quantize(pj(g_dir, "no_such_dir"), out, 0, 0, NULL, NULL);
@@ -700,10 +1060,18 @@ static void test_errors(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_nemotron_h),      cmocka_unit_test(test_qwen3_moe),
-        cmocka_unit_test(test_deepseek_v3),     cmocka_unit_test(test_floor),
-        cmocka_unit_test(test_sharded),         cmocka_unit_test(test_other_dtypes_and_names),
-        cmocka_unit_test(test_unaligned_input), cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_modelopt_nemotron_h),
+        cmocka_unit_test(test_modelopt_qwen3_moe),
+        cmocka_unit_test(test_modelopt_deepseek_v3),
+        cmocka_unit_test(test_modelopt_hybrid),
+        cmocka_unit_test(test_nemotron_h),
+        cmocka_unit_test(test_qwen3_moe),
+        cmocka_unit_test(test_deepseek_v3),
+        cmocka_unit_test(test_floor),
+        cmocka_unit_test(test_sharded),
+        cmocka_unit_test(test_other_dtypes_and_names),
+        cmocka_unit_test(test_unaligned_input),
+        cmocka_unit_test(test_errors),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

@@ -2,6 +2,7 @@
  * weight format from the quantization config and the tensors, MoE layers found by their router
  * tensors, and layers loaded as mxm_moe_weights (mmap views where possible). Everything read
  * from the files is checked (names, dtypes, shapes) before it is used. */
+#include <fnmatch.h>
 #include <jansson.h>
 #include <omp.h>
 #include <limits.h>
@@ -45,13 +46,52 @@ struct mxm_model {
     mxm_moe_config base; /* MoE parameters from config.json */
     int32_t n_layers;
     int32_t *layers;
+    char **exclude; /* ModelOpt exclude list, each entry cut at "\u0000" (modelopt_entry) */
+    int32_t n_exclude;
 };
 
 /* ---- config.json ------------------------------------------------------------------------------ */
 
+/* The one place where "\u0000" may occur: the entries of ModelOpt's exclude list (ModelOpt 0.47
+ * appends ".\u0000<prefix>.pt_name_sentinel" to every entry of Nemotron-H exports, its own bug;
+ * docs/checkpoints.md). Any other string holding U+0000 makes the file malformed, so that no
+ * value is silently read short (a model_type "nemotron_h\u0000x" would read "nemotron_h").
+ * Returns the key of the innermost member that holds the first such string ("[]" for a bare
+ * array element), NULL if none. */
+static const char *json_nul_outside(json_t *v, const json_t *allowed) {
+    if (v == allowed) return NULL;
+    if (json_is_string(v)) return json_string_length(v) != strlen(json_string_value(v)) ? "" : NULL;
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            const char *bad = json_nul_outside(e, allowed);
+            if (bad) return *bad ? bad : "[]";
+        }
+        return NULL;
+    }
+    const char *key;
+    json_t *e;
+    json_object_foreach(v, key, e) {
+        const char *bad = json_nul_outside(e, allowed);
+        if (bad) return *bad && strcmp(bad, "[]") ? bad : key;
+    }
+    return NULL;
+}
+
+/* The exclude list of a ModelOpt config: hf_quant_config.json's quantization.exclude_modules, or
+ * config.json's quantization_config.ignore (NULL when absent). */
+static json_t *modelopt_exclude_list(json_t *root) {
+    json_t *q = json_object_get(root, "quantization");
+    json_t *l = json_is_object(q) ? json_object_get(q, "exclude_modules") : NULL;
+    if (l) return l;
+    q = json_object_get(root, "quantization_config");
+    return json_is_object(q) ? json_object_get(q, "ignore") : NULL;
+}
+
 static json_t *load_json(const char *path, mxm_status *st) {
     json_error_t err;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
     if (!j) {
         struct stat sb;
         *st = stat(path, &sb) ? MXM_ERR_NOT_FOUND
@@ -63,8 +103,51 @@ static json_t *load_json(const char *path, mxm_status *st) {
         *st = mxm_fail(MXM_ERR_FORMAT, "%s: not a JSON object", path);
         return NULL;
     }
+    const json_t *excl = modelopt_exclude_list(j);
+    const char *bad = json_nul_outside(j, json_is_array(excl) ? excl : NULL);
+    if (bad) {
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: '%.200s' holds a string with \\u0000 (allowed only in a ModelOpt "
+                       "exclude_modules / ignore entry)", path, bad);
+        json_decref(j);
+        return NULL;
+    }
     *st = MXM_OK;
     return j;
+}
+
+/* A ModelOpt exclude entry as a module pattern: cut at the first U+0000 and drop the '.' before
+ * it ("lm_head.\u0000backbone.pt_name_sentinel" -> "lm_head"). Entries without U+0000 are
+ * returned as they are. NULL when out of memory. */
+static char *modelopt_entry(const json_t *s) {
+    const char *v = json_string_value(s);
+    size_t n = strlen(v);
+    if (n < json_string_length(s) && n > 0 && v[n - 1] == '.') n--;
+    char *e = malloc(n + 1);
+    if (e) memcpy(e, v, n), e[n] = 0;
+    return e;
+}
+
+/* Reads the exclude list (hf_quant_config.json's, else config.json's) into m->exclude. */
+static mxm_status load_exclude(mxm_model *m, json_t *hq) {
+    json_t *l = hq ? modelopt_exclude_list(hq) : NULL;
+    const char *where = "hf_quant_config.json: quantization.exclude_modules";
+    if (!l) {
+        l = modelopt_exclude_list(m->config);
+        where = "config.json: quantization_config.ignore";
+    }
+    if (!l || json_is_null(l)) return MXM_OK;
+    if (!json_is_array(l)) return mxm_fail(MXM_ERR_FORMAT, "%s/%s is not a list", m->path, where);
+    m->exclude = calloc(json_array_size(l) + 1, sizeof *m->exclude);
+    if (!m->exclude) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    size_t i;
+    json_t *e;
+    json_array_foreach(l, i, e) {
+        if (!json_is_string(e))
+            return mxm_fail(MXM_ERR_FORMAT, "%s/%s[%zu] is not a string", m->path, where, i);
+        if (!(m->exclude[m->n_exclude] = modelopt_entry(e))) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+        m->n_exclude++;
+    }
+    return MXM_OK;
 }
 
 /* Integer field; def when absent or null; error when present but not an integer in range. */
@@ -174,6 +257,7 @@ static mxm_status detect_format(mxm_model *m) {
     else if (algo && (!method || strncmp(method, "modelopt", 8) == 0))
         st = mxm_fail(MXM_ERR_UNSUPPORTED, "%s: quantization '%s' is not supported; supported: MXFP8, DeepSeek fp8 block, bf16/f32", m->path, algo);
     else if (method && strcmp(method, "fp8") == 0) m->wfmt = MXM_WFMT_FP8_BLOCK;
+    if (!st) st = load_exclude(m, hq);
     json_decref(hq);
     return st;
 }
@@ -240,6 +324,8 @@ void mxm_model_close(mxm_model *m) {
     if (!m) return;
     mxm_st_model_close(m->st);
     json_decref(m->config);
+    for (int32_t i = 0; i < m->n_exclude; i++) free(m->exclude[i]);
+    free(m->exclude);
     free(m->layers);
     free(m->path);
     free(m);
@@ -250,6 +336,29 @@ const char *mxm_model_family(const mxm_model *m) { return m ? family_names[m->fa
 int32_t mxm_model_moe_layer_count(const mxm_model *m) { return m ? m->n_layers : 0; }
 int32_t mxm_model_moe_layer(const mxm_model *m, int32_t i) {
     return (m && i >= 0 && i < m->n_layers) ? m->layers[i] : -1;
+}
+
+int32_t mxm_model_exclude_count(const mxm_model *m) { return m ? m->n_exclude : 0; }
+
+const char *mxm_model_exclude(const mxm_model *m, int32_t i) {
+    return (m && i >= 0 && i < m->n_exclude) ? m->exclude[i] : NULL;
+}
+
+/* fnmatch as Python's fnmatch.fnmatch (ModelOpt, vLLM): '*' also crosses dots. */
+int32_t mxm_model_module_excluded(const mxm_model *m, const char *module) {
+    if (!m || !module) return 0;
+    for (int32_t i = 0; i < m->n_exclude; i++)
+        if (strcmp(m->exclude[i], module) == 0 || fnmatch(m->exclude[i], module, 0) == 0) return 1;
+    return 0;
+}
+
+const char *mxm_model_metadata(const mxm_model *m, const char *key) {
+    if (!m || !key) return NULL;
+    for (int64_t i = 0; i < mxm_st_model_file_count(m->st); i++) {
+        const char *v = mxm_st_metadata(mxm_st_model_file(m->st, i), key);
+        if (v) return v;
+    }
+    return NULL;
 }
 
 int64_t mxm_model_tensor_find(const mxm_model *m, const char *name) {

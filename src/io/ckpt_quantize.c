@@ -1,29 +1,37 @@
 /* mxm_checkpoint_quantize: a BF16/F16/F32 Hugging Face checkpoint folder -> a ModelOpt MXFP8
  * ("unified HF" export) folder (SPEC section 6).
  *
- * What is quantized: every routed- or shared-expert Linear weight, recognized by its name (the
- * module path holds ".experts.", ".shared_experts." or ".shared_expert.", and the name ends in
- * "_proj.weight", or ".w1/.w2/.w3.weight" under experts for Mixtral-style names), rank 2, dtype
- * BF16, F16 or F32. Such a weight [N, K] (K % 32 == 0, else MXM_ERR_SHAPE naming it) becomes
- * "<prefix>.weight" F8_E4M3 [N, K] + "<prefix>.weight_scale" U8 [N, K/32] from
- * mxm_mxfp8_quantize (F16 is widened to f32 first, exactly). The rule is the same for every
+ * What is quantized (mxm_quantize_options.scope):
+ *  - MXM_QUANTIZE_MODELOPT (default): what NVIDIA ModelOpt's mtq.MXFP8_DEFAULT_CFG quantizes
+ *    (cq_modelopt_quantizes): every Linear-shaped weight ("<module>.weight" of rank 2) except
+ *    the embeddings (last name component holds "embed"), the MoE routers ("<block>.gate",
+ *    ".router", ".shared_expert_gate" next to "<block>.experts.") and the modules ModelOpt's
+ *    default disables by name (cq_modelopt_disabled: lm_head, Mamba's conv1d, ...). Its exclude
+ *    list (cq_modelopt_exclude) and its file order: by dtype, then by name (MXM_ST_ORDER_DTYPE,
+ *    the safetensors library's writer, which ModelOpt's export goes through). On the three
+ *    tests/data fixtures the output model.safetensors is byte for byte ModelOpt 0.47's export.
+ *  - MXM_QUANTIZE_EXPERTS: every routed- or shared-expert Linear weight, recognized by its name
+ *    (the module path holds ".experts.", ".shared_experts." or ".shared_expert.", and the name
+ *    ends in "_proj.weight", or ".w1/.w2/.w3.weight" under experts for Mixtral-style names). The
+ *    file order is by element size, then name (each F8_E4M3 weight next to its U8 scale), the
+ *    layout of the tests/data *_mxfp8 fixtures, which the output reproduces byte for byte. Its
+ *    exclude list is: "lm_head"; then, layer by layer (numeric order), the router modules
+ *    ("...gate", "...router"), then for each sub-module directly under a layer that holds a
+ *    rank-2 ".weight" that is not quantized: "<prefix>.layers.L.<sub>*" when nothing under <sub>
+ *    is quantized (e.g. "model.layers.0.self_attn*"), else the module itself; then such modules
+ *    outside the layers (embeddings excepted).
+ * A selected weight [N, K] of dtype BF16, F16 or F32 (K % 32 == 0, else MXM_ERR_SHAPE naming it)
+ * becomes "<prefix>.weight" F8_E4M3 [N, K] + "<prefix>.weight_scale" U8 [N, K/32] from
+ * mxm_mxfp8_quantize (F16 is widened to f32 first, exactly). The rules are the same for every
  * model_type; nemotron_h, qwen3_moe and deepseek_v3 are the families tested.
  *
- * Everything else (routers, e_score_correction_bias, norms, embeddings, lm_head, attention,
- * mamba, dense MLPs) keeps its bytes and dtype. Each input shard gives one output shard of the
- * same file name, with the input file's __metadata__, written by mxm_st_writer in its default
- * order (element size, then name: each F8_E4M3 weight next to its U8 scale), the layout of the
- * tests/data *_mxfp8 fixtures, which the output reproduces byte for byte. A sharded input also
- * gets a rewritten model.safetensors.index.json (".weight_scale" entries added in the shard of
- * their weight, metadata.total_size updated).
- *
- * The exclude list ("ignore" in config.json's quantization_config, "exclude_modules" in
- * hf_quant_config.json) is: "lm_head"; then, layer by layer (numeric order), the router modules
- * ("...gate", "...router"), then for each sub-module directly under a layer that holds a
- * rank-2 ".weight" that is not quantized: "<prefix>.layers.L.<sub>*" when nothing under <sub>
- * is quantized (e.g. "model.layers.0.self_attn*"), else the module itself; then such modules
- * outside the layers (embeddings excepted). Loaders (vLLM's ModelOpt config) treat every Linear
- * that is not excluded as quantized, so every unquantized Linear must be listed.
+ * Everything else keeps its bytes and dtype. Each input shard gives one output shard of the same
+ * file name, with the input file's __metadata__. A sharded input also gets a rewritten
+ * model.safetensors.index.json (".weight_scale" entries added in the shard of their weight,
+ * metadata.total_size updated). Loaders (vLLM's ModelOpt config) treat every Linear that is not
+ * excluded as quantized, so every unquantized Linear is in the exclude list ("ignore" in
+ * config.json's quantization_config, "exclude_modules" in hf_quant_config.json). The producer is
+ * {"name": "mxmoe", "version": mxm_version()}.
  *
  * All-or-nothing: every output file is first written as "<name>.tmp" in out_dir; only when all
  * of them are complete are they renamed, config.json last. Any failure (or a cancel from the
@@ -35,6 +43,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fnmatch.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
@@ -266,6 +275,12 @@ typedef struct cq_job {
     size_t nshards;
     cq_excl_list excl;
     int64_t nquant;
+    int32_t scope;      /* MXM_QUANTIZE_MODELOPT or MXM_QUANTIZE_EXPERTS */
+    int nemotron;       /* model_type nemotron_h (exclude-list order, see cq_modelopt_key) */
+    const char **names; /* every tensor name, sorted (router detection) */
+    size_t nnames;
+    const char **qnames; /* the names of the tensors to quantize, sorted */
+    size_t nqnames;
 
     /* temporaries written so far, renamed at the end: tmp[i] -> fin[i] */
     char **tmp, **fin;
@@ -338,6 +353,8 @@ static void cq_job_free(cq_job *j, int remove_tmp) {
     }
     free(j->shards);
     cq_excl_free(&j->excl);
+    free(j->names);
+    free(j->qnames);
     json_decref(j->config);
     json_decref(j->index);
     free(j->config_text);
@@ -527,13 +544,96 @@ done:
     return st;
 }
 
-/* Routed/shared-expert Linear weight of rank 2 (dtype and K are checked by cq_plan). */
-static int cq_should_quantize(const mxm_st_tensor *t) {
-    return t->rank == 2 && cq_expert_name(t->name);
-}
-
 static int cq_cmp_cstr(const void *a, const void *b) {
     return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* Decided by cq_plan: one of the tensors to quantize (dtype and K checked there). */
+static int cq_should_quantize(const cq_job *j, const mxm_st_tensor *t) {
+    return j->nqnames &&
+           bsearch(&t->name, j->qnames, j->nqnames, sizeof *j->qnames, cq_cmp_cstr) != NULL;
+}
+
+/* ModelOpt's MXFP8_DEFAULT_CFG (nvidia-modelopt 0.47: configs/ptq/presets/model/mxfp8.yaml)
+ * enables the MXFP8 weight quantizer of every quantizable module, then disables it again where
+ * "<module>.weight_quantizer" matches one of these fnmatch patterns
+ * (configs/ptq/units/default_disabled_quantizers.yaml), and for every nn.Embedding. */
+static const char *const cq_modelopt_disabled[] = {"*block_sparse_moe.gate*",
+                                                   "*linear_attn.conv1d*",
+                                                   "*linear_attn.in_proj_a*",
+                                                   "*linear_attn.in_proj_b*",
+                                                   "*lm_head*",
+                                                   "*mixer.conv1d*",
+                                                   "*mlp.gate.*",
+                                                   "*mlp.shared_expert_gate.*",
+                                                   "*output_layer*",
+                                                   "*proj_out.*",
+                                                   "*router*",
+                                                   "output.*",
+                                                   "*embed_vision*",
+                                                   "*vision_tower*",
+                                                   "*visual*",
+                                                   "*vision_model*",
+                                                   "*multi_modal_projector*",
+                                                   NULL};
+
+/* 1 if some name in sorted[0..n) starts with prefix (plen bytes). */
+static int cq_any_with_prefix(const char *const *sorted, size_t n, const char *prefix, size_t plen);
+
+/* The module of a ".weight" tensor that ModelOpt gives a weight quantizer (a Linear when rank 2,
+ * a convolution when rank 3 or more; rank-1 weights are norms): 1 and its length in *mlen. */
+static int cq_module_of(const mxm_st_tensor *t, size_t *mlen) {
+    if (t->rank < 2 || !cq_ends_with(t->name, ".weight")) return 0;
+    *mlen = strlen(t->name) - strlen(".weight");
+    return *mlen > 0;
+}
+
+/* The module's last name component holds "embed": an nn.Embedding (embed_tokens, embeddings). */
+static int cq_is_embedding(const char *name, size_t mlen) {
+    size_t b = mlen;
+    while (b > 0 && name[b - 1] != '.')
+        b--;
+    for (size_t i = b; i + 5 <= mlen; i++)
+        if (memcmp(name + i, "embed", 5) == 0) return 1;
+    return 0;
+}
+
+/* An MoE router: "<block>.gate", "<block>.router" or "<block>.shared_expert_gate" where
+ * "<block>.experts." tensors exist (transformers 5 routers are no nn.Linear; ModelOpt's export
+ * lists them as unquantized all the same). */
+static int cq_is_router(const cq_job *j, const char *name, size_t mlen) {
+    static const char *const leaf[] = {"gate", "router", "shared_expert_gate"};
+    for (int i = 0; i < 3; i++) {
+        const size_t l = strlen(leaf[i]);
+        if (mlen < l + 1 || memcmp(name + mlen - l, leaf[i], l) != 0 || name[mlen - l - 1] != '.')
+            continue;
+        char *p = malloc(mlen - l + 16);
+        if (!p) return 1; /* unquantized on the safe side; the plan fails later anyway */
+        memcpy(p, name, mlen - l);
+        memcpy(p + mlen - l, "experts.", 9);
+        const int r = cq_any_with_prefix(j->names, j->nnames, p, strlen(p));
+        free(p);
+        if (r) return 1;
+    }
+    return 0;
+}
+
+/* Whether ModelOpt's MXFP8 default quantizes this module's weight (mlen bytes of name). */
+static int cq_modelopt_quantizes(const cq_job *j, const mxm_st_tensor *t, size_t mlen) {
+    if (t->rank != 2 || cq_is_embedding(t->name, mlen) || cq_is_router(j, t->name, mlen)) return 0;
+    char q[1024];
+    if (mlen + sizeof ".weight_quantizer" > sizeof q) return 0;
+    memcpy(q, t->name, mlen);
+    memcpy(q + mlen, ".weight_quantizer", sizeof ".weight_quantizer");
+    for (int i = 0; cq_modelopt_disabled[i]; i++)
+        if (fnmatch(cq_modelopt_disabled[i], q, 0) == 0) return 0;
+    return 1;
+}
+
+static int cq_select(const cq_job *j, const mxm_st_tensor *t) {
+    size_t mlen;
+    if (j->scope == MXM_QUANTIZE_EXPERTS) return t->rank == 2 && cq_expert_name(t->name);
+    return cq_module_of(t, &mlen) && cq_modelopt_quantizes(j, t, mlen);
 }
 
 /* 1 if some name in sorted[0..n) starts with prefix (plen bytes). */
@@ -550,63 +650,14 @@ static int cq_any_with_prefix(const char *const *sorted, size_t n, const char *p
     return lo < n && strncmp(sorted[lo], prefix, plen) == 0;
 }
 
-/* Decides what is quantized, checks shapes and dtypes, sums the work and builds the exclude
- * list. Nothing is written before this has passed. */
-static mxm_status cq_plan(cq_job *j) {
-    int64_t total = 0, nq = 0, ntensors = 0;
-    for (size_t s = 0; s < j->nshards; s++) {
-        const mxm_st_file *f = j->shards[s].file;
-        for (int64_t i = 0; i < mxm_st_count(f); i++) {
-            const mxm_st_tensor *t = mxm_st_at(f, i);
-            ntensors++;
-            if (t->dtype == MXM_DT_E4M3 || t->dtype == MXM_DT_E5M2 || t->dtype == MXM_DT_E8M0 ||
-                cq_ends_with(t->name, ".weight_scale") ||
-                cq_ends_with(t->name, ".weight_scale_inv") || cq_ends_with(t->name, ".input_scale"))
-                return mxm_fail(MXM_ERR_UNSUPPORTED,
-                                PT ": tensor '" NM "' (%s) is already quantized; the input must be "
-                                   "a BF16/F16/F32 checkpoint",
-                                mxm_st_path(f), t->name, t->dtype_str);
-            if (!mxm_add_i64(total, t->nbytes, &total))
-                return mxm_fail(MXM_ERR_OVERFLOW, PT ": total size overflows int64", j->in_dir);
-            if (!cq_should_quantize(t)) continue;
-            if (t->dtype != MXM_DT_BF16 && t->dtype != MXM_DT_F16 && t->dtype != MXM_DT_F32)
-                return mxm_fail(MXM_ERR_DTYPE,
-                                PT ": tensor '" NM "': expert weight of dtype %s; supported: BF16, "
-                                   "F16, F32",
-                                mxm_st_path(f), t->name, t->dtype_str);
-            if (t->shape[1] % MXM_MX_BLOCK != 0)
-                return mxm_fail(MXM_ERR_SHAPE,
-                                PT ": tensor '" NM "' [%lld, %lld]: K = %lld is not a multiple of "
-                                   "32, so it cannot be stored as MXFP8",
-                                mxm_st_path(f), t->name, (long long)t->shape[0],
-                                (long long)t->shape[1], (long long)t->shape[1]);
-            nq++;
-        }
-    }
-    if (nq == 0)
-        return mxm_fail(MXM_ERR_NOT_FOUND,
-                        PT
-                        ": no routed- or shared-expert Linear weights (names with .experts., "
-                        ".shared_experts. or .shared_expert., ending in _proj.weight) to quantize",
-                        j->in_dir);
-    j->total = total;
-    j->nquant = nq;
-
-    /* Exclude list. */
-    const char **qn = malloc((size_t)nq * sizeof *qn);
-    if (!qn) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
-    size_t k = 0;
-    for (size_t s = 0; s < j->nshards; s++)
-        for (int64_t i = 0; i < mxm_st_count(j->shards[s].file); i++) {
-            const mxm_st_tensor *t = mxm_st_at(j->shards[s].file, i);
-            if (cq_should_quantize(t)) qn[k++] = t->name;
-        }
-    qsort(qn, k, sizeof *qn, cq_cmp_cstr);
+/* The project's own exclude list (MXM_QUANTIZE_EXPERTS, the *_mxfp8 fixtures' rule; see the top
+ * of this file). qn: the sorted names of the quantized tensors. */
+static mxm_status cq_experts_exclude(cq_job *j, const char *const *qn, size_t k) {
     mxm_status st = MXM_OK;
     for (size_t s = 0; s < j->nshards && st == MXM_OK; s++) {
         for (int64_t i = 0; i < mxm_st_count(j->shards[s].file) && st == MXM_OK; i++) {
             const mxm_st_tensor *t = mxm_st_at(j->shards[s].file, i);
-            if (t->rank != 2 || cq_should_quantize(t) || !cq_ends_with(t->name, ".weight"))
+            if (t->rank != 2 || cq_should_quantize(j, t) || !cq_ends_with(t->name, ".weight"))
                 continue;
             const size_t mlen = strlen(t->name) - strlen(".weight");        /* module name */
             if (mlen == 7 && strncmp(t->name, "lm_head", 7) == 0) continue; /* listed first */
@@ -641,9 +692,149 @@ static mxm_status cq_plan(cq_job *j) {
             }
         }
     }
-    free(qn);
+    if (st == MXM_OK && j->excl.n > 1) qsort(j->excl.v, j->excl.n, sizeof *j->excl.v, cq_excl_cmp);
+    return st;
+}
+
+/* ModelOpt sorts its exclude list by the module names transformers uses in memory; for
+ * nemotron_h those start with "model" where the checkpoint has "backbone" (transformers 5
+ * renames them at load and back at save), so "lm_head" sorts before "backbone.embeddings". */
+static void cq_modelopt_key(const cq_job *j, const char *s, char *key, size_t cap) {
+    if (j->nemotron && strncmp(s, "backbone", 8) == 0 && (s[8] == '.' || s[8] == '*' || !s[8]))
+        snprintf(key, cap, "model%s", s + 8);
+    else
+        snprintf(key, cap, "%s", s);
+}
+
+/* 1 if name is in sorted[0..n). */
+static int cq_contains(const char *const *sorted, size_t n, const char *name) {
+    return n && bsearch(&name, sorted, n, sizeof *sorted, cq_cmp_cstr) != NULL;
+}
+
+/* ModelOpt's exclude list (export/quant_utils.py, process_layer_quant_config with
+ * _prefix_wildcard_summarize_exclude_modules): every module that carries a weight quantizer but
+ * is not quantized (here: Linear- and convolution-shaped ".weight" tensors that are not, which
+ * covers lm_head, the embeddings, the routers and Mamba's conv1d), plus "lm_head" (the module
+ * exists even when tied), each written as the shortest prefix wildcard cut at a dot that matches
+ * no quantized module: "<p>*", else "<p>.*", else the name itself; deduplicated, sorted.
+ * qm: the sorted module names of the quantized tensors. */
+static mxm_status cq_modelopt_exclude(cq_job *j, const char *const *qm, size_t nq) {
+    mxm_status st = cq_excl_add(&j->excl, "lm_head", 7, "lm_head", 7, LONG_MAX, 1);
+    for (size_t s = 0; s < j->nshards && st == MXM_OK; s++) {
+        for (int64_t i = 0; i < mxm_st_count(j->shards[s].file) && st == MXM_OK; i++) {
+            const mxm_st_tensor *t = mxm_st_at(j->shards[s].file, i);
+            size_t mlen;
+            if (!cq_module_of(t, &mlen) || cq_should_quantize(j, t)) continue;
+            char *p = malloc(mlen + 2), *key = malloc(mlen + 8);
+            if (!p || !key) {
+                free(p);
+                free(key);
+                return mxm_fail(MXM_ERR_NOMEM, "out of memory building the exclude list");
+            }
+            size_t out = mlen; /* the module itself unless a wildcard fits */
+            int star = 0;
+            for (size_t c = 0; c < mlen && !star; c++) {
+                if (t->name[c] != '.') continue;
+                memcpy(p, t->name, c);
+                p[c] = '\0';
+                if (!cq_any_with_prefix(qm, nq, t->name, c)) /* "<p>*" */
+                    out = c, star = 1;
+                else if (!cq_contains(qm, nq, p) && !cq_any_with_prefix(qm, nq, t->name, c + 1))
+                    out = c + 1, star = 1; /* "<p>.*" */
+            }
+            memcpy(p, t->name, out);
+            if (star) p[out++] = '*';
+            p[out] = '\0';
+            cq_modelopt_key(j, p, key, mlen + 8);
+            st = cq_excl_add(&j->excl, p, out, key, strlen(key), LONG_MAX, 1);
+            free(p);
+            free(key);
+        }
+    }
+    /* cq_excl_cmp: by the sort key (held in .prefix), then by name */
+    if (st == MXM_OK && j->excl.n > 1) qsort(j->excl.v, j->excl.n, sizeof *j->excl.v, cq_excl_cmp);
+    return st;
+}
+
+/* Decides what is quantized, checks shapes and dtypes, sums the work and builds the exclude
+ * list. Nothing is written before this has passed. */
+static mxm_status cq_plan(cq_job *j) {
+    int64_t total = 0, nq = 0, ntensors = 0;
+    for (size_t s = 0; s < j->nshards; s++)
+        ntensors += mxm_st_count(j->shards[s].file);
+    j->names = malloc((size_t)(ntensors + 1) * sizeof *j->names);
+    j->qnames = malloc((size_t)(ntensors + 1) * sizeof *j->qnames);
+    if (!j->names || !j->qnames) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    for (size_t s = 0; s < j->nshards; s++)
+        for (int64_t i = 0; i < mxm_st_count(j->shards[s].file); i++)
+            j->names[j->nnames++] = mxm_st_at(j->shards[s].file, i)->name;
+    qsort(j->names, j->nnames, sizeof *j->names, cq_cmp_cstr);
+    size_t nsel = 0;
+    for (size_t s = 0; s < j->nshards; s++) {
+        const mxm_st_file *f = j->shards[s].file;
+        for (int64_t i = 0; i < mxm_st_count(f); i++) {
+            const mxm_st_tensor *t = mxm_st_at(f, i);
+            if (t->dtype == MXM_DT_E4M3 || t->dtype == MXM_DT_E5M2 || t->dtype == MXM_DT_E8M0 ||
+                cq_ends_with(t->name, ".weight_scale") ||
+                cq_ends_with(t->name, ".weight_scale_inv") || cq_ends_with(t->name, ".input_scale"))
+                return mxm_fail(MXM_ERR_UNSUPPORTED,
+                                PT ": tensor '" NM "' (%s) is already quantized; the input must be "
+                                   "a BF16/F16/F32 checkpoint",
+                                mxm_st_path(f), t->name, t->dtype_str);
+            if (!mxm_add_i64(total, t->nbytes, &total))
+                return mxm_fail(MXM_ERR_OVERFLOW, PT ": total size overflows int64", j->in_dir);
+            if (!cq_select(j, t)) continue;
+            if (t->dtype != MXM_DT_BF16 && t->dtype != MXM_DT_F16 && t->dtype != MXM_DT_F32)
+                return mxm_fail(MXM_ERR_DTYPE,
+                                PT ": tensor '" NM "': Linear weight of dtype %s; supported: BF16, "
+                                   "F16, F32",
+                                mxm_st_path(f), t->name, t->dtype_str);
+            if (t->shape[1] % MXM_MX_BLOCK != 0)
+                return mxm_fail(MXM_ERR_SHAPE,
+                                PT ": tensor '" NM "' [%lld, %lld]: K = %lld is not a multiple of "
+                                   "32, so it cannot be stored as MXFP8%s",
+                                mxm_st_path(f), t->name, (long long)t->shape[0],
+                                (long long)t->shape[1], (long long)t->shape[1],
+                                j->scope == MXM_QUANTIZE_EXPERTS
+                                    ? ""
+                                    : " (experts only: MXM_QUANTIZE_EXPERTS, --experts-only)");
+            j->qnames[nsel++] = t->name;
+            nq++;
+        }
+    }
+    if (nq == 0)
+        return mxm_fail(
+            MXM_ERR_NOT_FOUND, PT ": no %s to quantize", j->in_dir,
+            j->scope == MXM_QUANTIZE_EXPERTS
+                ? "routed- or shared-expert Linear weights (names with .experts., .shared_experts. "
+                  "or .shared_expert., ending in _proj.weight)"
+                : "Linear weights (rank-2 \".weight\" tensors other than lm_head, embeddings and "
+                  "routers)");
+    qsort(j->qnames, nsel, sizeof *j->qnames, cq_cmp_cstr);
+    j->nqnames = nsel;
+    j->total = total;
+    j->nquant = nq;
+
+    mxm_status st;
+    if (j->scope == MXM_QUANTIZE_EXPERTS) {
+        st = cq_experts_exclude(j, j->qnames, j->nqnames);
+    } else { /* the quantized tensors' module names, sorted (as the names: ".weight" sorts alike) */
+        char **qm = calloc(nsel + 1, sizeof *qm);
+        st = qm ? MXM_OK : mxm_fail(MXM_ERR_NOMEM, "out of memory");
+        for (size_t i = 0; i < nsel && st == MXM_OK; i++) {
+            const size_t l = strlen(j->qnames[i]) - strlen(".weight");
+            if (!(qm[i] = malloc(l + 1)))
+                st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
+            else
+                memcpy(qm[i], j->qnames[i], l), qm[i][l] = '\0';
+        }
+        if (st == MXM_OK) qsort(qm, nsel, sizeof *qm, cq_cmp_cstr);
+        if (st == MXM_OK) st = cq_modelopt_exclude(j, (const char *const *)qm, nsel);
+        for (size_t i = 0; qm && i < nsel; i++)
+            free(qm[i]);
+        free(qm);
+    }
     if (st != MXM_OK) return st;
-    if (j->excl.n > 1) qsort(j->excl.v, j->excl.n, sizeof *j->excl.v, cq_excl_cmp);
     mxm_log(MXM_LOG_INFO, "checkpoint_quantize: " PT ": %lld tensors, %lld to quantize, %lld bytes",
             j->in_dir, (long long)ntensors, (long long)nq, (long long)total);
     return MXM_OK;
@@ -730,6 +921,8 @@ static mxm_status cq_write_shard(cq_job *j, const cq_shard *sh) {
     if (st != MXM_OK) return st;
     mxm_st_writer *w;
     if ((st = mxm_st_writer_create(tmp, &w)) != MXM_OK) return st;
+    /* ModelOpt's export is written by the safetensors library: by dtype, then by name */
+    if (j->scope == MXM_QUANTIZE_MODELOPT) mxm_st_writer_set_order(w, MXM_ST_ORDER_DTYPE);
     const char *path = mxm_st_path(sh->file);
     for (int64_t i = 0; i < mxm_st_metadata_count(sh->file) && st == MXM_OK; i++) {
         const char *key, *value;
@@ -738,7 +931,7 @@ static mxm_status cq_write_shard(cq_job *j, const cq_shard *sh) {
     }
     for (int64_t i = 0; i < mxm_st_count(sh->file) && st == MXM_OK; i++) {
         const mxm_st_tensor *t = mxm_st_at(sh->file, i);
-        if (cq_should_quantize(t)) {
+        if (cq_should_quantize(j, t)) {
             st = cq_quantize_tensor(j, w, t, path);
         } else {
             st = mxm_st_writer_add(w, t->name, t->dtype_str, t->rank, t->shape, t->data, t->nbytes);
@@ -800,7 +993,7 @@ static mxm_status cq_write_index(cq_job *j) {
     for (size_t s = 0; s < j->nshards && !bad; s++)
         for (int64_t i = 0; i < mxm_st_count(j->shards[s].file); i++) {
             const mxm_st_tensor *t = mxm_st_at(j->shards[s].file, i);
-            total += cq_should_quantize(t) ? t->numel + t->numel / MXM_MX_BLOCK : t->nbytes;
+            total += cq_should_quantize(j, t) ? t->numel + t->numel / MXM_MX_BLOCK : t->nbytes;
         }
     const char *key;
     json_t *v;
@@ -811,7 +1004,7 @@ static mxm_status cq_write_index(cq_job *j) {
         cq_shard ks = {(char *)sname, NULL};
         const cq_shard *sh = bsearch(&ks, j->shards, j->nshards, sizeof *j->shards, cq_cmp_shard);
         const mxm_st_tensor *t = sh ? mxm_st_find(sh->file, key) : NULL;
-        if (t && cq_should_quantize(t)) {
+        if (t && cq_should_quantize(j, t)) {
             char *scale = cq_concat(key, "_scale");
             bad |= !scale || json_object_set_new(wm, scale, json_string(sname)) != 0;
             free(scale);
@@ -828,14 +1021,18 @@ static mxm_status cq_write_index(cq_job *j) {
     return st;
 }
 
+/* What wrote the checkpoint. Loaders do not read it (vLLM recognises the format by
+ * quantization_config.quant_method "modelopt" and quant_algo "MXFP8"; docs/checkpoints.md). */
 static json_t *cq_producer(void) {
-    return json_pack("{s:s, s:s}", "name", "modelopt", "version", "0.42.0");
+    return json_pack("{s:s, s:s}", "name", "mxmoe", "version", mxm_version());
 }
 
 static json_t *cq_ignore_list(const cq_job *j) {
     json_t *a = json_array();
     if (!a) return NULL;
-    int bad = json_array_append_new(a, json_string("lm_head")) != 0;
+    /* MXM_QUANTIZE_MODELOPT's list holds "lm_head" in its sorted place already */
+    int bad =
+        j->scope == MXM_QUANTIZE_EXPERTS && json_array_append_new(a, json_string("lm_head")) != 0;
     for (size_t i = 0; i < j->excl.n; i++)
         bad |= json_array_append_new(a, json_string(j->excl.v[i].s)) != 0;
     if (bad) {
@@ -1051,6 +1248,7 @@ static mxm_status cq_run(cq_job *j) {
         const char *family = json_is_string(mt) ? json_string_value(mt) : "";
         const int known = strcmp(family, "nemotron_h") == 0 || strcmp(family, "qwen3_moe") == 0 ||
                           strcmp(family, "deepseek_v3") == 0;
+        j->nemotron = strcmp(family, "nemotron_h") == 0;
         mxm_log(MXM_LOG_INFO, "checkpoint_quantize: " PT ": model_type '" NM "'%s", j->in_dir,
                 family, known ? "" : " (not a tested family; expert weights found by name)");
         st = cq_open_inputs(j);
@@ -1083,30 +1281,56 @@ static mxm_status cq_run(cq_job *j) {
     return MXM_OK;
 }
 
-mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_dir, int32_t scale_rule,
-                                   int32_t num_threads, mxm_progress_fn progress, void *user) {
+void mxm_quantize_options_default(mxm_quantize_options *o) {
+    if (!o) return;
+    o->scale_rule = MXM_SCALE_RCEIL;
+    o->num_threads = 0;
+    o->scope = MXM_QUANTIZE_MODELOPT;
+}
+
+mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir,
+                                      const mxm_quantize_options *opts, mxm_progress_fn progress,
+                                      void *user) {
+    mxm_quantize_options o;
+    mxm_quantize_options_default(&o);
+    if (opts) o = *opts;
     if (!in_dir || !out_dir)
         return mxm_fail(MXM_ERR_NULL, "mxm_checkpoint_quantize: in_dir or out_dir is NULL");
     if (!in_dir[0] || !out_dir[0])
         return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_checkpoint_quantize: empty folder name");
-    if (scale_rule != MXM_SCALE_RCEIL && scale_rule != MXM_SCALE_FLOOR)
+    if (o.scale_rule != MXM_SCALE_RCEIL && o.scale_rule != MXM_SCALE_FLOOR)
         return mxm_fail(MXM_ERR_INVALID_ARG,
                         "mxm_checkpoint_quantize: scale rule %d unknown; supported: rceil (0), "
                         "floor (1)",
-                        scale_rule);
-    if (num_threads < 0)
+                        o.scale_rule);
+    if (o.num_threads < 0)
         return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_checkpoint_quantize: num_threads %d < 0",
-                        num_threads);
+                        o.num_threads);
+    if (o.scope != MXM_QUANTIZE_MODELOPT && o.scope != MXM_QUANTIZE_EXPERTS)
+        return mxm_fail(
+            MXM_ERR_INVALID_ARG,
+            "mxm_checkpoint_quantize: scope %d unknown; supported: modelopt (0), experts (1)",
+            o.scope);
     cq_job j;
     memset(&j, 0, sizeof j);
     j.in_dir = in_dir;
     j.out_dir = out_dir;
-    j.rule = scale_rule;
-    j.threads = num_threads;
+    j.rule = o.scale_rule;
+    j.threads = o.num_threads;
+    j.scope = o.scope;
     j.progress = progress;
     j.user = user;
     const mxm_status st = cq_run(&j);
     /* On failure every temporary goes; after success none is left (all renamed). */
     cq_job_free(&j, st != MXM_OK);
     return st;
+}
+
+mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_dir, int32_t scale_rule,
+                                   int32_t num_threads, mxm_progress_fn progress, void *user) {
+    mxm_quantize_options o;
+    mxm_quantize_options_default(&o);
+    o.scale_rule = scale_rule;
+    o.num_threads = num_threads;
+    return mxm_checkpoint_quantize_ex(in_dir, out_dir, &o, progress, user);
 }
