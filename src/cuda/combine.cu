@@ -19,6 +19,8 @@ __device__ __forceinline__ void store4(void *base, int64_t i, int32_t dtype, con
 
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(mxm_cuda_args a, void *out, void *out_routed,
                                                                     int32_t out_dtype) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     const int64_t t = blockIdx.x, h = (int64_t)blockIdx.y * COMBINE_COLS + 4 * threadIdx.x;
     if (h >= a.H) return;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -40,8 +42,6 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(mxm_cuda_args 
 
 mxm_status mxm_cuda_combine(const mxm_cuda_args &a, void *out, void *out_routed, int32_t out_dtype,
                             cudaStream_t s) {
-    combine_kernel<<<dim3(a.T, (a.H + COMBINE_COLS - 1) / COMBINE_COLS), COMBINE_THREADS, 0, s>>>(a, out, out_routed,
-                                                                                                out_dtype);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(combine_kernel, dim3(a.T, (a.H + COMBINE_COLS - 1) / COMBINE_COLS), COMBINE_THREADS, 0, s,
+                           a, out, out_routed, out_dtype);
 }

@@ -7,6 +7,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include <utility>
+
 extern "C" {
 #include "core/core.h"
 #include "moe/plan.h"
@@ -23,6 +25,30 @@ extern "C" {
     } while (0)
 
 #define MXM_CUDA_LAUNCHED() MXM_CUDA_TRY(cudaGetLastError())
+
+// Programmatic dependent launch: every kernel of a forward is launched with programmatic stream
+// serialization, so it is scheduled while its predecessor drains instead of after it. Each
+// kernel calls mxm_griddep_wait() before it touches anything an earlier kernel writes or reads
+// (the predecessor's completion and memory are then visible; that covers every kernel before
+// it, since each waited on its own predecessor), then mxm_griddep_launch() to let its successor
+// be scheduled. Both are no-ops in a plain launch. MXM_CUDA_PDL=0 turns the attribute off.
+__device__ __forceinline__ void mxm_griddep_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void mxm_griddep_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+
+int mxm_cuda_pdl_enabled();
+
+template <typename... Params, typename... Args>
+static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                  Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr, cfg.numAttrs = mxm_cuda_pdl_enabled() ? 1 : 0;
+    MXM_CUDA_TRY(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+    return MXM_OK;
+}
 
 // Rows of one expert group per MMA tile, and the skinny-kernel threshold (rows per group): groups
 // with up to MXM_CUDA_SKINNY_MAX rows stream their weights through gemm_skinny.cu (one block

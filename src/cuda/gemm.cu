@@ -235,6 +235,8 @@ template <bool GATED, bool BLK>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
@@ -297,6 +299,8 @@ template <bool BLK>
 __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
@@ -368,14 +372,13 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
     const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
     if (a.gated_routed || a.gated_shared == 1) {
-        if (a.blk) mma1_kernel<true, true><<<gg, THREADS, sizeof(smem_all), s>>>(a);
-        else mma1_kernel<true, false><<<gg, THREADS, sizeof(smem_all), s>>>(a);
-        MXM_CUDA_LAUNCHED();
+        st = mxm_cuda_launch(a.blk ? mma1_kernel<true, true> : mma1_kernel<true, false>, gg, THREADS, sizeof(smem_all), s, a);
+        if (st) return st;
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        if (a.blk) mma1_kernel<false, true><<<gp, THREADS, sizeof(smem_all), s>>>(a);
-        else mma1_kernel<false, false><<<gp, THREADS, sizeof(smem_all), s>>>(a);
-        MXM_CUDA_LAUNCHED();
+        st = mxm_cuda_launch(a.blk ? mma1_kernel<false, true> : mma1_kernel<false, false>, gp, THREADS, sizeof(smem_all), s,
+                             a);
+        if (st) return st;
     }
     return MXM_OK;
 }
@@ -385,8 +388,5 @@ mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     mxm_status st = smem_opt_in();
     if (st) return st;
     const dim3 grid(max_tiles, (a.H + BN - 1) / BN);
-    if (a.blk) mma2_kernel<true><<<grid, THREADS, sizeof(smem_all), s>>>(a);
-    else mma2_kernel<false><<<grid, THREADS, sizeof(smem_all), s>>>(a);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(a.blk ? mma2_kernel<true> : mma2_kernel<false>, grid, THREADS, sizeof(smem_all), s, a);
 }

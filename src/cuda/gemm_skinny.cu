@@ -83,12 +83,16 @@ struct sk_sources {
 
 // Issues the copies of stage k0 into ring slot `slot`. Pieces past K, past the group's weight
 // rows or past its tokens (null sources) are zero-filled; their copies name a valid dummy address.
+// do_w / do_x: the weight and the token pieces (GEMM2 copies its first weights before it waits
+// for GEMM1's output).
 __device__ __forceinline__ void sk_issue(unsigned char *ring, int stage_bytes, int slot, const sk_sources &src,
-                                         const void *dummy, int64_t k0, int64_t K, int brows) {
+                                         const void *dummy, int64_t k0, int64_t K, int brows, bool do_w = true,
+                                         bool do_x = true) {
     unsigned char *A = ring + (size_t)slot * stage_bytes, *B = A + SK_A_BYTES;
     const int t = threadIdx.x, ca = t % 8, cb = t % 16;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
+        if (!do_w) break;
         const int row = t / 8 + 16 * i;
         const bool ok = src.w[i] && k0 + 16 * ca < K;
         cp_async16(A + row * SK_KC + ((ca ^ ((row & 1) * 4)) * 16), ok ? (const void *)(src.w[i] + k0 + 16 * ca) : dummy,
@@ -97,7 +101,7 @@ __device__ __forceinline__ void sk_issue(unsigned char *ring, int stage_bytes, i
 #pragma unroll
     for (int i = 0; i < SK_NT_MAX; i++) {
         const int row = t / 16 + 8 * i;
-        if (row >= brows) break;
+        if (row >= brows || !do_x) break;
         const bool ok = src.x[i] && k0 + 8 * cb < K;
         cp_async16(B + row * SK_B_ROW + ((cb ^ (row & 1)) * 16), ok ? (const void *)(src.x[i] + k0 + 8 * cb) : dummy,
                    ok);
@@ -216,15 +220,28 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         for (int q = 0; q < 4; q++) acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
 
     const int nst = (int)((K + SK_KC - 1) / SK_KC);
+    // Ring prologue. GEMM1 has waited for its inputs already. GEMM2 streams its first weight
+    // stages while GEMM1 still runs, then waits for the intermediate (programmatic launch; the
+    // group table it read came from the prologue, which finished before GEMM1 let it start).
+    const bool early_w = KIND == SK_GEMM2;
 #pragma unroll
     for (int s = 0; s < SK_STAGES - 1; s++) {
-        if (s < nst) sk_issue(ring, stage_bytes, s, src, wbase, (int64_t)s * SK_KC, K, brows);
+        if (s < nst) sk_issue(ring, stage_bytes, s, src, wbase, (int64_t)s * SK_KC, K, brows, true, !early_w);
+        cp_async_commit();
+    }
+    if (early_w) {
+        mxm_griddep_wait();
+        mxm_griddep_launch();
+#pragma unroll
+        for (int s = 0; s < SK_STAGES - 1; s++)
+            if (s < nst) sk_issue(ring, stage_bytes, s, src, wbase, (int64_t)s * SK_KC, K, brows, false, true);
         cp_async_commit();
     }
     sk_scales cur = {}, nxt = {};
     if (!BLK) sk_load_scales(cur, srow, 0, K);
     for (int it = 0; it < nst; it++) {
-        cp_async_wait<SK_STAGES - 2>();
+        if (early_w && it == 0) cp_async_wait<0>(); // the token pieces of the first stages came last
+        else cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
         const int ns = it + SK_STAGES - 1;
         if (ns < nst) sk_issue(ring, stage_bytes, ns % SK_STAGES, src, wbase, (int64_t)ns * SK_KC, K, brows);
@@ -306,6 +323,10 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 template <int KIND, bool BLK>
 __global__ void __launch_bounds__(SK_THREADS) skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
+    if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
+        mxm_griddep_wait();
+        mxm_griddep_launch();
+    }
     const int g = sk_group(a);
     if (g < 0) return;
     const mxm_cuda_group G = a.group[g];
@@ -343,9 +364,8 @@ static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) 
                                           SK_STAGES * sk_stage_bytes(SK_NT_MAX)));
         raised = SK_STAGES * sk_stage_bytes(SK_NT_MAX);
     }
-    skinny_kernel<KIND, BLK><<<dim3(sk_group_bound(a), chunks), SK_THREADS, smem, s>>>(a, nt_max);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(skinny_kernel<KIND, BLK>, dim3(sk_group_bound(a), chunks), SK_THREADS, (size_t)smem, s, a,
+                           nt_max);
 }
 
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {

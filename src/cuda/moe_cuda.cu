@@ -13,6 +13,15 @@
 
 #include "cuda/kernels.cuh"
 
+int mxm_cuda_pdl_enabled() {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("MXM_CUDA_PDL");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -78,6 +78,8 @@ __device__ __forceinline__ void scatter_pair(const mxm_cuda_args &a, int64_t i, 
 }
 
 __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= (int64_t)a.T * a.K) return;
     const int32_t e = a.ids[i] - a.off;
@@ -86,12 +88,16 @@ __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
 
 __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
     extern __shared__ int32_t n[]; // [groups]
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
     __syncthreads();
     group_offsets_block(a, n, cursor);
 }
 
 __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < (int64_t)a.T * a.K) scatter_pair(a, i, cursor);
 }
@@ -100,8 +106,8 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
     const int64_t n = (int64_t)a.T * a.K;
     const int blocks = (int)((n + 255) / 256);
     MXM_CUDA_TRY(cudaMemsetAsync(cursor, 0, sizeof(int32_t) * (a.groups + 1), s));
-    count_kernel<<<blocks, 256, 0, s>>>(a, cursor);
-    MXM_CUDA_LAUNCHED();
+    mxm_status st = mxm_cuda_launch(count_kernel, blocks, 256, 0, s, a, cursor);
+    if (st) return st;
     const size_t smem = sizeof(int32_t) * (size_t)a.groups;
     if (smem > 48 * 1024) {
         static size_t raised = 0;
@@ -110,16 +116,15 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
             raised = smem;
         }
     }
-    offsets_kernel<<<1, 1024, smem, s>>>(a, cursor);
-    MXM_CUDA_LAUNCHED();
-    scatter_kernel<<<blocks, 256, 0, s>>>(a, cursor);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    if ((st = mxm_cuda_launch(offsets_kernel, 1, 1024, smem, s, a, cursor))) return st;
+    return mxm_cuda_launch(scatter_kernel, blocks, 256, 0, s, a, cursor);
 }
 
 // ---- the decode prologue ---------------------------------------------------------------------------
 
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_args a, mxm_cuda_prologue_in in) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     if (blockIdx.x > 0) { // activations
         if (a.blk)
             mxm_prepare_x_fp8block(a, (int64_t)(blockIdx.x - 1) * (PROLOGUE_THREADS / 32) + threadIdx.x / 32, in.x,
@@ -159,7 +164,5 @@ mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in 
             raised = smem;
         }
     }
-    prologue_kernel<<<(unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s>>>(a, in);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s, a, in);
 }

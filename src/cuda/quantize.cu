@@ -4,11 +4,15 @@
 #include "cuda/prepare.cuh"
 
 __global__ void prepare_x_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const uint8_t *x_scale) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     mxm_prepare_x_row(a, blockIdx.x, x, x_dtype, x_scale);
 }
 
 __global__ void prepare_x_fp8block_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const float *x_scale,
                                           int32_t transposed) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     mxm_prepare_x_fp8block(a, (int64_t)blockIdx.x * MXM_PREP_WARPS + threadIdx.x / 32, x, x_dtype, x_scale, transposed);
 }
 
@@ -16,17 +20,16 @@ mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_d
                               int32_t x_scale_transposed, cudaStream_t s) {
     if (a.blk) {
         const int64_t warps = (int64_t)a.T * a.HB;
-        prepare_x_fp8block_kernel<<<(unsigned)((warps + MXM_PREP_WARPS - 1) / MXM_PREP_WARPS), 32 * MXM_PREP_WARPS, 0, s>>>(
-            a, x, x_dtype, (const float *)x_scale, x_scale_transposed);
-    } else {
-        prepare_x_kernel<<<a.T, 256, 0, s>>>(a, x, x_dtype, (const uint8_t *)x_scale);
+        return mxm_cuda_launch(prepare_x_fp8block_kernel, (unsigned)((warps + MXM_PREP_WARPS - 1) / MXM_PREP_WARPS),
+                               32 * MXM_PREP_WARPS, 0, s, a, x, x_dtype, (const float *)x_scale, x_scale_transposed);
     }
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(prepare_x_kernel, a.T, 256, 0, s, a, x, x_dtype, (const uint8_t *)x_scale);
 }
 
 // a.actf -> a.act (codes' values) and a.acts, per (row, 128-block) of every group; grid.y = group.
 __global__ void requant_fp8block_kernel(mxm_cuda_args a) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     const mxm_cuda_group G = a.group[blockIdx.y];
     const int ib = (G.I + 127) / 128, lane = threadIdx.x & 31;
     for (int64_t u = (int64_t)blockIdx.x * MXM_PREP_WARPS + threadIdx.x / 32; u < (int64_t)G.rows * ib;
@@ -44,7 +47,5 @@ __global__ void requant_fp8block_kernel(mxm_cuda_args a) {
 
 mxm_status mxm_cuda_requant_fp8block(const mxm_cuda_args &a, cudaStream_t s) {
     if (!mxm_cuda_blk_w8a8(a) || a.groups == 0) return MXM_OK;
-    requant_fp8block_kernel<<<dim3(64, a.groups), 32 * MXM_PREP_WARPS, 0, s>>>(a);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(requant_fp8block_kernel, dim3(64, a.groups), 32 * MXM_PREP_WARPS, 0, s, a);
 }

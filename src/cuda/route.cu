@@ -6,6 +6,8 @@
 __global__ void route_kernel(int32_t T, mxm_route_params rp, const void *logits, int32_t logits_dtype,
                              const void *bias, int32_t bias_dtype, int32_t *ids, float *wts, char *scratch,
                              int64_t stride) {
+    mxm_griddep_wait();
+    mxm_griddep_launch();
     const int64_t t = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (t >= T) return;
     mxm_route_token(&rp, logits, logits_dtype, bias, bias_dtype, t, ids, wts, scratch + t * stride);
@@ -20,8 +22,6 @@ mxm_status mxm_cuda_route(const mxm_cuda_args &a, const mxm_route_params &rp, co
                           int32_t logits_dtype, const void *bias, int32_t bias_dtype, void *scratch,
                           cudaStream_t s) {
     const int64_t stride = mxm_route_device_scratch_bytes(&rp);
-    route_kernel<<<(a.T + 127) / 128, 128, 0, s>>>(a.T, rp, logits, logits_dtype, bias, bias_dtype, a.ids, a.wts,
-                                                   (char *)scratch, stride);
-    MXM_CUDA_LAUNCHED();
-    return MXM_OK;
+    return mxm_cuda_launch(route_kernel, (a.T + 127) / 128, 128, 0, s, a.T, rp, logits, logits_dtype, bias, bias_dtype,
+                           a.ids, a.wts, (char *)scratch, stride);
 }
