@@ -39,6 +39,19 @@ constexpr int SLOT_W =
 constexpr int SLOT = SLOT_ACT + SLOT_W;
 constexpr int STAGES = 4;
 constexpr int THREADS = 384;
+// Register split (setmaxnreg; the entry cap 168 x 384 = 64512 per CTA must hold 128 producer +
+// 256 consumer threads). ptxas 13.0: GEMM1 at 80/200 spills nothing in the consumers and 0-4
+// bytes in the producer; GEMM2's consumers need more (its fragment stores to a.y), 64/216:
+// no consumer spills, 72 bytes in the producer's row tables (L1). 56/224 spills 132 in the
+// producer.
+template <int MODE> constexpr uint32_t producer_regs() {
+    return MODE == 2 ? 64 : 80;
+}
+template <int MODE> constexpr uint32_t consumer_regs() {
+    return MODE == 2 ? 216 : 200;
+}
+static_assert(128 * 80 + 256 * 200 <= 168 * 384 && 128 * 64 + 256 * 216 <= 168 * 384,
+              "register pool");
 constexpr int EPI_STRIDE = 68; // floats per row of the epilogue buffer (64 + 4: no bank conflicts)
 constexpr int EPI_BYTES = WG_BT * EPI_STRIDE * 4; // per consumer warpgroup
 constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
@@ -233,7 +246,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
 
     if (tid < 128) {
         // ---------------- producer warpgroup ----------------
-        setmaxnreg_dec<56>();
+        setmaxnreg_dec<producer_regs<MODE>()>();
         const int ac = tid & 7, ar = tid >> 3; // activation chunk (8 bf16) and first row (+16 i)
         const int wc = tid & 3, wr = tid >> 2; // weight chunk (16 codes) and first row (+32 i)
         const uint32_t a_sw = (uint32_t)((ac ^ (ar & 7)) << 4);
@@ -281,7 +294,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
         }
     } else {
         // ---------------- consumer warpgroups ----------------
-        setmaxnreg_inc<224>();
+        setmaxnreg_inc<consumer_regs<MODE>()>();
         const int ct = tid - 128, wgi = ct >> 7, w = (ct >> 5) & 3, lane = ct & 31, gq = lane >> 2,
                   tq = lane & 3;
         const int rl = 128 * wgi + 16 * w + gq; // tile row of fragment rows (mb = 0, rr = 0)
