@@ -412,47 +412,6 @@ static void test_group_sizes(void **state) {
     forced_counts = NULL;
 }
 
-/* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the MXFP8 prefill
- * GEMMs on gemm_wgmma.cu (Hopper wgmma, 128-row m-tiles), plus shapes aimed at its tiles. */
-static void test_wgmma(void **state) {
-    setenv("MXM_CUDA_WGMMA", "1", 1);
-    for (int act = 0; act < MXM_ACT_COUNT_; act++)
-        for (int aq = 0; aq < 2; aq++)
-            for (int prof = 0; prof < 2; prof++) {
-                if (quick && (aq || prof)) continue;
-                mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
-                c.act_quant = aq, c.profile = prof;
-                compare("wg-mode", c, 300, 0, 0, 0);
-            }
-    for (int lay = 0; lay < 3; lay++) {
-        mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
-        c.w13_layout = lay;
-        compare("wg-layout", c, 200, 0, 0, 0);
-    }
-    mxm_moe_config c = cfg_of(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
-    c.shared_intermediate_size = 192;
-    compare("wg-shared", c, 150, 0, 0, 0);
-    c.shared_activation = MXM_ACT_SILU;
-    compare("wg-shared", c, 150, 0, 0, 0);
-    /* Several n-tiles with partial last ones (gated I = 320: 128-column tiles; H = 416:
-     * 256-row GEMM2 tiles), groups over several 128-row m-tiles, a shared expert of another
-     * gating and I (both GEMM1 kernels), every layout; then a production-like shape. */
-    for (int lay = 0; lay < 3; lay++) {
-        mxm_moe_config d = cfg_of(416, 320, 8, 2, MXM_ACT_SILU);
-        d.w13_layout = lay, d.shared_intermediate_size = 192, d.shared_activation = MXM_ACT_RELU2_NO_MUL;
-        compare("wg-tiles", d, 1200, 1, 0, 0);
-    }
-    if (!quick) {
-        mxm_moe_config d = cfg_of(2688, 1856, 16, 6, MXM_ACT_SILU);
-        compare("wg-big", d, 400, 1, 1, 0);
-    }
-    shapes_min_T = 1000;
-    test_shapes_routing(state);
-    shapes_min_T = 0;
-    test_group_sizes(state);
-    unsetenv("MXM_CUDA_WGMMA");
-}
-
 static void test_integer_exact(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
@@ -515,6 +474,50 @@ static void test_graph_replay(void **state) {
     free(x), free(lg), free(o1), free(o2);
     dev_layer_free(&D);
     ref_layer_free(&L);
+}
+
+/* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the MXFP8 prefill
+ * GEMMs on gemm_wgmma.cu (Hopper wgmma, 128-row m-tiles), plus shapes aimed at its tiles. */
+static void test_wgmma(void **state) {
+    setenv("MXM_CUDA_WGMMA", "1", 1);
+    for (int act = 0; act < MXM_ACT_COUNT_; act++)
+        for (int aq = 0; aq < 2; aq++)
+            for (int prof = 0; prof < 2; prof++) {
+                if (quick && (aq || prof)) continue;
+                mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
+                c.act_quant = aq, c.profile = prof;
+                compare("wg-mode", c, 300, 0, 0, 0);
+            }
+    for (int lay = 0; lay < 3; lay++) {
+        mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
+        c.w13_layout = lay;
+        compare("wg-layout", c, 200, 0, 0, 0);
+    }
+    mxm_moe_config c = cfg_of(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
+    c.shared_intermediate_size = 192;
+    compare("wg-shared", c, 150, 0, 0, 0);
+    c.shared_activation = MXM_ACT_SILU;
+    compare("wg-shared", c, 150, 0, 0, 0);
+    /* Several n-tiles with partial last ones (gated I = 320: 128-column tiles; H = 416:
+     * 256-row GEMM2 tiles), groups over several 128-row m-tiles, a shared expert of another
+     * gating and I (both GEMM1 kernels), every layout; then a production-like shape. */
+    for (int lay = 0; lay < 3; lay++) {
+        mxm_moe_config d = cfg_of(416, 320, 8, 2, MXM_ACT_SILU);
+        d.w13_layout = lay, d.shared_intermediate_size = 192, d.shared_activation = MXM_ACT_RELU2_NO_MUL;
+        compare("wg-tiles", d, 1200, 1, 0, 0);
+    }
+    if (!quick) {
+        mxm_moe_config d = cfg_of(2688, 1856, 16, 6, MXM_ACT_SILU);
+        compare("wg-big", d, 400, 1, 1, 0);
+    }
+    shapes_min_T = 1000;
+    test_shapes_routing(state);
+    shapes_min_T = 0;
+    test_group_sizes(state);
+    test_integer_exact(state); /* T = 400: exact against the float64 reference */
+    test_expert_parallel(state);
+    test_graph_replay(state);
+    unsetenv("MXM_CUDA_WGMMA");
 }
 
 int main(void) {
