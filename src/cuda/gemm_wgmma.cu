@@ -190,9 +190,9 @@ template <int MODE>
 __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab, int t, int ntn,
                                          int &g, int &m0, int &n0) {
     const int mt = t / ntn, nt = t - mt * ntn;
+    // The last group whose first m-tile is <= mt (groups without m-tiles share it).
     int lo = 0, hi = a.groups - 1;
-    while (lo <
-           hi) { // the last group whose first m-tile is <= mt (groups without m-tiles share it)
+    while (lo < hi) {
         const int mid = (lo + hi + 1) >> 1;
         if (tab_at(a, stab, mid) <= mt)
             lo = mid;
