@@ -22,7 +22,8 @@
 //    consumers walk the same sequence; the ring carries over tiles.
 //  - GEMM1 epilogue through a per-consumer shared buffer (not the ring, so the producer keeps
 //    prefetching): fragments -> [token][64 columns] fp32, then one warp per (token, 32-column
-//    block): activation, rounding, mxm_warp_mx_fakequant, 64-byte bf16 row stores.
+//    block), four blocks at a time: activation, rounding, the warp MXFP8 quantize-dequantize of
+//    mxm_warp_mx_fakequant (warp_mx_fakequant4), 64-byte bf16 row stores.
 //    GEMM2 stores its fragments straight to a.y (full 32-byte sectors).
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
@@ -174,6 +175,34 @@ __device__ __forceinline__ uint32_t dec_exact(uint32_t x, float sc) {
     const float2 f = mxm_e4m3x2_to_float2((uint16_t)x);
     const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * sc, f.y * sc);
     return *reinterpret_cast<const uint32_t *>(&b);
+}
+
+// mxm_warp_mx_fakequant (mx_device.cuh) on four independent 32-blocks at once (one value per
+// lane each): the same steps and primitives, with the four shuffle trees interleaved and its two
+// early returns (NaN/Inf in the block; scale byte 0) as selects, so the four latency chains
+// overlap. The discarded branch values are computed from finite or wrapped inputs only.
+__device__ __forceinline__ void warp_mx_fakequant4(float (&v)[4], int rule) {
+    float amax[4];
+    bool special[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const uint32_t a = mxm_f32_bits(v[q]) & 0x7FFFFFFFu;
+        special[q] = __any_sync(0xFFFFFFFFu, a >= 0x7F800000u);
+        amax[q] = mxm_bits_f32(a);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            amax[q] = fmaxf(amax[q], __shfl_xor_sync(0xFFFFFFFFu, amax[q], o));
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const uint8_t b = mxm_mx_scale_byte(amax[q], rule);
+        const float r =
+            mxm_e4m3_decode(mxm_e4m3_rne_sat(v[q] * mxm_e8m0_inverse(b))) * mxm_e8m0_decode(b);
+        const float z = mxm_bits_f32(mxm_f32_bits(v[q]) & 0x80000000u);
+        v[q] = special[q] ? __int_as_float(0x7FC00000) : (b == 0 ? z : r);
+    }
 }
 
 // ---- tile schedule ------------------------------------------------------------------------------
@@ -448,19 +477,28 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     const int jb = MODE == MODE_GATED ? n0 + 64 * wgi : n0 + 128 * wgi + 64 * p;
                     const int units =
                         MODE == MODE_GATED ? 64 * 2 : 128 * 2; // (token, 32-column block)
-                    for (int u = w; u < units; u += 4) {
-                        const int r = u >> 1, b = u & 1;
-                        const int tok = MODE == MODE_GATED ? 64 * p + r : r;
-                        float v =
-                            MODE == MODE_GATED
-                                ? mxm_act_gated(act, epi[r * EPI_STRIDE + 32 * b + lane],
-                                                epi[(r + 64) * EPI_STRIDE + 32 * b + lane], ap)
-                                : mxm_act_plain(act, epi[r * EPI_STRIDE + 32 * b + lane]);
-                        if (trt) v = mxm_round_bf16(v);
-                        if (mx) v = mxm_warp_mx_fakequant(v, a.rule);
-                        if (m0 + tok < rows && jb + 32 * b < I)
-                            a.act[(int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane] =
-                                __float2bfloat16_rn(v);
+                    // Four independent units per iteration (u, u + 4, u + 8, u + 12 of this
+                    // warp), so their shuffle trees and math interleave.
+                    for (int u0 = w; u0 < units; u0 += 16) {
+                        float v[4];
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const int u = u0 + 4 * q, r = u >> 1, c = 32 * (u & 1) + lane;
+                            v[q] = MODE == MODE_GATED
+                                       ? mxm_act_gated(act, epi[r * EPI_STRIDE + c],
+                                                       epi[(r + 64) * EPI_STRIDE + c], ap)
+                                       : mxm_act_plain(act, epi[r * EPI_STRIDE + c]);
+                            if (trt) v[q] = mxm_round_bf16(v[q]);
+                        }
+                        if (mx) warp_mx_fakequant4(v, a.rule);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const int u = u0 + 4 * q, r = u >> 1, b = u & 1;
+                            const int tok = MODE == MODE_GATED ? 64 * p + r : r;
+                            if (m0 + tok < rows && jb + 32 * b < I)
+                                a.act[(int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane] =
+                                    __float2bfloat16_rn(v[q]);
+                        }
                     }
                 }
             }
