@@ -154,7 +154,8 @@ def check_epilogue(mode):
             assert len(buf) == (128 * 64 if mode == GATED else 128 * 64)
             units = 128 if mode == GATED else 256
             for w in range(4):
-                for u in range(w, units, 4):
+                for u in (u0 + 4 * q for u0 in range(w, units, 16) for q in range(4)):  # 4 per iteration
+                    assert u < units
                     r, b = u >> 1, u & 1
                     tok = 64 * p + r if mode == GATED else r
                     words = set()
