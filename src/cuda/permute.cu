@@ -60,8 +60,12 @@ __device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, in
         G.rows = ng, G.row0 = shared ? a.T * a.K : pre.x, G.tile0 = pre.y, G.tile0_wg = pre.w;
         cursor[g] = G.row0;
         if (!shared) pre.x += ng;
-        if (ng > MXM_CUDA_SKINNY_MAX) pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM, pre.w += (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM;
-        else if (ng > 0) a.skinny_list[pre.z++] = g;
+        if (ng > MXM_CUDA_SKINNY_MAX) {
+            pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+            pre.w += (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM;
+        } else if (ng > 0) {
+            a.skinny_list[pre.z++] = g;
+        }
     }
     if (g1 == a.groups && g0 < g1) a.counts[0] = pre.y, a.counts[1] = pre.z, a.counts[2] = pre.w; // + wgmma m-tiles
 }
