@@ -262,6 +262,8 @@ static void test_layouts_and_shared(void **state) {
     compare("shared", c, 150, 0, 0, 0);
 }
 
+static int64_t shapes_min_T; /* test_wgmma: only the cases with at least this many tokens */
+
 static void test_shapes_routing(void **state) {
     (void)state;
     struct { int H, I, E, K; int64_t T; int skew, logits, method, ng, tg; } s[] = {
@@ -274,7 +276,7 @@ static void test_shapes_routing(void **state) {
         {128, 64, 16, 4, 16384, 0, 1, MXM_ROUTE_TOPK_SIGMOID, 0, 0},
     };
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
-        if (quick && s[i].T > 2048) continue;
+        if ((quick && s[i].T > 2048) || s[i].T < shapes_min_T) continue;
         mxm_moe_config c = cfg_of(s[i].H, s[i].I, s[i].E, s[i].K, MXM_ACT_SILU);
         c.routing_method = s[i].method, c.n_group = s[i].ng, c.topk_group = s[i].tg;
         c.routed_scaling_factor = 2.5f;
@@ -474,6 +476,50 @@ static void test_graph_replay(void **state) {
     ref_layer_free(&L);
 }
 
+/* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the MXFP8 prefill
+ * GEMMs on gemm_wgmma.cu (Hopper wgmma, 128-row m-tiles), plus shapes aimed at its tiles. */
+static void test_wgmma(void **state) {
+    setenv("MXM_CUDA_WGMMA", "1", 1);
+    for (int act = 0; act < MXM_ACT_COUNT_; act++)
+        for (int aq = 0; aq < 2; aq++)
+            for (int prof = 0; prof < 2; prof++) {
+                if (quick && (aq || prof)) continue;
+                mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
+                c.act_quant = aq, c.profile = prof;
+                compare("wg-mode", c, 300, 0, 0, 0);
+            }
+    for (int lay = 0; lay < 3; lay++) {
+        mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
+        c.w13_layout = lay;
+        compare("wg-layout", c, 200, 0, 0, 0);
+    }
+    mxm_moe_config c = cfg_of(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
+    c.shared_intermediate_size = 192;
+    compare("wg-shared", c, 150, 0, 0, 0);
+    c.shared_activation = MXM_ACT_SILU;
+    compare("wg-shared", c, 150, 0, 0, 0);
+    /* Several n-tiles with partial last ones (gated I = 320: 128-column tiles; H = 416:
+     * 256-row GEMM2 tiles), groups over several 128-row m-tiles, a shared expert of another
+     * gating and I (both GEMM1 kernels), every layout; then a production-like shape. */
+    for (int lay = 0; lay < 3; lay++) {
+        mxm_moe_config d = cfg_of(416, 320, 8, 2, MXM_ACT_SILU);
+        d.w13_layout = lay, d.shared_intermediate_size = 192, d.shared_activation = MXM_ACT_RELU2_NO_MUL;
+        compare("wg-tiles", d, 1200, 1, 0, 0);
+    }
+    if (!quick) {
+        mxm_moe_config d = cfg_of(2688, 1856, 16, 6, MXM_ACT_SILU);
+        compare("wg-big", d, 400, 1, 1, 0);
+    }
+    shapes_min_T = 1000;
+    test_shapes_routing(state);
+    shapes_min_T = 0;
+    test_group_sizes(state);
+    test_integer_exact(state); /* T = 400: exact against the float64 reference */
+    test_expert_parallel(state);
+    test_graph_replay(state);
+    unsetenv("MXM_CUDA_WGMMA");
+}
+
 int main(void) {
     if (!mxm_cuda_available()) {
         printf("no CUDA device: skipped\n");
@@ -487,6 +533,7 @@ int main(void) {
         cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_group_sizes),
         cmocka_unit_test(test_integer_exact),
         cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
+        cmocka_unit_test(test_wgmma),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,6 +22,15 @@ int mxm_cuda_pdl_enabled() {
     return on;
 }
 
+// MXM_CUDA_WGMMA=1 runs the prefill GEMMs of MXFP8 weights on gemm_wgmma.cu (Hopper wgmma).
+// Read at every forward, so one process can run both paths. Default off until it has passed
+// test_cuda on a GPU.
+static int mxm_cuda_wgmma_enabled() {
+    const char *e = getenv("MXM_CUDA_WGMMA");
+    return e && e[0] && e[0] != '0';
+}
+static bool wgmma_on(const mxm_cuda_args &a) { return !a.blk && mxm_cuda_wgmma_enabled(); }
+
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -63,7 +72,7 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     l.wts = take(&cur, mxm_mul3_i64(T, K, 4));
     l.pos = take(&cur, mxm_mul3_i64(T, K, 4));
     l.row_token = take(&cur, mxm_mul3_i64(rows, 1, 4));
-    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, counts, skinny group list
+    l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, 3 counts, skinny group list
     l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
     l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
     l.route = take(&cur, mxm_mul3_i64(T, p->ws.route_scratch_bytes, 1));
@@ -133,7 +142,7 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     a.row_token = (int32_t *)(base + l.row_token);
     int32_t *cursor = (int32_t *)(base + l.counts);
     a.counts = cursor + (a.groups + 1);
-    a.skinny_list = a.counts + 2;
+    a.skinny_list = a.counts + 3; // counts: MMA tiles, skinny groups, wgmma m-tiles
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
 
@@ -197,8 +206,10 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
     // No group can exceed the skinny limit when every row of the step fits under it: no MMA launch.
     const bool tiles = (int64_t)T * K > MXM_CUDA_SKINNY_MAX || (a.groups > p->e_loc && T > MXM_CUDA_SKINNY_MAX);
     const int32_t max_tiles = tiles ? (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1) : 0;
-    if ((st = mxm_cuda_skinny1(a, s)) || (st = mxm_cuda_mma1(a, max_tiles, s)) || (st = mxm_cuda_requant_fp8block(a, s)) ||
-        (st = mxm_cuda_skinny2(a, s)) || (st = mxm_cuda_mma2(a, max_tiles, s)))
+    if ((st = mxm_cuda_skinny1(a, s)) ||
+        (st = wgmma_on(a) ? (max_tiles ? mxm_cuda_wgmma1(a, s) : MXM_OK) : mxm_cuda_mma1(a, max_tiles, s)) ||
+        (st = mxm_cuda_requant_fp8block(a, s)) || (st = mxm_cuda_skinny2(a, s)) ||
+        (st = wgmma_on(a) ? (max_tiles ? mxm_cuda_wgmma2(a, s) : MXM_OK) : mxm_cuda_mma2(a, max_tiles, s)))
         return st;
     return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
 }

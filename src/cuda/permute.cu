@@ -13,55 +13,61 @@
 
 #define PROLOGUE_THREADS 256
 
-// Exclusive prefix sums over the groups by one block, of three counters at once: routed rows
+// Exclusive prefix sums over the groups by one block, of four counters at once: routed rows
 // (first permuted row), MMA tiles (groups over MXM_CUDA_SKINNY_MAX rows), skinny groups (list
-// slots). Writes the group table's rows/row0/tile0, the skinny list, a.counts, and cursor[g] =
-// first row of g for the scatter. n: rows per group (shared or global memory).
+// slots), and the 128-row m-tiles of gemm_wgmma.cu (same groups). Writes the group table's
+// rows/row0/tile0/tile0_wg, the skinny list, a.counts, and cursor[g] = first row of g for the
+// scatter. n: rows per group (shared or global memory).
 __device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, int32_t *cursor) {
-    __shared__ int3 warp_tot[32];
+    __shared__ int4 warp_tot[32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32, nwarps = (blockDim.x + 31) / 32;
     const int per = (a.groups + blockDim.x - 1) / blockDim.x;
     const int g0 = min(tid * per, a.groups), g1 = min(g0 + per, a.groups);
-    int3 loc = make_int3(0, 0, 0);
+    int4 loc = make_int4(0, 0, 0, 0);
     for (int g = g0; g < g1; g++) {
         const int ng = n[g];
         loc.x += g == a.e_loc ? 0 : ng;
         loc.y += ng > MXM_CUDA_SKINNY_MAX ? (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM : 0;
         loc.z += ng > 0 && ng <= MXM_CUDA_SKINNY_MAX;
+        loc.w += ng > MXM_CUDA_SKINNY_MAX ? (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM : 0;
     }
-    int3 inc = loc;
+    int4 inc = loc;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
         const int x = __shfl_up_sync(0xFFFFFFFFu, inc.x, o), y = __shfl_up_sync(0xFFFFFFFFu, inc.y, o),
-                  z = __shfl_up_sync(0xFFFFFFFFu, inc.z, o);
-        if (lane >= o) inc.x += x, inc.y += y, inc.z += z;
+                  z = __shfl_up_sync(0xFFFFFFFFu, inc.z, o), q = __shfl_up_sync(0xFFFFFFFFu, inc.w, o);
+        if (lane >= o) inc.x += x, inc.y += y, inc.z += z, inc.w += q;
     }
     if (lane == 31) warp_tot[warp] = inc;
     __syncthreads();
     if (warp == 0) {
-        int3 v = lane < nwarps ? warp_tot[lane] : make_int3(0, 0, 0), w = v;
+        int4 v = lane < nwarps ? warp_tot[lane] : make_int4(0, 0, 0, 0), w = v;
 #pragma unroll
         for (int o = 1; o < 32; o <<= 1) {
             const int x = __shfl_up_sync(0xFFFFFFFFu, w.x, o), y = __shfl_up_sync(0xFFFFFFFFu, w.y, o),
-                      z = __shfl_up_sync(0xFFFFFFFFu, w.z, o);
-            if (lane >= o) w.x += x, w.y += y, w.z += z;
+                      z = __shfl_up_sync(0xFFFFFFFFu, w.z, o), q = __shfl_up_sync(0xFFFFFFFFu, w.w, o);
+            if (lane >= o) w.x += x, w.y += y, w.z += z, w.w += q;
         }
-        if (lane < nwarps) warp_tot[lane] = make_int3(w.x - v.x, w.y - v.y, w.z - v.z); // exclusive
+        if (lane < nwarps) warp_tot[lane] = make_int4(w.x - v.x, w.y - v.y, w.z - v.z, w.w - v.w); // exclusive
     }
     __syncthreads();
-    int3 pre = warp_tot[warp];
-    pre.x += inc.x - loc.x, pre.y += inc.y - loc.y, pre.z += inc.z - loc.z;
+    int4 pre = warp_tot[warp];
+    pre.x += inc.x - loc.x, pre.y += inc.y - loc.y, pre.z += inc.z - loc.z, pre.w += inc.w - loc.w;
     for (int g = g0; g < g1; g++) {
         const int ng = n[g];
         const bool shared = g == a.e_loc;
         mxm_cuda_group &G = a.group[g];
-        G.rows = ng, G.row0 = shared ? a.T * a.K : pre.x, G.tile0 = pre.y;
+        G.rows = ng, G.row0 = shared ? a.T * a.K : pre.x, G.tile0 = pre.y, G.tile0_wg = pre.w;
         cursor[g] = G.row0;
         if (!shared) pre.x += ng;
-        if (ng > MXM_CUDA_SKINNY_MAX) pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
-        else if (ng > 0) a.skinny_list[pre.z++] = g;
+        if (ng > MXM_CUDA_SKINNY_MAX) {
+            pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
+            pre.w += (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM;
+        } else if (ng > 0) {
+            a.skinny_list[pre.z++] = g;
+        }
     }
-    if (g1 == a.groups && g0 < g1) a.counts[0] = pre.y, a.counts[1] = pre.z; // MMA tiles, skinny groups
+    if (g1 == a.groups && g0 < g1) a.counts[0] = pre.y, a.counts[1] = pre.z, a.counts[2] = pre.w; // + wgmma m-tiles
 }
 
 // Pair i of the (t, k) list to its permuted row (cursor: next free row of each group).

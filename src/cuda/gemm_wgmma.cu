@@ -1,0 +1,568 @@
+// Prefill path on Hopper (sm_90a): grouped MXFP8 GEMMs on wgmma, for the groups with more than
+// MXM_CUDA_SKINNY_MAX rows (MXFP8 weights; DeepSeek FP8 keeps gemm.cu). Same results as
+// gemm.cu's mma1_kernel<GATED, false> / mma2_kernel<false>: the weights are decoded exactly to
+// bf16 (E4M3 value x 2^scale is a bf16 number), the activations are exact bf16 values, fp32
+// accumulation, then GEMM1's activation + TRT-LLM bf16 rounding + MXFP8 requantization, and
+// GEMM2's rows (rounded per profile) into a.y.
+//
+// Design (bench/wgmma/NOTES.md has the prototype this comes from and the production notes):
+//  - C^T is computed: the decoded weights are wgmma's A operand, in registers; the activations
+//    are the B operand, read from shared memory (K-major, 128-byte swizzle).
+//  - CTA tile: 256 weight rows x 128 tokens x 64 K per stage, 384 threads. Warpgroup 0 is the
+//    producer (setmaxnreg.dec): cp.async 16-byte copies of the gathered activation rows and of
+//    the raw E4M3 codes into a 4-stage ring, completion on mbarriers. Warpgroups 1 and 2 are the
+//    consumers (setmaxnreg.inc), 128 weight rows each as two m64 blocks (two m64n128k16 per k16
+//    step); each decodes its own A fragments one k16 step ahead of the wgmmas in flight.
+//  - GEMM1 gated: a consumer's m64 block 0 is 64 gate rows and block 1 the matching 64 up rows,
+//    so gate and up of one (column, token) sit in one thread; a tile covers 128 intermediate
+//    columns. Non-gated GEMM1 and GEMM2: 256 consecutive weight rows.
+//  - Persistent grid (one CTA per SM): tiles t = blockIdx.x, += gridDim.x over
+//    (group m-tile of 128 tokens, weight n-tile), the weight tile fastest. A group's m-tiles
+//    start at mxm_cuda_group.tile0_wg (permute.cu); a.counts[2] is their total. Producer and
+//    consumers walk the same sequence; the ring carries over tiles.
+//  - GEMM1 epilogue through a per-consumer shared buffer (not the ring, so the producer keeps
+//    prefetching): fragments -> [token][64 columns] fp32, then one warp per (token, 32-column
+//    block), four blocks at a time: activation, rounding, the warp MXFP8 quantize-dequantize of
+//    mxm_warp_mx_fakequant (warp_mx_fakequant4), 64-byte bf16 row stores.
+//    GEMM2 stores its fragments straight to a.y (full 32-byte sectors).
+#include "cuda/kernels.cuh"
+#include "cuda/mx_device.cuh"
+
+namespace {
+
+constexpr int WG_BW = 256;            // weight rows per tile (wgmma M side)
+constexpr int WG_BT = MXM_CUDA_WG_BM; // tokens per tile (wgmma N)
+static_assert(WG_BT == 128, "the consumers' wgmma is n128");
+constexpr int WG_BK = 64;                   // K per stage
+constexpr int SLOT_ACT = WG_BT * WG_BK * 2; // 16 KB: activations, 128 rows x 128 B, 128B-swizzled
+constexpr int SLOT_W =
+    WG_BW * WG_BK; // 16 KB: E4M3 codes, 256 rows x 64 B, 16 B chunks xor-swizzled
+constexpr int SLOT = SLOT_ACT + SLOT_W;
+constexpr int STAGES = 4;
+constexpr int THREADS = 384;
+// Register split (setmaxnreg; the entry cap 168 x 384 = 64512 per CTA must hold 128 producer +
+// 256 consumer threads). ptxas 13.0: GEMM1 at 80/200 spills nothing in the consumers and 0-4
+// bytes in the producer; GEMM2's consumers need more (its fragment stores to a.y), 64/216:
+// no consumer spills, 72 bytes in the producer's row tables (L1). 56/224 spills 132 in the
+// producer.
+template <int MODE> constexpr uint32_t producer_regs() {
+    return MODE == 2 ? 64 : 80;
+}
+template <int MODE> constexpr uint32_t consumer_regs() {
+    return MODE == 2 ? 216 : 200;
+}
+static_assert(128 * 80 + 256 * 200 <= 168 * 384 && 128 * 64 + 256 * 216 <= 168 * 384,
+              "register pool");
+constexpr int EPI_STRIDE = 68; // floats per row of the epilogue buffer (64 + 4: no bank conflicts)
+constexpr int EPI_BYTES = WG_BT * EPI_STRIDE * 4; // per consumer warpgroup
+constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
+constexpr int OFF_EPI = STAGES * SLOT;
+constexpr int OFF_BAR = OFF_EPI + 2 * EPI_BYTES;
+constexpr int OFF_TAB = OFF_BAR + 16 * STAGES;
+constexpr int SMEM_BYTES = OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
+
+enum { MODE_GATED = 0, MODE_PLAIN = 1, MODE_GEMM2 = 2 };
+
+// Columns (GEMM1: intermediate, GEMM2: h) covered by one n-tile.
+template <int MODE> constexpr int tile_cols() {
+    return MODE == MODE_GATED ? WG_BW / 2 : WG_BW;
+}
+
+// ---- PTX wrappers -------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_u32(const void *p) {
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ bool mbar_try_wait(uint32_t bar, uint32_t parity) {
+    uint32_t ok;
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], "
+                 "%2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(ok)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+    return ok != 0;
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    while (!mbar_try_wait(bar, parity)) {
+    }
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+// Arrives on the barrier once all of this thread's earlier cp.async copies have landed.
+__device__ __forceinline__ void cp_async_arrive_noinc(uint32_t bar) {
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+// 16-byte copy global -> shared; bytes = 0 writes 16 zero bytes (reads nothing).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, uint32_t bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ uint32_t lds_u16(uint32_t addr) {
+    uint16_t v;
+    asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(addr) : "memory");
+    return v;
+}
+__device__ __forceinline__ void fence_proxy_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_acc(float &x) {
+    asm volatile("" : "+f"(x)::"memory");
+}
+template <uint32_t R> __device__ __forceinline__ void setmaxnreg_inc() {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+template <uint32_t R> __device__ __forceinline__ void setmaxnreg_dec() {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
+}
+// Barrier of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
+__device__ __forceinline__ void wg_bar(int wgi) {
+    if (wgi)
+        asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    else
+        asm volatile("bar.sync 1, 128;\n" ::: "memory");
+}
+
+// wgmma m64n128k16, A (bf16) from registers, B (bf16) from shared memory through a descriptor,
+// fp32 accumulators d[64], always accumulating (scale-d = 1; the accumulators start at 0).
+__device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4],
+                                                    uint64_t desc) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+                 "%18, %19, %20, %21, %22, "
+                 "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, "
+                 "%39, %40, %41, %42, %43, "
+                 "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, "
+                 "%60, %61, %62, %63}, "
+                 "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                   "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                   "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+                   "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+                   "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+                   "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+}
+
+// Descriptor of a K-major bf16 operand with the 128-byte swizzle: rows of 128 bytes, 8-row atoms
+// of 1024 bytes (stride byte offset 1024), leading byte offset unused (1).
+__device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) |
+           ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+// Two E4M3 codes (low byte = lower k) times the block scale sc, to a bf16x2 word: exact (the
+// product is a bf16 number; NaN codes and scale byte 255 give NaN), as gemm.cu's staging.
+__device__ __forceinline__ uint32_t dec_exact(uint32_t x, float sc) {
+    const float2 f = mxm_e4m3x2_to_float2((uint16_t)x);
+    const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * sc, f.y * sc);
+    return *reinterpret_cast<const uint32_t *>(&b);
+}
+
+// mxm_warp_mx_fakequant (mx_device.cuh) on four independent 32-blocks at once (one value per
+// lane each): the same steps and primitives, with the four shuffle trees interleaved and its two
+// early returns (NaN/Inf in the block; scale byte 0) as selects, so the four latency chains
+// overlap. The discarded branch values are computed from finite or wrapped inputs only.
+__device__ __forceinline__ void warp_mx_fakequant4(float (&v)[4], int rule) {
+    float amax[4];
+    bool special[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const uint32_t a = mxm_f32_bits(v[q]) & 0x7FFFFFFFu;
+        special[q] = __any_sync(0xFFFFFFFFu, a >= 0x7F800000u);
+        amax[q] = mxm_bits_f32(a);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            amax[q] = fmaxf(amax[q], __shfl_xor_sync(0xFFFFFFFFu, amax[q], o));
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const uint8_t b = mxm_mx_scale_byte(amax[q], rule);
+        const float r =
+            mxm_e4m3_decode(mxm_e4m3_rne_sat(v[q] * mxm_e8m0_inverse(b))) * mxm_e8m0_decode(b);
+        const float z = mxm_bits_f32(mxm_f32_bits(v[q]) & 0x80000000u);
+        v[q] = special[q] ? __int_as_float(0x7FC00000) : (b == 0 ? z : r);
+    }
+}
+
+// ---- tile schedule ------------------------------------------------------------------------------
+
+// tile0_wg of group g, from the shared-memory mirror when the groups fit in it.
+__device__ __forceinline__ int tab_at(const mxm_cuda_args &a, const int *stab, int g) {
+    return a.groups <= TAB_MAX ? stab[g] : a.group[g].tile0_wg;
+}
+
+// Tile t -> group g, first token m0 of the m-tile in the group, first column n0 of the n-tile.
+// False for tiles this kernel skips: groups of the other gating (GEMM1), n-tiles past the group's
+// I.
+template <int MODE>
+__device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab, int t, int ntn,
+                                         int &g, int &m0, int &n0) {
+    const int mt = t / ntn, nt = t - mt * ntn;
+    // The last group whose first m-tile is <= mt (groups without m-tiles share it).
+    int lo = 0, hi = a.groups - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (tab_at(a, stab, mid) <= mt)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    g = lo, m0 = (mt - tab_at(a, stab, lo)) * WG_BT, n0 = nt * tile_cols<MODE>();
+    if (MODE == MODE_GEMM2) return true;
+    const mxm_cuda_group &G = a.group[g];
+    return (mxm_act_is_gated(G.act) != 0) == (MODE == MODE_GATED) && n0 < G.I;
+}
+
+// The weight row (W13 for GEMM1, W2 for GEMM2) behind row rl (0..255) of a tile starting at
+// column n0, or -1 past the end (I for GEMM1, H for GEMM2). Gated: rows 128c..128c+63 are the
+// gate rows of columns n0 + 64c + (0..63), rows 128c+64..128c+127 their up rows.
+template <int MODE>
+__device__ __forceinline__ int weight_row(int layout, int I, int H, int n0, int rl) {
+    if (MODE == MODE_GATED) {
+        const int j = n0 + 64 * (rl >> 7) + (rl & 63);
+        return j < I ? (int)mxm_cuda_w13_row(layout, true, I, j, (rl >> 6) & 1) : -1;
+    }
+    const int n = n0 + rl;
+    return n < (MODE == MODE_GEMM2 ? H : I) ? n : -1;
+}
+
+// ---- the kernel ---------------------------------------------------------------------------------
+
+template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
+    extern __shared__ __align__(16) uint8_t smem_raw[];
+    mxm_griddep_wait();
+    mxm_griddep_launch();
+    const uint32_t sraw = smem_u32(smem_raw);
+    const uint32_t sbase = (sraw + 1023) & ~1023u; // 1024-aligned (128B-swizzle atoms)
+    uint8_t *gbase = smem_raw + (sbase - sraw);
+    const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + 8 * STAGES;
+    int *stab = reinterpret_cast<int *>(gbase + OFF_TAB);
+    const int tid = threadIdx.x;
+    if (tid == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(bar_full + 8 * s, 128);  // one cp.async arrival per producer thread
+            mbar_init(bar_empty + 8 * s, 256); // one arrival per consumer thread
+        }
+    }
+    if (a.groups <= TAB_MAX)
+        for (int g = tid; g < a.groups; g += THREADS)
+            stab[g] = a.group[g].tile0_wg;
+    __syncthreads();
+    const int ntn = MODE == MODE_GEMM2 ? (a.H + WG_BW - 1) / WG_BW
+                                       : (a.I_max + tile_cols<MODE>() - 1) / tile_cols<MODE>();
+    const int ntiles = a.counts[2] * ntn;
+
+    if (tid < 128) {
+        // ---------------- producer warpgroup ----------------
+        setmaxnreg_dec<producer_regs<MODE>()>();
+        const int ac = tid & 7, ar = tid >> 3; // activation chunk (8 bf16) and first row (+16 i)
+        const int wc = tid & 3, wr = tid >> 2; // weight chunk (16 codes) and first row (+32 i)
+        const uint32_t a_sw = (uint32_t)((ac ^ (ar & 7)) << 4);
+        const uint32_t w_sw = (uint32_t)((wc ^ ((wr >> 1) & 3)) << 4);
+        const __nv_bfloat16 *A = MODE == MODE_GEMM2 ? a.act : a.xq;
+        const int64_t lda = MODE == MODE_GEMM2 ? a.I_max : a.H;
+        uint32_t it = 0;
+        for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+            int g, m0, n0;
+            if (!map_tile<MODE>(a, stab, t, ntn, g, m0, n0)) continue;
+            const mxm_cuda_group &G = a.group[g];
+            const int rows = G.rows, row0 = G.row0, I = G.I;
+            const int K = MODE == MODE_GEMM2 ? I : a.H;
+            const uint8_t *W = MODE == MODE_GEMM2 ? G.w2 : G.w13;
+            int arow[8], wrow[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int m = m0 + ar + 16 * i;
+                arow[i] =
+                    m < rows ? (MODE == MODE_GEMM2 ? row0 + m : __ldg(a.row_token + row0 + m)) : -1;
+                wrow[i] = weight_row<MODE>(a.layout, I, a.H, n0, wr + 32 * i);
+            }
+            const int nk = (K + WG_BK - 1) / WG_BK;
+            for (int kt = 0; kt < nk; kt++, it++) {
+                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                if (it >= STAGES) mbar_wait(bar_empty + 8 * s, ph ^ 1);
+                const int k0 = kt * WG_BK;
+                const uint32_t slot = sbase + s * SLOT;
+                const bool ka = k0 + 8 * ac < K;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const bool v = ka && arow[i] >= 0;
+                    const __nv_bfloat16 *src = v ? A + arow[i] * lda + k0 + 8 * ac : A;
+                    cp_async16(slot + (ar + 16 * i) * 128 + a_sw, src, v ? 16 : 0);
+                }
+                const bool kw = k0 + 16 * wc < K;
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const bool v = kw && wrow[i] >= 0;
+                    const uint8_t *src = v ? W + (int64_t)wrow[i] * K + k0 + 16 * wc : W;
+                    cp_async16(slot + SLOT_ACT + (wr + 32 * i) * 64 + w_sw, src, v ? 16 : 0);
+                }
+                cp_async_arrive_noinc(bar_full + 8 * s);
+            }
+        }
+    } else {
+        // ---------------- consumer warpgroups ----------------
+        setmaxnreg_inc<consumer_regs<MODE>()>();
+        const int ct = tid - 128, wgi = ct >> 7, w = (ct >> 5) & 3, lane = ct & 31, gq = lane >> 2,
+                  tq = lane & 3;
+        const int rl = 128 * wgi + 16 * w + gq; // tile row of fragment rows (mb = 0, rr = 0)
+        const int sw = (gq >> 1) & 3;           // chunk swizzle of this thread's code rows
+        const uint32_t a_thr = SLOT_ACT + rl * 64 + 2 * tq;
+        const uint64_t desc0 = desc_sw128(sbase);
+        float *epi = reinterpret_cast<float *>(gbase + OFF_EPI + wgi * EPI_BYTES);
+        uint32_t it = 0;
+        for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
+            int g, m0, n0;
+            if (!map_tile<MODE>(a, stab, t, ntn, g, m0, n0)) continue;
+            const mxm_cuda_group &G = a.group[g];
+            const int I = G.I;
+            const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32;
+            const uint8_t *S = MODE == MODE_GEMM2 ? G.s2 : G.s13;
+            const uint8_t *sp[2][2];
+#pragma unroll
+            for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                for (int rr = 0; rr < 2; rr++) {
+                    const int r = weight_row<MODE>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
+                    sp[mb][rr] = r >= 0 ? S + (int64_t)r * KB : nullptr;
+                }
+            // Scale bytes of a stage (two 32-blocks) for the 4 rows, loaded one stage ahead.
+            auto load_sc = [&](int kt, uint32_t(&o)[2][2]) {
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        uint32_t b0 = 127, b1 = 127;
+                        if (sp[mb][rr]) {
+                            b0 = __ldg(sp[mb][rr] + 2 * kt);
+                            if (2 * kt + 1 < KB) b1 = __ldg(sp[mb][rr] + 2 * kt + 1);
+                        }
+                        o[mb][rr] = b0 | (b1 << 8);
+                    }
+            };
+            uint32_t scur[2][2], snxt[2][2];
+            load_sc(0, scur);
+            float acc[2][64];
+#pragma unroll
+            for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                for (int i = 0; i < 64; i++)
+                    acc[mb][i] = 0.0f;
+
+            const int nk = (K + WG_BK - 1) / WG_BK;
+            for (int kt = 0; kt < nk; kt++, it++) {
+                const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                if (kt + 1 < nk) load_sc(kt + 1, snxt);
+                float scf[2][2][2];
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+                        for (int b = 0; b < 2; b++)
+                            scf[mb][rr][b] = mxm_e8m0_decode((scur[mb][rr] >> (8 * b)) & 0xFF);
+                mbar_wait(bar_full + 8 * s, ph);
+                fence_proxy_async(); // cp.async wrote the activations through the generic proxy
+                const uint32_t codes = sbase + s * SLOT + a_thr;
+                uint32_t fr[4][2][4];
+#pragma unroll
+                for (int ks = 0; ks < 4; ks++) {
+                    const int koff = ((ks ^ sw) << 4);
+#pragma unroll
+                    for (int mb = 0; mb < 2; mb++) {
+                        const uint32_t p = codes + mb * 64 * 64 + koff;
+                        const uint32_t x00 = lds_u16(p);              // row g,   k 2t
+                        const uint32_t x01 = lds_u16(p + 8);          // row g,   k 8+2t
+                        const uint32_t x10 = lds_u16(p + 8 * 64);     // row g+8, k 2t
+                        const uint32_t x11 = lds_u16(p + 8 * 64 + 8); // row g+8, k 8+2t
+                        const int b = ks >> 1;
+                        fr[ks][mb][0] = dec_exact(x00, scf[mb][0][b]);
+                        fr[ks][mb][1] = dec_exact(x10, scf[mb][1][b]);
+                        fr[ks][mb][2] = dec_exact(x01, scf[mb][0][b]);
+                        fr[ks][mb][3] = dec_exact(x11, scf[mb][1][b]);
+                    }
+                    wg_fence();
+                    const uint64_t desc = desc0 + ((s * SLOT + ks * 32) >> 4);
+                    wgmma_m64n128k16_rs(acc[0], fr[ks][0], desc);
+                    wgmma_m64n128k16_rs(acc[1], fr[ks][1], desc);
+                    wg_commit();
+                    // k-step j-1 done; j runs while j+1 is decoded (deeper queues: C7513).
+                    wg_wait<1>();
+                    // The previous stage is complete once k-step 0 of this one is (released at
+                    // k-step 1: at k-step 0, C7513 comes back with nvcc 13.0).
+                    if (ks == 1 && kt > 0) mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
+                }
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++)
+                        scur[mb][rr] = snxt[mb][rr];
+            }
+            wg_wait<0>();
+            mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
+#pragma unroll
+            for (int mb = 0; mb < 2; mb++)
+#pragma unroll
+                for (int i = 0; i < 64; i++)
+                    fence_acc(acc[mb][i]);
+
+            // Fragment (mb, i) of this thread: tile row rl + 64 mb + 8 ((i >> 1) & 1),
+            // token m0 + 8 (i >> 2) + 2 tq + (i & 1).
+            const int rows = G.rows, row0 = G.row0;
+            if (MODE == MODE_GEMM2) {
+                const bool trt = a.profile == MXM_PROFILE_TRTLLM;
+#pragma unroll
+                for (int mb = 0; mb < 2; mb++) {
+                    const int h = n0 + rl + 64 * mb;
+#pragma unroll
+                    for (int i = 0; i < 16; i++) {
+                        const int m = m0 + 8 * i + 2 * tq;
+                        float *y = a.y + (int64_t)(row0 + m) * a.H + h;
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const int dm = q & 1, dh = 8 * (q >> 1);
+                            const float v = acc[mb][4 * i + q];
+                            if (m + dm < rows && h + dh < a.H)
+                                y[dm * a.H + dh] = trt ? mxm_round_bf16(v) : v;
+                        }
+                    }
+                }
+            } else {
+                const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+                const int act = G.act;
+                const bool trt = a.profile == MXM_PROFILE_TRTLLM,
+                           mx = a.act_quant == MXM_ACT_QUANT_MXFP8;
+                // Two passes through the 128 x 68 fp32 buffer. Gated: pass p takes tokens
+                // 64p..64p+63, gate at buffer rows 0..63, up at rows 64..127, columns = this
+                // warpgroup's 64 intermediate columns n0 + 64 wgi + c. Plain: pass p takes m64
+                // block p (columns n0 + 128 wgi + 64 p + c) for all 128 tokens.
+#pragma unroll
+                for (int p = 0; p < 2; p++) {
+                    wg_bar(wgi); // the previous pass's readers are done with the buffer
+#pragma unroll
+                    for (int i = 0; i < 64; i++) {
+                        const int c = 16 * w + gq + 8 * ((i >> 1) & 1),
+                                  tok = 8 * (i >> 2) + 2 * tq + (i & 1);
+                        if (MODE == MODE_GATED) {
+                            if ((i >> 5) == p) {
+                                epi[(tok - 64 * p) * EPI_STRIDE + c] = acc[0][i];
+                                epi[(tok - 64 * p + 64) * EPI_STRIDE + c] = acc[1][i];
+                            }
+                        } else {
+                            epi[tok * EPI_STRIDE + c] = acc[p][i];
+                        }
+                    }
+                    wg_bar(wgi);
+                    const int jb = MODE == MODE_GATED ? n0 + 64 * wgi : n0 + 128 * wgi + 64 * p;
+                    const int units =
+                        MODE == MODE_GATED ? 64 * 2 : 128 * 2; // (token, 32-column block)
+                    // Four independent units per iteration (u, u + 4, u + 8, u + 12 of this
+                    // warp), so their shuffle trees and math interleave.
+                    for (int u0 = w; u0 < units; u0 += 16) {
+                        float v[4];
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const int u = u0 + 4 * q, r = u >> 1, c = 32 * (u & 1) + lane;
+                            v[q] = MODE == MODE_GATED
+                                       ? mxm_act_gated(act, epi[r * EPI_STRIDE + c],
+                                                       epi[(r + 64) * EPI_STRIDE + c], ap)
+                                       : mxm_act_plain(act, epi[r * EPI_STRIDE + c]);
+                            if (trt) v[q] = mxm_round_bf16(v[q]);
+                        }
+                        if (mx) warp_mx_fakequant4(v, a.rule);
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            const int u = u0 + 4 * q, r = u >> 1, b = u & 1;
+                            const int tok = MODE == MODE_GATED ? 64 * p + r : r;
+                            if (m0 + tok < rows && jb + 32 * b < I)
+                                a.act[(int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane] =
+                                    __float2bfloat16_rn(v[q]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+int sm_count() {
+    static int count[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+    if (!count[dev]) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return 132;
+        count[dev] = prop.multiProcessorCount;
+    }
+    return count[dev];
+}
+
+// The kernels need more than the default 48 KB of shared memory: raise their limit once.
+mxm_status smem_opt_in() {
+    static int done = 0;
+    if (done) return MXM_OK;
+#define MXM_SMEM_OPT_IN(k)                                                                         \
+    MXM_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES))
+    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_GATED>);
+    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_PLAIN>);
+    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_GEMM2>);
+#undef MXM_SMEM_OPT_IN
+    done = 1;
+    return MXM_OK;
+}
+
+// One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
+// rows rounded up to whole 128-row tiles (a tiled group has more than SKINNY_MAX rows).
+template <int MODE> mxm_status launch(const mxm_cuda_args &a, int ntn, cudaStream_t s) {
+    const int64_t rows = (int64_t)a.T * a.K + (a.groups > a.e_loc ? a.T : 0);
+    const int64_t tg =
+        rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
+    const int64_t bound = (rows / WG_BT + tg + 1) * ntn;
+    const int grid = (int)(bound < sm_count() ? bound : sm_count());
+    if (grid <= 0) return MXM_OK;
+    return mxm_cuda_launch(wgmma_kernel<MODE>, grid, THREADS, SMEM_BYTES, s, a);
+}
+
+} // namespace
+
+mxm_status mxm_cuda_wgmma1(const mxm_cuda_args &a, cudaStream_t s) {
+    mxm_status st = smem_opt_in();
+    if (st) return st;
+    // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
+    if (a.gated_routed || a.gated_shared == 1) {
+        st = launch<MODE_GATED>(
+            a, (a.I_max + tile_cols<MODE_GATED>() - 1) / tile_cols<MODE_GATED>(), s);
+        if (st) return st;
+    }
+    if (!a.gated_routed || a.gated_shared == 0)
+        return launch<MODE_PLAIN>(
+            a, (a.I_max + tile_cols<MODE_PLAIN>() - 1) / tile_cols<MODE_PLAIN>(), s);
+    return MXM_OK;
+}
+
+mxm_status mxm_cuda_wgmma2(const mxm_cuda_args &a, cudaStream_t s) {
+    const mxm_status st = smem_opt_in();
+    if (st) return st;
+    return launch<MODE_GEMM2>(a, (a.H + WG_BW - 1) / WG_BW, s);
+}
