@@ -3,6 +3,7 @@ DeepSeek FP8 or BF16): mxm_model_open + mxm_layer_load, callable on hidden state
 import ctypes
 import os
 
+import ml_dtypes
 import numpy as np
 
 from . import _capi, _run
@@ -35,10 +36,39 @@ class Model:
         self.weight_format = lib.mxm_model_weight_format(self._h)
         self.moe_layers = [lib.mxm_model_moe_layer(self._h, i) for i in range(lib.mxm_model_moe_layer_count(self._h))]
 
+    def tensor_names(self):
+        return [self._info(i)[0] for i in range(lib.mxm_model_tensor_count(self._h))]
+
+    def _info(self, i):
+        name, dtype, rank = ctypes.c_char_p(), ctypes.c_char_p(), ctypes.c_int32()
+        shape = (ctypes.c_int64 * 8)()
+        _capi.check(lib.mxm_model_tensor_info(self._h, i, ctypes.byref(name), ctypes.byref(dtype), ctypes.byref(rank),
+                                              shape), "mxm_model_tensor_info")
+        return name.value.decode(), dtype.value.decode(), tuple(shape[:rank.value])
+
+    def tensor(self, name):
+        """A copy of the named tensor as a numpy array (BF16 as ml_dtypes.bfloat16, F8_E4M3 as
+        ml_dtypes.float8_e4m3fn)."""
+        i = lib.mxm_model_tensor_find(self._h, name.encode())
+        if i < 0:
+            raise KeyError(f"tensor {name!r} is not in {self.path}")
+        _, dtype, shape = self._info(i)
+        if dtype not in _ST_DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype} is not supported; supported: {', '.join(_ST_DTYPES)}")
+        data, nbytes = ctypes.c_void_p(), ctypes.c_int64()
+        _capi.check(lib.mxm_model_tensor_data(self._h, i, ctypes.byref(data), ctypes.byref(nbytes)), "mxm_model_tensor_data")
+        raw = ctypes.string_at(data.value, nbytes.value) if nbytes.value else b""
+        return np.frombuffer(raw, _ST_DTYPES[dtype]).reshape(shape).copy()
+
     def __del__(self):
         if getattr(self, "_h", None):
             lib.mxm_model_close(self._h)
             self._h = None
+
+
+_ST_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "F8_E4M3": ml_dtypes.float8_e4m3fn, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "I32": np.int32,
+              "I64": np.int64}
 
 
 class MoELayer:
