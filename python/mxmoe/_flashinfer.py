@@ -116,29 +116,40 @@ def _config(key):
     return cfg
 
 
-_experts_cache = {}
+class _Prepared:
+    """What a call derives from its weights and scalar arguments (checked once): the config, the
+    expert table, the per-expert SwiGLU-OAI arrays on the host. Reused while the same weight
+    objects come back (same objects, alive, same shapes and, for torch, the same data pointers)."""
+    __slots__ = ("cfg", "cfg_key", "mw", "keep", "objs", "shapes", "ptrs", "device", "H", "I", "M1", "K", "Eg",
+                 "E_loc", "mx", "cuda", "__weakref__")
+
+    def valid(self, objs):
+        for r, o, shp, ptr in zip(self.objs, objs, self.shapes, self.ptrs):
+            if o is None:
+                if r is not None:
+                    return False
+                continue
+            if r is None or r() is not o or tuple(o.shape) != shp or (ptr is not None and o.data_ptr() != ptr):
+                return False
+        return True
 
 
-def _experts(key):
-    """The mxm_expert_weights table of stacked weights (pointers only, so keyed by pointers)."""
-    t = _experts_cache.get(key)
-    if t is None:
-        w1, s1, w2, s2, E_loc, b1, bs1, b2, bs2 = key
-        t = (_capi.ExpertWeights * E_loc)()
-        for e in range(E_loc):
-            t[e] = _capi.ExpertWeights(w1 + e * b1, s1 + e * bs1, w2 + e * b2, s2 + e * bs2)
-        if len(_experts_cache) > 1024:
-            _experts_cache.clear()
-        _experts_cache[key] = t
-    return t
+_prep_cache = {}
 
 
-def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
-         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
-         intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type,
-         use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type, activation_type, norm_topk_prob,
-         routing_replay_out, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, act_quant, profile, w13_layout,
-         num_threads):
+def _weakref(o):
+    import weakref
+    try:
+        return weakref.ref(o)
+    except TypeError:
+        return lambda: None
+
+
+def _prepare(H, dev, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+             n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
+             routing_method_type, use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type,
+             activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, act_quant, profile,
+             w13_layout, num_threads):
     if use_shuffled_weight:
         raise NotImplementedError(
             "use_shuffled_weight=True: mxmoe takes FlashInfer's plain row-major (MajorK) weights, not the "
@@ -159,21 +170,17 @@ def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale,
             raise ValueError("gemm1_alpha, gemm1_beta and gemm1_clamp_limit are only supported for "
                              "Fp8QuantizationType.MxFp8 with ActivationType.Swiglu")
         act = E["MXM_ACT_SWIGLUOAI"]
-    mx = qt == Fp8QuantizationType.MxFp8
+    p = _Prepared()
+    p.mx = mx = qt == Fp8QuantizationType.MxFp8
     fmt = E["MXM_WFMT_MXFP8"] if mx else E["MXM_WFMT_FP8_BLOCK"]
-
-    x = view("hidden_states", hidden_states, ("e4m3", "u8", "bf16", "f32"), ndim=2)
-    dev = x.device
-    T, H = x.shape
-    K, Eg, I = int(top_k), int(num_experts), int(intermediate_size)
-    E_loc = int(local_num_experts)
-    M1 = 2 * I if gated else I
-    cuda = dev != "cpu"
-    if cuda and not _capi.lib.mxm_cuda_available():
+    p.H, p.K, p.Eg, p.I = H, int(top_k), int(num_experts), int(intermediate_size)
+    p.E_loc = E_loc = int(local_num_experts)
+    I = p.I
+    p.M1 = M1 = 2 * I if gated else I
+    p.device, p.cuda = dev, dev != "cpu"
+    if p.cuda and not _capi.lib.mxm_cuda_available():
         raise ValueError(f"hidden_states: is on {dev}, but this mxmoe build has no CUDA backend or no GPU "
                          f"(mxm_cuda_available() == 0); supported: cpu")
-
-    # weights
     w1 = view("gemm1_weights", gemm1_weights, ("e4m3", "u8"), shape=(E_loc, M1, H), device=dev)
     w2 = view("gemm2_weights", gemm2_weights, ("e4m3", "u8"), shape=(E_loc, H, I), device=dev)
     if mx:
@@ -187,17 +194,73 @@ def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale,
         s1 = view("gemm1_weights_scale", gemm1_weights_scale, ("f32",), shape=(E_loc, c(M1), c(H)), device=dev)
         s2 = view("gemm2_weights_scale", gemm2_weights_scale, ("f32",), shape=(E_loc, c(H), c(I)), device=dev)
         bs1, bs2 = 4 * c(M1) * c(H), 4 * c(H) * c(I)
-    experts = _experts((w1.ptr, s1.ptr, w2.ptr, s2.ptr, E_loc, M1 * H, bs1, H * I, bs2))
+    experts = (_capi.ExpertWeights * E_loc)()
+    for e in range(E_loc):
+        experts[e] = _capi.ExpertWeights(w1.ptr + e * M1 * H, s1.ptr + e * bs1, w2.ptr + e * H * I, s2.ptr + e * bs2)
+    p.mw = _capi.MoEWeights()
+    p.mw.experts = ctypes.addressof(experts)
+    p.keep = [experts]
+    # per-expert SwiGLU-OAI parameters: host float32 [E_loc]
+    for name, arr in (("gemm1_alpha", gemm1_alpha), ("gemm1_beta", gemm1_beta), ("gemm1_clamp_limit", gemm1_clamp_limit)):
+        if arr is not None:
+            if not isinstance(arr, np.ndarray):
+                arr = arr.detach().to("cpu")  # the library reads these on the host
+            a = view(name, arr, ("f32",), shape=(E_loc,))
+            p.keep.append(arr)
+            setattr(p.mw, name, a.ptr)
+    objs = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, gemm1_alpha, gemm1_beta,
+            gemm1_clamp_limit)
+    p.objs = tuple(None if o is None else _weakref(o) for o in objs)
+    p.shapes = tuple(None if o is None else tuple(o.shape) for o in objs)
+    p.ptrs = tuple(None if o is None or isinstance(o, np.ndarray) else o.data_ptr() for o in objs)
+    key = (p.Eg, p.K, int(n_group or 0), int(topk_group or 0), I, int(local_expert_offset), E_loc,
+           float(1.0 if routed_scaling_factor is None else routed_scaling_factor), int(rm), act, fmt,
+           int(bool(norm_topk_prob)), H, _choice("act_quant", act_quant, _ACT_QUANT),
+           _choice("profile", profile, _PROFILES), _choice("w13_layout", w13_layout, _LAYOUTS), oa,
+           _run.BACKEND_CUDA if p.cuda else _run.BACKEND_CPU, int(dev.split(":")[1]) if p.cuda else 0,
+           int(num_threads))
+    p.cfg = _config(key)
+    p.cfg_key = bytes(p.cfg)
+    return p
 
+
+def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
+         intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type,
+         use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type, activation_type, norm_topk_prob,
+         routing_replay_out, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, act_quant, profile, w13_layout,
+         num_threads):
+    x = view("hidden_states", hidden_states, _X_DTYPES, ndim=2)
+    dev = x.device
+    T, H = x.shape
+    objs = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, gemm1_alpha, gemm1_beta,
+            gemm1_clamp_limit)
+    key = (id(gemm1_weights), id(gemm1_weights_scale), id(gemm2_weights), id(gemm2_weights_scale), id(gemm1_alpha),
+           id(gemm1_beta), id(gemm1_clamp_limit), num_experts, top_k, n_group, topk_group, intermediate_size,
+           local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type, use_shuffled_weight,
+           weight_layout, do_finalize, fp8_quantization_type, activation_type, norm_topk_prob, act_quant, profile,
+           w13_layout, num_threads, H, dev)
+    p = _prep_cache.get(key)
+    if p is None or not p.valid(objs):
+        p = _prepare(H, dev, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts,
+                     top_k, n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                     routed_scaling_factor, routing_method_type, use_shuffled_weight, weight_layout, do_finalize,
+                     fp8_quantization_type, activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta,
+                     gemm1_clamp_limit, act_quant, profile, w13_layout, num_threads)
+        if len(_prep_cache) > 64:
+            _prep_cache.clear()
+        _prep_cache[key] = p
+    K = p.K
     # activations
     inp = _capi.Inputs()
     inp.num_tokens, inp.x = T, x.ptr
-    if x.dtype in ("e4m3", "u8"):
+    xd = x.dtype
+    if xd == "e4m3" or xd == "u8":
         if hidden_states_scale is None:
             raise ValueError("hidden_states_scale: required for FP8 hidden_states (MxFp8: uint8 [T, H/32]; "
                              "DeepSeekFp8: float32 [H/128, T])")
-        inp.x_dtype = E["MXM_DT_E4M3"]
-        if mx:
+        inp.x_dtype = _DT_E4M3
+        if p.mx:
             xs = view("hidden_states_scale", hidden_states_scale, ("u8",), numel=T * (H // 32), device=dev)
         else:
             xs = view("hidden_states_scale", hidden_states_scale, ("f32",), shape=(-(-H // 128), T), device=dev)
@@ -205,42 +268,27 @@ def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale,
         inp.x_scale = xs.ptr
     else:  # mxmoe extension: bf16/f32 hidden states, quantized inside the call
         if hidden_states_scale is not None:
-            raise ValueError(f"hidden_states_scale: must be None for {x.dtype} hidden_states "
+            raise ValueError(f"hidden_states_scale: must be None for {xd} hidden_states "
                              "(mxmoe quantizes them); pass FP8 hidden_states to give scales")
-        inp.x_dtype = E["MXM_DT_BF16"] if x.dtype == "bf16" else E["MXM_DT_F32"]
-
+        inp.x_dtype = _DT_BF16 if xd == "bf16" else _DT_F32
     # routing
-    keep = []
     if routing_logits is not None:
-        lg = view("routing_logits", routing_logits, ("f32", "bf16"), shape=(T, Eg), device=dev)
-        inp.router_logits, inp.logits_dtype = lg.ptr, E["MXM_DT_F32"] if lg.dtype == "f32" else E["MXM_DT_BF16"]
+        lg = view("routing_logits", routing_logits, _LOGIT_DTYPES, shape=(T, p.Eg), device=dev)
+        inp.router_logits, inp.logits_dtype = lg.ptr, _DT_F32 if lg.dtype == "f32" else _DT_BF16
         if routing_bias is not None:
-            b = view("routing_bias", routing_bias, ("f32", "bf16"), shape=(Eg,), device=dev)
-            inp.routing_bias, inp.bias_dtype = b.ptr, E["MXM_DT_F32"] if b.dtype == "f32" else E["MXM_DT_BF16"]
+            b = view("routing_bias", routing_bias, _LOGIT_DTYPES, shape=(p.Eg,), device=dev)
+            inp.routing_bias, inp.bias_dtype = b.ptr, _DT_F32 if b.dtype == "f32" else _DT_BF16
     else:
         ids_obj, w_obj = topk
         ids = view("topk_ids", ids_obj, ("i32",), shape=(T, K), device=dev)
         ws = view("expert_weights", w_obj, ("f32",), shape=(T, K), device=dev)
-        keep += [ids_obj, w_obj]
         inp.topk_ids, inp.topk_weights = ids.ptr, ws.ptr
-
-    # per-expert SwiGLU-OAI parameters: host float32 [E_loc]
-    mw = _capi.MoEWeights()
-    mw.experts = ctypes.addressof(experts)
-    for name, arr in (("gemm1_alpha", gemm1_alpha), ("gemm1_beta", gemm1_beta), ("gemm1_clamp_limit", gemm1_clamp_limit)):
-        if arr is not None:
-            if not isinstance(arr, np.ndarray):
-                arr = arr.detach().to("cpu")  # the library reads these on the host
-            a = view(name, arr, ("f32",), shape=(E_loc,))
-            keep.append(arr)
-            setattr(mw, name, a.ptr)
-
     # outputs
     if output is None:
         output = empty_like_kind(x, (T, H), "bf16")
-    o = view("output", output, ("bf16", "f32"), shape=(T, H), device=dev)
+    o = view("output", output, _OUT_DTYPES, shape=(T, H), device=dev)
     outs = _capi.Outputs()
-    outs.out, outs.out_dtype = o.ptr, E["MXM_DT_BF16"] if o.dtype == "bf16" else E["MXM_DT_F32"]
+    outs.out, outs.out_dtype = o.ptr, _DT_BF16 if o.dtype == "bf16" else _DT_F32
     replay_ids = None
     if routing_replay_out is not None:
         r = view("routing_replay_out", routing_replay_out, ("i16",), ndim=2, device=dev)
@@ -248,22 +296,26 @@ def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale,
             raise ValueError(f"routing_replay_out: expected shape [>= {T}, {K}], got {list(r.shape)}")
         replay_ids = empty_like_kind(x, (T, K), "i32")
         outs.topk_ids = view("routing_replay_out", replay_ids, ("i32",)).ptr
-
-    key = (Eg, K, int(n_group or 0), int(topk_group or 0), I, int(local_expert_offset), E_loc,
-           float(1.0 if routed_scaling_factor is None else routed_scaling_factor), int(rm), act, fmt,
-           int(bool(norm_topk_prob)), H, _choice("act_quant", act_quant, _ACT_QUANT),
-           _choice("profile", profile, _PROFILES), _choice("w13_layout", w13_layout, _LAYOUTS), oa,
-           _run.BACKEND_CUDA if cuda else _run.BACKEND_CPU, int(dev.split(":")[1]) if cuda else 0, int(num_threads))
-    cfg = _config(key)
-    stream = _run.current_stream(dev) if cuda else None
     if T > 0:
-        _run.forward(cfg, mw, inp, outs, T, stream)
+        plans = _capi.thread_state().setdefault("plans", {})
+        plan = plans.get(p.cfg_key)
+        if plan is None or plan.max_tokens < T:
+            plan = _run.get_plan(p.cfg, T)
+        st = _forward(plan.ptr, ctypes.byref(p.mw), ctypes.byref(inp), ctypes.byref(outs), plan.ws_ptr,
+                      plan.ws_bytes, _run.current_stream(dev) if p.cuda else None)
+        if st != 0:
+            raise _capi.MxmError(st, "mxm_moe_forward")
     if replay_ids is not None:
         if r.is_torch:
             routing_replay_out[:T].copy_(replay_ids)
         else:
             routing_replay_out[:T] = replay_ids
     return output
+
+
+_forward = _capi.lib.mxm_moe_forward
+_DT_E4M3, _DT_BF16, _DT_F32 = E["MXM_DT_E4M3"], E["MXM_DT_BF16"], E["MXM_DT_F32"]
+_X_DTYPES, _LOGIT_DTYPES, _OUT_DTYPES = ("e4m3", "u8", "bf16", "f32"), ("f32", "bf16"), ("bf16", "f32")
 
 
 def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,

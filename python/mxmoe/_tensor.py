@@ -66,18 +66,20 @@ def is_tensor(x):
 
 def view(name, x, dtypes, ndim=None, shape=None, device=None, numel=None):
     """Checks x (numpy array or torch tensor) and returns its View. dtypes: accepted short names.
-    shape: expected sizes (None entries are free). device: expected device string or None."""
+    shape: expected sizes (None entries are free). device: expected device string or None.
+    (On the per-call path: messages are only formatted on failure.)"""
     v = View()
     v.name, v.obj = name, x
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray:
         v.is_torch, v.device = False, "cpu"
         v.dtype = _NP.get(x.dtype)
         v.shape = x.shape
         contiguous = x.flags.c_contiguous
-        tname = f"numpy {x.dtype}"
     else:
         torch = torch_or_none()
         if torch is None or not isinstance(x, torch.Tensor):
+            if isinstance(x, np.ndarray):  # a subclass
+                return view(name, np.asarray(x), dtypes, ndim, shape, device, numel)
             raise TypeError(f"{name}: expected a numpy array or a torch tensor, got {type(x).__name__}")
         v.is_torch = True
         v.dtype = torch_dtype_name(x)
@@ -85,12 +87,12 @@ def view(name, x, dtypes, ndim=None, shape=None, device=None, numel=None):
         dev = x.device
         v.device = "cpu" if dev.type == "cpu" else f"{dev.type}:{dev.index if dev.index is not None else 0}"
         contiguous = x.is_contiguous()
-        tname = str(x.dtype)
     if v.dtype not in dtypes:
+        tname = f"numpy {x.dtype}" if not v.is_torch else str(x.dtype)
         raise TypeError(f"{name}: dtype {tname} is not accepted; accepted: {', '.join(_describe(d) for d in dtypes)}")
-    if ndim is not None and len(v.shape) not in ((ndim,) if isinstance(ndim, int) else ndim):
+    if ndim is not None and len(v.shape) != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {list(v.shape)}")
-    if shape is not None:
+    if shape is not None and v.shape != shape:
         if len(v.shape) != len(shape) or any(e is not None and e != s for e, s in zip(shape, v.shape)):
             want = "[" + ", ".join("*" if e is None else str(e) for e in shape) + "]"
             raise ValueError(f"{name}: expected shape {want}, got {list(v.shape)}")
