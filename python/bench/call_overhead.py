@@ -3,7 +3,8 @@
 call_overhead.c (mxm_moe_forward back to back) and from Python by (a) a bare ctypes call of
 mxm_moe_forward with prebuilt structs, (b) mxmoe.trtllm_fp8_block_scale_moe on numpy arrays,
 (c) the same on torch CPU tensors (when torch is importable), (d) torch.ops.mxmoe (the
-torch.library op). Median per-call wall time of each, single-threaded, T tokens; the C run goes
+torch.library op), and (e) the Python side alone: (b) and (c) with the library's forward
+replaced by a no-op. Median per-call wall time of each, single-threaded, T tokens; the C run goes
 first and last, and its faster median is used.
 
     python python/bench/call_overhead.py [--tokens 1] [--iters 20000] [--threads 1]"""
@@ -106,14 +107,25 @@ def main():
         rows.append(("torch.ops.mxmoe.trtllm_fp8_block_scale_moe", per_call(lambda: op(*ta, 2, 3), a.iters)))
     except ImportError:
         pass
+    # the Python side alone: the same calls with the library's forward replaced by a no-op
+    real = mxmoe._flashinfer._forward
+    mxmoe._flashinfer._forward = lambda *args: 0
+    try:
+        rows.append(("  Python side only, numpy (forward stubbed)", per_call(fi, a.iters)))
+        if len(rows) > 2:
+            rows.append(("  Python side only, torch CPU (forward stubbed)",
+                         per_call(lambda: mxmoe.trtllm_fp8_block_scale_moe(*ta, **kw), a.iters)))
+    finally:
+        mxmoe._flashinfer._forward = real
     c2 = c_run()
     c = min(c1[0], c2[0])
     print(f"CPU: {cpu_name()}; layer H={H} I={I} E={E} K={K} MXFP8 W8A8, T={T}, {a.threads} thread(s), "
           f"{a.iters} calls each, median per call")
-    print(f"{'caller':48} {'median us':>10} {'min us':>8} {'over C us':>10}")
+    print(f"{'caller':48} {'median us':>10} {'min us':>8} {'over C us':>10}  (stubbed rows: the Python work alone)")
     print(f"{'C mxm_moe_forward (call_overhead.c)':48} {c / 1e3:10.2f} {min(c1[1], c2[1]) / 1e3:8.2f} {0:10.2f}")
     for name, (med, mn) in rows:
-        print(f"{name:48} {med / 1e3:10.2f} {mn / 1e3:8.2f} {(med - c) / 1e3:10.2f}")
+        over = f"{(med - c) / 1e3:10.2f}" if "stubbed" not in name else f"{'':10}"
+        print(f"{name:48} {med / 1e3:10.2f} {mn / 1e3:8.2f} {over}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from enum import IntEnum
 import numpy as np
 
 from . import _capi, _run
-from ._tensor import view, empty_like_kind, torch_or_none
+from ._tensor import view, empty_like_kind, np_ptr, torch_or_none
 
 E = _capi.ENUMS
 
@@ -129,7 +129,7 @@ class _Prepared:
                 if r is not None:
                     return False
                 continue
-            if r is None or r() is not o or tuple(o.shape) != shp or (ptr is not None and o.data_ptr() != ptr):
+            if r is None or r() is not o or o.shape != shp or (ptr is not None and o.data_ptr() != ptr):
                 return False
         return True
 
@@ -284,11 +284,13 @@ def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale,
         ws = view("expert_weights", w_obj, ("f32",), shape=(T, K), device=dev)
         inp.topk_ids, inp.topk_weights = ids.ptr, ws.ptr
     # outputs
-    if output is None:
-        output = empty_like_kind(x, (T, H), "bf16")
-    o = view("output", output, _OUT_DTYPES, shape=(T, H), device=dev)
     outs = _capi.Outputs()
-    outs.out, outs.out_dtype = o.ptr, _DT_BF16 if o.dtype == "bf16" else _DT_F32
+    if output is None:  # made here: nothing to check
+        output = empty_like_kind(x, (T, H), "bf16")
+        outs.out, outs.out_dtype = output.data_ptr() if x.is_torch else np_ptr(output), _DT_BF16
+    else:
+        o = view("output", output, _OUT_DTYPES, shape=(T, H), device=dev)
+        outs.out, outs.out_dtype = o.ptr, _DT_BF16 if o.dtype == "bf16" else _DT_F32
     replay_ids = None
     if routing_replay_out is not None:
         r = view("routing_replay_out", routing_replay_out, ("i16",), ndim=2, device=dev)

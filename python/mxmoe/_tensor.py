@@ -1,6 +1,7 @@
 """Numpy arrays and torch tensors seen the same way: data pointer, shape, dtype, device. Nothing is
 copied: the library reads and writes the caller's memory through the data pointer. Every check
 raises an exception that names the argument and what it accepts."""
+import ctypes
 import sys
 
 import ml_dtypes
@@ -104,8 +105,25 @@ def view(name, x, dtypes, ndim=None, shape=None, device=None, numel=None):
         raise ValueError(f"{name}: is on {v.device}, expected {device} (all tensors of a call on one device)")
     if v.device != "cpu" and not v.device.startswith("cuda"):
         raise ValueError(f"{name}: device {v.device} is not supported; supported: cpu, cuda")
-    v.ptr = x.ctypes.data if not v.is_torch else x.data_ptr()
+    v.ptr = x.data_ptr() if v.is_torch else np_ptr(x)
     return v
+
+
+_char, _addressof = ctypes.c_char, ctypes.addressof
+
+
+def np_ptr(x):
+    """Data pointer of a numpy array: through the buffer protocol (0.6 us) where the array is
+    writable and not empty, else ndarray.ctypes.data (1.5 us)."""
+    try:
+        if x.dtype.char not in _BUFFER_CHARS:  # ml_dtypes' types export no buffer: view as bytes
+            x = x.view(np.uint8)
+        return _addressof(_char.from_buffer(x))
+    except (TypeError, ValueError, BufferError):
+        return x.ctypes.data
+
+
+_BUFFER_CHARS = set("?bBhHiIlLqQefdg")
 
 
 def _describe(d):
