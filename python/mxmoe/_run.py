@@ -28,15 +28,28 @@ class Plan:
             self.ptr = None
             raise _capi.MxmError(self.ws_bytes, "mxm_moe_plan_workspace_size")
         self.kernels = lib.mxm_moe_plan_kernels(self.ptr).decode()
-        if cfg.backend == BACKEND_CUDA:
+        self.ws = None
+        if cfg.backend == BACKEND_CUDA:  # cudaMalloc (256-byte aligned) on the plan's device
+            d = ctypes.c_void_p()
             torch = torch_or_none()
-            self.ws = torch.empty(max(self.ws_bytes, 1) + 256, dtype=torch.uint8, device=f"cuda:{device_index}")
-            self.ws_ptr = (self.ws.data_ptr() + 255) // 256 * 256
+            if torch is not None:  # mxm_device_alloc allocates on the current device
+                with torch.cuda.device(device_index):
+                    st = lib.mxm_device_alloc(max(self.ws_bytes, 1), ctypes.byref(d))
+            else:
+                st = lib.mxm_device_alloc(max(self.ws_bytes, 1), ctypes.byref(d))
+            if st != 0:
+                lib.mxm_moe_plan_destroy(self.ptr)
+                self.ptr = None
+                raise _capi.MxmError(st, "mxm_device_alloc (workspace)")
+            self.ws_ptr = d.value
         else:
             self.ws = np.empty(max(self.ws_bytes, 1) + 64, np.uint8)
             self.ws_ptr = (self.ws.ctypes.data + 63) // 64 * 64
 
     def __del__(self):
+        if getattr(self, "ws", 0) is None and getattr(self, "ws_ptr", None):
+            lib.mxm_device_free(self.ws_ptr)
+            self.ws_ptr = None
         if getattr(self, "ptr", None):
             lib.mxm_moe_plan_destroy(self.ptr)
             self.ptr = None

@@ -86,7 +86,7 @@ def view(name, x, dtypes, ndim=None, shape=None, device=None, numel=None):
         v.dtype = torch_dtype_name(x)
         v.shape = tuple(x.shape)
         dev = x.device
-        v.device = "cpu" if dev.type == "cpu" else f"{dev.type}:{dev.index if dev.index is not None else 0}"
+        v.device = (f"cuda:{dev.index if dev.index is not None else 0}" if dev.type == "cuda" else dev.type)
         contiguous = x.is_contiguous()
     if v.dtype not in dtypes:
         tname = f"numpy {x.dtype}" if not v.is_torch else str(x.dtype)

@@ -333,6 +333,15 @@ def torch_cases(saved):
         ok = out.dtype == T.bfloat16 and np.array_equal(out.view(T.int16).numpy().view(np.uint16), got.view(np.uint16))
         check(ok, f"torch {RM(method).name} {act.name} {qt.name}: differs from numpy")
     print(f"torch: {len(saved)} cases on torch CPU tensors, bit-identical to numpy")
+    L, x, logits, bias, got, (E, K, ng, tg, I, S, method, qt, act, norm, aq) = saved[0]
+    expect_error("device", lambda: mxmoe.trtllm_fp8_block_scale_moe(
+        torch.from_numpy(logits), None, torch.from_numpy(x).to("meta"), None, torch.from_numpy(L.w1.view(np.uint8)),
+        torch.from_numpy(L.s1), torch.from_numpy(L.w2.view(np.uint8)), torch.from_numpy(L.s2), E, K, ng, tg, I, 0, E, S,
+        method, fp8_quantization_type=qt, activation_type=act), ValueError, "hidden_states", "meta", "cpu, cuda")
+    expect_error("mixed devices", lambda: mxmoe.trtllm_fp8_block_scale_moe(
+        torch.from_numpy(logits).to("meta"), None, torch.from_numpy(x), None, torch.from_numpy(L.w1.view(np.uint8)),
+        torch.from_numpy(L.s1), torch.from_numpy(L.w2.view(np.uint8)), torch.from_numpy(L.s2), E, K, ng, tg, I, 0, E, S,
+        method, fp8_quantization_type=qt, activation_type=act), ValueError, "routing_logits", "meta", "cpu")
 
 
 def main():

@@ -116,6 +116,12 @@ def layers():
         check(False, "layer=5: no error")
     except ValueError as e:
         check("layer=5" in str(e) and "MoE layers: 0" in str(e), f"layer=5: {e}")
+    if not mxmoe.cuda_available():
+        try:
+            mxmoe.load_layer(os.path.join(SRC, "tests", "data", "qwen3_moe_tiny_mxfp8"), device="cuda")
+            check(False, "device=cuda without CUDA: no error")
+        except ValueError as e:
+            check("cuda" in str(e) and "no CUDA backend" in str(e), f"device=cuda: {e}")
     try:
         mxmoe.load_layer("/nonexistent")
         check(False, "missing checkpoint: no error")
