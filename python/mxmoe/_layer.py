@@ -60,9 +60,11 @@ class Model:
         raw = ctypes.string_at(data.value, nbytes.value) if nbytes.value else b""
         return np.frombuffer(raw, _ST_DTYPES[dtype]).reshape(shape).copy()
 
+    _close = lib.mxm_model_close  # bound for __del__ at interpreter exit
+
     def __del__(self):
         if getattr(self, "_h", None):
-            lib.mxm_model_close(self._h)
+            self._close(self._h)
             self._h = None
 
 
@@ -175,12 +177,14 @@ class MoELayer:
         self.device = f"cuda:{index}"
         return self
 
+    _free_dev, _free_layer = lib.mxm_device_free, lib.mxm_layer_free  # bound for __del__ at exit
+
     def __del__(self):
         for p in getattr(self, "_dev_bufs", ()):
-            lib.mxm_device_free(p)
+            self._free_dev(p)
         self._dev_bufs = []
         if getattr(self, "_h", None):
-            lib.mxm_layer_free(self._h)
+            self._free_layer(self._h)
             self._h = None
 
     def router_logits(self, hidden_states):

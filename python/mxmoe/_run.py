@@ -46,12 +46,15 @@ class Plan:
             self.ws = np.empty(max(self.ws_bytes, 1) + 64, np.uint8)
             self.ws_ptr = (self.ws.ctypes.data + 63) // 64 * 64
 
+    # bound here so that __del__ still finds them while the interpreter tears modules down
+    _free, _destroy = lib.mxm_device_free, lib.mxm_moe_plan_destroy
+
     def __del__(self):
         if getattr(self, "ws", 0) is None and getattr(self, "ws_ptr", None):
-            lib.mxm_device_free(self.ws_ptr)
+            self._free(self.ws_ptr)
             self.ws_ptr = None
         if getattr(self, "ptr", None):
-            lib.mxm_moe_plan_destroy(self.ptr)
+            self._destroy(self.ptr)
             self.ptr = None
 
 
