@@ -3,8 +3,8 @@
 call_overhead.c (mxm_moe_forward back to back) and from Python by (a) a bare ctypes call of
 mxm_moe_forward with prebuilt structs, (b) mxmoe.trtllm_fp8_block_scale_moe on numpy arrays,
 (c) the same on torch CPU tensors (when torch is importable), (d) torch.ops.mxmoe (the
-torch.library op), and (e) the Python side alone: (b) and (c) with the library's forward
-replaced by a no-op. Median per-call wall time of each, single-threaded, T tokens; the C run goes
+torch.library op), (e) mxmoe.Fp8BlockScaleMoE (weights bound once) on numpy and torch, and (f) the Python side alone: (b) and (c) with the library's forward
+and (e) with the library's forward replaced by a no-op. Median per-call wall time of each, single-threaded, T tokens; the C run goes
 first and last, and its faster median is used.
 
     python python/bench/call_overhead.py [--tokens 1] [--iters 20000] [--threads 1]"""
@@ -91,6 +91,9 @@ def main():
                                      ctypes.byref(outs), plan.ws_ptr, plan.ws_bytes)
     rows = [("ctypes mxm_moe_forward (prebuilt structs)", per_call(lambda: fwd(pp, bw, bi, bo, wsp, wsb, None), a.iters)),
             ("mxmoe.trtllm_fp8_block_scale_moe (numpy)", per_call(fi, a.iters))]
+    bound = mxmoe.Fp8BlockScaleMoE(*args[4:], **kw)
+    bd = lambda: bound(lg, x)  # noqa: E731
+    rows.append(("mxmoe.Fp8BlockScaleMoE bound call (numpy)", per_call(bd, a.iters)))
     try:
         import torch
         import mxmoe.ops as _ops  # noqa: F401  (registers torch.ops.mxmoe)
@@ -103,6 +106,9 @@ def main():
         ta = tuple(tt(v) for v in args)
         rows.append(("mxmoe.trtllm_fp8_block_scale_moe (torch CPU)",
                      per_call(lambda: mxmoe.trtllm_fp8_block_scale_moe(*ta, **kw), a.iters)))
+        tbound = mxmoe.Fp8BlockScaleMoE(*ta[4:], **kw)
+        tb = lambda: tbound(ta[0], ta[2])  # noqa: E731
+        rows.append(("mxmoe.Fp8BlockScaleMoE bound call (torch CPU)", per_call(tb, a.iters)))
         op = torch.ops.mxmoe.trtllm_fp8_block_scale_moe
         rows.append(("torch.ops.mxmoe.trtllm_fp8_block_scale_moe", per_call(lambda: op(*ta, 2, 3), a.iters)))
     except ImportError:
@@ -112,9 +118,11 @@ def main():
     mxmoe._flashinfer._forward = lambda *args: 0
     try:
         rows.append(("  Python side only, numpy (forward stubbed)", per_call(fi, a.iters)))
-        if len(rows) > 2:
+        rows.append(("  Python side only, bound, numpy (stubbed)", per_call(bd, a.iters)))
+        if len(rows) > 4:
             rows.append(("  Python side only, torch CPU (forward stubbed)",
                          per_call(lambda: mxmoe.trtllm_fp8_block_scale_moe(*ta, **kw), a.iters)))
+            rows.append(("  Python side only, bound, torch CPU (stubbed)", per_call(tb, a.iters)))
     finally:
         mxmoe._flashinfer._forward = real
     c2 = c_run()

@@ -11,7 +11,7 @@ as torch.library ops (torch.ops.mxmoe.*) with fake implementations for torch.com
 import sys as _sys
 
 from ._capi import MxmError, lib as _lib, LIBRARY_PATH, HEADER_PATH
-from ._flashinfer import (ActivationType, Fp8QuantizationType, RoutingMethodType, WeightLayout, pack_topk,
+from ._flashinfer import (ActivationType, Fp8BlockScaleMoE, Fp8QuantizationType, RoutingMethodType, WeightLayout, pack_topk,
                           trtllm_fp8_block_scale_moe, trtllm_fp8_block_scale_routed_moe, unpack_topk)
 from ._layer import Model, MoELayer, load_layer
 from ._quant import dequantize_fp8_block, dequantize_mxfp8, quantize_fp8_block, quantize_mxfp8
@@ -24,7 +24,7 @@ def cuda_available():
     return bool(_lib.mxm_cuda_available())
 
 
-__all__ = ["ActivationType", "Fp8QuantizationType", "RoutingMethodType", "WeightLayout", "MxmError", "Model",
+__all__ = ["ActivationType", "Fp8BlockScaleMoE", "Fp8QuantizationType", "RoutingMethodType", "WeightLayout", "MxmError", "Model",
            "MoELayer", "load_layer", "trtllm_fp8_block_scale_moe", "trtllm_fp8_block_scale_routed_moe",
            "pack_topk", "unpack_topk", "quantize_mxfp8", "dequantize_mxfp8", "quantize_fp8_block",
            "dequantize_fp8_block", "cuda_available", "LIBRARY_PATH", "HEADER_PATH"]

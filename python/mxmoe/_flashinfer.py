@@ -10,6 +10,7 @@ before shuffling."""
 import ctypes
 from enum import IntEnum
 
+import ml_dtypes
 import numpy as np
 
 from . import _capi, _run
@@ -410,3 +411,89 @@ def trtllm_fp8_block_scale_routed_moe(topk_ids, routing_bias, hidden_states, hid
                 routing_method_type, use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type,
                 activation_type, True, None, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, act_quant,
                 profile, w13_layout, num_threads)
+
+
+class Fp8BlockScaleMoE:
+    """trtllm_fp8_block_scale_moe with its weights and scalar arguments bound once (checked here,
+    kept alive by this object and used through the pointers they have now: do not reallocate
+    them, e.g. with torch's resize_/set_). Calling it runs the layer with per-call checks only on
+    the per-call tensors:
+
+        moe = mxmoe.Fp8BlockScaleMoE(w13, w13_scale, w2, w2_scale, E, K, None, None, I, 0, E, None,
+                                     routing_method_type=1, fp8_quantization_type=2, activation_type=3)
+        out = moe(routing_logits, hidden_states)        # bf16 [T, H], same kind and device
+
+    __call__(routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None,
+    output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
+    topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
+    (bf16/f32 hidden_states, logits, no scale, bias or output) takes a short path."""
+
+    def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+                 n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                 routed_scaling_factor, routing_method_type=0, fp8_quantization_type=Fp8QuantizationType.DeepSeekFp8,
+                 activation_type=ActivationType.Swiglu.value, norm_topk_prob=True, gemm1_alpha=None, gemm1_beta=None,
+                 gemm1_clamp_limit=None, *, act_quant="mxfp8", profile="trtllm", w13_layout="up_gate",
+                 num_threads=0):
+        w1 = view("gemm1_weights", gemm1_weights, ("e4m3", "u8"), ndim=3)
+        self._args = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+                      n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                      routed_scaling_factor, routing_method_type, False, 0, True, fp8_quantization_type,
+                      activation_type, norm_topk_prob)
+        self._oa = (gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
+        self._kw = (act_quant, profile, w13_layout, num_threads)
+        self._p = _prepare(w1.shape[2], w1.device, gemm1_weights, gemm1_weights_scale, gemm2_weights,
+                           gemm2_weights_scale, num_experts, top_k, n_group, topk_group, intermediate_size,
+                           local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type, False,
+                           0, True, fp8_quantization_type, activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta,
+                           gemm1_clamp_limit, act_quant, profile, w13_layout, num_threads)
+        self._mw = ctypes.byref(self._p.mw)
+        self.device = self._p.device
+        self._torch_dt = None
+        if w1.is_torch:
+            torch = torch_or_none()
+            self._torch_dt = ({torch.float32: _DT_F32, torch.bfloat16: _DT_BF16}, torch.bfloat16, torch.empty,
+                              torch.Tensor, w1.obj.device)
+
+    def __call__(self, routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None, output=None,
+                 topk=None):
+        p = self._p
+        x, lg = hidden_states, routing_logits
+        if hidden_states_scale is None and routing_bias is None and output is None and topk is None:
+            tx = type(x)
+            if tx is np.ndarray and type(lg) is np.ndarray and not p.cuda:
+                xd, ld = _NP_FAST.get(x.dtype), _NP_FAST.get(lg.dtype)
+                xs = x.shape
+                if (xd is not None and ld is not None and len(xs) == 2 and xs[1] == p.H and lg.shape == (xs[0], p.Eg)
+                        and x.flags.c_contiguous and lg.flags.c_contiguous and xs[0] > 0):
+                    out = np.empty(xs, _NP_BF16)
+                    return self._run(xs[0], np_ptr(x), xd, np_ptr(lg), ld, out, np_ptr(out), None)
+            elif self._torch_dt is not None and tx is self._torch_dt[3] and type(lg) is tx:
+                m, bf16, empty, _, dev = self._torch_dt
+                xd, ld = m.get(x.dtype), m.get(lg.dtype)
+                xs = x.shape
+                if (xd is not None and ld is not None and len(xs) == 2 and xs[1] == p.H and lg.shape == (xs[0], p.Eg)
+                        and x.device == dev and lg.device == dev and x.is_contiguous() and lg.is_contiguous()
+                        and xs[0] > 0):
+                    out = empty(xs, dtype=bf16, device=dev)
+                    return self._run(xs[0], x.data_ptr(), xd, lg.data_ptr(), ld, out, out.data_ptr(),
+                                     _run.current_stream(p.device) if p.cuda else None)
+        return _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, *self._args, None,
+                    *self._oa, output, *self._kw)
+
+    def _run(self, T, x_ptr, x_dt, lg_ptr, lg_dt, out, out_ptr, stream):
+        p = self._p
+        inp = _capi.Inputs()
+        inp.num_tokens, inp.x, inp.x_dtype, inp.router_logits, inp.logits_dtype = T, x_ptr, x_dt, lg_ptr, lg_dt
+        outs = _capi.Outputs()
+        outs.out, outs.out_dtype = out_ptr, _DT_BF16
+        plan = _capi.thread_state().setdefault("plans", {}).get(p.cfg_key)
+        if plan is None or plan.max_tokens < T:
+            plan = _run.get_plan(p.cfg, T)
+        st = _forward(plan.ptr, self._mw, ctypes.byref(inp), ctypes.byref(outs), plan.ws_ptr, plan.ws_bytes, stream)
+        if st != 0:
+            raise _capi.MxmError(st, "mxm_moe_forward")
+        return out
+
+
+_NP_BF16 = np.dtype(ml_dtypes.bfloat16)
+_NP_FAST = {np.dtype(np.float32): _DT_F32, _NP_BF16: _DT_BF16}

@@ -261,10 +261,22 @@ def capi_case(rng, method, act, qt, aq, with_oa=False, ep=False):
         d = np.abs(parts - full).max() / max(np.abs(full).max(), 1e-30)
         ok_ep = d <= 4 * 2.0 ** -24 * K
         name += f" ep-diff={d:.1e}"
-    allok = ok and ok_pack and ok_r and ok_replay and ok_ep
+    # the bound form: same bits, on the short path (f32 x, logits) and the general one (bias)
+    moe = mxmoe.Fp8BlockScaleMoE(L.w1, L.s1, L.w2, L.s2, E, K, n_group, topk_group, I, 0, E, S, method,
+                                 fp8_quantization_type=qt, activation_type=act, norm_topk_prob=norm, act_quant=aq, **kw)
+    ok_bound = all(np.array_equal(moe(logits, x, routing_bias=bias).view(np.uint16), ref.view(np.uint16))
+                   for _ in range(2))
+    if bias is None:
+        ok_bound &= np.array_equal(moe(logits, x).view(np.uint16), ref.view(np.uint16))
+    ok_bound &= np.array_equal(moe(None, x, topk=(rids, rw), routing_bias=bias).view(np.uint16),
+                               mxmoe.trtllm_fp8_block_scale_routed_moe(
+                                   rids, None, x, None, L.w1, L.s1, L.w2, L.s2, E, K, n_group, topk_group, I, 0, E, S,
+                                   method, fp8_quantization_type=qt, activation_type=act, act_quant=aq,
+                                   expert_weights=rw, **kw).view(np.uint16))
+    allok = ok and ok_pack and ok_r and ok_replay and ok_ep and ok_bound
     print(f"{name} logits={'=' if ok else '!='} packed={'=' if ok_r else '!='} replay={'=' if ok_replay else '!='} "
           f"{'PASS' if allok else 'FAIL'}")
-    check(allok, f"{name}: logits {ok} pack {ok_pack} routed {ok_r} replay {ok_replay} ep {ok_ep}")
+    check(allok, f"{name}: logits {ok} pack {ok_pack} routed {ok_r} replay {ok_replay} ep {ok_ep} bound {ok_bound}")
     return L, x, logits, bias, got, (E, K, n_group, topk_group, I, S, method, qt, act, norm, aq)
 
 
@@ -332,6 +344,13 @@ def torch_cases(saved):
             S, method, fp8_quantization_type=qt, activation_type=act, norm_topk_prob=norm, act_quant=aq)
         ok = out.dtype == T.bfloat16 and np.array_equal(out.view(T.int16).numpy().view(np.uint16), got.view(np.uint16))
         check(ok, f"torch {RM(method).name} {act.name} {qt.name}: differs from numpy")
+        if bias is None:  # the bound form's torch short path
+            moe = mxmoe.Fp8BlockScaleMoE(w1, T.from_numpy(L.s1), w2, T.from_numpy(L.s2), E, K, ng, tg, I, 0, E, S, method,
+                                         fp8_quantization_type=qt, activation_type=act, norm_topk_prob=norm,
+                                         act_quant=aq)
+            ob = moe(T.from_numpy(logits), T.from_numpy(x))
+            check(np.array_equal(ob.view(T.int16).numpy().view(np.uint16), got.view(np.uint16)),
+                  f"torch bound {RM(method).name} {act.name}: differs from numpy")
     print(f"torch: {len(saved)} cases on torch CPU tensors, bit-identical to numpy")
     L, x, logits, bias, got, (E, K, ng, tg, I, S, method, qt, act, norm, aq) = saved[0]
     expect_error("device", lambda: mxmoe.trtllm_fp8_block_scale_moe(
