@@ -6,7 +6,6 @@ parse missed changes sizeof; a misread type moves an offset."""
 import ctypes
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
