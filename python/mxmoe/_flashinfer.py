@@ -1,0 +1,499 @@
+"""FlashInfer's trtllm_fp8_block_scale_moe and trtllm_fp8_block_scale_routed_moe (v0.6.13
+argument order, enum values and scale layouts), computed by mxmoe on CPU or CUDA.
+
+Weights are FlashInfer's plain MajorK layout (weight_layout=0, use_shuffled_weight=False):
+gemm1_weights [E_loc, M1, H] row-major with W13 as [up ; gate] for gated activations (FlashInfer
+calls the halves X1 "linear" and X2 "gate"), gemm2_weights [E_loc, H, I]. FlashInfer's fast path
+on Blackwell wants the weights shuffled (use_shuffled_weight=True: rows reordered for the fused
+gated activation and tiled for the epilogue); mxmoe does not take that layout: pass the weights
+before shuffling."""
+import ctypes
+from enum import IntEnum
+
+import ml_dtypes
+import numpy as np
+
+from . import _capi, _run
+from ._tensor import view, empty_like_kind, np_ptr, torch_or_none
+
+E = _capi.ENUMS
+
+
+class RoutingMethodType(IntEnum):
+    """flashinfer.tllm_enums.RoutingMethodType (mxmoe's mxm_routing_method has the same numbers)."""
+    Default = 0
+    Renormalize = 1
+    DeepSeekV3 = 2
+    Llama4 = 3
+    RenormalizeNaive = 4
+    TopK = 5
+    SigmoidRenorm = 6
+    MiniMax2 = 7
+    Sigmoid = 8
+    Unspecified = 9
+
+
+class ActivationType(IntEnum):
+    """flashinfer.tllm_enums.ActivationType."""
+    Gelu = 0
+    Relu = 1
+    Silu = 2
+    Swiglu = 3
+    Geglu = 4
+    SwigluBias = 5
+    Relu2 = 6
+    SwigluStep = 7
+    Identity = 8
+    InvalidType = 9
+
+
+class Fp8QuantizationType(IntEnum):
+    """flashinfer.tllm_enums.Fp8QuantizationType."""
+    NoneFp8 = 0
+    DeepSeekFp8 = 1
+    MxFp8 = 2
+
+
+class WeightLayout(IntEnum):
+    """flashinfer.tllm_enums.WeightLayout (mxmoe takes MajorK only)."""
+    MajorK = 0
+    MajorMn = 1
+    BlockMajorK = 2
+
+
+# FlashInfer activation -> (mxm activation, gated)
+_ACT = {ActivationType.Gelu: (E["MXM_ACT_GELU_NO_MUL"], False), ActivationType.Silu: (E["MXM_ACT_SILU_NO_MUL"], False),
+        ActivationType.Swiglu: (E["MXM_ACT_SILU"], True), ActivationType.Geglu: (E["MXM_ACT_GELU"], True),
+        ActivationType.Relu2: (E["MXM_ACT_RELU2_NO_MUL"], False), ActivationType.Identity: (E["MXM_ACT_IDENTITY"], False)}
+_ACT_LIST = ", ".join(f"{a.value} ({a.name})" for a in _ACT)
+_ROUTE_LIST = ", ".join(f"{r.value} ({r.name})" for r in RoutingMethodType if r != RoutingMethodType.Unspecified)
+_PROFILES = {"trtllm": E["MXM_PROFILE_TRTLLM"], "exact": E["MXM_PROFILE_EXACT"]}
+_ACT_QUANT = {"mxfp8": E["MXM_ACT_QUANT_MXFP8"], "none": E["MXM_ACT_QUANT_NONE"]}
+_LAYOUTS = {"up_gate": E["MXM_W13_UP_GATE"], "gate_up": E["MXM_W13_GATE_UP"], "interleaved": E["MXM_W13_INTERLEAVED"]}
+
+
+def _choice(name, value, table):
+    if value not in table:
+        raise ValueError(f"{name}={value!r} is not supported; supported: {', '.join(map(str, table))}")
+    return table[value]
+
+
+def _int_enum(name, value, enum, accepted, listing):
+    try:
+        v = enum(int(value))
+    except (ValueError, TypeError):
+        raise ValueError(f"{name}={value!r} is unknown; supported: {listing}") from None
+    if v not in accepted:
+        raise ValueError(f"{name}={v.value} ({v.name}) is not supported by mxmoe; supported: {listing}")
+    return v
+
+
+_cfg_cache = {}
+
+
+def _config(key):
+    """mxm_moe_config for a tuple of scalar arguments (cached: building one costs microseconds)."""
+    cfg = _cfg_cache.get(key)
+    if cfg is not None:
+        return cfg
+    (E_glob, K, n_group, topk_group, I, off, E_loc, S, method, act, fmt, norm, H, aq, profile, layout,
+     swiglu, backend, device, threads) = key
+    cfg = _capi.Config()
+    _capi.lib.mxm_moe_config_default(ctypes.byref(cfg))
+    cfg.hidden_size, cfg.intermediate_size, cfg.num_experts, cfg.top_k = H, I, E_glob, K
+    cfg.n_group, cfg.topk_group, cfg.routing_method = n_group, topk_group, method
+    cfg.routed_scaling_factor, cfg.norm_topk_prob = S, norm
+    cfg.local_expert_offset, cfg.local_num_experts = off, E_loc
+    cfg.activation, cfg.w13_layout, cfg.weight_format, cfg.act_quant, cfg.profile = act, layout, fmt, aq, profile
+    if swiglu:  # FlashInfer's OA defaults: alpha 1, beta 0, no clamp
+        cfg.swiglu_alpha, cfg.swiglu_beta, cfg.swiglu_limit = 1.0, 0.0, float("inf")
+    cfg.backend, cfg.device, cfg.num_threads = backend, device, threads
+    st = _capi.lib.mxm_moe_config_validate(ctypes.byref(cfg))
+    if st != 0:
+        raise _capi.MxmError(st, "invalid MoE arguments")
+    if len(_cfg_cache) > 256:
+        _cfg_cache.clear()
+    _cfg_cache[key] = cfg
+    return cfg
+
+
+class _Prepared:
+    """What a call derives from its weights and scalar arguments (checked once): the config, the
+    expert table, the per-expert SwiGLU-OAI arrays on the host. Reused while the same weight
+    objects come back (same objects, alive, same shapes and, for torch, the same data pointers)."""
+    __slots__ = ("cfg", "cfg_key", "mw", "keep", "objs", "shapes", "ptrs", "device", "H", "I", "M1", "K", "Eg",
+                 "E_loc", "mx", "cuda", "__weakref__")
+
+    def valid(self, objs):
+        for r, o, shp, ptr in zip(self.objs, objs, self.shapes, self.ptrs):
+            if o is None:
+                if r is not None:
+                    return False
+                continue
+            if r is None or r() is not o or o.shape != shp or (ptr is not None and o.data_ptr() != ptr):
+                return False
+        return True
+
+
+_prep_cache = {}
+
+
+def _weakref(o):
+    import weakref
+    try:
+        return weakref.ref(o)
+    except TypeError:
+        return lambda: None
+
+
+def _prepare(H, dev, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+             n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
+             routing_method_type, use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type,
+             activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, act_quant, profile,
+             w13_layout, num_threads):
+    if use_shuffled_weight:
+        raise NotImplementedError(
+            "use_shuffled_weight=True: mxmoe takes FlashInfer's plain row-major (MajorK) weights, not the "
+            "shuffled layout of FlashInfer's Blackwell kernel; pass the weights before shuffling")
+    if int(weight_layout) != WeightLayout.MajorK:
+        raise ValueError(f"weight_layout={int(weight_layout)} is not supported; supported: 0 (MajorK)")
+    if not do_finalize:
+        raise NotImplementedError("do_finalize=False (unfinalized per-expert outputs) is not supported; supported: True")
+    qt = _int_enum("fp8_quantization_type", fp8_quantization_type, Fp8QuantizationType,
+                   (Fp8QuantizationType.DeepSeekFp8, Fp8QuantizationType.MxFp8), "1 (DeepSeekFp8), 2 (MxFp8)")
+    at = _int_enum("activation_type", activation_type, ActivationType, _ACT, _ACT_LIST)
+    rm = _int_enum("routing_method_type", routing_method_type, RoutingMethodType,
+                   [r for r in RoutingMethodType if r != RoutingMethodType.Unspecified], _ROUTE_LIST)
+    act, gated = _ACT[at]
+    oa = gemm1_alpha is not None or gemm1_beta is not None or gemm1_clamp_limit is not None
+    if oa:
+        if qt != Fp8QuantizationType.MxFp8 or at != ActivationType.Swiglu:  # as FlashInfer
+            raise ValueError("gemm1_alpha, gemm1_beta and gemm1_clamp_limit are only supported for "
+                             "Fp8QuantizationType.MxFp8 with ActivationType.Swiglu")
+        act = E["MXM_ACT_SWIGLUOAI"]
+    p = _Prepared()
+    p.mx = mx = qt == Fp8QuantizationType.MxFp8
+    fmt = E["MXM_WFMT_MXFP8"] if mx else E["MXM_WFMT_FP8_BLOCK"]
+    p.H, p.K, p.Eg, p.I = H, int(top_k), int(num_experts), int(intermediate_size)
+    p.E_loc = E_loc = int(local_num_experts)
+    I = p.I
+    p.M1 = M1 = 2 * I if gated else I
+    p.device, p.cuda = dev, dev != "cpu"
+    if p.cuda and not _capi.lib.mxm_cuda_available():
+        raise ValueError(f"hidden_states: is on {dev}, but this mxmoe build has no CUDA backend or no GPU "
+                         f"(mxm_cuda_available() == 0); supported: cpu")
+    w1 = view("gemm1_weights", gemm1_weights, ("e4m3", "u8"), shape=(E_loc, M1, H), device=dev)
+    w2 = view("gemm2_weights", gemm2_weights, ("e4m3", "u8"), shape=(E_loc, H, I), device=dev)
+    if mx:
+        if H % 32 or I % 32:
+            raise ValueError(f"hidden size {H} and intermediate_size {I} must be multiples of 32 for MxFp8")
+        s1 = view("gemm1_weights_scale", gemm1_weights_scale, ("u8",), numel=E_loc * M1 * (H // 32), device=dev)
+        s2 = view("gemm2_weights_scale", gemm2_weights_scale, ("u8",), numel=E_loc * H * (I // 32), device=dev)
+        bs1, bs2 = M1 * (H // 32), H * (I // 32)
+    else:
+        c = lambda n: -(-n // 128)  # noqa: E731
+        s1 = view("gemm1_weights_scale", gemm1_weights_scale, ("f32",), shape=(E_loc, c(M1), c(H)), device=dev)
+        s2 = view("gemm2_weights_scale", gemm2_weights_scale, ("f32",), shape=(E_loc, c(H), c(I)), device=dev)
+        bs1, bs2 = 4 * c(M1) * c(H), 4 * c(H) * c(I)
+    experts = (_capi.ExpertWeights * E_loc)()
+    for e in range(E_loc):
+        experts[e] = _capi.ExpertWeights(w1.ptr + e * M1 * H, s1.ptr + e * bs1, w2.ptr + e * H * I, s2.ptr + e * bs2)
+    p.mw = _capi.MoEWeights()
+    p.mw.experts = ctypes.addressof(experts)
+    p.keep = [experts]
+    # per-expert SwiGLU-OAI parameters: host float32 [E_loc]
+    for name, arr in (("gemm1_alpha", gemm1_alpha), ("gemm1_beta", gemm1_beta), ("gemm1_clamp_limit", gemm1_clamp_limit)):
+        if arr is not None:
+            if not isinstance(arr, np.ndarray):
+                arr = arr.detach().to("cpu")  # the library reads these on the host
+            a = view(name, arr, ("f32",), shape=(E_loc,))
+            p.keep.append(arr)
+            setattr(p.mw, name, a.ptr)
+    objs = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, gemm1_alpha, gemm1_beta,
+            gemm1_clamp_limit)
+    p.objs = tuple(None if o is None else _weakref(o) for o in objs)
+    p.shapes = tuple(None if o is None else tuple(o.shape) for o in objs)
+    p.ptrs = tuple(None if o is None or isinstance(o, np.ndarray) else o.data_ptr() for o in objs)
+    key = (p.Eg, p.K, int(n_group or 0), int(topk_group or 0), I, int(local_expert_offset), E_loc,
+           float(1.0 if routed_scaling_factor is None else routed_scaling_factor), int(rm), act, fmt,
+           int(bool(norm_topk_prob)), H, _choice("act_quant", act_quant, _ACT_QUANT),
+           _choice("profile", profile, _PROFILES), _choice("w13_layout", w13_layout, _LAYOUTS), oa,
+           _run.BACKEND_CUDA if p.cuda else _run.BACKEND_CPU, int(dev.split(":")[1]) if p.cuda else 0,
+           int(num_threads))
+    p.cfg = _config(key)
+    p.cfg_key = bytes(p.cfg)
+    return p
+
+
+def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
+         intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type,
+         use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type, activation_type, norm_topk_prob,
+         routing_replay_out, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, act_quant, profile, w13_layout,
+         num_threads):
+    x = view("hidden_states", hidden_states, _X_DTYPES, ndim=2)
+    dev = x.device
+    T, H = x.shape
+    objs = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, gemm1_alpha, gemm1_beta,
+            gemm1_clamp_limit)
+    key = (id(gemm1_weights), id(gemm1_weights_scale), id(gemm2_weights), id(gemm2_weights_scale), id(gemm1_alpha),
+           id(gemm1_beta), id(gemm1_clamp_limit), num_experts, top_k, n_group, topk_group, intermediate_size,
+           local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type, use_shuffled_weight,
+           weight_layout, do_finalize, fp8_quantization_type, activation_type, norm_topk_prob, act_quant, profile,
+           w13_layout, num_threads, H, dev)
+    p = _prep_cache.get(key)
+    if p is None or not p.valid(objs):
+        p = _prepare(H, dev, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts,
+                     top_k, n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                     routed_scaling_factor, routing_method_type, use_shuffled_weight, weight_layout, do_finalize,
+                     fp8_quantization_type, activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta,
+                     gemm1_clamp_limit, act_quant, profile, w13_layout, num_threads)
+        if len(_prep_cache) > 64:
+            _prep_cache.clear()
+        _prep_cache[key] = p
+    K = p.K
+    # activations
+    inp = _capi.Inputs()
+    inp.num_tokens, inp.x = T, x.ptr
+    xd = x.dtype
+    if xd == "e4m3" or xd == "u8":
+        if hidden_states_scale is None:
+            raise ValueError("hidden_states_scale: required for FP8 hidden_states (MxFp8: uint8 [T, H/32]; "
+                             "DeepSeekFp8: float32 [H/128, T])")
+        inp.x_dtype = _DT_E4M3
+        if p.mx:
+            xs = view("hidden_states_scale", hidden_states_scale, ("u8",), numel=T * (H // 32), device=dev)
+        else:
+            xs = view("hidden_states_scale", hidden_states_scale, ("f32",), shape=(-(-H // 128), T), device=dev)
+            inp.x_scale_transposed = 1
+        inp.x_scale = xs.ptr
+    else:  # mxmoe extension: bf16/f32 hidden states, quantized inside the call
+        if hidden_states_scale is not None:
+            raise ValueError(f"hidden_states_scale: must be None for {xd} hidden_states "
+                             "(mxmoe quantizes them); pass FP8 hidden_states to give scales")
+        inp.x_dtype = _DT_BF16 if xd == "bf16" else _DT_F32
+    # routing
+    if routing_logits is not None:
+        lg = view("routing_logits", routing_logits, _LOGIT_DTYPES, shape=(T, p.Eg), device=dev)
+        inp.router_logits, inp.logits_dtype = lg.ptr, _DT_F32 if lg.dtype == "f32" else _DT_BF16
+        if routing_bias is not None:
+            b = view("routing_bias", routing_bias, _LOGIT_DTYPES, shape=(p.Eg,), device=dev)
+            inp.routing_bias, inp.bias_dtype = b.ptr, _DT_F32 if b.dtype == "f32" else _DT_BF16
+    else:
+        ids_obj, w_obj = topk
+        ids = view("topk_ids", ids_obj, ("i32",), shape=(T, K), device=dev)
+        ws = view("expert_weights", w_obj, ("f32",), shape=(T, K), device=dev)
+        inp.topk_ids, inp.topk_weights = ids.ptr, ws.ptr
+    # outputs
+    outs = _capi.Outputs()
+    if output is None:  # made here: nothing to check
+        output = empty_like_kind(x, (T, H), "bf16")
+        outs.out, outs.out_dtype = output.data_ptr() if x.is_torch else np_ptr(output), _DT_BF16
+    else:
+        o = view("output", output, _OUT_DTYPES, shape=(T, H), device=dev)
+        outs.out, outs.out_dtype = o.ptr, _DT_BF16 if o.dtype == "bf16" else _DT_F32
+    replay_ids = None
+    if routing_replay_out is not None:
+        r = view("routing_replay_out", routing_replay_out, ("i16",), ndim=2, device=dev)
+        if r.shape[1] != K or r.shape[0] < T:
+            raise ValueError(f"routing_replay_out: expected shape [>= {T}, {K}], got {list(r.shape)}")
+        replay_ids = empty_like_kind(x, (T, K), "i32")
+        outs.topk_ids = view("routing_replay_out", replay_ids, ("i32",)).ptr
+    if T > 0:
+        plans = _capi.thread_state().setdefault("plans", {})
+        plan = plans.get(p.cfg_key)
+        if plan is None or plan.max_tokens < T:
+            plan = _run.get_plan(p.cfg, T)
+        st = _forward(plan.ptr, ctypes.byref(p.mw), ctypes.byref(inp), ctypes.byref(outs), plan.ws_ptr,
+                      plan.ws_bytes, _run.current_stream(dev) if p.cuda else None)
+        if st != 0:
+            raise _capi.MxmError(st, "mxm_moe_forward")
+    if replay_ids is not None:
+        if r.is_torch:
+            routing_replay_out[:T].copy_(replay_ids)
+        else:
+            routing_replay_out[:T] = replay_ids
+    return output
+
+
+_forward = _capi.lib.mxm_moe_forward
+_DT_E4M3, _DT_BF16, _DT_F32 = E["MXM_DT_E4M3"], E["MXM_DT_BF16"], E["MXM_DT_F32"]
+_X_DTYPES, _LOGIT_DTYPES, _OUT_DTYPES = ("e4m3", "u8", "bf16", "f32"), ("f32", "bf16"), ("bf16", "f32")
+
+
+def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+                               gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group,
+                               topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                               routed_scaling_factor, routing_method_type=0, use_shuffled_weight=False,
+                               weight_layout=0, do_finalize=True, enable_pdl=None, tune_max_num_tokens=8192,
+                               fp8_quantization_type=Fp8QuantizationType.DeepSeekFp8,
+                               activation_type=ActivationType.Swiglu.value, norm_topk_prob=True,
+                               routing_replay_out=None, gemm1_alpha=None, gemm1_beta=None, gemm1_clamp_limit=None,
+                               *, act_quant="mxfp8", profile="trtllm", w13_layout="up_gate", num_threads=0):
+    """FlashInfer's flashinfer.fused_moe.trtllm_fp8_block_scale_moe (v0.6.13), same arguments and
+    results, on numpy arrays or torch tensors (CPU, or CUDA when the library has the CUDA backend:
+    run on the current torch stream).
+
+    routing_logits [T, E] f32/bf16; routing_bias [E] f32/bf16 or None; hidden_states [T, H] FP8
+    codes (torch.float8_e4m3fn, ml_dtypes.float8_e4m3fn or uint8) with hidden_states_scale: MxFp8
+    uint8 E8M0 [T, H/32] (FlashInfer's linear layout), DeepSeekFp8 float32 [H/128, T]; or (mxmoe
+    extension) bf16/f32 hidden_states with hidden_states_scale None, quantized inside the call.
+    gemm1_weights [E_loc, M1, H] FP8 with W13 as [up ; gate] (M1 = 2I gated, I otherwise);
+    gemm1_weights_scale MxFp8 uint8 [E_loc, M1, H/32] (any shape of that many elements), DeepSeekFp8
+    float32 [E_loc, M1/128, H/128]; gemm2_weights [E_loc, H, I], gemm2_weights_scale likewise.
+    enable_pdl and tune_max_num_tokens are accepted and ignored (no autotuner, no PDL).
+    Returns bf16 [T, H] of hidden_states' kind and device.
+
+    Keyword-only mxmoe extensions: act_quant "mxfp8" (W8A8, FlashInfer's math) or "none"
+    (weight-only); profile "trtllm" (FlashInfer's bf16 rounding points) or "exact";
+    w13_layout "up_gate" (FlashInfer), "gate_up" (checkpoints) or "interleaved"; num_threads
+    (CPU; 0 = all)."""
+    if routing_logits is None:
+        raise ValueError("routing_logits: required (use trtllm_fp8_block_scale_routed_moe for precomputed top-k)")
+    return _moe(routing_logits, None, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+                gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
+                intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
+                routing_method_type, use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type,
+                activation_type, norm_topk_prob, routing_replay_out, gemm1_alpha, gemm1_beta, gemm1_clamp_limit,
+                None, act_quant, profile, w13_layout, num_threads)
+
+
+def unpack_topk(topk_ids):
+    """FlashInfer's packed routing ((expert_id << 16) | bf16 weight bits, int32 [T, K]) -> (ids
+    int32, weights float32), same kind and device."""
+    if isinstance(topk_ids, np.ndarray):
+        ids = (topk_ids >> 16).astype(np.int32)
+        w = ((topk_ids.astype(np.uint32) & 0xFFFF) << 16).view(np.float32)
+        return ids, np.ascontiguousarray(w)
+    torch = torch_or_none()
+    ids = (topk_ids >> 16).to(torch.int32).contiguous()
+    w = (topk_ids & 0xFFFF).to(torch.int16).view(torch.bfloat16).to(torch.float32).contiguous()
+    return ids, w
+
+
+def pack_topk(ids, weights):
+    """Inverse of unpack_topk: (ids, weights rounded to bf16) -> FlashInfer's packed int32 [T, K]."""
+    import ml_dtypes
+    if isinstance(ids, np.ndarray):
+        bits = np.asarray(weights, np.float32).astype(ml_dtypes.bfloat16).view(np.uint16).astype(np.int32)
+        return ((ids.astype(np.int32) << 16) | bits).astype(np.int32)
+    torch = torch_or_none()
+    bits = weights.to(torch.bfloat16).view(torch.int16).to(torch.int32) & 0xFFFF
+    return (ids.to(torch.int32) << 16) | bits
+
+
+def trtllm_fp8_block_scale_routed_moe(topk_ids, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+                                      gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+                                      n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                                      routed_scaling_factor, routing_method_type=0, use_shuffled_weight=False,
+                                      weight_layout=0, do_finalize=True, enable_pdl=None, gemm1_lora_delta=None,
+                                      output=None, tune_max_num_tokens=8192,
+                                      fp8_quantization_type=Fp8QuantizationType.DeepSeekFp8,
+                                      activation_type=ActivationType.Swiglu.value, gemm1_alpha=None, gemm1_beta=None,
+                                      gemm1_clamp_limit=None, *, expert_weights=None, act_quant="mxfp8",
+                                      profile="trtllm", w13_layout="up_gate", num_threads=0):
+    """FlashInfer's trtllm_fp8_block_scale_routed_moe (v0.6.13): as trtllm_fp8_block_scale_moe but
+    routed by topk_ids, int32 [T, K] packed as (expert_id << 16) | bf16 weight bits. mxmoe
+    extension: expert_weights float32 [T, K] given, topk_ids holds plain expert ids. output: an
+    optional bf16 (or f32) [T, H] to write into. gemm1_lora_delta is not supported."""
+    if gemm1_lora_delta is not None:
+        raise NotImplementedError("gemm1_lora_delta is not supported; supported: None")
+    if topk_ids is None:
+        raise ValueError("topk_ids: required, int32 [T, top_k]")
+    if expert_weights is None:
+        view("topk_ids", topk_ids, ("i32",), ndim=2)
+        ids, w = unpack_topk(topk_ids)
+    else:
+        ids, w = topk_ids, expert_weights
+    return _moe(None, (ids, w), routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
+                gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
+                intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
+                routing_method_type, use_shuffled_weight, weight_layout, do_finalize, fp8_quantization_type,
+                activation_type, True, None, gemm1_alpha, gemm1_beta, gemm1_clamp_limit, output, act_quant,
+                profile, w13_layout, num_threads)
+
+
+class Fp8BlockScaleMoE:
+    """trtllm_fp8_block_scale_moe with its weights and scalar arguments bound once (checked here,
+    kept alive by this object and used through the pointers they have now: do not reallocate
+    them, e.g. with torch's resize_/set_). Calling it runs the layer with per-call checks only on
+    the per-call tensors:
+
+        moe = mxmoe.Fp8BlockScaleMoE(w13, w13_scale, w2, w2_scale, E, K, None, None, I, 0, E, None,
+                                     routing_method_type=1, fp8_quantization_type=2, activation_type=3)
+        out = moe(routing_logits, hidden_states)        # bf16 [T, H], same kind and device
+
+    __call__(routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None,
+    output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
+    topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
+    (bf16/f32 hidden_states, logits, no scale, bias or output) takes a short path."""
+
+    def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+                 n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                 routed_scaling_factor, routing_method_type=0, fp8_quantization_type=Fp8QuantizationType.DeepSeekFp8,
+                 activation_type=ActivationType.Swiglu.value, norm_topk_prob=True, gemm1_alpha=None, gemm1_beta=None,
+                 gemm1_clamp_limit=None, *, act_quant="mxfp8", profile="trtllm", w13_layout="up_gate",
+                 num_threads=0):
+        w1 = view("gemm1_weights", gemm1_weights, ("e4m3", "u8"), ndim=3)
+        self._args = (gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
+                      n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
+                      routed_scaling_factor, routing_method_type, False, 0, True, fp8_quantization_type,
+                      activation_type, norm_topk_prob)
+        self._oa = (gemm1_alpha, gemm1_beta, gemm1_clamp_limit)
+        self._kw = (act_quant, profile, w13_layout, num_threads)
+        self._p = _prepare(w1.shape[2], w1.device, gemm1_weights, gemm1_weights_scale, gemm2_weights,
+                           gemm2_weights_scale, num_experts, top_k, n_group, topk_group, intermediate_size,
+                           local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type, False,
+                           0, True, fp8_quantization_type, activation_type, norm_topk_prob, gemm1_alpha, gemm1_beta,
+                           gemm1_clamp_limit, act_quant, profile, w13_layout, num_threads)
+        self._mw = ctypes.byref(self._p.mw)
+        self.device = self._p.device
+        self._torch_dt = None
+        if w1.is_torch:
+            torch = torch_or_none()
+            self._torch_dt = ({torch.float32: _DT_F32, torch.bfloat16: _DT_BF16}, torch.bfloat16, torch.empty,
+                              torch.Tensor, w1.obj.device)
+
+    def __call__(self, routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None, output=None,
+                 topk=None):
+        p = self._p
+        x, lg = hidden_states, routing_logits
+        if hidden_states_scale is None and routing_bias is None and output is None and topk is None:
+            tx = type(x)
+            if tx is np.ndarray and type(lg) is np.ndarray and not p.cuda:
+                xd, ld = _NP_FAST.get(x.dtype), _NP_FAST.get(lg.dtype)
+                xs = x.shape
+                if (xd is not None and ld is not None and len(xs) == 2 and xs[1] == p.H and lg.shape == (xs[0], p.Eg)
+                        and x.flags.c_contiguous and lg.flags.c_contiguous and xs[0] > 0):
+                    out = np.empty(xs, _NP_BF16)
+                    return self._run(xs[0], np_ptr(x), xd, np_ptr(lg), ld, out, np_ptr(out), None)
+            elif self._torch_dt is not None and tx is self._torch_dt[3] and type(lg) is tx:
+                m, bf16, empty, _, dev = self._torch_dt
+                xd, ld = m.get(x.dtype), m.get(lg.dtype)
+                xs = x.shape
+                if (xd is not None and ld is not None and len(xs) == 2 and xs[1] == p.H and lg.shape == (xs[0], p.Eg)
+                        and x.device == dev and lg.device == dev and x.is_contiguous() and lg.is_contiguous()
+                        and xs[0] > 0):
+                    out = empty(xs, dtype=bf16, device=dev)
+                    return self._run(xs[0], x.data_ptr(), xd, lg.data_ptr(), ld, out, out.data_ptr(),
+                                     _run.current_stream(p.device) if p.cuda else None)
+        return _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, *self._args, None,
+                    *self._oa, output, *self._kw)
+
+    def _run(self, T, x_ptr, x_dt, lg_ptr, lg_dt, out, out_ptr, stream):
+        p = self._p
+        inp = _capi.Inputs()
+        inp.num_tokens, inp.x, inp.x_dtype, inp.router_logits, inp.logits_dtype = T, x_ptr, x_dt, lg_ptr, lg_dt
+        outs = _capi.Outputs()
+        outs.out, outs.out_dtype = out_ptr, _DT_BF16
+        plan = _capi.thread_state().setdefault("plans", {}).get(p.cfg_key)
+        if plan is None or plan.max_tokens < T:
+            plan = _run.get_plan(p.cfg, T)
+        st = _forward(plan.ptr, self._mw, ctypes.byref(inp), ctypes.byref(outs), plan.ws_ptr, plan.ws_bytes, stream)
+        if st != 0:
+            raise _capi.MxmError(st, "mxm_moe_forward")
+        return out
+
+
+_NP_BF16 = np.dtype(ml_dtypes.bfloat16)
+_NP_FAST = {np.dtype(np.float32): _DT_F32, _NP_BF16: _DT_BF16}
