@@ -22,7 +22,7 @@ if [ -d .debs ] && ! [ -f /usr/include/jansson.h ]; then
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 if ! [ -x build-gpu/mxmoe ] || [ "${REBUILD:-1}" = 1 ]; then
-  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXM_PYTHON=python3 >"$OUT/build.log" 2>&1 &&
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMXM_PYTHON="$(command -v python3)" >"$OUT/build.log" 2>&1 &&
     cmake --build build-gpu -j"$(nproc)" >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
   echo "build ok"
 fi
