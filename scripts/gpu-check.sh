@@ -5,7 +5,7 @@
 # Without Debian's -dev packages installed it unpacks the ones in .debs/ (apt-get download
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix. The vLLM Triton
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
-#   scripts/gpu-check.sh [all|test|bench|profile|wgmma]
+#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|profile|wgmma]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu.
@@ -49,10 +49,19 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   # With routing from logits included.
   build-gpu/mxmoe bench --backend cuda --shapes "$SHAPES" --tokens 1,64,4096 --routing uniform --reps 10 \
     --json "$OUT/moe_cuda_routed.json" >>"$OUT/bench_cuda.txt" 2>&1
+fi
+if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
   if [ -f .peers/vllm_triton/run_peer.py ] && [ "${PEER:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout 300 python3 .peers/vllm_triton/run_peer.py --config-device auto --tokens "$TOKENS" \
       --json "$OUT/vllm_peer.json" >"$OUT/vllm_peer.txt" 2>&1; echo "vllm peer rc=$?"
   fi
+fi
+if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
+  # The wgmma prefill kernels (behind MXM_CUDA_WGMMA until validated) against the mma.sync tiles.
+  for w in 0 1; do
+    MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
+      --routing uniform --reps 5 --json "$OUT/moe_cuda_wgmma$w.json" 2>&1 | sed "s/^/wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
+  done
 fi
 if [ "$what" = all ] || [ "$what" = profile ]; then
   # Per-kernel view of a decode step and a middle-range step (kernels serialized by ncu).
@@ -66,7 +75,7 @@ if [ "$what" = all ] || [ "$what" = profile ]; then
       "$OUT/ncu_$1_$2.txt" | head -80 >"$OUT/ncu_$1_$2_short.txt"
   done
 fi
-if [ "$what" = all ] || [ "$what" = bench ]; then
+if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
   echo "== mxmoe"; grep -vE "^(building|measuring)" "$OUT/bench_cuda.txt"
   echo "== vLLM peer"; tail -45 "$OUT/vllm_peer.txt" 2>/dev/null
 fi
