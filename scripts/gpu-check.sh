@@ -79,4 +79,6 @@ if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
   echo "== mxmoe"; grep -vE "^(building|measuring)" "$OUT/bench_cuda.txt"
   echo "== vLLM peer"; tail -45 "$OUT/vllm_peer.txt" 2>/dev/null
 fi
+# Everything in one archive (the device tool brings back at most 8 files).
+(cd "$OUT" && tar czf "logs-$what.tgz" --exclude='logs-*.tgz' . 2>/dev/null && find . -type f ! -name 'logs-*.tgz' -delete)
 exit $rc
