@@ -423,7 +423,9 @@ typedef struct mxm_tensor_out {
     int64_t shape[8];
     const void *data;
 } mxm_tensor_out;
-/* Writes n tensors to a safetensors file (via a temporary file renamed on success). */
+/* Writes n tensors (n >= 0) to a safetensors file: into a temporary of a unique name in the
+ * same folder (mkstemp), renamed over path on success, so that concurrent writers of one path
+ * never mix their data and a failure leaves no partial file. */
 MXM_API mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *tensors,
                                          int64_t n);
 
@@ -465,8 +467,10 @@ typedef int32_t (*mxm_progress_fn)(int64_t done, int64_t total, const char *what
  * out_dir (created if missing): routed- and shared-expert Linear weights become F8_E4M3
  * `.weight` + U8 `.weight_scale` [N, K/32]; everything else is copied unchanged;
  * hf_quant_config.json and config.json's quantization_config are written; other files are
- * copied. Output files are written to temporaries and renamed, so a failure leaves no
- * half-written file. */
+ * copied. out_dir must not exist or be an empty folder (else MXM_ERR_INVALID_ARG): the files
+ * are written into a fresh staging folder next to it (".<name>.tmp.XXXXXX") that is renamed to
+ * out_dir at the end, so out_dir holds one complete run or nothing; a failure, or a cancel from
+ * progress (non-zero return), removes the staging folder. */
 MXM_API mxm_status mxm_checkpoint_quantize(const char *in_dir, const char *out_dir,
                                            int32_t scale_rule, int32_t num_threads,
                                            mxm_progress_fn progress, void *user);

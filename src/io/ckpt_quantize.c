@@ -25,9 +25,13 @@
  * outside the layers (embeddings excepted). Loaders (vLLM's ModelOpt config) treat every Linear
  * that is not excluded as quantized, so every unquantized Linear must be listed.
  *
- * All-or-nothing: every output file is first written as "<name>.tmp" in out_dir; only when all
- * of them are complete are they renamed, config.json last. Any failure (or a cancel from the
- * progress callback) removes the temporaries and leaves out_dir's previous files as they were.
+ * All-or-nothing, one run per folder: out_dir must not exist or be an empty folder (else
+ * MXM_ERR_INVALID_ARG before any work: files of an earlier checkpoint, e.g. a stale index and its
+ * shards, would be loaded in preference to the new ones). Every output file is written into a
+ * fresh staging folder ".<out_dir name>.tmp.XXXXXX" (mkdtemp) next to out_dir, which is renamed
+ * to out_dir when all are complete: the rename fails (nothing replaced) when another writer
+ * filled out_dir meanwhile, so out_dir holds exactly one run's files. Any failure (or a cancel
+ * from the progress callback) removes the staging folder.
  *
  * Memory: inputs are memory-mapped; the quantized output of one shard is held in the heap until
  * that shard is written (about half of the shard's size for BF16 input).
@@ -267,9 +271,10 @@ typedef struct cq_job {
     cq_excl_list excl;
     int64_t nquant;
 
-    /* temporaries written so far, renamed at the end: tmp[i] -> fin[i] */
+    /* files written so far, in the staging folder (tmp[i]; fin[i] is where it ends up) */
     char **tmp, **fin;
     size_t ntmp, captmp;
+    char *stage; /* the staging folder, renamed to out_dir at the end */
 
     /* quantized buffers of the shard being written */
     void **bufs;
@@ -297,7 +302,7 @@ static mxm_status cq_keep_buf(cq_job *j, void *p) {
     return MXM_OK;
 }
 
-/* Registers out_dir/name.tmp (to become out_dir/name); *tmp_path receives the temp path. */
+/* Registers stage/name (to become out_dir/name); *tmp_path receives the path to write. */
 static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path) {
     if (j->ntmp == j->captmp) {
         const size_t cap = j->captmp ? 2 * j->captmp : 16;
@@ -310,7 +315,7 @@ static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path)
         j->captmp = cap;
     }
     char *fin = mxm_st_path_join(j->out_dir, name);
-    char *tmp = fin ? cq_concat(fin, ".tmp") : NULL;
+    char *tmp = fin ? mxm_st_path_join(j->stage, name) : NULL;
     if (!tmp) {
         free(fin);
         return mxm_fail(MXM_ERR_NOMEM, "out of memory");
@@ -322,12 +327,29 @@ static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path)
     return MXM_OK;
 }
 
+/* Removes the staging folder and whatever is in it (files only: it never holds folders). */
+static void cq_remove_stage(const char *stage) {
+    DIR *d = opendir(stage);
+    if (d) {
+        const struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+            char *p = mxm_st_path_join(stage, de->d_name);
+            if (p) unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(stage);
+}
+
 static void cq_job_free(cq_job *j, int remove_tmp) {
     for (size_t i = 0; i < j->ntmp; i++) {
-        if (remove_tmp) unlink(j->tmp[i]);
         free(j->tmp[i]);
         free(j->fin[i]);
     }
+    if (j->stage && remove_tmp) cq_remove_stage(j->stage);
+    free(j->stage);
     free(j->tmp);
     free(j->fin);
     cq_free_bufs(j);
@@ -1020,6 +1042,53 @@ static int cq_same_file(const char *a, const char *b) {
     return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }
 
+/* 1 when path is a folder with nothing in it. */
+static int cq_dir_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    const struct dirent *de;
+    int empty = 1;
+    while (empty && (de = readdir(d)) != NULL)
+        empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+/* Checks that out_dir is new or empty, creates its parent folders and the staging folder. */
+static mxm_status cq_make_stage(cq_job *j) {
+    struct stat sb;
+    if (stat(j->out_dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) return mxm_fail(MXM_ERR_IO, PT ": exists and is not a folder", j->out_dir);
+        if (!cq_dir_empty(j->out_dir))
+            return mxm_fail(MXM_ERR_INVALID_ARG,
+                            PT ": not empty; the checkpoint is written only into a new or empty folder "
+                               "(remove it, or choose another)",
+                            j->out_dir);
+    }
+    char *parent = strdup(j->out_dir);
+    if (!parent) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    const char *pdir = slash ? (slash == parent ? "/" : parent) : ".";
+    if (slash && slash != parent) *slash = '\0';
+    char *name = malloc(strlen(base) + 16);
+    mxm_status st = name ? MXM_OK : mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    if (name) snprintf(name, strlen(base) + 16, ".%s.tmp.XXXXXX", base);
+    if (st == MXM_OK) st = cq_mkdirs(pdir);
+    if (st == MXM_OK && !(j->stage = mxm_st_path_join(pdir, name))) st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    if (st == MXM_OK && !mkdtemp(j->stage)) {
+        st = mxm_fail(MXM_ERR_IO, PT ": cannot create a staging folder: %s", j->stage, strerror(errno));
+        free(j->stage);
+        j->stage = NULL;
+    }
+    free(name);
+    free(parent);
+    return st;
+}
+
 static mxm_status cq_run(cq_job *j) {
     mxm_status st;
     struct stat sb;
@@ -1056,7 +1125,7 @@ static mxm_status cq_run(cq_job *j) {
         st = cq_open_inputs(j);
     }
     if (st == MXM_OK) st = cq_plan(j);
-    if (st == MXM_OK) st = cq_mkdirs(j->out_dir);
+    if (st == MXM_OK) st = cq_make_stage(j);
     if (st == MXM_OK && cq_same_file(j->in_dir, j->out_dir))
         st = mxm_fail(MXM_ERR_INVALID_ARG,
                       "mxm_checkpoint_quantize: out_dir " PT " is the input folder", j->out_dir);
@@ -1070,11 +1139,15 @@ static mxm_status cq_run(cq_job *j) {
     free(hpath);
     if (st != MXM_OK) return st;
 
-    for (size_t i = 0; i < j->ntmp; i++) {
-        if (rename(j->tmp[i], j->fin[i]) != 0)
-            return mxm_fail(MXM_ERR_IO, PT ": cannot rename " PT " to it: %s", j->fin[i], j->tmp[i],
-                            strerror(errno));
+    /* rename(2) replaces a missing or empty out_dir, never a non-empty one */
+    if (rename(j->stage, j->out_dir) != 0) {
+        const int e = errno;
+        return mxm_fail(MXM_ERR_IO, PT ": cannot move the finished checkpoint there: %s%s", j->out_dir,
+                        strerror(e),
+                        e == ENOTEMPTY || e == EEXIST ? " (another writer filled the folder meanwhile)" : "");
     }
+    free(j->stage);
+    j->stage = NULL;
     const int dfd = open(j->out_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);
