@@ -5,6 +5,7 @@
 #include <jansson.h>
 #include <omp.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/json_text.h"
 #include "io/safetensors.h"
 #include "moe/activation.h"
 
@@ -49,13 +51,21 @@ struct mxm_model {
 
 /* ---- config.json ------------------------------------------------------------------------------ */
 
+/* Real configs are a few kB; the limit keeps a hostile one from costing seconds and GBs. */
+#define CONFIG_MAX_BYTES (8 << 20)
+
+/* A config file, read as the safetensors reader reads headers: a regular file (a FIFO or a
+ * device never blocks the open), at most CONFIG_MAX_BYTES; Python's bare NaN/Infinity accepted
+ * (see json_text.h). MXM_ERR_NOT_FOUND when missing. */
 static json_t *load_json(const char *path, mxm_status *st) {
+    uint8_t *text;
+    int64_t len;
+    if ((*st = mxm_st_read_small_file(path, CONFIG_MAX_BYTES, &text, &len))) return NULL;
     json_error_t err;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &err);
+    json_t *j = mxm_json_loadb_hf((const char *)text, (size_t)len, &err);
+    free(text);
     if (!j) {
-        struct stat sb;
-        *st = stat(path, &sb) ? MXM_ERR_NOT_FOUND
-                              : mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
         return NULL;
     }
     if (!json_is_object(j)) {
@@ -67,13 +77,13 @@ static json_t *load_json(const char *path, mxm_status *st) {
     return j;
 }
 
-/* Integer field; def when absent or null; error when present but not an integer in range. */
+/* Integer field; def when absent or null; error when present but not an integer in range (a
+ * boolean is not an integer: num_experts_per_tok: true is an error, not 1). */
 static mxm_status cfg_int(const mxm_model *m, const char *key, int64_t def, int64_t lo, int64_t hi, int32_t *out) {
     json_t *v = json_object_get(m->config, key);
     int64_t x = def;
     if (v && !json_is_null(v)) {
-        if (json_is_boolean(v)) x = json_is_true(v);
-        else if (json_is_integer(v)) x = json_integer_value(v);
+        if (json_is_integer(v)) x = json_integer_value(v);
         else return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not an integer", m->path, key);
     }
     if (x < lo || x > hi)
@@ -83,15 +93,32 @@ static mxm_status cfg_int(const mxm_model *m, const char *key, int64_t def, int6
     return MXM_OK;
 }
 
-static const char *cfg_str(const mxm_model *m, const char *key) {
+/* Boolean field (true/false, or the integers 0/1 older configs write). */
+static mxm_status cfg_bool(const mxm_model *m, const char *key, int32_t def, int32_t *out) {
     json_t *v = json_object_get(m->config, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
+    *out = def;
+    if (!v || json_is_null(v)) return MXM_OK;
+    if (json_is_boolean(v)) *out = json_is_true(v);
+    else if (json_is_integer(v) && (json_integer_value(v) == 0 || json_integer_value(v) == 1))
+        *out = (int32_t)json_integer_value(v);
+    else return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not a boolean", m->path, key);
+    return MXM_OK;
 }
 
+/* String field: NULL when absent or null; error when present with another type. */
+static mxm_status cfg_str_checked(const mxm_model *m, const char *key, const char **out) {
+    json_t *v = json_object_get(m->config, key);
+    *out = json_is_string(v) ? json_string_value(v) : NULL;
+    if (v && !json_is_null(v) && !json_is_string(v))
+        return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not a string", m->path, key);
+    return MXM_OK;
+}
+
+/* The first key present (not null), whatever its type: a mistyped one is reported by name. */
 static int64_t first_present(const mxm_model *m, const char *const *keys) {
     for (int i = 0; keys[i]; i++) {
         json_t *v = json_object_get(m->config, keys[i]);
-        if (json_is_integer(v)) return i;
+        if (v && !json_is_null(v)) return i;
     }
     return -1;
 }
@@ -108,16 +135,24 @@ static mxm_status parse_moe_params(mxm_model *m) {
     if (ek < 0) return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: no n_routed_experts, num_experts or num_local_experts", m->path);
     if ((st = cfg_int(m, ekeys[ek], 0, 1, BIG, &c->num_experts))) return st;
     if ((st = cfg_int(m, "num_experts_per_tok", 0, 1, c->num_experts, &c->top_k))) return st;
-    int32_t ng, tg, norm;
+    int32_t ng = 1, tg = 1, norm = 1;
     if ((st = cfg_int(m, "n_group", 1, 0, c->num_experts, &ng))) return st;
     if ((st = cfg_int(m, "topk_group", 1, 0, c->num_experts, &tg))) return st;
-    if ((st = cfg_int(m, "norm_topk_prob", 1, 0, 1, &norm))) return st;
+    if ((st = cfg_bool(m, "norm_topk_prob", 1, &norm))) return st;
     json_t *rs = json_object_get(m->config, "routed_scaling_factor");
-    c->routed_scaling_factor = json_is_number(rs) ? (float)json_number_value(rs) : 1.0f;
+    c->routed_scaling_factor = 1.0f;
+    if (rs && !json_is_null(rs)) {
+        const double v = json_is_number(rs) ? json_number_value(rs) : NAN;
+        if (!(v > 0 && v <= 1000))
+            return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: routed_scaling_factor must be a number in (0, 1000]",
+                            m->path);
+        c->routed_scaling_factor = (float)v;
+    }
     c->norm_topk_prob = norm;
     switch (m->family) {
     case FAM_NEMOTRON_H: {
-        const char *act = cfg_str(m, "mlp_hidden_act");
+        const char *act;
+        if ((st = cfg_str_checked(m, "mlp_hidden_act", &act))) return st;
         c->activation = act ? mxm_activation_from_name(act) : MXM_ACT_RELU2_NO_MUL;
         if (c->activation < 0)
             return mxm_fail(MXM_ERR_UNSUPPORTED, "%s/config.json: mlp_hidden_act '%s' is not supported", m->path, act);
@@ -143,8 +178,17 @@ static mxm_status parse_moe_params(mxm_model *m) {
         c->activation = MXM_ACT_SILU;
         c->routing_method = norm ? MXM_ROUTE_RENORMALIZE : MXM_ROUTE_DEFAULT;
         if ((st = cfg_int(m, "shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size))) return st;
+        /* Qwen2-MoE / Qwen3-Next style: a shared expert scaled by its own sigmoid gate
+         * (mlp.shared_expert_gate), which the forward does not have. */
+        if (c->shared_intermediate_size)
+            return mxm_fail(MXM_ERR_UNSUPPORTED,
+                            "%s/config.json: shared_expert_intermediate_size=%d: a qwen3_moe shared expert (with its "
+                            "sigmoid gate, as in Qwen2-MoE/Qwen3-Next) is not supported",
+                            m->path, c->shared_intermediate_size);
         break;
     }
+    /* What run would reject, rejected here already, so that inspect and run agree. */
+    if ((st = mxm_moe_config_validate(c))) return mxm_fail_context(st, "%s/config.json", m->path);
     return MXM_OK;
 }
 
@@ -217,7 +261,8 @@ mxm_status mxm_model_open(const char *path, mxm_model **out) {
         m->config = load_json(p, &st);
         if (st == MXM_ERR_NOT_FOUND) st = MXM_OK; /* tensors only */
         if (m->config) {
-            const char *mt = cfg_str(m, "model_type");
+            const char *mt = NULL;
+            st = cfg_str_checked(m, "model_type", &mt);
             for (int f = 1; f <= FAM_DEEPSEEK_V3 && mt; f++)
                 if (strcmp(mt, family_names[f]) == 0) m->family = (family_id)f;
             if (mt && strcmp(mt, "kimi_k2") == 0) m->family = FAM_DEEPSEEK_V3;
@@ -276,6 +321,7 @@ mxm_status mxm_model_tensor_data(const mxm_model *m, int64_t i, const void **dat
 
 mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *t, int64_t n) {
     if (!path || (n > 0 && !t)) return mxm_fail(MXM_ERR_NULL, "mxm_safetensors_write: NULL argument");
+    if (n < 0) return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_safetensors_write: n=%lld tensors", (long long)n);
     mxm_st_writer *w;
     mxm_status st = mxm_st_writer_create(path, &w);
     if (st) return st;
@@ -617,14 +663,18 @@ int64_t mxm_layer_weight_bytes(const mxm_layer *l) { return l ? l->weight_bytes 
 
 int32_t mxm_model_weight_format(const mxm_model *m) {
     if (!m || !m->n_layers) return -1;
-    if (m->wfmt >= 0) return m->wfmt;
-    /* As stored: the dtype of the first expert's down projection. */
+    /* What the tensors are (whatever a quantization config says): the first expert's down
+     * projection, its dtype and its scale tensor. */
     char name[300];
     snprintf(name, sizeof name, families[m->family].expert, m->layers[0], 0);
     strncat(name, ".down_proj.weight", sizeof name - strlen(name) - 1);
     const mxm_st_tensor *t = mxm_st_model_find(m->st, name, NULL);
-    if (!t) return -1;
-    return t->dtype == MXM_DT_BF16 ? MXM_WFMT_BF16 : t->dtype == MXM_DT_E4M3 ? MXM_WFMT_MXFP8 : MXM_WFMT_F32;
+    if (!t) return m->wfmt;
+    if (t->dtype == MXM_DT_E4M3) {
+        strncat(name, "_scale_inv", sizeof name - strlen(name) - 1);
+        return mxm_st_model_find(m->st, name, NULL) ? MXM_WFMT_FP8_BLOCK : MXM_WFMT_MXFP8;
+    }
+    return t->dtype == MXM_DT_BF16 ? MXM_WFMT_BF16 : MXM_WFMT_F32;
 }
 
 mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype, int64_t T, float *logits,

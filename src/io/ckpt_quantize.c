@@ -25,6 +25,9 @@
  * outside the layers (embeddings excepted). Loaders (vLLM's ModelOpt config) treat every Linear
  * that is not excluded as quantized, so every unquantized Linear must be listed.
  *
+ * config.json keeps the input's text (quantization_config appended), with the bare Infinity,
+ * -Infinity and NaN tokens Python's json writes turned into valid JSON (1e999, -1e999, null).
+ *
  * All-or-nothing, one run per folder: out_dir must not exist or be an empty folder (else
  * MXM_ERR_INVALID_ARG before any work: files of an earlier checkpoint, e.g. a stale index and its
  * shards, would be loaded in preference to the new ones). Every output file is written into a
@@ -49,6 +52,7 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/json_text.h"
 #include "io/safetensors.h"
 
 #define PT "%.400s"
@@ -959,8 +963,13 @@ static mxm_status cq_write_config(cq_job *j, const char *cpath) {
     o += j->config_len - close_at;
     MXM_ASSERT(o < cap);
     out[o] = '\0';
-    const mxm_status st = cq_write_text(j, CQ_CONFIG, out, o);
+    /* the input's bare Infinity/NaN (Python's json) written as valid JSON (see json_text.h) */
+    size_t vlen;
+    char *valid = mxm_json_text_valid(out, o, &vlen);
     free(out);
+    if (!valid) return mxm_fail(MXM_ERR_NOMEM, "out of memory building " CQ_CONFIG);
+    const mxm_status st = cq_write_text(j, CQ_CONFIG, valid, vlen);
+    free(valid);
     return st;
 }
 
