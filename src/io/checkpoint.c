@@ -371,6 +371,7 @@ struct mxm_layer {
 };
 
 void mxm_layer_options_default(mxm_layer_options *o) {
+    if (!o) return;
     o->weight_format = -1;
     o->scale_rule = MXM_SCALE_RCEIL;
     o->num_threads = 0;
@@ -605,6 +606,8 @@ mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_lay
         return mxm_fail(MXM_ERR_NOT_FOUND, "%s: layer %d is not an MoE layer; MoE layers: %s%s", m->path,
                         layer_index, m->n_layers ? list : "none", m->n_layers > 8 ? ", ..." : "");
     }
+    if (o.num_threads < 0 || o.num_threads > 4096)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "layer options: num_threads=%d must be in 0..4096", o.num_threads);
     if (o.weight_format != -1 && o.weight_format != MXM_WFMT_MXFP8)
         return mxm_fail(MXM_ERR_UNSUPPORTED, "layer options: weight_format %d; supported: -1 (as stored), 0 (mxfp8)",
                         o.weight_format);
