@@ -774,7 +774,7 @@ static int cmd_quantize(int argc, char **argv) {
     if (optind != argc - 2) return die("quantize: give IN_DIR and OUT_DIR (see --help)");
     catch_signals();
     const int st = mxm_checkpoint_quantize(argv[optind], argv[optind + 1], rule, (int32_t)threads, progress_bar, NULL);
-    if (g_signal) return fprintf(stderr, "\n"), interrupted();
+    if (st && g_signal) return fprintf(stderr, "\n"), interrupted(); /* cancelled: the library removed its files */
     if (st) return die_status(st, "quantize");
     fprintf(stderr, "wrote %s\n", argv[optind + 1]);
     return 0;
