@@ -10,7 +10,8 @@
  * bf16/fp32 (a reference mode). It computes what FlashInfer's trtllm_fp8_block_scale_moe computes
  * on Blackwell GPUs, on any x86-64 CPU and (when built with CUDA) on Hopper GPUs.
  *
- * The numbers are defined bit by bit in SPEC.md (kept as docs/formats.md in this repository):
+ * The numbers are defined bit by bit in the project SPEC (docs/spec.md in this repository; number
+ * formats in detail: docs/formats.md):
  * E4M3 encoding is round-to-nearest-even, saturating to +-448; the MXFP8 scale rule defaults to
  * RCEIL (NVIDIA's rule), FLOOR (OCP MX v1.0) is selectable.
  *
@@ -260,7 +261,7 @@ typedef struct mxm_moe_config {
     int32_t n_group;           /* DeepSeekV3 groups; 0 or 1 = no grouping */
     int32_t topk_group;        /* groups kept; 0 or 1 with n_group <= 1 */
     int32_t routing_method;    /* mxm_routing_method */
-    float routed_scaling_factor; /* S (DeepSeekV3, MiniMax2), default 1 */
+    float routed_scaling_factor; /* S (DeepSeekV3, MiniMax2), default 1; finite and > 0 */
     int32_t norm_topk_prob;    /* SigmoidRenorm: renormalize the k weights (default 1) */
     int32_t local_expert_offset; /* first global expert held by this rank (default 0) */
     int32_t local_num_experts; /* E_loc; 0 = all E (default 0) */
@@ -283,7 +284,7 @@ typedef struct mxm_moe_config {
 
 /* Fills defaults: routing RENORMALIZE, S 1, norm_topk_prob 1, activation SILU, GATE_UP, MXFP8
  * weights, MXFP8 act quant, TRTLLM profile, RCEIL, no shared expert, CPU, all threads. The
- * shape fields (H, I, E, K) are set to 0 and must be filled in. */
+ * shape fields (H, I, E, K) are set to 0 and must be filled in. NULL: does nothing. */
 MXM_API void mxm_moe_config_default(mxm_moe_config *cfg);
 
 /* Checks a config; returns MXM_OK or the first problem found (see mxm_last_error()). */
@@ -308,12 +309,16 @@ typedef struct mxm_moe_weights {
     const mxm_expert_weights *experts; /* [E_loc] local experts, in global order from offset */
     const mxm_expert_weights *shared;  /* one shared expert, or NULL */
     /* Optional per-local-expert SWIGLUOAI parameters (FlashInfer gemm1_alpha/beta/clamp_limit),
-     * each [E_loc] f32 host memory or NULL (then the config's values are used). */
+     * each [E_loc] f32 host memory or NULL (then the config's values are used). Checked by
+     * mxm_moe_forward: limits > 0 (NaN rejected), alpha and beta finite. */
     const float *gemm1_alpha;
     const float *gemm1_beta;
     const float *gemm1_clamp_limit;
 } mxm_moe_weights;
 
+/* Alignment: on the CPU backend x, router_logits and routing_bias may be at any address (they are
+ * read with byte copies); the other arrays need their element's alignment. On CUDA, pointers
+ * from cudaMalloc (or mxm_device_alloc). */
 typedef struct mxm_moe_inputs {
     int64_t num_tokens;   /* T, 0..max_tokens of the plan */
     const void *x;        /* [T, H]: f32, bf16, or E4M3 codes (pre-quantized, with x_scale) */
@@ -326,7 +331,9 @@ typedef struct mxm_moe_inputs {
     int32_t logits_dtype;
     const void *routing_bias;  /* [E] f32 or bf16, or NULL (DeepSeekV3, MiniMax2) */
     int32_t bias_dtype;
-    const int32_t *topk_ids;   /* [T, K] global expert ids (only when router_logits == NULL) */
+    /* [T, K] global expert ids (only when router_logits == NULL). On the CPU backend each row
+     * is checked: ids in 0..E-1 and no expert twice (MXM_ERR_INVALID_ARG). */
+    const int32_t *topk_ids;
     const float *topk_weights; /* [T, K] combine weights (only when router_logits == NULL) */
 } mxm_moe_inputs;
 
@@ -391,14 +398,21 @@ MXM_API int64_t mxm_weight_scale_bytes(int32_t fmt, int64_t rows, int64_t cols);
 typedef struct mxm_model mxm_model;
 
 /* Opens a model folder (config.json + model.safetensors or a sharded index) or a single
- * .safetensors file (then no MoE layers are known, but the tensors can be listed). */
+ * .safetensors file (then no MoE layers are known, but the tensors can be listed).
+ * config.json and hf_quant_config.json must be regular files of at most 8 MiB (a FIFO is an
+ * error, never a wait); Python's bare NaN/Infinity tokens are accepted. The MoE parameters are
+ * validated here, once, with the key named: a value of the wrong type (a string scaling factor,
+ * a boolean expert count), a routed_scaling_factor outside (0, 1000], or a config that
+ * mxm_moe_config_validate rejects (n_group not dividing the experts, ...) fails the open, as
+ * does a qwen3_moe shared expert (MXM_ERR_UNSUPPORTED: its sigmoid gate is not implemented). */
 MXM_API mxm_status mxm_model_open(const char *path, mxm_model **out);
 MXM_API void mxm_model_close(mxm_model *m);
 
 /* "nemotron_h", "qwen3_moe", "deepseek_v3", or "" when unknown / no config. */
 MXM_API const char *mxm_model_family(const mxm_model *m);
-/* Storage of the expert weights: MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK, MXM_WFMT_BF16 or
- * MXM_WFMT_F32; -1 when there are no MoE layers. */
+/* Storage of the expert weights as the tensors hold them (a quantization config claiming
+ * otherwise does not count): MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK, MXM_WFMT_BF16 or MXM_WFMT_F32;
+ * -1 when there are no MoE layers. */
 MXM_API int32_t mxm_model_weight_format(const mxm_model *m);
 /* MoE layers, in order: count, and the i-th one's layer index. */
 MXM_API int32_t mxm_model_moe_layer_count(const mxm_model *m);
@@ -440,7 +454,7 @@ typedef struct mxm_layer_options {
      * with MXM_PROFILE_EXACT all routers are fp32. */
     int32_t profile;
 } mxm_layer_options;
-MXM_API void mxm_layer_options_default(mxm_layer_options *o);
+MXM_API void mxm_layer_options_default(mxm_layer_options *o); /* NULL: does nothing */
 
 /* One loaded MoE layer: its config (mxm_moe_config with the routing method chosen as vLLM
  * does for the family), its expert weights (mmap views where the layout allows, W13 assembled
