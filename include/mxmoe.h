@@ -467,7 +467,8 @@ MXM_API const mxm_moe_config *mxm_layer_config(const mxm_layer *l);
 MXM_API const mxm_moe_weights *mxm_layer_weights(const mxm_layer *l);
 MXM_API const float *mxm_layer_routing_bias(const mxm_layer *l); /* [E] or NULL */
 /* Router logits [T, E] f32 for x [T, H] (f32 or bf16): fp32 x . Wg^T, rounded to bf16 for
- * families whose router runs in the model dtype (qwen3_moe) in the trtllm profile. */
+ * families whose router runs in the model dtype (qwen3_moe) in the trtllm profile. x may be at
+ * any address (byte copies); logits need 4-byte alignment. */
 MXM_API mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype,
                                            int64_t num_tokens, float *logits,
                                            int32_t num_threads);

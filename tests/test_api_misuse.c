@@ -142,6 +142,38 @@ static void test_misaligned_inputs(void **state) {
     ref_layer_free(&L);
 }
 
+/* mxm_layer_router_logits on a fixture layer: bf16 x at an odd address gives the aligned
+ * logits; a negative thread count in the layer options is rejected. */
+static void test_router_logits_misaligned(void **state) {
+    (void)state;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tests/data/qwen3_moe_tiny", MXM_SOURCE_DIR);
+    mxm_model *m;
+    assert_int_equal(mxm_model_open(dir, &m), MXM_OK);
+    mxm_layer_options lo;
+    mxm_layer_options_default(&lo);
+    mxm_layer *l = NULL;
+    lo.num_threads = -1;
+    assert_int_equal(mxm_layer_load(m, mxm_model_moe_layer(m, 0), &lo, &l), MXM_ERR_INVALID_ARG);
+    lo.num_threads = 1;
+    assert_int_equal(mxm_layer_load(m, mxm_model_moe_layer(m, 0), &lo, &l), MXM_OK);
+    const mxm_moe_config *c = mxm_layer_config(l);
+    const int64_t T = 3, H = c->hidden_size, E = c->num_experts;
+    tu_rng r = tu_rng_fresh();
+    float *xf = tu_alloc(4 * T * H), *la = tu_alloc(4 * T * E), *lm = tu_alloc(4 * T * E);
+    tu_fill_normal_f32(&r, xf, T * H, 1);
+    uint16_t *xb = tu_alloc(2 * T * H);
+    for (int64_t i = 0; i < T * H; i++) xb[i] = mxm_bf16_from_f32(xf[i]);
+    char *raw = malloc((size_t)(2 * T * H + 2));
+    memcpy(raw + 1, xb, (size_t)(2 * T * H));
+    assert_int_equal(mxm_layer_router_logits(l, xb, MXM_DT_BF16, T, la, 1), MXM_OK);
+    assert_int_equal(mxm_layer_router_logits(l, raw + 1, MXM_DT_BF16, T, lm, 1), MXM_OK);
+    assert_memory_equal(la, lm, (size_t)(4 * T * E));
+    free(raw), free(xf), free(xb), free(la), free(lm);
+    mxm_layer_free(l);
+    mxm_model_close(m);
+}
+
 static void test_rejected_values(void **state) {
     (void)state;
     const int64_t T = 4, H = 64;
@@ -191,6 +223,7 @@ static void test_rejected_values(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_null_pointers), cmocka_unit_test(test_misaligned_inputs),
-                                       cmocka_unit_test(test_rejected_values)};
+                                       cmocka_unit_test(test_rejected_values),
+                                       cmocka_unit_test(test_router_logits_misaligned)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -693,9 +693,14 @@ mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         float *xr = xbuf + (int64_t)omp_get_thread_num() * H;
-        for (int64_t i = 0; i < H; i++)
-            xr[i] = x_dtype == MXM_DT_F32 ? ((const float *)x)[t * H + i]
-                                          : mxm_bf16_decode(((const uint16_t *)x)[t * H + i]);
+        if (x_dtype == MXM_DT_F32) /* x at any address, as in mxm_moe_forward */
+            memcpy(xr, (const char *)x + t * H * 4, (size_t)H * 4);
+        else
+            for (int64_t i = 0; i < H; i++) {
+                uint16_t h;
+                memcpy(&h, (const char *)x + (t * H + i) * 2, 2);
+                xr[i] = mxm_bf16_decode(h);
+            }
         for (int64_t e = 0; e < E; e++) {
             float acc = 0;
             const float *w = l->router + e * H;
