@@ -301,6 +301,36 @@ done:
 double mb_read_roof(int threads) { return bench_read_roof(threads, (int64_t)1 << 30, 5); }
 double mb_fma_roof(int threads) { return bench_fma_roof(threads); }
 
+/* "model name (flags that matter here)" of this CPU from /proc/cpuinfo, for the machine line:
+ * a table is reproducible only with the CPU it ran on. */
+static void cpu_line(char *buf, size_t n) {
+    snprintf(buf, n, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[4096], model[256] = "", flags[512] = "";
+    while (fgets(line, sizeof line, f) && (!model[0] || !flags[0])) {
+        char *colon = strchr(line, ':');
+        if (!colon) continue;
+        char *v = colon + 1 + (colon[1] == ' ');
+        v[strcspn(v, "\n")] = '\0';
+        if (!model[0] && !strncmp(line, "model name", 10)) snprintf(model, sizeof model, "%s", v);
+        if (!flags[0] && !strncmp(line, "flags", 5)) {
+            static const char *const want[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                                               "avx512_bf16", "avx512_fp16", "amx_tile"};
+            for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+                char pat[32];
+                snprintf(pat, sizeof pat, " %s ", want[i]);
+                char padded[4096];
+                snprintf(padded, sizeof padded, " %s ", v);
+                if (strstr(padded, pat)) snprintf(flags + strlen(flags), sizeof flags - strlen(flags), "%s%s", flags[0] ? " " : "", want[i]);
+            }
+            if (!flags[0]) snprintf(flags, sizeof flags, "none of avx2/avx512");
+        }
+    }
+    fclose(f);
+    snprintf(buf, n, "%s (%s)", model[0] ? model : "unknown CPU", flags);
+}
+
 /* Every item of a comma list of token counts: 1..2^20, the whole item a number. */
 static int tokens_ok(const char *list) {
     char buf[256];
@@ -323,6 +353,9 @@ int mb_bench(const mb_options *o, FILE *tf) {
                         "threads %d)\n", o->tokens, o->act_quant, o->profile, o->reps, o->threads);
         return MXM_ERR_INVALID_ARG;
     }
+    char cpu[800];
+    cpu_line(cpu, sizeof cpu);
+    fprintf(tf, "machine: %s, %d threads\n", cpu, threads);
     fprintf(tf, "weights: %s\n", mxm_weight_format_name(o->weight_format));
     if (o->backend == MXM_BACKEND_CUDA) {
         fprintf(tf, "device %s (ceilings: bench/peers.py in the same run; %%read and %%fma are blank)\n",
@@ -337,9 +370,9 @@ int mb_bench(const mb_options *o, FILE *tf) {
             "GB/s", "%read", "GFLOP/s", "%fma", "exp");
     FILE *js = o->json_path ? fopen(o->json_path, "w") : NULL;
     if (js)
-        fprintf(js, "{\"backend\": \"%s\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
+        fprintf(js, "{\"cpu\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
                     "\"read_roof_gbs\": %.2f, \"fma_roof_gflops\": %.2f, \"results\": [\n",
-                o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
+                cpu, o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
                 mxm_weight_format_name(o->weight_format),
                 threads, isnan(roof_read) ? 0.0 : roof_read, isnan(roof_fma) ? 0.0 : roof_fma);
     int first = 1, st = MXM_OK;

@@ -167,10 +167,11 @@ def bench_applies_every_option():
                  "weights mxfp8"):
         assert want in mode[0], f"mode line {mode[0]!r} lacks {want!r}"
     assert "roofs (same run, 1 threads)" in out
+    assert [l for l in out.splitlines() if l.startswith("machine: ") and "1 threads" in l], "no machine: line"
     rows = [l for l in out.splitlines() if l.startswith("qwen3 ")]
     assert len(rows) == 1 and " skewed " in rows[0] and rows[0].split()[2] == "2", rows
     j = json.load(open(js))
-    assert j["threads"] == 1 and j["results"][0]["act_quant"] == "none" and j["results"][0]["profile"] == "exact", j
+    assert j["cpu"] and j["threads"] == 1 and j["results"][0]["act_quant"] == "none" and j["results"][0]["profile"] == "exact", j
 
 
 # ---- verify: no false pass, no crash -----------------------------------------------------------------
