@@ -346,6 +346,20 @@ def quantize_refuses_non_empty_output():
 
 
 @case
+def quantize_experts_only_same_output_rules():
+    # --experts-only (the *_mxfp8 layout) follows the same one-run-per-folder rules as the default
+    src = os.path.join(DATA, "qwen3_moe_tiny")
+    out = os.path.join(TMP, "q_experts")
+    expect(run("quantize", "--experts-only", src, out), 0)
+    got = open(os.path.join(out, "model.safetensors"), "rb").read()
+    assert got == open(os.path.join(DATA, "qwen3_moe_tiny_mxfp8", "model.safetensors"), "rb").read(), \
+        "--experts-only differs from the *_mxfp8 twin"
+    expect(run("quantize", "--experts-only", src, out), 1, "not empty")
+    assert not [n for n in os.listdir(TMP) if ".tmp." in n], os.listdir(TMP)
+    expect(run("quantize", "--help"), 0, "--experts-only", "OUT_DIR must not exist")
+
+
+@case
 def quantize_ignores_stray_temporaries():
     d = copy_model("qwen3_moe_tiny")
     open(os.path.join(d, "config.json.tmp"), "w").write('{"model_type": "junk"}')
