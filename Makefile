@@ -30,7 +30,7 @@ test-asan: setup
 	cmake --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j $(JOBS) -R '$(ASAN_TESTS)'
 
-ASAN_TESTS ?= ^(test_formats|test_safetensors|test_route|test_moe|test_moe_errors|test_checkpoint|test_ckpt_quantize|test_cpu_kernels)$$
+ASAN_TESTS ?= ^(test_formats|test_safetensors|test_route|test_moe|test_moe_errors|test_checkpoint|test_ckpt_quantize|test_cpu_kernels|test_api_misuse|cli_misuse)$$
 
 bench: build
 	$(BUILD)/bench_quant

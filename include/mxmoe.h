@@ -10,7 +10,8 @@
  * bf16/fp32 (a reference mode). It computes what FlashInfer's trtllm_fp8_block_scale_moe computes
  * on Blackwell GPUs, on any x86-64 CPU and (when built with CUDA) on Hopper GPUs.
  *
- * The numbers are defined bit by bit in SPEC.md (kept as docs/formats.md in this repository):
+ * The numbers are defined bit by bit in the project SPEC (docs/spec.md in this repository; number
+ * formats in detail: docs/formats.md):
  * E4M3 encoding is round-to-nearest-even, saturating to +-448; the MXFP8 scale rule defaults to
  * RCEIL (NVIDIA's rule), FLOOR (OCP MX v1.0) is selectable.
  *
@@ -260,7 +261,7 @@ typedef struct mxm_moe_config {
     int32_t n_group;           /* DeepSeekV3 groups; 0 or 1 = no grouping */
     int32_t topk_group;        /* groups kept; 0 or 1 with n_group <= 1 */
     int32_t routing_method;    /* mxm_routing_method */
-    float routed_scaling_factor; /* S (DeepSeekV3, MiniMax2), default 1 */
+    float routed_scaling_factor; /* S (DeepSeekV3, MiniMax2), default 1; finite and > 0 */
     int32_t norm_topk_prob;    /* SigmoidRenorm: renormalize the k weights (default 1) */
     int32_t local_expert_offset; /* first global expert held by this rank (default 0) */
     int32_t local_num_experts; /* E_loc; 0 = all E (default 0) */
@@ -283,7 +284,7 @@ typedef struct mxm_moe_config {
 
 /* Fills defaults: routing RENORMALIZE, S 1, norm_topk_prob 1, activation SILU, GATE_UP, MXFP8
  * weights, MXFP8 act quant, TRTLLM profile, RCEIL, no shared expert, CPU, all threads. The
- * shape fields (H, I, E, K) are set to 0 and must be filled in. */
+ * shape fields (H, I, E, K) are set to 0 and must be filled in. NULL: does nothing. */
 MXM_API void mxm_moe_config_default(mxm_moe_config *cfg);
 
 /* Checks a config; returns MXM_OK or the first problem found (see mxm_last_error()). */
@@ -308,12 +309,16 @@ typedef struct mxm_moe_weights {
     const mxm_expert_weights *experts; /* [E_loc] local experts, in global order from offset */
     const mxm_expert_weights *shared;  /* one shared expert, or NULL */
     /* Optional per-local-expert SWIGLUOAI parameters (FlashInfer gemm1_alpha/beta/clamp_limit),
-     * each [E_loc] f32 host memory or NULL (then the config's values are used). */
+     * each [E_loc] f32 host memory or NULL (then the config's values are used). Checked by
+     * mxm_moe_forward: limits > 0 (NaN rejected), alpha and beta finite. */
     const float *gemm1_alpha;
     const float *gemm1_beta;
     const float *gemm1_clamp_limit;
 } mxm_moe_weights;
 
+/* Alignment: on the CPU backend x, router_logits and routing_bias may be at any address (they are
+ * read with byte copies); the other arrays need their element's alignment. On CUDA, pointers
+ * from cudaMalloc (or mxm_device_alloc). */
 typedef struct mxm_moe_inputs {
     int64_t num_tokens;   /* T, 0..max_tokens of the plan */
     const void *x;        /* [T, H]: f32, bf16, or E4M3 codes (pre-quantized, with x_scale) */
@@ -328,7 +333,9 @@ typedef struct mxm_moe_inputs {
     int32_t logits_dtype;
     const void *routing_bias;  /* [E] f32 or bf16, or NULL (DeepSeekV3, MiniMax2) */
     int32_t bias_dtype;
-    const int32_t *topk_ids;   /* [T, K] global expert ids (only when router_logits == NULL) */
+    /* [T, K] global expert ids (only when router_logits == NULL). On the CPU backend each row
+     * is checked: ids in 0..E-1 and no expert twice (MXM_ERR_INVALID_ARG). */
+    const int32_t *topk_ids;
     const float *topk_weights; /* [T, K] combine weights (only when router_logits == NULL) */
 } mxm_moe_inputs;
 
@@ -395,14 +402,21 @@ MXM_API int64_t mxm_weight_scale_bytes(int32_t fmt, int64_t rows, int64_t cols);
 typedef struct mxm_model mxm_model;
 
 /* Opens a model folder (config.json + model.safetensors or a sharded index) or a single
- * .safetensors file (then no MoE layers are known, but the tensors can be listed). */
+ * .safetensors file (then no MoE layers are known, but the tensors can be listed).
+ * config.json and hf_quant_config.json must be regular files of at most 8 MiB (a FIFO is an
+ * error, never a wait); Python's bare NaN/Infinity tokens are accepted. The MoE parameters are
+ * validated here, once, with the key named: a value of the wrong type (a string scaling factor,
+ * a boolean expert count), a routed_scaling_factor outside (0, 1000], or a config that
+ * mxm_moe_config_validate rejects (n_group not dividing the experts, ...) fails the open, as
+ * does a qwen3_moe shared expert (MXM_ERR_UNSUPPORTED: its sigmoid gate is not implemented). */
 MXM_API mxm_status mxm_model_open(const char *path, mxm_model **out);
 MXM_API void mxm_model_close(mxm_model *m);
 
 /* "nemotron_h", "qwen3_moe", "deepseek_v3", or "" when unknown / no config. */
 MXM_API const char *mxm_model_family(const mxm_model *m);
-/* Storage of the expert weights: MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK, MXM_WFMT_BF16 or
- * MXM_WFMT_F32; -1 when there are no MoE layers. */
+/* Storage of the expert weights as the tensors hold them (a quantization config claiming
+ * otherwise does not count): MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK, MXM_WFMT_BF16 or MXM_WFMT_F32;
+ * -1 when there are no MoE layers. */
 MXM_API int32_t mxm_model_weight_format(const mxm_model *m);
 /* MoE layers, in order: count, and the i-th one's layer index. */
 MXM_API int32_t mxm_model_moe_layer_count(const mxm_model *m);
@@ -440,7 +454,9 @@ typedef struct mxm_tensor_out {
     int64_t shape[8];
     const void *data;
 } mxm_tensor_out;
-/* Writes n tensors to a safetensors file (via a temporary file renamed on success). */
+/* Writes n tensors (n >= 0) to a safetensors file: into a temporary of a unique name in the
+ * same folder (mkstemp), renamed over path on success, so that concurrent writers of one path
+ * never mix their data and a failure leaves no partial file. */
 MXM_API mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *tensors,
                                          int64_t n);
 
@@ -455,7 +471,7 @@ typedef struct mxm_layer_options {
      * with MXM_PROFILE_EXACT all routers are fp32. */
     int32_t profile;
 } mxm_layer_options;
-MXM_API void mxm_layer_options_default(mxm_layer_options *o);
+MXM_API void mxm_layer_options_default(mxm_layer_options *o); /* NULL: does nothing */
 
 /* One loaded MoE layer: its config (mxm_moe_config with the routing method chosen as vLLM
  * does for the family), its expert weights (mmap views where the layout allows, W13 assembled
@@ -468,7 +484,8 @@ MXM_API const mxm_moe_config *mxm_layer_config(const mxm_layer *l);
 MXM_API const mxm_moe_weights *mxm_layer_weights(const mxm_layer *l);
 MXM_API const float *mxm_layer_routing_bias(const mxm_layer *l); /* [E] or NULL */
 /* Router logits [T, E] f32 for x [T, H] (f32 or bf16): fp32 x . Wg^T, rounded to bf16 for
- * families whose router runs in the model dtype (qwen3_moe) in the trtllm profile. */
+ * families whose router runs in the model dtype (qwen3_moe) in the trtllm profile. x may be at
+ * any address (byte copies); logits need 4-byte alignment. */
 MXM_API mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype,
                                            int64_t num_tokens, float *logits,
                                            int32_t num_threads);
@@ -506,8 +523,12 @@ MXM_API void mxm_quantize_options_default(mxm_quantize_options *o);
  * F8_E4M3 `.weight` + U8 `.weight_scale` [N, K/32] (K % 32 != 0 is MXM_ERR_SHAPE naming the
  * tensor); everything else is copied unchanged; hf_quant_config.json and config.json's
  * quantization_config are written with the exclude list and producer {"name": "mxmoe",
- * "version": mxm_version()}; other files are copied. Output files are written to temporaries
- * and renamed, so a failure leaves no half-written file. opts NULL: defaults. */
+ * "version": mxm_version()}; other files are copied (config.json keeps the input's text, bare
+ * Infinity/-Infinity/NaN written as 1e999/-1e999/null). out_dir must not exist or be an empty
+ * folder (else MXM_ERR_INVALID_ARG): the files are written into a fresh staging folder next to
+ * it (".<name>.tmp.XXXXXX") that is renamed to out_dir at the end, so out_dir holds one complete
+ * run or nothing; a failure, or a cancel from progress (non-zero return), removes the staging
+ * folder. opts NULL: defaults. */
 MXM_API mxm_status mxm_checkpoint_quantize_ex(const char *in_dir, const char *out_dir,
                                               const mxm_quantize_options *opts,
                                               mxm_progress_fn progress, void *user);

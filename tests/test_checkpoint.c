@@ -388,6 +388,19 @@ static void test_json_nul(void **state) {
     static const char raw[] = "{\"model_type\": \"nemotron_h\", \"x\": \"a\0b\"}";
     assert_int_equal(open_with_configs(raw, sizeof raw - 1, NULL, &m), MXM_ERR_FORMAT);
     assert_non_null(strstr(mxm_last_error(), "control character"));
+    /* Python's bare NaN/Infinity (the config reader's json_text.h) beside NUL-holding exclude
+     * entries: both accepted; a NUL elsewhere is still an error */
+    const char *py = CFG_HEAD ", \"python_limits\": [0.0, Infinity, -Infinity, NaN], \"quantization_config\": "
+                     "{\"ignore\": [\"lm_head.\\u0000backbone.pt_name_sentinel\"], \"quant_algo\": \"MXFP8\", "
+                     "\"quant_method\": \"modelopt\"}}";
+    assert_int_equal(open_with_configs(py, strlen(py), NULL, &m), MXM_OK);
+    assert_int_equal(mxm_model_exclude_count(m), 1);
+    assert_string_equal(mxm_model_exclude(m, 0), "lm_head");
+    mxm_model_close(m);
+    const char *py_bad = CFG_HEAD ", \"x\": NaN, \"mlp_hidden_act\": \"relu2\\u0000\"}";
+    assert_int_equal(open_with_configs(py_bad, strlen(py_bad), NULL, &m), MXM_ERR_FORMAT);
+    assert_null(m);
+    assert_non_null(strstr(mxm_last_error(), "mlp_hidden_act"));
 #undef CFG_HEAD
 #undef HFQ
 }

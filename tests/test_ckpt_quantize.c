@@ -172,6 +172,16 @@ static int count_files(const char *dir, const char *suffix) {
     return n;
 }
 
+static int count_containing(const char *dir, const char *part) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    const struct dirent *de;
+    while ((de = readdir(d)) != NULL) n += strstr(de->d_name, part) != NULL;
+    closedir(d);
+    return n;
+}
+
 typedef struct prog {
     int64_t calls, last_done, total;
     int monotone, null_what;
@@ -871,10 +881,11 @@ static void test_other_dtypes_and_names(void **state) {
     assert_memory_equal(t->data, attn, 32 * H * 2);
     mxm_st_close(f);
 
-    /* config.json: the input text kept (bare Infinity/NaN included), quantization_config added */
+    /* config.json: the input text kept, quantization_config added, the bare Infinity/NaN
+     * written as valid JSON (strings untouched) */
     size_t n;
     char *c = (char *)read_all(pj(out, "config.json"), &n);
-    assert_non_null(strstr(c, "[0.0, Infinity, -Infinity, NaN]"));
+    assert_non_null(strstr(c, "[0.0, 1e999, -1e999, null]"));
     assert_non_null(strstr(c, "\"NaN and Infinity in a string\""));
     assert_non_null(strstr(c, "\"quantization_config\""));
     free(c);
@@ -1025,8 +1036,21 @@ static void test_errors(void **state) {
         assert_non_null(strstr(mxm_last_error(), "cancelled"));
         assert_int_equal(p.calls, at);
         assert_false(exists(pj(out, "model.safetensors")));
-        assert_int_equal(count_files(out, ""), 0); /* no config.json, no .tmp either */
+        assert_false(exists(out)); /* out_dir appears only with the final rename */
+        assert_int_equal(count_containing(g_dir, ".tmp."), 0); /* nor the staging folder */
     }
+
+    /* out_dir not empty: refused before any work, its files untouched; an empty one is used */
+    assert_int_equal(mkdir(out, 0755), 0);
+    write_all(pj(out, "model.safetensors.index.json"), "{}", 2);
+    st = mxm_checkpoint_quantize(src, out, 0, 0, NULL, NULL);
+    assert_int_equal(st, MXM_ERR_INVALID_ARG);
+    assert_non_null(strstr(mxm_last_error(), "not empty"));
+    assert_int_equal(count_files(out, ""), 1);
+    assert_int_equal(unlink(pj(out, "model.safetensors.index.json")), 0);
+    assert_int_equal(mxm_checkpoint_quantize(src, out, 0, 0, NULL, NULL), MXM_OK);
+    assert_true(exists(pj(out, "config.json")));
+    assert_int_equal(mxm_checkpoint_quantize(src, out, 0, 0, NULL, NULL), MXM_ERR_INVALID_ARG);
 
     /* K not a multiple of 32 */
     assert_int_equal(mkdir(bad, 0755), 0);

@@ -139,12 +139,19 @@ static double gauss(uint64_t *s) {
     return sqrt(-2 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in) {
-    const int64_t H = L->shape.H, E = L->shape.E;
+int mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in) {
+    const int64_t H = L->shape.H, E = L->shape.E, K = L->shape.K;
+    memset(in, 0, sizeof *in);
     in->T = T;
     in->x = malloc((size_t)(T * H * 2));
     in->logits = malloc((size_t)(T * E * 4));
     in->bias = malloc((size_t)E * 4);
+    in->ids = malloc((size_t)(T * K * 4));
+    in->w = malloc((size_t)(T * K * 4));
+    if (!in->x || !in->logits || !in->bias || !in->ids || !in->w) {
+        mb_inputs_destroy(in);
+        return MXM_ERR_NOMEM;
+    }
     uint64_t s = seed;
     for (int64_t i = 0; i < T * H; i++) in->x[i] = bf16_of((float)gauss(&s));
     for (int64_t e = 0; e < E; e++) in->bias[e] = (float)(0.01 * gauss(&s));
@@ -154,14 +161,12 @@ void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed,
             const double tilt = r == MB_SKEWED ? 4.0 * exp(-(double)e / 6.0) : 0.0;
             in->logits[t * E + e] = (float)(gauss(&s) + tilt);
         }
-    const int64_t K = L->shape.K;
-    in->ids = malloc((size_t)(T * K * 4));
-    in->w = malloc((size_t)(T * K * 4));
     in->use_ids = 0;
     mxm_moe_config c = L->cfg;
     c.backend = MXM_BACKEND_CPU;
     if (mxm_route(&c, T, in->logits, MXM_DT_F32, in->bias, MXM_DT_F32, in->ids, in->w))
         memset(in->ids, 0, (size_t)(T * K * 4)); /* cannot happen for the built-in shapes */
+    return MXM_OK;
 }
 
 void mb_inputs_destroy(mb_inputs *in) {
@@ -333,9 +338,61 @@ done:
 double mb_read_roof(int threads) { return bench_read_roof(threads, (int64_t)1 << 30, 5); }
 double mb_fma_roof(int threads) { return bench_fma_roof(threads); }
 
+/* "model name (flags that matter here)" of this CPU from /proc/cpuinfo, for the machine line:
+ * a table is reproducible only with the CPU it ran on. */
+static void cpu_line(char *buf, size_t n) {
+    snprintf(buf, n, "unknown CPU");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f) return;
+    char line[4096], model[256] = "", flags[512] = "";
+    while (fgets(line, sizeof line, f) && (!model[0] || !flags[0])) {
+        char *colon = strchr(line, ':');
+        if (!colon) continue;
+        char *v = colon + 1 + (colon[1] == ' ');
+        v[strcspn(v, "\n")] = '\0';
+        if (!model[0] && !strncmp(line, "model name", 10)) snprintf(model, sizeof model, "%s", v);
+        if (!flags[0] && !strncmp(line, "flags", 5)) {
+            static const char *const want[] = {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni",
+                                               "avx512_bf16", "avx512_fp16", "amx_tile"};
+            for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
+                char pat[32];
+                snprintf(pat, sizeof pat, " %s ", want[i]);
+                char padded[4096];
+                snprintf(padded, sizeof padded, " %s ", v);
+                if (strstr(padded, pat)) snprintf(flags + strlen(flags), sizeof flags - strlen(flags), "%s%s", flags[0] ? " " : "", want[i]);
+            }
+            if (!flags[0]) snprintf(flags, sizeof flags, "none of avx2/avx512");
+        }
+    }
+    fclose(f);
+    snprintf(buf, n, "%s (%s)", model[0] ? model : "unknown CPU", flags);
+}
+
+/* Every item of a comma list of token counts: 1..2^20, the whole item a number. */
+static int tokens_ok(const char *list) {
+    char buf[256];
+    if (!*list || strlen(list) >= sizeof buf) return 0;
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *sv = NULL, *tn = strtok_r(buf, ",", &sv); tn; tn = strtok_r(NULL, ",", &sv)) {
+        char *end;
+        const long long T = strtoll(tn, &end, 10);
+        if (*tn < '0' || *tn > '9' || *end || T < 1 || T > (1 << 20)) return 0;
+    }
+    return list[strlen(list) - 1] != ',' && !strstr(list, ",,");
+}
+
 int mb_bench(const mb_options *o, FILE *tf) {
     const int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
     double roof_read = NAN, roof_fma = NAN;
+    if (!tokens_ok(o->tokens) || (o->act_quant != MXM_ACT_QUANT_MXFP8 && o->act_quant != MXM_ACT_QUANT_NONE) ||
+        (o->profile != MXM_PROFILE_TRTLLM && o->profile != MXM_PROFILE_EXACT) || o->reps < 1 || o->threads < 0) {
+        fprintf(stderr, "bench: bad options (tokens '%s': integers 1..1048576; act_quant %d, profile %d, reps %d, "
+                        "threads %d)\n", o->tokens, o->act_quant, o->profile, o->reps, o->threads);
+        return MXM_ERR_INVALID_ARG;
+    }
+    char cpu[800];
+    cpu_line(cpu, sizeof cpu);
+    fprintf(tf, "machine: %s, %d threads\n", cpu, threads);
     fprintf(tf, "weights: %s\n", mxm_weight_format_name(o->weight_format));
     if (o->backend == MXM_BACKEND_CUDA) {
         fprintf(tf, "device %s (ceilings: bench/peers.py in the same run; %%read and %%fma are blank)\n",
@@ -350,9 +407,9 @@ int mb_bench(const mb_options *o, FILE *tf) {
             "GB/s", "%read", "GFLOP/s", "%fma", "exp");
     FILE *js = o->json_path ? fopen(o->json_path, "w") : NULL;
     if (js)
-        fprintf(js, "{\"backend\": \"%s\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
+        fprintf(js, "{\"cpu\": \"%s\", \"backend\": \"%s\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
                     "\"read_roof_gbs\": %.2f, \"fma_roof_gflops\": %.2f, \"results\": [\n",
-                o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
+                cpu, o->backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", o->backend == MXM_BACKEND_CUDA ? mxm_device_name() : "cpu",
                 mxm_weight_format_name(o->weight_format),
                 threads, isnan(roof_read) ? 0.0 : roof_read, isnan(roof_fma) ? 0.0 : roof_fma);
     int first = 1, st = MXM_OK;
@@ -368,17 +425,27 @@ int mb_bench(const mb_options *o, FILE *tf) {
         mb_layer L;
         fprintf(stderr, "building %s layer (%s)...\n", s->name, s->model);
         if ((st = mb_layer_create(s, o->weight_format, 42, threads, &L))) break;
-        L.cfg.kernels = o->kernels;
-        if (o->backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) break;
+        L.cfg.kernels = o->kernels, L.cfg.act_quant = o->act_quant, L.cfg.profile = o->profile;
+        if (o->backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) {
+            mb_layer_destroy(&L);
+            break;
+        }
+        /* What runs, read back from the config the plans are made from. */
+        fprintf(tf, "mode: %s %s: weights %s, activations %s, profile %s, kernels %s, %d threads, routing %s\n",
+                s->name, L.cfg.backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", mxm_weight_format_name(L.cfg.weight_format),
+                L.cfg.act_quant == MXM_ACT_QUANT_NONE ? "none (weight-only)" : "mxfp8 (W8A8)",
+                L.cfg.profile == MXM_PROFILE_EXACT ? "exact" : "trtllm",
+                L.cfg.kernels == MXM_KERNELS_REF ? "ref" : "auto", L.cfg.num_threads > 0 ? L.cfg.num_threads : threads,
+                o->use_ids ? "given ids" : "from logits");
         char toks[256];
         snprintf(toks, sizeof toks, "%s", o->tokens);
         for (char *tv = NULL, *tn = strtok_r(toks, ",", &tv); tn && !st; tn = strtok_r(NULL, ",", &tv)) {
-            const int64_t T = atoll(tn);
+            const int64_t T = strtoll(tn, NULL, 10); /* checked by tokens_ok */
             for (int r = 0; r < 2 && !st; r++) {
                 if ((r == 0 && strcmp(o->routing, "skewed") == 0) || (r == 1 && strcmp(o->routing, "uniform") == 0))
                     continue;
                 mb_inputs in;
-                mb_inputs_create(&L, T, (mb_routing)r, 1000 + (uint64_t)T, &in);
+                if ((st = mb_inputs_create(&L, T, (mb_routing)r, 1000 + (uint64_t)T, &in))) break;
                 in.use_ids = o->use_ids;
                 mb_result res = {0};
                 const int reps = T >= 1024 ? (o->reps < 3 ? o->reps : 3) : o->reps;
@@ -391,9 +458,12 @@ int mb_bench(const mb_options *o, FILE *tf) {
                 fflush(tf);
                 if (js)
                     fprintf(js,
-                            "%s  {\"shape\": \"%s\", \"routing\": \"%s\", \"T\": %lld, \"us\": %.2f, \"tokens_per_s\": %.2f, "
+                            "%s  {\"shape\": \"%s\", \"routing\": \"%s\", \"act_quant\": \"%s\", \"profile\": \"%s\", "
+                            "\"T\": %lld, \"us\": %.2f, \"tokens_per_s\": %.2f, "
                             "\"weight_gb\": %.5f, \"gbs\": %.2f, \"gflops\": %.2f, \"experts_touched\": %d}",
-                            first ? "" : ",\n", s->name, r ? "skewed" : "uniform", (long long)T, res.us,
+                            first ? "" : ",\n", s->name, r ? "skewed" : "uniform",
+                            L.cfg.act_quant == MXM_ACT_QUANT_NONE ? "none" : "mxfp8",
+                            L.cfg.profile == MXM_PROFILE_EXACT ? "exact" : "trtllm", (long long)T, res.us,
                             res.tokens_per_s, res.weight_gb, res.gbs, res.gflops, res.experts_touched);
                 first = 0;
             }

@@ -47,7 +47,8 @@ typedef struct mb_inputs {
     float *w;     /* [T, K] */
     int use_ids;  /* run from ids/w (as the PyTorch peers do) instead of logits */
 } mb_inputs;
-void mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in);
+/* Returns an mxm_status (MXM_ERR_NOMEM; in is then empty but safe to destroy). */
+int mb_inputs_create(const mb_layer *L, int64_t T, mb_routing r, uint64_t seed, mb_inputs *in);
 void mb_inputs_destroy(mb_inputs *in);
 
 typedef struct mb_result {
@@ -77,7 +78,11 @@ typedef struct mb_options {
     const char *json_path;
     int32_t use_ids; /* time the layer from precomputed top-k ids/weights */
     int32_t weight_format; /* MXM_WFMT_MXFP8 (default) or MXM_WFMT_FP8_BLOCK */
+    int32_t act_quant;     /* MXM_ACT_QUANT_MXFP8 (default, W8A8) or MXM_ACT_QUANT_NONE */
+    int32_t profile;       /* MXM_PROFILE_TRTLLM (default) or MXM_PROFILE_EXACT */
 } mb_options;
+/* Every field of mb_options takes effect; the table's "mode:" line and the JSON say what ran,
+ * read back from the layer's config. Malformed lists (shapes, tokens) are errors. */
 int mb_bench(const mb_options *o, FILE *table);
 
 #endif

@@ -8,12 +8,16 @@
  *   mxmoe bench     the layer benchmark (same as bench/bench_moe)
  *
  * Errors are one line on stderr and a non-zero exit. Progress goes to stderr. */
+#include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,12 +44,50 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Every numeric option goes through these two: the whole string must be the number (no leading
+ * blanks or signs strtoll would skip, no trailing text), within lo..hi. */
 static int parse_int(const char *s, const char *opt, int64_t lo, int64_t hi, int64_t *out) {
-    char *end;
-    const long long v = strtoll(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) return die("%s: '%s' is not an integer in %lld..%lld", opt, s, (long long)lo, (long long)hi);
+    const int digits = (s[0] >= '0' && s[0] <= '9') || (s[0] == '-' && s[1] >= '0' && s[1] <= '9');
+    char *end = (char *)s;
+    errno = 0;
+    const long long v = digits ? strtoll(s, &end, 10) : 0;
+    if (!digits || errno || *end || v < lo || v > hi)
+        return die("%s: '%s' is not an integer in %lld..%lld", opt, s, (long long)lo, (long long)hi);
     *out = v;
     return 0;
+}
+
+static int parse_num(const char *s, const char *opt, double lo, double hi, double *out) {
+    const int digits = (s[0] >= '0' && s[0] <= '9') || s[0] == '.' || s[0] == '-';
+    char *end = (char *)s;
+    errno = 0;
+    const double v = digits ? strtod(s, &end) : NAN;
+    if (!digits || isnan(v) || errno || *end || !(v >= lo && v <= hi)) return die("%s: '%s' is not a number in %g..%g", opt, s, lo, hi);
+    *out = v;
+    return 0;
+}
+
+/* Positional arguments are not options' values: a command that takes none rejects them. */
+static int no_positional(int argc, char **argv, const char *cmd) {
+    return optind < argc ? die("%s: unexpected argument '%s' (see --help)", cmd, argv[optind]) : 0;
+}
+
+/* SIGINT/SIGTERM during run, verify and quantize: finish the step at hand, remove what is
+ * half-written, exit 128 + signal. A second signal kills at once (SA_RESETHAND). */
+static volatile sig_atomic_t g_signal;
+static void on_signal(int sig) { g_signal = sig; }
+static void catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+static int interrupted(void) {
+    return g_signal ? (fprintf(stderr, "mxmoe: interrupted (signal %d); nothing written\n", (int)g_signal), 128 + g_signal)
+                    : 0;
 }
 
 /* Options shared by run/verify/demo/bench. */
@@ -58,8 +100,9 @@ typedef struct common_opts {
 static const struct option common_long[] = {
     {"act-quant", required_argument, 0, 'a'}, {"profile", required_argument, 0, 'p'},
     {"threads", required_argument, 0, 't'},   {"backend", required_argument, 0, 'b'},
-    {"quantize", no_argument, 0, 'q'},
+    {"quantize", no_argument, 0, 'q'}, /* last: only run and verify load checkpoints */
 };
+#define N_COMMON_SYNTHETIC 4 /* the entries of common_long that demo and bench take */
 
 /* Handles one of the common options; returns 1 when handled, -1 on a bad value, 0 otherwise. */
 static int common_opt(int c, common_opts *o) {
@@ -94,12 +137,13 @@ static int common_opt(int c, common_opts *o) {
 }
 
 static void common_defaults(common_opts *o) {
-    o->act_quant = MXM_ACT_QUANT_MXFP8, o->profile = MXM_PROFILE_TRTLLM, o->threads = 0;
+    o->act_quant = -1 /* by weight format */, o->profile = MXM_PROFILE_TRTLLM, o->threads = 0;
     o->backend = MXM_BACKEND_CPU, o->quantize = 0, o->model = NULL, o->layer = -1;
 }
 
 static const char common_help[] =
-    "  --act-quant mxfp8|none   W8A8 (activations quantized, default) or weight-only\n"
+    "  --act-quant mxfp8|none   W8A8 (activations quantized) or weight-only; default: mxfp8 for\n"
+    "                           MXFP8/FP8 weights, none for BF16/F32 weights (the reference mode)\n"
     "  --profile trtllm|exact   bf16 rounding points of the TRT-LLM kernel (default) or fp32\n"
     "  --threads N              CPU threads (default: all)\n"
     "  --backend cpu|cuda       where to run (default cpu)\n";
@@ -166,8 +210,7 @@ static int runner_to_device(runner *r) {
     return 0;
 }
 
-static int runner_open(runner *r, const char *dir, int32_t layer_index, const common_opts *o) {
-    memset(r, 0, sizeof *r);
+static int runner_open_(runner *r, const char *dir, int32_t layer_index, const common_opts *o) {
     int st = mxm_model_open(dir, &r->model);
     if (st) return die_status(st, dir);
     if (mxm_model_moe_layer_count(r->model) == 0)
@@ -181,7 +224,9 @@ static int runner_open(runner *r, const char *dir, int32_t layer_index, const co
     fprintf(stderr, "loading layer %d of %s...\n", r->layer_index, dir);
     if ((st = mxm_layer_load(r->model, r->layer_index, &lo, &r->layer))) return die_status(st, "loading layer");
     r->cfg = *mxm_layer_config(r->layer);
-    r->cfg.act_quant = o->act_quant, r->cfg.profile = o->profile;
+    const int fp8 = r->cfg.weight_format == MXM_WFMT_MXFP8 || r->cfg.weight_format == MXM_WFMT_FP8_BLOCK;
+    r->cfg.act_quant = o->act_quant >= 0 ? o->act_quant : fp8 ? MXM_ACT_QUANT_MXFP8 : MXM_ACT_QUANT_NONE;
+    r->cfg.profile = o->profile;
     r->cfg.num_threads = o->threads, r->cfg.backend = o->backend;
     return o->backend == MXM_BACKEND_CUDA ? runner_to_device(r) : 0;
 }
@@ -191,6 +236,15 @@ static void runner_close(runner *r) {
     free(r->dev_bufs), free(r->dev_experts);
     mxm_layer_free(r->layer);
     mxm_model_close(r->model);
+    memset(r, 0, sizeof *r);
+}
+
+/* Opens the model and loads the layer; on failure nothing stays open. */
+static int runner_open(runner *r, const char *dir, int32_t layer_index, const common_opts *o) {
+    memset(r, 0, sizeof *r);
+    const int rc = runner_open_(r, dir, layer_index, o);
+    if (rc) runner_close(r);
+    return rc;
 }
 
 /* Runs T tokens of x (bf16 or f32): y, yr bf16 [T, H], ids [T, K], w [T, K]. */
@@ -295,17 +349,56 @@ static void x_result_free(x_result *r) {
     memset(r, 0, sizeof *r);
 }
 
-/* Loads tensor i of f as x and runs the layer on it. Returns 0 or 1 (error printed). */
+/* One naming rule for run and verify: the inputs are the tensors named x or x_<suffix>; each
+ * result carries the same suffix (y_<suffix>, ...). */
+static int is_input_name(const char *name) { return name[0] == 'x' && (name[1] == '\0' || name[1] == '_'); }
+
+/* Tokens per forward call: bounds the temporary memory (logits, workspace) and gives long runs
+ * their progress line. */
+#define RUN_CHUNK 8192
+
+/* Loads tensor i of f as x and runs the layer on it. Returns 0, or the exit code (error printed;
+ * 128 + signal when interrupted). */
 static int forward_tensor(const runner *r, mxm_model *f, int64_t i, const char *path, x_result *res) {
     const int64_t H = r->cfg.hidden_size, K = r->cfg.top_k;
     int32_t dt;
+    const char *name;
     memset(res, 0, sizeof *res);
+    mxm_model_tensor_info(f, i, &name, NULL, NULL, NULL);
     if (!(res->x = load_x(f, i, H, &dt, &res->T, path))) return 1;
-    const int64_t T = res->T;
+    const int64_t T = res->T, xsize = dt == MXM_DT_BF16 ? 2 : 4;
     res->y = malloc((size_t)(T * H * 2 + 2)), res->yr = malloc((size_t)(T * H * 2 + 2));
     res->ids = malloc((size_t)(T * K * 4 + 4)), res->w = malloc((size_t)(T * K * 4 + 4));
     if (!res->y || !res->yr || !res->ids || !res->w) return die("out of memory");
-    return runner_forward(r, res->x, dt, T, res->y, res->yr, res->ids, res->w, &res->seconds);
+    const double t0 = now_s();
+    for (int64_t a = 0; a < T; a += RUN_CHUNK) {
+        const int64_t n = T - a < RUN_CHUNK ? T - a : RUN_CHUNK;
+        double sec = 0;
+        if (runner_forward(r, (const char *)res->x + a * H * xsize, dt, n, res->y + a * H, res->yr + a * H,
+                           res->ids + a * K, res->w + a * K, &sec))
+            return 1;
+        res->seconds += sec;
+        if (T > RUN_CHUNK)
+            fprintf(stderr, "\r%s: %lld of %lld tokens, %.0f s", name, (long long)(a + n), (long long)T, now_s() - t0);
+        if (g_signal) return fprintf(stderr, "\n"), interrupted();
+    }
+    if (T > RUN_CHUNK) fprintf(stderr, "\n");
+    return 0;
+}
+
+/* The output file's folder must exist and be writable, and the path must not be a folder:
+ * checked before any computing. */
+static int check_output_path(const char *path) {
+    struct stat sb;
+    if (!*path) return die("--output: empty path");
+    if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) return die("%s: exists and is not a regular file", path);
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) return die("%s: folder '%s' does not exist", path, dir);
+    if (access(dir, W_OK | X_OK) != 0) return die("%s: folder '%s' is not writable", path, dir);
+    return 0;
 }
 
 /* ---- run --------------------------------------------------------------------------------------- */
@@ -313,9 +406,11 @@ static int forward_tensor(const runner *r, mxm_model *f, int64_t i, const char *
 static int cmd_run(int argc, char **argv) {
     static const char help[] =
         "usage: mxmoe run --model DIR --input IN.safetensors --output OUT.safetensors [options]\n"
-        "For every tensor x<suffix> in IN (bf16/f32 [T, H], the hidden states entering the MoE block)\n"
-        "writes y<suffix> (bf16, routed + shared experts), yr<suffix> (bf16, routed only),\n"
-        "ids<suffix> (int32 [T, K]) and w<suffix> (f32 [T, K], final routing weights) to OUT.\n"
+        "For every tensor named x or x_<suffix> in IN (bf16/f32 [T, H], the hidden states entering the\n"
+        "MoE block; verify uses the same rule) writes y<suffix> (bf16, routed + shared experts),\n"
+        "yr<suffix> (bf16, routed only), ids<suffix> (int32 [T, K]) and w<suffix> (f32 [T, K], final\n"
+        "routing weights) to OUT, atomically (a unique temporary renamed over OUT at the end).\n"
+        "Progress on stderr for inputs above 8192 tokens; SIGINT/SIGTERM stop without writing.\n"
         "  --layer L                MoE layer index (default: the first MoE layer)\n"
         "  --quantize               quantize BF16/F32 expert weights to MXFP8 at load\n";
     const char *input = NULL, *output = NULL;
@@ -339,7 +434,10 @@ static int cmd_run(int argc, char **argv) {
         }
     }
     const char *model = o.model;
+    if (no_positional(argc, argv, "run")) return 1;
     if (!model || !input || !output) return die("run: --model, --input and --output are required (see --help)");
+    if (check_output_path(output)) return 1;
+    catch_signals();
     runner r;
     if (runner_open(&r, model, (int32_t)o.layer, &o)) return 1;
     mxm_model *in;
@@ -357,7 +455,7 @@ static int cmd_run(int argc, char **argv) {
     for (int64_t i = 0; i < n && !rc; i++) {
         const char *name;
         mxm_model_tensor_info(in, i, &name, NULL, NULL, NULL);
-        if (name[0] != 'x') continue;
+        if (!is_input_name(name)) continue;
         x_result *xr = &res[ran++];
         if ((rc = forward_tensor(&r, in, i, input, xr))) break;
         fprintf(stderr, "%s: %lld tokens in %.1f ms\n", name, (long long)xr->T, xr->seconds * 1e3);
@@ -371,7 +469,8 @@ static int cmd_run(int argc, char **argv) {
             no++;
         }
     }
-    if (!rc && !ran) rc = die("%s: no tensor named x<suffix> found", input);
+    if (!rc && !ran) rc = die("%s: no tensor named x or x_<suffix> found", input);
+    if (!rc) rc = interrupted();
     if (!rc && (st = mxm_safetensors_write(output, outs, no))) rc = die_status(st, output);
     if (!rc) fprintf(stderr, "wrote %lld tensors to %s\n", (long long)no, output);
     for (int64_t i = 0; i < ran; i++) x_result_free(&res[i]);
@@ -391,7 +490,61 @@ static float bf16f(uint16_t h) {
     return f;
 }
 
-/* Relative L2 error of bf16 y against a reference tensor (bf16 or f32) of the same shape. */
+/* Value i of a reference tensor (BF16, F32, I32 or I64; the dtype was checked). */
+static double ref_value(const char *dt, const void *data, int64_t i) {
+    if (!strcmp(dt, "F32") || !strcmp(dt, "I32")) {
+        uint32_t u;
+        memcpy(&u, (const char *)data + 4 * i, 4);
+        float f;
+        memcpy(&f, &u, 4);
+        return !strcmp(dt, "F32") ? (double)f : (double)(int32_t)u;
+    }
+    if (!strcmp(dt, "I64")) {
+        int64_t v;
+        memcpy(&v, (const char *)data + 8 * i, 8);
+        return (double)v;
+    }
+    uint16_t h;
+    memcpy(&h, (const char *)data + 2 * i, 2);
+    return bf16f(h);
+}
+
+/* A reference tensor named prefix+suffix: -1 when absent; its index when it is [T, cols] of one
+ * of the dtypes (comma list) and, for float dtypes, holds only finite values; else -2 with the
+ * error printed. A reference that cannot be used is an error, never a pass. */
+static int64_t ref_tensor(mxm_model *m, const char *path, const char *prefix, const char *suffix, int64_t T,
+                          int64_t cols, const char *dtypes) {
+    char name[256];
+    snprintf(name, sizeof name, "%s%s", prefix, suffix);
+    const int64_t i = mxm_model_tensor_find(m, name);
+    if (i < 0) return -1;
+    const char *dt;
+    int32_t rank;
+    int64_t shape[8];
+    const void *data;
+    mxm_model_tensor_info(m, i, NULL, &dt, &rank, shape);
+    char want[32];
+    snprintf(want, sizeof want, ",%s,", dtypes);
+    char have[32];
+    snprintf(have, sizeof have, ",%s,", dt);
+    if (!strstr(want, have)) return die("%s: '%s' is %s; supported: %s", path, name, dt, dtypes), -2;
+    if (rank != 2 || shape[0] != T || shape[1] != cols)
+        return die("%s: '%s' must be [%lld, %lld] like its x; it has rank %d", path, name, (long long)T,
+                   (long long)cols, rank),
+               -2;
+    mxm_model_tensor_data(m, i, &data, NULL);
+    for (int64_t k = 0; k < T * cols; k++) {
+        const double v = ref_value(dt, data, k);
+        if (!isfinite(v))
+            return die("%s: '%s' holds %g at [%lld, %lld]; a reference must be finite", path, name, v,
+                       (long long)(k / cols), (long long)(k % cols)),
+                   -2;
+    }
+    return i;
+}
+
+/* Relative L2 error of bf16 y against a checked reference tensor of the same shape. A zero
+ * reference with a non-zero y is an infinite error; our own NaN gives NaN (a failure). */
 static double rel_err(const uint16_t *y, mxm_model *ref, int64_t idx, int64_t n) {
     const char *dt;
     const void *data;
@@ -399,31 +552,10 @@ static double rel_err(const uint16_t *y, mxm_model *ref, int64_t idx, int64_t n)
     mxm_model_tensor_data(ref, idx, &data, NULL);
     double num = 0, den = 0;
     for (int64_t i = 0; i < n; i++) {
-        double rv;
-        if (!strcmp(dt, "F32")) {
-            float f;
-            memcpy(&f, (const char *)data + 4 * i, 4);
-            rv = f;
-        } else {
-            uint16_t h;
-            memcpy(&h, (const char *)data + 2 * i, 2);
-            rv = bf16f(h);
-        }
-        const double d = bf16f(y[i]) - rv;
+        const double rv = ref_value(dt, data, i), d = bf16f(y[i]) - rv;
         num += d * d, den += rv * rv;
     }
-    return den > 0 ? sqrt(num / den) : (num > 0 ? INFINITY : 0);
-}
-
-static int64_t find_shaped(mxm_model *m, const char *name, int64_t n) {
-    const int64_t i = mxm_model_tensor_find(m, name);
-    if (i < 0) return -1;
-    int64_t nbytes;
-    const char *dt;
-    mxm_model_tensor_info(m, i, NULL, &dt, NULL, NULL);
-    mxm_model_tensor_data(m, i, NULL, &nbytes);
-    const int64_t es = !strcmp(dt, "F32") || !strcmp(dt, "I32") ? 4 : !strcmp(dt, "BF16") ? 2 : 0;
-    return es && nbytes == n * es ? i : -2;
+    return den > 0 ? sqrt(num / den) : (num > 0 || isnan(num) ? (isnan(num) ? NAN : INFINITY) : 0);
 }
 
 /* Whether REF was computed from the weights the layer runs (1) or from the original model the
@@ -440,9 +572,11 @@ static int reference_same_weights(const mxm_model *ref, const runner *r, const c
 static int cmd_verify(int argc, char **argv) {
     static const char help[] =
         "usage: mxmoe verify --model DIR --reference REF.safetensors [options]\n"
-        "Runs every x_T of REF through the model's MoE layer and prints, per T, the relative L2\n"
-        "error of y against y_T (bf16 reference) and y32_T (fp32 reference), and the fraction\n"
-        "of routing choices that match topk_ids_T. Exits 1 when an error exceeds the tolerance.\n"
+        "Runs every tensor named x or x_<suffix> of REF (the rule run uses) through the model's MoE\n"
+        "layer and prints, per input, the relative L2 error of y against y<suffix> (bf16 reference)\n"
+        "and y32<suffix> (fp32 reference), and the fraction of routing choices that match\n"
+        "topk_ids<suffix>. Exits 1 when an error exceeds the tolerance, 2 when a reference cannot be\n"
+        "used (wrong dtype or shape, a NaN or infinity, neither y nor y32 present).\n"
         "  --layer L                MoE layer index (default: the first MoE layer)\n"
         "  --reference-weights same|original|auto\n"
         "                           what the reference was computed from: this checkpoint's own weights\n"
@@ -474,18 +608,17 @@ static int cmd_verify(int argc, char **argv) {
                 return die("--reference-weights: '%s'; supported: same, original, auto", optarg);
             refw = optarg;
             break;
-        case 'T': {
-            char *end;
-            tol = strtod(optarg, &end);
-            if (*end || !(tol > 0)) return die("--tolerance: '%s' is not a positive number", optarg);
+        case 'T':
+            if (parse_num(optarg, "--tolerance", 1e-12, 1e6, &tol)) return 1;
             break;
-        }
         case 'h': printf("%s%s", help, common_help); return 0;
         default: fprintf(stderr, "%s%s", help, common_help); return 1;
         }
     }
+    if (no_positional(argc, argv, "verify")) return 1;
     const char *model = o.model;
     if (!model || !refp) return die("verify: --model and --reference are required (see --help)");
+    catch_signals();
     runner r;
     if (runner_open(&r, model, (int32_t)o.layer, &o)) return 1;
     const int w8a8 = r.cfg.act_quant == MXM_ACT_QUANT_MXFP8 &&
@@ -506,55 +639,57 @@ static int cmd_verify(int argc, char **argv) {
            strcmp(refw, "auto") ? "--reference-weights" : "auto: its metadata 'weights' and the layer's format");
     printf("%6s %12s %12s %12s %10s  %s\n", "T", "err(y_T)", "err(y32_T)", "err(yr32_T)", "ids match", "verdict");
     const int64_t H = r.cfg.hidden_size, K = r.cfg.top_k, n = mxm_model_tensor_count(ref);
-    int rc = 0, checked = 0;
-    for (int64_t i = 0; i < n && rc != 2; i++) {
+    int rc = 0, checked = 0, failed = 0; /* rc: an error (2, or 128 + signal) that stops the loop */
+    for (int64_t i = 0; i < n && !rc; i++) {
         const char *name;
         mxm_model_tensor_info(ref, i, &name, NULL, NULL, NULL);
-        if (strncmp(name, "x_", 2)) continue;
+        if (!is_input_name(name)) continue;
         const char *suffix = name + 1;
         x_result xr;
-        if (forward_tensor(&r, ref, i, refp, &xr)) {
-            rc = 2;
+        const int frc = forward_tensor(&r, ref, i, refp, &xr);
+        if (frc) {
+            rc = frc == 1 ? 2 : frc;
         } else {
             const int64_t T = xr.T;
-            const uint16_t *y = xr.y, *yr = xr.yr;
-            const int32_t *ids = xr.ids;
-            char nm[64];
-            snprintf(nm, sizeof nm, "y%s", suffix);
-            const int64_t iy = find_shaped(ref, nm, T * H);
-            snprintf(nm, sizeof nm, "y32%s", suffix);
-            const int64_t iy32 = find_shaped(ref, nm, T * H);
-            snprintf(nm, sizeof nm, "yr32%s", suffix);
-            const int64_t iyr32 = find_shaped(ref, nm, T * H);
-            snprintf(nm, sizeof nm, "topk_ids%s", suffix);
-            const int64_t iid = find_shaped(ref, nm, T * K);
-            const double ey = iy >= 0 ? rel_err(y, ref, iy, T * H) : NAN;
-            const double ey32 = iy32 >= 0 ? rel_err(y, ref, iy32, T * H) : NAN;
-            const double eyr32 = iyr32 >= 0 ? rel_err(yr, ref, iyr32, T * H) : NAN;
-            double match = NAN;
-            if (iid >= 0) {
-                const void *d;
-                mxm_model_tensor_data(ref, iid, &d, NULL);
-                int64_t hit = 0;
-                for (int64_t t = 0; t < T; t++)
-                    for (int64_t a = 0; a < K; a++) {
-                        int32_t rid;
-                        memcpy(&rid, (const char *)d + 4 * (t * K + a), 4);
-                        for (int64_t b = 0; b < K; b++) hit += ids[t * K + b] == rid;
-                    }
-                match = (double)hit / (double)(T * K);
+            const int64_t iy = ref_tensor(ref, refp, "y", suffix, T, H, "BF16,F32");
+            const int64_t iy32 = iy == -2 ? -2 : ref_tensor(ref, refp, "y32", suffix, T, H, "F32,BF16");
+            const int64_t iyr32 = iy32 == -2 ? -2 : ref_tensor(ref, refp, "yr32", suffix, T, H, "F32,BF16");
+            const int64_t iid = iyr32 == -2 ? -2 : ref_tensor(ref, refp, "topk_ids", suffix, T, K, "I32,I64");
+            if (iy == -2 || iy32 == -2 || iyr32 == -2 || iid == -2) {
+                rc = 2;
+            } else if (iy < 0 && iy32 < 0) {
+                rc = 2, die("%s: '%s' has neither y%s nor y32%s to compare with", refp, name, suffix, suffix);
+            } else {
+                const double ey = iy >= 0 ? rel_err(xr.y, ref, iy, T * H) : NAN;
+                const double ey32 = iy32 >= 0 ? rel_err(xr.y, ref, iy32, T * H) : NAN;
+                const double eyr32 = iyr32 >= 0 ? rel_err(xr.yr, ref, iyr32, T * H) : NAN;
+                double match = NAN;
+                if (iid >= 0) {
+                    const char *dt;
+                    const void *d;
+                    mxm_model_tensor_info(ref, iid, NULL, &dt, NULL, NULL);
+                    mxm_model_tensor_data(ref, iid, &d, NULL);
+                    int64_t hit = 0;
+                    for (int64_t t = 0; t < T; t++)
+                        for (int64_t a = 0; a < K; a++) {
+                            const double rid = ref_value(dt, d, t * K + a);
+                            for (int64_t b = 0; b < K; b++) hit += xr.ids[t * K + b] == rid;
+                        }
+                    match = T ? (double)hit / (double)(T * K) : 1.0;
+                }
+                const double e = iy32 >= 0 ? ey32 : ey;
+                const int ok = !isnan(e) && e <= tol;
+                printf("%6lld %12.3e %12.3e %12.3e %9.1f%%  %s\n", (long long)T, ey, ey32, eyr32, 100 * match,
+                       ok ? "ok" : "FAIL");
+                failed |= !ok;
+                checked++;
             }
-            const double e = !isnan(ey32) ? ey32 : ey;
-            const int ok = !isnan(e) && e <= tol;
-            printf("%6lld %12.3e %12.3e %12.3e %9.1f%%  %s\n", (long long)T, ey, ey32, eyr32, 100 * match,
-                   ok ? "ok" : "FAIL");
-            if (!ok) rc = 1;
-            checked++;
         }
         x_result_free(&xr);
     }
-    if (!checked && rc != 2) rc = die("%s: no x_T tensors found", refp) ? 2 : 2;
-    printf("tolerance (error against y32, or y): %.3g -> %s\n", tol, rc ? "FAILED" : "passed");
+    if (!checked && !rc) rc = 2, die("%s: no tensor named x or x_<suffix> found", refp);
+    if (!rc) rc = failed;
+    if (rc <= 1) printf("tolerance (error against y32, or y): %.3g -> %s\n", tol, rc ? "FAILED" : "passed");
     mxm_model_close(ref);
     runner_close(&r);
     return rc;
@@ -627,8 +762,11 @@ static int cmd_inspect(int argc, char **argv) {
 
 /* ---- quantize --------------------------------------------------------------------------------- */
 
+/* Also the cancel point of an interrupted quantize: a non-zero return makes the library stop
+ * and remove its temporaries. */
 static int32_t progress_bar(int64_t done, int64_t total, const char *what, void *user) {
     (void)user;
+    if (g_signal) return 1;
     if (!isatty(2) && done != total) return 0;
     const int width = 40, fill = total > 0 ? (int)(width * done / total) : width;
     fprintf(stderr, "\r[%.*s%*s] %5.1f%% %-40.40s", fill, "########################################", width - fill, "",
@@ -643,6 +781,9 @@ static int cmd_quantize(int argc, char **argv) {
         "Quantizes a BF16 Hugging Face checkpoint into the ModelOpt MXFP8 layout. By default the same\n"
         "Linears as ModelOpt's MXFP8 default (all but lm_head, embeddings, routers and Mamba's conv1d), with\n"
         "ModelOpt's exclude list and tensor order: on the tests/data fixtures, byte for byte ModelOpt 0.47's export.\n"
+        "OUT_DIR must not exist or be empty: the checkpoint is written into a fresh temporary folder next to\n"
+        "it, renamed to OUT_DIR at the end, so OUT_DIR never mixes two runs. SIGINT/SIGTERM remove the\n"
+        "temporary folder.\n"
         "  --experts-only           quantize only the routed and shared experts (the tests/data *_mxfp8 layout)\n";
     mxm_quantize_options qo;
     mxm_quantize_options_default(&qo);
@@ -668,7 +809,9 @@ static int cmd_quantize(int argc, char **argv) {
     }
     if (optind != argc - 2) return die("quantize: give IN_DIR and OUT_DIR (see --help)");
     qo.num_threads = (int32_t)threads;
+    catch_signals();
     const int st = mxm_checkpoint_quantize_ex(argv[optind], argv[optind + 1], &qo, progress_bar, NULL);
+    if (st && g_signal) return fprintf(stderr, "\n"), interrupted(); /* cancelled: the library removed its files */
     if (st) return die_status(st, "quantize");
     fprintf(stderr, "wrote %s\n", argv[optind + 1]);
     return 0;
@@ -678,16 +821,18 @@ static int cmd_quantize(int argc, char **argv) {
 
 static int cmd_demo(int argc, char **argv) {
     static const char help[] =
-        "usage: mxmoe demo [--tokens N] [--threads N] [--backend cpu|cuda]\n"
+        "usage: mxmoe demo [--tokens N] [--act-quant mxfp8|none] [--profile trtllm|exact] [--threads N]\n"
+        "                  [--backend cpu|cuda]\n"
         "Builds a deterministic synthetic MXFP8 layer with Nemotron-3-Nano's shapes (H 2688, I 1856,\n"
         "128 experts, top-6, relu2, shared expert 3712), runs a batch of tokens through it and reports\n"
         "the routing, the speed, and the error against the reference mode (same weights, fp32\n"
-        "activations, exact profile).\n";
+        "activations, exact profile).\n"
+        "  --tokens N               tokens in the batch, 1..65536 (default 64)\n";
     int64_t T = 64;
     common_opts o;
     common_defaults(&o);
     struct option lo[16] = {{"tokens", required_argument, 0, 'n'}, {"help", no_argument, 0, 'h'}};
-    memcpy(lo + 2, common_long, sizeof common_long);
+    memcpy(lo + 2, common_long, N_COMMON_SYNTHETIC * sizeof *common_long);
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -695,33 +840,51 @@ static int cmd_demo(int argc, char **argv) {
         if (r < 0) return 1;
         if (r) continue;
         if (c == 'n') {
-            if (parse_int(optarg, "--tokens", 1, 1 << 20, &T)) return 1;
+            if (parse_int(optarg, "--tokens", 1, 1 << 16, &T)) return 1;
         } else if (c == 'h') {
-            return printf("%s", help), 0;
+            return printf("%s%s", help, common_help), 0;
         } else {
-            return fprintf(stderr, "%s", help), 1;
+            return fprintf(stderr, "%s%s", help, common_help), 1;
         }
     }
+    if (no_positional(argc, argv, "demo")) return 1;
+    if (o.act_quant < 0) o.act_quant = MXM_ACT_QUANT_MXFP8; /* the layer is MXFP8 */
     const mb_shape *s = mb_shape_find("nano");
     mb_layer L;
+    mb_inputs in = {0};
+    uint16_t *out = NULL, *ref = NULL;
+    int32_t *ids = NULL;
+    float *w = NULL;
+    int64_t *hist = NULL;
+    int rc = 1;
     fprintf(stderr, "building the synthetic %s layer...\n", s->model);
     int st = mb_layer_create(s, MXM_WFMT_MXFP8, 42, o.threads, &L);
     if (st) return die_status(st, "building the layer");
     fprintf(stderr, "%.2f GB of MXFP8 expert weights and scales\n",
             ((double)L.expert_bytes * s->E_loc + (double)L.shared_bytes) / 1e9);
     L.cfg.act_quant = o.act_quant, L.cfg.profile = o.profile;
-    if (o.backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) return die_status(st, "copying the layer to the GPU");
-    mb_inputs in;
-    mb_inputs_create(&L, T, MB_UNIFORM, 7, &in);
+    if (o.backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) {
+        die_status(st, "copying the layer to the GPU");
+        goto done;
+    }
     const int64_t H = s->H, E = s->E, K = s->K;
-    uint16_t *out = malloc((size_t)(T * H * 2)), *ref = malloc((size_t)(T * H * 2));
+    out = malloc((size_t)(T * H * 2)), ref = malloc((size_t)(T * H * 2));
+    ids = malloc((size_t)(T * K * 4)), w = malloc((size_t)(T * K * 4));
+    hist = calloc((size_t)E, sizeof *hist);
+    if (!out || !ref || !ids || !w || !hist || mb_inputs_create(&L, T, MB_UNIFORM, 7, &in)) {
+        die("out of memory");
+        goto done;
+    }
     mb_result res;
-    if ((st = mb_run(&L, &in, 5, &res, out))) return die_status(st, "forward");
+    if ((st = mb_run(&L, &in, 5, &res, out))) {
+        die_status(st, "forward");
+        goto done;
+    }
     /* Routing histogram (the router is part of the forward: run it alone for the picture). */
-    int32_t *ids = malloc((size_t)(T * K * 4));
-    float *w = malloc((size_t)(T * K * 4));
-    if ((st = mxm_route(&L.cfg, T, in.logits, MXM_DT_F32, in.bias, MXM_DT_F32, ids, w))) return die_status(st, "route");
-    int64_t *hist = calloc((size_t)E, sizeof *hist);
+    if ((st = mxm_route(&L.cfg, T, in.logits, MXM_DT_F32, in.bias, MXM_DT_F32, ids, w))) {
+        die_status(st, "route");
+        goto done;
+    }
     for (int64_t i = 0; i < T * K; i++) hist[ids[i]]++;
     int64_t maxh = 1, used = 0;
     for (int64_t e = 0; e < E; e++) maxh = hist[e] > maxh ? hist[e] : maxh, used += hist[e] > 0;
@@ -741,7 +904,10 @@ static int cmd_demo(int argc, char **argv) {
     /* Reference mode: same weights, fp32 activations, exact profile. */
     L.cfg.act_quant = MXM_ACT_QUANT_NONE, L.cfg.profile = MXM_PROFILE_EXACT;
     mb_result rres;
-    if ((st = mb_run(&L, &in, 1, &rres, ref))) return die_status(st, "reference forward");
+    if ((st = mb_run(&L, &in, 1, &rres, ref))) {
+        die_status(st, "reference forward");
+        goto done;
+    }
     double num = 0, den = 0;
     for (int64_t i = 0; i < T * H; i++) {
         const double d = (double)bf16f(out[i]) - bf16f(ref[i]);
@@ -749,22 +915,56 @@ static int cmd_demo(int argc, char **argv) {
     }
     printf("error against the reference mode (fp32 activations, exact): relative L2 %.3e\n", sqrt(num / den));
     printf("(this is the cost of quantizing activations to MXFP8 and of the bf16 rounding points)\n");
+    rc = 0;
+done:
     free(out), free(ref), free(ids), free(w), free(hist);
     mb_inputs_destroy(&in);
     mb_layer_destroy(&L);
-    return 0;
+    return rc;
+}
+
+/* A comma list of integers in lo..hi, every item through parse_int. */
+static int check_int_list(const char *list, const char *opt, int64_t lo, int64_t hi) {
+    char buf[256];
+    if (!*list || strlen(list) >= sizeof buf) return die("%s: '%s' is not a comma list of integers", opt, list);
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *p = buf;;) {
+        char *comma = strchr(p, ',');
+        if (comma) *comma = '\0';
+        int64_t v;
+        if (parse_int(p, opt, lo, hi, &v)) return 1;
+        if (!comma) return 0;
+        p = comma + 1;
+    }
+}
+
+/* A comma list of the built-in shapes. */
+static int check_shape_list(const char *list) {
+    char buf[256];
+    if (!*list || strlen(list) >= sizeof buf) return die("--shapes: '%s'; supported: nano, qwen3, dsv3", list);
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *p = buf;;) {
+        char *comma = strchr(p, ',');
+        if (comma) *comma = '\0';
+        if (!mb_shape_find(p)) return die("--shapes: '%s' is not a shape; supported: nano, qwen3, dsv3", p);
+        if (!comma) return 0;
+        p = comma + 1;
+    }
 }
 
 static int cmd_bench(int argc, char **argv) {
     static const char help[] =
         "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing uniform|skewed|both]\n"
         "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] [--ref-kernels]\n"
+        "                   [--act-quant mxfp8|none] [--profile trtllm|exact]\n"
         "                   [--given-ids]   (route once on the host; time the layer from top-k ids, like the peers)\n"
         "                   [--format mxfp8|fp8_block]   (weights: MXFP8, or DeepSeek FP8 128x128 blocks)\n"
         "Times the MoE layer on synthetic MXFP8 (or DeepSeek FP8) layers with real models' shapes and reports each figure\n"
-        "against the memory-read and FMA roofs measured in the same run.\n";
+        "against the memory-read and FMA roofs measured in the same run. The 'mode:' line (and the JSON)\n"
+        "says what ran: weights, activations (W8A8 or weight-only), profile, kernels, routing input.\n"
+        "--tokens takes integers in 1..1048576, --reps 1..1000.\n";
     mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL, 0,
-                     MXM_WFMT_MXFP8};
+                     MXM_WFMT_MXFP8, MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM};
     common_opts o;
     common_defaults(&o);
     struct option lo[20] = {{"shapes", required_argument, 0, 's'}, {"tokens", required_argument, 0, 'n'},
@@ -772,7 +972,7 @@ static int cmd_bench(int argc, char **argv) {
                             {"json", required_argument, 0, 'j'}, {"ref-kernels", no_argument, 0, 'k'},
                             {"help", no_argument, 0, 'h'}, {"given-ids", no_argument, 0, 'g'},
                             {"format", required_argument, 0, 'f'}};
-    memcpy(lo + 9, common_long, sizeof common_long);
+    memcpy(lo + 9, common_long, N_COMMON_SYNTHETIC * sizeof *common_long);
     int c;
     int64_t v = 0;
     optind = 1;
@@ -781,8 +981,14 @@ static int cmd_bench(int argc, char **argv) {
         if (r < 0) return 1;
         if (r) continue;
         switch (c) {
-        case 's': mo.shapes = optarg; break;
-        case 'n': mo.tokens = optarg; break;
+        case 's':
+            if (check_shape_list(optarg)) return 1;
+            mo.shapes = optarg;
+            break;
+        case 'n':
+            if (check_int_list(optarg, "--tokens", 1, 1 << 20)) return 1;
+            mo.tokens = optarg;
+            break;
         case 'r':
             if (strcmp(optarg, "uniform") && strcmp(optarg, "skewed") && strcmp(optarg, "both"))
                 return die("--routing: '%s'; supported: uniform, skewed, both", optarg);
@@ -801,7 +1007,10 @@ static int cmd_bench(int argc, char **argv) {
         default: return fprintf(stderr, "%s", help), 1;
         }
     }
-    mo.threads = o.threads, mo.backend = o.backend;
+    if (no_positional(argc, argv, "bench")) return 1;
+    /* every option parsed above lands in mo: mb_bench applies it to the layer and prints it */
+    mo.threads = o.threads, mo.backend = o.backend, mo.profile = o.profile;
+    mo.act_quant = o.act_quant >= 0 ? o.act_quant : MXM_ACT_QUANT_MXFP8;
     return mb_bench(&mo, stdout) ? 1 : 0;
 }
 

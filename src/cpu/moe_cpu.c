@@ -139,10 +139,15 @@ static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_glob
         }
         return;
     }
+    /* x may be at any address: byte copies, no typed loads */
     if (in->x_dtype == MXM_DT_F32)
-        memcpy(row, (const float *)in->x + t_global * H, (size_t)H * 4);
+        memcpy(row, (const char *)in->x + t_global * H * 4, (size_t)H * 4);
     else
-        for (int64_t i = 0; i < H; i++) row[i] = mxm_bf16_decode(((const uint16_t *)in->x)[t_global * H + i]);
+        for (int64_t i = 0; i < H; i++) {
+            uint16_t h;
+            memcpy(&h, (const char *)in->x + (t_global * H + i) * 2, 2);
+            row[i] = mxm_bf16_decode(h);
+        }
     act_fakequant(ps, row, H);
 }
 

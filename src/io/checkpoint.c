@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <omp.h>
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/json_text.h"
 #include "io/safetensors.h"
 #include "moe/activation.h"
 
@@ -89,13 +91,22 @@ static json_t *modelopt_exclude_list(json_t *root) {
     return json_is_object(q) ? json_object_get(q, "ignore") : NULL;
 }
 
+/* Real configs are a few kB; the limit keeps a hostile one from costing seconds and GBs. */
+#define CONFIG_MAX_BYTES (8 << 20)
+
+/* A config file, read as the safetensors reader reads headers: a regular file (a FIFO or a
+ * device never blocks the open), at most CONFIG_MAX_BYTES; Python's bare NaN/Infinity accepted
+ * (see json_text.h); "\u0000" parsed (JSON_ALLOW_NUL) but accepted only inside a ModelOpt
+ * exclude list (json_nul_outside). MXM_ERR_NOT_FOUND when missing. */
 static json_t *load_json(const char *path, mxm_status *st) {
+    uint8_t *text;
+    int64_t len;
+    if ((*st = mxm_st_read_small_file(path, CONFIG_MAX_BYTES, &text, &len))) return NULL;
     json_error_t err;
-    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, &err);
+    json_t *j = mxm_json_loadb_hf((const char *)text, (size_t)len, JSON_ALLOW_NUL, &err);
+    free(text);
     if (!j) {
-        struct stat sb;
-        *st = stat(path, &sb) ? MXM_ERR_NOT_FOUND
-                              : mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
         return NULL;
     }
     if (!json_is_object(j)) {
@@ -150,13 +161,13 @@ static mxm_status load_exclude(mxm_model *m, json_t *hq) {
     return MXM_OK;
 }
 
-/* Integer field; def when absent or null; error when present but not an integer in range. */
+/* Integer field; def when absent or null; error when present but not an integer in range (a
+ * boolean is not an integer: num_experts_per_tok: true is an error, not 1). */
 static mxm_status cfg_int(const mxm_model *m, const char *key, int64_t def, int64_t lo, int64_t hi, int32_t *out) {
     json_t *v = json_object_get(m->config, key);
     int64_t x = def;
     if (v && !json_is_null(v)) {
-        if (json_is_boolean(v)) x = json_is_true(v);
-        else if (json_is_integer(v)) x = json_integer_value(v);
+        if (json_is_integer(v)) x = json_integer_value(v);
         else return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not an integer", m->path, key);
     }
     if (x < lo || x > hi)
@@ -166,15 +177,32 @@ static mxm_status cfg_int(const mxm_model *m, const char *key, int64_t def, int6
     return MXM_OK;
 }
 
-static const char *cfg_str(const mxm_model *m, const char *key) {
+/* Boolean field (true/false, or the integers 0/1 older configs write). */
+static mxm_status cfg_bool(const mxm_model *m, const char *key, int32_t def, int32_t *out) {
     json_t *v = json_object_get(m->config, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
+    *out = def;
+    if (!v || json_is_null(v)) return MXM_OK;
+    if (json_is_boolean(v)) *out = json_is_true(v);
+    else if (json_is_integer(v) && (json_integer_value(v) == 0 || json_integer_value(v) == 1))
+        *out = (int32_t)json_integer_value(v);
+    else return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not a boolean", m->path, key);
+    return MXM_OK;
 }
 
+/* String field: NULL when absent or null; error when present with another type. */
+static mxm_status cfg_str_checked(const mxm_model *m, const char *key, const char **out) {
+    json_t *v = json_object_get(m->config, key);
+    *out = json_is_string(v) ? json_string_value(v) : NULL;
+    if (v && !json_is_null(v) && !json_is_string(v))
+        return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: %s is not a string", m->path, key);
+    return MXM_OK;
+}
+
+/* The first key present (not null), whatever its type: a mistyped one is reported by name. */
 static int64_t first_present(const mxm_model *m, const char *const *keys) {
     for (int i = 0; keys[i]; i++) {
         json_t *v = json_object_get(m->config, keys[i]);
-        if (json_is_integer(v)) return i;
+        if (v && !json_is_null(v)) return i;
     }
     return -1;
 }
@@ -191,16 +219,24 @@ static mxm_status parse_moe_params(mxm_model *m) {
     if (ek < 0) return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: no n_routed_experts, num_experts or num_local_experts", m->path);
     if ((st = cfg_int(m, ekeys[ek], 0, 1, BIG, &c->num_experts))) return st;
     if ((st = cfg_int(m, "num_experts_per_tok", 0, 1, c->num_experts, &c->top_k))) return st;
-    int32_t ng, tg, norm;
+    int32_t ng = 1, tg = 1, norm = 1;
     if ((st = cfg_int(m, "n_group", 1, 0, c->num_experts, &ng))) return st;
     if ((st = cfg_int(m, "topk_group", 1, 0, c->num_experts, &tg))) return st;
-    if ((st = cfg_int(m, "norm_topk_prob", 1, 0, 1, &norm))) return st;
+    if ((st = cfg_bool(m, "norm_topk_prob", 1, &norm))) return st;
     json_t *rs = json_object_get(m->config, "routed_scaling_factor");
-    c->routed_scaling_factor = json_is_number(rs) ? (float)json_number_value(rs) : 1.0f;
+    c->routed_scaling_factor = 1.0f;
+    if (rs && !json_is_null(rs)) {
+        const double v = json_is_number(rs) ? json_number_value(rs) : NAN;
+        if (!(v > 0 && v <= 1000))
+            return mxm_fail(MXM_ERR_FORMAT, "%s/config.json: routed_scaling_factor must be a number in (0, 1000]",
+                            m->path);
+        c->routed_scaling_factor = (float)v;
+    }
     c->norm_topk_prob = norm;
     switch (m->family) {
     case FAM_NEMOTRON_H: {
-        const char *act = cfg_str(m, "mlp_hidden_act");
+        const char *act;
+        if ((st = cfg_str_checked(m, "mlp_hidden_act", &act))) return st;
         c->activation = act ? mxm_activation_from_name(act) : MXM_ACT_RELU2_NO_MUL;
         if (c->activation < 0)
             return mxm_fail(MXM_ERR_UNSUPPORTED, "%s/config.json: mlp_hidden_act '%s' is not supported", m->path, act);
@@ -226,8 +262,17 @@ static mxm_status parse_moe_params(mxm_model *m) {
         c->activation = MXM_ACT_SILU;
         c->routing_method = norm ? MXM_ROUTE_RENORMALIZE : MXM_ROUTE_DEFAULT;
         if ((st = cfg_int(m, "shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size))) return st;
+        /* Qwen2-MoE / Qwen3-Next style: a shared expert scaled by its own sigmoid gate
+         * (mlp.shared_expert_gate), which the forward does not have. */
+        if (c->shared_intermediate_size)
+            return mxm_fail(MXM_ERR_UNSUPPORTED,
+                            "%s/config.json: shared_expert_intermediate_size=%d: a qwen3_moe shared expert (with its "
+                            "sigmoid gate, as in Qwen2-MoE/Qwen3-Next) is not supported",
+                            m->path, c->shared_intermediate_size);
         break;
     }
+    /* What run would reject, rejected here already, so that inspect and run agree. */
+    if ((st = mxm_moe_config_validate(c))) return mxm_fail_context(st, "%s/config.json", m->path);
     return MXM_OK;
 }
 
@@ -301,7 +346,8 @@ mxm_status mxm_model_open(const char *path, mxm_model **out) {
         m->config = load_json(p, &st);
         if (st == MXM_ERR_NOT_FOUND) st = MXM_OK; /* tensors only */
         if (m->config) {
-            const char *mt = cfg_str(m, "model_type");
+            const char *mt = NULL;
+            st = cfg_str_checked(m, "model_type", &mt);
             for (int f = 1; f <= FAM_DEEPSEEK_V3 && mt; f++)
                 if (strcmp(mt, family_names[f]) == 0) m->family = (family_id)f;
             if (mt && strcmp(mt, "kimi_k2") == 0) m->family = FAM_DEEPSEEK_V3;
@@ -385,6 +431,7 @@ mxm_status mxm_model_tensor_data(const mxm_model *m, int64_t i, const void **dat
 
 mxm_status mxm_safetensors_write(const char *path, const mxm_tensor_out *t, int64_t n) {
     if (!path || (n > 0 && !t)) return mxm_fail(MXM_ERR_NULL, "mxm_safetensors_write: NULL argument");
+    if (n < 0) return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_safetensors_write: n=%lld tensors", (long long)n);
     mxm_st_writer *w;
     mxm_status st = mxm_st_writer_create(path, &w);
     if (st) return st;
@@ -434,6 +481,7 @@ struct mxm_layer {
 };
 
 void mxm_layer_options_default(mxm_layer_options *o) {
+    if (!o) return;
     o->weight_format = -1;
     o->scale_rule = MXM_SCALE_RCEIL;
     o->num_threads = 0;
@@ -668,6 +716,8 @@ mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_lay
         return mxm_fail(MXM_ERR_NOT_FOUND, "%s: layer %d is not an MoE layer; MoE layers: %s%s", m->path,
                         layer_index, m->n_layers ? list : "none", m->n_layers > 8 ? ", ..." : "");
     }
+    if (o.num_threads < 0 || o.num_threads > 4096)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "layer options: num_threads=%d must be in 0..4096", o.num_threads);
     if (o.weight_format != -1 && o.weight_format != MXM_WFMT_MXFP8)
         return mxm_fail(MXM_ERR_UNSUPPORTED, "layer options: weight_format %d; supported: -1 (as stored), 0 (mxfp8)",
                         o.weight_format);
@@ -726,14 +776,18 @@ int64_t mxm_layer_weight_bytes(const mxm_layer *l) { return l ? l->weight_bytes 
 
 int32_t mxm_model_weight_format(const mxm_model *m) {
     if (!m || !m->n_layers) return -1;
-    if (m->wfmt >= 0) return m->wfmt;
-    /* As stored: the dtype of the first expert's down projection. */
+    /* What the tensors are (whatever a quantization config says): the first expert's down
+     * projection, its dtype and its scale tensor. */
     char name[300];
     snprintf(name, sizeof name, families[m->family].expert, m->layers[0], 0);
     strncat(name, ".down_proj.weight", sizeof name - strlen(name) - 1);
     const mxm_st_tensor *t = mxm_st_model_find(m->st, name, NULL);
-    if (!t) return -1;
-    return t->dtype == MXM_DT_BF16 ? MXM_WFMT_BF16 : t->dtype == MXM_DT_E4M3 ? MXM_WFMT_MXFP8 : MXM_WFMT_F32;
+    if (!t) return m->wfmt;
+    if (t->dtype == MXM_DT_E4M3) {
+        strncat(name, "_scale_inv", sizeof name - strlen(name) - 1);
+        return mxm_st_model_find(m->st, name, NULL) ? MXM_WFMT_FP8_BLOCK : MXM_WFMT_MXFP8;
+    }
+    return t->dtype == MXM_DT_BF16 ? MXM_WFMT_BF16 : MXM_WFMT_F32;
 }
 
 mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_dtype, int64_t T, float *logits,
@@ -749,9 +803,14 @@ mxm_status mxm_layer_router_logits(const mxm_layer *l, const void *x, int32_t x_
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         float *xr = xbuf + (int64_t)omp_get_thread_num() * H;
-        for (int64_t i = 0; i < H; i++)
-            xr[i] = x_dtype == MXM_DT_F32 ? ((const float *)x)[t * H + i]
-                                          : mxm_bf16_decode(((const uint16_t *)x)[t * H + i]);
+        if (x_dtype == MXM_DT_F32) /* x at any address, as in mxm_moe_forward */
+            memcpy(xr, (const char *)x + t * H * 4, (size_t)H * 4);
+        else
+            for (int64_t i = 0; i < H; i++) {
+                uint16_t h;
+                memcpy(&h, (const char *)x + (t * H + i) * 2, 2);
+                xr[i] = mxm_bf16_decode(h);
+            }
         for (int64_t e = 0; e < E; e++) {
             float acc = 0;
             const float *w = l->router + e * H;

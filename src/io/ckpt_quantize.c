@@ -33,9 +33,16 @@
  * config.json's quantization_config, "exclude_modules" in hf_quant_config.json). The producer is
  * {"name": "mxmoe", "version": mxm_version()}.
  *
- * All-or-nothing: every output file is first written as "<name>.tmp" in out_dir; only when all
- * of them are complete are they renamed, config.json last. Any failure (or a cancel from the
- * progress callback) removes the temporaries and leaves out_dir's previous files as they were.
+ * config.json keeps the input's text (quantization_config appended), with the bare Infinity,
+ * -Infinity and NaN tokens Python's json writes turned into valid JSON (1e999, -1e999, null).
+ *
+ * All-or-nothing, one run per folder: out_dir must not exist or be an empty folder (else
+ * MXM_ERR_INVALID_ARG before any work: files of an earlier checkpoint, e.g. a stale index and its
+ * shards, would be loaded in preference to the new ones). Every output file is written into a
+ * fresh staging folder ".<out_dir name>.tmp.XXXXXX" (mkdtemp) next to out_dir, which is renamed
+ * to out_dir when all are complete: the rename fails (nothing replaced) when another writer
+ * filled out_dir meanwhile, so out_dir holds exactly one run's files. Any failure (or a cancel
+ * from the progress callback) removes the staging folder.
  *
  * Memory: inputs are memory-mapped; the quantized output of one shard is held in the heap until
  * that shard is written (about half of the shard's size for BF16 input).
@@ -54,6 +61,7 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/json_text.h"
 #include "io/safetensors.h"
 
 #define PT "%.400s"
@@ -282,9 +290,10 @@ typedef struct cq_job {
     const char **qnames; /* the names of the tensors to quantize, sorted */
     size_t nqnames;
 
-    /* temporaries written so far, renamed at the end: tmp[i] -> fin[i] */
+    /* files written so far, in the staging folder (tmp[i]; fin[i] is where it ends up) */
     char **tmp, **fin;
     size_t ntmp, captmp;
+    char *stage; /* the staging folder, renamed to out_dir at the end */
 
     /* quantized buffers of the shard being written */
     void **bufs;
@@ -312,7 +321,7 @@ static mxm_status cq_keep_buf(cq_job *j, void *p) {
     return MXM_OK;
 }
 
-/* Registers out_dir/name.tmp (to become out_dir/name); *tmp_path receives the temp path. */
+/* Registers stage/name (to become out_dir/name); *tmp_path receives the path to write. */
 static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path) {
     if (j->ntmp == j->captmp) {
         const size_t cap = j->captmp ? 2 * j->captmp : 16;
@@ -325,7 +334,7 @@ static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path)
         j->captmp = cap;
     }
     char *fin = mxm_st_path_join(j->out_dir, name);
-    char *tmp = fin ? cq_concat(fin, ".tmp") : NULL;
+    char *tmp = fin ? mxm_st_path_join(j->stage, name) : NULL;
     if (!tmp) {
         free(fin);
         return mxm_fail(MXM_ERR_NOMEM, "out of memory");
@@ -337,12 +346,29 @@ static mxm_status cq_add_tmp(cq_job *j, const char *name, const char **tmp_path)
     return MXM_OK;
 }
 
+/* Removes the staging folder and whatever is in it (files only: it never holds folders). */
+static void cq_remove_stage(const char *stage) {
+    DIR *d = opendir(stage);
+    if (d) {
+        const struct dirent *de;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+            char *p = mxm_st_path_join(stage, de->d_name);
+            if (p) unlink(p);
+            free(p);
+        }
+        closedir(d);
+    }
+    rmdir(stage);
+}
+
 static void cq_job_free(cq_job *j, int remove_tmp) {
     for (size_t i = 0; i < j->ntmp; i++) {
-        if (remove_tmp) unlink(j->tmp[i]);
         free(j->tmp[i]);
         free(j->fin[i]);
     }
+    if (j->stage && remove_tmp) cq_remove_stage(j->stage);
+    free(j->stage);
     free(j->tmp);
     free(j->fin);
     cq_free_bufs(j);
@@ -948,7 +974,7 @@ static mxm_status cq_write_shard(cq_job *j, const cq_shard *sh) {
     return st;
 }
 
-/* Writes text to out_dir/name.tmp (registered for the final rename). */
+/* Writes text to the staging folder's name (registered for the final rename). */
 static mxm_status cq_write_text(cq_job *j, const char *name, const char *text, size_t len) {
     const char *tmp;
     mxm_status st = cq_add_tmp(j, name, &tmp);
@@ -1059,7 +1085,8 @@ static int cq_space(char c) {
 }
 
 /* config.json: the input's text with "quantization_config" appended as the last member, so
- * that everything else (formatting, {"__float__": ...} objects, bare Infinity) stays as it was. */
+ * that everything else (formatting, {"__float__": ...} objects) stays as it was; only the bare
+ * Infinity/-Infinity/NaN tokens become valid JSON (1e999, -1e999, null). */
 static mxm_status cq_write_config(cq_job *j, const char *cpath) {
     const char *text = j->config_text;
     size_t end = j->config_len;
@@ -1134,8 +1161,13 @@ static mxm_status cq_write_config(cq_job *j, const char *cpath) {
     o += j->config_len - close_at;
     MXM_ASSERT(o < cap);
     out[o] = '\0';
-    const mxm_status st = cq_write_text(j, CQ_CONFIG, out, o);
+    /* the input's bare Infinity/NaN (Python's json) written as valid JSON (see json_text.h) */
+    size_t vlen;
+    char *valid = mxm_json_text_valid(out, o, &vlen);
     free(out);
+    if (!valid) return mxm_fail(MXM_ERR_NOMEM, "out of memory building " CQ_CONFIG);
+    const mxm_status st = cq_write_text(j, CQ_CONFIG, valid, vlen);
+    free(valid);
     return st;
 }
 
@@ -1217,6 +1249,53 @@ static int cq_same_file(const char *a, const char *b) {
     return stat(a, &x) == 0 && stat(b, &y) == 0 && x.st_dev == y.st_dev && x.st_ino == y.st_ino;
 }
 
+/* 1 when path is a folder with nothing in it. */
+static int cq_dir_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) return 0;
+    const struct dirent *de;
+    int empty = 1;
+    while (empty && (de = readdir(d)) != NULL)
+        empty = strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+/* Checks that out_dir is new or empty, creates its parent folders and the staging folder. */
+static mxm_status cq_make_stage(cq_job *j) {
+    struct stat sb;
+    if (stat(j->out_dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) return mxm_fail(MXM_ERR_IO, PT ": exists and is not a folder", j->out_dir);
+        if (!cq_dir_empty(j->out_dir))
+            return mxm_fail(MXM_ERR_INVALID_ARG,
+                            PT ": not empty; the checkpoint is written only into a new or empty folder "
+                               "(remove it, or choose another)",
+                            j->out_dir);
+    }
+    char *parent = strdup(j->out_dir);
+    if (!parent) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    const char *base = slash ? slash + 1 : parent;
+    const char *pdir = slash ? (slash == parent ? "/" : parent) : ".";
+    if (slash && slash != parent) *slash = '\0';
+    char *name = malloc(strlen(base) + 16);
+    mxm_status st = name ? MXM_OK : mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    if (name) snprintf(name, strlen(base) + 16, ".%s.tmp.XXXXXX", base);
+    if (st == MXM_OK) st = cq_mkdirs(pdir);
+    if (st == MXM_OK && !(j->stage = mxm_st_path_join(pdir, name))) st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    if (st == MXM_OK && !mkdtemp(j->stage)) {
+        st = mxm_fail(MXM_ERR_IO, PT ": cannot create a staging folder: %s", j->stage, strerror(errno));
+        free(j->stage);
+        j->stage = NULL;
+    }
+    free(name);
+    free(parent);
+    return st;
+}
+
 static mxm_status cq_run(cq_job *j) {
     mxm_status st;
     struct stat sb;
@@ -1254,25 +1333,26 @@ static mxm_status cq_run(cq_job *j) {
         st = cq_open_inputs(j);
     }
     if (st == MXM_OK) st = cq_plan(j);
-    if (st == MXM_OK) st = cq_mkdirs(j->out_dir);
-    if (st == MXM_OK && cq_same_file(j->in_dir, j->out_dir))
-        st = mxm_fail(MXM_ERR_INVALID_ARG,
-                      "mxm_checkpoint_quantize: out_dir " PT " is the input folder", j->out_dir);
+    if (st == MXM_OK) st = cq_make_stage(j);
     for (size_t s = 0; s < j->nshards && st == MXM_OK; s++)
         st = cq_write_shard(j, &j->shards[s]);
     if (st == MXM_OK && j->index) st = cq_write_index(j);
     if (st == MXM_OK) st = cq_copy_others(j);
     if (st == MXM_OK) st = cq_write_hf_quant_config(j);
-    if (st == MXM_OK) st = cq_write_config(j, cpath); /* last: renamed last */
+    if (st == MXM_OK) st = cq_write_config(j, cpath);
     free(cpath);
     free(hpath);
     if (st != MXM_OK) return st;
 
-    for (size_t i = 0; i < j->ntmp; i++) {
-        if (rename(j->tmp[i], j->fin[i]) != 0)
-            return mxm_fail(MXM_ERR_IO, PT ": cannot rename " PT " to it: %s", j->fin[i], j->tmp[i],
-                            strerror(errno));
+    /* rename(2) replaces a missing or empty out_dir, never a non-empty one */
+    if (rename(j->stage, j->out_dir) != 0) {
+        const int e = errno;
+        return mxm_fail(MXM_ERR_IO, PT ": cannot move the finished checkpoint there: %s%s", j->out_dir,
+                        strerror(e),
+                        e == ENOTEMPTY || e == EEXIST ? " (another writer filled the folder meanwhile)" : "");
     }
+    free(j->stage);
+    j->stage = NULL;
     const int dfd = open(j->out_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dfd >= 0) {
         (void)fsync(dfd);

@@ -1876,21 +1876,28 @@ mxm_status mxm_st_writer_finish(mxm_st_writer *w) {
         goto done;
     }
 
+    /* A temporary of a unique name in the target's folder (mkstemp), renamed over the target:
+     * writers racing on one path each write their own file, and the path ends up holding one
+     * complete file, that of the last rename. */
     const size_t plen = strlen(w->path);
-    tmp = malloc(plen + 5);
+    tmp = malloc(plen + 12);
     if (tmp) {
         memcpy(tmp, w->path, plen);
-        memcpy(tmp + plen, ".tmp", 5);
+        memcpy(tmp + plen, ".tmp.XXXXXX", 12);
     } else {
         st = mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", w->path);
         goto done;
     }
     char eb[128];
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    fd = mkstemp(tmp);
+    if (fd >= 0) (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
     if (fd < 0) {
         st = mxm_fail(MXM_ERR_IO, PT ": cannot create: %s", tmp, st_strerror(errno, eb, sizeof eb));
+        free(tmp);
+        tmp = NULL; /* nothing to remove */
         goto done;
     }
+    (void)fchmod(fd, 0644); /* mkstemp makes 0600; the file is as readable as a plain write's */
     uint8_t len8[8];
     for (int i = 0; i < 8; i++)
         len8[i] = (uint8_t)((uint64_t)b.n >> (8 * i));

@@ -97,8 +97,9 @@ mxm_status mxm_st_index_check_memory(const void *buf, int64_t len, const char *l
                                      int64_t *num_tensors, int64_t *num_shards);
 
 /* Writer. Collects tensors (pointers, not copies: data must stay valid until finish/abort),
- * then writes header + data to "<path>.tmp" and renames it to path on success, so a failure
- * never leaves a half-written file at path. Compact JSON with "__metadata__" first (keys
+ * then writes header + data to a unique temporary "<path>.tmp.XXXXXX" (mkstemp) and renames it
+ * to path on success, so a failure never leaves a half-written file at path and concurrent
+ * writers of one path never mix their data. Compact JSON with "__metadata__" first (keys
  * sorted), header keys in data order, header padded with spaces to a multiple of 8, every
  * tensor's data aligned to its element size in an 8-aligned mapping. The data order is one of:
  *  - MXM_ST_ORDER_SIZE (default): by element size, descending, then by name (bytewise); dtypes

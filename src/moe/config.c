@@ -29,6 +29,7 @@ const char *mxm_weight_format_name(int32_t f) {
 }
 
 void mxm_moe_config_default(mxm_moe_config *c) {
+    if (!c) return;
     memset(c, 0, sizeof *c);
     c->routing_method = MXM_ROUTE_RENORMALIZE;
     c->routed_scaling_factor = 1.0f;

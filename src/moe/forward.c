@@ -1,4 +1,6 @@
 /* mxm_moe_forward: checks every caller input once, then hands over to the plan's backend. */
+#include <math.h>
+
 #include "core/core.h"
 #include "moe/plan.h"
 
@@ -45,6 +47,32 @@ static mxm_status check_inputs(const mxm_moe_plan *p, const mxm_moe_weights *w,
     for (int32_t e = 0; e < p->e_loc; e++) {
         mxm_status st = check_expert(p, &w->experts[e], "local expert", e);
         if (st) return st;
+    }
+    /* Per-expert SWIGLUOAI parameters are host memory: checked like the config's (a NaN limit
+     * would let every value through the clamp). */
+    for (int32_t e = 0; c->activation == MXM_ACT_SWIGLUOAI && e < p->e_loc; e++) {
+        if (w->gemm1_clamp_limit && !(w->gemm1_clamp_limit[e] > 0))
+            return mxm_fail(MXM_ERR_INVALID_ARG, "weights: gemm1_clamp_limit[%d]=%g must be > 0", e,
+                            (double)w->gemm1_clamp_limit[e]);
+        if ((w->gemm1_alpha && !isfinite(w->gemm1_alpha[e])) || (w->gemm1_beta && !isfinite(w->gemm1_beta[e])))
+            return mxm_fail(MXM_ERR_INVALID_ARG, "weights: gemm1_alpha/beta[%d] must be finite", e);
+    }
+    /* Caller-given ids in host memory (CPU backend): each token's K experts distinct and in
+     * range; a repeated expert would be counted twice. */
+    if (!in->router_logits && c->backend == MXM_BACKEND_CPU) {
+        const int64_t K = c->top_k;
+        for (int64_t t = 0; t < in->num_tokens; t++) {
+            const int32_t *row = in->topk_ids + t * K;
+            for (int64_t a = 0; a < K; a++) {
+                if (row[a] < 0 || row[a] >= c->num_experts)
+                    return mxm_fail(MXM_ERR_INVALID_ARG, "inputs: topk_ids[%lld] = %d is outside 0..%d",
+                                    (long long)(t * K + a), row[a], c->num_experts - 1);
+                for (int64_t b = 0; b < a; b++)
+                    if (row[a] == row[b])
+                        return mxm_fail(MXM_ERR_INVALID_ARG, "inputs: topk_ids row %lld names expert %d twice",
+                                        (long long)t, row[a]);
+            }
+        }
     }
     if (c->shared_intermediate_size) {
         if (!w->shared)

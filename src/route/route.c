@@ -71,8 +71,9 @@ mxm_status mxm_route_check(const mxm_route_params *p) {
     if (p->profile != MXM_PROFILE_TRTLLM && p->profile != MXM_PROFILE_EXACT)
         return mxm_fail(MXM_ERR_INVALID_ARG,
                         "profile=%d is unknown; supported: trtllm (0), exact (1)", p->profile);
-    if (!isfinite(p->routed_scaling_factor))
-        return mxm_fail(MXM_ERR_INVALID_ARG, "routed_scaling_factor=%g must be finite",
+    /* negative or zero would flip or erase the routed sum: no model does that */
+    if (!isfinite(p->routed_scaling_factor) || !(p->routed_scaling_factor > 0))
+        return mxm_fail(MXM_ERR_INVALID_ARG, "routed_scaling_factor=%g must be finite and > 0",
                         (double)p->routed_scaling_factor);
     if (G < 0)
         return mxm_fail(MXM_ERR_INVALID_ARG, "n_group=%d must be >= 0 (0 or 1: no grouping)", G);

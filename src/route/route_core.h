@@ -6,6 +6,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "formats/formats.h"
 #include "route/route.h"
@@ -170,9 +171,22 @@ MXM_HD float sigmoid_f32(float x) {
     return 1.0f / (1.0f + expf(-x));
 }
 
+/* Logits and bias from the caller: on the host at any address (memcpy loads: a misaligned
+ * pointer is valid input there); device buffers come from cudaMalloc, aligned. */
 MXM_HD float load_f(const void *src, int32_t dtype, int64_t i) {
+#ifdef __CUDA_ARCH__
     return dtype == MXM_DT_F32 ? ((const float *)src)[i]
                                : mxm_bf16_decode(((const uint16_t *)src)[i]);
+#else
+    if (dtype == MXM_DT_F32) {
+        float f;
+        memcpy(&f, (const char *)src + 4 * i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, (const char *)src + 2 * i, 2);
+    return mxm_bf16_decode(h);
+#endif
 }
 
 /* p[i] = softmax(z)[i] in place (see route.h for the exact formula). */
@@ -210,13 +224,7 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
 
     {
         const int64_t row = t * (int64_t)E;
-        if (logits_dtype == MXM_DT_F32) {
-            for (int32_t i = 0; i < E; i++) key[i] = ((const float *)logits)[row + i];
-        } else {
-            const uint16_t *lb = (const uint16_t *)logits + row;
-            for (int32_t i = 0; i < E; i++)
-                key[i] = mxm_bf16_decode(lb[i]);
-        }
+        for (int32_t i = 0; i < E; i++) key[i] = load_f(logits, logits_dtype, row + i);
 
         /* selection keys */
         switch (method) {
