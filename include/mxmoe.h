@@ -549,8 +549,10 @@ MXM_API mxm_status mxm_copy_to_host(void *dst, const void *src, int64_t bytes);
 MXM_API mxm_status mxm_device_synchronize(void);
 /* CUDA graphs: records one mxm_moe_forward (same arguments) into a graph that replays the whole
  * layer in one launch, without per-kernel launch costs. Run one ordinary forward with the same
- * weights first (it uploads the plan's expert table; an upload cannot be recorded). stream NULL:
- * the graph gets a stream of its own. Replays use the pointers given here. */
+ * weights first (it uploads the plan's expert table; an upload cannot be recorded). The graph is
+ * recorded on a private stream and replayed on `stream` (NULL: the legacy default stream, which
+ * orders replays of every graph and other default-stream work, so graphs sharing a workspace
+ * never overlap). Replays use the pointers given here. */
 typedef struct mxm_cuda_graph mxm_cuda_graph;
 MXM_API mxm_status mxm_cuda_graph_capture(mxm_moe_plan *plan, const mxm_moe_weights *weights,
                                           const mxm_moe_inputs *inputs,

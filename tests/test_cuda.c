@@ -468,6 +468,35 @@ static void test_graph_replay(void **state) {
     const int same = memcmp(o1, o2, 4 * T * H) == 0;
     printf("graph     replay equals the plain forward: %s\n", same ? "PASS" : "FAIL");
     assert_true(same);
+    /* A second graph on the same workspace (other inputs), replayed alternately with the first
+     * on the default stream: replays must not overlap (each graph would otherwise run on a
+     * stream of its own and the two would race on the workspace). */
+    for (int64_t i = 0; i < T * H; i++) x[i] = mxm_bf16_from_f32((float)tu_normal(&r));
+    void *dx2 = to_dev(x, 2 * T * H), *dout2;
+    float *o3 = tu_alloc(4 * T * H), *o4 = tu_alloc(4 * T * H);
+    assert_int_equal(cudaMalloc(&dout2, 4 * T * H), cudaSuccess);
+    mxm_moe_inputs in2 = in;
+    in2.x = dx2;
+    mxm_moe_outputs oo2 = {.out = dout2, .out_dtype = MXM_DT_F32};
+    assert_int_equal(mxm_moe_forward(plan, &mw, &in2, &oo2, ws, wsb, NULL), MXM_OK);
+    assert_int_equal(cudaMemcpy(o3, dout2, 4 * T * H, cudaMemcpyDeviceToHost), cudaSuccess);
+    mxm_cuda_graph *g2;
+    assert_int_equal(mxm_cuda_graph_capture(plan, &mw, &in2, &oo2, ws, wsb, NULL, &g2), MXM_OK);
+    assert_int_equal(cudaMemset(dout, 0xFF, 4 * T * H), cudaSuccess);
+    assert_int_equal(cudaMemset(dout2, 0xFF, 4 * T * H), cudaSuccess);
+    for (int rep = 0; rep < 20; rep++) {
+        assert_int_equal(mxm_cuda_graph_launch(g), MXM_OK);
+        assert_int_equal(mxm_cuda_graph_launch(g2), MXM_OK);
+    }
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    assert_int_equal(cudaMemcpy(o2, dout, 4 * T * H, cudaMemcpyDeviceToHost), cudaSuccess);
+    assert_int_equal(cudaMemcpy(o4, dout2, 4 * T * H, cudaMemcpyDeviceToHost), cudaSuccess);
+    const int same2 = memcmp(o1, o2, 4 * T * H) == 0 && memcmp(o3, o4, 4 * T * H) == 0;
+    printf("graph     two graphs on one workspace, alternated: %s\n", same2 ? "PASS" : "FAIL");
+    assert_true(same2);
+    mxm_cuda_graph_destroy(g2);
+    cudaFree(dx2), cudaFree(dout2);
+    free(o3), free(o4);
     mxm_cuda_graph_destroy(g);
     mxm_moe_plan_destroy(plan);
     cudaFree(ws), cudaFree(dx), cudaFree(dl), cudaFree(dout);

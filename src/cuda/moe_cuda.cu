@@ -258,7 +258,8 @@ extern "C" const char *mxm_device_name(void) {
 
 struct mxm_cuda_graph {
     cudaGraphExec_t exec;
-    cudaStream_t stream;
+    cudaStream_t stream; // recorded on (the caller's, or a private one)
+    cudaStream_t launch; // replayed on: the caller's stream, NULL = legacy default stream
     int own_stream;
 };
 
@@ -271,8 +272,8 @@ extern "C" mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weig
         return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_cuda_graph_capture: needs a plan of the CUDA backend");
     mxm_cuda_graph *g = (mxm_cuda_graph *)calloc(1, sizeof *g);
     if (!g) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
-    g->stream = (cudaStream_t)stream;
-    if (!g->stream) {
+    g->stream = g->launch = (cudaStream_t)stream;
+    if (!g->stream) { // the legacy default stream cannot be captured: record on a private one
         if (cudaStreamCreateWithFlags(&g->stream, cudaStreamNonBlocking) != cudaSuccess) {
             free(g);
             return mxm_fail(MXM_ERR_CUDA, "mxm_cuda_graph_capture: cannot create a stream");
@@ -303,7 +304,7 @@ extern "C" mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weig
 
 extern "C" mxm_status mxm_cuda_graph_launch(mxm_cuda_graph *g) {
     if (!g) return mxm_fail(MXM_ERR_NULL, "mxm_cuda_graph_launch: graph is NULL");
-    MXM_CUDA_TRY(cudaGraphLaunch(g->exec, g->stream));
+    MXM_CUDA_TRY(cudaGraphLaunch(g->exec, g->launch));
     return MXM_OK;
 }
 
