@@ -389,8 +389,9 @@ static mxm_status plan_build(mxm_ep_plan *p, mxm_ep_group *g, const mxm_moe_conf
         p->ewsb = mxm_moe_plan_workspace_size(p->eplan);
     }
     if (cfg->shared_intermediate_size) {
-        mxm_moe_config sc;
-        if ((st = mxm_ep_shared_config(&p->cfg, &sc))) return st;
+        mxm_moe_config sc, whole = p->cfg;
+        whole.local_expert_offset = 0, whole.local_num_experts = 0; // a rank may hold no experts
+        if ((st = mxm_ep_shared_config(&whole, &sc))) return st;
         if ((st = mxm_moe_plan_create(&sc, Tmax, &p->splan)))
             return mxm_fail_context(st, "EP shared plan");
         p->swsb = mxm_moe_plan_workspace_size(p->splan);
