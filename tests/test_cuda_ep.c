@@ -164,7 +164,7 @@ static void *rank_main(void *argp) {
     }
     int64_t tmax = 1;
     for (int s = 0; s < NSPLIT; s++)
-        tmax = splits[s].t[q] > tmax ? splits[s].t[q] : tmax;
+        tmax = tokens_of(s, q) > tmax ? tokens_of(s, q) : tmax;
     mxm_ep_plan *plan = NULL;
     RANK_TRY(mxm_ep_plan_create(g, &cfg, tmax, &plan));
     const mxm_moe_weights w = {ex, sh, NULL, NULL, NULL};
@@ -256,12 +256,12 @@ static void test_ep_two_gpus(void **state) {
         args[q].rank = q;
         assert_int_equal(pthread_create(&th[q], NULL, rank_main, &args[q]), 0);
     }
-    for (int q = 0; q < NR; q++)
+    for (int q = 0; q < nr; q++)
         pthread_join(th[q], NULL);
     remove(path);
-    for (int q = 0; q < NR; q++)
+    for (int q = 0; q < nr; q++)
         if (args[q].st) fprintf(stderr, "rank %d: %s\n", q, args[q].msg);
-    for (int q = 0; q < NR; q++)
+    for (int q = 0; q < nr; q++)
         assert_int_equal(args[q].st, MXM_OK);
 
     /* the single-GPU layer on GPU 0 */
