@@ -23,29 +23,31 @@
 
 #include "mxmoe.h"
 
-#define CK(call)                                                                                                \
-    do {                                                                                                       \
-        cudaError_t e_ = (call);                                                                               \
-        if (e_ != cudaSuccess) {                                                                               \
-            fprintf(stderr, "rank %d: %s:%d %s: %s\n", rank, __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                                           \
-        }                                                                                                      \
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "rank %d: %s:%d %s: %s\n", rank, __FILE__, __LINE__, #call,            \
+                    cudaGetErrorString(e_));                                                       \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
-#define NK(call)                                                                                                \
-    do {                                                                                                       \
-        ncclResult_t r_ = (call);                                                                              \
-        if (r_ != ncclSuccess) {                                                                               \
-            fprintf(stderr, "rank %d: %s:%d %s: %s\n", rank, __FILE__, __LINE__, #call, ncclGetErrorString(r_)); \
-            exit(1);                                                                                           \
-        }                                                                                                      \
+#define NK(call)                                                                                   \
+    do {                                                                                           \
+        ncclResult_t r_ = (call);                                                                  \
+        if (r_ != ncclSuccess) {                                                                   \
+            fprintf(stderr, "rank %d: %s:%d %s: %s\n", rank, __FILE__, __LINE__, #call,            \
+                    ncclGetErrorString(r_));                                                       \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
-#define MX(call)                                                                                                \
-    do {                                                                                                       \
-        mxm_status s_ = (call);                                                                                \
-        if (s_) {                                                                                              \
-            fprintf(stderr, "rank %d: %s: %s\n", rank, #call, mxm_last_error());                              \
-            exit(1);                                                                                           \
-        }                                                                                                      \
+#define MX(call)                                                                                   \
+    do {                                                                                           \
+        mxm_status s_ = (call);                                                                    \
+        if (s_) {                                                                                  \
+            fprintf(stderr, "rank %d: %s: %s\n", rank, #call, mxm_last_error());                   \
+            exit(1);                                                                               \
+        }                                                                                          \
     } while (0)
 
 static int rank, world;
@@ -65,7 +67,8 @@ static float time_ms(void (*fn)(void *), void *arg) {
     CK(cudaEventCreate(&b));
     float *t = calloc((size_t)iters, sizeof *t), *dev;
     CK(cudaMalloc((void **)&dev, 4));
-    for (int i = 0; i < 3; i++) fn(arg);
+    for (int i = 0; i < 3; i++)
+        fn(arg);
     for (int i = 0; i < iters; i++) {
         CK(cudaStreamSynchronize(stream));
         NK(ncclAllReduce(dev, dev, 1, ncclFloat32, ncclSum, comm, stream)); /* line the ranks up */
@@ -129,42 +132,55 @@ static void run_ep(void *p) {
 
 static void run_one(void *p) {
     layer_arg *a = p;
-    if (a->in.num_tokens) MX(mxm_moe_forward(a->one, &a->w, &a->in, &a->out, a->ws, a->wsb, stream));
+    if (a->in.num_tokens)
+        MX(mxm_moe_forward(a->one, &a->w, &a->in, &a->out, a->ws, a->wsb, stream));
 }
 
-static double a2a_busbw(size_t per_peer, float ms) { return (double)per_peer * (world - 1) / (ms * 1e-3) / 1e9; }
+static double a2a_busbw(size_t per_peer, float ms) {
+    return (double)per_peer * (world - 1) / (ms * 1e-3) / 1e9;
+}
 
 static void fill_random_bf16(uint16_t *x, int64_t n, unsigned seed) {
     srand(seed);
-    for (int64_t i = 0; i < n; i++) x[i] = mxm_bf16_from_f32(((float)rand() / RAND_MAX - 0.5f) * 4.0f);
+    for (int64_t i = 0; i < n; i++)
+        x[i] = mxm_bf16_from_f32(((float)rand() / RAND_MAX - 0.5f) * 4.0f);
 }
 
 int main(int argc, char **argv) {
-    const char *er = getenv("MXM_EP_RANK"), *ew = getenv("MXM_EP_WORLD"), *id_file = getenv("MXM_EP_ID_FILE");
+    const char *er = getenv("MXM_EP_RANK"), *ew = getenv("MXM_EP_WORLD"),
+               *id_file = getenv("MXM_EP_ID_FILE");
     const char *tokens_arg = "1,64,4096", *json_path = "bench/results/ep.json", *shape = "dsv3";
-    static const struct option opts[] = {{"tokens", required_argument, 0, 't'}, {"iters", required_argument, 0, 'i'},
-                                         {"json", required_argument, 0, 'j'},   {"shape", required_argument, 0, 's'},
-                                         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    static const struct option opts[] = {
+        {"tokens", required_argument, 0, 't'}, {"iters", required_argument, 0, 'i'},
+        {"json", required_argument, 0, 'j'},   {"shape", required_argument, 0, 's'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
-        if (c == 't') tokens_arg = optarg;
-        else if (c == 'i') iters = atoi(optarg) > 0 ? atoi(optarg) : 1;
-        else if (c == 'j') json_path = optarg;
-        else if (c == 's') shape = optarg;
+        if (c == 't')
+            tokens_arg = optarg;
+        else if (c == 'i')
+            iters = atoi(optarg) > 0 ? atoi(optarg) : 1;
+        else if (c == 'j')
+            json_path = optarg;
+        else if (c == 's')
+            shape = optarg;
         else {
-            printf("usage: scripts/ep-launch.sh N build/bench_ep [--shape dsv3|small] [--tokens 1,64,4096] "
+            printf("usage: scripts/ep-launch.sh N build/bench_ep [--shape dsv3|small] [--tokens "
+                   "1,64,4096] "
                    "[--iters 20] [--json FILE]\n");
             return c == 'h' ? 0 : 2;
         }
     }
     if (!er || !ew || !id_file) {
-        fprintf(stderr, "bench_ep: run it through scripts/ep-launch.sh N (sets MXM_EP_RANK, MXM_EP_WORLD, "
-                        "MXM_EP_ID_FILE)\n");
+        fprintf(stderr,
+                "bench_ep: run it through scripts/ep-launch.sh N (sets MXM_EP_RANK, MXM_EP_WORLD, "
+                "MXM_EP_ID_FILE)\n");
         return 2;
     }
     rank = atoi(er), world = atoi(ew);
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < world) {
-        if (rank == 0) printf("bench_ep: %d ranks need %d GPUs, found %d: skipped\n", world, world, ndev);
+        if (rank == 0)
+            printf("bench_ep: %d ranks need %d GPUs, found %d: skipped\n", world, world, ndev);
         return 77;
     }
     CK(cudaSetDevice(rank));
@@ -175,7 +191,8 @@ int main(int argc, char **argv) {
         char tmp[4096];
         snprintf(tmp, sizeof tmp, "%s.tmp", id_file);
         FILE *f = fopen(tmp, "wb");
-        if (!f || fwrite(&id, sizeof id, 1, f) != 1 || fclose(f) != 0 || rename(tmp, id_file) != 0) {
+        if (!f || fwrite(&id, sizeof id, 1, f) != 1 || fclose(f) != 0 ||
+            rename(tmp, id_file) != 0) {
             fprintf(stderr, "bench_ep: cannot write %s\n", id_file);
             return 1;
         }
@@ -210,7 +227,8 @@ int main(int argc, char **argv) {
     }
     cfg.routing_method = MXM_ROUTE_DEEPSEEK_V3, cfg.routed_scaling_factor = 2.5f;
     cfg.backend = MXM_BACKEND_CUDA, cfg.device = rank;
-    const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, E = cfg.num_experts, K = cfg.top_k;
+    const int64_t H = cfg.hidden_size, I = cfg.intermediate_size, E = cfg.num_experts,
+                  K = cfg.top_k;
     int32_t off, cnt;
     MX(mxm_ep_expert_slice((int32_t)E, world, rank, &off, &cnt));
     cfg.local_expert_offset = off, cfg.local_num_experts = cnt;
@@ -240,7 +258,8 @@ int main(int argc, char **argv) {
     mxm_ep_plan *ep = NULL;
     MX(mxm_ep_plan_create(g, &cfg, tmax, &ep));
     mxm_moe_config one_cfg = cfg;
-    if (cnt == 0) one_cfg.local_num_experts = 1, one_cfg.local_expert_offset = 0; /* nothing to compare */
+    if (cnt == 0)
+        one_cfg.local_num_experts = 1, one_cfg.local_expert_offset = 0; /* nothing to compare */
     mxm_moe_plan *one = NULL;
     MX(mxm_moe_plan_create(&one_cfg, tmax, &one));
     layer_arg la = {.ep = ep, .one = one, .wsb = mxm_moe_plan_workspace_size(one)};
@@ -249,7 +268,8 @@ int main(int argc, char **argv) {
     uint16_t *hx = malloc((size_t)(tmax * H) * 2);
     float *hl = malloc((size_t)(tmax * E) * 4);
     fill_random_bf16(hx, tmax * H, 1234u + (unsigned)rank);
-    for (int64_t i = 0; i < tmax * E; i++) hl[i] = ((float)rand() / RAND_MAX - 0.5f) * 4.0f;
+    for (int64_t i = 0; i < tmax * E; i++)
+        hl[i] = ((float)rand() / RAND_MAX - 0.5f) * 4.0f;
     void *x, *lg, *out;
     CK(cudaMalloc(&x, (size_t)(tmax * H) * 2));
     CK(cudaMalloc(&lg, (size_t)(tmax * E) * 4));
@@ -269,26 +289,35 @@ int main(int argc, char **argv) {
     const float big_ms = time_ms(run_a2a, &big);
     FILE *js = NULL;
     if (rank == 0) {
-        printf("bench_ep: %d ranks, %s, shape %s (H %lld, I %lld, E %lld, K %lld), %d local experts on rank 0\n",
-               world, mxm_device_name(), shape, (long long)H, (long long)I, (long long)E, (long long)K, cnt);
+        printf("bench_ep: %d ranks, %s, shape %s (H %lld, I %lld, E %lld, K %lld), %d local "
+               "experts on rank 0\n",
+               world, mxm_device_name(), shape, (long long)H, (long long)I, (long long)E,
+               (long long)K, cnt);
         printf("NCCL all-reduce 256 MiB: %.3f ms, busbw %.1f GB/s\n", ar_ms, ar_bus);
-        printf("all-to-all 64 MiB per rank: %.3f ms, busbw %.1f GB/s\n", big_ms, a2a_busbw(big.per_peer, big_ms));
-        printf("%8s %12s %12s %14s %12s %12s\n", "T/rank", "ep_ms", "1gpu_ms", "dispatch_MB", "a2a_ms", "a2a_GB/s");
+        printf("all-to-all 64 MiB per rank: %.3f ms, busbw %.1f GB/s\n", big_ms,
+               a2a_busbw(big.per_peer, big_ms));
+        printf("%8s %12s %12s %14s %12s %12s\n", "T/rank", "ep_ms", "1gpu_ms", "dispatch_MB",
+               "a2a_ms", "a2a_GB/s");
         js = fopen(json_path, "w");
         if (js)
             fprintf(js,
-                    "{\"world\": %d, \"device\": \"%s\", \"shape\": \"%s\", \"allreduce_busbw_GBps\": %.2f, "
+                    "{\"world\": %d, \"device\": \"%s\", \"shape\": \"%s\", "
+                    "\"allreduce_busbw_GBps\": %.2f, "
                     "\"a2a_64MiB_busbw_GBps\": %.2f, \"rows\": [",
                     world, mxm_device_name(), shape, ar_bus, a2a_busbw(big.per_peer, big_ms));
     }
     for (int64_t i = 0; i < nt; i++) {
         const int64_t T = tokens[i];
-        la.in = (mxm_moe_inputs){.num_tokens = T, .x = x, .x_dtype = MXM_DT_BF16, .router_logits = lg,
+        la.in = (mxm_moe_inputs){.num_tokens = T,
+                                 .x = x,
+                                 .x_dtype = MXM_DT_BF16,
+                                 .router_logits = lg,
                                  .logits_dtype = MXM_DT_F32};
         la.out = (mxm_moe_outputs){.out = out, .out_dtype = MXM_DT_BF16};
         const float ep_ms = time_ms(run_ep, &la);
         const float one_ms = time_ms(run_one, &la);
-        /* the dispatch's size: T K rows of H codes + H/32 scales + a 4-byte id, spread over the ranks */
+        /* the dispatch's size: T K rows of H codes + H/32 scales + a 4-byte id, spread over the
+         * ranks */
         const int64_t row = H + H / 32 + 4, bytes = T * K * row;
         a2a_arg a2 = {.per_peer = (size_t)((bytes + world - 1) / world)};
         CK(cudaMalloc((void **)&a2.send, a2.per_peer * (size_t)world + 1));
@@ -296,14 +325,15 @@ int main(int argc, char **argv) {
         const float a2_ms = time_ms(run_a2a, &a2);
         cudaFree(a2.send), cudaFree(a2.recv);
         if (rank == 0) {
-            printf("%8lld %12.3f %12.3f %14.2f %12.3f %12.1f\n", (long long)T, ep_ms, one_ms, bytes / 1e6, a2_ms,
-                   a2a_busbw(a2.per_peer, a2_ms));
+            printf("%8lld %12.3f %12.3f %14.2f %12.3f %12.1f\n", (long long)T, ep_ms, one_ms,
+                   bytes / 1e6, a2_ms, a2a_busbw(a2.per_peer, a2_ms));
             if (js)
-                fprintf(js,
-                        "%s{\"tokens_per_rank\": %lld, \"ep_ms\": %.4f, \"single_gpu_local_ms\": %.4f, "
-                        "\"dispatch_bytes\": %lld, \"a2a_ms\": %.4f, \"a2a_busbw_GBps\": %.2f}",
-                        i ? ", " : "", (long long)T, ep_ms, one_ms, (long long)bytes, a2_ms,
-                        a2a_busbw(a2.per_peer, a2_ms));
+                fprintf(
+                    js,
+                    "%s{\"tokens_per_rank\": %lld, \"ep_ms\": %.4f, \"single_gpu_local_ms\": %.4f, "
+                    "\"dispatch_bytes\": %lld, \"a2a_ms\": %.4f, \"a2a_busbw_GBps\": %.2f}",
+                    i ? ", " : "", (long long)T, ep_ms, one_ms, (long long)bytes, a2_ms,
+                    a2a_busbw(a2.per_peer, a2_ms));
         }
     }
     if (js) {
