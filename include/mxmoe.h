@@ -565,6 +565,108 @@ MXM_API void mxm_cuda_graph_destroy(mxm_cuda_graph *graph);
 /* Name of the current device ("NVIDIA H200"), or "" without CUDA. */
 MXM_API const char *mxm_device_name(void);
 
+/* ------------------------------------------------------------------------------------------ */
+/* Expert parallelism (EP): the layer across GPUs over NCCL (docs/ep.md).                     */
+/*                                                                                            */
+/* Rank r of N holds the global experts [off_r, off_r + E_r) (the config's local_expert_offset */
+/* and local_num_experts; the slices are contiguous, in rank order, and cover all E). Each    */
+/* rank routes its own tokens, sends every (t, k) row, as W8A8 activation codes + scales, to  */
+/* the rank holding expert ids[t, k], runs the rows it receives through its local experts,    */
+/* sends each expert output row back, and sums them in (t, k) order exactly as              */
+/* mxm_moe_forward's combine does, plus the shared expert on its own tokens.                   */
+/*                                                                                            */
+/* The pieces below (slices, dispatch plan, combine, the configs of the two local forwards)   */
+/* are plain host functions, always built: a caller with its own transport can use them, and  */
+/* the tests run the whole layer over N simulated ranks on the CPU with them. The NCCL group  */
+/* (mxm_ep_group_*, mxm_ep_plan_*, mxm_ep_forward) exists when the library was built with     */
+/* CUDA and NCCL (CMake MXM_NCCL); otherwise those return MXM_ERR_NO_DEVICE.                   */
+
+/* The default slice of rank of world_size ranks: the first E % N ranks hold ceil(E/N)
+ * experts, the others floor(E/N) (a rank may hold none when N > E). */
+MXM_API mxm_status mxm_ep_expert_slice(int32_t num_experts, int32_t world_size, int32_t rank,
+                                       int32_t *offset, int32_t *count);
+
+/* Dispatch plan of one rank's tokens. rank_offsets [N + 1]: rank r holds global experts
+ * [rank_offsets[r], rank_offsets[r + 1]); 0 = rank_offsets[0] <= ... <= rank_offsets[N] = E.
+ * ids [T, K] global expert ids. Every (t, k) becomes one send row; send rows are ordered by
+ * destination rank, then t, then k (so a receiver gets its rows grouped by source rank, each
+ * source's in token order). Writes send_counts [N] and send_offsets [N + 1] (rows), send_src
+ * [T*K] int32 (the permutation: send row j carries (t, k) = (send_src[j] / K, send_src[j] % K))
+ * and pos [T*K] int32 (its inverse: the send row of (t, k)). An id outside 0..E-1 is
+ * MXM_ERR_INVALID_ARG; T*K must fit int32. */
+MXM_API mxm_status mxm_ep_dispatch_plan(const int32_t *ids, int64_t num_tokens, int32_t top_k,
+                                        int32_t world_size, const int32_t *rank_offsets,
+                                        int64_t *send_counts, int64_t *send_offsets,
+                                        int32_t *send_src, int32_t *pos);
+
+/* Combine on the host: out[t] = sum over k in order of weights[t, k] * y[pos[t, k]] in fp32
+ * (from 0), stored to out_routed if given, then + shared[t] (if given), stored to out: the
+ * arithmetic of mxm_moe_forward's CPU combine, so with the same expert rows the result is
+ * bit-identical. y [T*K, H] expert output rows in send order (f32 or bf16), shared [T, H]
+ * f32 or bf16 or NULL, out / out_routed [T, H] f32 or bf16 (out_routed may be NULL). */
+MXM_API mxm_status mxm_ep_combine(int64_t num_tokens, int32_t top_k, int32_t hidden_size,
+                                  const float *weights, const int32_t *pos, const void *y,
+                                  int32_t y_dtype, const void *shared, int32_t shared_dtype,
+                                  void *out, void *out_routed, int32_t out_dtype);
+
+/* Config of the expert forward on the rows a rank receives: global's experts, formats and
+ * profile with top_k 1, caller-given ids (the row's global expert) and weight 1.0, no routing
+ * fields, no shared expert, local slice [offset, offset + count) (count >= 1). Its output row
+ * is the expert's y exactly (0 + 1.0 * y). */
+MXM_API mxm_status mxm_ep_expert_config(const mxm_moe_config *global, int32_t offset,
+                                        int32_t count, mxm_moe_config *out);
+/* Config of the shared expert alone, run as a one-expert layer (E 1, top_k 1, intermediate
+ * size shared_intermediate_size, the shared activation) on a rank's own tokens with ids 0 and
+ * weights 1.0: its output is the shared expert's y exactly. MXM_ERR_INVALID_ARG when global has
+ * no shared expert. */
+MXM_API mxm_status mxm_ep_shared_config(const mxm_moe_config *global, mxm_moe_config *out);
+/* dtype of the returned expert rows: MXM_DT_BF16 in the trtllm profile (y is rounded to bf16
+ * there, so nothing is lost), MXM_DT_F32 in the exact profile. */
+MXM_API int32_t mxm_ep_return_dtype(const mxm_moe_config *global);
+
+/* An EP group: a communicator of N ranks, one GPU each. */
+typedef struct mxm_ep_group mxm_ep_group;
+
+/* A group over an ncclComm_t the caller made (passed as void *; the group does not own it and
+ * the caller destroys it after the group). The current CUDA device must be the comm's. */
+MXM_API mxm_status mxm_ep_group_create(void *nccl_comm, mxm_ep_group **group);
+/* One process per GPU on one host: selects device (rank % device count), rank 0 makes the
+ * NCCL unique id and writes it to id_file (temporary + rename), the others wait for the file
+ * (up to 120 s), then every rank initializes the communicator, which the group owns. Remove
+ * id_file before a new launch. */
+MXM_API mxm_status mxm_ep_group_create_local(int32_t world_size, int32_t rank, const char *id_file,
+                                             mxm_ep_group **group);
+MXM_API void mxm_ep_group_destroy(mxm_ep_group *group);
+MXM_API int32_t mxm_ep_group_rank(const mxm_ep_group *group);
+MXM_API int32_t mxm_ep_group_size(const mxm_ep_group *group);
+
+typedef struct mxm_ep_plan mxm_ep_plan;
+
+/* Collective: every rank calls it with the same global config (backend CUDA, MXFP8 weights,
+ * W8A8) and its own slice in local_expert_offset / local_num_experts (local_num_experts 0 here
+ * means "no experts", not "all E"); the slices are exchanged and checked. max_tokens: most
+ * tokens one rank passes to a forward. The plan allocates its device buffers here (sized for
+ * the worst case: N * max_tokens * K received rows) and never during a forward. */
+MXM_API mxm_status mxm_ep_plan_create(mxm_ep_group *group, const mxm_moe_config *cfg,
+                                      int64_t max_tokens, mxm_ep_plan **plan);
+MXM_API void mxm_ep_plan_destroy(mxm_ep_plan *plan);
+/* Device bytes the plan holds. */
+MXM_API int64_t mxm_ep_plan_device_bytes(const mxm_ep_plan *plan);
+
+/* Collective: every rank calls it the same number of times, each with its own tokens (T may
+ * differ per rank, 0 included). weights: this rank's local experts (+ the shared expert);
+ * inputs/outputs as for mxm_moe_forward (device memory; x bf16/f32 or MXFP8 codes + scales;
+ * logits or caller ids); out [T, H] is the full layer output of these tokens. Runs on stream
+ * (a cudaStream_t; NULL = default). Two host synchronizations per call: the routed ids are
+ * copied to the host for the dispatch plan, and the received row counts after their exchange
+ * (NCCL needs host-side counts). */
+MXM_API mxm_status mxm_ep_forward(mxm_ep_plan *plan, const mxm_moe_weights *weights,
+                                  const mxm_moe_inputs *inputs, const mxm_moe_outputs *outputs,
+                                  void *stream);
+
+/* Last forward's row counts of this rank: rows sent (T*K) and rows received. */
+MXM_API mxm_status mxm_ep_plan_last_rows(const mxm_ep_plan *plan, int64_t *sent, int64_t *received);
+
 #ifdef __cplusplus
 }
 #endif
