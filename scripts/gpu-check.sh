@@ -5,7 +5,7 @@
 # Without Debian's -dev packages installed it unpacks the ones in .debs/ (apt-get download
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix. The vLLM Triton
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
-#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|profile|wgmma]
+#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|profile]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu.
@@ -36,10 +36,6 @@ if ! [ -x build-gpu/mxmoe ] || [ "${REBUILD:-1}" = 1 ]; then
   echo "build ok"
 fi
 rc=0
-if [ "$what" = wgmma ]; then
-  OUT="$(cd "$OUT" && pwd)/wgmma" bash bench/wgmma/run.sh | tail -25
-  exit 0
-fi
 if [ "$what" = all ] || [ "$what" = test ]; then
   build-gpu/test_cuda >"$OUT/tests.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"
   grep -E "FAIL|PASSED|FAILED|passed|failed" "$OUT/tests.log" | head -20

@@ -233,17 +233,22 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     ref_layer_free(&L);
 }
 
-static void test_modes(void **state) {
-    (void)state;
+/* Every activation x mode x profile; T = 300 takes the MMA path, T = 13 the skinny one. */
+static void run_modes(const char *op, int with_skinny) {
     for (int act = 0; act < MXM_ACT_COUNT_; act++)
         for (int aq = 0; aq < 2; aq++)
             for (int prof = 0; prof < 2; prof++) {
                 if (quick && (aq || prof)) continue;
                 mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
                 c.act_quant = aq, c.profile = prof;
-                compare("mode", c, 13, 0, 0, 0); /* skinny path */
-                compare("mode", c, 300, 0, 0, 0); /* MMA path */
+                if (with_skinny) compare(op, c, 13, 0, 0, 0);
+                compare(op, c, 300, 0, 0, 0);
             }
+}
+
+static void test_modes(void **state) {
+    (void)state;
+    run_modes("mode", 1);
 }
 
 static void test_layouts_and_shared(void **state) {
@@ -509,14 +514,7 @@ static void test_graph_replay(void **state) {
  * GEMMs on gemm_wgmma.cu (Hopper wgmma, 128-row m-tiles), plus shapes aimed at its tiles. */
 static void test_wgmma(void **state) {
     setenv("MXM_CUDA_WGMMA", "1", 1);
-    for (int act = 0; act < MXM_ACT_COUNT_; act++)
-        for (int aq = 0; aq < 2; aq++)
-            for (int prof = 0; prof < 2; prof++) {
-                if (quick && (aq || prof)) continue;
-                mxm_moe_config c = cfg_of(96, 160, 8, 3, act);
-                c.act_quant = aq, c.profile = prof;
-                compare("wg-mode", c, 300, 0, 0, 0);
-            }
+    run_modes("wg-mode", 0);
     for (int lay = 0; lay < 3; lay++) {
         mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
         c.w13_layout = lay;

@@ -5,7 +5,7 @@
 // accumulation, then GEMM1's activation + TRT-LLM bf16 rounding + MXFP8 requantization, and
 // GEMM2's rows (rounded per profile) into a.y.
 //
-// Design (bench/wgmma/NOTES.md has the prototype this comes from and the production notes):
+// Design (docs/wgmma.md: the prototype this comes from, its measurements, the production notes):
 //  - C^T is computed: the decoded weights are wgmma's A operand, in registers; the activations
 //    are the B operand, read from shared memory (K-major, 128-byte swizzle).
 //  - CTA tile: 256 weight rows x 128 tokens x 64 K per stage, 384 threads. Warpgroup 0 is the

@@ -26,20 +26,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cuda/common.cuh"
 extern "C" {
-#include "core/core.h"
 #include "route/route.h"
 }
-#include "formats/formats.h"
 #include "route/route_core.h"
 
-#define EP_CUDA(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess)                                                                     \
-            return mxm_fail(MXM_ERR_CUDA, "%s:%d: %s: %s", __FILE__, __LINE__, #call,              \
-                            cudaGetErrorString(e_));                                               \
-    } while (0)
+#define EP_CUDA(call) MXM_CUDA_TRY(call)
 
 #define EP_NCCL(call)                                                                              \
     do {                                                                                           \

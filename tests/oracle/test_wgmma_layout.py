@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # Run: python3 tests/oracle/test_wgmma_layout.py (no GPU, no numpy; CTest: py_test_wgmma_layout).
 # CPU model of the index math of src/cuda/gemm_wgmma.cu and of the tile0_wg prefix in
-# src/cuda/permute.cu. Hardware semantics assumed from the PTX ISA (as bench/wgmma/check_layout.py):
+# src/cuda/permute.cu. Hardware semantics assumed from the PTX ISA (as the prototype's model did, docs/wgmma.md):
 # 128B swizzle = address bits [4:6] ^= [7:9]; wgmma A-register fragment = the mma.m16n8k16 A layout per warp (warp w of the warpgroup holds
 # rows 16w..16w+15); wgmma m64nNk16 f32 D fragment: d[i] of lane l in warp w is row
 # 16w + l/4 + 8((i>>1)&1), column 8(i>>2) + 2(l%4) + (i&1).
