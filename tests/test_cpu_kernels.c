@@ -1,5 +1,5 @@
-/* The CPU expert-GEMM kernels, optimized (AVX2 where this CPU has it) against their scalar _ref
- * twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
+/* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512)
+ * against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
  * is exact in both; a NaN may differ in sign and payload), the GEMV dot products equal up to
  * fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
  * (NaN codes included), scales that take the fast path and scales that must not (MXFP8 bytes
@@ -69,9 +69,9 @@ static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t
     else kk->gemv_fp8block(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
 }
 
-static void check_format(int fmt) {
+static void check_format(int fmt, const mxm_cpu_kernels *opt) {
     tu_rng r = tu_rng_fresh();
-    const mxm_cpu_kernels *opt = mxm_cpu_kernels_get(false), *ref = mxm_cpu_kernels_get(true);
+    const mxm_cpu_kernels *ref = mxm_cpu_kernels_get(true);
     int64_t packs = 0, dots = 0, nan_dots = 0;
     double worst = 0;
     for (int trial = 0; trial < 40; trial++) {
@@ -141,17 +141,87 @@ static void check_format(int fmt) {
            (long long)nan_dots, 1e-5, worst);
 }
 
+/* Every set this CPU can run but the reference (which the loop compares against). */
+static void check_all_sets(int fmt) {
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    if (n == 1) printf("[note] this CPU runs only the reference kernels\n");
+    for (int i = 1; i < n; i++) check_format(fmt, sets[i]);
+}
+
 static void test_mxfp8(void **state) {
     (void)state;
-    check_format(MXM_WFMT_MXFP8);
+    check_all_sets(MXM_WFMT_MXFP8);
 }
 
 static void test_fp8_block(void **state) {
     (void)state;
-    check_format(MXM_WFMT_FP8_BLOCK);
+    check_all_sets(MXM_WFMT_FP8_BLOCK);
+}
+
+/* cpu_isa.def: each set is compiled for and checked on at least its parent's features (a set
+ * installs its parent's kernels too), and set names are unique. */
+#define F(X) " " #X " "
+static const struct {
+    const char *name, *parent, *feats;
+} isa_rows[] = {
+#define MXM_ISA(set, parent, feats) {#set, #parent, feats},
+#include "cpu/cpu_isa.def"
+#undef MXM_ISA
+};
+#undef F
+
+static void test_isa_rows(void **state) {
+    (void)state;
+    const int n = (int)(sizeof isa_rows / sizeof isa_rows[0]);
+    for (int i = 0; i < n; i++) {
+        int parent = -1;
+        for (int j = 0; j < i; j++) {
+            assert_string_not_equal(isa_rows[i].name, isa_rows[j].name);
+            if (!strcmp(isa_rows[j].name, isa_rows[i].parent)) parent = j;
+        }
+        if (strcmp(isa_rows[i].parent, "ref")) {
+            assert_true(parent >= 0); /* parents come first */
+            char f[64];
+            for (const char *p = isa_rows[parent].feats; sscanf(p, " %63s", f) == 1; p = strstr(p, f) + strlen(f)) {
+                char key[72];
+                snprintf(key, sizeof key, " %s ", f);
+                if (!strstr(isa_rows[i].feats, key)) {
+                    print_error("set %s lacks its parent %s's feature %s\n", isa_rows[i].name, isa_rows[i].parent, f);
+                    fail();
+                }
+            }
+        }
+    }
+}
+
+/* MXM_KERNELS picks any set this CPU runs by name; "ref" forces the reference; an unknown or
+ * unrunnable name gives the best set. */
+static void test_selection(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    assert_string_equal(sets[0]->name, "ref");
+    const char *old = getenv("MXM_KERNELS");
+    char *saved = old ? strdup(old) : NULL;
+    for (int i = 0; i < n; i++) {
+        setenv("MXM_KERNELS", sets[i]->name, 1);
+        assert_ptr_equal(mxm_cpu_kernels_get(false), sets[i]);
+        assert_ptr_equal(mxm_cpu_kernels_get(true), sets[0]);
+    }
+    setenv("MXM_KERNELS", "no-such-set", 1);
+    assert_ptr_equal(mxm_cpu_kernels_get(false), sets[n - 1]);
+    unsetenv("MXM_KERNELS");
+    assert_ptr_equal(mxm_cpu_kernels_get(false), sets[n - 1]);
+    if (saved) setenv("MXM_KERNELS", saved, 1);
+    free(saved);
+    printf("kernel sets this CPU runs:");
+    for (int i = 0; i < n; i++) printf(" %s", sets[i]->name);
+    printf("\n");
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_isa_rows), cmocka_unit_test(test_selection),
+                                       cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

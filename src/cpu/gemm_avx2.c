@@ -242,3 +242,9 @@ void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
     k->pack_fp8block_panel = pack_fp8block_panel_avx2;
     k->gemv_fp8block = gemv_fp8block_avx2;
 }
+
+/* The avx2 set of cpu_isa.def. */
+void mxm_cpu_init_avx2(mxm_cpu_kernels *k) {
+    mxm_cpu_quant_init_avx2(k);
+    mxm_cpu_gemm_init_avx2(k);
+}
