@@ -1,7 +1,7 @@
 /* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512)
  * against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
- * is exact in both; a NaN may differ in sign and payload), the GEMV dot products equal up to
- * fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
+ * is exact in both; a NaN may differ in sign and payload), the GEMV dot products and the packed
+ * micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
  * (NaN codes included), scales that take the fast path and scales that must not (MXFP8 bytes
  * above 134 and 0xFF; FP8 scales >= 2^8, infinite, NaN, subnormal, negative), k a multiple of 32
  * but not always of 128, odd row offsets and strides. */
@@ -72,7 +72,7 @@ static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t
 static void check_format(int fmt, const mxm_cpu_kernels *opt) {
     tu_rng r = tu_rng_fresh();
     const mxm_cpu_kernels *ref = mxm_cpu_kernels_get(true);
-    int64_t packs = 0, dots = 0, nan_dots = 0;
+    int64_t packs = 0, dots = 0, nan_dots = 0, gemms = 0;
     double worst = 0;
     for (int trial = 0; trial < 40; trial++) {
         const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 300);
@@ -132,13 +132,44 @@ static void check_format(int fmt, const mxm_cpu_kernels *opt) {
                     assert_true(fabs(f - exact) / (mag > 0 ? mag : 1) <= 1e-5);
                 }
             for (int t = 0; t < nt; t++) free(xs[t]);
+
+            /* the packed micro-kernel on the reference panel, 1-6 tokens (every micro-tile height) */
+            const int mr = (int)tu_randint(&r, 1, 6);
+            float *xm[6], c_o[6 * 16];
+            for (int m = 0; m < mr; m++) {
+                xm[m] = tu_alloc(sizeof(float) * (size_t)k);
+                tu_fill_normal_f32(&r, xm[m], k, 1.0f);
+            }
+            tu_poison_f32(c_o, 6 * 16);
+            opt->gemm_panel16((const float *const *)xm, mr, pb, k, c_o, 16);
+            for (int m = 0; m < mr; m++)
+                for (int j = 0; j < 16; j++) {
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < k; i++) {
+                        exact += (double)xm[m][i] * pb[j * k + i];
+                        mag += fabs((double)xm[m][i] * pb[j * k + i]);
+                    }
+                    const float o = c_o[m * 16 + j];
+                    gemms++;
+                    if (isnan(exact) || !(mag < 1e37)) {
+                        assert_true(isnan(o) || !isfinite(o) || !(mag < 1e37));
+                        continue;
+                    }
+                    const double e = fabs(o - exact) / (mag > 0 ? mag : 1);
+                    if (e > worst) worst = e;
+                    if (!(e <= 1e-5)) {
+                        print_error("gemm_panel16 mr %d [%d][%d]: %g vs %g\n", mr, m, j, o, exact);
+                        fail();
+                    }
+                }
+            for (int m = 0; m < mr; m++) free(xm[m]);
         }
         free(pa), free(pb), free(w.q), free(w.s);
     }
     printf("%-9s %s vs ref: %lld panels bit-identical, %lld dot products (%lld non-finite) within %.1e of "
-           "sum|t| (worst %.1e) PASS\n",
+           "sum|t|, %lld panel products (worst %.1e) PASS\n",
            fmt == MXM_WFMT_MXFP8 ? "mxfp8" : "fp8_block", opt->name, (long long)packs, (long long)dots,
-           (long long)nan_dots, 1e-5, worst);
+           (long long)nan_dots, 1e-5, (long long)gemms, worst);
 }
 
 /* Every set this CPU can run but the reference (which the loop compares against). */

@@ -63,6 +63,7 @@ void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k);
 void mxm_cpu_quant_init_avx2(mxm_cpu_kernels *k);
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k);
 void mxm_cpu_quant_init_avx512(mxm_cpu_kernels *k);
+void mxm_cpu_gemm_init_avx512(mxm_cpu_kernels *k);
 
 /* Scalar reference kernels, also called directly by tests. */
 void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule);

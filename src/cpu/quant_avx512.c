@@ -114,6 +114,3 @@ void mxm_cpu_quant_init_avx512(mxm_cpu_kernels *k) {
     k->mx_quantize_bf16 = mx_quantize_bf16_avx512;
     k->mx_dequantize_f32 = mx_dequantize_f32_avx512;
 }
-
-/* The avx512 set of cpu_isa.def (on top of the avx2 set). */
-void mxm_cpu_init_avx512(mxm_cpu_kernels *k) { mxm_cpu_quant_init_avx512(k); }
