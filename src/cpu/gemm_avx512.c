@@ -1,14 +1,21 @@
 /* AVX-512 (F + BW + VL) expert-GEMM kernels (twins of gemm_ref.c), for MXFP8 and DeepSeek FP8
  * weights: the avx512 set of cpu_isa.def, over the avx2 set.
  *
- * The E4M3 decode is gemm_avx2.c's (read its header for why it is exact), on 16 lanes: sign-extend
- * 16 bytes to 32 bits (vpmovsxbd from memory), shift left by 20, keep the sign and the 7 magnitude
- * bits (mask 0x87F00000), which read as fp32 is the E4M3 value times 2^-120, then one multiply by
- * the block's scale times 2^120. The NaN-code test of a 32-block is one byte compare into a mask
- * register. Blocks whose factor is not a normal fp32 or that hold NaN codes take the scalar path,
- * so special values decode exactly as in the reference; panels are bit-identical to the
- * reference's, dot products equal up to fp32 summation order (16 lanes per accumulator, then a
- * tree sum of the lanes). */
+ * E4M3 -> fp32 through fp16, exactly, for 32 codes at a time: sign-extend the bytes to 16 bits
+ * (vpmovsxbw from memory), shift left by 7 and clear bit 14 (mask 0xBF80). That is the fp16
+ * pattern of the E4M3 value times 2^-8 (sign, the 4 exponent bits under fp16's bias 15, the 3
+ * mantissa bits on top of fp16's 10; E4M3 subnormals become fp16 subnormals), and vcvtph2ps
+ * widens it exactly. One multiply by the block's scale times 2^8 then gives e4m3 * scale rounded
+ * once, as the reference does (both factors are exact, so the product is the same real number).
+ * Why not gemm_avx2.c's shift into the fp32 exponent field: that makes an E4M3 subnormal code an
+ * fp32 subnormal before the multiply, and a multiply with a subnormal input takes a microcode
+ * assist on Intel cores (measured on this branch's Xeon: 35x the time of a normal vmulps; a
+ * weight row with subnormal codes in every block decoded 10x slower); the fp16 widening has no
+ * such assist. Blocks whose factor is not finite (MXFP8 byte > 246 or the NaN byte; FP8 scale
+ * |s| >= 2^120 or NaN) or that hold NaN codes (0x7F/0xFF, one byte compare into a mask register)
+ * take the scalar path, so special values decode exactly as in the reference. Panels are
+ * bit-identical to the reference's; dot products equal it up to fp32 summation order (16 lanes
+ * per accumulator, then a tree sum of the lanes). */
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
@@ -16,10 +23,12 @@
 
 #define MXM_AINLINE static inline __attribute__((always_inline))
 
-MXM_AINLINE __m512 dec16(const uint8_t *q, __m512 f) {
-    __m512i v = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q));
-    v = _mm512_and_si512(_mm512_slli_epi32(v, 20), _mm512_set1_epi32((int)0x87F00000u));
-    return _mm512_mul_ps(_mm512_castsi512_ps(v), f);
+/* The 32 codes at q times the factor f (scale * 2^8) -> two vectors of 16 values. */
+MXM_AINLINE void dec32(const uint8_t *q, __m512 f, __m512 *w0, __m512 *w1) {
+    __m512i h = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)q));
+    h = _mm512_and_si512(_mm512_slli_epi16(h, 7), _mm512_set1_epi16((short)0xBF80));
+    *w0 = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), f);
+    *w1 = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), f);
 }
 
 /* True when no code of the 32-block at q is a NaN code (0x7F / 0xFF). */
@@ -34,16 +43,17 @@ typedef struct blk_scale {
     float s;
 } blk_scale;
 
-/* MXFP8: E8M0 byte b, 2^(b-127); fast for b <= 134 (not the NaN byte). */
+/* MXFP8: E8M0 byte b, 2^(b-127); f = 2^(b-119), fast for b <= 246 (not the NaN byte). */
 MXM_AINLINE blk_scale scale_mx(const void *s, int64_t c) {
     const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
-    return (blk_scale){b <= 134, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 120u) << 23))), mxm_e8m0_decode(b)};
+    return (blk_scale){b <= 246, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 8u) << 23))), mxm_e8m0_decode(b)};
 }
 
-/* DeepSeek FP8: the f32 scale of the 128-block holding column c; fast for |s| < 2^8 (not NaN). */
+/* DeepSeek FP8: the f32 scale of the 128-block holding column c; f = s * 2^8 (exact), fast for
+ * |s| < 2^120 (not NaN). */
 MXM_AINLINE blk_scale scale_fp8block(const void *s, int64_t c) {
     const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
-    return (blk_scale){(v < 0 ? -v : v) < 256.0f, _mm512_set1_ps(v * 0x1p120f), v};
+    return (blk_scale){(v < 0 ? -v : v) < 0x1p120f, _mm512_set1_ps(v * 256.0f), v};
 }
 
 typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
@@ -56,7 +66,7 @@ static void decode_block_slow(const uint8_t *q, float s, float *out) {
  * for the rare special blocks. */
 MXM_AINLINE void load_block(const uint8_t *q, blk_scale b, __m512 *w0, __m512 *w1) {
     if (__builtin_expect(b.fast && codes_ok(q), 1)) {
-        *w0 = dec16(q, b.f), *w1 = dec16(q + 16, b.f);
+        dec32(q, b.f, w0, w1);
     } else {
         float tmp[MXM_MX_BLOCK];
         decode_block_slow(q, b.s, tmp);
