@@ -160,7 +160,12 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         __m256 acc[NT][NR];                                                                         \
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
+         * that the hardware prefetcher barely ramps up on) */                                     \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
+            if ((c & 63) == 0)                                                                      \
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
             for (int j = 0; j < NR; j++) {                                                          \
                 __m256 w0, w1, w2, w3;                                                              \
                 load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                        \

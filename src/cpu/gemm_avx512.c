@@ -164,7 +164,12 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
         __m512 acc[NT][NR];                                                                         \
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();                           \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
+         * that the hardware prefetcher barely ramps up on) */                                     \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
+            if ((c & 63) == 0)                                                                      \
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
             for (int j = 0; j < NR; j++) {                                                          \
                 __m512 w0, w1;                                                                      \
                 load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                  \
