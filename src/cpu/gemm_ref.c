@@ -68,3 +68,63 @@ void mxm_gemv_fp8block_ref(const uint8_t *w, const float *ws, int64_t k, int64_t
         }
     }
 }
+
+/* ---- the BF16 dot-product path ---------------------------------------------------------------------- */
+
+/* Lowest scale byte whose block values are all "zero or >= 2^-60": the smallest non-zero E4M3
+ * value is 2^-9, times 2^(b-127) >= 2^-60 for b >= 76; the highest keeps 448 * 2^(b-127) far
+ * from the fp32 range. */
+#define BF16_MIN_SCALE 76
+#define BF16_MAX_SCALE 240
+
+bool mxm_pack_mxfp8_panel_bf16_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+                                   int64_t rstep, int nr, uint16_t *panel) {
+    const int64_t kb = k / MXM_MX_BLOCK;
+    for (int j = 0; j < nr; j++) {
+        const int64_t r = r0 + j * rstep;
+        for (int64_t i = 0; i < k; i++) {
+            const uint8_t b = ws[r * kb + i / MXM_MX_BLOCK];
+            if (b < BF16_MIN_SCALE || b > BF16_MAX_SCALE || (w[r * k + i] & 0x7F) == 0x7F) return false;
+        }
+    }
+    for (int j = 0; j < 16; j++) {
+        for (int64_t i = 0; i < k; i++) {
+            uint16_t v = 0;
+            if (j < nr) {
+                const int64_t r = r0 + j * rstep;
+                const float f = mxm_e4m3_decode(w[r * k + i]) * mxm_e8m0_decode(ws[r * kb + i / MXM_MX_BLOCK]);
+                uint32_t u;
+                memcpy(&u, &f, 4);
+                v = (uint16_t)(u >> 16); /* exact: at most 4 significant bits */
+            }
+            panel[j * k + i] = v;
+        }
+    }
+    return true;
+}
+
+void mxm_gemm_panel16_bf16_ref(const float *const *a, int mr, const uint16_t *panel, int64_t k, float *c,
+                               int64_t ldc) {
+    for (int m = 0; m < mr; m++) {
+        for (int j = 0; j < 16; j++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < k; i++) acc += a[m][i] * mxm_bf16_decode(panel[j * k + i]);
+            c[m * ldc + j] = acc;
+        }
+    }
+}
+
+bool mxm_rows_bf16_ok(const float *const *x, int64_t n, int64_t k) {
+    uint32_t bad = 0;
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t i = 0; i < k; i++) {
+            uint32_t u;
+            memcpy(&u, &x[t][i], 4);
+            const uint32_t a = u & 0x7FFFFFFFu;
+            /* low half set, or non-zero below 2^-60 (exponent field 67), or NaN */
+            bad |= (u & 0xFFFFu) | (uint32_t)(a != 0 && a < (67u << 23)) | (uint32_t)(a > 0x7F800000u);
+        }
+        if (bad) return false;
+    }
+    return true;
+}
