@@ -13,7 +13,7 @@
 #define MXM_GEMV_MAX_TOKENS 4
 
 typedef struct mxm_cpu_kernels {
-    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512", "avx512bf16" */
+    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512" */
 
     /* ---- formats (one row; n % 32 == 0 for MXFP8) ------------------------------------------ */
     /* MXFP8 quantize n values: q [n] E4M3, s [n/32] E8M0 (SPEC 2.2, incl. specials). */
@@ -44,28 +44,7 @@ typedef struct mxm_cpu_kernels {
                                 int64_t rstep, int nr, float *panel);
     void (*gemv_fp8block)(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
                           int nr, const float *const *x, int nt, float *out, int64_t ldo);
-
-    /* ---- BF16 dot products (sets with AVX-512 BF16; NULL elsewhere, the ref set included) ------ */
-    /* For MXFP8 weights times activations whose values are exactly bf16: decode rows like
-     * pack_mxfp8_panel into a bf16 panel [16][k] (the same values: exact) and return true, or
-     * return false when one of the rows' values is not "zero or a normal bf16 of magnitude
-     * >= 2^-60" (a block with a NaN code, scale byte < 76 or > 240): the caller then packs fp32. */
-    bool (*pack_mxfp8_panel_bf16)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                                  int64_t rstep, int nr, uint16_t *panel);
-    /* gemm_panel16 on such a panel, for rows a[m] whose every value is exactly a bf16 that is
-     * zero or of magnitude >= 2^-60 (mxm_rows_bf16_ok). Accumulation rule: vdpbf16ps, i.e. each
-     * product x_i w_i is exact in fp32 (8-bit x 8-bit significands; with the 2^-60 floors on both
-     * factors no product is subnormal, so the instruction's DAZ/FTZ never applies), and the
-     * products are added in fp32 with round-to-nearest-even, pairwise per lane and lane by lane:
-     * an fp32 summation of exact products in another order than the reference's, which is what
-     * gemm_panel16 promises too. */
-    void (*gemm_panel16_bf16)(const float *const *a, int mr, const uint16_t *panel, int64_t k, float *c,
-                              int64_t ldc);
 } mxm_cpu_kernels;
-
-/* True when every value of the n rows x[i][0..k) is exactly a bf16 (low 16 bits zero) and zero,
- * infinite or of magnitude >= 2^-60: the activations gemm_panel16_bf16 accepts. */
-bool mxm_rows_bf16_ok(const float *const *x, int64_t n, int64_t k);
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
  * that MXM_KERNELS names when this CPU can run it, else the best set this CPU can run. */
@@ -99,10 +78,6 @@ void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t 
                         int nr, const float *const *x, int nt, float *out, int64_t ldo);
 void mxm_pack_fp8block_panel_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
                                  int64_t rstep, int nr, float *panel);
-bool mxm_pack_mxfp8_panel_bf16_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                                   int64_t rstep, int nr, uint16_t *panel);
-void mxm_gemm_panel16_bf16_ref(const float *const *a, int mr, const uint16_t *panel, int64_t k, float *c,
-                               int64_t ldc);
 void mxm_gemv_fp8block_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
                            int nr, const float *const *x, int nt, float *out, int64_t ldo);
 

@@ -76,33 +76,16 @@ static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, 
     }
 }
 
-/* Whether the packed GEMM of n tokens x[0..n) [k] may take the set's BF16 dot products (MXFP8
- * weights, activations exactly bf16: W8A8 MXFP8; see gemm_panel16_bf16's accumulation rule). */
-static bool use_bf16(const pass *ps, const float *const *x, int64_t n, int64_t k) {
-    return ps->k->gemm_panel16_bf16 && n > MXM_GEMV_MAX_TOKENS && ps->p->cfg.weight_format == MXM_WFMT_MXFP8 &&
-           mxm_rows_bf16_ok(x, n, k);
-}
-
-/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16); x_bf16
- * from use_bf16. */
+/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16). */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
-                          float *panel, bool x_bf16) {
+                          float *panel) {
     const int32_t fmt = ps->p->cfg.weight_format;
     if (n <= MXM_GEMV_MAX_TOKENS && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK)) {
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
             if (fmt == MXM_WFMT_MXFP8) ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
             else ps->k->gemv_fp8block(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
-        }
-        return;
-    }
-    /* the BF16 panel takes half of the fp32 panel's space; a panel with values outside the BF16
-     * kernels' range (pack returns false) takes the fp32 kernels */
-    if (x_bf16 && ps->k->pack_mxfp8_panel_bf16(w, s, k, r0, rstep, nr, (uint16_t *)panel)) {
-        for (int64_t i = 0; i < n; i += MR) {
-            const int mr = n - i < MR ? (int)(n - i) : MR;
-            ps->k->gemm_panel16_bf16(x + i, mr, (const uint16_t *)panel, k, h + i * 16, 16);
         }
         return;
     }
@@ -315,12 +298,11 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     default: gate_r0 = 0, up_r0 = I; break;
     }
     const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
-    const bool xb = use_bf16(ps, x, v.n, H);
     for (int64_t jp = j0; jp < j1; jp += 16) {
         const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
         const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
-        panel_product(ps, w13, s13, H, gr, rstep, nr, x, v.n, hg, panel, xb);
-        if (gated) panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x, v.n, hu, panel, xb);
+        panel_product(ps, w13, s13, H, gr, rstep, nr, x, v.n, hg, panel);
+        if (gated) panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x, v.n, hu, panel);
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = act + i * ld + jp;
             for (int j = 0; j < nr; j++) {
@@ -349,10 +331,9 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
     float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
 
-    const bool xb = use_bf16(ps, x, v.n, I);
     for (int64_t hp = h0; hp < h1; hp += 16) {
         const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel, xb);
+        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = y + i * H + hp;
             for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
