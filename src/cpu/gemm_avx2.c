@@ -7,7 +7,14 @@
  * f32 block scale times 2^120 (the same single rounding as e4m3 * scale in the reference). Blocks
  * where that factor is not a normal fp32 (MXFP8 b > 134 or the NaN byte; FP8 |s| >= 2^8 or NaN)
  * or that hold NaN codes (0x7F/0xFF) take the scalar path, so special values decode exactly as
- * in the reference. */
+ * in the reference.
+ *
+ * Cost on Intel cores: an E4M3 subnormal code (magnitude 1..7) becomes an fp32 subnormal, and a
+ * multiply with a subnormal input takes a microcode assist there (about 35x a normal vmulps on
+ * the Xeon this was measured on); ModelOpt-style MXFP8 weights have such a code in about 0.3% of
+ * their blocks. gemm_avx512.c decodes through fp16 instead (no assist); here that route measured
+ * 5-7% slower on blocks without subnormal codes (and slower on Zen 3 earlier), so AVX2, the
+ * fallback for CPUs without AVX-512, keeps this decode. */
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
