@@ -1,9 +1,11 @@
 /* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512)
  * against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
  * is exact in both; a NaN may differ in sign and payload), the GEMV dot products and the packed
- * micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
- * (NaN codes included), scales that take the fast path and scales that must not (MXFP8 bytes
- * above 134 and 0xFF; FP8 scales >= 2^8, infinite, NaN, subnormal, negative), k a multiple of 32
+ * micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32 summation order (1e-5 of sum |x w| beyond k * 2^-149 of subnormal
+ * rounding; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
+ * (NaN codes included), scales that take the fast paths and scales that must not (MXFP8 bytes
+ * around 134 and 246, tiny ones, 0xFF; FP8 scales around 2^8 and 2^120, infinite, NaN,
+ * subnormal, negative), k a multiple of 32
  * but not always of 128, odd row offsets and strides. */
 #include <math.h>
 #include <stdio.h>
@@ -23,8 +25,11 @@ typedef struct weight {
 } weight;
 
 static float odd_scale(tu_rng *r) {
-    switch (tu_randint(r, 0, 5)) {
-    case 0: return 300.0f;    /* >= 2^8: scalar path */
+    switch (tu_randint(r, 0, 8)) {
+    case 6: return 0x1p119f;  /* just under 2^120: avx512 fast path, products near the fp32 top */
+    case 7: return -0x1p120f; /* 2^120: avx512 scalar path */
+    case 8: return 0x1p-140f; /* subnormal, tiny products */
+    case 0: return 300.0f;    /* >= 2^8: avx2 scalar path */
     case 1: return INFINITY;
     case 2: return NAN;
     case 3: return 1e-40f;    /* subnormal */
@@ -45,7 +50,13 @@ static weight make_weight(tu_rng *r, int fmt, int64_t rows, int64_t k) {
         uint8_t *s = tu_alloc((size_t)(rows * k / 32));
         for (int64_t i = 0; i < rows * k / 32; i++) {
             const double u = tu_uniform(r);
-            s[i] = (uint8_t)(u < 0.02 ? 255 : u < 0.05 ? tu_randint(r, 135, 160) : tu_randint(r, 100, 134));
+            /* NaN; the edges of the sets' fast paths (avx2 <= 134, avx512 <= 246); tiny scales
+             * (subnormal values); the usual range */
+            s[i] = (uint8_t)(u < 0.02   ? 255
+                             : u < 0.04 ? tu_randint(r, 135, 160)
+                             : u < 0.06 ? tu_randint(r, 240, 254)
+                             : u < 0.07 ? tu_randint(r, 0, 12)
+                                        : tu_randint(r, 100, 134));
         }
         w.s = s;
     } else {
@@ -67,6 +78,13 @@ static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t
                  const float *const *x, int nt, float *out) {
     if (w->fmt == MXM_WFMT_MXFP8) kk->gemv_mxfp8(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
     else kk->gemv_fp8block(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
+}
+
+/* |o - exact| relative to sum |t|, less the absolute rounding of fp32 subnormals: k products
+ * and k sums, each within half of 2^-149 (tiny scales put whole sums there). */
+static double err_of(float o, double exact, double mag, int64_t k) {
+    const double e = fabs(o - exact) - (double)k * 0x1p-149;
+    return (e > 0 ? e : 0) / (mag > 0 ? mag : 1);
 }
 
 static void check_format(int fmt, const mxm_cpu_kernels *opt) {
@@ -126,10 +144,10 @@ static void check_format(int fmt, const mxm_cpu_kernels *opt) {
                         assert_true((isnan(o) && isnan(f)) || o == f || (!isfinite(o) && !isfinite(f)) || !(mag < 1e37));
                         continue;
                     }
-                    const double e = fabs(o - exact) / (mag > 0 ? mag : 1);
+                    const double e = err_of(o, exact, mag, k);
                     if (e > worst) worst = e;
                     assert_true(e <= 1e-5);
-                    assert_true(fabs(f - exact) / (mag > 0 ? mag : 1) <= 1e-5);
+                    assert_true(err_of(f, exact, mag, k) <= 1e-5);
                 }
             for (int t = 0; t < nt; t++) free(xs[t]);
 
@@ -155,7 +173,7 @@ static void check_format(int fmt, const mxm_cpu_kernels *opt) {
                         assert_true(isnan(o) || !isfinite(o) || !(mag < 1e37));
                         continue;
                     }
-                    const double e = fabs(o - exact) / (mag > 0 ? mag : 1);
+                    const double e = err_of(o, exact, mag, k);
                     if (e > worst) worst = e;
                     if (!(e <= 1e-5)) {
                         print_error("gemm_panel16 mr %d [%d][%d]: %g vs %g\n", mr, m, j, o, exact);
