@@ -1,9 +1,11 @@
-/* The CPU expert-GEMM kernels, optimized (AVX2 where this CPU has it) against their scalar _ref
- * twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
- * is exact in both; a NaN may differ in sign and payload), the GEMV dot products equal up to
- * fp32 summation order (1e-5 of sum |x w|; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
- * (NaN codes included), scales that take the fast path and scales that must not (MXFP8 bytes
- * above 134 and 0xFF; FP8 scales >= 2^8, infinite, NaN, subnormal, negative), k a multiple of 32
+/* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512)
+ * against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
+ * is exact in both; a NaN may differ in sign and payload), the GEMV dot products and the packed
+ * micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32 summation order (1e-5 of sum |x w| beyond k * 2^-149 of subnormal
+ * rounding; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
+ * (NaN codes included), scales that take the fast paths and scales that must not (MXFP8 bytes
+ * around 134 and 246, tiny ones, 0xFF; FP8 scales around 2^8 and 2^120, infinite, NaN,
+ * subnormal, negative), k a multiple of 32
  * but not always of 128, odd row offsets and strides. */
 #include <math.h>
 #include <stdio.h>
@@ -23,8 +25,11 @@ typedef struct weight {
 } weight;
 
 static float odd_scale(tu_rng *r) {
-    switch (tu_randint(r, 0, 5)) {
-    case 0: return 300.0f;    /* >= 2^8: scalar path */
+    switch (tu_randint(r, 0, 8)) {
+    case 6: return 0x1p119f;  /* just under 2^120: avx512 fast path, products near the fp32 top */
+    case 7: return -0x1p120f; /* 2^120: avx512 scalar path */
+    case 8: return 0x1p-140f; /* subnormal, tiny products */
+    case 0: return 300.0f;    /* >= 2^8: avx2 scalar path */
     case 1: return INFINITY;
     case 2: return NAN;
     case 3: return 1e-40f;    /* subnormal */
@@ -45,7 +50,13 @@ static weight make_weight(tu_rng *r, int fmt, int64_t rows, int64_t k) {
         uint8_t *s = tu_alloc((size_t)(rows * k / 32));
         for (int64_t i = 0; i < rows * k / 32; i++) {
             const double u = tu_uniform(r);
-            s[i] = (uint8_t)(u < 0.02 ? 255 : u < 0.05 ? tu_randint(r, 135, 160) : tu_randint(r, 100, 134));
+            /* NaN; the edges of the sets' fast paths (avx2 <= 134, avx512 <= 246); tiny scales
+             * (subnormal values); the usual range */
+            s[i] = (uint8_t)(u < 0.02   ? 255
+                             : u < 0.04 ? tu_randint(r, 135, 160)
+                             : u < 0.06 ? tu_randint(r, 240, 254)
+                             : u < 0.07 ? tu_randint(r, 0, 12)
+                                        : tu_randint(r, 100, 134));
         }
         w.s = s;
     } else {
@@ -69,10 +80,17 @@ static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t
     else kk->gemv_fp8block(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
 }
 
-static void check_format(int fmt) {
+/* |o - exact| relative to sum |t|, less the absolute rounding of fp32 subnormals: k products
+ * and k sums, each within half of 2^-149 (tiny scales put whole sums there). */
+static double err_of(float o, double exact, double mag, int64_t k) {
+    const double e = fabs(o - exact) - (double)k * 0x1p-149;
+    return (e > 0 ? e : 0) / (mag > 0 ? mag : 1);
+}
+
+static void check_format(int fmt, const mxm_cpu_kernels *opt) {
     tu_rng r = tu_rng_fresh();
-    const mxm_cpu_kernels *opt = mxm_cpu_kernels_get(false), *ref = mxm_cpu_kernels_get(true);
-    int64_t packs = 0, dots = 0, nan_dots = 0;
+    const mxm_cpu_kernels *ref = mxm_cpu_kernels_get(true);
+    int64_t packs = 0, dots = 0, nan_dots = 0, gemms = 0;
     double worst = 0;
     for (int trial = 0; trial < 40; trial++) {
         const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 300);
@@ -126,32 +144,133 @@ static void check_format(int fmt) {
                         assert_true((isnan(o) && isnan(f)) || o == f || (!isfinite(o) && !isfinite(f)) || !(mag < 1e37));
                         continue;
                     }
-                    const double e = fabs(o - exact) / (mag > 0 ? mag : 1);
+                    const double e = err_of(o, exact, mag, k);
                     if (e > worst) worst = e;
                     assert_true(e <= 1e-5);
-                    assert_true(fabs(f - exact) / (mag > 0 ? mag : 1) <= 1e-5);
+                    assert_true(err_of(f, exact, mag, k) <= 1e-5);
                 }
             for (int t = 0; t < nt; t++) free(xs[t]);
+
+            /* the packed micro-kernel on the reference panel, 1-6 tokens (every micro-tile height) */
+            const int mr = (int)tu_randint(&r, 1, 6);
+            float *xm[6], c_o[6 * 16];
+            for (int m = 0; m < mr; m++) {
+                xm[m] = tu_alloc(sizeof(float) * (size_t)k);
+                tu_fill_normal_f32(&r, xm[m], k, 1.0f);
+            }
+            tu_poison_f32(c_o, 6 * 16);
+            opt->gemm_panel16((const float *const *)xm, mr, pb, k, c_o, 16);
+            for (int m = 0; m < mr; m++)
+                for (int j = 0; j < 16; j++) {
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < k; i++) {
+                        exact += (double)xm[m][i] * pb[j * k + i];
+                        mag += fabs((double)xm[m][i] * pb[j * k + i]);
+                    }
+                    const float o = c_o[m * 16 + j];
+                    gemms++;
+                    if (isnan(exact) || !(mag < 1e37)) {
+                        assert_true(isnan(o) || !isfinite(o) || !(mag < 1e37));
+                        continue;
+                    }
+                    const double e = err_of(o, exact, mag, k);
+                    if (e > worst) worst = e;
+                    if (!(e <= 1e-5)) {
+                        print_error("gemm_panel16 mr %d [%d][%d]: %g vs %g\n", mr, m, j, o, exact);
+                        fail();
+                    }
+                }
+            for (int m = 0; m < mr; m++) free(xm[m]);
         }
         free(pa), free(pb), free(w.q), free(w.s);
     }
     printf("%-9s %s vs ref: %lld panels bit-identical, %lld dot products (%lld non-finite) within %.1e of "
-           "sum|t| (worst %.1e) PASS\n",
+           "sum|t|, %lld panel products (worst %.1e) PASS\n",
            fmt == MXM_WFMT_MXFP8 ? "mxfp8" : "fp8_block", opt->name, (long long)packs, (long long)dots,
-           (long long)nan_dots, 1e-5, worst);
+           (long long)nan_dots, 1e-5, (long long)gemms, worst);
+}
+
+/* Every set this CPU can run but the reference (which the loop compares against). */
+static void check_all_sets(int fmt) {
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    if (n == 1) printf("[note] this CPU runs only the reference kernels\n");
+    for (int i = 1; i < n; i++) check_format(fmt, sets[i]);
 }
 
 static void test_mxfp8(void **state) {
     (void)state;
-    check_format(MXM_WFMT_MXFP8);
+    check_all_sets(MXM_WFMT_MXFP8);
 }
 
 static void test_fp8_block(void **state) {
     (void)state;
-    check_format(MXM_WFMT_FP8_BLOCK);
+    check_all_sets(MXM_WFMT_FP8_BLOCK);
+}
+
+/* cpu_isa.def: each set is compiled for and checked on at least its parent's features (a set
+ * installs its parent's kernels too), and set names are unique. */
+#define F(X) " " #X " "
+static const struct {
+    const char *name, *parent, *feats;
+} isa_rows[] = {
+#define MXM_ISA(set, parent, feats) {#set, #parent, feats},
+#include "cpu/cpu_isa.def"
+#undef MXM_ISA
+};
+#undef F
+
+static void test_isa_rows(void **state) {
+    (void)state;
+    const int n = (int)(sizeof isa_rows / sizeof isa_rows[0]);
+    for (int i = 0; i < n; i++) {
+        int parent = -1;
+        for (int j = 0; j < i; j++) {
+            assert_string_not_equal(isa_rows[i].name, isa_rows[j].name);
+            if (!strcmp(isa_rows[j].name, isa_rows[i].parent)) parent = j;
+        }
+        if (strcmp(isa_rows[i].parent, "ref")) {
+            assert_true(parent >= 0); /* parents come first */
+            char f[64];
+            for (const char *p = isa_rows[parent].feats; sscanf(p, " %63s", f) == 1; p = strstr(p, f) + strlen(f)) {
+                char key[72];
+                snprintf(key, sizeof key, " %s ", f);
+                if (!strstr(isa_rows[i].feats, key)) {
+                    print_error("set %s lacks its parent %s's feature %s\n", isa_rows[i].name, isa_rows[i].parent, f);
+                    fail();
+                }
+            }
+        }
+    }
+}
+
+/* MXM_KERNELS picks any set this CPU runs by name; "ref" forces the reference; an unknown or
+ * unrunnable name gives the best set. */
+static void test_selection(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    assert_string_equal(sets[0]->name, "ref");
+    const char *old = getenv("MXM_KERNELS");
+    char *saved = old ? strdup(old) : NULL;
+    for (int i = 0; i < n; i++) {
+        setenv("MXM_KERNELS", sets[i]->name, 1);
+        assert_ptr_equal(mxm_cpu_kernels_get(false), sets[i]);
+        assert_ptr_equal(mxm_cpu_kernels_get(true), sets[0]);
+    }
+    setenv("MXM_KERNELS", "no-such-set", 1);
+    assert_ptr_equal(mxm_cpu_kernels_get(false), sets[n - 1]);
+    unsetenv("MXM_KERNELS");
+    assert_ptr_equal(mxm_cpu_kernels_get(false), sets[n - 1]);
+    if (saved) setenv("MXM_KERNELS", saved, 1);
+    free(saved);
+    printf("kernel sets this CPU runs:");
+    for (int i = 0; i < n; i++) printf(" %s", sets[i]->name);
+    printf("\n");
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_isa_rows), cmocka_unit_test(test_selection),
+                                       cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -421,9 +421,10 @@ static void check_quantizer_all(const float *x, int64_t n, int rule, bool bf16_e
     uint16_t *xb = tu_alloc((size_t)n * 2);
     char msg[256];
     quantize_model(x, n, qe, se, rule);
-    const mxm_cpu_kernels *ks[2] = {mxm_cpu_kernels_get(true), mxm_cpu_kernels_get(false)};
+    const mxm_cpu_kernels *ks[16];
+    const int nks = mxm_cpu_kernel_sets(ks, 16); /* every set this CPU runs, ref first */
     for (int64_t i = 0; i < n; i++) xb[i] = (uint16_t)(f2u(x[i]) >> 16);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < nks; k++) {
         tu_poison_u8(q, n);
         tu_poison_u8(s, n / 32);
         ks[k]->mx_quantize_f32(x, n, q, s, rule);
@@ -452,7 +453,7 @@ static void check_quantizer_all(const float *x, int64_t n, int rule, bool bf16_e
     /* dequantize and fake-quantize against the model */
     float *de = tu_alloc((size_t)n * 4), *d = tu_alloc((size_t)n * 4);
     for (int64_t i = 0; i < n; i++) de[i] = dequant_model(qe[i], se[i / 32]);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < nks; k++) {
         tu_poison_f32(d, n);
         ks[k]->mx_dequantize_f32(qe, se, n, d);
         snprintf(msg, sizeof msg, "%s: %s mx_dequantize_f32", what, ks[k]->name);
@@ -586,8 +587,9 @@ static void test_quantizer_edges(void **state) {
 
     /* spot checks that do not rely on the model */
     uint8_t q[32], s;
-    const mxm_cpu_kernels *ks[2] = {mxm_cpu_kernels_get(true), mxm_cpu_kernels_get(false)};
-    for (int k = 0; k < 2; k++) {
+    const mxm_cpu_kernels *ks[16];
+    const int nks = mxm_cpu_kernel_sets(ks, 16);
+    for (int k = 0; k < nks; k++) {
         float blk[32];
         make_block(blk, 256.0f, NULL, 0);
         blk[1] = 17.0f / 16;
@@ -629,11 +631,8 @@ static void sprinkle(tu_rng *r, float *x, int64_t n) {
     }
 }
 
-static void test_simd_vs_ref(void **state) {
-    (void)state;
-    const mxm_cpu_kernels *ref = mxm_cpu_kernels_get(true), *opt = mxm_cpu_kernels_get(false);
-    if (ref == opt || !strcmp(opt->name, "ref"))
-        fprintf(stderr, "[note] dispatched kernels are the reference ones (%s)\n", opt->name);
+static void simd_vs_ref(const mxm_cpu_kernels *opt) {
+    const mxm_cpu_kernels *ref = mxm_cpu_kernels_get(true);
     tu_rng r = tu_rng_fresh();
     const int64_t max_n = 32 * 1031 + 1;
     float *xa = tu_alloc((size_t)(max_n + 8) * 4), *d1 = tu_alloc((size_t)max_n * 4),
@@ -660,19 +659,19 @@ static void test_simd_vs_ref(void **state) {
             tu_poison_u8(q1, n), tu_poison_u8(q2, n), tu_poison_u8(s1, nb), tu_poison_u8(s2, nb);
             ref->mx_quantize_f32(x, n, q1, s1, rule);
             opt->mx_quantize_f32(x, n, q2, s2, rule);
-            snprintf(msg, sizeof msg, "simd vs ref quantize_f32 n=%lld rule %d", (long long)n, rule);
+            snprintf(msg, sizeof msg, "%s vs ref quantize_f32 n=%lld rule %d", opt->name, (long long)n, rule);
             check_scales(s2, s1, nb, x, msg);
             check_codes(q2, q1, n, x, msg);
             ref->mx_quantize_bf16(xb, n, q1, s1, rule);
             opt->mx_quantize_bf16(xb, n, q2, s2, rule);
-            snprintf(msg, sizeof msg, "simd vs ref quantize_bf16 n=%lld rule %d", (long long)n, rule);
+            snprintf(msg, sizeof msg, "%s vs ref quantize_bf16 n=%lld rule %d", opt->name, (long long)n, rule);
             check_scales(s2, s1, nb, NULL, msg);
             check_codes(q2, q1, n, NULL, msg);
             tu_poison_f32(d1, n), tu_poison_f32(d2, n);
             ref->mx_fakequant_f32(x, n, d1, rule);
             memcpy(d2, x, (size_t)n * 4); /* in place */
             opt->mx_fakequant_f32(d2, n, d2, rule);
-            snprintf(msg, sizeof msg, "simd vs ref fakequant n=%lld rule %d", (long long)n, rule);
+            snprintf(msg, sizeof msg, "%s vs ref fakequant n=%lld rule %d", opt->name, (long long)n, rule);
             check_f32_bits(d2, d1, n, msg);
         }
         /* dequantize random codes and scales (all 256 of each, NaN ones included), odd n */
@@ -693,6 +692,18 @@ static void test_simd_vs_ref(void **state) {
         check_f32(d2, d1, dn, "simd dequantize vs model");
     }
     free(xa), free(d1), free(d2), free(xba), free(q1), free(q2), free(s1), free(s2);
+}
+
+/* Every SIMD set this CPU runs (cpu_isa.def), each against the reference. */
+static void test_simd_vs_ref(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *ks[16];
+    const int nks = mxm_cpu_kernel_sets(ks, 16);
+    if (nks == 1) fprintf(stderr, "[note] this CPU runs only the reference kernels\n");
+    for (int k = 1; k < nks; k++) {
+        simd_vs_ref(ks[k]);
+        printf("%s quantize/dequantize/fakequant vs ref: PASS\n", ks[k]->name);
+    }
 }
 
 /* ---- public tensor API --------------------------------------------------------------------- */

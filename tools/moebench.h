@@ -64,7 +64,8 @@ typedef struct mb_result {
  * come from L->cfg. Returns an mxm_status. */
 int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uint16_t *out_bf16);
 
-/* Read roof (GB/s) and fp32 FMA roof (GFLOP/s) of this machine with `threads` threads. */
+/* Read roof (GB/s) and fp32 FMA roof (GFLOP/s: the widest vector FMA this CPU has, AVX2 or
+ * AVX-512) of this machine with `threads` threads. */
 double mb_read_roof(int threads);
 double mb_fma_roof(int threads);
 

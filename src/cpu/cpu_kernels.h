@@ -1,6 +1,8 @@
-/* CPU kernel table. Filled with the scalar *_ref kernels first, then overridden by the fastest
- * implementation this CPU supports (AVX2+FMA+F16C, AVX-512). Dispatch happens once, at plan
- * time (or on first use for the standalone format functions). MXM_KERNELS=ref forces *_ref. */
+/* CPU kernel table. Filled with the scalar *_ref kernels first, then overridden by the kernel sets
+ * of src/cpu/cpu_isa.def (AVX2+FMA+F16C, AVX-512) that this CPU can run. Dispatch happens once,
+ * at plan time (or on first use for the standalone format functions). The environment variable
+ * MXM_KERNELS=ref forces *_ref; MXM_KERNELS=<set> picks that set when this CPU can run it (the
+ * best one otherwise), so that one binary can time each set. */
 #ifndef MXM_CPU_KERNELS_H
 #define MXM_CPU_KERNELS_H
 
@@ -11,7 +13,7 @@
 #define MXM_GEMV_MAX_TOKENS 4
 
 typedef struct mxm_cpu_kernels {
-    const char *name; /* "ref", "avx2", "avx512" */
+    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512" */
 
     /* ---- formats (one row; n % 32 == 0 for MXFP8) ------------------------------------------ */
     /* MXFP8 quantize n values: q [n] E4M3, s [n/32] E8M0 (SPEC 2.2, incl. specials). */
@@ -44,14 +46,24 @@ typedef struct mxm_cpu_kernels {
                           int nr, const float *const *x, int nt, float *out, int64_t ldo);
 } mxm_cpu_kernels;
 
-/* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref. */
+/* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
+ * that MXM_KERNELS names when this CPU can run it, else the best set this CPU can run. */
 const mxm_cpu_kernels *mxm_cpu_kernels_get(bool force_ref);
 
-/* Reference and per-ISA initializers (each overrides only what it implements). */
+/* Every kernel set this CPU can run, the reference first and the best last, into sets[0..n)
+ * (n <= max); returns n. For tests and benchmarks that compare the sets. */
+int mxm_cpu_kernel_sets(const mxm_cpu_kernels **sets, int max);
+
+/* Reference and per-set initializers (each overrides only what its set implements, on top of
+ * its parent set's kernels). */
 void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k);
+#define MXM_ISA(name, parent, features) void mxm_cpu_init_##name(mxm_cpu_kernels *k);
+#include "cpu/cpu_isa.def"
+#undef MXM_ISA
 void mxm_cpu_quant_init_avx2(mxm_cpu_kernels *k);
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k);
 void mxm_cpu_quant_init_avx512(mxm_cpu_kernels *k);
+void mxm_cpu_gemm_init_avx512(mxm_cpu_kernels *k);
 
 /* Scalar reference kernels, also called directly by tests. */
 void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule);

@@ -7,7 +7,14 @@
  * f32 block scale times 2^120 (the same single rounding as e4m3 * scale in the reference). Blocks
  * where that factor is not a normal fp32 (MXFP8 b > 134 or the NaN byte; FP8 |s| >= 2^8 or NaN)
  * or that hold NaN codes (0x7F/0xFF) take the scalar path, so special values decode exactly as
- * in the reference. */
+ * in the reference.
+ *
+ * Cost on Intel cores: an E4M3 subnormal code (magnitude 1..7) becomes an fp32 subnormal, and a
+ * multiply with a subnormal input takes a microcode assist there (about 35x a normal vmulps on
+ * the Xeon this was measured on); ModelOpt-style MXFP8 weights have such a code in about 0.3% of
+ * their blocks. gemm_avx512.c decodes through fp16 instead (no assist); here that route measured
+ * 5-7% slower on blocks without subnormal codes (and slower on Zen 3 earlier), so AVX2, the
+ * fallback for CPUs without AVX-512, keeps this decode. */
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
@@ -160,7 +167,12 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         __m256 acc[NT][NR];                                                                         \
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
+         * that the hardware prefetcher barely ramps up on) */                                     \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
+            if ((c & 63) == 0)                                                                      \
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
             for (int j = 0; j < NR; j++) {                                                          \
                 __m256 w0, w1, w2, w3;                                                              \
                 load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                        \
@@ -241,4 +253,10 @@ void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
     k->gemv_mxfp8 = gemv_mxfp8_avx2;
     k->pack_fp8block_panel = pack_fp8block_panel_avx2;
     k->gemv_fp8block = gemv_fp8block_avx2;
+}
+
+/* The avx2 set of cpu_isa.def. */
+void mxm_cpu_init_avx2(mxm_cpu_kernels *k) {
+    mxm_cpu_quant_init_avx2(k);
+    mxm_cpu_gemm_init_avx2(k);
 }
