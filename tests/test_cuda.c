@@ -417,6 +417,21 @@ static void test_group_sizes(void **state) {
     forced_counts = NULL;
 }
 
+/* Decode: every routing method on the device (the fused prologue routes one token per thread)
+ * at T = 1, 3, 64 and 256, and past the prologue at T = 257 (separate kernels). */
+static void test_decode_routing(void **state) {
+    (void)state;
+    const int64_t Ts[] = {1, 3, 64, 256, 257};
+    for (int m = 0; m < MXM_ROUTE_COUNT_; m++)
+        for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+            if (quick && i % 2) continue;
+            mxm_moe_config c = cfg_of(160, 96, 32, m == MXM_ROUTE_LLAMA4 ? 1 : 4, MXM_ACT_SILU);
+            c.routing_method = m, c.routed_scaling_factor = 1.5f;
+            if (m == MXM_ROUTE_DEEPSEEK_V3) c.n_group = 4, c.topk_group = 2;
+            compare("decode", c, Ts[i], (int)(i % 2), 1, 0);
+        }
+}
+
 static void test_integer_exact(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
@@ -558,6 +573,7 @@ int main(void) {
         cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
         cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
         cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_group_sizes),
+        cmocka_unit_test(test_decode_routing),
         cmocka_unit_test(test_integer_exact),
         cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
         cmocka_unit_test(test_wgmma),
