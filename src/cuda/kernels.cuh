@@ -34,6 +34,7 @@ struct mxm_cuda_prologue_in {
     mxm_route_params rp;
     char *route_scratch; // [T, route_stride]
     int64_t route_stride;
+    int32_t route_smem;  // set by mxm_cuda_prologue: the scratch lives in shared memory
 };
 mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s);
 // Groups with 1..MXM_CUDA_SKINNY_MAX rows: GEMM1 + activation + requantization, then GEMM2.

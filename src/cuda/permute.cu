@@ -128,6 +128,10 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
 
 // ---- the decode prologue ---------------------------------------------------------------------------
 
+// Where the routing scratch starts in the prologue's shared memory (after 2 x groups counters).
+static __host__ __device__ int64_t prologue_scratch_offset(int groups) { return (2 * 4 * (int64_t)groups + 15) / 16 * 16; }
+#define PROLOGUE_SCRATCH_SMEM (32 * 1024) // routing scratch kept in shared memory up to this size
+
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_args a, mxm_cuda_prologue_in in) {
     mxm_griddep_wait();
     mxm_griddep_launch();
@@ -139,12 +143,15 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_arg
             mxm_prepare_x_row(a, blockIdx.x - 1, in.x, in.x_dtype, (const uint8_t *)in.x_scale);
         return;
     }
-    extern __shared__ int32_t sh[]; // n, cursor: 2 x groups
+    extern __shared__ __align__(16) int32_t sh[]; // n, cursor: 2 x groups; then routing scratch
     int32_t *n = sh, *cursor = sh + a.groups;
+    // The per-token routing runs serially in one thread; its scratch sits in shared memory when
+    // it fits (in.route_smem), which shortens every dependent load of that serial walk.
+    char *scratch = in.route_smem ? (char *)sh + prologue_scratch_offset(a.groups) : in.route_scratch;
     if (in.logits)
         for (int64_t t = threadIdx.x; t < a.T; t += blockDim.x)
             mxm_route_token(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t, a.ids, a.wts,
-                            in.route_scratch + t * in.route_stride);
+                            scratch + t * in.route_stride);
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : 0;
     __syncthreads(); // the routing's ids (global, this block) and the zeroed counts
     for (int64_t i = threadIdx.x; i < (int64_t)a.T * a.K; i += blockDim.x) {
@@ -162,7 +169,11 @@ extern "C" int64_t mxm_route_device_scratch_bytes(const mxm_route_params *p);
 mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s) {
     const int64_t xblocks =
         a.blk ? ((int64_t)a.T * a.HB + PROLOGUE_THREADS / 32 - 1) / (PROLOGUE_THREADS / 32) : (int64_t)a.T;
-    const size_t smem = 2 * sizeof(int32_t) * (size_t)a.groups;
+    mxm_cuda_prologue_in pin = in;
+    const int64_t scratch = in.logits ? (int64_t)a.T * in.route_stride : 0;
+    pin.route_smem = scratch > 0 && scratch <= PROLOGUE_SCRATCH_SMEM && in.route_stride % 16 == 0;
+    const size_t smem = pin.route_smem ? (size_t)(prologue_scratch_offset(a.groups) + scratch)
+                                       : 2 * sizeof(int32_t) * (size_t)a.groups;
     if (smem > 48 * 1024) {
         static size_t raised = 0;
         if (smem > raised) {
@@ -170,5 +181,5 @@ mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in 
             raised = smem;
         }
     }
-    return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s, a, in);
+    return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s, a, pin);
 }
