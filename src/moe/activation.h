@@ -12,7 +12,6 @@ typedef struct mxm_act_params {
     float alpha, beta, limit; /* SWIGLUOAI */
 } mxm_act_params;
 
-MXM_HD float mxm_sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
 MXM_HD float mxm_siluf(float v) { return v / (1.0f + expf(-v)); }
 MXM_HD float mxm_gelu_erff(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 MXM_HD float mxm_gelu_tanhf(float v) {
