@@ -192,7 +192,8 @@ static void test_activation_table(void **state) {
         assert_int_equal(mxm_act_is_gated(a), g);
         assert_int_equal(g, a != MXM_ACT_IDENTITY && !strstr(name, "_no_mul"));
         int listed = 0;
-        for (size_t i = 0; i < sizeof gated_set / sizeof gated_set[0]; i++) listed |= gated_set[i] == a;
+        for (size_t i = 0; i < sizeof gated_set / sizeof gated_set[0]; i++)
+            listed |= gated_set[i] == a;
         assert_int_equal(g, listed);
     }
     assert_int_equal(mxm_activation_is_gated(-1), -1);
@@ -309,9 +310,13 @@ static void test_bounds_catch_mutants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_integer_exact_w8a8), cmocka_unit_test(test_every_mode),
-        cmocka_unit_test(test_activation_table), cmocka_unit_test(test_w13_layouts),cmocka_unit_test(test_shapes),
-        cmocka_unit_test(test_shared_expert),      cmocka_unit_test(test_expert_parallel_slices),
+        cmocka_unit_test(test_integer_exact_w8a8),
+        cmocka_unit_test(test_every_mode),
+        cmocka_unit_test(test_activation_table),
+        cmocka_unit_test(test_w13_layouts),
+        cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_shared_expert),
+        cmocka_unit_test(test_expert_parallel_slices),
         cmocka_unit_test(test_bounds_catch_mutants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

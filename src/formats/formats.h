@@ -171,6 +171,8 @@ MXM_HD float mxm_fp8block_quantize_seg(const float *x, int n, uint8_t *q) {
 
 /* The one fp32 sigmoid, shared by routing (route/route_core.h) and the activations
  * (moe/activation.h): the two must compute it alike on the host and the device. */
-MXM_HD float mxm_sigmoidf(float v) { return 1.0f / (1.0f + expf(-v)); }
+MXM_HD float mxm_sigmoidf(float v) {
+    return 1.0f / (1.0f + expf(-v));
+}
 
 #endif

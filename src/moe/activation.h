@@ -23,24 +23,26 @@ MXM_HD float mxm_gelu_tanhf(float v) {
  * and other names that checkpoint configs use, space separated. Every question "is it gated?" and
  * every activation name is answered from this list (config.c builds the name table from it), so a
  * new activation is one row here plus its case in mxm_act_gated or mxm_act_plain. */
-#define MXM_ACTIVATIONS(X)                                \
-    X(MXM_ACT_SILU, "silu", 1, "swiglu")                  \
-    X(MXM_ACT_GELU, "gelu", 1, "")                        \
-    X(MXM_ACT_GELU_TANH, "gelu_tanh", 1, "")              \
-    X(MXM_ACT_SWIGLUOAI, "swigluoai", 1, "")              \
-    X(MXM_ACT_SILU_NO_MUL, "silu_no_mul", 0, "")          \
-    X(MXM_ACT_GELU_NO_MUL, "gelu_no_mul", 0, "")          \
-    X(MXM_ACT_RELU2_NO_MUL, "relu2_no_mul", 0, "relu2")   \
+#define MXM_ACTIVATIONS(X)                                                                         \
+    X(MXM_ACT_SILU, "silu", 1, "swiglu")                                                           \
+    X(MXM_ACT_GELU, "gelu", 1, "")                                                                 \
+    X(MXM_ACT_GELU_TANH, "gelu_tanh", 1, "")                                                       \
+    X(MXM_ACT_SWIGLUOAI, "swigluoai", 1, "")                                                       \
+    X(MXM_ACT_SILU_NO_MUL, "silu_no_mul", 0, "")                                                   \
+    X(MXM_ACT_GELU_NO_MUL, "gelu_no_mul", 0, "")                                                   \
+    X(MXM_ACT_RELU2_NO_MUL, "relu2_no_mul", 0, "relu2")                                            \
     X(MXM_ACT_IDENTITY, "identity", 0, "")
 
 /* 1 for a gated activation, 0 otherwise (unknown values included: the config was validated). */
 MXM_HD int mxm_act_is_gated(int act) {
     switch (act) {
-#define MXM_ACT_GATED_CASE_(e, name, gated, aliases) \
-    case e: return gated;
+#define MXM_ACT_GATED_CASE_(e, name, gated, aliases)                                               \
+    case e:                                                                                        \
+        return gated;
         MXM_ACTIVATIONS(MXM_ACT_GATED_CASE_)
 #undef MXM_ACT_GATED_CASE_
-    default: return 0;
+    default:
+        return 0;
     }
 }
 

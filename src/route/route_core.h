@@ -125,7 +125,7 @@ MXM_HD void mxm_route_select_plain(const float *key, int32_t E, int32_t K, uint6
 
 /* DeepSeekV3 grouped top-K of u = key[0..E) into heap[0..K), sorted descending. */
 MXM_HD void mxm_route_select_grouped(const mxm_route_params *p, const float *key, uint64_t *heap,
-                           float *gscore, uint8_t *gkeep) {
+                                     float *gscore, uint8_t *gkeep) {
     const int32_t E = p->num_experts, G = p->n_group, gs = E / G;
     for (int32_t g = 0; g < G; g++) {
         const int32_t b = g * gs;
@@ -209,9 +209,9 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
     int64_t off[5];
     mxm_route_layout(p, off);
     char *base = (char *)scratch;
-    const mxm_route_scratch s = {(uint64_t *)(void *)(base + off[0]), (float *)(void *)(base + off[1]),
-                             (float *)(void *)(base + off[2]), (float *)(void *)(base + off[3]),
-                             (uint8_t *)(base + off[4])};
+    const mxm_route_scratch s = {(uint64_t *)(void *)(base + off[0]),
+                                 (float *)(void *)(base + off[1]), (float *)(void *)(base + off[2]),
+                                 (float *)(void *)(base + off[3]), (uint8_t *)(base + off[4])};
     const int32_t E = p->num_experts, K = p->top_k, method = p->method;
     const int grouped = mxm_route_grouped(p);
     const int round_bias = grouped && p->profile == MXM_PROFILE_TRTLLM;
@@ -222,7 +222,8 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
 
     {
         const int64_t row = t * (int64_t)E;
-        for (int32_t i = 0; i < E; i++) key[i] = mxm_route_load_f(logits, logits_dtype, row + i);
+        for (int32_t i = 0; i < E; i++)
+            key[i] = mxm_route_load_f(logits, logits_dtype, row + i);
 
         /* selection keys */
         switch (method) {
