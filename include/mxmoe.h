@@ -383,6 +383,9 @@ MXM_API mxm_status mxm_route(const mxm_moe_config *cfg, int64_t num_tokens, cons
  * unknown values. The *_from_name functions return -1 for unknown names. */
 MXM_API const char *mxm_activation_name(int32_t activation);
 MXM_API int32_t mxm_activation_from_name(const char *name);
+/* 1 if the activation is gated (W13 has 2 I rows: gate and up), 0 if not (I rows), -1 for an
+ * unknown value. */
+MXM_API int32_t mxm_activation_is_gated(int32_t activation);
 MXM_API const char *mxm_routing_method_name(int32_t method);
 MXM_API int32_t mxm_routing_method_from_name(const char *name);
 MXM_API const char *mxm_weight_format_name(int32_t fmt);

@@ -75,8 +75,6 @@ static void make_weight(const mxm_moe_config *cfg, const float *v, int64_t rows,
     }
 }
 
-static int gated_act(int a) { return a <= MXM_ACT_SWIGLUOAI; }
-
 void ref_layer_init(ref_layer *L, const mxm_moe_config *cfg, uint64_t seed, int integer_data) {
     memset(L, 0, sizeof *L);
     L->cfg = *cfg;
@@ -94,7 +92,7 @@ void ref_layer_init(ref_layer *L, const mxm_moe_config *cfg, uint64_t seed, int 
         if (shared && !cfg->shared_intermediate_size) break;
         const int act = shared && cfg->shared_activation >= 0 ? cfg->shared_activation : cfg->activation;
         const int64_t Ie = shared ? cfg->shared_intermediate_size : I;
-        const int64_t M1 = gated_act(act) ? 2 * Ie : Ie;
+        const int64_t M1 = mxm_activation_is_gated(act) == 1 ? 2 * Ie : Ie;
         float *v1 = tu_alloc(4 * M1 * H), *v2 = tu_alloc(4 * H * Ie);
         if (integer_data) {
             for (int64_t i = 0; i < M1 * H; i++) v1[i] = (float)tu_randint(&r, -8, 8) / 8;
@@ -261,7 +259,7 @@ static void expert_ref(const ref_layer *L, int e, const double *x, const double 
     const int shared = e == L->e_loc;
     const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
     const int64_t H = c->hidden_size, I = shared ? c->shared_intermediate_size : c->intermediate_size;
-    const int gated = gated_act(act);
+    const int gated = mxm_activation_is_gated(act) == 1;
     const int trt = c->profile == MXM_PROFILE_TRTLLM, w8a8 = c->act_quant == MXM_ACT_QUANT_MXFP8;
     const double acc = L->exact_sums ? 0 : 1, eps_fn = L->exact_sums ? 0 : REF_EPS_FN;
     double al = c->swiglu_alpha, be = c->swiglu_beta, lim = c->swiglu_limit;

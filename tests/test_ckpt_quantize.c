@@ -1082,6 +1082,74 @@ static void test_errors(void **state) {
     assert_non_null(strstr(mxm_last_error(), "config.json"));
 }
 
+/* The quantizer reads config.json with the checkpoint loader's reader (json_text.h): for every
+ * text below, both accept it (Python's bare NaN/Infinity and the 1e999 the quantizer itself
+ * writes), or both reject it with the same message (NUL outside an exclude list, duplicate keys,
+ * not an object, over the size limit). The quantizer used to read NaN as 0 and refuse 1e999. */
+static void test_config_reader_agrees(void **state) {
+    (void)state;
+    const char *src = data_dir("qwen3_moe_tiny");
+    size_t n;
+    char *orig = (char *)read_all(pj(src, "config.json"), &n);
+    assert_non_null(orig);
+    assert_true(orig[0] == '{');
+    static const struct {
+        const char *insert; /* after the opening '{'; NULL: the whole file is `whole` */
+        const char *whole;
+        int pad_mb;        /* that many MiB of spaces after the insert */
+        const char *error; /* NULL: accepted */
+    } cases[] = {
+        {"\"py\": [NaN, Infinity, -Infinity], \"big\": [1e999, -1e999],", NULL, 0, NULL},
+        {"\"note\": \"NaN in a string\", \"limit\": NaN,", NULL, 0, NULL},
+        {"\"bad\": \"x\\u0000y\",", NULL, 0, "'bad' holds a string with \\u0000"},
+        {"\"model_type\": \"qwen3_moe\",", NULL, 0, "duplicate"},
+        {NULL, "[1, NaN]", 0, "not a JSON object"},
+        {"", NULL, 9, "config.json"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char in[1024], out[1024];
+        snprintf(in, sizeof in, "%s/cfg_agree_%zu", g_dir, i);
+        snprintf(out, sizeof out, "%s/cfg_agree_%zu_out", g_dir, i);
+        assert_int_equal(mkdir(in, 0755), 0);
+        copy_file(pj(src, "model.safetensors"), pj(in, "model.safetensors"));
+        if (cases[i].whole) {
+            write_all(pj(in, "config.json"), cases[i].whole, strlen(cases[i].whole));
+        } else {
+            const size_t ni = strlen(cases[i].insert), pad = (size_t)cases[i].pad_mb << 20;
+            char *c = tu_alloc(n + ni + pad + 1);
+            c[0] = '{';
+            memcpy(c + 1, cases[i].insert, ni);
+            memset(c + 1 + ni, ' ', pad);
+            memcpy(c + 1 + ni + pad, orig + 1, n - 1);
+            write_all(pj(in, "config.json"), c, n + ni + pad);
+            free(c);
+        }
+        const mxm_status sq = mxm_checkpoint_quantize(in, out, MXM_SCALE_RCEIL, 2, NULL, NULL);
+        char eq[1024];
+        snprintf(eq, sizeof eq, "%s", sq ? mxm_last_error() : "");
+        mxm_model *m = NULL;
+        const mxm_status sl = mxm_model_open(in, &m);
+        printf("config %zu: quantize %s %s | load %s %s\n", i, mxm_status_str(sq), eq,
+               mxm_status_str(sl), sl ? mxm_last_error() : "");
+        if (!cases[i].error) {
+            assert_int_equal(sq, MXM_OK);
+            assert_int_equal(sl, MXM_OK);
+            mxm_model_close(m);
+            mxm_model *q = NULL; /* and the quantized checkpoint loads */
+            assert_int_equal(mxm_model_open(out, &q), MXM_OK);
+            mxm_model_close(q);
+            continue;
+        }
+        assert_int_equal(sq, MXM_ERR_FORMAT);
+        assert_int_equal(sl, MXM_ERR_FORMAT);
+        assert_null(m);
+        assert_string_equal(eq, mxm_last_error());
+        assert_non_null(strstr(eq, cases[i].error));
+        assert_false(exists(out));
+    }
+    free(orig);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modelopt_nemotron_h),
@@ -1096,6 +1164,7 @@ int main(void) {
         cmocka_unit_test(test_other_dtypes_and_names),
         cmocka_unit_test(test_unaligned_input),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_config_reader_agrees),
     };
     return cmocka_run_group_tests(tests, setup_dir, teardown_dir);
 }

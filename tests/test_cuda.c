@@ -65,7 +65,7 @@ static dev_layer layer_to_dev(const ref_layer *L) {
         if (shared && !c->shared_intermediate_size) break;
         const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
         const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
-        const int64_t M1 = act <= MXM_ACT_SWIGLUOAI ? 2 * I : I;
+        const int64_t M1 = mxm_activation_is_gated(act) == 1 ? 2 * I : I;
         const int32_t f = c->weight_format;
         void *w13 = to_dev(L->w13[e], mxm_weight_data_bytes(f, M1, H));
         void *s13 = to_dev(L->s13[e], mxm_weight_scale_bytes(f, M1, H));

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "moe/activation.h"
 #include "moe_ref.h"
 #include "mxmoe.h"
 #include "testutil.h"
@@ -174,6 +175,34 @@ static void test_every_mode(void **state) {
                 }
 }
 
+/* Gatedness comes from one table (MXM_ACTIVATIONS): the public query (which the reference and the
+ * tools size W13 with) and the kernels' switch must agree for every activation, and the table
+ * must agree with vLLM's naming (a gated activation has no "_no_mul" form; identity is the one
+ * plain exception), so a gated activation added anywhere in the enum cannot run as a plain one.
+ * test_every_mode then runs every activation against the reference. */
+static void test_activation_table(void **state) {
+    (void)state;
+    const int gated_set[] = {MXM_ACT_SILU, MXM_ACT_GELU, MXM_ACT_GELU_TANH, MXM_ACT_SWIGLUOAI};
+    for (int a = 0; a < MXM_ACT_COUNT_; a++) {
+        const char *name = mxm_activation_name(a);
+        assert_non_null(name);
+        assert_int_equal(mxm_activation_from_name(name), a);
+        const int g = mxm_activation_is_gated(a);
+        assert_true(g == 0 || g == 1);
+        assert_int_equal(mxm_act_is_gated(a), g);
+        assert_int_equal(g, a != MXM_ACT_IDENTITY && !strstr(name, "_no_mul"));
+        int listed = 0;
+        for (size_t i = 0; i < sizeof gated_set / sizeof gated_set[0]; i++)
+            listed |= gated_set[i] == a;
+        assert_int_equal(g, listed);
+    }
+    assert_int_equal(mxm_activation_is_gated(-1), -1);
+    assert_int_equal(mxm_activation_is_gated(MXM_ACT_COUNT_), -1);
+    assert_int_equal(mxm_activation_from_name("swiglu"), MXM_ACT_SILU);
+    assert_int_equal(mxm_activation_from_name("relu2"), MXM_ACT_RELU2_NO_MUL);
+    assert_int_equal(mxm_activation_from_name("relu"), -1);
+}
+
 static void test_w13_layouts(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_SILU, MXM_ACT_SWIGLUOAI, MXM_ACT_GELU};
@@ -281,9 +310,13 @@ static void test_bounds_catch_mutants(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_integer_exact_w8a8), cmocka_unit_test(test_every_mode),
-        cmocka_unit_test(test_w13_layouts),        cmocka_unit_test(test_shapes),
-        cmocka_unit_test(test_shared_expert),      cmocka_unit_test(test_expert_parallel_slices),
+        cmocka_unit_test(test_integer_exact_w8a8),
+        cmocka_unit_test(test_every_mode),
+        cmocka_unit_test(test_activation_table),
+        cmocka_unit_test(test_w13_layouts),
+        cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_shared_expert),
+        cmocka_unit_test(test_expert_parallel_slices),
         cmocka_unit_test(test_bounds_catch_mutants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

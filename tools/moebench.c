@@ -53,7 +53,7 @@ static void fill_scales(uint8_t *s, int64_t bytes, int32_t fmt, uint64_t seed, i
 
 /* Byte sizes of one routed and the shared expert's four arrays (w13, s13, w2, s2). */
 static void expert_sizes(const mb_layer *L, int64_t routed[4], int64_t shared[4]) {
-    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI, f = L->cfg.weight_format;
+    const int gated = mxm_activation_is_gated(L->shape.act) == 1, f = L->cfg.weight_format;
     const int64_t H = L->shape.H, I = L->shape.I, Is = L->shape.shared_I;
     const int64_t M1 = gated ? 2 * I : I, M1s = gated ? 2 * Is : Is;
     routed[0] = mxm_weight_data_bytes(f, M1, H), routed[1] = mxm_weight_scale_bytes(f, M1, H);
@@ -329,7 +329,7 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
     int32_t nt = 0;
     for (int e = 0; e < E_loc; e++) nt += touched[e];
     free(touched);
-    const int gated = L->shape.act <= MXM_ACT_SWIGLUOAI;
+    const int gated = mxm_activation_is_gated(L->shape.act) == 1;
     const double I = L->shape.I, Is = L->shape.shared_I;
     const double per_pair = 2.0 * ((gated ? 2 : 1) * I * H + H * I);
     const double shared = 2.0 * T * ((gated ? 2 : 1) * Is * H + H * Is);

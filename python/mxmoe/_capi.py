@@ -114,6 +114,7 @@ _SIGS = {
     "mxm_moe_forward": (i32, [vp, P(MoEWeights), P(Inputs), P(Outputs), vp, i64, vp]),
     "mxm_route": (i32, [P(Config), i64, vp, i32, vp, i32, vp, vp]),
     "mxm_activation_name": (ctypes.c_char_p, [i32]),
+    "mxm_activation_is_gated": (i32, [i32]),
     "mxm_routing_method_name": (ctypes.c_char_p, [i32]),
     "mxm_weight_format_name": (ctypes.c_char_p, [i32]),
     "mxm_weight_data_bytes": (i64, [i32, i64, i64]),

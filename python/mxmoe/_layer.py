@@ -15,7 +15,6 @@ _FORMATS = {"as_stored": -1, "mxfp8": E["MXM_WFMT_MXFP8"]}
 _RULES = {"rceil": E["MXM_SCALE_RCEIL"], "floor": E["MXM_SCALE_FLOOR"]}
 _PROFILES = {"trtllm": E["MXM_PROFILE_TRTLLM"], "exact": E["MXM_PROFILE_EXACT"]}
 _ACT_QUANT = {"mxfp8": E["MXM_ACT_QUANT_MXFP8"], "none": E["MXM_ACT_QUANT_NONE"]}
-_GATED = (E["MXM_ACT_SILU"], E["MXM_ACT_GELU"], E["MXM_ACT_GELU_TANH"], E["MXM_ACT_SWIGLUOAI"])
 
 
 def _choice(name, value, table):
@@ -150,7 +149,7 @@ class MoELayer:
             return d.value
 
         def expert(src, I, act):
-            M1 = 2 * I if act in _GATED else I
+            M1 = 2 * I if lib.mxm_activation_is_gated(act) == 1 else I
             return _capi.ExpertWeights(
                 up(src.w13, lib.mxm_weight_data_bytes(fmt, M1, H)), up(src.w13_scale, lib.mxm_weight_scale_bytes(fmt, M1, H))
                 if src.w13_scale else None,

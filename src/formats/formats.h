@@ -3,6 +3,7 @@
 #ifndef MXM_FORMATS_H
 #define MXM_FORMATS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -166,6 +167,12 @@ MXM_HD float mxm_fp8block_quantize_seg(const float *x, int n, uint8_t *q) {
     const float s = mxm_fp8block_scale(amax);
     for (int i = 0; i < n; i++) q[i] = mxm_e4m3_rne_sat(x[i] / s);
     return s;
+}
+
+/* The one fp32 sigmoid, shared by routing (route/route_core.h) and the activations
+ * (moe/activation.h): the two must compute it alike on the host and the device. */
+MXM_HD float mxm_sigmoidf(float v) {
+    return 1.0f / (1.0f + expf(-v));
 }
 
 #endif

@@ -54,78 +54,6 @@ struct mxm_model {
 
 /* ---- config.json ------------------------------------------------------------------------------ */
 
-/* The one place where "\u0000" may occur: the entries of ModelOpt's exclude list (ModelOpt 0.47
- * appends ".\u0000<prefix>.pt_name_sentinel" to every entry of Nemotron-H exports, its own bug;
- * docs/checkpoints.md). Any other string holding U+0000 makes the file malformed, so that no
- * value is silently read short (a model_type "nemotron_h\u0000x" would read "nemotron_h").
- * Returns the key of the innermost member that holds the first such string ("[]" for a bare
- * array element), NULL if none. */
-static const char *json_nul_outside(json_t *v, const json_t *allowed) {
-    if (v == allowed) return NULL;
-    if (json_is_string(v)) return json_string_length(v) != strlen(json_string_value(v)) ? "" : NULL;
-    if (json_is_array(v)) {
-        size_t i;
-        json_t *e;
-        json_array_foreach(v, i, e) {
-            const char *bad = json_nul_outside(e, allowed);
-            if (bad) return *bad ? bad : "[]";
-        }
-        return NULL;
-    }
-    const char *key;
-    json_t *e;
-    json_object_foreach(v, key, e) {
-        const char *bad = json_nul_outside(e, allowed);
-        if (bad) return *bad && strcmp(bad, "[]") ? bad : key;
-    }
-    return NULL;
-}
-
-/* The exclude list of a ModelOpt config: hf_quant_config.json's quantization.exclude_modules, or
- * config.json's quantization_config.ignore (NULL when absent). */
-static json_t *modelopt_exclude_list(json_t *root) {
-    json_t *q = json_object_get(root, "quantization");
-    json_t *l = json_is_object(q) ? json_object_get(q, "exclude_modules") : NULL;
-    if (l) return l;
-    q = json_object_get(root, "quantization_config");
-    return json_is_object(q) ? json_object_get(q, "ignore") : NULL;
-}
-
-/* Real configs are a few kB; the limit keeps a hostile one from costing seconds and GBs. */
-#define CONFIG_MAX_BYTES (8 << 20)
-
-/* A config file, read as the safetensors reader reads headers: a regular file (a FIFO or a
- * device never blocks the open), at most CONFIG_MAX_BYTES; Python's bare NaN/Infinity accepted
- * (see json_text.h); "\u0000" parsed (JSON_ALLOW_NUL) but accepted only inside a ModelOpt
- * exclude list (json_nul_outside). MXM_ERR_NOT_FOUND when missing. */
-static json_t *load_json(const char *path, mxm_status *st) {
-    uint8_t *text;
-    int64_t len;
-    if ((*st = mxm_st_read_small_file(path, CONFIG_MAX_BYTES, &text, &len))) return NULL;
-    json_error_t err;
-    json_t *j = mxm_json_loadb_hf((const char *)text, (size_t)len, JSON_ALLOW_NUL, &err);
-    free(text);
-    if (!j) {
-        *st = mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
-        return NULL;
-    }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        *st = mxm_fail(MXM_ERR_FORMAT, "%s: not a JSON object", path);
-        return NULL;
-    }
-    const json_t *excl = modelopt_exclude_list(j);
-    const char *bad = json_nul_outside(j, json_is_array(excl) ? excl : NULL);
-    if (bad) {
-        *st = mxm_fail(MXM_ERR_FORMAT, "%s: '%.200s' holds a string with \\u0000 (allowed only in a ModelOpt "
-                       "exclude_modules / ignore entry)", path, bad);
-        json_decref(j);
-        return NULL;
-    }
-    *st = MXM_OK;
-    return j;
-}
-
 /* A ModelOpt exclude entry as a module pattern: cut at the first U+0000 and drop the '.' before
  * it ("lm_head.\u0000backbone.pt_name_sentinel" -> "lm_head"). Entries without U+0000 are
  * returned as they are. NULL when out of memory. */
@@ -140,10 +68,10 @@ static char *modelopt_entry(const json_t *s) {
 
 /* Reads the exclude list (hf_quant_config.json's, else config.json's) into m->exclude. */
 static mxm_status load_exclude(mxm_model *m, json_t *hq) {
-    json_t *l = hq ? modelopt_exclude_list(hq) : NULL;
+    json_t *l = hq ? mxm_json_modelopt_exclude(hq) : NULL;
     const char *where = "hf_quant_config.json: quantization.exclude_modules";
     if (!l) {
-        l = modelopt_exclude_list(m->config);
+        l = mxm_json_modelopt_exclude(m->config);
         where = "config.json: quantization_config.ignore";
     }
     if (!l || json_is_null(l)) return MXM_OK;
@@ -282,7 +210,7 @@ static mxm_status detect_format(mxm_model *m) {
     char p[PATH_MAX];
     snprintf(p, sizeof p, "%s/hf_quant_config.json", m->path);
     mxm_status st;
-    json_t *hq = load_json(p, &st);
+    json_t *hq = mxm_hf_config_load(p, &st);
     if (!hq && st != MXM_ERR_NOT_FOUND) return st;
     st = MXM_OK;
     const char *algo = NULL, *method = NULL;
@@ -343,7 +271,7 @@ mxm_status mxm_model_open(const char *path, mxm_model **out) {
     if (!st && stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
         char p[PATH_MAX];
         snprintf(p, sizeof p, "%s/config.json", path);
-        m->config = load_json(p, &st);
+        m->config = mxm_hf_config_load(p, &st);
         if (st == MXM_ERR_NOT_FOUND) st = MXM_OK; /* tensors only */
         if (m->config) {
             const char *mt = NULL;

@@ -276,7 +276,7 @@ typedef struct cq_job {
 
     char *config_text; /* config.json as read */
     size_t config_len;
-    json_t *config; /* parsed (NaN/Infinity tokens neutralized) */
+    json_t *config; /* parsed by mxm_hf_config_parse */
     json_t *index;  /* model.safetensors.index.json, or NULL for a single file */
 
     cq_shard *shards;
@@ -396,50 +396,19 @@ static mxm_status cq_report(cq_job *j, const char *what) {
     return MXM_OK;
 }
 
-/* config.json, with bare NaN/Infinity/-Infinity tokens (Python's json writes them) replaced by
- * 0 in a scratch copy so that jansson can parse it; only the parse sees the copy. */
+/* config.json, read and parsed as the checkpoint loader reads it (mxm_hf_config_parse), so that
+ * the two accept the same configs; the text is kept for cq_write_config. */
 static mxm_status cq_load_config(cq_job *j, const char *path) {
-    mxm_status st = cq_read_file(path, &j->config_text, &j->config_len);
+    uint8_t *text;
+    int64_t len;
+    mxm_status st = mxm_st_read_small_file(path, MXM_HF_CONFIG_MAX_BYTES, &text, &len);
     if (st != MXM_OK) return st;
+    j->config_text = (char *)text, j->config_len = (size_t)len;
     const int64_t bad =
         mxm_st_utf8_invalid_at((const uint8_t *)j->config_text, (int64_t)j->config_len);
     if (bad >= 0)
         return mxm_fail(MXM_ERR_FORMAT, PT ": not valid UTF-8 (offset %lld)", path, (long long)bad);
-    char *s = malloc(j->config_len + 1);
-    if (!s) return mxm_fail(MXM_ERR_NOMEM, PT ": out of memory", path);
-    memcpy(s, j->config_text, j->config_len + 1);
-    int in_str = 0;
-    for (size_t i = 0; i < j->config_len; i++) {
-        const char c = s[i];
-        if (in_str) {
-            if (c == '\\' && i + 1 < j->config_len)
-                i++;
-            else if (c == '"')
-                in_str = 0;
-            continue;
-        }
-        if (c == '"') {
-            in_str = 1;
-            continue;
-        }
-        static const char *const toks[] = {"-Infinity", "Infinity", "NaN"};
-        for (int k = 0; k < 3; k++) {
-            const size_t tl = strlen(toks[k]);
-            if (j->config_len - i >= tl && memcmp(s + i, toks[k], tl) == 0) {
-                s[i] = '0';
-                memset(s + i + 1, ' ', tl - 1);
-                i += tl - 1;
-                break;
-            }
-        }
-    }
-    json_error_t jerr;
-    j->config = json_loadb(s, j->config_len, JSON_REJECT_DUPLICATES, &jerr);
-    free(s);
-    if (!j->config)
-        return mxm_fail(MXM_ERR_FORMAT, PT ": not valid JSON: %s (line %d, column %d)", path,
-                        jerr.text, jerr.line, jerr.column);
-    if (!json_is_object(j->config)) return mxm_fail(MXM_ERR_FORMAT, PT ": not a JSON object", path);
+    if (!(j->config = mxm_hf_config_parse(path, j->config_text, j->config_len, &st))) return st;
     if (json_object_get(j->config, "quantization_config"))
         return mxm_fail(MXM_ERR_UNSUPPORTED,
                         PT ": already has a quantization_config; the input must be a BF16/F16/F32 "

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/core.h"
+#include "io/safetensors.h"
+
 static int ident_char(char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
 }
@@ -108,3 +111,75 @@ json_t *mxm_json_loadb_hf(const char *text, size_t len, size_t flags, json_error
 }
 
 char *mxm_json_text_valid(const char *text, size_t len, size_t *out_len) { return rewrite(text, len, 0, out_len); }
+
+/* ---- config files ------------------------------------------------------------------------- */
+
+/* The one place where "\u0000" may occur: the entries of ModelOpt's exclude list (ModelOpt 0.47
+ * appends ".\u0000<prefix>.pt_name_sentinel" to every entry of Nemotron-H exports, its own bug;
+ * docs/checkpoints.md). Any other string holding U+0000 makes the file malformed, so that no
+ * value is silently read short (a model_type "nemotron_h\u0000x" would read "nemotron_h").
+ * Returns the key of the innermost member that holds the first such string ("[]" for a bare
+ * array element), NULL if none. */
+static const char *json_nul_outside(json_t *v, const json_t *allowed) {
+    if (v == allowed) return NULL;
+    if (json_is_string(v)) return json_string_length(v) != strlen(json_string_value(v)) ? "" : NULL;
+    if (json_is_array(v)) {
+        size_t i;
+        json_t *e;
+        json_array_foreach(v, i, e) {
+            const char *bad = json_nul_outside(e, allowed);
+            if (bad) return *bad ? bad : "[]";
+        }
+        return NULL;
+    }
+    const char *key;
+    json_t *e;
+    json_object_foreach(v, key, e) {
+        const char *bad = json_nul_outside(e, allowed);
+        if (bad) return *bad && strcmp(bad, "[]") ? bad : key;
+    }
+    return NULL;
+}
+
+json_t *mxm_json_modelopt_exclude(json_t *root) {
+    json_t *q = json_object_get(root, "quantization");
+    json_t *l = json_is_object(q) ? json_object_get(q, "exclude_modules") : NULL;
+    if (l) return l;
+    q = json_object_get(root, "quantization_config");
+    return json_is_object(q) ? json_object_get(q, "ignore") : NULL;
+}
+
+json_t *mxm_hf_config_parse(const char *path, const char *text, size_t len, mxm_status *st) {
+    json_error_t err;
+    json_t *j = mxm_json_loadb_hf(text, len, JSON_ALLOW_NUL, &err);
+    if (!j) {
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: line %d: %s", path, err.line, err.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        json_decref(j);
+        *st = mxm_fail(MXM_ERR_FORMAT, "%s: not a JSON object", path);
+        return NULL;
+    }
+    const json_t *excl = mxm_json_modelopt_exclude(j);
+    const char *bad = json_nul_outside(j, json_is_array(excl) ? excl : NULL);
+    if (bad) {
+        *st = mxm_fail(MXM_ERR_FORMAT,
+                       "%s: '%.200s' holds a string with \\u0000 (allowed only in a ModelOpt "
+                       "exclude_modules / ignore entry)",
+                       path, bad);
+        json_decref(j);
+        return NULL;
+    }
+    *st = MXM_OK;
+    return j;
+}
+
+json_t *mxm_hf_config_load(const char *path, mxm_status *st) {
+    uint8_t *text;
+    int64_t len;
+    if ((*st = mxm_st_read_small_file(path, MXM_HF_CONFIG_MAX_BYTES, &text, &len))) return NULL;
+    json_t *j = mxm_hf_config_parse(path, (const char *)text, (size_t)len, st);
+    free(text);
+    return j;
+}

@@ -6,21 +6,45 @@
 #include "moe/activation.h"
 #include "moe/plan.h"
 
-static const char *const activation_names[MXM_ACT_COUNT_] = {
-    "silu", "gelu", "gelu_tanh", "swigluoai", "silu_no_mul", "gelu_no_mul", "relu2_no_mul", "identity",
+/* The activation table, from MXM_ACTIVATIONS (moe/activation.h), indexed by enum value. */
+typedef struct mxm_activation_row {
+    const char *name;
+    int gated;
+    const char *aliases; /* space separated */
+} mxm_activation_row;
+static const mxm_activation_row activations[MXM_ACT_COUNT_] = {
+#define MXM_ACT_ROW_(e, name, gated, aliases) [e] = {name, gated, aliases},
+    MXM_ACTIVATIONS(MXM_ACT_ROW_)
+#undef MXM_ACT_ROW_
 };
 static const char *const weight_format_names[MXM_WFMT_COUNT_] = {"mxfp8", "fp8_block", "bf16", "f32"};
 
 const char *mxm_activation_name(int32_t a) {
-    return (a >= 0 && a < MXM_ACT_COUNT_) ? activation_names[a] : NULL;
+    return (a >= 0 && a < MXM_ACT_COUNT_) ? activations[a].name : NULL;
+}
+
+int32_t mxm_activation_is_gated(int32_t a) {
+    return (a >= 0 && a < MXM_ACT_COUNT_) ? activations[a].gated : -1;
+}
+
+/* Does the space-separated list have the word? */
+static int has_word(const char *list, const char *w) {
+    const size_t n = strlen(w);
+    for (const char *p = list; *p;) {
+        const size_t len = strcspn(p, " ");
+        if (len == n && n && strncmp(p, w, n) == 0) return 1;
+        p += len;
+        p += strspn(p, " ");
+    }
+    return 0;
 }
 
 int32_t mxm_activation_from_name(const char *name) {
     for (int32_t i = 0; name && i < MXM_ACT_COUNT_; i++)
-        if (strcmp(name, activation_names[i]) == 0) return i;
+        if (strcmp(name, activations[i].name) == 0) return i;
     /* Common aliases of checkpoint configs (mlp_hidden_act / hidden_act). */
-    if (name && strcmp(name, "relu2") == 0) return MXM_ACT_RELU2_NO_MUL;
-    if (name && strcmp(name, "swiglu") == 0) return MXM_ACT_SILU;
+    for (int32_t i = 0; name && i < MXM_ACT_COUNT_; i++)
+        if (has_word(activations[i].aliases, name)) return i;
     return -1;
 }
 
@@ -50,7 +74,7 @@ void mxm_moe_config_default(mxm_moe_config *c) {
 static void list_activations(char *buf, size_t n) {
     buf[0] = 0;
     for (int i = 0; i < MXM_ACT_COUNT_; i++) {
-        strncat(buf, activation_names[i], n - strlen(buf) - 1);
+        strncat(buf, activations[i].name, n - strlen(buf) - 1);
         if (i + 1 < MXM_ACT_COUNT_) strncat(buf, ", ", n - strlen(buf) - 1);
     }
 }

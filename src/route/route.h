@@ -47,9 +47,4 @@ void mxm_route_rows(const mxm_route_params *p, const void *logits, int32_t logit
                     const void *bias, int32_t bias_dtype, int64_t t0, int64_t t1, int32_t *ids,
                     float *weights, void *scratch);
 
-/* True when p uses DeepSeekV3 grouped selection (method 2 with n_group > 1). */
-static inline int mxm_route_is_grouped(const mxm_route_params *p) {
-    return p->method == MXM_ROUTE_DEEPSEEK_V3 && p->n_group > 1;
-}
-
 #endif

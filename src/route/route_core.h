@@ -1,5 +1,6 @@
 /* The per-token routing computation (SPEC section 3), shared by the host (route.c) and the
- * CUDA backend (src/cuda/route.cu): every function is MXM_HD, with no libc calls but math.
+ * CUDA backend (src/cuda/route.cu, permute.cu): every function is MXM_HD, with no libc calls but
+ * math, and every name starts with mxm_route_ (this header is included into other files).
  * See route.h for the numeric decisions. */
 #ifndef MXM_ROUTE_CORE_H
 #define MXM_ROUTE_CORE_H
@@ -11,19 +12,20 @@
 #include "formats/formats.h"
 #include "route/route.h"
 
+/* True when p uses DeepSeekV3 grouped selection (method 2 with n_group > 1). */
 MXM_HD int mxm_route_grouped(const mxm_route_params *p) {
     return p->method == MXM_ROUTE_DEEPSEEK_V3 && p->n_group > 1;
 }
 
 /* ---- scratch layout ------------------------------------------------------------------------ */
 
-typedef struct route_scratch {
+typedef struct mxm_route_scratch {
     uint64_t *heap; /* [max(K, G)] order keys */
     float *key;     /* [E] selection keys */
     float *val;     /* [E] unbiased sigmoid (methods 2, 7) */
     float *gscore;  /* [G] group scores (grouped DeepSeekV3) */
     uint8_t *gkeep; /* [G] kept-group flags */
-} route_scratch;
+} mxm_route_scratch;
 
 MXM_HD int64_t mxm_route_a64(int64_t n) {
     return (n + 63) & ~(int64_t)63;
@@ -47,7 +49,7 @@ MXM_HD int64_t mxm_route_layout(const mxm_route_params *p, int64_t off[5]) {
 
 /* Unsigned image of v that orders like the float; NaN -> 0 (below -inf), -0 -> +0. Branchless:
  * the signs of router logits are random, a branch on them would mispredict half the time. */
-MXM_HD uint32_t order_bits(float v) {
+MXM_HD uint32_t mxm_route_order_bits(float v) {
     uint32_t u = mxm_f32_bits(v);
     const uint32_t a = u & 0x7FFFFFFFu;
     u = a ? u : 0u;
@@ -55,15 +57,15 @@ MXM_HD uint32_t order_bits(float v) {
     return a > 0x7F800000u ? 0u : m;
 }
 
-MXM_HD uint64_t order_key(float v, int32_t idx) {
-    return ((uint64_t)order_bits(v) << 32) | (uint64_t)(uint32_t) ~(uint32_t)idx;
+MXM_HD uint64_t mxm_route_order_key(float v, int32_t idx) {
+    return ((uint64_t)mxm_route_order_bits(v) << 32) | (uint64_t)(uint32_t) ~(uint32_t)idx;
 }
 
-MXM_HD int32_t order_index(uint64_t k) {
+MXM_HD int32_t mxm_route_order_index(uint64_t k) {
     return (int32_t) ~(uint32_t)k;
 }
 
-MXM_HD void heap_sift_down(uint64_t *h, int32_t n, int32_t i) {
+MXM_HD void mxm_route_heap_sift_down(uint64_t *h, int32_t n, int32_t i) {
     const uint64_t v = h[i];
     for (;;) {
         int32_t c = 2 * i + 1;
@@ -76,7 +78,7 @@ MXM_HD void heap_sift_down(uint64_t *h, int32_t n, int32_t i) {
     h[i] = v;
 }
 
-MXM_HD void heap_sift_up(uint64_t *h, int32_t i) {
+MXM_HD void mxm_route_heap_sift_up(uint64_t *h, int32_t i) {
     const uint64_t v = h[i];
     while (i > 0) {
         const int32_t parent = (i - 1) / 2;
@@ -88,42 +90,42 @@ MXM_HD void heap_sift_up(uint64_t *h, int32_t i) {
 }
 
 /* Min-heap of the best `cap` order keys seen so far. */
-typedef struct topk_heap {
+typedef struct mxm_route_topk_heap {
     uint64_t *h;
     int32_t n, cap;
-} topk_heap;
+} mxm_route_topk_heap;
 
-MXM_HD void topk_push(topk_heap *t, uint64_t v) {
+MXM_HD void mxm_route_topk_push(mxm_route_topk_heap *t, uint64_t v) {
     if (t->n < t->cap) {
         t->h[t->n] = v;
-        heap_sift_up(t->h, t->n++);
+        mxm_route_heap_sift_up(t->h, t->n++);
     } else if (v > t->h[0]) {
         t->h[0] = v;
-        heap_sift_down(t->h, t->cap, 0);
+        mxm_route_heap_sift_down(t->h, t->cap, 0);
     }
 }
 
 /* Heap sort of a min-heap: leaves h[0..n) in descending order. */
-MXM_HD void topk_sort_desc(uint64_t *h, int32_t n) {
+MXM_HD void mxm_route_topk_sort_desc(uint64_t *h, int32_t n) {
     for (int32_t m = n - 1; m > 0; m--) {
         const uint64_t top = h[0];
         h[0] = h[m];
         h[m] = top;
-        heap_sift_down(h, m, 0);
+        mxm_route_heap_sift_down(h, m, 0);
     }
 }
 
 /* Top-K of key[0..E) into heap[0..K), sorted descending. */
-MXM_HD void select_plain(const float *key, int32_t E, int32_t K, uint64_t *heap) {
-    topk_heap t = {heap, 0, K};
+MXM_HD void mxm_route_select_plain(const float *key, int32_t E, int32_t K, uint64_t *heap) {
+    mxm_route_topk_heap t = {heap, 0, K};
     for (int32_t i = 0; i < E; i++)
-        topk_push(&t, order_key(key[i], i));
-    topk_sort_desc(heap, K);
+        mxm_route_topk_push(&t, mxm_route_order_key(key[i], i));
+    mxm_route_topk_sort_desc(heap, K);
 }
 
 /* DeepSeekV3 grouped top-K of u = key[0..E) into heap[0..K), sorted descending. */
-MXM_HD void select_grouped(const mxm_route_params *p, const float *key, uint64_t *heap,
-                           float *gscore, uint8_t *gkeep) {
+MXM_HD void mxm_route_select_grouped(const mxm_route_params *p, const float *key, uint64_t *heap,
+                                     float *gscore, uint8_t *gkeep) {
     const int32_t E = p->num_experts, G = p->n_group, gs = E / G;
     for (int32_t g = 0; g < G; g++) {
         const int32_t b = g * gs;
@@ -131,14 +133,14 @@ MXM_HD void select_grouped(const mxm_route_params *p, const float *key, uint64_t
             gscore[g] = key[b];
             continue;
         }
-        uint64_t k1 = order_key(key[b], b), k2 = order_key(key[b + 1], b + 1);
+        uint64_t k1 = mxm_route_order_key(key[b], b), k2 = mxm_route_order_key(key[b + 1], b + 1);
         if (k2 > k1) {
             const uint64_t t = k1;
             k1 = k2;
             k2 = t;
         }
         for (int32_t i = b + 2; i < b + gs; i++) {
-            const uint64_t k = order_key(key[i], i);
+            const uint64_t k = mxm_route_order_key(key[i], i);
             if (k > k2) {
                 if (k > k1) {
                     k2 = k1;
@@ -148,32 +150,28 @@ MXM_HD void select_grouped(const mxm_route_params *p, const float *key, uint64_t
                 }
             }
         }
-        gscore[g] = key[order_index(k1)] + key[order_index(k2)];
+        gscore[g] = key[mxm_route_order_index(k1)] + key[mxm_route_order_index(k2)];
     }
-    topk_heap tg = {heap, 0, p->topk_group};
+    mxm_route_topk_heap tg = {heap, 0, p->topk_group};
     for (int32_t g = 0; g < G; g++)
-        topk_push(&tg, order_key(gscore[g], g));
+        mxm_route_topk_push(&tg, mxm_route_order_key(gscore[g], g));
     for (int32_t g = 0; g < G; g++) gkeep[g] = 0;
     for (int32_t j = 0; j < p->topk_group; j++)
-        gkeep[order_index(heap[j])] = 1;
-    topk_heap t = {heap, 0, p->top_k};
+        gkeep[mxm_route_order_index(heap[j])] = 1;
+    mxm_route_topk_heap t = {heap, 0, p->top_k};
     for (int32_t g = 0; g < G; g++) {
         if (!gkeep[g]) continue;
         for (int32_t i = g * gs; i < (g + 1) * gs; i++)
-            topk_push(&t, order_key(key[i], i));
+            mxm_route_topk_push(&t, mxm_route_order_key(key[i], i));
     }
-    topk_sort_desc(heap, p->top_k);
+    mxm_route_topk_sort_desc(heap, p->top_k);
 }
 
 /* ---- per-row math -------------------------------------------------------------------------- */
 
-MXM_HD float sigmoid_f32(float x) {
-    return 1.0f / (1.0f + expf(-x));
-}
-
 /* Logits and bias from the caller: on the host at any address (memcpy loads: a misaligned
  * pointer is valid input there); device buffers come from cudaMalloc, aligned. */
-MXM_HD float load_f(const void *src, int32_t dtype, int64_t i) {
+MXM_HD float mxm_route_load_f(const void *src, int32_t dtype, int64_t i) {
 #ifdef __CUDA_ARCH__
     return dtype == MXM_DT_F32 ? ((const float *)src)[i]
                                : mxm_bf16_decode(((const uint16_t *)src)[i]);
@@ -190,7 +188,7 @@ MXM_HD float load_f(const void *src, int32_t dtype, int64_t i) {
 }
 
 /* p[i] = softmax(z)[i] in place (see route.h for the exact formula). */
-MXM_HD void softmax_inplace(float *z, int32_t E) {
+MXM_HD void mxm_route_softmax_inplace(float *z, int32_t E) {
     float m = -INFINITY;
     for (int32_t i = 0; i < E; i++)
         if (z[i] > m) m = z[i];
@@ -211,9 +209,9 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
     int64_t off[5];
     mxm_route_layout(p, off);
     char *base = (char *)scratch;
-    const route_scratch s = {(uint64_t *)(void *)(base + off[0]), (float *)(void *)(base + off[1]),
-                             (float *)(void *)(base + off[2]), (float *)(void *)(base + off[3]),
-                             (uint8_t *)(base + off[4])};
+    const mxm_route_scratch s = {(uint64_t *)(void *)(base + off[0]),
+                                 (float *)(void *)(base + off[1]), (float *)(void *)(base + off[2]),
+                                 (float *)(void *)(base + off[3]), (uint8_t *)(base + off[4])};
     const int32_t E = p->num_experts, K = p->top_k, method = p->method;
     const int grouped = mxm_route_grouped(p);
     const int round_bias = grouped && p->profile == MXM_PROFILE_TRTLLM;
@@ -224,27 +222,28 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
 
     {
         const int64_t row = t * (int64_t)E;
-        for (int32_t i = 0; i < E; i++) key[i] = load_f(logits, logits_dtype, row + i);
+        for (int32_t i = 0; i < E; i++)
+            key[i] = mxm_route_load_f(logits, logits_dtype, row + i);
 
         /* selection keys */
         switch (method) {
         case MXM_ROUTE_DEFAULT:
         case MXM_ROUTE_RENORMALIZE_NAIVE:
-            softmax_inplace(key, E);
+            mxm_route_softmax_inplace(key, E);
             break;
         case MXM_ROUTE_SIGMOID_RENORM:
         case MXM_ROUTE_SIGMOID:
             for (int32_t i = 0; i < E; i++)
-                key[i] = sigmoid_f32(key[i]);
+                key[i] = mxm_sigmoidf(key[i]);
             break;
         case MXM_ROUTE_DEEPSEEK_V3:
         case MXM_ROUTE_MINIMAX2:
             for (int32_t i = 0; i < E; i++) {
-                const float sg = sigmoid_f32(key[i]);
+                const float sg = mxm_sigmoidf(key[i]);
                 val[i] = sg;
                 float b = 0.0f;
                 if (use_bias) {
-                    b = load_f(bias, bias_dtype, i);
+                    b = mxm_route_load_f(bias, bias_dtype, i);
                     if (round_bias) b = mxm_round_bf16(b);
                 }
                 key[i] = use_bias ? sg + b : sg;
@@ -255,14 +254,14 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
         }
 
         if (grouped)
-            select_grouped(p, key, heap, s.gscore, s.gkeep);
+            mxm_route_select_grouped(p, key, heap, s.gscore, s.gkeep);
         else
-            select_plain(key, E, K, heap);
+            mxm_route_select_plain(key, E, K, heap);
 
         int32_t *id = ids + t * (int64_t)K;
         float *w = weights + t * (int64_t)K;
         for (int32_t j = 0; j < K; j++)
-            id[j] = order_index(heap[j]);
+            id[j] = mxm_route_order_index(heap[j]);
 
         /* weights */
         switch (method) {
@@ -317,7 +316,7 @@ MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32
         case MXM_ROUTE_LLAMA4:
         case MXM_ROUTE_TOPK_SIGMOID:
             for (int32_t j = 0; j < K; j++)
-                w[j] = sigmoid_f32(key[id[j]]);
+                w[j] = mxm_sigmoidf(key[id[j]]);
             break;
         default: /* unreachable: p was checked */
             break;

@@ -1,6 +1,7 @@
-/* Helpers shared by the benchmark programs: wall clock, the memory-read roof and the fp32 FMA
- * roof, measured in the same run as the figures they bound. Header-only (each bench is one
- * program). */
+/* Helpers shared by the benchmark programs (bench/) and the CLI's benchmark module
+ * (moebench.c): wall clock, the memory-read roof and the fp32 FMA roof, measured in the same run
+ * as the figures they bound. Header-only. In tools/ because bench/ includes tools/, never the
+ * reverse. */
 #ifndef MXM_BENCH_COMMON_H
 #define MXM_BENCH_COMMON_H
 

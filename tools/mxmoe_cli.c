@@ -195,7 +195,7 @@ static int runner_to_device(runner *r) {
         const mxm_expert_weights *src = shared ? w->shared : &w->experts[e];
         const int act = shared && c->shared_activation >= 0 ? c->shared_activation : c->activation;
         const int64_t I = shared ? c->shared_intermediate_size : c->intermediate_size;
-        const int gated = act <= MXM_ACT_SWIGLUOAI;
+        const int gated = mxm_activation_is_gated(act) == 1;
         const int64_t M1 = (gated ? 2 : 1) * I;
         mxm_expert_weights *d = &r->dev_experts[e];
         if (!(d->w13 = dev_copy(r, src->w13, mxm_weight_data_bytes(f, M1, H))) ||
