@@ -248,19 +248,20 @@ _tls = threading.local()
 
 class _Site:
     __slots__ = ("p", "H", "Eg", "cuda", "inp", "outs", "plan", "max_tokens", "args", "meta", "refs", "tdev", "tdt",
-                 "ttype", "tempty", "tbf16", "__weakref__")
+                 "ttype", "tempty", "tbf16", "tcf", "__weakref__")
 
     def __init__(self, p):
         self.p, self.H, self.Eg, self.cuda = p, p.H, p.Eg, p.cuda
         self.inp, self.outs = _capi.Inputs(), _capi.Outputs()
         self.outs.out_dtype = _DT_BF16
         self.plan, self.max_tokens, self.args, self.meta, self.refs = None, 0, None, (), ()
-        self.ttype = self.tdev = self.tdt = self.tempty = self.tbf16 = None
+        self.ttype = self.tdev = self.tdt = self.tempty = self.tbf16 = self.tcf = None
         torch = torch_or_none()
         if torch is not None:  # torch tensors on the layer's device take the short path too
-            self.ttype, self.tdev, self.tempty, self.tbf16 = torch.Tensor, torch.device(p.device), torch.empty, \
+            self.ttype, self.tdev, self.tempty, self.tbf16 = torch.Tensor, torch.device(p.device), torch.empty_like, \
                 torch.bfloat16
             self.tdt = {torch.float32: _DT_F32, torch.bfloat16: _DT_BF16}
+            self.tcf = torch.contiguous_format
 
     def plan_for(self, T):
         plan = _run.get_plan(self.p.cfg, T)
@@ -299,7 +300,8 @@ def _fast(s, x, lg, bias):
         dev, m = s.tdev, s.tdt
         xd, ld, xs = m.get(x.dtype), m.get(lg.dtype), x.shape
         if (xd is None or ld is None or len(xs) != 2 or xs[1] != s.H or lg.shape != (xs[0], s.Eg) or not xs[0]
-                or x.device != dev or lg.device != dev or not x.is_contiguous() or not lg.is_contiguous()):
+                or not (x.is_cpu and lg.is_cpu if not s.cuda else x.device == dev and lg.device == dev)
+                or not x.is_contiguous() or not lg.is_contiguous()):
             return None
         bp = bd = 0
         if bias is not None:
@@ -310,7 +312,7 @@ def _fast(s, x, lg, bias):
             if bd is None:
                 return None
             bp = bias.data_ptr()
-        out = s.tempty(xs, dtype=s.tbf16, device=dev)
+        out = s.tempty(x, dtype=s.tbf16, memory_format=s.tcf)  # x's shape and device (faster than torch.empty)
         xp, lp, op = x.data_ptr(), lg.data_ptr(), out.data_ptr()
         stream = _c_vp(_run.current_stream(s.p.device)) if s.cuda else None
     else:
@@ -508,11 +510,18 @@ def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidd
             s = None
         except TypeError:  # an unhashable argument: the full path says which
             s = key = None
-        if s is not None and _unchanged(s.meta, gemm1_weights, gemm1_weights_scale, gemm2_weights,
-                                        gemm2_weights_scale, gemm1_alpha, gemm1_beta, gemm1_clamp_limit):
-            out = _fast(s, hidden_states, routing_logits, routing_bias)
-            if out is not None:
-                return out
+        if s is not None:
+            m = s.meta  # _unchanged, its common case inlined
+            if (gemm1_weights.shape == m[0] and gemm1_weights_scale.shape == m[1] and gemm2_weights.shape == m[2]
+                    and gemm2_weights_scale.shape == m[3] and gemm1_weights.dtype is m[4]
+                    and gemm1_weights_scale.dtype is m[5] and gemm2_weights.dtype is m[6]
+                    and gemm2_weights_scale.dtype is m[7]
+                    and (m[8] is None and m[9] is None
+                         or _unchanged(m, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale,
+                                       gemm1_alpha, gemm1_beta, gemm1_clamp_limit))):
+                out = _fast(s, hidden_states, routing_logits, routing_bias)
+                if out is not None:
+                    return out
     return _moe(routing_logits, None, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
                 gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
                 intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
