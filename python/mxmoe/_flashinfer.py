@@ -494,7 +494,12 @@ def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidd
     Keyword-only mxmoe extensions: act_quant "mxfp8" (W8A8, FlashInfer's math) or "none"
     (weight-only); profile "trtllm" (FlashInfer's bf16 rounding points) or "exact";
     w13_layout "up_gate" (FlashInfer), "gate_up" (checkpoints) or "interleaved"; num_threads
-    (CPU; 0 = all)."""
+    (CPU; 0 = all).
+
+    A call that repeats the weight tensors (the same objects) and scalar arguments of an earlier
+    call on the same thread, with bf16/f32 hidden_states and no routing_replay_out, takes a short
+    path: the weights are re-checked only for their shapes, dtypes and (torch) data pointers, the
+    per-call tensors in full."""
     if routing_logits is None:
         raise ValueError("routing_logits: required (use trtllm_fp8_block_scale_routed_moe for precomputed top-k)")
     key = None
@@ -598,7 +603,8 @@ class Fp8BlockScaleMoE:
     __call__(routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None,
     output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
     topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
-    (bf16/f32 hidden_states, logits, no scale, bias or output) takes a short path."""
+    (bf16/f32 hidden_states, logits, routing_bias or None; no scale, topk or output) takes a short
+    path (see _Site), about 1.5 us of Python on numpy arrays."""
 
     def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
                  n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
