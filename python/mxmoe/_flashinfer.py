@@ -340,9 +340,9 @@ def _fn_sites():
 
 def _add_fn_site(key, p, objs):
     """A site for the function's calls with these weight objects and scalar arguments (key): kept
-    while every weight object lives (a weakref callback drops it), and used only while the four
-    weight tensors keep the shapes, dtype objects and (torch) data pointers checked (compared on
-    each call; the SwiGLU-OAI arrays, host float32, are matched by identity and shape)."""
+    while every weight object lives (a weakref callback drops it), and used only while the weight
+    tensors and SwiGLU-OAI arrays keep the shapes, dtype objects and (torch) data pointers checked
+    (compared on each call)."""
     sites = _fn_sites()
     if len(sites) > 64:
         sites.clear()
@@ -352,23 +352,23 @@ def _add_fn_site(key, p, objs):
         s.refs = tuple(weakref.ref(o, drop) for o in objs if o is not None)
     except TypeError:  # an object without weak references: no site
         return
-    ptrs = p.ptrs[:4] if p.ptrs[0] is not None else None
-    oa = tuple((i, shp) for i, shp in zip(range(4, 7), p.shapes[4:]) if shp is not None) or None
-    s.meta = p.shapes[:4] + p.dtypes[:4] + (ptrs, oa)
+    ptrs = tuple((i, ptr) for i, ptr in enumerate(p.ptrs) if ptr is not None) or None  # torch ones
+    oa = tuple((i, shp, dt) for i, shp, dt in zip(range(4, 7), p.shapes[4:], p.dtypes[4:]) if shp is not None)
+    s.meta = p.shapes[:4] + p.dtypes[:4] + (ptrs, oa or None)
     sites[key] = s
 
 
 def _unchanged(m, w1, s1, w2, s2, a, b, c):
-    """The weights of a site (meta m) still have the shapes, dtypes and (torch) data pointers checked."""
+    """The weights of a site (meta m) still have the shapes, dtype objects and (torch) data
+    pointers checked (the function inlines the first part for the common case m[8:] == (None, None))."""
     if not (w1.shape == m[0] and s1.shape == m[1] and w2.shape == m[2] and s2.shape == m[3] and w1.dtype is m[4]
             and s1.dtype is m[5] and w2.dtype is m[6] and s2.dtype is m[7]):
         return False
-    if m[8] is not None and (w1.data_ptr(), s1.data_ptr(), w2.data_ptr(), s2.data_ptr()) != m[8]:
+    objs = (w1, s1, w2, s2, a, b, c)
+    if m[9] is not None and not all(objs[i].shape == shp and objs[i].dtype is dt for i, shp, dt in m[9]):
         return False
-    if m[9] is None:
-        return True
-    objs = (None, None, None, None, a, b, c)
-    return all(objs[i].shape == shp for i, shp in m[9])
+    return m[8] is None or all(objs[i].data_ptr() == ptr for i, ptr in m[8])
+
 
 def _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
          gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,

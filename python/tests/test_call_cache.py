@@ -138,6 +138,21 @@ def numpy_cases(rng):
     check(same(a, reference(lg, x, w, E, K, None, None, I, 0, E, 1.0, 2)) and not same(a, b)
           and same(b, reference(lg, x, w, E, K, None, None, I, 0, E, 2.5, 2)),
           "routed_scaling_factor changed: result does not follow it")
+    # SwiGLU-OAI arrays: repeated, values changed in place, a new array, a reshaped one
+    oa = {k: rng.uniform(lo, hi, E).astype(np.float32)
+          for k, lo, hi in (("gemm1_alpha", 0.5, 2), ("gemm1_beta", 0, 1), ("gemm1_clamp_limit", 1, 8))}
+    r = reference(lg, x, w, **oa)
+    call(lg, x, w, **oa)
+    out, was_short = short("OA repeat", lambda: call(lg, x, w, **oa))
+    check(was_short and same(out, r) and not same(r, ref), "OA arrays: repeat not short, or differs")
+    oa["gemm1_alpha"] *= 1.5
+    r2 = reference(lg, x, w, **oa)
+    check(same(call(lg, x, w, **oa), r2) and not same(r2, r), "OA values changed in place: not followed")
+    oa["gemm1_beta"] = rng.uniform(0, 1, E).astype(np.float32)
+    got = call(lg, x, w, **oa)
+    check(same(got, reference(lg, x, w, **oa)) and not same(got, r2), "new OA array: not followed")
+    oa["gemm1_clamp_limit"].shape = (2, E // 2)
+    expect("OA reshaped in place", lambda: call(lg, x, w, **oa), ValueError, "gemm1_clamp_limit", f"[{E}]")
     # a weight's shape changed in place: the full path's checks again
     w3 = [a.copy() for a in w]
     call(lg, x, w3)
@@ -257,7 +272,29 @@ def torch_cases(rng):
     check(same(bound(lg, x), r) and same(call(lg, x, w), r), "torch: bound or function differs from the full path")
     expect("torch bound x non-contiguous", lambda: bound(lg, x.repeat(1, 2)[:, ::2]), ValueError, "hidden_states",
            "contiguous")
-    print("torch: short path, set_/.data changes followed, bad inputs rejected")
+    # numpy and torch weights mixed (the full path accepts them: all on the host)
+    wn2 = layer(rng)
+    mixed = [wn2[0]] + [torch.from_numpy(a.view(np.uint8) if a.dtype == F8 else a) for a in wn2[1:]]
+    r = reference(lg, x, mixed)
+    check(same(call(lg, x, mixed), r) and same(call(lg, x, mixed), r), "mixed numpy/torch weights differ")
+    new = torch.from_numpy(layer(rng)[3])
+    mixed[3].set_(new.untyped_storage(), 0, new.shape, new.stride())
+    got = call(lg, x, mixed)
+    check(same(got, reference(lg, x, mixed)) and not same(got, r), "mixed weights: set_ on a scale not followed")
+    # SwiGLU-OAI arrays (torch): values, a new array, a replaced storage
+    oa = {k: torch.from_numpy(rng.uniform(lo, hi, E).astype(np.float32))
+          for k, lo, hi in (("gemm1_alpha", 0.5, 2), ("gemm1_beta", 0, 1), ("gemm1_clamp_limit", 1, 8))}
+    r = reference(lg, x, wn2, **oa)
+    check(same(call(lg, x, wn2, **oa), r) and same(call(lg, x, wn2, **oa), r), "torch OA arrays: repeat differs")
+    oa["gemm1_alpha"].mul_(1.5)
+    r2 = reference(lg, x, wn2, **oa)
+    check(same(call(lg, x, wn2, **oa), r2) and not same(r2, r), "torch OA values changed in place: not followed")
+    oa["gemm1_beta"].data = torch.from_numpy(rng.uniform(0, 1, E).astype(np.float32))
+    got = call(lg, x, wn2, **oa)
+    check(same(got, reference(lg, x, wn2, **oa)) and not same(got, r2), "torch OA .data replaced: not followed")
+    oa["gemm1_clamp_limit"].data = torch.ones(E + 1)
+    expect("torch OA shape", lambda: call(lg, x, wn2, **oa), ValueError, "gemm1_clamp_limit", f"[{E}]")
+    print("torch: short path, set_/.data changes followed (weights, mixed kinds, OA arrays), bad inputs rejected")
 
 
 def main():
