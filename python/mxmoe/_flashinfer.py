@@ -247,21 +247,27 @@ _tls = threading.local()
 
 
 class _Site:
-    __slots__ = ("p", "H", "Eg", "cuda", "inp", "outs", "plan", "max_tokens", "args", "meta", "refs", "tdev", "tdt",
-                 "ttype", "tempty", "tbf16", "tcf", "__weakref__")
+    __slots__ = ("p", "H", "Eg", "cuda", "nsc", "xst", "inp", "outs", "plan", "max_tokens", "args", "meta", "refs",
+                 "tdev", "tdt", "tfp8", "tu8", "tf32", "ttype", "tempty", "tbf16", "tcf", "__weakref__")
 
     def __init__(self, p):
         self.p, self.H, self.Eg, self.cuda = p, p.H, p.Eg, p.cuda
+        # FP8 hidden states' scales: MxFp8 T * H/32 uint8, DeepSeekFp8 float32 [H/128, T] (transposed)
+        self.nsc, self.xst = (p.H // 32, 0) if p.mx else (-(-p.H // 128), 1)
         self.inp, self.outs = _capi.Inputs(), _capi.Outputs()
         self.outs.out_dtype = _DT_BF16
         self.plan, self.max_tokens, self.args, self.meta, self.refs = None, 0, None, (), ()
-        self.ttype = self.tdev = self.tdt = self.tempty = self.tbf16 = self.tcf = None
+        self.ttype = self.tdev = self.tdt = self.tfp8 = self.tu8 = self.tf32 = self.tempty = self.tbf16 = None
+        self.tcf = None
         torch = torch_or_none()
         if torch is not None:  # torch tensors on the layer's device take the short path too
             self.ttype, self.tdev, self.tempty, self.tbf16 = torch.Tensor, torch.device(p.device), torch.empty_like, \
                 torch.bfloat16
             self.tdt = {torch.float32: _DT_F32, torch.bfloat16: _DT_BF16}
-            self.tcf = torch.contiguous_format
+            self.tcf, self.tu8, self.tf32 = torch.contiguous_format, torch.uint8, torch.float32
+            self.tfp8 = {torch.uint8: _DT_E4M3}
+            if hasattr(torch, "float8_e4m3fn"):
+                self.tfp8[torch.float8_e4m3fn] = _DT_E4M3
 
     def plan_for(self, T):
         plan = _run.get_plan(self.p.cfg, T)
@@ -270,16 +276,24 @@ class _Site:
                      _c_i64(plan.ws_bytes), None)
 
 
-def _fast(s, x, lg, bias):
-    """routing_logits, hidden_states (bf16/f32, no scale) and routing_bias (or None) on site s:
-    the output, or None when the arguments need the full checks of _moe."""
+def _fast(s, x, lg, bias, xsc):
+    """routing_logits, hidden_states (bf16/f32 with xsc None, or FP8 codes with their scales xsc)
+    and routing_bias (or None) on site s: the output, or None when the arguments need the full
+    checks of _moe."""
     if type(x) is _ND:
         if type(lg) is not _ND or s.cuda:
             return None
-        xd, ld, xs = _NP_FAST.get(x.dtype), _NP_FAST.get(lg.dtype), x.shape
+        xd, ld, xs = (_NP_FAST if xsc is None else _NP_FP8).get(x.dtype), _NP_FAST.get(lg.dtype), x.shape
         if (xd is None or ld is None or len(xs) != 2 or xs[1] != s.H or lg.shape != (xs[0], s.Eg) or not xs[0]
                 or not x.flags.c_contiguous or not lg.flags.c_contiguous):
             return None
+        sp = 0
+        if xsc is not None:  # MxFp8: uint8 of T * H/32 elements; DeepSeekFp8: float32 [H/128, T]
+            if (type(xsc) is not _ND or not xsc.flags.c_contiguous
+                    or (xsc.dtype != _NP_U8 or xsc.size != xs[0] * s.nsc if s.p.mx
+                        else xsc.dtype != _NP_F32 or xsc.shape != (s.nsc, xs[0]))):
+                return None
+            sp = np_ptr(xsc)
         bp = bd = 0
         if bias is not None:
             if type(bias) is not _ND or bias.shape != (s.Eg,) or not bias.flags.c_contiguous:
@@ -298,11 +312,18 @@ def _fast(s, x, lg, bias):
         if type(lg) is not s.ttype:
             return None
         dev, m = s.tdev, s.tdt
-        xd, ld, xs = m.get(x.dtype), m.get(lg.dtype), x.shape
+        xd, ld, xs = (m if xsc is None else s.tfp8).get(x.dtype), m.get(lg.dtype), x.shape
         if (xd is None or ld is None or len(xs) != 2 or xs[1] != s.H or lg.shape != (xs[0], s.Eg) or not xs[0]
                 or not (x.is_cpu and lg.is_cpu if not s.cuda else x.device == dev and lg.device == dev)
                 or not x.is_contiguous() or not lg.is_contiguous()):
             return None
+        sp = 0
+        if xsc is not None:
+            if (type(xsc) is not s.ttype or xsc.device != dev or not xsc.is_contiguous()
+                    or (xsc.dtype is not s.tu8 or xsc.numel() != xs[0] * s.nsc if s.p.mx
+                        else xsc.dtype is not s.tf32 or xsc.shape != (s.nsc, xs[0]))):
+                return None
+            sp = xsc.data_ptr()
         bp = bd = 0
         if bias is not None:
             if (type(bias) is not s.ttype or bias.shape != (s.Eg,) or bias.device != dev
@@ -323,6 +344,7 @@ def _fast(s, x, lg, bias):
     inp = s.inp
     inp.num_tokens, inp.x, inp.x_dtype, inp.router_logits, inp.logits_dtype = T, xp, xd, lp, ld
     inp.routing_bias, inp.bias_dtype = bp, bd
+    inp.x_scale, inp.x_scale_transposed = sp, s.xst if sp else 0
     s.outs.out = op
     a = s.args
     st = _fwd_fast(*a) if stream is None else _fwd_fast(a[0], a[1], a[2], a[3], a[4], a[5], stream)
@@ -497,13 +519,13 @@ def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidd
     (CPU; 0 = all).
 
     A call that repeats the weight tensors (the same objects) and scalar arguments of an earlier
-    call on the same thread, with bf16/f32 hidden_states and no routing_replay_out, takes a short
-    path: the weights are re-checked only for their shapes, dtypes and (torch) data pointers, the
-    per-call tensors in full."""
+    call on the same thread, without routing_replay_out, takes a short path: the weights are
+    re-checked only for their shapes, dtypes and (torch) data pointers, the per-call tensors in
+    full."""
     if routing_logits is None:
         raise ValueError("routing_logits: required (use trtllm_fp8_block_scale_routed_moe for precomputed top-k)")
     key = None
-    if hidden_states_scale is None and routing_replay_out is None:  # the short path (see _Site)
+    if routing_replay_out is None:  # the short path (see _Site)
         key = (id(gemm1_weights), id(gemm1_weights_scale), id(gemm2_weights), id(gemm2_weights_scale), id(gemm1_alpha),
                id(gemm1_beta), id(gemm1_clamp_limit), num_experts, top_k, n_group, topk_group, intermediate_size,
                local_expert_offset, local_num_experts, routed_scaling_factor, routing_method_type,
@@ -524,7 +546,7 @@ def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidd
                     and (m[8] is None and m[9] is None
                          or _unchanged(m, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale,
                                        gemm1_alpha, gemm1_beta, gemm1_clamp_limit))):
-                out = _fast(s, hidden_states, routing_logits, routing_bias)
+                out = _fast(s, hidden_states, routing_logits, routing_bias, hidden_states_scale)
                 if out is not None:
                     return out
     return _moe(routing_logits, None, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
@@ -603,8 +625,8 @@ class Fp8BlockScaleMoE:
     __call__(routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None,
     output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
     topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
-    (bf16/f32 hidden_states, logits, routing_bias or None; no scale, topk or output) takes a short
-    path (see _Site), about 1.5 us of Python on numpy arrays."""
+    (hidden_states bf16/f32, or FP8 with hidden_states_scale; logits; routing_bias or None; no topk
+    or output) takes a short path (see _Site), about 1.5 us of Python on numpy arrays."""
 
     def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
                  n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
@@ -639,9 +661,9 @@ class Fp8BlockScaleMoE:
 
     def __call__(self, routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None, output=None,
                  topk=None):
-        if hidden_states_scale is None and output is None and topk is None and routing_logits is not None:
+        if output is None and topk is None and routing_logits is not None:
             out = _fast(self._site if self._tid == _get_ident() else self._thread_site(), hidden_states,
-                        routing_logits, routing_bias)
+                        routing_logits, routing_bias, hidden_states_scale)
             if out is not None:
                 return out
         return _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, *self._args, None,
@@ -650,3 +672,5 @@ class Fp8BlockScaleMoE:
 
 _NP_BF16 = np.dtype(ml_dtypes.bfloat16)
 _NP_FAST = {np.dtype(np.float32): _DT_F32, _NP_BF16: _DT_BF16}
+_NP_FP8 = {np.dtype(ml_dtypes.float8_e4m3fn): _DT_E4M3, np.dtype(np.uint8): _DT_E4M3}
+_NP_U8, _NP_F32 = np.dtype(np.uint8), np.dtype(np.float32)

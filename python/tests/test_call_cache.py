@@ -9,7 +9,8 @@ site per layer: plan, structs and ctypes arguments made once, the weights checke
    full path's, which test_flashinfer compares with the C API), and weights that became invalid
    raise the full path's exceptions;
 3. a call on a site still rejects bad per-call inputs with the full path's exceptions (dtype,
-   shape, contiguity, kind, device), and T = 0 still works;
+   shape, contiguity, kind, device, FP8 scales), and T = 0 still works; FP8 hidden states with
+   their scales (MxFp8, DeepSeekFp8) take the short path with the full path's bits;
 4. a site dies with its weights; threads calling one layer at once get their own results;
 5. the same on torch CPU tensors when torch is importable.
 Exit status 0 pass, 1 failure."""
@@ -208,6 +209,7 @@ def numpy_cases(rng):
     check(all(same(g, rb) for g in got), "routing_bias on the short path differs")
     print("numpy: bad per-call inputs rejected on the short path as on the full one")
 
+    fp8_cases(rng, w, bound)
     # a site dies with its weights; ids of new weights may repeat: results follow
     tmp = [a.copy() for a in w]
     call(lg, x, tmp)
@@ -235,6 +237,52 @@ def numpy_cases(rng):
         t.join()
     check(not bad, f"threads: {len(bad)} wrong results")
     print("numpy: sites die with their weights; 4 threads at once give their own results")
+
+
+def fp8_cases(rng, w, bound):
+    """FP8 hidden states with their scales (FlashInfer's usual call) on the short path: MxFp8 (uint8
+    E8M0, T * H/32) and DeepSeekFp8 (float32 [H/128, T]); scale errors as on the full path."""
+    T = 4
+    q, sc = mxmoe.quantize_mxfp8(rng.standard_normal((T, H)).astype(np.float32))
+    lg = rng.standard_normal((T, E)).astype(np.float32)
+    fn = mxmoe.trtllm_fp8_block_scale_moe
+    sc_args = (E, K, None, None, I, 0, E, None, 1)
+
+    def f(x_, xs_, **k):
+        return fn(lg, None, x_, xs_, *w, *sc_args, **dict(KW, **k))
+    ref = f(q, sc, routing_replay_out=np.empty((T, K), np.int16))
+    f(q, sc)
+    for name, qq, ss in (("e4m3", q, sc), ("uint8 codes", q.view(np.uint8), sc), ("flat scales", q, sc.reshape(-1))):
+        out, was_short = short(name, lambda: f(qq, ss))
+        check(was_short and same(out, ref), f"MxFp8 x ({name}): not short, or differs from the full path")
+    check(same(bound(lg, q, hidden_states_scale=sc), ref), "bound MxFp8 x differs")
+    for who, g in (("function", f), ("bound", lambda x_, xs_: bound(lg, x_, hidden_states_scale=xs_))):
+        expect(f"{who} scale missing", lambda: g(q, None), ValueError, "hidden_states_scale", "required")
+        expect(f"{who} scale for f32 x", lambda: g(q.astype(np.float32), sc), ValueError, "hidden_states_scale",
+               "must be None")
+        expect(f"{who} scale size", lambda: g(q, sc[:, :-1].copy()), ValueError, "hidden_states_scale", "elements")
+        expect(f"{who} scale dtype", lambda: g(q, sc.astype(np.int8)), TypeError, "hidden_states_scale", "uint8")
+        expect(f"{who} scale non-contiguous", lambda: g(q, np.repeat(sc, 2, axis=1)[:, ::2]), ValueError,
+               "hidden_states_scale", "contiguous")
+        check(same(g(q, sc), ref), f"{who}: good FP8 call after the bad ones differs")
+    # DeepSeek FP8: block-scaled weights, activations' scales float32 [H/128, T]
+    M1, cb = 2 * I, lambda n: -(-n // 128)  # noqa: E731
+    wd = [np.clip(rng.standard_normal((E, M1, H)) * 8, -448, 448).astype(F8),
+          rng.uniform(0.002, 0.03, (E, cb(M1), cb(H))).astype(np.float32),
+          np.clip(rng.standard_normal((E, H, I)) * 8, -448, 448).astype(F8),
+          rng.uniform(0.002, 0.03, (E, cb(H), cb(I))).astype(np.float32)]
+    qd = np.clip(rng.standard_normal((T, H)) * 8, -448, 448).astype(F8)
+    sd = rng.uniform(0.05, 0.2, (cb(H), T)).astype(np.float32)
+    kw = dict(num_threads=1, fp8_quantization_type=1, activation_type=3)
+    ref = fn(lg, None, qd, sd, *wd, *sc_args, routing_replay_out=np.empty((T, K), np.int16), **kw)
+    fn(lg, None, qd, sd, *wd, *sc_args, **kw)
+    out, was_short = short("DeepSeekFp8", lambda: fn(lg, None, qd, sd, *wd, *sc_args, **kw))
+    check(was_short and same(out, ref), "DeepSeekFp8 x: not short, or differs from the full path")
+    expect("DeepSeek scale transposed", lambda: fn(lg, None, qd, sd.T.copy(), *wd, *sc_args, **kw), ValueError,
+           "hidden_states_scale", f"[{cb(H)}, {T}]")
+    expect("DeepSeek scale dtype", lambda: fn(lg, None, qd, sd.view(np.uint8), *wd, *sc_args, **kw), (TypeError,
+           ValueError), "hidden_states_scale")
+    print("numpy: FP8 hidden states with scales (MxFp8, DeepSeekFp8) on the short path, scale errors as before")
 
 
 def torch_cases(rng):
@@ -272,6 +320,18 @@ def torch_cases(rng):
     check(same(bound(lg, x), r) and same(call(lg, x, w), r), "torch: bound or function differs from the full path")
     expect("torch bound x non-contiguous", lambda: bound(lg, x.repeat(1, 2)[:, ::2]), ValueError, "hidden_states",
            "contiguous")
+    # FP8 hidden states with MxFp8 scales
+    qn, sn = mxmoe.quantize_mxfp8(rng.standard_normal((T, H)).astype(np.float32))
+    qt, st = torch.from_numpy(qn.view(np.uint8)).view(torch.float8_e4m3fn), torch.from_numpy(sn)
+    fr = mxmoe.trtllm_fp8_block_scale_moe(lg, None, qt, st, *w, E, K, None, None, I, 0, E, None, 1,
+                                          routing_replay_out=torch.empty((T, K), dtype=torch.int16), **KW)
+    got = [mxmoe.trtllm_fp8_block_scale_moe(lg, None, qt, st, *w, E, K, None, None, I, 0, E, None, 1, **KW)
+           for _ in range(2)] + [bound(lg, qt, hidden_states_scale=st)]
+    check(all(same(g, fr) for g in got), "torch FP8 x: differs from the full path")
+    expect("torch scale dtype", lambda: bound(lg, qt, hidden_states_scale=st.float()), TypeError,
+           "hidden_states_scale", "uint8")
+    expect("torch scale meta", lambda: bound(lg, qt, hidden_states_scale=st.to("meta")), ValueError,
+           "hidden_states_scale", "meta")
     # numpy and torch weights mixed (the full path accepts them: all on the host)
     wn2 = layer(rng)
     mixed = [wn2[0]] + [torch.from_numpy(a.view(np.uint8) if a.dtype == F8 else a) for a in wn2[1:]]
