@@ -1,7 +1,11 @@
-/* The C side of python/bench/call_overhead.py: the same small MXFP8 layer, mxm_moe_forward called
- * back to back through the public API, per-call wall time. Usage: call_overhead H I E K T iters
- * threads seed; prints "median_ns min_ns". Built by call_overhead.py against the installed
- * package's libmxmoe.so and mxmoe.h. */
+/* The C side of python/bench/call_overhead.py, built against the installed package's libmxmoe.so
+ * and mxmoe.h in two forms:
+ * - a shared library (-DCO_LIB) with co_time_forward(): the baseline, loaded into the Python
+ *   process and run on the very plan, weights, structs and workspace of the Python calls, in rounds
+ *   interleaved with theirs, so that both see the same machine state;
+ * - a program: its own copy of the same small MXFP8 layer, mxm_moe_forward called back to back
+ *   through the public API, per-call wall time (a second reference, in a process of its own).
+ *   Usage: call_overhead H I E K T iters threads seed; prints "median_ns min_ns". */
 #define _POSIX_C_SOURCE 199309L
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +20,20 @@ static double now_ns(void) {
     return ts.tv_sec * 1e9 + ts.tv_nsec;
 }
 
+/* n calls of mxm_moe_forward with the caller's arguments, each timed alone into t_ns[i]: returns 0
+ * or the first failing status. */
+int co_time_forward(mxm_moe_plan *plan, const mxm_moe_weights *w, const mxm_moe_inputs *in,
+                    const mxm_moe_outputs *o, void *ws, int64_t wsb, int n, double *t_ns) {
+    for (int i = 0; i < n; i++) {
+        const double t0 = now_ns();
+        const mxm_status st = mxm_moe_forward(plan, w, in, o, ws, wsb, NULL);
+        t_ns[i] = now_ns() - t0;
+        if (st != MXM_OK) return st;
+    }
+    return 0;
+}
+
+#ifndef CO_LIB
 static int cmp(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
@@ -81,3 +99,4 @@ int main(int argc, char **argv) {
     mxm_moe_plan_destroy(plan);
     return 0;
 }
+#endif

@@ -110,11 +110,30 @@ def view(name, x, dtypes, ndim=None, shape=None, device=None, numel=None):
 
 
 _char, _addressof = ctypes.c_char, ctypes.addressof
+_ND, _vp_at = np.ndarray, ctypes.c_void_p.from_address
+
+
+def _probe_data_offset():
+    """Offset of the data pointer in numpy's array object (PyArrayObject_fields.data, right after
+    the object header: 16 bytes on 64-bit CPython), found and checked against ndarray.ctypes.data
+    on a few arrays at import; None (use the buffer protocol) if it does not check out."""
+    a = np.arange(64, dtype=np.float32)
+    probes = (a, a[3:], np.empty((2, 3), ml_dtypes.bfloat16), np.empty(0, np.uint8), a[::2])
+    for off in (16, 24, 32):
+        if all((_vp_at(id(p) + off).value or 0) == p.ctypes.data for p in probes):
+            return off
+    return None
+
+
+_DATA_OFF = _probe_data_offset()
 
 
 def np_ptr(x):
-    """Data pointer of a numpy array: through the buffer protocol (0.6 us) where the array is
-    writable and not empty, else ndarray.ctypes.data (1.5 us)."""
+    """Data pointer of a numpy array: read from the array object at the checked offset (0.1-0.2
+    us), else through the buffer protocol (0.6 us) where the array is writable and not empty, else
+    ndarray.ctypes.data (1.5 us)."""
+    if _DATA_OFF is not None and isinstance(x, _ND):
+        return _vp_at(id(x) + _DATA_OFF).value or 0
     try:
         if x.dtype.char not in _BUFFER_CHARS:  # ml_dtypes' types export no buffer: view as bytes
             x = x.view(np.uint8)
