@@ -56,7 +56,9 @@ def main():
         check(ok, f"opcheck {name}")
 
     def block(x, logits):
-        h = torch.nn.functional.rms_norm(x, (H,)).to(torch.bfloat16)
+        # The ops get bf16 inputs made outside any fused kernel (a cast inductor fuses into its
+        # own kernel may round differently from eager, which is not what this test is about).
+        h = x.to(torch.bfloat16)
         y = ops.trtllm_fp8_block_scale_moe(logits, None, h, None, q1, s1, q2, s2, E, K, None, None, I, 0, E, None, 1, 2, 3)
         ids = torch.topk(logits, K, dim=-1).indices.to(torch.int32)
         w = torch.softmax(torch.topk(logits, K, dim=-1).values, -1)
