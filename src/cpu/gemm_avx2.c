@@ -19,6 +19,7 @@
 
 #include "cpu/cpu_kernels.h"
 #include "formats/formats.h"
+#include "cpu/gemv_entry.h"
 
 static inline __m256 dec8(const uint8_t *q, __m256 f) {
     __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q));
@@ -222,30 +223,7 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
 DEFINE_GEMV_SET(mx, scale_mx)
 DEFINE_GEMV_SET(fb, scale_fp8block)
 
-static void gemv_mxfp8_avx2(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
-                            int nr, const float *const *x, int nt, float *out, int64_t ldo) {
-    const int64_t kb = k / MXM_MX_BLOCK;
-    const uint8_t *wr[4];
-    const void *sr[4];
-    for (int j = 0; j < nr; j++) {
-        wr[j] = w + (r0 + j * rstep) * k;
-        sr[j] = ws + (r0 + j * rstep) * kb;
-    }
-    gemv_rows_mx(wr, sr, nr, k, x, nt, out, ldo);
-}
-
-static void gemv_fp8block_avx2(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
-                               int nr, const float *const *x, int nt, float *out, int64_t ldo) {
-    const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
-    const uint8_t *wr[4];
-    const void *sr[4];
-    for (int j = 0; j < nr; j++) {
-        const int64_t r = r0 + j * rstep;
-        wr[j] = w + r * k;
-        sr[j] = ws + (r / MXM_FP8_BLOCK) * kb;
-    }
-    gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);
-}
+MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
     k->pack_mxfp8_panel = pack_mxfp8_panel_avx2;
