@@ -18,8 +18,8 @@
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
-#include "formats/formats.h"
 #include "cpu/gemv_entry.h"
+#include "formats/formats.h"
 
 static inline __m256 dec8(const uint8_t *q, __m256 f) {
     __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q));

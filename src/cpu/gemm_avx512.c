@@ -19,8 +19,8 @@
 #include <immintrin.h>
 
 #include "cpu/cpu_kernels.h"
-#include "formats/formats.h"
 #include "cpu/gemv_entry.h"
+#include "formats/formats.h"
 
 #define MXM_AINLINE static inline __attribute__((always_inline))
 
