@@ -388,7 +388,7 @@ static void combine(const pass *ps, const mxm_moe_outputs *out, int64_t b0) {
 
 /* ---- plan and forward -------------------------------------------------------------------------------- */
 
-mxm_status mxm_cpu_moe_plan(mxm_moe_plan *p) {
+static mxm_status cpu_plan(mxm_moe_plan *p) {
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
     p->cpu_kernels = k;
     p->kernels_name = k->name;
@@ -404,8 +404,10 @@ mxm_status mxm_cpu_moe_plan(mxm_moe_plan *p) {
     return MXM_OK;
 }
 
-mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
-                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *wsv) {
+static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                              const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *wsv,
+                              void *stream) {
+    (void)stream;
     char *ws = wsv;
     const mxm_moe_config *c = &p->cfg;
     const int64_t T = in->num_tokens, K = c->top_k, E = c->num_experts;
@@ -466,3 +468,6 @@ mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     }
     return MXM_OK;
 }
+
+const mxm_backend_ops mxm_cpu_backend = {
+    .name = "cpu", .plan = cpu_plan, .forward = cpu_forward, .destroy = NULL};

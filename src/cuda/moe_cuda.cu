@@ -84,7 +84,7 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     return l;
 }
 
-extern "C" mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
+static mxm_status cuda_plan(mxm_moe_plan *p) {
     if (!mxm_cuda_available()) return mxm_fail(MXM_ERR_NO_DEVICE, "backend cuda: no CUDA device is present");
     const mxm_moe_config &c = p->cfg;
     if (c.weight_format != MXM_WFMT_MXFP8 && c.weight_format != MXM_WFMT_FP8_BLOCK)
@@ -112,13 +112,13 @@ extern "C" mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
     return MXM_OK;
 }
 
-extern "C" void mxm_cuda_moe_plan_destroy(mxm_moe_plan *p) {
+static void cuda_destroy(mxm_moe_plan *p) {
     if (p->backend_state) cudaFree(((cuda_state *)p->backend_state)->dev_groups);
 }
 
-extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
-                                           const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
-                                           void *stream) {
+static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
+                               void *stream) {
     const mxm_moe_config &c = p->cfg;
     cudaStream_t s = (cudaStream_t)stream;
     // The combine stores 4 columns at a time (16 bytes of f32, 8 of bf16).
@@ -213,6 +213,9 @@ extern "C" mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_
         return st;
     return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
 }
+
+// Declared extern "C" in moe/plan.h, so the definition keeps external linkage.
+const mxm_backend_ops mxm_cuda_backend = {"cuda", cuda_plan, cuda_forward, cuda_destroy};
 
 // ---- device memory helpers of the public API ----------------------------------------------------
 

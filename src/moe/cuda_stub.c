@@ -5,18 +5,21 @@
 
 int32_t mxm_cuda_available(void) { return 0; }
 
-mxm_status mxm_cuda_moe_plan(mxm_moe_plan *p) {
+static mxm_status stub_plan(mxm_moe_plan *p) {
     (void)p;
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library (no nvcc at build time)");
 }
 
-void mxm_cuda_moe_plan_destroy(mxm_moe_plan *p) { (void)p; }
-
-mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
-                                const mxm_moe_outputs *out, void *ws, void *stream) {
+static mxm_status stub_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
+                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
+                               void *stream) {
     (void)p, (void)w, (void)in, (void)out, (void)ws, (void)stream;
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
 }
+
+const mxm_backend_ops mxm_cuda_backend = {
+    .name = "cuda", .plan = stub_plan, .forward = stub_forward, .destroy = NULL};
+
 mxm_status mxm_device_alloc(int64_t bytes, void **ptr) {
     (void)bytes;
     if (ptr) *ptr = NULL;

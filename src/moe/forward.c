@@ -97,6 +97,5 @@ mxm_status mxm_moe_forward(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_
     if ((uintptr_t)workspace % 64)
         return mxm_fail(MXM_ERR_INVALID_ARG, "workspace must be 64-byte aligned");
     if (in->num_tokens == 0) return MXM_OK;
-    if (p->cfg.backend == MXM_BACKEND_CUDA) return mxm_cuda_moe_forward(p, w, in, out, workspace, stream);
-    return mxm_cpu_moe_forward(p, w, in, out, workspace);
+    return p->backend->forward(p, w, in, out, workspace, stream);
 }

@@ -40,6 +40,11 @@ static mxm_status layout_workspace(mxm_moe_plan *p) {
     return MXM_OK;
 }
 
+static const mxm_backend_ops *const backends[] = {
+    [MXM_BACKEND_CPU] = &mxm_cpu_backend,
+    [MXM_BACKEND_CUDA] = &mxm_cuda_backend,
+};
+
 mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mxm_moe_plan **out) {
     if (!out) return mxm_fail(MXM_ERR_NULL, "mxm_moe_plan_create: plan output pointer is NULL");
     *out = NULL;
@@ -59,12 +64,11 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
     mxm_route_params_from_config(cfg, &p->route);
     p->nthreads = mxm_threads(cfg->num_threads);
     p->batch = max_tokens;
-    st = cfg->backend == MXM_BACKEND_CUDA ? mxm_cuda_moe_plan(p) : mxm_cpu_moe_plan(p);
+    p->backend = backends[cfg->backend]; /* mxm_moe_config_validate checked the value */
+    st = p->backend->plan(p);
     if (!st && p->ws.total == 0) st = layout_workspace(p); /* CUDA lays out its own */
     if (st) {
-        if (cfg->backend == MXM_BACKEND_CUDA) mxm_cuda_moe_plan_destroy(p);
-        free(p->backend_state);
-        free(p);
+        mxm_moe_plan_destroy(p);
         return st;
     }
     *out = p;
@@ -72,8 +76,9 @@ mxm_status mxm_moe_plan_create(const mxm_moe_config *cfg, int64_t max_tokens, mx
 }
 
 void mxm_moe_plan_destroy(mxm_moe_plan *p) {
-    if (p && p->cfg.backend == MXM_BACKEND_CUDA) mxm_cuda_moe_plan_destroy(p);
-    if (p) free(p->backend_state);
+    if (!p) return;
+    if (p->backend->destroy) p->backend->destroy(p);
+    free(p->backend_state);
     free(p);
 }
 

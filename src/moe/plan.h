@@ -59,16 +59,24 @@ struct mxm_moe_plan {
     const char *kernels_name;
     void *backend_state; /* owned by the backend, freed with the plan */
     mxm_ws_layout ws;
+    const struct mxm_backend_ops *backend; /* chosen from cfg.backend at plan creation */
 };
 
-/* Backend entry points: inputs were validated by mxm_moe_forward. */
-mxm_status mxm_cpu_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *w,
-                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws);
-mxm_status mxm_cpu_moe_plan(mxm_moe_plan *plan);
-mxm_status mxm_cuda_moe_plan(mxm_moe_plan *plan);
-void mxm_cuda_moe_plan_destroy(mxm_moe_plan *plan); /* frees backend_state's device memory */
-mxm_status mxm_cuda_moe_forward(const mxm_moe_plan *plan, const mxm_moe_weights *w,
-                                const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
-                                void *stream);
+/* The backend boundary: one table per backend (src/cpu/moe_cpu.c, src/cuda/moe_cuda.cu, or
+ * src/moe/cuda_stub.c when CUDA is not built), chosen once in mxm_moe_plan_create. */
+typedef struct mxm_backend_ops {
+    const char *name;
+    /* Picks kernels and sizes; may lay out its own workspace (ws.total) and set backend_state. */
+    mxm_status (*plan)(mxm_moe_plan *plan);
+    /* Inputs were validated by mxm_moe_forward; stream: the caller's (the CPU ignores it). */
+    mxm_status (*forward)(const mxm_moe_plan *plan, const mxm_moe_weights *w,
+                          const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *ws,
+                          void *stream);
+    /* Frees what plan acquired besides backend_state (freed with the plan); may be NULL. */
+    void (*destroy)(mxm_moe_plan *plan);
+} mxm_backend_ops;
+
+extern const mxm_backend_ops mxm_cpu_backend;
+extern const mxm_backend_ops mxm_cuda_backend;
 
 #endif

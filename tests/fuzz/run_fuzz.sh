@@ -1,6 +1,6 @@
 #!/bin/sh
 # Bounded fuzz run of the safetensors reader for CTest: builds tests/fuzz/fuzz_safetensors.c
-# with clang's libFuzzer and the three sources it needs (seconds), then fuzzes for
+# with clang's libFuzzer and the sources it needs (seconds), then fuzzes for
 # MXM_FUZZ_SECONDS (default 10) from the seed corpus. Exit 77 (CTest "skipped") without a clang
 # that has libFuzzer; non-zero on any crash, leak, sanitizer report or build failure.
 # usage: run_fuzz.sh SOURCE_DIR WORK_DIR
@@ -13,7 +13,7 @@ mkdir -p "$work"
 printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > "$work/probe.c"
 "$cc" -fsanitize=fuzzer "$work/probe.c" -o "$work/probe" 2>/dev/null || { echo "$cc has no libFuzzer: fuzz run skipped"; exit 77; }
 "$cc" -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
-    -I"$src/include" -I"$src/src" "$src/tests/fuzz/fuzz_safetensors.c" "$src/src/io/safetensors.c" \
+    -I"$src/include" -I"$src/src" "$src/tests/fuzz/fuzz_safetensors.c" "$src"/src/io/safetensors*.c \
     "$src/src/core/status.c" -ljansson -o "$work/fuzz_safetensors"
 rm -rf "$work/corpus"
 mkdir -p "$work/corpus"
