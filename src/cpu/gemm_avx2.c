@@ -189,37 +189,16 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
-#define DEFINE_GEMV_SET(FMT, SCALE_AT)                                                              \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 4)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 4)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 2)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 2)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 1)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 1)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 1)                                                                \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 1)                                                                \
-    /* Rows wr[0..nr) (scales sr), nt tokens: 4 rows at a time for 1-2 tokens, 2 for 3-4. */        \
-    static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr, int64_t k,  \
-                                const float *const *x, int nt, float *out, int64_t ldo) {           \
-        int j = 0;                                                                                  \
-        const int step = nt <= 2 ? 4 : 2;                                                           \
-        for (; j + step <= nr; j += step) {                                                         \
-            switch (nt) {                                                                           \
-            case 1: gemv_##FMT##_1_4(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            case 2: gemv_##FMT##_2_4(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            case 3: gemv_##FMT##_3_2(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            default: gemv_##FMT##_4_2(wr + j, sr + j, k, x, out + j, ldo); break;                   \
-            }                                                                                       \
-        }                                                                                           \
-        for (; j < nr; j++) {                                                                       \
-            switch (nt) {                                                                           \
-            case 1: gemv_##FMT##_1_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            case 2: gemv_##FMT##_2_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            case 3: gemv_##FMT##_3_1(wr + j, sr + j, k, x, out + j, ldo); break;                    \
-            default: gemv_##FMT##_4_1(wr + j, sr + j, k, x, out + j, ldo); break;                   \
-            }                                                                                       \
-        }                                                                                           \
-    }
+#define DEFINE_GEMV_SET(FMT, SCALE_AT)                                                             \
+    DEFINE_GEMV(FMT, SCALE_AT, 1, 4)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 2, 4)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 3, 2)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 4, 2)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 1, 1)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 2, 1)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 3, 1)                                                               \
+    DEFINE_GEMV(FMT, SCALE_AT, 4, 1)                                                               \
+    MXM_DEFINE_GEMV_ROWS(FMT, 2)
 DEFINE_GEMV_SET(mx, scale_mx)
 DEFINE_GEMV_SET(fb, scale_fp8block)
 

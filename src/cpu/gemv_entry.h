@@ -32,4 +32,47 @@
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 
+/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens, 4 rows at a time for 1-2 tokens
+ * and R34 rows at a time for 3-4 (the set's register budget), then one at a time. It calls the
+ * set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
+#define MXM_DEFINE_GEMV_ROWS(FMT, R34)                                                             \
+    static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr,           \
+                                int64_t k, const float *const *x, int nt, float *out,              \
+                                int64_t ldo) {                                                     \
+        int j = 0;                                                                                 \
+        const int step = nt <= 2 ? 4 : R34;                                                        \
+        for (; j + step <= nr; j += step) {                                                        \
+            switch (nt) {                                                                          \
+            case 1:                                                                                \
+                gemv_##FMT##_1_4(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            case 2:                                                                                \
+                gemv_##FMT##_2_4(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            case 3:                                                                                \
+                gemv_##FMT##_3_##R34(wr + j, sr + j, k, x, out + j, ldo);                          \
+                break;                                                                             \
+            default:                                                                               \
+                gemv_##FMT##_4_##R34(wr + j, sr + j, k, x, out + j, ldo);                          \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+        for (; j < nr; j++) {                                                                      \
+            switch (nt) {                                                                          \
+            case 1:                                                                                \
+                gemv_##FMT##_1_1(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            case 2:                                                                                \
+                gemv_##FMT##_2_1(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            case 3:                                                                                \
+                gemv_##FMT##_3_1(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            default:                                                                               \
+                gemv_##FMT##_4_1(wr + j, sr + j, k, x, out + j, ldo);                              \
+                break;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
 #endif
