@@ -33,13 +33,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void *p) {
                  : "r"(a));
 }
 
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Which MMA m-tile this block works on: the group and the tile's first row in the group.
 __device__ __forceinline__ bool find_tile(const mxm_cuda_args &a, int *g_out, int *m0_out) {
     __shared__ int sg;
@@ -146,7 +139,8 @@ __device__ __forceinline__ void mma_step(const smem_tiles &t, int buf, float (&a
 #pragma unroll
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
-            for (int ni = 0; ni < 4; ni++) mma_bf16(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+            for (int ni = 0; ni < 4; ni++)
+                mxm_mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
     }
 }
 

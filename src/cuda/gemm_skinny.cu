@@ -43,13 +43,6 @@ __device__ __forceinline__ uint4 lds128(const void *p) {
     return *reinterpret_cast<const uint4 *>(p);
 }
 
-__device__ __forceinline__ void sk_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Two E4M3 codes (low byte first) times a power-of-two scale, as bf16x2 (exact).
 __device__ __forceinline__ uint32_t sk_decode2(uint32_t two, float sc) {
     const float2 f = mxm_e4m3x2_to_float2((uint16_t)two);
@@ -152,7 +145,7 @@ __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigne
             for (int ni = 0; ni < NT; ni++) {
                 const uint4 &x = xb[ni][s / 2];
                 const uint32_t b0 = (s % 2) ? x.z : x.x, b1 = (s % 2) ? x.w : x.y;
-                sk_mma(acc[ni], af, b0, b1);
+                mxm_mma_bf16_16816(acc[ni], af, b0, b1);
             }
         }
     }

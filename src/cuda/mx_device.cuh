@@ -28,4 +28,15 @@ __device__ __forceinline__ float mxm_warp_mx_fakequant(float v, int rule) {
     return mxm_e4m3_decode(mxm_e4m3_rne_sat(v * mxm_e8m0_inverse(b))) * mxm_e8m0_decode(b);
 }
 
+// acc += A . B for one mma.m16n8k16 with bf16 operands and fp32 accumulators (PTX fragment
+// layouts); shared by the tile kernels of gemm.cu and gemm_skinny.cu.
+__device__ __forceinline__ void mxm_mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4],
+                                                   uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 #endif
