@@ -9,7 +9,7 @@
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0); cp -r ../shared/peers/vllm_triton .peers/;
 # make build && cp build/mxmoe build/test_cuda .prebuilt/` and carry [".debs", ".peers", ".prebuilt"]
 # (all three are git-ignored).
-#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|profile]
+#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu.
@@ -71,6 +71,15 @@ if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
     MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
       --routing uniform --reps 5 --json "$OUT/moe_cuda_wgmma$w.json" 2>&1 | sed "s/^/wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
   done
+fi
+if [ "$what" = all ] || [ "$what" = python ]; then
+  # The Python package's torch op on CUDA tensors and inside CUDA-graph capture, against a library
+  # built without NCCL (.prebuilt/libmxmoe.so: cmake -DMXM_NCCL=OFF; NCCL beside torch's breaks it);
+  # ml_dtypes from .wheels/ when the machine lacks it.
+  python3 -c "import ml_dtypes" 2>/dev/null || pip install -q --no-index --find-links .wheels ml_dtypes >"$OUT/pip.log" 2>&1
+  MXMOE_LIBRARY=$PWD/.prebuilt/libmxmoe.so MXMOE_HEADER=$PWD/include/mxmoe.h PYTHONPATH=$PWD/python \
+    timeout 300 python3 python/tests/test_torch_op.py >"$OUT/python.log" 2>&1; r=$?; rc=$((rc | r))
+  echo "python test_torch_op rc=$r"; tail -5 "$OUT/python.log"
 fi
 if [ "$what" = all ] || [ "$what" = profile ]; then
   # Per-kernel view of a decode step and a middle-range step (kernels serialized by ncu).
