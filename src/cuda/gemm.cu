@@ -276,16 +276,10 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     for (int u = warp; u < BM * nb; u += THREADS / 32) {
         const int r = u / nb, b = u % nb;
         const int j = j0 + b * 32 + lane;
-        float v = sm.c[r][b * 32 + lane];
-        if (a.profile == MXM_PROFILE_TRTLLM) v = mxm_round_bf16(v);
-        const int64_t o = (int64_t)(G.row0 + m0 + r) * a.I_max + j;
-        const bool keep = m0 + r < G.rows && j0 + b * 32 < G.I;
-        if (BLK && mxm_cuda_blk_w8a8(a)) { // requantized per 128-block by mxm_cuda_requant_fp8block
-            if (keep) a.actf[o] = v;
-            continue;
-        }
-        if (!BLK && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
-        if (keep) a.act[o] = __float2bfloat16_rn(v);
+        float v[1] = {sm.c[r][b * 32 + lane]};
+        const int64_t o[1] = {(int64_t)(G.row0 + m0 + r) * a.I_max + j};
+        const bool keep[1] = {m0 + r < G.rows && j0 + b * 32 < G.I};
+        mxm_gemm1_store<BLK>(a, v, o, keep);
     }
 }
 

@@ -301,15 +301,10 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     for (int u = warp; u < n * nb; u += SK_THREADS / 32) {
         const int tok = u / nb, b = u % nb;
         if (j0 + 32 * b >= G.I) continue; // I is a multiple of 32: whole blocks are in or out
-        float v = ep[tok * EP + 32 * b + lane];
-        if (trt) v = mxm_round_bf16(v);
-        const int64_t o = (int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane;
-        if (BLK && mxm_cuda_blk_w8a8(a)) { // requantized per 128-block by mxm_cuda_requant_fp8block
-            a.actf[o] = v;
-            continue;
-        }
-        if (!BLK && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
-        a.act[o] = __float2bfloat16_rn(v);
+        float v[1] = {ep[tok * EP + 32 * b + lane]};
+        const int64_t o[1] = {(int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane};
+        const bool keep[1] = {true};
+        mxm_gemm1_store<BLK>(a, v, o, keep);
     }
 }
 

@@ -23,7 +23,7 @@
 //  - GEMM1 epilogue through a per-consumer shared buffer (not the ring, so the producer keeps
 //    prefetching): fragments -> [token][64 columns] fp32, then one warp per (token, 32-column
 //    block), four blocks at a time: activation, rounding, the warp MXFP8 quantize-dequantize of
-//    mxm_warp_mx_fakequant (warp_mx_fakequant4), 64-byte bf16 row stores.
+//    mxm_gemm1_store (mx_device.cuh) on four blocks at once, 64-byte bf16 row stores.
 //    GEMM2 stores its fragments straight to a.y (full 32-byte sectors).
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
@@ -175,34 +175,6 @@ __device__ __forceinline__ uint32_t dec_exact(uint32_t x, float sc) {
     const float2 f = mxm_e4m3x2_to_float2((uint16_t)x);
     const __nv_bfloat162 b = __floats2bfloat162_rn(f.x * sc, f.y * sc);
     return *reinterpret_cast<const uint32_t *>(&b);
-}
-
-// mxm_warp_mx_fakequant (mx_device.cuh) on four independent 32-blocks at once (one value per
-// lane each): the same steps and primitives, with the four shuffle trees interleaved and its two
-// early returns (NaN/Inf in the block; scale byte 0) as selects, so the four latency chains
-// overlap. The discarded branch values are computed from finite or wrapped inputs only.
-__device__ __forceinline__ void warp_mx_fakequant4(float (&v)[4], int rule) {
-    float amax[4];
-    bool special[4];
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        const uint32_t a = mxm_f32_bits(v[q]) & 0x7FFFFFFFu;
-        special[q] = __any_sync(0xFFFFFFFFu, a >= 0x7F800000u);
-        amax[q] = mxm_bits_f32(a);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-            amax[q] = fmaxf(amax[q], __shfl_xor_sync(0xFFFFFFFFu, amax[q], o));
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        const uint8_t b = mxm_mx_scale_byte(amax[q], rule);
-        const float r =
-            mxm_e4m3_decode(mxm_e4m3_rne_sat(v[q] * mxm_e8m0_inverse(b))) * mxm_e8m0_decode(b);
-        const float z = mxm_bits_f32(mxm_f32_bits(v[q]) & 0x80000000u);
-        v[q] = special[q] ? __int_as_float(0x7FC00000) : (b == 0 ? z : r);
-    }
 }
 
 // ---- tile schedule ------------------------------------------------------------------------------
@@ -451,8 +423,6 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             } else {
                 const mxm_act_params ap = {G.alpha, G.beta, G.limit};
                 const int act = G.act;
-                const bool trt = a.profile == MXM_PROFILE_TRTLLM,
-                           mx = a.act_quant == MXM_ACT_QUANT_MXFP8;
                 // Two passes through the 128 x 68 fp32 buffer. Gated: pass p takes tokens
                 // 64p..64p+63, gate at buffer rows 0..63, up at rows 64..127, columns = this
                 // warpgroup's 64 intermediate columns n0 + 64 wgi + c. Plain: pass p takes m64
@@ -488,17 +458,17 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                                        ? mxm_act_gated(act, epi[r * EPI_STRIDE + c],
                                                        epi[(r + 64) * EPI_STRIDE + c], ap)
                                        : mxm_act_plain(act, epi[r * EPI_STRIDE + c]);
-                            if (trt) v[q] = mxm_round_bf16(v[q]);
                         }
-                        if (mx) warp_mx_fakequant4(v, a.rule);
+                        int64_t o[4];
+                        bool keep[4];
 #pragma unroll
                         for (int q = 0; q < 4; q++) {
                             const int u = u0 + 4 * q, r = u >> 1, b = u & 1;
                             const int tok = MODE == MODE_GATED ? 64 * p + r : r;
-                            if (m0 + tok < rows && jb + 32 * b < I)
-                                a.act[(int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane] =
-                                    __float2bfloat16_rn(v[q]);
+                            keep[q] = m0 + tok < rows && jb + 32 * b < I;
+                            o[q] = (int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane;
                         }
+                        mxm_gemm1_store<false>(a, v, o, keep);
                     }
                 }
             }

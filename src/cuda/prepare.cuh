@@ -20,7 +20,11 @@ __device__ __forceinline__ void mxm_prepare_x_row(const mxm_cuda_args &a, int64_
         if (x_dtype == MXM_DT_F32) v = ((const float *)x)[i];
         else if (x_dtype == MXM_DT_BF16) v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
         else v = mxm_e4m3_decode(((const uint8_t *)x)[i]) * mxm_e8m0_decode(x_scale[i / 32]);
-        if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8) v = mxm_warp_mx_fakequant(v, a.rule);
+        if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8) {
+            float b[1] = {v};
+            mxm_warp_mx_fakequant(b, a.rule);
+            v = b[0];
+        }
         a.xq[i] = __float2bfloat16_rn(v);
     }
 }
