@@ -12,7 +12,7 @@
 #   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
-#   an existing build-gpu.
+#   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-out}
@@ -83,7 +83,8 @@ if [ "$what" = all ] || [ "$what" = python ]; then
 fi
 if [ "$what" = all ] || [ "$what" = profile ]; then
   # Per-kernel view of a decode step and a middle-range step (kernels serialized by ncu).
-  for case in "qwen3 1" "nano 64" "nano 4096"; do
+  IFS=, read -ra cases <<<"${NCU_CASES:-qwen3 1,nano 64,nano 4096}"
+  for case in "${cases[@]}"; do
     set -- $case
     timeout 150 ncu --clock-control none --graph-profiling node --launch-skip 40 --launch-count 14 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \

@@ -5,6 +5,7 @@
 
 #define COMBINE_THREADS 128
 #define COMBINE_COLS (COMBINE_THREADS * 4)
+#define COMBINE_BATCH 8
 
 __device__ __forceinline__ void store4(void *base, int64_t i, int32_t dtype, const float4 &v) {
     if (dtype == MXM_DT_F32) {
@@ -24,12 +25,27 @@ __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(mxm_cuda_args 
     const int64_t t = blockIdx.x, h = (int64_t)blockIdx.y * COMBINE_COLS + 4 * threadIdx.x;
     if (h >= a.H) return;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int k = 0; k < a.K; k++) { // k order: the same sum as the CPU backend's
-        const int32_t r = a.pos[t * a.K + k];
-        if (r < 0) continue;
-        const float w = a.wts[t * a.K + k];
-        const float4 y = *reinterpret_cast<const float4 *>(a.y + (int64_t)r * a.H + h);
-        acc.x += w * y.x, acc.y += w * y.y, acc.z += w * y.z, acc.w += w * y.w;
+    // COMBINE_BATCH experts at a time, every load of a batch issued before the first use: two
+    // memory latencies per batch (positions, then rows) instead of two per expert.
+    for (int k0 = 0; k0 < a.K; k0 += COMBINE_BATCH) {
+        int32_t r[COMBINE_BATCH];
+        float w[COMBINE_BATCH];
+        float4 y[COMBINE_BATCH];
+#pragma unroll
+        for (int j = 0; j < COMBINE_BATCH; j++) {
+            const bool in = k0 + j < a.K;
+            r[j] = in ? a.pos[t * a.K + k0 + j] : -1;
+            w[j] = in ? a.wts[t * a.K + k0 + j] : 0.0f;
+        }
+#pragma unroll
+        for (int j = 0; j < COMBINE_BATCH; j++)
+            y[j] = r[j] >= 0 ? *reinterpret_cast<const float4 *>(a.y + (int64_t)r[j] * a.H + h)
+                             : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int j = 0; j < COMBINE_BATCH; j++) // k order: the same sum as the CPU backend's
+            if (r[j] >= 0)
+                acc.x += w[j] * y[j].x, acc.y += w[j] * y[j].y, acc.z += w[j] * y[j].z,
+                    acc.w += w[j] * y[j].w;
     }
     const int64_t i = t * a.H + h;
     if (out_routed) store4(out_routed, i, out_dtype, acc);

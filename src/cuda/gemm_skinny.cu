@@ -1,8 +1,11 @@
 // Decode and middle range: expert groups with 1..MXM_CUDA_SKINNY_MAX rows (tokens). These layers
 // are bound by streaming the FP8 weights once, so the kernel is built around bytes in flight:
-//  - a block owns 64 weight rows of one group (4 warps x 16 rows) and all of the group's tokens
-//    (up to 32: n8 tiles of mma.m16n8k16), and walks K in stages of 128 through a 6-deep cp.async
-//    ring (8 KB of codes per stage, 40 KB in flight per block);
+//  - a block owns 64 weight rows of one group and all of the group's tokens (up to 32: n8 tiles
+//    of mma.m16n8k16), and walks K in stages of 128 through a 6-deep cp.async ring (8 KB of codes
+//    per stage, 40 KB in flight per block). Its 8 warps split each stage: warp w takes the 16
+//    rows 16 (w % 4).. and the 64-wide half w / 4 of the stage (twice the warps of one warp per
+//    16 rows: a decode-bound warp stalls on its own dependent instructions, so more warps per SM
+//    issue more); the two halves' sums meet through shared memory at the end;
 //  - the weights are the MMA's A operand, decoded exactly to bf16 in registers (E4M3 value times
 //    the E8M0 scale is a bf16 value) right before the MMA; the tokens are the B operand;
 //  - K is permuted inside each 64-wide step, identically for both operands (a dot product does
@@ -20,13 +23,21 @@
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
-#define SK_THREADS 128
+#define SK_THREADS 256
+#define SK_ROW_WARPS 4         // warps along the rows; SK_THREADS / 32 / SK_ROW_WARPS halves of K
 #define SK_ROWS 64             // weight rows per block
 #define SK_KC 128              // K per stage
 #define SK_STAGES 6
 #define SK_A_BYTES (SK_ROWS * SK_KC)
 #define SK_B_ROW (SK_KC * 2)   // bytes of one token row per stage
 #define SK_NT_MAX (MXM_CUDA_SKINNY_MAX / 8)
+// After the main loop the ring holds GEMM1's epilogue buffer (tokens x 65 floats) and, past it,
+// the second K half's sums (128 threads x SK_NT_MAX x 4 floats).
+#define SK_RED_OFFSET (MXM_CUDA_SKINNY_MAX * 65 * 4)
+static_assert(SK_THREADS / 32 == 2 * SK_ROW_WARPS, "two K halves");
+static_assert(SK_ROWS == 16 * SK_ROW_WARPS, "16 rows per warp");
+static_assert(SK_RED_OFFSET + 32 * SK_ROW_WARPS * SK_NT_MAX * 16 <= SK_STAGES * SK_A_BYTES,
+              "the ring holds both");
 
 enum { SK_GEMM1_GATED = 0, SK_GEMM1_PLAIN = 1, SK_GEMM2 = 2 };
 
@@ -67,11 +78,14 @@ __device__ __forceinline__ int64_t sk_weight_row(const mxm_cuda_args &a, const m
     return h < a.H ? h : -1;
 }
 
-// Per-thread copy sources: 4 weight rows (block rows t/8 + 16 i, 16-byte chunk t % 8 of each
-// stage) and up to 4 token rows (rows t/16 + 8 i, chunk t % 16).
+// Per-thread copy sources: 2 weight rows (block rows t/8 + 32 i, 16-byte chunk t % 8 of each
+// stage) and up to 2 token rows (rows t/16 + 16 i, chunk t % 16).
+#define SK_W_COPIES (SK_ROWS * SK_KC / 16 / SK_THREADS)
+#define SK_X_COPIES ((MXM_CUDA_SKINNY_MAX * SK_B_ROW / 16 + SK_THREADS - 1) / SK_THREADS)
+static_assert(SK_W_COPIES * SK_THREADS * 16 == SK_ROWS * SK_KC, "weight copies cover a stage");
 struct sk_sources {
-    const uint8_t *w[4];
-    const __nv_bfloat16 *x[SK_NT_MAX];
+    const uint8_t *w[SK_W_COPIES];
+    const __nv_bfloat16 *x[SK_X_COPIES];
 };
 
 // Issues the copies of stage k0 into ring slot `slot`. Pieces past K, past the group's weight
@@ -84,16 +98,16 @@ __device__ __forceinline__ void sk_issue(unsigned char *ring, int stage_bytes, i
     unsigned char *A = ring + (size_t)slot * stage_bytes, *B = A + SK_A_BYTES;
     const int t = threadIdx.x, ca = t % 8, cb = t % 16;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
+    for (int i = 0; i < SK_W_COPIES; i++) {
         if (!do_w) break;
-        const int row = t / 8 + 16 * i;
+        const int row = t / 8 + (SK_THREADS / 8) * i;
         const bool ok = src.w[i] && k0 + 16 * ca < K;
         cp_async16(A + row * SK_KC + ((ca ^ ((row & 1) * 4)) * 16), ok ? (const void *)(src.w[i] + k0 + 16 * ca) : dummy,
                    ok);
     }
 #pragma unroll
-    for (int i = 0; i < SK_NT_MAX; i++) {
-        const int row = t / 16 + 8 * i;
+    for (int i = 0; i < SK_X_COPIES; i++) {
+        const int row = t / 16 + (SK_THREADS / 16) * i;
         if (row >= brows || !do_x) break;
         const bool ok = src.x[i] && k0 + 8 * cb < K;
         cp_async16(B + row * SK_B_ROW + ((cb ^ (row & 1)) * 16), ok ? (const void *)(src.x[i] + k0 + 8 * cb) : dummy,
@@ -101,33 +115,35 @@ __device__ __forceinline__ void sk_issue(unsigned char *ring, int stage_bytes, i
     }
 }
 
-// The MX scale bytes of this thread's two rows for the two 64-wide halves of stage k0.
+// The MX scale bytes of this thread's two rows for its warp's 64-wide half of stage k0.
 struct sk_scales {
-    uint8_t s[2][2]; // [row R0/R1][half]
+    uint8_t s[2]; // [row R0/R1]
 };
+
+__device__ __forceinline__ int sk_half() {
+    return threadIdx.x / 32 / SK_ROW_WARPS;
+}
 
 __device__ __forceinline__ void sk_load_scales(sk_scales &sc, const uint8_t *const (&srow)[2], int64_t k0, int64_t K) {
     const int c = (threadIdx.x & 31) % 4;
+    const int64_t k = k0 + 64 * sk_half() + 16 * c;
 #pragma unroll
     for (int r = 0; r < 2; r++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t k = k0 + 64 * h + 16 * c;
-            sc.s[r][h] = srow[r] && k < K ? __ldg(srow[r] + k / 32) : (uint8_t)127;
-        }
+        sc.s[r] = srow[r] && k < K ? __ldg(srow[r] + k / 32) : (uint8_t)127;
 }
 
-// acc += this stage's products for the warp's 16 rows and NT n8 token tiles.
+// acc += the products of this warp's half of the stage for its 16 rows and NT n8 token tiles.
 template <int NT, bool BLK>
 __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigned char *B, const sk_scales &sc,
                                            float (&acc)[NT][4]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
-    const int r0 = 16 * warp + g; // r1 = r0 + 8 has the same parity
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
+    const int r0 = 16 * (warp % SK_ROW_WARPS) + g; // r1 = r0 + 8 has the same parity
+    {
+        const int h = sk_half();
         const int ach = ((4 * h + c) ^ ((r0 & 1) * 4)) * 16;
         const uint4 q0 = lds128(A + r0 * SK_KC + ach), q1 = lds128(A + (r0 + 8) * SK_KC + ach);
-        const float s0 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[0][h]), s1 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[1][h]);
+        const float s0 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[0]),
+                    s1 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[1]);
         uint4 xb[NT][2];
 #pragma unroll
         for (int ni = 0; ni < NT; ni++) {
@@ -160,6 +176,7 @@ template <int KIND, bool BLK, int NT>
 __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt_max,
                                         unsigned char *ring) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
+    const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
     const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max);
     const bool gemm1 = KIND != SK_GEMM2;
     const int64_t K = gemm1 ? a.H : G.I;
@@ -168,13 +185,13 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     const int64_t kb32 = K / 32;
     sk_sources src;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int64_t r = sk_weight_row<KIND>(a, G, chunk, t / 8 + 16 * i);
+    for (int i = 0; i < SK_W_COPIES; i++) {
+        const int64_t r = sk_weight_row<KIND>(a, G, chunk, t / 8 + (SK_THREADS / 8) * i);
         src.w[i] = r >= 0 ? wbase + r * K : nullptr;
     }
 #pragma unroll
-    for (int i = 0; i < SK_NT_MAX; i++) {
-        const int tok = t / 16 + 8 * i;
+    for (int i = 0; i < SK_X_COPIES; i++) {
+        const int tok = t / 16 + (SK_THREADS / 16) * i;
         src.x[i] = nullptr;
         if (tok < n)
             src.x[i] = gemm1 ? a.xq + (int64_t)a.row_token[G.row0 + tok] * a.H
@@ -186,7 +203,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     const float *brow[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
-        const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * warp + g + 8 * r);
+        const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
         srow[r] = !BLK && wr >= 0 ? sbase + wr * kb32 : nullptr;
         const float *bb = gemm1 ? G.b13 : G.b2;
         const int64_t kbl = (K + 127) / 128;
@@ -264,10 +281,30 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     }
     cp_async_wait<0>();
     __syncthreads(); // the ring becomes the epilogue buffer
+    // The second half's warps hand their sums to the first half's (past the GEMM1 buffer ep).
+    {
+        float *red =
+            reinterpret_cast<float *>(ring + SK_RED_OFFSET) + (t % (32 * SK_ROW_WARPS)) * (NT * 4);
+        if (sk_half() == 1)
+#pragma unroll
+            for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    red[4 * ni + q] = acc[ni][q];
+        __syncthreads();
+        if (sk_half() == 0)
+#pragma unroll
+            for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    acc[ni][q] += red[4 * ni + q];
+    }
+    const bool first_half = sk_half() == 0;
 
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
     if (KIND == SK_GEMM2) {
-        const int h0 = chunk * SK_ROWS + 16 * warp + g;
+        if (!first_half) return;
+        const int h0 = chunk * SK_ROWS + 16 * rw + g;
 #pragma unroll
         for (int ni = 0; ni < NT; ni++)
 #pragma unroll
@@ -284,18 +321,20 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     constexpr int COLS = KIND == SK_GEMM1_GATED ? 32 : 64, EP = COLS + 1;
     float *ep = reinterpret_cast<float *>(ring);
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+    if (first_half)
 #pragma unroll
-    for (int ni = 0; ni < NT; ni++)
+        for (int ni = 0; ni < NT; ni++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int tok = 8 * ni + 2 * c + e;
-            if (KIND == SK_GEMM1_GATED) {
-                ep[tok * EP + 8 * warp + g] = mxm_act_gated(G.act, acc[ni][e], acc[ni][2 + e], ap);
-            } else {
-                ep[tok * EP + 16 * warp + g] = mxm_act_plain(G.act, acc[ni][e]);
-                ep[tok * EP + 16 * warp + g + 8] = mxm_act_plain(G.act, acc[ni][2 + e]);
+            for (int e = 0; e < 2; e++) {
+                const int tok = 8 * ni + 2 * c + e;
+                if (KIND == SK_GEMM1_GATED) {
+                    ep[tok * EP + 8 * rw + g] =
+                        mxm_act_gated(G.act, acc[ni][e], acc[ni][2 + e], ap);
+                } else {
+                    ep[tok * EP + 16 * rw + g] = mxm_act_plain(G.act, acc[ni][e]);
+                    ep[tok * EP + 16 * rw + g + 8] = mxm_act_plain(G.act, acc[ni][2 + e]);
+                }
             }
-        }
     __syncthreads();
     const int j0 = chunk * COLS, nb = COLS / 32;
     for (int u = warp; u < n * nb; u += SK_THREADS / 32) {

@@ -22,14 +22,19 @@ int mxm_cuda_pdl_enabled() {
     return on;
 }
 
-// MXM_CUDA_WGMMA=1 runs the prefill GEMMs of MXFP8 weights on gemm_wgmma.cu (Hopper wgmma).
-// Read at every forward, so one process can run both paths. Default off until it has passed
-// test_cuda on a GPU.
-static int mxm_cuda_wgmma_enabled() {
+// The prefill GEMMs of MXFP8 weights (groups over MXM_CUDA_SKINNY_MAX rows) run on gemm_wgmma.cu
+// (Hopper wgmma, 128-row m-tiles) when the step averages at least MXM_CUDA_WGMMA_MIN_ROWS rows
+// per expert, else on gemm.cu's 64-row mma.sync tiles, which waste less of a tile on groups of
+// 33..127 rows (H200, docs/BENCHMARKS.md: wgmma 1.1-1.5x faster from Qwen3 T = 1024 and
+// Nano T = 4096 up, 1.1-1.3x slower at Nano T = 256-1024). MXM_CUDA_WGMMA=0/1 forces either
+// path; read at every forward, so one process can run both.
+#define MXM_CUDA_WGMMA_MIN_ROWS 64
+static bool wgmma_on(const mxm_cuda_args &a) {
+    if (a.blk) return false;
     const char *e = getenv("MXM_CUDA_WGMMA");
-    return e && e[0] && e[0] != '0';
+    if (e && e[0]) return e[0] != '0';
+    return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
-static bool wgmma_on(const mxm_cuda_args &a) { return !a.blk && mxm_cuda_wgmma_enabled(); }
 
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;

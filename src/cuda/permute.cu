@@ -140,7 +140,7 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_arg
             mxm_prepare_x_fp8block(a, (int64_t)(blockIdx.x - 1) * (PROLOGUE_THREADS / 32) + threadIdx.x / 32, in.x,
                                    in.x_dtype, (const float *)in.x_scale, in.x_scale_transposed);
         else
-            mxm_prepare_x_row(a, blockIdx.x - 1, in.x, in.x_dtype, (const uint8_t *)in.x_scale);
+            mxm_prepare_x_part(a, blockIdx.x - 1, in.x, in.x_dtype, (const uint8_t *)in.x_scale);
         return;
     }
     extern __shared__ __align__(16) int32_t sh[]; // n, cursor: 2 x groups; then routing scratch
@@ -167,8 +167,10 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_arg
 extern "C" int64_t mxm_route_device_scratch_bytes(const mxm_route_params *p);
 
 mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s) {
+    static_assert(PROLOGUE_THREADS == MXM_PREP_THREADS, "the prologue's blocks prepare x");
     const int64_t xblocks =
-        a.blk ? ((int64_t)a.T * a.HB + PROLOGUE_THREADS / 32 - 1) / (PROLOGUE_THREADS / 32) : (int64_t)a.T;
+        a.blk ? ((int64_t)a.T * a.HB + PROLOGUE_THREADS / 32 - 1) / (PROLOGUE_THREADS / 32)
+              : mxm_prepare_x_blocks(a);
     mxm_cuda_prologue_in pin = in;
     const int64_t scratch = in.logits ? (int64_t)a.T * in.route_stride : 0;
     pin.route_smem = scratch > 0 && scratch <= PROLOGUE_SCRATCH_SMEM && in.route_stride % 16 == 0;

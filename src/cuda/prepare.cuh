@@ -9,24 +9,40 @@
 #include "cuda/mx_device.cuh"
 
 #define MXM_PREP_WARPS 8 // warps per block of the DeepSeek FP8 preparation
+#define MXM_PREP_THREADS 256                 // threads per block of the MXFP8 preparation
+#define MXM_PREP_COLS (4 * MXM_PREP_THREADS) // columns of x per block: 4 per thread
+// Blocks that prepare x (MXFP8 and weight-only): one per (token, MXM_PREP_COLS columns).
+__host__ __device__ inline int64_t mxm_prepare_x_blocks(const mxm_cuda_args &a) {
+    return (int64_t)a.T * ((a.H + MXM_PREP_COLS - 1) / MXM_PREP_COLS);
+}
 
-// Row t of x, by the whole block (blockDim a multiple of 32; H a multiple of 32, so a warp holds
-// exactly one MX block).
-__device__ __forceinline__ void mxm_prepare_x_row(const mxm_cuda_args &a, int64_t t, const void *x, int32_t x_dtype,
-                                                  const uint8_t *x_scale) {
-    for (int64_t c = threadIdx.x; c < a.H; c += blockDim.x) {
-        const int64_t i = t * a.H + c;
-        float v;
-        if (x_dtype == MXM_DT_F32) v = ((const float *)x)[i];
-        else if (x_dtype == MXM_DT_BF16) v = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
-        else v = mxm_e4m3_decode(((const uint8_t *)x)[i]) * mxm_e8m0_decode(x_scale[i / 32]);
-        if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8) {
-            float b[1] = {v};
-            mxm_warp_mx_fakequant(b, a.rule);
-            v = b[0];
-        }
-        a.xq[i] = __float2bfloat16_rn(v);
+// Unit u of x = (token, MXM_PREP_COLS columns), by a block of MXM_PREP_THREADS threads: each
+// thread takes 4 columns MXM_PREP_THREADS apart, so a warp holds one MX block of 32 columns per
+// value (H is a multiple of 32).
+__device__ __forceinline__ void mxm_prepare_x_part(const mxm_cuda_args &a, int64_t u, const void *x,
+                                                   int32_t x_dtype, const uint8_t *x_scale) {
+    const int64_t parts = (a.H + MXM_PREP_COLS - 1) / MXM_PREP_COLS, t = u / parts;
+    const int64_t c0 = (u % parts) * MXM_PREP_COLS + threadIdx.x;
+    float v[4];
+    bool in[4];
+#pragma unroll
+    for (int q = 0; q < 4; q++) { // all loads first: one memory latency per unit, not four
+        const int64_t c = c0 + q * (MXM_PREP_COLS / 4), i = t * a.H + c;
+        in[q] = c < a.H; // warp-uniform: H is a multiple of 32
+        v[q] = 0.0f;
+        if (!in[q]) continue;
+        if (x_dtype == MXM_DT_F32)
+            v[q] = ((const float *)x)[i];
+        else if (x_dtype == MXM_DT_BF16)
+            v[q] = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
+        else
+            v[q] = mxm_e4m3_decode(((const uint8_t *)x)[i]) * mxm_e8m0_decode(x_scale[i / 32]);
     }
+    if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8)
+        mxm_warp_mx_fakequant(v, a.rule);
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+        if (in[q]) a.xq[t * a.H + c0 + q * (MXM_PREP_COLS / 4)] = __float2bfloat16_rn(v[q]);
 }
 
 // One warp quantizes one 1x128 block of n (<= 128) values, v[i] at column 32 i + lane: stores

@@ -6,7 +6,7 @@
 __global__ void prepare_x_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const uint8_t *x_scale) {
     mxm_griddep_wait();
     mxm_griddep_launch();
-    mxm_prepare_x_row(a, blockIdx.x, x, x_dtype, x_scale);
+    mxm_prepare_x_part(a, blockIdx.x, x, x_dtype, x_scale);
 }
 
 __global__ void prepare_x_fp8block_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const float *x_scale,
@@ -23,7 +23,8 @@ mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_d
         return mxm_cuda_launch(prepare_x_fp8block_kernel, (unsigned)((warps + MXM_PREP_WARPS - 1) / MXM_PREP_WARPS),
                                32 * MXM_PREP_WARPS, 0, s, a, x, x_dtype, (const float *)x_scale, x_scale_transposed);
     }
-    return mxm_cuda_launch(prepare_x_kernel, a.T, 256, 0, s, a, x, x_dtype, (const uint8_t *)x_scale);
+    return mxm_cuda_launch(prepare_x_kernel, (unsigned)mxm_prepare_x_blocks(a), MXM_PREP_THREADS, 0,
+                           s, a, x, x_dtype, (const uint8_t *)x_scale);
 }
 
 // a.actf -> a.act (codes' values) and a.acts, per (row, 128-block) of every group; grid.y = group.

@@ -3,14 +3,16 @@
 
 The model follows the kernel step by step with the same index expressions:
   - sk_issue: which 16-byte piece each thread copies into which swizzled shared-memory slot
-    (weights: block rows t/8 + 16 i, chunk t % 8; tokens: rows t/16 + 8 i, chunk t % 16);
-  - sk_compute: which slot each lane reads back for its two weight rows and its token rows, the
+    (256 threads; weights: block rows t/8 + 32 i, chunk t % 8; tokens: rows t/16 + 16 i, chunk
+    t % 16);
+  - sk_compute: warp w takes rows 16 (w % 4).. and the 64-wide half w / 4 of each stage; which
+    slot each lane reads back for its two weight rows and its token rows, the
     K permutation inside each 64-wide half (lane c's 16 consecutive codes feed the four k16 MMAs
     as logical columns 2c, 2c+1, 2c+8, 2c+9), and the mma.m16n8k16 fragment layouts of the PTX
     ISA (A: a0a1 row g / a2a3 row g+8 / a4a5 row g, k+8 / a6a7 row g+8, k+8; B: b0b1 k 2c..,
     b2b3 k 2c+8..; C: c0c1 row g, c2c3 row g+8, columns 2c, 2c+1);
-  - the epilogue's mapping of accumulators to (weight row, token) and, for gated GEMM1, the
-    pairing of gate and up rows.
+  - the reduction of the two halves' accumulators (warp w + 4 into warp w), the epilogue's mapping
+    of accumulators to (weight row, token) and, for gated GEMM1, the pairing of gate and up rows.
 It also checks that a quarter-warp's 16-byte shared loads hit 8 distinct bank groups (no
 conflicts). Fresh random shapes each run; exits non-zero on any mismatch.
 """
@@ -19,7 +21,7 @@ import sys
 
 import numpy as np
 
-KC, ROWS, THREADS = 128, 64, 128
+KC, ROWS, THREADS, ROW_WARPS = 128, 64, 256, 4
 A_BYTES, B_ROW = ROWS * KC, KC * 2
 
 
@@ -39,24 +41,25 @@ def weight_row(kind, chunk, br, I, H, layout):  # sk_weight_row
 
 
 def run_block(kind, W, X, n, chunk, I, H, layout, K):
-    """One block: returns acc[warp][lane][ni][q] for the model, W codes as values [rows, K]."""
+    """One block: returns acc[row warp][lane][ni][q] after the halves' reduction, for the model,
+    W codes as values [rows, K]."""
     NT = (n + 7) // 8
     nst = (K + KC - 1) // KC
-    acc = np.zeros((4, 32, NT, 4))
+    acc = np.zeros((2 * ROW_WARPS, 32, NT, 4))
     for st in range(nst):
         k0 = st * KC
         A = np.full(A_BYTES, np.nan)  # shared slot, one value per byte position
         B = np.full(NT * 8 * B_ROW // 2, np.nan)  # bf16 elements
         for t in range(THREADS):  # sk_issue
             ca, cb = t % 8, t % 16
-            for i in range(4):
-                row = t // 8 + 16 * i
+            for i in range(ROWS * KC // 16 // THREADS):
+                row = t // 8 + (THREADS // 8) * i
                 wr = weight_row(kind, chunk, row, I, H, layout)
                 dst = row * KC + ((ca ^ ((row & 1) * 4)) * 16)
                 ok = wr >= 0 and k0 + 16 * ca < K
                 A[dst:dst + 16] = W[wr, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
-            for i in range(4):
-                row = t // 16 + 8 * i
+            for i in range((32 * B_ROW // 16 + THREADS - 1) // THREADS):
+                row = t // 16 + (THREADS // 16) * i
                 if row >= NT * 8:
                     break
                 dst = (row * B_ROW + ((cb ^ (row & 1)) * 16)) // 2
@@ -64,12 +67,12 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
                 B[dst:dst + 8] = X[row, k0 + 8 * cb:k0 + 8 * cb + 8] if ok else 0
         assert not np.isnan(A).any(), "weight slot not written"
         assert not np.isnan(B).any(), "token slot not written"
-        for warp in range(4):  # sk_compute
+        for warp in range(2 * ROW_WARPS):  # sk_compute
             phases = {}
             for lane in range(32):
                 g, c = lane // 4, lane % 4
-                r0 = 16 * warp + g
-                for h in range(2):
+                r0 = 16 * (warp % ROW_WARPS) + g
+                for h in [warp // ROW_WARPS]:
                     ach = ((4 * h + c) ^ ((r0 & 1) * 4)) * 16
                     q0 = A[r0 * KC + ach:r0 * KC + ach + 16]
                     q1 = A[(r0 + 8) * KC + ach:(r0 + 8) * KC + ach + 16]
@@ -88,9 +91,9 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
             for (h, quarter), banks in phases.items():
                 assert len(banks) == 8 and len(set(banks)) == 8, f"bank conflict: {banks}"
         # mma.m16n8k16 from the fragments (PTX ISA layouts), per warp / n8 tile / step
-        for warp in range(4):
+        for warp in range(2 * ROW_WARPS):
             for ni in range(NT):
-                for h in range(2):
+                for h in [warp // ROW_WARPS]:
                     for s in range(4):
                         Am = np.zeros((16, 16))
                         Bm = np.zeros((16, 8))
@@ -107,7 +110,8 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
                         for lane in range(32):
                             g, c = lane // 4, lane % 4
                             acc[warp, lane, ni] += [Cm[g, 2 * c], Cm[g, 2 * c + 1], Cm[g + 8, 2 * c], Cm[g + 8, 2 * c + 1]]
-    return acc
+    # the second half's warps hand their sums to the first half's (thread t % 128 of the buffer)
+    return acc[:ROW_WARPS] + acc[ROW_WARPS:]
 
 
 frags = {}
