@@ -50,12 +50,13 @@ if [ "$what" = all ] || [ "$what" = test ]; then
   done
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  # From precomputed top-k ids (as the peers), MXFP8 and (DeepSeek slice) DeepSeek FP8 weights.
-  build-gpu/mxmoe bench --backend cuda --given-ids --shapes "$SHAPES" --tokens "$TOKENS" \
+  # The peers' layer: from precomputed top-k ids, routed experts only (Nano's shared expert left
+  # out; the DeepSeek slice takes every pick, as the peer's dsv3s); MXFP8 and DeepSeek FP8 weights.
+  build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens "$TOKENS" \
     --routing uniform --reps 10 --json "$OUT/moe_cuda.json" >"$OUT/bench_cuda.txt" 2>&1
-  build-gpu/mxmoe bench --backend cuda --given-ids --format fp8_block --shapes dsv3 --tokens "$TOKENS" \
+  build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --format fp8_block --shapes dsv3 --tokens "$TOKENS" \
     --routing uniform --reps 10 --json "$OUT/moe_cuda_fp8block.json" >>"$OUT/bench_cuda.txt" 2>&1
-  # With routing from logits included.
+  # The whole layer (routing from logits, Nano's shared expert included).
   build-gpu/mxmoe bench --backend cuda --shapes "$SHAPES" --tokens 1,64,4096 --routing uniform --reps 10 \
     --json "$OUT/moe_cuda_routed.json" >>"$OUT/bench_cuda.txt" 2>&1
 fi
@@ -66,9 +67,9 @@ if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
   fi
 fi
 if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
-  # The wgmma prefill kernels (behind MXM_CUDA_WGMMA until validated) against the mma.sync tiles.
+  # The wgmma prefill kernels against the mma.sync tiles (MXM_CUDA_WGMMA forces either).
   for w in 0 1; do
-    MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
+    MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
       --routing uniform --reps 5 --json "$OUT/moe_cuda_wgmma$w.json" 2>&1 | sed "s/^/wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
   done
 fi
@@ -88,7 +89,7 @@ if [ "$what" = all ] || [ "$what" = profile ]; then
     set -- $case
     timeout 150 ncu --clock-control none --graph-profiling node --launch-skip 40 --launch-count 14 \
       --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-      build-gpu/mxmoe bench --backend cuda --given-ids --shapes "$1" --tokens "$2" --reps 1 \
+      build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$1" --tokens "$2" --reps 1 \
       >"$OUT/ncu_$1_$2.txt" 2>&1; echo "ncu $1 T=$2 rc=$?"
     grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy" \
       "$OUT/ncu_$1_$2.txt" | head -80 >"$OUT/ncu_$1_$2_short.txt"

@@ -439,8 +439,10 @@ int mb_bench(const mb_options *o, FILE *tf) {
             break;
         }
         mb_layer L;
+        mb_shape shape = *s;
+        if (o->no_shared) shape.shared_I = 0;
         fprintf(stderr, "building %s layer (%s)...\n", s->name, s->model);
-        if ((st = mb_layer_create(s, o->weight_format, 42, threads, &L))) break;
+        if ((st = mb_layer_create(&shape, o->weight_format, 42, threads, &L))) break;
         L.cfg.kernels = o->kernels, L.cfg.act_quant = o->act_quant, L.cfg.profile = o->profile;
         if (o->backend == MXM_BACKEND_CUDA && (st = mb_layer_to_device(&L))) {
             mb_layer_destroy(&L);
@@ -448,12 +450,19 @@ int mb_bench(const mb_options *o, FILE *tf) {
         }
         /* What runs, read back from the config the plans are made from. */
         char kbuf[32];
-        fprintf(tf, "mode: %s %s: weights %s, activations %s, profile %s, kernels %s, %d threads, routing %s\n",
-                s->name, L.cfg.backend == MXM_BACKEND_CUDA ? "cuda" : "cpu", mxm_weight_format_name(L.cfg.weight_format),
+        char shbuf[32] = "none";
+        if (L.cfg.shared_intermediate_size)
+            snprintf(shbuf, sizeof shbuf, "I=%d", L.cfg.shared_intermediate_size);
+        fprintf(tf,
+                "mode: %s %s: weights %s, activations %s, profile %s, kernels %s, %d threads, "
+                "routing %s, shared expert %s\n",
+                s->name, L.cfg.backend == MXM_BACKEND_CUDA ? "cuda" : "cpu",
+                mxm_weight_format_name(L.cfg.weight_format),
                 L.cfg.act_quant == MXM_ACT_QUANT_NONE ? "none (weight-only)" : "mxfp8 (W8A8)",
                 L.cfg.profile == MXM_PROFILE_EXACT ? "exact" : "trtllm",
-                kernels_of(&L.cfg, kbuf, sizeof kbuf), L.cfg.num_threads > 0 ? L.cfg.num_threads : threads,
-                o->use_ids ? "given ids" : "from logits");
+                kernels_of(&L.cfg, kbuf, sizeof kbuf),
+                L.cfg.num_threads > 0 ? L.cfg.num_threads : threads,
+                o->use_ids ? "given ids" : "from logits", shbuf);
         char toks[256];
         snprintf(toks, sizeof toks, "%s", o->tokens);
         for (char *tv = NULL, *tn = strtok_r(toks, ",", &tv); tn && !st; tn = strtok_r(NULL, ",", &tv)) {
@@ -464,6 +473,12 @@ int mb_bench(const mb_options *o, FILE *tf) {
                 mb_inputs in;
                 if ((st = mb_inputs_create(&L, T, (mb_routing)r, 1000 + (uint64_t)T, &in))) break;
                 in.use_ids = o->use_ids;
+                /* An EP slice timed from given ids takes every pick into its experts (global id
+                 * mod E_loc), as the vLLM peer's dsv3s does: the same work as the peer's layer.
+                 * From logits, only the picks that fall into the slice are local. */
+                if (o->use_ids && L.shape.E_loc < L.shape.E)
+                    for (int64_t i = 0; i < T * L.shape.K; i++)
+                        in.ids[i] = L.cfg.local_expert_offset + in.ids[i] % L.shape.E_loc;
                 mb_result res = {0};
                 const int reps = T >= 1024 ? (o->reps < 3 ? o->reps : 3) : o->reps;
                 st = mb_run(&L, &in, reps, &res, NULL);

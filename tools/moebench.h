@@ -81,6 +81,7 @@ typedef struct mb_options {
     int32_t weight_format; /* MXM_WFMT_MXFP8 (default) or MXM_WFMT_FP8_BLOCK */
     int32_t act_quant;     /* MXM_ACT_QUANT_MXFP8 (default, W8A8) or MXM_ACT_QUANT_NONE */
     int32_t profile;       /* MXM_PROFILE_TRTLLM (default) or MXM_PROFILE_EXACT */
+    int32_t no_shared; /* leave out the shape's shared expert (the peers time the routed experts) */
 } mb_options;
 /* Every field of mb_options takes effect; the table's "mode:" line and the JSON say what ran,
  * read back from the layer's config. Malformed lists (shapes, tokens) are errors. */

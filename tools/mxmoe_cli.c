@@ -954,25 +954,36 @@ static int check_shape_list(const char *list) {
 
 static int cmd_bench(int argc, char **argv) {
     static const char help[] =
-        "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing uniform|skewed|both]\n"
-        "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] [--ref-kernels]\n"
+        "usage: mxmoe bench [--shapes nano,qwen3,dsv3] [--tokens 1,4,16,...] [--routing "
+        "uniform|skewed|both]\n"
+        "                   [--reps N] [--json PATH] [--threads N] [--backend cpu|cuda] "
+        "[--ref-kernels]\n"
         "                   [--act-quant mxfp8|none] [--profile trtllm|exact]\n"
-        "                   [--given-ids]   (route once on the host; time the layer from top-k ids, like the peers)\n"
-        "                   [--format mxfp8|fp8_block]   (weights: MXFP8, or DeepSeek FP8 128x128 blocks)\n"
-        "Times the MoE layer on synthetic MXFP8 (or DeepSeek FP8) layers with real models' shapes and reports each figure\n"
-        "against the memory-read and FMA roofs measured in the same run. The 'mode:' line (and the JSON)\n"
-        "says what ran: weights, activations (W8A8 or weight-only), profile, kernels, routing input.\n"
+        "                   [--given-ids]   (route once on the host; time the layer from top-k "
+        "ids, like the peers)\n"
+        "                   [--format mxfp8|fp8_block]   (weights: MXFP8, or DeepSeek FP8 128x128 "
+        "blocks)\n"
+        "                   [--no-shared]   (leave out the shape's shared expert, as the peers' "
+        "layers do)\n"
+        "Times the MoE layer on synthetic MXFP8 (or DeepSeek FP8) layers with real models' shapes "
+        "and reports each figure\n"
+        "against the memory-read and FMA roofs measured in the same run. The 'mode:' line (and the "
+        "JSON)\n"
+        "says what ran: weights, activations (W8A8 or weight-only), profile, kernels, routing "
+        "input.\n"
         "--tokens takes integers in 1..1048576, --reps 1..1000.\n";
-    mb_options mo = {"nano,qwen3,dsv3", "1,4,16,64,256,1024,4096", "both", 0, 5, MXM_KERNELS_AUTO, MXM_BACKEND_CPU, NULL, 0,
-                     MXM_WFMT_MXFP8, MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM};
+    mb_options mo = {"nano,qwen3,dsv3",   "1,4,16,64,256,1024,4096", "both", 0, 5,
+                     MXM_KERNELS_AUTO,    MXM_BACKEND_CPU,           NULL,   0, MXM_WFMT_MXFP8,
+                     MXM_ACT_QUANT_MXFP8, MXM_PROFILE_TRTLLM,        0};
     common_opts o;
     common_defaults(&o);
-    struct option lo[20] = {{"shapes", required_argument, 0, 's'}, {"tokens", required_argument, 0, 'n'},
-                            {"routing", required_argument, 0, 'r'}, {"reps", required_argument, 0, 'R'},
-                            {"json", required_argument, 0, 'j'}, {"ref-kernels", no_argument, 0, 'k'},
-                            {"help", no_argument, 0, 'h'}, {"given-ids", no_argument, 0, 'g'},
-                            {"format", required_argument, 0, 'f'}};
-    memcpy(lo + 9, common_long, N_COMMON_SYNTHETIC * sizeof *common_long);
+    struct option lo[20] = {
+        {"shapes", required_argument, 0, 's'},  {"tokens", required_argument, 0, 'n'},
+        {"routing", required_argument, 0, 'r'}, {"reps", required_argument, 0, 'R'},
+        {"json", required_argument, 0, 'j'},    {"ref-kernels", no_argument, 0, 'k'},
+        {"help", no_argument, 0, 'h'},          {"given-ids", no_argument, 0, 'g'},
+        {"format", required_argument, 0, 'f'},  {"no-shared", no_argument, 0, 'S'}};
+    memcpy(lo + 10, common_long, N_COMMON_SYNTHETIC * sizeof *common_long);
     int c;
     int64_t v = 0;
     optind = 1;
@@ -998,6 +1009,9 @@ static int cmd_bench(int argc, char **argv) {
         case 'j': mo.json_path = optarg; break;
         case 'k': mo.kernels = MXM_KERNELS_REF; break;
         case 'g': mo.use_ids = 1; break;
+        case 'S':
+            mo.no_shared = 1;
+            break;
         case 'f':
             if (strcmp(optarg, "mxfp8") && strcmp(optarg, "fp8_block"))
                 return die("--format: '%s'; supported: mxfp8, fp8_block", optarg);

@@ -141,7 +141,7 @@ def stray_positional_arguments():
 @case
 def help_lists_every_option():
     for cmd, opts in (("demo", ["--tokens", "--act-quant", "--profile", "--threads", "--backend"]),
-                      ("bench", ["--act-quant", "--profile", "--threads", "--backend", "--format", "--given-ids",
+                      ("bench", ["--act-quant", "--profile", "--threads", "--backend", "--format", "--given-ids", "--no-shared",
                                  "--ref-kernels", "--reps", "--json", "--routing", "--shapes", "--tokens"])):
         out = expect(run(cmd, "--help"), 0)
         for o in opts:
@@ -160,11 +160,11 @@ def bench_applies_every_option():
     js = os.path.join(TMP, "bench.json")
     out = expect(run("bench", "--shapes", "qwen3", "--tokens", "2", "--reps", "1", "--routing", "skewed",
                      "--act-quant", "none", "--profile", "exact", "--threads", "1", "--ref-kernels",
-                     "--given-ids", "--json", js, timeout=300), 0)
+                     "--given-ids", "--no-shared", "--json", js, timeout=300), 0)
     mode = [l for l in out.splitlines() if l.startswith("mode:")]
     assert mode, "no mode: line"
     for want in ("activations none (weight-only)", "profile exact", "kernels ref", "1 threads", "given ids",
-                 "weights mxfp8"):
+                 "weights mxfp8", "shared expert none"):
         assert want in mode[0], f"mode line {mode[0]!r} lacks {want!r}"
     assert "roofs (same run, 1 threads)" in out
     assert [l for l in out.splitlines() if l.startswith("machine: ") and "1 threads" in l], "no machine: line"
