@@ -494,10 +494,7 @@ static float load_value(const mxm_st_tensor *t, int64_t i) {
     if (t->dtype == MXM_DT_F16) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        const uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, mant = h & 1023;
-        if (e == 31) return mxm_bits_f32(s | 0x7F800000u | (mant << 13));
-        if (e == 0) return (s ? -1.0f : 1.0f) * (float)mant * 5.9604644775390625e-08f; /* 2^-24 */
-        return mxm_bits_f32(s | ((e + 112) << 23) | (mant << 13));
+        return mxm_f16_decode(h);
     }
     float f;
     memcpy(&f, p + 4 * i, 4);
