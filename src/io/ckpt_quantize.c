@@ -23,7 +23,8 @@
  * A selected weight [N, K] of dtype BF16, F16 or F32 (K % 32 == 0, else MXM_ERR_SHAPE naming it)
  * becomes "<prefix>.weight" F8_E4M3 [N, K] + "<prefix>.weight_scale" U8 [N, K/32] from
  * mxm_mxfp8_quantize (F16 is widened to f32 first, exactly). The rules are the same for every
- * model_type; nemotron_h, qwen3_moe and deepseek_v3 are the families tested.
+ * model_type (a family's row in ckpt_family.h gives only its file_root); nemotron_h, qwen3_moe and
+ * deepseek_v3 are the families tested.
  *
  * Everything else keeps its bytes and dtype. Each input shard gives one output shard of the same
  * file name, with the input file's __metadata__. A sharded input also gets a rewritten
@@ -61,6 +62,7 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/ckpt_family.h"
 #include "io/json_text.h"
 #include "io/safetensors.h"
 #include "io/safetensors_impl.h"
@@ -261,7 +263,7 @@ typedef struct cq_job {
     cq_excl_list excl;
     int64_t nquant;
     int32_t scope;      /* MXM_QUANTIZE_MODELOPT or MXM_QUANTIZE_EXPERTS */
-    int nemotron;       /* model_type nemotron_h (exclude-list order, see cq_modelopt_key) */
+    const char *file_root; /* its family's file_root (exclude-list order, see cq_modelopt_key) */
     const char **names; /* every tensor name, sorted (router detection) */
     size_t nnames;
     const char **qnames; /* the names of the tensors to quantize, sorted */
@@ -662,12 +664,14 @@ static mxm_status cq_experts_exclude(cq_job *j, const char *const *qn, size_t k)
     return st;
 }
 
-/* ModelOpt sorts its exclude list by the module names transformers uses in memory; for
- * nemotron_h those start with "model" where the checkpoint has "backbone" (transformers 5
- * renames them at load and back at save), so "lm_head" sorts before "backbone.embeddings". */
+/* ModelOpt sorts its exclude list by the module names transformers uses in memory; for a family
+ * with a file_root (nemotron_h: "backbone") those start with "model" where the checkpoint has the
+ * root (transformers 5 renames them at load and back at save), so "lm_head" sorts before
+ * "backbone.embeddings". */
 static void cq_modelopt_key(const cq_job *j, const char *s, char *key, size_t cap) {
-    if (j->nemotron && strncmp(s, "backbone", 8) == 0 && (s[8] == '.' || s[8] == '*' || !s[8]))
-        snprintf(key, cap, "model%s", s + 8);
+    const size_t n = j->file_root ? strlen(j->file_root) : 0;
+    if (n && strncmp(s, j->file_root, n) == 0 && (s[n] == '.' || s[n] == '*' || !s[n]))
+        snprintf(key, cap, "model%s", s + n);
     else
         snprintf(key, cap, "%s", s);
 }
@@ -1256,9 +1260,9 @@ static mxm_status cq_run(cq_job *j) {
     if (st == MXM_OK) {
         const json_t *mt = json_object_get(j->config, "model_type");
         const char *family = json_is_string(mt) ? json_string_value(mt) : "";
-        const int known = strcmp(family, "nemotron_h") == 0 || strcmp(family, "qwen3_moe") == 0 ||
-                          strcmp(family, "deepseek_v3") == 0;
-        j->nemotron = strcmp(family, "nemotron_h") == 0;
+        const mxm_ckpt_family *f = mxm_ckpt_family_find(family);
+        const int known = f && strcmp(f->name, family) == 0; /* the fixtures: no alias */
+        j->file_root = f ? f->file_root : NULL;
         mxm_log(MXM_LOG_INFO, "checkpoint_quantize: " PT ": model_type '" NM "'%s", j->in_dir,
                 family, known ? "" : " (not a tested family; expert weights found by name)");
         st = cq_open_inputs(j);
