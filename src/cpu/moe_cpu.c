@@ -239,49 +239,34 @@ static thread_scratch scratch_of(const mxm_moe_plan *p, char *base) {
     return s;
 }
 
+/* Expert e of this pass: its description (src/moe) and its rows. */
 typedef struct expert_view {
-    const mxm_expert_weights *wt;
-    int64_t n;           /* rows (tokens) */
-    const int32_t *tok;  /* token of each row */
-    int64_t row0;        /* first permuted row (routed) */
-    int64_t I;           /* this expert's intermediate size */
-    int act;
+    mxm_expert_desc d;
+    int64_t n;          /* rows (tokens) */
+    const int32_t *tok; /* token of each row */
+    int64_t row0;       /* first permuted row (routed) */
     bool shared;
 } expert_view;
 
 static expert_view view_of(const pass *ps, int32_t e) {
-    const mxm_moe_plan *p = ps->p;
     expert_view v;
-    v.shared = e == p->e_loc;
-    v.wt = v.shared ? ps->w->shared : &ps->w->experts[e];
+    v.d = mxm_expert_describe(ps->p, ps->w, e);
+    v.shared = e == ps->p->e_loc;
     v.n = ps->count[e];
     v.row0 = v.shared ? 0 : ps->offset[e];
     v.tok = v.shared ? ps->shared_rows : ps->rows + v.row0;
-    v.I = v.shared ? p->cfg.shared_intermediate_size : p->cfg.intermediate_size;
-    v.act = v.shared ? p->shared_act : p->cfg.activation;
     return v;
-}
-
-static mxm_act_params act_params_of(const pass *ps, int32_t e, bool shared) {
-    const mxm_moe_config *c = &ps->p->cfg;
-    mxm_act_params a = {c->swiglu_alpha, c->swiglu_beta, c->swiglu_limit};
-    if (!shared) {
-        if (ps->w->gemm1_alpha) a.alpha = ps->w->gemm1_alpha[e];
-        if (ps->w->gemm1_beta) a.beta = ps->w->gemm1_beta[e];
-        if (ps->w->gemm1_clamp_limit) a.limit = ps->w->gemm1_clamp_limit[e];
-    }
-    return a;
 }
 
 static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const mxm_moe_plan *p = ps->p;
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
-    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t H = p->cfg.hidden_size, I = v.d.I;
     const int64_t j0 = (item & 0xFFFFFFFF) * GEMM1_COLS;
     const int64_t j1 = j0 + GEMM1_COLS < I ? j0 + GEMM1_COLS : I;
-    const bool gated = mxm_act_is_gated(v.act);
-    const mxm_act_params ap = act_params_of(ps, e, v.shared);
+    const bool gated = v.d.gated;
+    const mxm_act_params ap = {v.d.alpha, v.d.beta, v.d.limit};
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
     thread_scratch sc = scratch_of(p, scratch);
@@ -297,7 +282,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     case MXM_W13_INTERLEAVED: gate_r0 = 0, up_r0 = 1, rstep = 2; break;
     default: gate_r0 = 0, up_r0 = I; break;
     }
-    const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
+    const void *w13 = v.d.w13, *s13 = v.d.w13_scale;
     for (int64_t jp = j0; jp < j1; jp += 16) {
         const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
         const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
@@ -306,8 +291,8 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = act + i * ld + jp;
             for (int j = 0; j < nr; j++) {
-                const float a = gated ? mxm_act_gated(v.act, hg[i * 16 + j], hu[i * 16 + j], ap)
-                                      : mxm_act_plain(v.act, hg[i * 16 + j]);
+                const float a = gated ? mxm_act_gated(v.d.act, hg[i * 16 + j], hu[i * 16 + j], ap)
+                                      : mxm_act_plain(v.d.act, hg[i * 16 + j]);
                 dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
             }
         }
@@ -319,7 +304,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const mxm_moe_plan *p = ps->p;
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
-    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t H = p->cfg.hidden_size, I = v.d.I;
     const int64_t h0 = (item & 0xFFFFFFFF) * GEMM2_ROWS;
     const int64_t h1 = h0 + GEMM2_ROWS < H ? h0 + GEMM2_ROWS : H;
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
@@ -333,7 +318,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
 
     for (int64_t hp = h0; hp < h1; hp += 16) {
         const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
+        panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = y + i * H + hp;
             for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];

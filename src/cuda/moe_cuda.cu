@@ -150,19 +150,14 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     cuda_state *cs = (cuda_state *)p->backend_state;
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;
     for (int g = 0; g < a.groups; g++) {
-        const bool shared = g == p->e_loc;
-        const mxm_expert_weights &e = shared ? *w->shared : w->experts[g];
+        const mxm_expert_desc e = mxm_expert_describe(p, w, g);
         mxm_cuda_group G;
         memset(&G, 0, sizeof G);
         G.w13 = (const uint8_t *)e.w13, G.w2 = (const uint8_t *)e.w2;
         if (a.blk) G.b13 = (const float *)e.w13_scale, G.b2 = (const float *)e.w2_scale;
         else G.s13 = (const uint8_t *)e.w13_scale, G.s2 = (const uint8_t *)e.w2_scale;
-        G.I = shared ? c.shared_intermediate_size : c.intermediate_size;
-        G.act = shared ? p->shared_act : c.activation;
-        G.alpha = c.swiglu_alpha, G.beta = c.swiglu_beta, G.limit = c.swiglu_limit;
-        if (!shared && w->gemm1_alpha) G.alpha = w->gemm1_alpha[g];
-        if (!shared && w->gemm1_beta) G.beta = w->gemm1_beta[g];
-        if (!shared && w->gemm1_clamp_limit) G.limit = w->gemm1_clamp_limit[g];
+        G.I = e.I, G.act = e.act;
+        G.alpha = e.alpha, G.beta = e.beta, G.limit = e.limit;
         hg[g] = G;
     }
     // Upload only when the table or the workspace changed (steady-state forwards launch kernels

@@ -14,7 +14,7 @@
 #define MXM_CKPT_ALIASES 4
 
 typedef struct mxm_ckpt_family {
-    const char *name;    /* config.json model_type; what mxm_model_family reports */
+    const char *name; /* config.json model_type; what mxm_model_family reports */
     const char *aliases[MXM_CKPT_ALIASES]; /* other model_type values read as this family */
 
     /* Tensor names: %d is the layer, then the expert. An expert is the Linears <prefix>.<gate>

@@ -62,6 +62,20 @@ struct mxm_moe_plan {
     const struct mxm_backend_ops *backend; /* chosen from cfg.backend at plan creation */
 };
 
+/* One expert as every backend runs it, from the plan and the caller's weights: a local routed
+ * expert e (0 <= e < e_loc) or the shared expert (e == e_loc). */
+typedef struct mxm_expert_desc {
+    /* [m1, H] in the plan's weight format: gated: gate and up rows (cfg.w13_layout), else I */
+    const void *w13, *w13_scale;
+    const void *w2, *w2_scale; /* [H, I] */
+    int32_t I;                 /* intermediate size */
+    int32_t act;               /* mxm_activation (the shared expert: shared_act) */
+    bool gated;
+    float alpha, beta, limit; /* SWIGLUOAI: the config's, or the expert's own gemm1_* entries */
+} mxm_expert_desc;
+
+mxm_expert_desc mxm_expert_describe(const mxm_moe_plan *p, const mxm_moe_weights *w, int32_t e);
+
 /* The backend boundary: one table per backend (src/cpu/moe_cpu.c, src/cuda/moe_cuda.cu, or
  * src/moe/cuda_stub.c when CUDA is not built), chosen once in mxm_moe_plan_create. */
 typedef struct mxm_backend_ops {
