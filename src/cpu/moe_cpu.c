@@ -28,9 +28,40 @@
 #define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
 #define MR 6             /* tokens per micro-kernel call */
 
+/* The CPU workspace: regions as byte offsets from its 64-byte aligned start. B is the batch (tokens
+ * per pass), E_loc the local experts. */
+typedef struct cpu_layout {
+    int64_t xf;            /* f32 [B, H] activations as the GEMMs see them */
+    int64_t ids;           /* i32 [B, K] */
+    int64_t wts;           /* f32 [B, K] */
+    int64_t pos;           /* i32 [B, K] permuted row of (t, k), -1 when not local */
+    int64_t rows;          /* i32 [B*K + B] token of each permuted row, grouped by expert */
+    int64_t counts;        /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t items;         /* i64 [max items] work items */
+    int64_t order;         /* i32 [E_loc + 1] experts by descending rows */
+    int64_t act;           /* f32 [B*K, I] intermediate activations (routed) */
+    int64_t act_sh;        /* f32 [B, I_s] (shared expert) */
+    int64_t y;             /* f32 [B*K, H] expert outputs */
+    int64_t y_sh;          /* f32 [B, H] shared expert output */
+    int64_t route_scratch; /* per-thread routing scratch */
+    int64_t route_scratch_bytes;
+    int64_t thread; /* per-thread GEMM scratch (thread_scratch) */
+    int64_t thread_bytes;
+    int64_t total;
+} cpu_layout;
+
+/* The CPU backend's part of a plan (plan->backend_state). */
+typedef struct cpu_state {
+    const mxm_cpu_kernels *k;
+    int64_t batch;     /* tokens per pass (the workspace is sized for this many) */
+    int64_t max_items; /* work items per GEMM stage */
+    cpu_layout ws;
+} cpu_state;
+
 /* Everything one pass needs, shared by the worker threads. */
 typedef struct pass {
     const mxm_moe_plan *p;
+    const cpu_state *cs;
     const mxm_cpu_kernels *k;
     const mxm_moe_weights *w;
     int64_t nt;         /* tokens in this pass */
@@ -228,14 +259,17 @@ static int64_t panel_floats_of(const mxm_moe_plan *p) {
     return 16 * d;
 }
 
-static int64_t max_rows_of(const mxm_moe_plan *p) { return p->batch * p->cfg.top_k; }
+static int64_t max_rows_of(const mxm_moe_plan *p, int64_t batch) {
+    return batch * p->cfg.top_k;
+}
 
-static thread_scratch scratch_of(const mxm_moe_plan *p, char *base) {
+static thread_scratch scratch_of(const pass *ps, char *base) {
+    const int64_t max_rows = max_rows_of(ps->p, ps->cs->batch);
     thread_scratch s;
     s.panel = (float *)base;
-    s.h0 = s.panel + panel_floats_of(p);
-    s.h1 = s.h0 + max_rows_of(p) * 16;
-    s.x = (const float **)(s.h1 + max_rows_of(p) * 16);
+    s.h0 = s.panel + panel_floats_of(ps->p);
+    s.h1 = s.h0 + max_rows * 16;
+    s.x = (const float **)(s.h1 + max_rows * 16);
     return s;
 }
 
@@ -269,7 +303,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const mxm_act_params ap = {v.d.alpha, v.d.beta, v.d.limit};
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
-    thread_scratch sc = scratch_of(p, scratch);
+    thread_scratch sc = scratch_of(ps, scratch);
     float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
     const float **x = sc.x;
     for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
@@ -309,7 +343,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t h1 = h0 + GEMM2_ROWS < H ? h0 + GEMM2_ROWS : H;
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
-    thread_scratch sc = scratch_of(p, scratch);
+    thread_scratch sc = scratch_of(ps, scratch);
     float *panel = sc.panel, *hy = sc.h0;
     const float **x = sc.x;
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
@@ -373,20 +407,53 @@ static void combine(const pass *ps, const mxm_moe_outputs *out, int64_t b0) {
 
 /* ---- plan and forward -------------------------------------------------------------------------------- */
 
+static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
+    const mxm_moe_config *c = &p->cfg;
+    const int64_t B = cs->batch, K = c->top_k, H = c->hidden_size, I = c->intermediate_size;
+    const int64_t Is = c->shared_intermediate_size;
+    cpu_layout *w = &cs->ws;
+    int64_t cur = 0;
+    w->xf = mxm_ws_take(&cur, mxm_mul3_i64(B, H, 4), 64);
+    w->ids = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->wts = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->pos = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->rows = mxm_ws_take(&cur, mxm_mul3_i64(B, K + 1, 4), 64);
+    w->counts = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 2, 2, 8), 64);
+    w->items = mxm_ws_take(&cur, mxm_mul3_i64(cs->max_items, 1, 8), 64);
+    w->order = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 4), 64);
+    w->act = mxm_ws_take(&cur, mxm_mul3_i64(B * K, I, 4), 64);
+    w->act_sh = mxm_ws_take(&cur, mxm_mul3_i64(B, Is, 4), 64);
+    w->y = mxm_ws_take(&cur, mxm_mul3_i64(B * K, H, 4), 64);
+    w->y_sh = mxm_ws_take(&cur, Is ? mxm_mul3_i64(B, H, 4) : 0, 64);
+    w->route_scratch_bytes = mxm_route_scratch_bytes(&p->route);
+    w->route_scratch = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->route_scratch_bytes, 1), 64);
+    w->thread = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->thread_bytes, 1), 64);
+    if (cur < 0)
+        return mxm_fail(MXM_ERR_OVERFLOW, "workspace size for %lld tokens overflows int64",
+                        (long long)p->max_tokens);
+    w->total = mxm_align_up(cur, 64);
+    return MXM_OK;
+}
+
 static mxm_status cpu_plan(mxm_moe_plan *p) {
+    cpu_state *cs = calloc(1, sizeof *cs);
+    if (!cs) return mxm_fail(MXM_ERR_NOMEM, "mxm_moe_plan_create: out of memory");
+    p->backend_state = cs;
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
-    p->cpu_kernels = k;
+    cs->k = k;
     p->kernels_name = k->name;
-    p->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
-    const int64_t H = p->cfg.hidden_size;
+    cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
+    const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
     int64_t I = p->cfg.intermediate_size;
     if (p->cfg.shared_intermediate_size > I) I = p->cfg.shared_intermediate_size;
-    const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows_of(p), 4, 1);
+    const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows, 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
-    p->ws.thread_bytes = mxm_align_up(bytes + max_rows_of(p) * 8, 64);
+    cs->ws.thread_bytes = mxm_align_up(bytes + max_rows * 8, 64);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
-    p->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
-    return MXM_OK;
+    cs->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
+    const mxm_status st = layout_workspace(p, cs);
+    p->ws_bytes = cs->ws.total;
+    return st;
 }
 
 static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
@@ -396,33 +463,37 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     char *ws = wsv;
     const mxm_moe_config *c = &p->cfg;
     const int64_t T = in->num_tokens, K = c->top_k, E = c->num_experts;
-    pass ps = {.p = p, .k = p->cpu_kernels, .w = w};
-    ps.xf = (float *)(ws + p->ws.xf);
-    ps.ids = (int32_t *)(ws + p->ws.ids);
-    ps.wts = (float *)(ws + p->ws.wts);
-    ps.pos = (int32_t *)(ws + p->ws.pos);
-    ps.rows = (int32_t *)(ws + p->ws.rows);
-    ps.shared_rows = ps.rows + p->batch * K;
-    ps.count = (int64_t *)(ws + p->ws.counts);
+    const cpu_state *cs = p->backend_state;
+    const cpu_layout *l = &cs->ws;
+    const int64_t B = cs->batch;
+    pass ps = {.p = p, .cs = cs, .k = cs->k, .w = w};
+    ps.xf = (float *)(ws + l->xf);
+    ps.ids = (int32_t *)(ws + l->ids);
+    ps.wts = (float *)(ws + l->wts);
+    ps.pos = (int32_t *)(ws + l->pos);
+    ps.rows = (int32_t *)(ws + l->rows);
+    ps.shared_rows = ps.rows + B * K;
+    ps.count = (int64_t *)(ws + l->counts);
     ps.offset = ps.count + p->e_loc + 1;
-    ps.items = (int64_t *)(ws + p->ws.items);
-    ps.order = (int32_t *)(ws + p->ws.order);
-    ps.act = (float *)(ws + p->ws.act);
-    ps.act_sh = (float *)(ws + p->ws.act_sh);
-    ps.y = (float *)(ws + p->ws.y);
-    ps.y_sh = (float *)(ws + p->ws.y_sh);
-    ps.thread_ws = ws + p->ws.thread;
-    ps.thread_bytes = p->ws.thread_bytes;
-    for (int64_t t = 0; t < p->batch; t++) ps.shared_rows[t] = (int32_t)t;
+    ps.items = (int64_t *)(ws + l->items);
+    ps.order = (int32_t *)(ws + l->order);
+    ps.act = (float *)(ws + l->act);
+    ps.act_sh = (float *)(ws + l->act_sh);
+    ps.y = (float *)(ws + l->y);
+    ps.y_sh = (float *)(ws + l->y_sh);
+    ps.thread_ws = ws + l->thread;
+    ps.thread_bytes = l->thread_bytes;
+    for (int64_t t = 0; t < B; t++)
+        ps.shared_rows[t] = (int32_t)t;
     const int32_t ldt = in->logits_dtype == MXM_DT_BF16 ? 2 : 4;
 
-    for (int64_t b0 = 0; b0 < T; b0 += p->batch) {
-        ps.nt = T - b0 < p->batch ? T - b0 : p->batch;
+    for (int64_t b0 = 0; b0 < T; b0 += B) {
+        ps.nt = T - b0 < B ? T - b0 : B;
         const int nthr = ps.nt < p->nthreads ? (int)ps.nt : p->nthreads;
         /* 1. prepare activations and route */
 #pragma omp parallel num_threads(nthr)
         {
-            char *rs = ws + p->ws.route_scratch + (int64_t)THREAD_ID() * p->ws.route_scratch_bytes;
+            char *rs = ws + l->route_scratch + (int64_t)THREAD_ID() * l->route_scratch_bytes;
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < ps.nt; t++) prepare_row(&ps, in, b0 + t, t);
             if (in->router_logits) {

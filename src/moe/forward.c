@@ -108,10 +108,11 @@ mxm_status mxm_moe_forward(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_
     if (!p) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: plan is NULL");
     mxm_status st = check_inputs(p, w, in, out);
     if (st) return st;
-    if (!workspace && p->ws.total > 0) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: workspace is NULL");
-    if (workspace_bytes < p->ws.total)
+    if (!workspace && p->ws_bytes > 0)
+        return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: workspace is NULL");
+    if (workspace_bytes < p->ws_bytes)
         return mxm_fail(MXM_ERR_WORKSPACE, "workspace has %lld bytes; the plan needs %lld",
-                        (long long)workspace_bytes, (long long)p->ws.total);
+                        (long long)workspace_bytes, (long long)p->ws_bytes);
     if ((uintptr_t)workspace % 64)
         return mxm_fail(MXM_ERR_INVALID_ARG, "workspace must be 64-byte aligned");
     if (in->num_tokens == 0) return MXM_OK;
