@@ -5,24 +5,29 @@
 #define MXM_PLAN_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "core/core.h"
 #include "mxmoe.h"
 #include "route/route.h"
 
-/* A weight quantization scheme: one row of the table in scheme.c. */
+/* A weight format's traits (its quantization scheme): one row of the table in scheme.c. */
 typedef struct mxm_scheme {
-    int32_t weight_format;   /* mxm_weight_format */
-    const char *name;        /* "mxfp8", "fp8_block", "bf16", "f32" */
-    int32_t code_bytes;      /* bytes per weight element */
-    int32_t scale_rows;      /* weight scale block: rows x cols (0 = no scales) */
+    int32_t weight_format; /* mxm_weight_format */
+    const char *name;      /* "mxfp8", "fp8_block", "bf16", "f32" (mxm_weight_format_name) */
+    int32_t code_bytes;    /* bytes per weight element */
+    int32_t scale_rows;    /* weight scale block: rows x cols (0 = no scales) */
     int32_t scale_cols;
-    int32_t act_block;       /* W8A8 activation quantization block along the row (32 or 128) */
-    bool act_scale_e8m0;     /* activation scales: E8M0 (MXFP8) or f32 (DeepSeek FP8) */
+    int32_t scale_bytes; /* bytes per weight scale (1: E8M0, 4: f32) */
+    int32_t act_block;   /* W8A8 activation quantization block along the row (32 or 128) */
+    bool act_scale_e8m0; /* activation scales: E8M0 (MXFP8) or f32 (DeepSeek FP8) */
 } mxm_scheme;
 
+/* The row of weight_format, or NULL when it is not one. */
 const mxm_scheme *mxm_scheme_get(int32_t weight_format);
+/* "mxfp8 (0), fp8_block (1), ..." into buf (for messages); returns buf. */
+const char *mxm_scheme_names(char *buf, size_t n);
 
 /* Appends a region of n bytes, aligned to align, to a workspace of *cursor bytes and returns its
  * offset; -1 (and *cursor -1) on overflow or after an earlier one. Each backend lays out its own
