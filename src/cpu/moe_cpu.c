@@ -53,8 +53,9 @@ typedef struct cpu_layout {
 /* The CPU backend's part of a plan (plan->backend_state). */
 typedef struct cpu_state {
     const mxm_cpu_kernels *k;
-    int64_t batch;     /* tokens per pass (the workspace is sized for this many) */
-    int64_t max_items; /* work items per GEMM stage */
+    const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
+    int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
+    int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
 } cpu_state;
 
@@ -63,6 +64,7 @@ typedef struct pass {
     const mxm_moe_plan *p;
     const cpu_state *cs;
     const mxm_cpu_kernels *k;
+    const mxm_cpu_wfmt_kernels *wk;
     const mxm_moe_weights *w;
     int64_t nt;         /* tokens in this pass */
     float *xf;          /* [nt, H] */
@@ -81,46 +83,21 @@ typedef struct pass {
     int64_t thread_bytes;
 } pass;
 
-/* ---- weight access per format ------------------------------------------------------------- */
+/* ---- the expert GEMMs ------------------------------------------------------------------------ */
 
-/* Rows r0 + j*rstep (j < nr) of a weight [rows, k] -> panel [16][k] fp32 (rows past nr zero). */
-static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
-                       int64_t rstep, int nr, float *panel) {
-    switch (ps->p->cfg.weight_format) {
-    case MXM_WFMT_MXFP8:
-        ps->k->pack_mxfp8_panel(w, s, k, r0, rstep, nr, panel);
-        return;
-    case MXM_WFMT_FP8_BLOCK:
-        ps->k->pack_fp8block_panel(w, s, k, r0, rstep, nr, panel);
-        return;
-    case MXM_WFMT_BF16:
-        for (int j = 0; j < 16; j++)
-            for (int64_t i = 0; i < k; i++)
-                panel[j * k + i] =
-                    j < nr ? mxm_bf16_decode(((const uint16_t *)w)[(r0 + j * rstep) * k + i]) : 0.0f;
-        return;
-    default: /* MXM_WFMT_F32 */
-        for (int j = 0; j < 16; j++)
-            for (int64_t i = 0; i < k; i++)
-                panel[j * k + i] = j < nr ? ((const float *)w)[(r0 + j * rstep) * k + i] : 0.0f;
-        return;
-    }
-}
-
-/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16). */
+/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
+ * the weight format's kernels: its GEMV for few tokens, else its panel and the panel GEMM. */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
                           float *panel) {
-    const int32_t fmt = ps->p->cfg.weight_format;
-    if (n <= MXM_GEMV_MAX_TOKENS && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK)) {
+    if (n <= MXM_GEMV_MAX_TOKENS && ps->wk->gemv) {
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
-            if (fmt == MXM_WFMT_MXFP8) ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
-            else ps->k->gemv_fp8block(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
         }
         return;
     }
-    pack_panel(ps, w, s, k, r0, rstep, nr, panel);
+    ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
         ps->k->gemm_panel16(x + i, mr, panel, k, h + i * 16, 16);
@@ -441,6 +418,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     p->backend_state = cs;
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
     cs->k = k;
+    cs->wk = &k->wfmt[p->cfg.weight_format];
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
@@ -466,7 +444,7 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     const cpu_state *cs = p->backend_state;
     const cpu_layout *l = &cs->ws;
     const int64_t B = cs->batch;
-    pass ps = {.p = p, .cs = cs, .k = cs->k, .w = w};
+    pass ps = {.p = p, .cs = cs, .k = cs->k, .wk = cs->wk, .w = w};
     ps.xf = (float *)(ws + l->xf);
     ps.ids = (int32_t *)(ws + l->ids);
     ps.wts = (float *)(ws + l->wts);
