@@ -453,6 +453,11 @@ static mxm_status find_linear(const mxm_model *m, const char *prefix, int expect
     }
 }
 
+/* Formats with scales: FP8 codes, which cannot be converted to another format at load. */
+static bool quantized(int32_t fmt) {
+    return mxm_weight_scale_bytes(fmt, 1, 1) > 0;
+}
+
 static float load_value(const mxm_st_tensor *t, int64_t i) {
     const uint8_t *p = (const uint8_t *)t->data;
     if (t->dtype == MXM_DT_BF16) {
@@ -484,8 +489,7 @@ static mxm_status place(mxm_layer *l, const linear *parts, int nparts, int32_t f
     for (int i = 0; i < nparts; i++) n += parts[i].n;
     const int same_fmt = parts[0].fmt == fmt && (nparts == 1 || parts[1].fmt == fmt);
     const int aligned = ((uintptr_t)parts[0].w->data % 4) == 0;
-    if (same_fmt && nparts == 1 && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK || aligned) &&
-        parts[0].w->dtype != MXM_DT_F16) {
+    if (same_fmt && nparts == 1 && (quantized(fmt) || aligned) && parts[0].w->dtype != MXM_DT_F16) {
         *w = parts[0].w->data;
         *s = parts[0].s ? parts[0].s->data : NULL;
         if (fmt == MXM_WFMT_FP8_BLOCK && ((uintptr_t)*s % 4)) goto copy;
@@ -528,7 +532,7 @@ copy:
     }
     /* Convert through f32: BF16/F16/F32 storage to F32 or MXFP8 (quantize at load). */
     for (int i = 0; i < nparts; i++)
-        if (parts[i].fmt == MXM_WFMT_MXFP8 || parts[i].fmt == MXM_WFMT_FP8_BLOCK)
+        if (quantized(parts[i].fmt))
             return mxm_fail(MXM_ERR_UNSUPPORTED, "weights stored as %s cannot be converted to %s",
                             mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(fmt));
     float *f = layer_alloc(l, n * k * 4);
@@ -569,7 +573,7 @@ static mxm_status load_expert(const mxm_model *m, mxm_layer *l, const char *pref
     if ((st = find_linear(m, p, (int)H, (int)I, &down))) return st;
     if (*fmt < 0) *fmt = parts[0].fmt;
     for (int i = 0; i < 1 + gated; i++)
-        if (parts[i].fmt != down.fmt && (parts[i].fmt <= MXM_WFMT_FP8_BLOCK || down.fmt <= MXM_WFMT_FP8_BLOCK))
+        if (parts[i].fmt != down.fmt && (quantized(parts[i].fmt) || quantized(down.fmt)))
             return mxm_fail(MXM_ERR_FORMAT, "%s: %s mixes weight formats %s and %s", m->path, prefix,
                             mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(down.fmt));
     if ((st = place(l, parts, 1 + gated, *fmt, rule, threads, &ex->w13, &ex->w13_scale)) ||
