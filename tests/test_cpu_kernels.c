@@ -70,14 +70,12 @@ static weight make_weight(tu_rng *r, int fmt, int64_t rows, int64_t k) {
 }
 
 static void pack(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t rstep, int nr, float *panel) {
-    if (w->fmt == MXM_WFMT_MXFP8) kk->pack_mxfp8_panel(w->q, w->s, w->k, r0, rstep, nr, panel);
-    else kk->pack_fp8block_panel(w->q, w->s, w->k, r0, rstep, nr, panel);
+    kk->wfmt[w->fmt].pack_panel(w->q, w->s, w->k, r0, rstep, nr, panel);
 }
 
 static void gemv(const mxm_cpu_kernels *kk, const weight *w, int64_t r0, int64_t rstep, int nr,
                  const float *const *x, int nt, float *out) {
-    if (w->fmt == MXM_WFMT_MXFP8) kk->gemv_mxfp8(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
-    else kk->gemv_fp8block(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
+    kk->wfmt[w->fmt].gemv(w->q, w->s, w->k, r0, rstep, nr, x, nt, out, 4);
 }
 
 /* |o - exact| relative to sum |t|, less the absolute rounding of fp32 subnormals: k products
@@ -244,6 +242,27 @@ static void test_isa_rows(void **state) {
     }
 }
 
+/* Every set has a panel kernel for every weight format (the plan takes the format's row without
+ * a check), and a GEMV exactly where the reference set has one (a set never drops a row's GEMV,
+ * which would move decode to the panel path). */
+static void test_wfmt_rows(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    for (int i = 0; i < n; i++)
+        for (int f = 0; f < MXM_WFMT_COUNT_; f++) {
+            if (!sets[i]->wfmt[f].pack_panel || !sets[i]->wfmt[f].gemv != !sets[0]->wfmt[f].gemv) {
+                print_error("set %s, format %s: pack_panel %p, gemv %p (ref's gemv %p)\n",
+                            sets[i]->name, mxm_weight_format_name(f),
+                            (void *)sets[i]->wfmt[f].pack_panel, (void *)sets[i]->wfmt[f].gemv,
+                            (void *)sets[0]->wfmt[f].gemv);
+                fail();
+            }
+        }
+    assert_non_null(sets[0]->wfmt[MXM_WFMT_MXFP8].gemv);
+    assert_non_null(sets[0]->wfmt[MXM_WFMT_FP8_BLOCK].gemv);
+}
+
 /* MXM_KERNELS picks any set this CPU runs by name; "ref" forces the reference; an unknown or
  * unrunnable name gives the best set. */
 static void test_selection(void **state) {
@@ -270,7 +289,9 @@ static void test_selection(void **state) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_isa_rows), cmocka_unit_test(test_selection),
-                                       cmocka_unit_test(test_mxfp8), cmocka_unit_test(test_fp8_block)};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_isa_rows), cmocka_unit_test(test_selection),
+        cmocka_unit_test(test_wfmt_rows), cmocka_unit_test(test_mxfp8),
+        cmocka_unit_test(test_fp8_block)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,10 +4,11 @@
  * quantizer from ceil/floor(log2) computed with frexp. Nothing here calls formats.h to compute
  * an expected value.
  *
- * Exhaustive where the domain allows: all 256 E4M3/E5M2/E8M0 codes, all 65,536 bf16 patterns
- * (through the encoders, the bf16 round trip, and the MXFP8 quantizer in blocks of 32 with both
- * scale rules, for the reference kernels, the SIMD kernels and the public API). Random inputs
- * are fresh each run (the seed is printed; MXM_TEST_SEED replays it). */
+ * Exhaustive where the domain allows: all 256 E4M3/E5M2/E8M0 codes, all 65,536 f16 patterns
+ * (decoded), all 65,536 bf16 patterns (through the encoders, the bf16 round trip, and the MXFP8
+ * quantizer in blocks of 32 with both scale rules, for the reference kernels, the SIMD kernels
+ * and the public API). Random inputs are fresh each run (the seed is printed; MXM_TEST_SEED
+ * replays it). */
 #include <float.h>
 #include <math.h>
 #include <stdbool.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
+#include "formats/formats.h"
 #include "mxmoe.h"
 #include "testutil.h"
 
@@ -317,6 +319,24 @@ static void test_all_bf16_patterns(void **state) {
         if (e4 != e4m) fail_msg("E4M3(bf16 0x%04x = %a) = 0x%02x, expected 0x%02x", h, (double)x, e4, e4m);
         const uint8_t e5 = mxm_e5m2_from_f32(x), e5m = e5m2_model_f(x);
         if (e5 != e5m) fail_msg("E5M2(bf16 0x%04x = %a) = 0x%02x, expected 0x%02x", h, (double)x, e5, e5m);
+    }
+}
+
+/* ---- every f16 pattern (checkpoint loading and quantization widen F16 with mxm_f16_decode) -- */
+
+static void test_all_f16_patterns(void **state) {
+    (void)state;
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float x = mxm_f16_decode((uint16_t)h);
+        const int e = (int)(h >> 10) & 31, m = (int)h & 1023;
+        const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+        if (e == 31) { /* Inf (m == 0) or NaN with its payload in the top mantissa bits */
+            const uint32_t want = ((h & 0x8000u) << 16) | 0x7F800000u | ((uint32_t)m << 13);
+            if (f2u(x) != want) fail_msg("f16 0x%04x -> 0x%08x, expected 0x%08x", h, f2u(x), want);
+            continue;
+        }
+        const double v = sign * (e ? ldexp(1024 + m, e - 25) : ldexp(m, -24));
+        if (f2u(x) != f2u((float)v)) fail_msg("f16 0x%04x -> %a, expected %a", h, (double)x, v);
     }
 }
 
@@ -1024,12 +1044,13 @@ static void test_fp8block_weight(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e4m3_all_codes),     cmocka_unit_test(test_e5m2_all_codes),
-        cmocka_unit_test(test_e8m0_all_codes),     cmocka_unit_test(test_all_bf16_patterns),
-        cmocka_unit_test(test_random_f32_encoders), cmocka_unit_test(test_scale_rule),
-        cmocka_unit_test(test_quantizer_all_bf16), cmocka_unit_test(test_quantizer_edges),
-        cmocka_unit_test(test_simd_vs_ref),        cmocka_unit_test(test_mxfp8_api),
-        cmocka_unit_test(test_fp8block_act),       cmocka_unit_test(test_fp8block_weight),
+        cmocka_unit_test(test_e4m3_all_codes),   cmocka_unit_test(test_e5m2_all_codes),
+        cmocka_unit_test(test_e8m0_all_codes),   cmocka_unit_test(test_all_bf16_patterns),
+        cmocka_unit_test(test_all_f16_patterns), cmocka_unit_test(test_random_f32_encoders),
+        cmocka_unit_test(test_scale_rule),       cmocka_unit_test(test_quantizer_all_bf16),
+        cmocka_unit_test(test_quantizer_edges),  cmocka_unit_test(test_simd_vs_ref),
+        cmocka_unit_test(test_mxfp8_api),        cmocka_unit_test(test_fp8block_act),
+        cmocka_unit_test(test_fp8block_weight),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,8 +9,29 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mxmoe.h"
+
 /* Largest token count per expert for which the streaming GEMV beats pack + GEMM. */
 #define MXM_GEMV_MAX_TOKENS 4
+
+/* One weight format's expert-GEMM kernels: a row of a kernel set's wfmt[] table (indexed by
+ * mxm_weight_format; src/moe/scheme.c has the format's sizes), taken once at plan time. w is a
+ * weight [rows, k] of codes, ws its scales as the format lays them out (MXFP8: E8M0 bytes
+ * [rows, k/32]; DeepSeek FP8: the whole weight's f32 grid [ceil(rows/128), ceil(k/128)],
+ * deq(w[r][i]) = e4m3(w[r][i]) * ws[r/128][i/128]; BF16, F32: none). See src/cpu/gemm_ref.c for
+ * the exact contracts. */
+typedef struct mxm_cpu_wfmt_kernels {
+    /* Decode rows r0 + j*rstep (j < nr <= 16) into a packed fp32 panel [16][k] (row j of the
+     * panel = weight row r0 + j*rstep; rows past nr are zero). */
+    void (*pack_panel)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
+                       float *panel);
+    /* Dot products of nt (<= MXM_GEMV_MAX_TOKENS) fp32 vectors x[t][0..k) with the rows
+     * r0 + j*rstep (j < nr <= 4) of w: out[t * ldo + j] = sum_i x[t][i] * deq(w[row][i]).
+     * Streams each weight row once (decode: few tokens per expert). NULL: pack_panel and
+     * gemm_panel16 at every token count. */
+    void (*gemv)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
+                 const float *const *x, int nt, float *out, int64_t ldo);
+} mxm_cpu_wfmt_kernels;
 
 typedef struct mxm_cpu_kernels {
     const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512" */
@@ -24,26 +45,14 @@ typedef struct mxm_cpu_kernels {
     /* Quantize then decode (the values the W8A8 math sees), in place allowed (x == out). */
     void (*mx_fakequant_f32)(const float *x, int64_t n, float *out, int rule);
 
-    /* ---- expert GEMM pieces (see src/cpu/gemm_ref.c for the exact contracts) ------------------ */
-    /* Decode rows r0 + j*rstep (j < nr <= 16) of an MXFP8 weight [rows, k] into a packed fp32
-     * panel [16][k] (row j of the panel = weight row r0 + j*rstep; rows past nr are zero). */
-    void (*pack_mxfp8_panel)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                             int64_t rstep, int nr, float *panel);
+    /* ---- expert GEMM pieces (see src/cpu/gemm_ref.c for the exact contracts) ------------------
+     */
     /* c[m * ldc + j] = sum_i a[m][i] * panel[j][i] for m < mr (mr <= 6), j < 16; a given as
      * row pointers. */
     void (*gemm_panel16)(const float *const *a, int mr, const float *panel, int64_t k, float *c,
                          int64_t ldc);
-    /* Dot products of nt (<= MXM_GEMV_MAX_TOKENS) fp32 vectors x[t][0..k) with the MXFP8 rows
-     * r0 + j*rstep (j < nr <= 4) of w: out[t * ldo + j] = sum_i x[t][i] * deq(w[row][i]).
-     * Streams each weight row once (decode: few tokens per expert). */
-    void (*gemv_mxfp8)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
-                       int nr, const float *const *x, int nt, float *out, int64_t ldo);
-    /* The same two for DeepSeek FP8 weights: ws is the whole weight's f32 scale grid
-     * [ceil(rows/128), ceil(k/128)], deq(w[r][i]) = e4m3(w[r][i]) * ws[r/128][i/128]. */
-    void (*pack_fp8block_panel)(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
-                                int64_t rstep, int nr, float *panel);
-    void (*gemv_fp8block)(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
-                          int nr, const float *const *x, int nt, float *out, int64_t ldo);
+    /* Each weight format's kernels, indexed by mxm_weight_format. */
+    mxm_cpu_wfmt_kernels wfmt[MXM_WFMT_COUNT_];
 } mxm_cpu_kernels;
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
@@ -70,15 +79,19 @@ void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, 
 void mxm_mx_quantize_bf16_ref(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule);
 void mxm_mx_dequantize_f32_ref(const uint8_t *q, const uint8_t *s, int64_t n, float *out);
 void mxm_mx_fakequant_f32_ref(const float *x, int64_t n, float *out, int rule);
-void mxm_pack_mxfp8_panel_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                              int64_t rstep, int nr, float *panel);
 void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int64_t k, float *c,
                           int64_t ldc);
-void mxm_gemv_mxfp8_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
-                        int nr, const float *const *x, int nt, float *out, int64_t ldo);
-void mxm_pack_fp8block_panel_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+void mxm_pack_mxfp8_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                              int nr, float *panel);
+void mxm_gemv_mxfp8_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
+                        const float *const *x, int nt, float *out, int64_t ldo);
+void mxm_pack_fp8block_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0,
                                  int64_t rstep, int nr, float *panel);
-void mxm_gemv_fp8block_ref(const uint8_t *w, const float *ws, int64_t k, int64_t r0, int64_t rstep,
+void mxm_gemv_fp8block_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
                            int nr, const float *const *x, int nt, float *out, int64_t ldo);
+void mxm_pack_bf16_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                             int nr, float *panel);
+void mxm_pack_f32_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                            int nr, float *panel);
 
 #endif

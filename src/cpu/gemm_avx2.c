@@ -78,8 +78,9 @@ static void zero_row(float *dst, int64_t k) {
     for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
-static void pack_mxfp8_panel_avx2(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+static void pack_mxfp8_panel_avx2(const void *wv, const void *sv, int64_t k, int64_t r0,
                                   int64_t rstep, int nr, float *panel) {
+    const uint8_t *w = wv, *ws = sv;
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
@@ -88,8 +89,10 @@ static void pack_mxfp8_panel_avx2(const uint8_t *w, const uint8_t *ws, int64_t k
     }
 }
 
-static void pack_fp8block_panel_avx2(const uint8_t *w, const float *ws, int64_t k, int64_t r0,
+static void pack_fp8block_panel_avx2(const void *wv, const void *sv, int64_t k, int64_t r0,
                                      int64_t rstep, int nr, float *panel) {
+    const uint8_t *w = wv;
+    const float *ws = sv;
     const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
@@ -205,11 +208,10 @@ DEFINE_GEMV_SET(fb, scale_fp8block)
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
-    k->pack_mxfp8_panel = pack_mxfp8_panel_avx2;
     k->gemm_panel16 = gemm_panel16_avx2;
-    k->gemv_mxfp8 = gemv_mxfp8_avx2;
-    k->pack_fp8block_panel = pack_fp8block_panel_avx2;
-    k->gemv_fp8block = gemv_fp8block_avx2;
+    k->wfmt[MXM_WFMT_MXFP8] = (mxm_cpu_wfmt_kernels){pack_mxfp8_panel_avx2, gemv_mxfp8_avx2};
+    k->wfmt[MXM_WFMT_FP8_BLOCK] =
+        (mxm_cpu_wfmt_kernels){pack_fp8block_panel_avx2, gemv_fp8block_avx2};
 }
 
 /* The avx2 set of cpu_isa.def. */

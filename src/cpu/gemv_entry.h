@@ -6,9 +6,10 @@
 #define MXM_CPU_GEMV_ENTRY_H
 
 #define MXM_DEFINE_GEMV_ENTRY_POINTS(SUFFIX)                                                       \
-    static void gemv_mxfp8_##SUFFIX(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,    \
+    static void gemv_mxfp8_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,         \
                                     int64_t rstep, int nr, const float *const *x, int nt,          \
                                     float *out, int64_t ldo) {                                     \
+        const uint8_t *w = wv, *ws = sv;                                                           \
         const int64_t kb = k / MXM_MX_BLOCK;                                                       \
         const uint8_t *wr[4];                                                                      \
         const void *sr[4];                                                                         \
@@ -18,9 +19,11 @@
         }                                                                                          \
         gemv_rows_mx(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }                                                                                              \
-    static void gemv_fp8block_##SUFFIX(const uint8_t *w, const float *ws, int64_t k, int64_t r0,   \
+    static void gemv_fp8block_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,      \
                                        int64_t rstep, int nr, const float *const *x, int nt,       \
                                        float *out, int64_t ldo) {                                  \
+        const uint8_t *w = wv;                                                                     \
+        const float *ws = sv;                                                                      \
         const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;                                \
         const uint8_t *wr[4];                                                                      \
         const void *sr[4];                                                                         \

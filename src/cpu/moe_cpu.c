@@ -28,10 +28,43 @@
 #define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
 #define MR 6             /* tokens per micro-kernel call */
 
+/* The CPU workspace: regions as byte offsets from its 64-byte aligned start. B is the batch (tokens
+ * per pass), E_loc the local experts. */
+typedef struct cpu_layout {
+    int64_t xf;            /* f32 [B, H] activations as the GEMMs see them */
+    int64_t ids;           /* i32 [B, K] */
+    int64_t wts;           /* f32 [B, K] */
+    int64_t pos;           /* i32 [B, K] permuted row of (t, k), -1 when not local */
+    int64_t rows;          /* i32 [B*K + B] token of each permuted row, grouped by expert */
+    int64_t counts;        /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t items;         /* i64 [max items] work items */
+    int64_t order;         /* i32 [E_loc + 1] experts by descending rows */
+    int64_t act;           /* f32 [B*K, I] intermediate activations (routed) */
+    int64_t act_sh;        /* f32 [B, I_s] (shared expert) */
+    int64_t y;             /* f32 [B*K, H] expert outputs */
+    int64_t y_sh;          /* f32 [B, H] shared expert output */
+    int64_t route_scratch; /* per-thread routing scratch */
+    int64_t route_scratch_bytes;
+    int64_t thread; /* per-thread GEMM scratch (thread_scratch) */
+    int64_t thread_bytes;
+    int64_t total;
+} cpu_layout;
+
+/* The CPU backend's part of a plan (plan->backend_state). */
+typedef struct cpu_state {
+    const mxm_cpu_kernels *k;
+    const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
+    int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
+    int64_t max_items;              /* work items per GEMM stage */
+    cpu_layout ws;
+} cpu_state;
+
 /* Everything one pass needs, shared by the worker threads. */
 typedef struct pass {
     const mxm_moe_plan *p;
+    const cpu_state *cs;
     const mxm_cpu_kernels *k;
+    const mxm_cpu_wfmt_kernels *wk;
     const mxm_moe_weights *w;
     int64_t nt;         /* tokens in this pass */
     float *xf;          /* [nt, H] */
@@ -50,46 +83,21 @@ typedef struct pass {
     int64_t thread_bytes;
 } pass;
 
-/* ---- weight access per format ------------------------------------------------------------- */
+/* ---- the expert GEMMs ------------------------------------------------------------------------ */
 
-/* Rows r0 + j*rstep (j < nr) of a weight [rows, k] -> panel [16][k] fp32 (rows past nr zero). */
-static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
-                       int64_t rstep, int nr, float *panel) {
-    switch (ps->p->cfg.weight_format) {
-    case MXM_WFMT_MXFP8:
-        ps->k->pack_mxfp8_panel(w, s, k, r0, rstep, nr, panel);
-        return;
-    case MXM_WFMT_FP8_BLOCK:
-        ps->k->pack_fp8block_panel(w, s, k, r0, rstep, nr, panel);
-        return;
-    case MXM_WFMT_BF16:
-        for (int j = 0; j < 16; j++)
-            for (int64_t i = 0; i < k; i++)
-                panel[j * k + i] =
-                    j < nr ? mxm_bf16_decode(((const uint16_t *)w)[(r0 + j * rstep) * k + i]) : 0.0f;
-        return;
-    default: /* MXM_WFMT_F32 */
-        for (int j = 0; j < 16; j++)
-            for (int64_t i = 0; i < k; i++)
-                panel[j * k + i] = j < nr ? ((const float *)w)[(r0 + j * rstep) * k + i] : 0.0f;
-        return;
-    }
-}
-
-/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16). */
+/* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
+ * the weight format's kernels: its GEMV for few tokens, else its panel and the panel GEMM. */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
                           float *panel) {
-    const int32_t fmt = ps->p->cfg.weight_format;
-    if (n <= MXM_GEMV_MAX_TOKENS && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK)) {
+    if (n <= MXM_GEMV_MAX_TOKENS && ps->wk->gemv) {
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
-            if (fmt == MXM_WFMT_MXFP8) ps->k->gemv_mxfp8(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
-            else ps->k->gemv_fp8block(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
         }
         return;
     }
-    pack_panel(ps, w, s, k, r0, rstep, nr, panel);
+    ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
         ps->k->gemm_panel16(x + i, mr, panel, k, h + i * 16, 16);
@@ -228,63 +236,51 @@ static int64_t panel_floats_of(const mxm_moe_plan *p) {
     return 16 * d;
 }
 
-static int64_t max_rows_of(const mxm_moe_plan *p) { return p->batch * p->cfg.top_k; }
+static int64_t max_rows_of(const mxm_moe_plan *p, int64_t batch) {
+    return batch * p->cfg.top_k;
+}
 
-static thread_scratch scratch_of(const mxm_moe_plan *p, char *base) {
+static thread_scratch scratch_of(const pass *ps, char *base) {
+    const int64_t max_rows = max_rows_of(ps->p, ps->cs->batch);
     thread_scratch s;
     s.panel = (float *)base;
-    s.h0 = s.panel + panel_floats_of(p);
-    s.h1 = s.h0 + max_rows_of(p) * 16;
-    s.x = (const float **)(s.h1 + max_rows_of(p) * 16);
+    s.h0 = s.panel + panel_floats_of(ps->p);
+    s.h1 = s.h0 + max_rows * 16;
+    s.x = (const float **)(s.h1 + max_rows * 16);
     return s;
 }
 
+/* Expert e of this pass: its description (src/moe) and its rows. */
 typedef struct expert_view {
-    const mxm_expert_weights *wt;
-    int64_t n;           /* rows (tokens) */
-    const int32_t *tok;  /* token of each row */
-    int64_t row0;        /* first permuted row (routed) */
-    int64_t I;           /* this expert's intermediate size */
-    int act;
+    mxm_expert_desc d;
+    int64_t n;          /* rows (tokens) */
+    const int32_t *tok; /* token of each row */
+    int64_t row0;       /* first permuted row (routed) */
     bool shared;
 } expert_view;
 
 static expert_view view_of(const pass *ps, int32_t e) {
-    const mxm_moe_plan *p = ps->p;
     expert_view v;
-    v.shared = e == p->e_loc;
-    v.wt = v.shared ? ps->w->shared : &ps->w->experts[e];
+    v.d = mxm_expert_describe(ps->p, ps->w, e);
+    v.shared = e == ps->p->e_loc;
     v.n = ps->count[e];
     v.row0 = v.shared ? 0 : ps->offset[e];
     v.tok = v.shared ? ps->shared_rows : ps->rows + v.row0;
-    v.I = v.shared ? p->cfg.shared_intermediate_size : p->cfg.intermediate_size;
-    v.act = v.shared ? p->shared_act : p->cfg.activation;
     return v;
-}
-
-static mxm_act_params act_params_of(const pass *ps, int32_t e, bool shared) {
-    const mxm_moe_config *c = &ps->p->cfg;
-    mxm_act_params a = {c->swiglu_alpha, c->swiglu_beta, c->swiglu_limit};
-    if (!shared) {
-        if (ps->w->gemm1_alpha) a.alpha = ps->w->gemm1_alpha[e];
-        if (ps->w->gemm1_beta) a.beta = ps->w->gemm1_beta[e];
-        if (ps->w->gemm1_clamp_limit) a.limit = ps->w->gemm1_clamp_limit[e];
-    }
-    return a;
 }
 
 static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const mxm_moe_plan *p = ps->p;
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
-    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t H = p->cfg.hidden_size, I = v.d.I;
     const int64_t j0 = (item & 0xFFFFFFFF) * GEMM1_COLS;
     const int64_t j1 = j0 + GEMM1_COLS < I ? j0 + GEMM1_COLS : I;
-    const bool gated = mxm_act_is_gated(v.act);
-    const mxm_act_params ap = act_params_of(ps, e, v.shared);
+    const bool gated = v.d.gated;
+    const mxm_act_params ap = {v.d.alpha, v.d.beta, v.d.limit};
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
-    thread_scratch sc = scratch_of(p, scratch);
+    thread_scratch sc = scratch_of(ps, scratch);
     float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
     const float **x = sc.x;
     for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
@@ -297,7 +293,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     case MXM_W13_INTERLEAVED: gate_r0 = 0, up_r0 = 1, rstep = 2; break;
     default: gate_r0 = 0, up_r0 = I; break;
     }
-    const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
+    const void *w13 = v.d.w13, *s13 = v.d.w13_scale;
     for (int64_t jp = j0; jp < j1; jp += 16) {
         const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
         const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
@@ -306,8 +302,8 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = act + i * ld + jp;
             for (int j = 0; j < nr; j++) {
-                const float a = gated ? mxm_act_gated(v.act, hg[i * 16 + j], hu[i * 16 + j], ap)
-                                      : mxm_act_plain(v.act, hg[i * 16 + j]);
+                const float a = gated ? mxm_act_gated(v.d.act, hg[i * 16 + j], hu[i * 16 + j], ap)
+                                      : mxm_act_plain(v.d.act, hg[i * 16 + j]);
                 dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
             }
         }
@@ -319,12 +315,12 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const mxm_moe_plan *p = ps->p;
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
-    const int64_t H = p->cfg.hidden_size, I = v.I;
+    const int64_t H = p->cfg.hidden_size, I = v.d.I;
     const int64_t h0 = (item & 0xFFFFFFFF) * GEMM2_ROWS;
     const int64_t h1 = h0 + GEMM2_ROWS < H ? h0 + GEMM2_ROWS : H;
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
-    thread_scratch sc = scratch_of(p, scratch);
+    thread_scratch sc = scratch_of(ps, scratch);
     float *panel = sc.panel, *hy = sc.h0;
     const float **x = sc.x;
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
@@ -333,7 +329,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
 
     for (int64_t hp = h0; hp < h1; hp += 16) {
         const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
+        panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
         for (int64_t i = 0; i < v.n; i++) {
             float *dst = y + i * H + hp;
             for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
@@ -388,20 +384,54 @@ static void combine(const pass *ps, const mxm_moe_outputs *out, int64_t b0) {
 
 /* ---- plan and forward -------------------------------------------------------------------------------- */
 
+static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
+    const mxm_moe_config *c = &p->cfg;
+    const int64_t B = cs->batch, K = c->top_k, H = c->hidden_size, I = c->intermediate_size;
+    const int64_t Is = c->shared_intermediate_size;
+    cpu_layout *w = &cs->ws;
+    int64_t cur = 0;
+    w->xf = mxm_ws_take(&cur, mxm_mul3_i64(B, H, 4), 64);
+    w->ids = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->wts = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->pos = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
+    w->rows = mxm_ws_take(&cur, mxm_mul3_i64(B, K + 1, 4), 64);
+    w->counts = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 2, 2, 8), 64);
+    w->items = mxm_ws_take(&cur, mxm_mul3_i64(cs->max_items, 1, 8), 64);
+    w->order = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 4), 64);
+    w->act = mxm_ws_take(&cur, mxm_mul3_i64(B * K, I, 4), 64);
+    w->act_sh = mxm_ws_take(&cur, mxm_mul3_i64(B, Is, 4), 64);
+    w->y = mxm_ws_take(&cur, mxm_mul3_i64(B * K, H, 4), 64);
+    w->y_sh = mxm_ws_take(&cur, Is ? mxm_mul3_i64(B, H, 4) : 0, 64);
+    w->route_scratch_bytes = mxm_route_scratch_bytes(&p->route);
+    w->route_scratch = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->route_scratch_bytes, 1), 64);
+    w->thread = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->thread_bytes, 1), 64);
+    if (cur < 0)
+        return mxm_fail(MXM_ERR_OVERFLOW, "workspace size for %lld tokens overflows int64",
+                        (long long)p->max_tokens);
+    w->total = mxm_align_up(cur, 64);
+    return MXM_OK;
+}
+
 static mxm_status cpu_plan(mxm_moe_plan *p) {
+    cpu_state *cs = calloc(1, sizeof *cs);
+    if (!cs) return mxm_fail(MXM_ERR_NOMEM, "mxm_moe_plan_create: out of memory");
+    p->backend_state = cs;
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
-    p->cpu_kernels = k;
+    cs->k = k;
+    cs->wk = &k->wfmt[p->cfg.weight_format];
     p->kernels_name = k->name;
-    p->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
-    const int64_t H = p->cfg.hidden_size;
+    cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
+    const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
     int64_t I = p->cfg.intermediate_size;
     if (p->cfg.shared_intermediate_size > I) I = p->cfg.shared_intermediate_size;
-    const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows_of(p), 4, 1);
+    const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows, 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
-    p->ws.thread_bytes = mxm_align_up(bytes + max_rows_of(p) * 8, 64);
+    cs->ws.thread_bytes = mxm_align_up(bytes + max_rows * 8, 64);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
-    p->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
-    return MXM_OK;
+    cs->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
+    const mxm_status st = layout_workspace(p, cs);
+    p->ws_bytes = cs->ws.total;
+    return st;
 }
 
 static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
@@ -411,33 +441,37 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     char *ws = wsv;
     const mxm_moe_config *c = &p->cfg;
     const int64_t T = in->num_tokens, K = c->top_k, E = c->num_experts;
-    pass ps = {.p = p, .k = p->cpu_kernels, .w = w};
-    ps.xf = (float *)(ws + p->ws.xf);
-    ps.ids = (int32_t *)(ws + p->ws.ids);
-    ps.wts = (float *)(ws + p->ws.wts);
-    ps.pos = (int32_t *)(ws + p->ws.pos);
-    ps.rows = (int32_t *)(ws + p->ws.rows);
-    ps.shared_rows = ps.rows + p->batch * K;
-    ps.count = (int64_t *)(ws + p->ws.counts);
+    const cpu_state *cs = p->backend_state;
+    const cpu_layout *l = &cs->ws;
+    const int64_t B = cs->batch;
+    pass ps = {.p = p, .cs = cs, .k = cs->k, .wk = cs->wk, .w = w};
+    ps.xf = (float *)(ws + l->xf);
+    ps.ids = (int32_t *)(ws + l->ids);
+    ps.wts = (float *)(ws + l->wts);
+    ps.pos = (int32_t *)(ws + l->pos);
+    ps.rows = (int32_t *)(ws + l->rows);
+    ps.shared_rows = ps.rows + B * K;
+    ps.count = (int64_t *)(ws + l->counts);
     ps.offset = ps.count + p->e_loc + 1;
-    ps.items = (int64_t *)(ws + p->ws.items);
-    ps.order = (int32_t *)(ws + p->ws.order);
-    ps.act = (float *)(ws + p->ws.act);
-    ps.act_sh = (float *)(ws + p->ws.act_sh);
-    ps.y = (float *)(ws + p->ws.y);
-    ps.y_sh = (float *)(ws + p->ws.y_sh);
-    ps.thread_ws = ws + p->ws.thread;
-    ps.thread_bytes = p->ws.thread_bytes;
-    for (int64_t t = 0; t < p->batch; t++) ps.shared_rows[t] = (int32_t)t;
+    ps.items = (int64_t *)(ws + l->items);
+    ps.order = (int32_t *)(ws + l->order);
+    ps.act = (float *)(ws + l->act);
+    ps.act_sh = (float *)(ws + l->act_sh);
+    ps.y = (float *)(ws + l->y);
+    ps.y_sh = (float *)(ws + l->y_sh);
+    ps.thread_ws = ws + l->thread;
+    ps.thread_bytes = l->thread_bytes;
+    for (int64_t t = 0; t < B; t++)
+        ps.shared_rows[t] = (int32_t)t;
     const int32_t ldt = in->logits_dtype == MXM_DT_BF16 ? 2 : 4;
 
-    for (int64_t b0 = 0; b0 < T; b0 += p->batch) {
-        ps.nt = T - b0 < p->batch ? T - b0 : p->batch;
+    for (int64_t b0 = 0; b0 < T; b0 += B) {
+        ps.nt = T - b0 < B ? T - b0 : B;
         const int nthr = ps.nt < p->nthreads ? (int)ps.nt : p->nthreads;
         /* 1. prepare activations and route */
 #pragma omp parallel num_threads(nthr)
         {
-            char *rs = ws + p->ws.route_scratch + (int64_t)THREAD_ID() * p->ws.route_scratch_bytes;
+            char *rs = ws + l->route_scratch + (int64_t)THREAD_ID() * l->route_scratch_bytes;
 #pragma omp for schedule(static)
             for (int64_t t = 0; t < ps.nt; t++) prepare_row(&ps, in, b0 + t, t);
             if (in->router_logits) {

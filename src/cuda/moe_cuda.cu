@@ -55,16 +55,14 @@ struct cuda_layout {
 struct cuda_state {
     mxm_cuda_group *dev_groups;
     int uploaded;
+    int64_t route_bytes; // routing scratch per token
 };
 
 static int64_t take(int64_t *cur, int64_t n) {
-    if (*cur < 0 || n < 0) return *cur = -1;
-    const int64_t off = mxm_align_up(*cur, 256);
-    if (!mxm_add_i64(off, n, cur)) *cur = -1;
-    return off;
+    return mxm_ws_take(cur, n, 256);
 }
 
-static cuda_layout layout_of(const mxm_moe_plan *p) {
+static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes) {
     const mxm_moe_config &c = p->cfg;
     const int64_t T = p->max_tokens, K = c.top_k, H = c.hidden_size;
     const int64_t I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size
@@ -80,7 +78,7 @@ static cuda_layout layout_of(const mxm_moe_plan *p) {
     l.counts = take(&cur, mxm_mul3_i64(groups + 1, 3, 4)); // cursors, 3 counts, skinny group list
     l.act = take(&cur, mxm_mul3_i64(rows, I_max, 2));
     l.y = take(&cur, mxm_mul3_i64(rows, H, 4));
-    l.route = take(&cur, mxm_mul3_i64(T, p->ws.route_scratch_bytes, 1));
+    l.route = take(&cur, mxm_mul3_i64(T, route_bytes, 1));
     const bool blk = c.weight_format == MXM_WFMT_FP8_BLOCK; // DeepSeek FP8 scales and fp32 intermediate
     l.xs = take(&cur, blk ? mxm_mul3_i64(T, (H + 127) / 128, 4) : 0);
     l.acts = take(&cur, blk ? mxm_mul3_i64(rows, (I_max + 127) / 128, 4) : 0);
@@ -102,17 +100,18 @@ static mxm_status cuda_plan(mxm_moe_plan *p) {
         return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: config device %d is not the current device %d",
                         c.device, dev);
     if (p->max_tokens > (1 << 26) / (c.top_k + 1))
-        return mxm_fail(MXM_ERR_SHAPE, "backend cuda: max_tokens x (top_k + 1) must stay below 2^26");
-    p->batch = p->max_tokens;
+        return mxm_fail(MXM_ERR_SHAPE,
+                        "backend cuda: max_tokens x (top_k + 1) must stay below 2^26");
     p->kernels_name = "cuda-sm90";
-    p->ws.route_scratch_bytes = mxm_route_device_scratch_bytes(&p->route);
-    const cuda_layout l = layout_of(p);
+    const int64_t route_bytes = mxm_route_device_scratch_bytes(&p->route);
+    const cuda_layout l = layout_of(p, route_bytes);
     if (l.total < 0) return mxm_fail(MXM_ERR_OVERFLOW, "backend cuda: workspace size overflows");
-    p->ws.total = l.total;
+    p->ws_bytes = l.total;
     // The host copy of the group table, then the last uploaded one (and where it went).
     p->backend_state = calloc(1, sizeof(cuda_state) + 2 * ((size_t)p->e_loc + 1) * sizeof(mxm_cuda_group));
     if (!p->backend_state) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
     cuda_state *cs = (cuda_state *)p->backend_state;
+    cs->route_bytes = route_bytes;
     MXM_CUDA_TRY(cudaMalloc(&cs->dev_groups, sizeof(mxm_cuda_group) * ((size_t)p->e_loc + 1)));
     return MXM_OK;
 }
@@ -129,7 +128,8 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     // The combine stores 4 columns at a time (16 bytes of f32, 8 of bf16).
     if ((uintptr_t)out->out % 16 || (uintptr_t)out->out_routed % 16)
         return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: out and out_routed must be 16-byte aligned device pointers");
-    const cuda_layout l = layout_of(p);
+    cuda_state *cs = (cuda_state *)p->backend_state;
+    const cuda_layout l = layout_of(p, cs->route_bytes);
     char *base = (char *)ws;
     const int64_t T = in->num_tokens, K = c.top_k;
     mxm_cuda_args a;
@@ -142,7 +142,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size : c.intermediate_size;
     a.blk = c.weight_format == MXM_WFMT_FP8_BLOCK;
     a.HB = (a.H + 127) / 128, a.IB = (a.I_max + 127) / 128;
-    a.group = ((cuda_state *)p->backend_state)->dev_groups;
+    a.group = cs->dev_groups;
     a.ids = (int32_t *)(base + l.ids), a.wts = (float *)(base + l.wts), a.pos = (int32_t *)(base + l.pos);
     a.row_token = (int32_t *)(base + l.row_token);
     int32_t *cursor = (int32_t *)(base + l.counts);
@@ -151,23 +151,17 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
 
-    // Group table: weight pointers and activation parameters (rows/offsets are filled on the device).
-    cuda_state *cs = (cuda_state *)p->backend_state;
+    // Group table: weight pointers and activation parameters (the device fills rows and offsets).
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;
     for (int g = 0; g < a.groups; g++) {
-        const bool shared = g == p->e_loc;
-        const mxm_expert_weights &e = shared ? *w->shared : w->experts[g];
+        const mxm_expert_desc e = mxm_expert_describe(p, w, g);
         mxm_cuda_group G;
         memset(&G, 0, sizeof G);
         G.w13 = (const uint8_t *)e.w13, G.w2 = (const uint8_t *)e.w2;
         if (a.blk) G.b13 = (const float *)e.w13_scale, G.b2 = (const float *)e.w2_scale;
         else G.s13 = (const uint8_t *)e.w13_scale, G.s2 = (const uint8_t *)e.w2_scale;
-        G.I = shared ? c.shared_intermediate_size : c.intermediate_size;
-        G.act = shared ? p->shared_act : c.activation;
-        G.alpha = c.swiglu_alpha, G.beta = c.swiglu_beta, G.limit = c.swiglu_limit;
-        if (!shared && w->gemm1_alpha) G.alpha = w->gemm1_alpha[g];
-        if (!shared && w->gemm1_beta) G.beta = w->gemm1_beta[g];
-        if (!shared && w->gemm1_clamp_limit) G.limit = w->gemm1_clamp_limit[g];
+        G.I = e.I, G.act = e.act;
+        G.alpha = e.alpha, G.beta = e.beta, G.limit = e.limit;
         hg[g] = G;
     }
     // Upload only when the table or the workspace changed (steady-state forwards launch kernels
@@ -190,7 +184,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         pin.x_scale_transposed = in->x_scale_transposed;
         pin.logits = in->router_logits, pin.logits_dtype = in->logits_dtype;
         pin.bias = in->routing_bias, pin.bias_dtype = in->bias_dtype;
-        pin.rp = p->route, pin.route_scratch = base + l.route, pin.route_stride = p->ws.route_scratch_bytes;
+        pin.rp = p->route, pin.route_scratch = base + l.route, pin.route_stride = cs->route_bytes;
         if ((st = mxm_cuda_prologue(a, pin, s))) return st;
     } else {
         if ((st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, in->x_scale_transposed, s))) return st;

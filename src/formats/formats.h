@@ -128,6 +128,17 @@ MXM_HD float mxm_bf16_decode(uint16_t h) { return mxm_bits_f32((uint32_t)h << 16
 /* fp32 -> bf16 -> fp32: the bf16 rounding points of the 'trtllm' profile. */
 MXM_HD float mxm_round_bf16(float x) { return mxm_bf16_decode(mxm_bf16_rne(x)); }
 
+/* ---- F16 (IEEE binary16): s.eeeee.mmmmmmmmmm, bias 15; every value is exact in fp32 --------- */
+
+MXM_HD float mxm_f16_decode(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+    /* Inf and NaN (payload kept); zero and subnormals: m * 2^-24 */
+    if (e == 0x1F) return mxm_bits_f32(sign | 0x7F800000u | (m << 13));
+    if (e == 0) return mxm_bits_f32(mxm_f32_bits((float)m * 5.9604644775390625e-08f) | sign);
+    return mxm_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
+}
+
 /* ---- MXFP8 scale rule (SPEC 2.2) ------------------------------------------------------------ */
 
 /* amax: finite, >= 0. rule 0 = RCEIL, 1 = FLOOR. */

@@ -14,36 +14,16 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/ckpt_family.h"
 #include "io/json_text.h"
 #include "io/safetensors.h"
 #include "moe/activation.h"
-
-typedef enum { FAM_UNKNOWN = 0, FAM_NEMOTRON_H, FAM_QWEN3_MOE, FAM_DEEPSEEK_V3 } family_id;
-
-static const char *const family_names[] = {"", "nemotron_h", "qwen3_moe", "deepseek_v3"};
-
-/* Tensor name patterns per family: %d is the layer, then the expert. */
-typedef struct family_desc {
-    const char *router;      /* "...layers.%d...gate.weight" */
-    const char *expert;      /* prefix of expert e's projections: "...experts.%d" */
-    const char *shared;      /* prefix of the shared expert's projections, or NULL */
-    const char *bias;        /* e_score_correction_bias, or NULL */
-} family_desc;
-
-static const family_desc families[] = {
-    [FAM_UNKNOWN] = {NULL, NULL, NULL, NULL},
-    [FAM_NEMOTRON_H] = {"backbone.layers.%d.mixer.gate.weight", "backbone.layers.%d.mixer.experts.%d",
-                        "backbone.layers.%d.mixer.shared_experts", "backbone.layers.%d.mixer.gate.e_score_correction_bias"},
-    [FAM_QWEN3_MOE] = {"model.layers.%d.mlp.gate.weight", "model.layers.%d.mlp.experts.%d", NULL, NULL},
-    [FAM_DEEPSEEK_V3] = {"model.layers.%d.mlp.gate.weight", "model.layers.%d.mlp.experts.%d",
-                         "model.layers.%d.mlp.shared_experts", "model.layers.%d.mlp.gate.e_score_correction_bias"},
-};
 
 struct mxm_model {
     char *path;
     mxm_st_model *st;
     json_t *config;
-    family_id family;
+    const mxm_ckpt_family *family; /* NULL: not a known family */
     int32_t wfmt;
     mxm_moe_config base; /* MoE parameters from config.json */
     int32_t n_layers;
@@ -161,44 +141,33 @@ static mxm_status parse_moe_params(mxm_model *m) {
         c->routed_scaling_factor = (float)v;
     }
     c->norm_topk_prob = norm;
-    switch (m->family) {
-    case FAM_NEMOTRON_H: {
+    const mxm_ckpt_family *f = m->family;
+    c->activation = f->act_default;
+    if (f->act_key) {
         const char *act;
-        if ((st = cfg_str_checked(m, "mlp_hidden_act", &act))) return st;
-        c->activation = act ? mxm_activation_from_name(act) : MXM_ACT_RELU2_NO_MUL;
+        if ((st = cfg_str_checked(m, f->act_key, &act))) return st;
+        if (act) c->activation = mxm_activation_from_name(act);
         if (c->activation < 0)
-            return mxm_fail(MXM_ERR_UNSUPPORTED, "%s/config.json: mlp_hidden_act '%s' is not supported", m->path, act);
-        if (mxm_act_is_gated(c->activation)) c->activation = c->activation == MXM_ACT_SILU ? MXM_ACT_SILU_NO_MUL : c->activation;
-        c->routing_method = MXM_ROUTE_DEEPSEEK_V3;
-        c->n_group = ng, c->topk_group = tg;
-        int32_t nsh = 1;
-        if ((st = cfg_int(m, "n_shared_experts", 1, 0, 64, &nsh))) return st;
-        if (nsh && (st = cfg_int(m, "moe_shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size)))
-            return st;
-        break;
+            return mxm_fail(MXM_ERR_UNSUPPORTED, "%s/config.json: %s '%s' is not supported",
+                            m->path, f->act_key, act);
+        if (f->plain_mlp && c->activation == MXM_ACT_SILU) c->activation = MXM_ACT_SILU_NO_MUL;
     }
-    case FAM_DEEPSEEK_V3: {
-        c->activation = MXM_ACT_SILU;
-        c->routing_method = MXM_ROUTE_DEEPSEEK_V3;
-        c->n_group = ng, c->topk_group = tg;
-        int32_t nsh = 0;
-        if ((st = cfg_int(m, "n_shared_experts", 0, 0, 64, &nsh))) return st;
+    c->routing_method = f->routing;
+    if (f->routing < 0) c->routing_method = norm ? MXM_ROUTE_RENORMALIZE : MXM_ROUTE_DEFAULT;
+    if (f->grouped) c->n_group = ng, c->topk_group = tg;
+    int32_t nsh = 1;
+    if (f->shared_count_key &&
+        (st = cfg_int(m, f->shared_count_key, f->shared_count_default, 0, 64, &nsh)))
+        return st;
+    if (!f->shared_size_key)
         c->shared_intermediate_size = nsh * c->intermediate_size;
-        break;
-    }
-    default: /* qwen3_moe: softmax, top-k, renormalized when norm_topk_prob */
-        c->activation = MXM_ACT_SILU;
-        c->routing_method = norm ? MXM_ROUTE_RENORMALIZE : MXM_ROUTE_DEFAULT;
-        if ((st = cfg_int(m, "shared_expert_intermediate_size", 0, 0, BIG, &c->shared_intermediate_size))) return st;
-        /* Qwen2-MoE / Qwen3-Next style: a shared expert scaled by its own sigmoid gate
-         * (mlp.shared_expert_gate), which the forward does not have. */
-        if (c->shared_intermediate_size)
-            return mxm_fail(MXM_ERR_UNSUPPORTED,
-                            "%s/config.json: shared_expert_intermediate_size=%d: a qwen3_moe shared expert (with its "
-                            "sigmoid gate, as in Qwen2-MoE/Qwen3-Next) is not supported",
-                            m->path, c->shared_intermediate_size);
-        break;
-    }
+    else if (nsh && (st = cfg_int(m, f->shared_size_key, 0, 0, BIG, &c->shared_intermediate_size)))
+        return st;
+    if (f->shared_gated && c->shared_intermediate_size)
+        return mxm_fail(MXM_ERR_UNSUPPORTED,
+                        "%s/config.json: %s=%d: a %s shared expert (with its sigmoid gate, as in "
+                        "Qwen2-MoE/Qwen3-Next) is not supported",
+                        m->path, f->shared_size_key, c->shared_intermediate_size, f->name);
     /* What run would reject, rejected here already, so that inspect and run agree. */
     if ((st = mxm_moe_config_validate(c))) return mxm_fail_context(st, "%s/config.json", m->path);
     return MXM_OK;
@@ -239,7 +208,7 @@ static int cmp_i32(const void *a, const void *b) { return *(const int32_t *)a - 
 
 /* MoE layers are those with a router tensor of the family's name pattern. */
 static mxm_status find_layers(mxm_model *m) {
-    const family_desc *fd = &families[m->family];
+    const mxm_ckpt_family *fd = m->family;
     const int64_t n = mxm_st_model_count(m->st);
     m->layers = calloc((size_t)(n > 0 ? n : 1), sizeof(int32_t));
     if (!m->layers) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
@@ -276,10 +245,8 @@ mxm_status mxm_model_open(const char *path, mxm_model **out) {
         if (m->config) {
             const char *mt = NULL;
             st = cfg_str_checked(m, "model_type", &mt);
-            for (int f = 1; f <= FAM_DEEPSEEK_V3 && mt; f++)
-                if (strcmp(mt, family_names[f]) == 0) m->family = (family_id)f;
-            if (mt && strcmp(mt, "kimi_k2") == 0) m->family = FAM_DEEPSEEK_V3;
-            if (m->family != FAM_UNKNOWN) {
+            m->family = mxm_ckpt_family_find(mt);
+            if (m->family) {
                 if (!st) st = parse_moe_params(m);
                 if (!st) st = detect_format(m);
                 if (!st) st = find_layers(m);
@@ -305,7 +272,9 @@ void mxm_model_close(mxm_model *m) {
     free(m);
 }
 
-const char *mxm_model_family(const mxm_model *m) { return m ? family_names[m->family] : ""; }
+const char *mxm_model_family(const mxm_model *m) {
+    return m && m->family ? m->family->name : "";
+}
 
 int32_t mxm_model_moe_layer_count(const mxm_model *m) { return m ? m->n_layers : 0; }
 int32_t mxm_model_moe_layer(const mxm_model *m, int32_t i) {
@@ -484,6 +453,11 @@ static mxm_status find_linear(const mxm_model *m, const char *prefix, int expect
     }
 }
 
+/* Formats with scales: FP8 codes, which cannot be converted to another format at load. */
+static bool quantized(int32_t fmt) {
+    return mxm_weight_scale_bytes(fmt, 1, 1) > 0;
+}
+
 static float load_value(const mxm_st_tensor *t, int64_t i) {
     const uint8_t *p = (const uint8_t *)t->data;
     if (t->dtype == MXM_DT_BF16) {
@@ -494,10 +468,7 @@ static float load_value(const mxm_st_tensor *t, int64_t i) {
     if (t->dtype == MXM_DT_F16) {
         uint16_t h;
         memcpy(&h, p + 2 * i, 2);
-        const uint32_t s = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, mant = h & 1023;
-        if (e == 31) return mxm_bits_f32(s | 0x7F800000u | (mant << 13));
-        if (e == 0) return (s ? -1.0f : 1.0f) * (float)mant * 5.9604644775390625e-08f; /* 2^-24 */
-        return mxm_bits_f32(s | ((e + 112) << 23) | (mant << 13));
+        return mxm_f16_decode(h);
     }
     float f;
     memcpy(&f, p + 4 * i, 4);
@@ -518,8 +489,7 @@ static mxm_status place(mxm_layer *l, const linear *parts, int nparts, int32_t f
     for (int i = 0; i < nparts; i++) n += parts[i].n;
     const int same_fmt = parts[0].fmt == fmt && (nparts == 1 || parts[1].fmt == fmt);
     const int aligned = ((uintptr_t)parts[0].w->data % 4) == 0;
-    if (same_fmt && nparts == 1 && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK || aligned) &&
-        parts[0].w->dtype != MXM_DT_F16) {
+    if (same_fmt && nparts == 1 && (quantized(fmt) || aligned) && parts[0].w->dtype != MXM_DT_F16) {
         *w = parts[0].w->data;
         *s = parts[0].s ? parts[0].s->data : NULL;
         if (fmt == MXM_WFMT_FP8_BLOCK && ((uintptr_t)*s % 4)) goto copy;
@@ -562,7 +532,7 @@ copy:
     }
     /* Convert through f32: BF16/F16/F32 storage to F32 or MXFP8 (quantize at load). */
     for (int i = 0; i < nparts; i++)
-        if (parts[i].fmt == MXM_WFMT_MXFP8 || parts[i].fmt == MXM_WFMT_FP8_BLOCK)
+        if (quantized(parts[i].fmt))
             return mxm_fail(MXM_ERR_UNSUPPORTED, "weights stored as %s cannot be converted to %s",
                             mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(fmt));
     float *f = layer_alloc(l, n * k * 4);
@@ -589,23 +559,21 @@ static int64_t storage_bytes(int32_t fmt, int64_t n, int64_t k) {
 static mxm_status load_expert(const mxm_model *m, mxm_layer *l, const char *prefix, int64_t I, int gated, int32_t *fmt,
                               int32_t rule, int32_t threads, mxm_expert_weights *ex) {
     const int64_t H = l->cfg.hidden_size;
+    const mxm_ckpt_family *f = m->family;
     char p[300];
     linear parts[2], down;
     mxm_status st;
     if (gated) {
-        snprintf(p, sizeof p, "%s.gate_proj", prefix);
-        if ((st = find_linear(m, p, (int)I, (int)H, &parts[0]))) return st;
-        snprintf(p, sizeof p, "%s.up_proj", prefix);
-        if ((st = find_linear(m, p, (int)I, (int)H, &parts[1]))) return st;
-    } else {
-        snprintf(p, sizeof p, "%s.up_proj", prefix);
+        snprintf(p, sizeof p, "%s.%s", prefix, f->gate);
         if ((st = find_linear(m, p, (int)I, (int)H, &parts[0]))) return st;
     }
-    snprintf(p, sizeof p, "%s.down_proj", prefix);
+    snprintf(p, sizeof p, "%s.%s", prefix, f->up);
+    if ((st = find_linear(m, p, (int)I, (int)H, &parts[gated]))) return st;
+    snprintf(p, sizeof p, "%s.%s", prefix, f->down);
     if ((st = find_linear(m, p, (int)H, (int)I, &down))) return st;
     if (*fmt < 0) *fmt = parts[0].fmt;
     for (int i = 0; i < 1 + gated; i++)
-        if (parts[i].fmt != down.fmt && (parts[i].fmt <= MXM_WFMT_FP8_BLOCK || down.fmt <= MXM_WFMT_FP8_BLOCK))
+        if (parts[i].fmt != down.fmt && (quantized(parts[i].fmt) || quantized(down.fmt)))
             return mxm_fail(MXM_ERR_FORMAT, "%s: %s mixes weight formats %s and %s", m->path, prefix,
                             mxm_weight_format_name(parts[i].fmt), mxm_weight_format_name(down.fmt));
     if ((st = place(l, parts, 1 + gated, *fmt, rule, threads, &ex->w13, &ex->w13_scale)) ||
@@ -656,7 +624,7 @@ mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_lay
     if (o.profile != MXM_PROFILE_TRTLLM && o.profile != MXM_PROFILE_EXACT)
         o.profile = MXM_PROFILE_TRTLLM;
     l->cfg.profile = o.profile;
-    const family_desc *fd = &families[m->family];
+    const mxm_ckpt_family *fd = m->family;
     const int64_t E = l->cfg.num_experts, H = l->cfg.hidden_size, I = l->cfg.intermediate_size;
     const int gated = mxm_act_is_gated(l->cfg.activation);
     mxm_status st = MXM_OK;
@@ -690,8 +658,8 @@ mxm_status mxm_layer_load(const mxm_model *m, int32_t layer_index, const mxm_lay
         return st;
     }
     l->cfg.weight_format = fmt;
-    /* Qwen3's router is a bf16 Linear: its logits are bf16 in the model dtype. */
-    l->router_bf16 = m->family == FAM_QWEN3_MOE && o.profile == MXM_PROFILE_TRTLLM;
+    /* A router Linear in the model dtype (Qwen3's) gives bf16 logits. */
+    l->router_bf16 = m->family->router_dtype == MXM_DT_BF16 && o.profile == MXM_PROFILE_TRTLLM;
     l->weights = (mxm_moe_weights){l->experts, l->cfg.shared_intermediate_size ? &l->experts[E] : NULL, NULL, NULL, NULL};
     *out = l;
     return MXM_OK;
@@ -707,8 +675,8 @@ int32_t mxm_model_weight_format(const mxm_model *m) {
     /* What the tensors are (whatever a quantization config says): the first expert's down
      * projection, its dtype and its scale tensor. */
     char name[300];
-    snprintf(name, sizeof name, families[m->family].expert, m->layers[0], 0);
-    strncat(name, ".down_proj.weight", sizeof name - strlen(name) - 1);
+    snprintf(name, sizeof name, m->family->expert, m->layers[0], 0);
+    snprintf(name + strlen(name), sizeof name - strlen(name), ".%s.weight", m->family->down);
     const mxm_st_tensor *t = mxm_st_model_find(m->st, name, NULL);
     if (!t) return m->wfmt;
     if (t->dtype == MXM_DT_E4M3) {

@@ -23,7 +23,8 @@
  * A selected weight [N, K] of dtype BF16, F16 or F32 (K % 32 == 0, else MXM_ERR_SHAPE naming it)
  * becomes "<prefix>.weight" F8_E4M3 [N, K] + "<prefix>.weight_scale" U8 [N, K/32] from
  * mxm_mxfp8_quantize (F16 is widened to f32 first, exactly). The rules are the same for every
- * model_type; nemotron_h, qwen3_moe and deepseek_v3 are the families tested.
+ * model_type (a family's row in ckpt_family.h gives only its file_root); nemotron_h, qwen3_moe and
+ * deepseek_v3 are the families tested.
  *
  * Everything else keeps its bytes and dtype. Each input shard gives one output shard of the same
  * file name, with the input file's __metadata__. A sharded input also gets a rewritten
@@ -61,11 +62,10 @@
 
 #include "core/core.h"
 #include "formats/formats.h"
+#include "io/ckpt_family.h"
 #include "io/json_text.h"
 #include "io/safetensors.h"
-
-#define PT "%.400s"
-#define NM "%.200s"
+#include "io/safetensors_impl.h"
 
 #define CQ_CONFIG "config.json"
 #define CQ_HFQ "hf_quant_config.json"
@@ -76,7 +76,6 @@
 
 /* ------------------------------------------------------------------------------------------ */
 /* small helpers */
-
 
 static char *cq_concat(const char *a, const char *b) {
     const size_t x = strlen(a), y = strlen(b);
@@ -92,11 +91,6 @@ static int cq_ends_with(const char *s, const char *suffix) {
     return a >= b && memcmp(s + a - b, suffix, b) == 0;
 }
 
-static int cq_is_regular(const char *path) {
-    struct stat sb;
-    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
 static int cq_exists(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0;
@@ -110,21 +104,6 @@ static mxm_status cq_read_file(const char *path, char **out, size_t *len) {
     *out = (char *)buf;
     *len = st ? 0 : (size_t)n;
     return st;
-}
-
-static mxm_status cq_write_all(int fd, const void *p, size_t n, const char *path) {
-    const char *q = p;
-    while (n > 0) {
-        const size_t chunk = n > ((size_t)1 << 30) ? (size_t)1 << 30 : n;
-        const ssize_t r = write(fd, q, chunk);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0)
-            return mxm_fail(MXM_ERR_IO, PT ": write failed: %s", path,
-                            r < 0 ? strerror(errno) : "no progress");
-        q += r;
-        n -= (size_t)r;
-    }
-    return MXM_OK;
 }
 
 /* Creates path (and, like mkdir -p, missing parents). */
@@ -284,7 +263,7 @@ typedef struct cq_job {
     cq_excl_list excl;
     int64_t nquant;
     int32_t scope;      /* MXM_QUANTIZE_MODELOPT or MXM_QUANTIZE_EXPERTS */
-    int nemotron;       /* model_type nemotron_h (exclude-list order, see cq_modelopt_key) */
+    const char *file_root; /* its family's file_root (exclude-list order, see cq_modelopt_key) */
     const char **names; /* every tensor name, sorted (router detection) */
     size_t nnames;
     const char **qnames; /* the names of the tensors to quantize, sorted */
@@ -417,12 +396,6 @@ static mxm_status cq_load_config(cq_job *j, const char *path) {
     return MXM_OK;
 }
 
-static const char *cq_skip_dot(const char *s) {
-    while (s[0] == '.' && s[1] == '/')
-        s += 2;
-    return s;
-}
-
 static int cq_cmp_shard(const void *a, const void *b) {
     return strcmp(((const cq_shard *)a)->name, ((const cq_shard *)b)->name);
 }
@@ -435,7 +408,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
         st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
         goto done;
     }
-    if (cq_is_regular(ipath)) {
+    if (st_is_regular(ipath)) {
         char *text;
         size_t len;
         if ((st = cq_read_file(ipath, &text, &len)) != MXM_OK) goto done;
@@ -465,7 +438,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
         const char *key;
         json_t *v;
         json_object_foreach(wm, key, v) {
-            const char *s = json_is_string(v) ? cq_skip_dot(json_string_value(v)) : NULL;
+            const char *s = json_is_string(v) ? st_skip_dot(json_string_value(v)) : NULL;
             if (!s || !s[0] || strchr(s, '/') || strcmp(s, "..") == 0 || strcmp(s, ".") == 0) {
                 st = mxm_fail(s ? MXM_ERR_UNSUPPORTED : MXM_ERR_FORMAT,
                               PT ": tensor '" NM "': shard name must be a file name in the folder",
@@ -510,7 +483,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
             }
         }
         json_object_foreach(wm, key, v) {
-            const char *s = cq_skip_dot(json_string_value(v));
+            const char *s = st_skip_dot(json_string_value(v));
             cq_shard ks = {(char *)s, NULL};
             const cq_shard *sh =
                 bsearch(&ks, j->shards, j->nshards, sizeof *j->shards, cq_cmp_shard);
@@ -522,7 +495,7 @@ static mxm_status cq_open_inputs(cq_job *j) {
                 goto done;
             }
         }
-    } else if (cq_is_regular(spath)) {
+    } else if (st_is_regular(spath)) {
         j->shards = calloc(1, sizeof *j->shards);
         if (!j->shards || !(j->shards[0].name = strdup(CQ_SINGLE))) {
             st = mxm_fail(MXM_ERR_NOMEM, "out of memory");
@@ -691,12 +664,14 @@ static mxm_status cq_experts_exclude(cq_job *j, const char *const *qn, size_t k)
     return st;
 }
 
-/* ModelOpt sorts its exclude list by the module names transformers uses in memory; for
- * nemotron_h those start with "model" where the checkpoint has "backbone" (transformers 5
- * renames them at load and back at save), so "lm_head" sorts before "backbone.embeddings". */
+/* ModelOpt sorts its exclude list by the module names transformers uses in memory; for a family
+ * with a file_root (nemotron_h: "backbone") those start with "model" where the checkpoint has the
+ * root (transformers 5 renames them at load and back at save), so "lm_head" sorts before
+ * "backbone.embeddings". */
 static void cq_modelopt_key(const cq_job *j, const char *s, char *key, size_t cap) {
-    if (j->nemotron && strncmp(s, "backbone", 8) == 0 && (s[8] == '.' || s[8] == '*' || !s[8]))
-        snprintf(key, cap, "model%s", s + 8);
+    const size_t n = j->file_root ? strlen(j->file_root) : 0;
+    if (n && strncmp(s, j->file_root, n) == 0 && (s[n] == '.' || s[n] == '*' || !s[n]))
+        snprintf(key, cap, "model%s", s + n);
     else
         snprintf(key, cap, "%s", s);
 }
@@ -838,15 +813,6 @@ static mxm_status cq_plan(cq_job *j) {
 /* ------------------------------------------------------------------------------------------ */
 /* writing */
 
-static float cq_f16_to_f32(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-    if (e == 0x1F) return mxm_bits_f32(sign | 0x7F800000u | (m << 13));
-    if (e == 0) /* zero or subnormal: m * 2^-24, exact in fp32 */
-        return mxm_bits_f32(mxm_f32_bits((float)m * 5.9604644775390625e-08f) | sign);
-    return mxm_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-}
-
 /* Quantizes one weight [N, K] and adds "<name>" (F8_E4M3) and "<name>_scale" (U8) to w. */
 static mxm_status cq_quantize_tensor(cq_job *j, mxm_st_writer *w, const mxm_st_tensor *t,
                                      const char *path) {
@@ -881,7 +847,7 @@ static mxm_status cq_quantize_tensor(cq_job *j, mxm_st_writer *w, const mxm_st_t
             for (int64_t i = 0; i < (r1 - r0) * kk; i++) {
                 uint16_t h;
                 memcpy(&h, src + 2 * i, 2);
-                scratch[i] = cq_f16_to_f32(h);
+                scratch[i] = mxm_f16_decode(h);
             }
             x = scratch;
             dt = MXM_DT_F32;
@@ -945,12 +911,12 @@ static mxm_status cq_write_shard(cq_job *j, const cq_shard *sh) {
 
 /* Writes text to the staging folder's name (registered for the final rename). */
 static mxm_status cq_write_text(cq_job *j, const char *name, const char *text, size_t len) {
-    const char *tmp;
+    const char *tmp = NULL; /* set by cq_add_tmp on success */
     mxm_status st = cq_add_tmp(j, name, &tmp);
     if (st != MXM_OK) return st;
     const int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return mxm_fail(MXM_ERR_IO, PT ": cannot create: %s", tmp, strerror(errno));
-    st = cq_write_all(fd, text, len, tmp);
+    st = st_write_all(fd, text, (int64_t)len, tmp);
     if (st == MXM_OK && fsync(fd) != 0)
         st = mxm_fail(MXM_ERR_IO, PT ": fsync failed: %s", tmp, strerror(errno));
     if (close(fd) != 0 && st == MXM_OK)
@@ -994,7 +960,7 @@ static mxm_status cq_write_index(cq_job *j) {
     json_t *v;
     json_object_foreach(wm_in, key, v) {
         if (bad) break;
-        const char *sname = cq_skip_dot(json_string_value(v));
+        const char *sname = st_skip_dot(json_string_value(v));
         bad |= json_object_set_new(wm, key, json_string(sname)) != 0;
         cq_shard ks = {(char *)sname, NULL};
         const cq_shard *sh = bsearch(&ks, j->shards, j->nshards, sizeof *j->shards, cq_cmp_shard);
@@ -1141,7 +1107,7 @@ static mxm_status cq_write_config(cq_job *j, const char *cpath) {
 }
 
 static mxm_status cq_copy_file(cq_job *j, const char *name, const char *src) {
-    const char *tmp;
+    const char *tmp = NULL; /* set by cq_add_tmp on success */
     mxm_status st = cq_add_tmp(j, name, &tmp);
     if (st != MXM_OK) return st;
     const int in = open(src, O_RDONLY | O_CLOEXEC);
@@ -1160,7 +1126,7 @@ static mxm_status cq_copy_file(cq_job *j, const char *name, const char *src) {
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) st = mxm_fail(MXM_ERR_IO, PT ": read failed: %s", src, strerror(errno));
         if (r <= 0) break;
-        st = cq_write_all(out, buf, (size_t)r, tmp);
+        st = st_write_all(out, buf, r, tmp);
     }
     free(buf);
     close(in);
@@ -1294,9 +1260,9 @@ static mxm_status cq_run(cq_job *j) {
     if (st == MXM_OK) {
         const json_t *mt = json_object_get(j->config, "model_type");
         const char *family = json_is_string(mt) ? json_string_value(mt) : "";
-        const int known = strcmp(family, "nemotron_h") == 0 || strcmp(family, "qwen3_moe") == 0 ||
-                          strcmp(family, "deepseek_v3") == 0;
-        j->nemotron = strcmp(family, "nemotron_h") == 0;
+        const mxm_ckpt_family *f = mxm_ckpt_family_find(family);
+        const int known = f && strcmp(f->name, family) == 0; /* the fixtures: no alias */
+        j->file_root = f ? f->file_root : NULL;
         mxm_log(MXM_LOG_INFO, "checkpoint_quantize: " PT ": model_type '" NM "'%s", j->in_dir,
                 family, known ? "" : " (not a tested family; expert weights found by name)");
         st = cq_open_inputs(j);

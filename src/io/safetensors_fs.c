@@ -1,4 +1,5 @@
-/* safetensors: small helpers (UTF-8 validation, error strings, paths, reading a small file). */
+/* safetensors: small helpers (UTF-8 validation, error strings, paths, reading and writing whole
+ * files), also used by the checkpoint quantizer. */
 #include "io/safetensors_impl.h"
 
 #include <errno.h>
@@ -71,6 +72,29 @@ char *mxm_st_path_join(const char *dir, const char *name) {
 int st_is_regular(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+const char *st_skip_dot(const char *s) {
+    while (s[0] == '.' && s[1] == '/')
+        s += 2;
+    return s;
+}
+
+mxm_status st_write_all(int fd, const void *p, int64_t n, const char *path) {
+    const uint8_t *q = p;
+    while (n > 0) {
+        const size_t chunk = n > (1 << 30) ? (size_t)1 << 30 : (size_t)n;
+        const ssize_t r = write(fd, q, chunk);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) {
+            char eb[128];
+            return mxm_fail(MXM_ERR_IO, PT ": write failed: %s", path,
+                            r < 0 ? st_strerror(errno, eb, sizeof eb) : "no progress");
+        }
+        q += r;
+        n -= r;
+    }
+    return MXM_OK;
 }
 
 mxm_status mxm_st_read_small_file(const char *path, int64_t max_bytes, uint8_t **out,

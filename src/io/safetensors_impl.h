@@ -1,6 +1,7 @@
-/* Private to the safetensors files of src/io (safetensors.c, safetensors_json.c,
- * safetensors_model.c, safetensors_write.c, safetensors_fs.c): the shared tables, the reader's
- * file struct and the JSON lexer. */
+/* Private to src/io: the safetensors files (safetensors.c, safetensors_json.c,
+ * safetensors_model.c, safetensors_write.c, safetensors_fs.c) share its tables, the reader's file
+ * struct and the JSON lexer; the checkpoint quantizer (ckpt_quantize.c) its message formats and
+ * file-system helpers. */
 #ifndef MXM_SAFETENSORS_IMPL_H
 #define MXM_SAFETENSORS_IMPL_H
 
@@ -58,6 +59,10 @@ const char *st_shape_str(const int64_t *shape, int32_t rank, char *buf, size_t n
 
 const char *st_strerror(int e, char *buf, size_t n);
 int st_is_regular(const char *path);
+/* "./a/./b" and "a/b" name the same shard: the leading "./" components skipped. */
+const char *st_skip_dot(const char *s);
+/* Writes all n bytes to fd (retrying short writes and EINTR); path names the file in messages. */
+mxm_status st_write_all(int fd, const void *p, int64_t n, const char *path);
 
 /* ---- the JSON lexer and header parser (safetensors_json.c) ---- */
 

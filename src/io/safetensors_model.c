@@ -85,13 +85,6 @@ static int st_safe_relative(const char *s) {
     return 1;
 }
 
-/* "./a/./b" and "a/b" name the same shard. */
-static const char *st_skip_dot(const char *s) {
-    while (s[0] == '.' && s[1] == '/')
-        s += 2;
-    return s;
-}
-
 typedef struct st_wm_pair {
     const char *tensor;
     const char *shard; /* normalized (no leading "./") */

@@ -295,23 +295,6 @@ void mxm_st_writer_set_order(mxm_st_writer *w, mxm_st_order order) {
     if (w) w->order = order;
 }
 
-static mxm_status st_write_all(int fd, const void *p, int64_t n, const char *tmp) {
-    const uint8_t *q = p;
-    while (n > 0) {
-        const size_t chunk = n > (1 << 30) ? (size_t)1 << 30 : (size_t)n;
-        const ssize_t r = write(fd, q, chunk);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) {
-            char eb[128];
-            return mxm_fail(MXM_ERR_IO, PT ": write failed: %s", tmp,
-                            r < 0 ? st_strerror(errno, eb, sizeof eb) : "no progress");
-        }
-        q += r;
-        n -= r;
-    }
-    return MXM_OK;
-}
-
 mxm_status mxm_st_writer_finish(mxm_st_writer *w) {
     if (!w) return mxm_fail(MXM_ERR_NULL, "mxm_st_writer_finish: writer is NULL");
     mxm_status st = MXM_OK;

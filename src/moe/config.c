@@ -17,7 +17,6 @@ static const mxm_activation_row activations[MXM_ACT_COUNT_] = {
     MXM_ACTIVATIONS(MXM_ACT_ROW_)
 #undef MXM_ACT_ROW_
 };
-static const char *const weight_format_names[MXM_WFMT_COUNT_] = {"mxfp8", "fp8_block", "bf16", "f32"};
 
 const char *mxm_activation_name(int32_t a) {
     return (a >= 0 && a < MXM_ACT_COUNT_) ? activations[a].name : NULL;
@@ -46,10 +45,6 @@ int32_t mxm_activation_from_name(const char *name) {
     for (int32_t i = 0; name && i < MXM_ACT_COUNT_; i++)
         if (has_word(activations[i].aliases, name)) return i;
     return -1;
-}
-
-const char *mxm_weight_format_name(int32_t f) {
-    return (f >= 0 && f < MXM_WFMT_COUNT_) ? weight_format_names[f] : NULL;
 }
 
 void mxm_moe_config_default(mxm_moe_config *c) {
@@ -102,10 +97,9 @@ mxm_status mxm_moe_config_validate(const mxm_moe_config *c) {
         return mxm_fail(MXM_ERR_INVALID_ARG,
                         "w13_layout %d is unknown; supported: gate_up (0), up_gate (1), interleaved (2)",
                         c->w13_layout);
-    if (c->weight_format < 0 || c->weight_format >= MXM_WFMT_COUNT_)
-        return mxm_fail(MXM_ERR_INVALID_ARG,
-                        "weight_format %d is unknown; supported: mxfp8 (0), fp8_block (1), bf16 (2), f32 (3)",
-                        c->weight_format);
+    if (!mxm_scheme_get(c->weight_format))
+        return mxm_fail(MXM_ERR_INVALID_ARG, "weight_format %d is unknown; supported: %s",
+                        c->weight_format, mxm_scheme_names(names, sizeof names));
     if (c->act_quant != MXM_ACT_QUANT_MXFP8 && c->act_quant != MXM_ACT_QUANT_NONE)
         return mxm_fail(MXM_ERR_INVALID_ARG, "act_quant %d is unknown; supported: mxfp8 (0), none (1)",
                         c->act_quant);

@@ -1,8 +1,26 @@
-/* mxm_moe_forward: checks every caller input once, then hands over to the plan's backend. */
+/* mxm_moe_forward: checks every caller input once, then hands over to the plan's backend; the
+ * per-expert description every backend reads the weights through. */
 #include <math.h>
 
 #include "core/core.h"
+#include "moe/activation.h"
 #include "moe/plan.h"
+
+mxm_expert_desc mxm_expert_describe(const mxm_moe_plan *p, const mxm_moe_weights *w, int32_t e) {
+    const mxm_moe_config *c = &p->cfg;
+    const bool shared = e == p->e_loc;
+    const mxm_expert_weights *x = shared ? w->shared : &w->experts[e];
+    mxm_expert_desc d;
+    d.w13 = x->w13, d.w13_scale = x->w13_scale, d.w2 = x->w2, d.w2_scale = x->w2_scale;
+    d.I = shared ? c->shared_intermediate_size : c->intermediate_size;
+    d.act = shared ? p->shared_act : c->activation;
+    d.gated = mxm_act_is_gated(d.act);
+    d.alpha = c->swiglu_alpha, d.beta = c->swiglu_beta, d.limit = c->swiglu_limit;
+    if (!shared && w->gemm1_alpha) d.alpha = w->gemm1_alpha[e];
+    if (!shared && w->gemm1_beta) d.beta = w->gemm1_beta[e];
+    if (!shared && w->gemm1_clamp_limit) d.limit = w->gemm1_clamp_limit[e];
+    return d;
+}
 
 static mxm_status check_expert(const mxm_moe_plan *p, const mxm_expert_weights *e, const char *what,
                                int32_t idx) {
@@ -90,10 +108,11 @@ mxm_status mxm_moe_forward(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_
     if (!p) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: plan is NULL");
     mxm_status st = check_inputs(p, w, in, out);
     if (st) return st;
-    if (!workspace && p->ws.total > 0) return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: workspace is NULL");
-    if (workspace_bytes < p->ws.total)
+    if (!workspace && p->ws_bytes > 0)
+        return mxm_fail(MXM_ERR_NULL, "mxm_moe_forward: workspace is NULL");
+    if (workspace_bytes < p->ws_bytes)
         return mxm_fail(MXM_ERR_WORKSPACE, "workspace has %lld bytes; the plan needs %lld",
-                        (long long)workspace_bytes, (long long)p->ws.total);
+                        (long long)workspace_bytes, (long long)p->ws_bytes);
     if ((uintptr_t)workspace % 64)
         return mxm_fail(MXM_ERR_INVALID_ARG, "workspace must be 64-byte aligned");
     if (in->num_tokens == 0) return MXM_OK;
