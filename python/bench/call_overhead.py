@@ -169,22 +169,28 @@ def main():
         stubbed.update({"function, torch CPU": (fi, ta, kw), "bound, torch CPU": (tbound, (ta[0], ta[2]), {})})
     callers["(timer and an empty Python call)"] = (lambda: None, (), {})
     got = interleaved(callers, a.rounds, per_round)
-    # the Python side alone: the library's forward replaced by a no-op (both function objects)
+    # the Python side alone: the library's forward replaced by a no-op (both function objects, and
+    # the extension's, by co_noop_forward of call_overhead.c)
     real = {n: getattr(_flashinfer, n) for n in ("_forward", "_fwd_fast") if hasattr(_flashinfer, n)}
     for n in real:
         setattr(_flashinfer, n, lambda *args: 0)
+    if _flashinfer._ext is not None:
+        _flashinfer._ext_setup(ctypes.cast(ctypes.CDLL(so).co_noop_forward, ctypes.c_void_p).value)
     try:
         got_stub = interleaved(stubbed, a.rounds, per_round)
     finally:
         for n, f in real.items():
             setattr(_flashinfer, n, f)
+        if _flashinfer._ext is not None:
+            _flashinfer._ext_setup()
     c2 = c_process()
     cname = "C mxm_moe_forward (in process)"
     c_all = np.concatenate(got[cname])
     c_rmed = np.array([np.median(t) for t in got[cname]])
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores, pinned to {a.cpu if a.cpu >= 0 else 'none'}; layer H={H} "
           f"I={I} E={E} K={K} MXFP8 W8A8, T={T}, {a.threads} library thread(s); {a.rounds} interleaved rounds of "
-          f"{per_round} calls per caller; load average {os.getloadavg()[0]:.1f}")
+          f"{per_round} calls per caller; load average {os.getloadavg()[0]:.1f}; short path: "
+          f"{'ctypes (_fast)' if _flashinfer._ext is None else 'C extension (mxmoe._fastcall)'}")
     print(f"{'caller':50} {'median us':>9} {'min us':>7} {'median over C':>13} {'min over C':>10}")
     for name, rs in got.items():
         t = np.concatenate(rs)
