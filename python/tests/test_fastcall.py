@@ -87,7 +87,7 @@ def noncontig(a):
     return a.repeat_interleave(2, dim=-1)[..., ::2]
 
 
-def numpy_battery(rng, s, mx):
+def numpy_battery(rng, mx):
     """Good and bad per-call inputs for a site of MxFp8 (mx) or DeepSeekFp8 weights."""
     cases = []
     for T in (1, 5, 40, 100):  # 40, 100: beyond the site's first plan (plan_for in between)
@@ -115,7 +115,8 @@ def numpy_battery(rng, s, mx):
         ("scales flat", q, lg, None, sc.reshape(-1)), ("scales 3-D", q, lg, None, sc.reshape(sc.shape[0], 2, -1)),
         ("scales transposed", q, lg, None, sc.T.copy()), ("scales non-contiguous", q, lg, None, noncontig(sc)),
         ("scales int8", q, lg, None, sc.view(np.int8) if mx else sc.astype(np.int8)),
-        ("scales uint8 / f32 swapped", q, lg, None, sc.view(np.float32) if mx and sc.size % 4 == 0 else sc.view(np.uint8)),
+        ("scales uint8 / f32 swapped", q, lg, None,
+         sc.view(np.float32) if mx and sc.size % 4 == 0 else sc.view(np.uint8)),
         ("scales list", q, lg, None, sc.tolist()), ("scales one short", q, lg, None, sc.reshape(-1)[:-1].copy()),
         ("scales for f32 x", x, lg, None, sc), ("no scales for FP8 x", q, lg, None, None),
         ("x subclass", x.view(Sub), lg, None, None), ("logits subclass", x, lg.view(Sub), None, None),
@@ -144,7 +145,7 @@ def numpy_battery(rng, s, mx):
     return cases
 
 
-def torch_battery(rng, s, mx):
+def torch_battery(rng, mx):
     """The same on torch CPU tensors (and meta ones)."""
     t = torch.from_numpy
     cases = []
@@ -168,7 +169,8 @@ def torch_battery(rng, s, mx):
         ("torch x requires_grad", x.clone().requires_grad_(), lg, None, None),
         ("torch bias f32", x, lg, b, None), ("torch bias bf16", x, lg, b.bfloat16(), None),
         ("torch FP8 x + scales", q, lg, None, sc), ("torch uint8 codes + scales", q.view(torch.uint8), lg, None, sc),
-        ("torch scales flat", q, lg, None, sc.reshape(-1)), ("torch scales transposed", q, lg, None, sc.t().contiguous()),
+        ("torch scales flat", q, lg, None, sc.reshape(-1)),
+        ("torch scales transposed", q, lg, None, sc.t().contiguous()),
         ("torch scales non-contiguous", q, lg, None, noncontig(sc)),
         ("torch scales int8 / f64", q, lg, None, sc.view(torch.int8) if mx else sc.double()),
         ("torch scales meta", q, lg, None, sc.to("meta")), ("torch scales one short", q, lg, None, sc.reshape(-1)[:-1]),
@@ -180,7 +182,8 @@ def torch_battery(rng, s, mx):
         ("torch x int8", x.to(torch.int8), lg, None, None), ("torch logits f64", x, lg.double(), None, None),
         ("torch x 1-D", x[0], lg[:1], None, None), ("torch x 3-D", x[None], lg, None, None),
         ("torch x H/2", x[:, : H // 2].contiguous(), lg, None, None), ("torch T=0", x[:0], lg[:0], None, None),
-        ("torch x non-contiguous", noncontig(x), lg, None, None), ("torch x transposed", x.t().contiguous().t(), lg, None, None),
+        ("torch x non-contiguous", noncontig(x), lg, None, None),
+        ("torch x transposed", x.t().contiguous().t(), lg, None, None),
         ("torch x expanded", x[:1].expand(T, H), lg, None, None),
         ("torch logits T-1", x, lg[:-1], None, None), ("torch logits E-1", x, lg[:, :-1].contiguous(), None, None),
         ("torch logits non-contiguous", x, noncontig(lg), None, None),
@@ -216,12 +219,12 @@ def per_call_cases(rng):
         bound = mxmoe.Fp8BlockScaleMoE(*w, *sc, **kw)
         s = bound._site
         check(s.c_ready == 1, "a CPU site is not set up in the extension")
-        batteries = [numpy_battery(rng, s, mx)]
+        batteries = [numpy_battery(rng, mx)]
         if torch is not None:
             tw = [torch.from_numpy(a.view(np.uint8)).view(torch.float8_e4m3fn) if a.dtype == F8 else torch.from_numpy(a)
                   for a in w]
             tbound = mxmoe.Fp8BlockScaleMoE(*tw, *sc, **kw)
-            batteries.append(torch_battery(rng, tbound._site, mx))
+            batteries.append(torch_battery(rng, mx))
             s_t = tbound._site
         for cases, site in zip(batteries, (s, s_t if torch is not None else None)):
             kinds = [compare(name, site, x, lg, b, xs) for name, x, lg, b, xs in cases]
