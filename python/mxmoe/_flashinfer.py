@@ -648,7 +648,8 @@ class Fp8BlockScaleMoE:
     output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
     topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
     (hidden_states bf16/f32, or FP8 with hidden_states_scale; logits; routing_bias or None; no topk
-    or output) takes a short path (see _Site), about 1.5 us of Python on numpy arrays."""
+    or output) takes a short path (see _Site), about 0.5 us over the C call on numpy arrays
+    with the extension module (docs/BENCHMARKS.md)."""
 
     def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
                  n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
