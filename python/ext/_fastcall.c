@@ -8,11 +8,12 @@
  * with the same outcome for every input (python/tests/test_fastcall.py compares the two), from the
  * description _Site hands over once: the structs, H, E, the scales' geometry and the dtype tables.
  * What it saves is the interpreter: on numpy arrays it reads the array struct's fields (numpy's
- * headers, for the layout only: no numpy C API is called), on torch tensors it calls the same
- * attributes and methods as _fast() by interned name. The library is called through the address
- * of the mxm_moe_forward that ctypes loaded (the extension does not link libmxmoe: MXMOE_LIBRARY
- * may name another build), with the GIL released around it. CUDA sites are not set up here: their
- * calls go to _fast(). */
+ * headers, for the layout only: no numpy C API is called), on torch tensors it reads the same
+ * attributes and calls the same methods as _fast(), through torch.Tensor's descriptors looked up
+ * once (by name on other types, e.g. nn.Parameter weights). The library is called through the
+ * address of the mxm_moe_forward that ctypes loaded (the extension does not link libmxmoe:
+ * MXMOE_LIBRARY may name another build), with the GIL released around it. CUDA sites are not set up
+ * here: their calls go to _fast(). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
