@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what mxmoe needs on a fresh Debian 12 machine (root) and is fast when nothing is
-# missing: Debian packages (cmake, jansson, cmocka, OpenMP) and a project-local Python venv with
-# the test oracles (numpy, ml_dtypes).
+# missing: Debian packages (cmake, jansson, cmocka, OpenMP; Python's headers for the package's
+# extension module) and a project-local Python venv with the test oracles (numpy, ml_dtypes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in cmake libjansson-dev libcmocka-dev python3-venv; do
+for pkg in cmake libjansson-dev libcmocka-dev python3-venv python3-dev; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -12,12 +12,14 @@ The same small MXFP8 layer is run by:
     and mxmoe.Fp8BlockScaleMoE (weights bound once) on numpy arrays and, when torch is importable,
     on torch CPU tensors, and torch.ops.mxmoe (the torch.library op);
   - the Python side alone: those calls with the library's forward replaced by a no-op.
+The short path runs in the extension module mxmoe._fastcall where it is built, else through ctypes
+(MXMOE_FASTCALL=0 forces the latter); the first line of the output says which.
 Method: --rounds rounds; in each, every caller (in an order rotated from round to round) makes
 --iters/--rounds calls, each timed alone (perf_counter_ns around the call; clock_gettime in C), so
 that the machine's load falls on all callers alike. Per caller: the minimum and the median of all
 its calls; "over C": the minimum minus C's minimum, and the median over rounds of (the caller's
-median in the round minus C's median in the same round). One library thread (--threads); --cpu N
-pins the process to one core.
+median in the round minus C's median in the same round). One library thread (--threads; also
+OMP_NUM_THREADS, for the op); --cpu N pins the process to one core.
 
     python python/bench/call_overhead.py [--tokens 1] [--iters 40000] [--rounds 40] [--cpu -1]"""
 import argparse
@@ -29,6 +31,13 @@ import tempfile
 import time
 
 import numpy as np
+
+# The torch.library op has no num_threads argument: the library then runs its default, all OpenMP
+# threads. OMP_NUM_THREADS = --threads (set before the library or torch starts OpenMP) makes it the
+# same forward as the other callers'.
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--threads", type=int, default=1)
+os.environ.setdefault("OMP_NUM_THREADS", str(_pre.parse_known_args()[0].threads))
 
 try:  # before mxmoe: a libmxmoe built with NCCL, loaded first, can keep torch's own NCCL from loading
     import torch
@@ -169,22 +178,29 @@ def main():
         stubbed.update({"function, torch CPU": (fi, ta, kw), "bound, torch CPU": (tbound, (ta[0], ta[2]), {})})
     callers["(timer and an empty Python call)"] = (lambda: None, (), {})
     got = interleaved(callers, a.rounds, per_round)
-    # the Python side alone: the library's forward replaced by a no-op (both function objects)
+    # the Python side alone: the library's forward replaced by a no-op (both function objects, and
+    # the extension's, by co_noop_forward of call_overhead.c)
     real = {n: getattr(_flashinfer, n) for n in ("_forward", "_fwd_fast") if hasattr(_flashinfer, n)}
     for n in real:
         setattr(_flashinfer, n, lambda *args: 0)
+    ext = getattr(_flashinfer, "_ext", None)  # None: the ctypes short path (or a package before it)
+    if ext is not None:
+        _flashinfer._ext_setup(ctypes.cast(ctypes.CDLL(so).co_noop_forward, ctypes.c_void_p).value)
     try:
         got_stub = interleaved(stubbed, a.rounds, per_round)
     finally:
         for n, f in real.items():
             setattr(_flashinfer, n, f)
+        if ext is not None:
+            _flashinfer._ext_setup()
     c2 = c_process()
     cname = "C mxm_moe_forward (in process)"
     c_all = np.concatenate(got[cname])
     c_rmed = np.array([np.median(t) for t in got[cname]])
     print(f"CPU: {cpu_name()}; {os.cpu_count()} cores, pinned to {a.cpu if a.cpu >= 0 else 'none'}; layer H={H} "
           f"I={I} E={E} K={K} MXFP8 W8A8, T={T}, {a.threads} library thread(s); {a.rounds} interleaved rounds of "
-          f"{per_round} calls per caller; load average {os.getloadavg()[0]:.1f}")
+          f"{per_round} calls per caller; load average {os.getloadavg()[0]:.1f}; short path: "
+          f"{'ctypes (_fast)' if ext is None else 'C extension (mxmoe._fastcall)'}")
     print(f"{'caller':50} {'median us':>9} {'min us':>7} {'median over C':>13} {'min over C':>10}")
     for name, rs in got.items():
         t = np.concatenate(rs)

@@ -8,6 +8,7 @@ on Blackwell wants the weights shuffled (use_shuffled_weight=True: rows reordere
 gated activation and tiled for the epilogue); mxmoe does not take that layout: pass the weights
 before shuffling."""
 import ctypes
+import os
 import threading
 import weakref
 from enum import IntEnum
@@ -237,6 +238,19 @@ def _prepare(H, dev, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_we
 # doubt it goes the full way, which raises the same exceptions as before), patches their pointers
 # into the structs and calls the forward through a function object without argtypes (no per-call
 # conversions). Sites are per thread because the structs are patched in place.
+#
+# Where the extension module mxmoe._fastcall is built (`pip install ./python` builds it), _Site
+# subclasses its Site and a CPU site's call() runs _fast's per-call work in C, from what
+# __init__ hands it (c_init: the structs, H, E, the scales' geometry, the dtype tables) and the
+# plan (c_plan): the same checks with the same outcome (test_fastcall.py compares the two on every
+# check), without the interpreter. Without it (or with MXMOE_FASTCALL=0), and on CUDA sites, call()
+# is _fast.
+try:
+    from . import _fastcall as _ext
+except ImportError:
+    _ext = None
+if os.environ.get("MXMOE_FASTCALL") == "0":
+    _ext = None
 
 _fwd_fast = _capi.lib["mxm_moe_forward"]  # a second function object: arguments prebuilt, no argtypes
 _fwd_fast.restype, _fwd_fast.argtypes = ctypes.c_int32, None
@@ -246,9 +260,10 @@ _OFF, _vp_at = _tensor._DATA_OFF, _tensor._vp_at
 _tls = threading.local()
 
 
-class _Site:
-    __slots__ = ("p", "H", "Eg", "cuda", "nsc", "xst", "inp", "outs", "plan", "max_tokens", "args", "meta", "refs",
-                 "tdev", "tdt", "tfp8", "tu8", "tf32", "ttype", "tempty", "tbf16", "tcf", "__weakref__")
+class _Site(object if _ext is None else _ext.Site):
+    __slots__ = ("p", "H", "Eg", "cuda", "nsc", "xst", "inp", "outs", "plan", "args", "refs", "tdev", "tdt", "tfp8",
+                 "tu8", "tf32", "ttype", "tempty", "tbf16", "tcf", "__weakref__") + (
+                     ("max_tokens", "meta") if _ext is None else ())  # Site's members otherwise
 
     def __init__(self, p):
         self.p, self.H, self.Eg, self.cuda = p, p.H, p.Eg, p.cuda
@@ -268,18 +283,30 @@ class _Site:
             self.tfp8 = {torch.uint8: _DT_E4M3}
             if hasattr(torch, "float8_e4m3fn"):
                 self.tfp8[torch.float8_e4m3fn] = _DT_E4M3
+        if _ext is not None and not p.cuda:
+            self.c_init(self.inp, self.outs, p.mw, p.H, p.Eg, self.nsc, p.mx, self.xst, None if torch is None else (
+                self.ttype, self.tdt, self.tfp8, self.tu8, self.tf32, self.tempty, self.tbf16, self.tcf, self.tdev))
 
     def plan_for(self, T):
         plan = _run.get_plan(self.p.cfg, T)
         self.plan, self.max_tokens = plan, plan.max_tokens
         self.args = (_c_vp(plan.ptr), _byref(self.p.mw), _byref(self.inp), _byref(self.outs), _c_vp(plan.ws_ptr),
                      _c_i64(plan.ws_bytes), None)
+        if _ext is not None:
+            self.c_plan(plan.ptr, plan.ws_ptr, plan.ws_bytes)
 
 
-def _fast(s, x, lg, bias, xsc):
+def _fast(s, x, lg, bias, xsc, *w):
     """routing_logits, hidden_states (bf16/f32 with xsc None, or FP8 codes with their scales xsc)
     and routing_bias (or None) on site s: the output, or None when the arguments need the full
-    checks of _moe."""
+    checks of _moe. w: the function's seven weight arguments (gemm1_weights .. gemm1_clamp_limit),
+    first compared with what the site checked (_unchanged, its common case inlined)."""
+    if w:
+        m = s.meta
+        if not (w[0].shape == m[0] and w[1].shape == m[1] and w[2].shape == m[2] and w[3].shape == m[3]
+                and w[0].dtype is m[4] and w[1].dtype is m[5] and w[2].dtype is m[6] and w[3].dtype is m[7]
+                and (m[8] is None and m[9] is None or _unchanged(m, *w))):
+            return None
     if type(x) is _ND:
         if type(lg) is not _ND or s.cuda:
             return None
@@ -382,7 +409,8 @@ def _add_fn_site(key, p, objs):
 
 def _unchanged(m, w1, s1, w2, s2, a, b, c):
     """The weights of a site (meta m) still have the shapes, dtype objects and (torch) data
-    pointers checked (the function inlines the first part for the common case m[8:] == (None, None))."""
+    pointers checked (_fast inlines the first part for the common case m[8:] == (None, None); Site.call of
+    the extension compares the same)."""
     if not (w1.shape == m[0] and s1.shape == m[1] and w2.shape == m[2] and s2.shape == m[3] and w1.dtype is m[4]
             and s1.dtype is m[5] and w2.dtype is m[6] and s2.dtype is m[7]):
         return False
@@ -538,17 +566,11 @@ def trtllm_fp8_block_scale_moe(routing_logits, routing_bias, hidden_states, hidd
         except TypeError:  # an unhashable argument: the full path says which
             s = key = None
         if s is not None:
-            m = s.meta  # _unchanged, its common case inlined
-            if (gemm1_weights.shape == m[0] and gemm1_weights_scale.shape == m[1] and gemm2_weights.shape == m[2]
-                    and gemm2_weights_scale.shape == m[3] and gemm1_weights.dtype is m[4]
-                    and gemm1_weights_scale.dtype is m[5] and gemm2_weights.dtype is m[6]
-                    and gemm2_weights_scale.dtype is m[7]
-                    and (m[8] is None and m[9] is None
-                         or _unchanged(m, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale,
-                                       gemm1_alpha, gemm1_beta, gemm1_clamp_limit))):
-                out = _fast(s, hidden_states, routing_logits, routing_bias, hidden_states_scale)
-                if out is not None:
-                    return out
+            out = s.call(hidden_states, routing_logits, routing_bias, hidden_states_scale, gemm1_weights,
+                         gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, gemm1_alpha, gemm1_beta,
+                         gemm1_clamp_limit)
+            if out is not None:
+                return out
     return _moe(routing_logits, None, routing_bias, hidden_states, hidden_states_scale, gemm1_weights,
                 gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k, n_group, topk_group,
                 intermediate_size, local_expert_offset, local_num_experts, routed_scaling_factor,
@@ -626,7 +648,8 @@ class Fp8BlockScaleMoE:
     output=None): arguments as in trtllm_fp8_block_scale_moe; routing_logits None with
     topk=(ids int32 [T, K], weights float32 [T, K]) routes by precomputed top-k. The common case
     (hidden_states bf16/f32, or FP8 with hidden_states_scale; logits; routing_bias or None; no topk
-    or output) takes a short path (see _Site), about 1.5 us of Python on numpy arrays."""
+    or output) takes a short path (see _Site), about 0.5 us over the C call on numpy arrays
+    with the extension module (docs/BENCHMARKS.md)."""
 
     def __init__(self, gemm1_weights, gemm1_weights_scale, gemm2_weights, gemm2_weights_scale, num_experts, top_k,
                  n_group, topk_group, intermediate_size, local_expert_offset, local_num_experts,
@@ -662,8 +685,8 @@ class Fp8BlockScaleMoE:
     def __call__(self, routing_logits, hidden_states, hidden_states_scale=None, routing_bias=None, output=None,
                  topk=None):
         if output is None and topk is None and routing_logits is not None:
-            out = _fast(self._site if self._tid == _get_ident() else self._thread_site(), hidden_states,
-                        routing_logits, routing_bias, hidden_states_scale)
+            out = (self._site if self._tid == _get_ident() else self._thread_site()).call(
+                hidden_states, routing_logits, routing_bias, hidden_states_scale)
             if out is not None:
                 return out
         return _moe(routing_logits, topk, routing_bias, hidden_states, hidden_states_scale, *self._args, None,
@@ -674,3 +697,18 @@ _NP_BF16 = np.dtype(ml_dtypes.bfloat16)
 _NP_FAST = {np.dtype(np.float32): _DT_F32, _NP_BF16: _DT_BF16}
 _NP_FP8 = {np.dtype(ml_dtypes.float8_e4m3fn): _DT_E4M3, np.dtype(np.uint8): _DT_E4M3}
 _NP_U8, _NP_F32 = np.dtype(np.uint8), np.dtype(np.float32)
+
+
+def _ext_setup(forward=None):
+    """Hands the extension what every site shares: the library's mxm_moe_forward (or, for the
+    benchmark's stubbed rows, another function of its type: an address), _fast for the sites it
+    does not set up, MxmError, and numpy's type, np.empty and the dtype tables above."""
+    if forward is None:
+        forward = ctypes.cast(_capi.lib.mxm_moe_forward, ctypes.c_void_p).value
+    _ext.setup(forward, _fast, _capi.MxmError, np.ndarray, np.empty, _NP_BF16, _NP_FAST, _NP_FP8, _NP_U8, _NP_F32)
+
+
+if _ext is None:
+    _Site.call = _fast
+else:
+    _ext_setup()
