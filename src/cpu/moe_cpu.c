@@ -5,7 +5,9 @@
  *   4. GEMM2, work items (expert, 64 rows of H)
  *   5. combine: out[t] = sum_k w[t,k] y[t,k] in k order, + shared expert
  * Work items are handed out through an atomic counter, largest experts first, so skewed routing
- * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. */
+ * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. Kernel
+ * sets with a bf16 tile GEMM (amx) run a work item's panels through it when the item's token
+ * rows and the panel have exact bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
 #define _GNU_SOURCE /* qsort_r */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,7 @@
 #define GEMM1_COLS 128   /* I columns per GEMM1 work item (a multiple of every act block) */
 #define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
 #define MR 6             /* tokens per micro-kernel call */
+#define TILE_TOKENS 256  /* token rows per bf16 tile pass (a work item's larger groups: several) */
 
 /* Everything one pass needs, shared by the worker threads. */
 typedef struct pass {
@@ -76,10 +79,32 @@ static void pack_panel(const pass *ps, const void *w, const void *s, int64_t k, 
     }
 }
 
+/* A thread's bf16 tiles of one work item: the token rows' tiles (when tiles_ready) and a weight
+ * tile panel. */
+typedef struct tiles {
+    uint16_t *xt; /* [TILE_TOKENS, k] token tiles */
+    uint16_t *wp; /* [16, k] weight tile panel */
+    bool ready;   /* xt holds exact tiles of this product's tokens */
+} tiles;
+
+/* Whether the tile path may run: a set with tiles, weights whose bf16 copies can be exact
+ * (MXFP8: E4M3 times a power of two; BF16), more tokens than the GEMV takes. DeepSeek FP8 is
+ * not among them: its f32 block scales make values with up to 28 significant bits. */
+static bool tiles_apply(const pass *ps, int64_t n) {
+    const int32_t fmt = ps->p->cfg.weight_format;
+    return ps->k->gemm_tiles16 && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS &&
+           (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_BF16);
+}
+
+/* Makes the token tiles of x[0..n) (k columns) when the tile path applies and they are exact. */
+static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, int64_t n, int64_t k) {
+    tl->ready = tiles_apply(ps, n) && ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
+}
+
 /* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16). */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
-                          float *panel) {
+                          float *panel, const tiles *tl) {
     const int32_t fmt = ps->p->cfg.weight_format;
     if (n <= MXM_GEMV_MAX_TOKENS && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_FP8_BLOCK)) {
         for (int j = 0; j < nr; j += 4) {
@@ -89,7 +114,21 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         }
         return;
     }
-    pack_panel(ps, w, s, k, r0, rstep, nr, panel);
+    bool packed = false;
+    if (tl->ready) {
+        if (fmt == MXM_WFMT_MXFP8) {
+            if (ps->k->gemm_mxfp8_tiles16(w, s, k, r0, rstep, nr, tl->xt, (int)n, h, 16, tl->wp))
+                return;
+        } else {
+            pack_panel(ps, w, s, k, r0, rstep, nr, panel);
+            packed = true;
+            if (ps->k->pack_f32_tiles(panel, k, tl->wp)) {
+                ps->k->gemm_tiles16(tl->wp, tl->xt, (int)n, k, h, 16);
+                return;
+            }
+        }
+    }
+    if (!packed) pack_panel(ps, w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
         ps->k->gemm_panel16(x + i, mr, panel, k, h + i * 16, 16);
@@ -214,11 +253,13 @@ static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t
 }
 
 /* Per-thread scratch: a decoded weight panel [max(H, I, I_s)][16], two result tiles for up to
- * max_rows rows, and max_rows row pointers. An expert holds at most batch*K rows (caller-given ids
- * may repeat an expert within a token). The combine reuses the start as an [H] accumulator. */
+ * max_rows rows, and max_rows row pointers; for sets with tiles, the token tiles and a weight tile
+ * panel. An expert holds at most batch*K rows (caller-given ids may repeat an expert within a
+ * token). The combine reuses the start as an [H] accumulator. */
 typedef struct thread_scratch {
     float *panel, *h0, *h1;
     const float **x;
+    tiles tl;
 } thread_scratch;
 
 static int64_t panel_floats_of(const mxm_moe_plan *p) {
@@ -230,12 +271,25 @@ static int64_t panel_floats_of(const mxm_moe_plan *p) {
 
 static int64_t max_rows_of(const mxm_moe_plan *p) { return p->batch * p->cfg.top_k; }
 
+/* Bytes of the scratch before the tiles, and of the tiles (64-byte multiples). */
+static int64_t scratch_base_bytes(const mxm_moe_plan *p) {
+    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows_of(p)) * 4 + max_rows_of(p) * 8,
+                        64);
+}
+static int64_t scratch_tile_bytes(const mxm_moe_plan *p) {
+    return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2;
+}
+
 static thread_scratch scratch_of(const mxm_moe_plan *p, char *base) {
     thread_scratch s;
     s.panel = (float *)base;
     s.h0 = s.panel + panel_floats_of(p);
     s.h1 = s.h0 + max_rows_of(p) * 16;
     s.x = (const float **)(s.h1 + max_rows_of(p) * 16);
+    const bool has_tiles = ((const mxm_cpu_kernels *)p->cpu_kernels)->gemm_tiles16 != NULL;
+    s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(p)) : NULL;
+    s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(p) / 16) : NULL;
+    s.tl.ready = false;
     return s;
 }
 
@@ -298,17 +352,25 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     default: gate_r0 = 0, up_r0 = I; break;
     }
     const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
-    for (int64_t jp = j0; jp < j1; jp += 16) {
-        const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
-        const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
-        panel_product(ps, w13, s13, H, gr, rstep, nr, x, v.n, hg, panel);
-        if (gated) panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x, v.n, hu, panel);
-        for (int64_t i = 0; i < v.n; i++) {
-            float *dst = act + i * ld + jp;
-            for (int j = 0; j < nr; j++) {
-                const float a = gated ? mxm_act_gated(v.act, hg[i * 16 + j], hu[i * 16 + j], ap)
-                                      : mxm_act_plain(v.act, hg[i * 16 + j]);
-                dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
+    /* the rows in groups of TILE_TOKENS where the tile path can take them, else all at once */
+    const int64_t group = sc.tl.xt && v.n > TILE_TOKENS ? TILE_TOKENS : v.n;
+    for (int64_t i0 = 0; i0 < v.n; i0 += group) {
+        const int64_t n = v.n - i0 < group ? v.n - i0 : group;
+        tiles_prepare(ps, &sc.tl, x + i0, n, H);
+        for (int64_t jp = j0; jp < j1; jp += 16) {
+            const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
+            const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
+            panel_product(ps, w13, s13, H, gr, rstep, nr, x + i0, n, hg, panel, &sc.tl);
+            if (gated)
+                panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x + i0, n, hu, panel,
+                              &sc.tl);
+            for (int64_t i = 0; i < n; i++) {
+                float *dst = act + (i0 + i) * ld + jp;
+                for (int j = 0; j < nr; j++) {
+                    const float a = gated ? mxm_act_gated(v.act, hg[i * 16 + j], hu[i * 16 + j], ap)
+                                          : mxm_act_plain(v.act, hg[i * 16 + j]);
+                    dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
+                }
             }
         }
     }
@@ -331,12 +393,18 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
     float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
 
-    for (int64_t hp = h0; hp < h1; hp += 16) {
-        const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-        panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
-        for (int64_t i = 0; i < v.n; i++) {
-            float *dst = y + i * H + hp;
-            for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
+    const int64_t group = sc.tl.xt && v.n > TILE_TOKENS ? TILE_TOKENS : v.n;
+    for (int64_t i0 = 0; i0 < v.n; i0 += group) {
+        const int64_t n = v.n - i0 < group ? v.n - i0 : group;
+        tiles_prepare(ps, &sc.tl, x + i0, n, I);
+        for (int64_t hp = h0; hp < h1; hp += 16) {
+            const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
+            panel_product(ps, v.wt->w2, v.wt->w2_scale, I, hp, 1, nr, x + i0, n, hy, panel, &sc.tl);
+            for (int64_t i = 0; i < n; i++) {
+                float *dst = y + (i0 + i) * H + hp;
+                for (int j = 0; j < nr; j++)
+                    dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
+            }
         }
     }
 }
@@ -398,7 +466,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     if (p->cfg.shared_intermediate_size > I) I = p->cfg.shared_intermediate_size;
     const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows_of(p), 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
-    p->ws.thread_bytes = mxm_align_up(bytes + max_rows_of(p) * 8, 64);
+    p->ws.thread_bytes = scratch_base_bytes(p) + (k->gemm_tiles16 ? scratch_tile_bytes(p) : 0);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
     p->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
     return MXM_OK;
