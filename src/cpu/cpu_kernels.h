@@ -55,7 +55,8 @@ typedef struct mxm_cpu_kernels {
      * (rows past nr or n are zero). A value is tile-exact when its bf16 copy equals it and it
      * is zero or 2^-50 <= |v| < 2^50: then every product is exact in fp32 and every fp32 sum
      * of them is zero or >= 2^-114 in magnitude (the products are multiples of 2^-114) and
-     * below 2^120, so the tile unit's flushing of subnormals never applies (docs/kernels.md). */
+     * below 2^120 (k < 2^20), so the tile unit's flushing of subnormals never applies
+     * (docs/formats.md, the AMX tile GEMM). */
     /* gemm_tiles16 of the MXFP8 rows r0 + j*rstep (j < nr <= 16; as pack_mxfp8_panel) with the
      * token tiles xt of n rows, the rows' tile panel written to wp on the way (the tile unit
      * multiplies one 32-column block while the next decodes). False, c and wp unspecified,
