@@ -92,13 +92,16 @@ typedef struct tiles {
     bool ready;   /* xt holds exact tiles of this product's tokens */
 } tiles;
 
-/* Whether the tile path may run: a set with tiles, weights whose bf16 copies can be exact
- * (MXFP8: E4M3 times a power of two; BF16), more tokens than the GEMV takes. DeepSeek FP8 is
- * not among them: its f32 block scales make values with up to 28 significant bits. */
-static bool tiles_apply(const pass *ps, int64_t n) {
+/* Whether the tile path may run: a set with tiles and weights whose bf16 copies can be exact
+ * (MXFP8: E4M3 times a power of two; BF16); DeepSeek FP8 is not among them (its f32 block
+ * scales make values with up to 28 significant bits), nor F32. Then for a group of rows: more
+ * than the GEMV takes, at most TILE_TOKENS. */
+static bool tiles_for_format(const pass *ps) {
     const int32_t fmt = ps->p->cfg.weight_format;
-    return ps->k->gemm_tiles16 && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS &&
-           (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_BF16);
+    return ps->k->gemm_tiles16 && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_BF16);
+}
+static bool tiles_apply(const pass *ps, int64_t n) {
+    return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
 }
 
 /* Makes the token tiles of x[0..n) (k columns) when the tile path applies and they are exact
@@ -534,7 +537,8 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         /* 3. GEMM1 + activation + requantization */
         /* With a tile set and more than MXM_GEMV_MAX_TOKENS rows per local expert on average,
          * larger items: each converts its token rows to tiles once for more weight rows. */
-        const bool big = ps.k->gemm_tiles16 && ps.nt * K > MXM_GEMV_MAX_TOKENS * (int64_t)p->e_loc;
+        const bool big =
+            tiles_for_format(&ps) && ps.nt * K > MXM_GEMV_MAX_TOKENS * (int64_t)p->e_loc;
         ps.cols1 = big ? TILE_ITEM : GEMM1_COLS, ps.rows2 = big ? TILE_ITEM : GEMM2_ROWS;
         make_items(&ps, c->intermediate_size, c->shared_intermediate_size, ps.cols1);
         run_items(&ps, gemm1_item);
