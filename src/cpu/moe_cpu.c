@@ -31,9 +31,9 @@
 #define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
 #define MR 6             /* tokens per micro-kernel call */
 #define TILE_TOKENS 256  /* token rows per bf16 tile pass (a work item's larger groups: several) */
-#define TILE_ITEM                                                                                  \
-    256 /* I columns / H rows per work item in passes that use the tiles                           \
-           (10% faster than 128 / 64 on the 2-vCPU Xeon; 512: a few % more) */
+/* I columns / H rows per work item in passes that use the tiles (10% faster than 128 / 64 on the
+ * 2-vCPU Xeon of docs/BENCHMARKS.md; 512: a few % more) */
+#define TILE_ITEM 256
 
 /* Everything one pass needs, shared by the worker threads. */
 typedef struct pass {
@@ -102,6 +102,13 @@ static bool tiles_for_format(const pass *ps) {
 }
 static bool tiles_apply(const pass *ps, int64_t n) {
     return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
+}
+
+/* Rows per group of an expert's n rows: all of them, or where the tile path may take them, equal
+ * groups of at most TILE_TOKENS (none small enough for the GEMV, whose sums differ in order). */
+static int64_t group_rows(const pass *ps, int64_t n) {
+    if (!tiles_for_format(ps) || n <= TILE_TOKENS) return n;
+    return mxm_ceil_div(n, mxm_ceil_div(n, TILE_TOKENS));
 }
 
 /* Makes the token tiles of x[0..n) (k columns) when the tile path applies and they are exact
@@ -361,8 +368,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     default: gate_r0 = 0, up_r0 = I; break;
     }
     const void *w13 = v.wt->w13, *s13 = v.wt->w13_scale;
-    /* the rows in groups of TILE_TOKENS where the tile path can take them, else all at once */
-    const int64_t group = sc.tl.xt && v.n > TILE_TOKENS ? TILE_TOKENS : v.n;
+    const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
         tiles_prepare(ps, &sc.tl, x + i0, n, H);
@@ -402,7 +408,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
     float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
 
-    const int64_t group = sc.tl.xt && v.n > TILE_TOKENS ? TILE_TOKENS : v.n;
+    const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
         tiles_prepare(ps, &sc.tl, x + i0, n, I);
