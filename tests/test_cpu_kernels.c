@@ -8,11 +8,12 @@
  * around 2^8 and 2^120, infinite, NaN, subnormal, negative), k a multiple of 32 but not always of
  * 128, odd row offsets and strides.
  *
- * The bf16 tile kernels (sets with gemm_tiles16: amx) against their _ref twins: tile panels and
- * token tiles bit-identical, the exactness verdicts equal (values just outside the tile-exact
- * range, inexact and NaN values planted on purpose), the tile product within the same 1e-5 of
- * sum |x w| as the fp32 kernels, for 1-70 tokens (partial token blocks, several passes), and a
- * token's sums bit-identical whether it runs alone or with others. */
+ * The bf16 tile kernels (sets with tiles: amx; pack_x_tiles and the MXFP8 and BF16 rows'
+ * gemm_tiles16) against their _ref twins: tile panels and token tiles bit-identical, the
+ * exactness verdicts equal (values just outside the tile-exact range, inexact and NaN values
+ * planted on purpose), the tile product within the same 1e-5 of sum |x w| as the fp32 kernels,
+ * for 1-70 tokens (partial token blocks, several passes), and a token's sums bit-identical
+ * whether it runs alone or with others; the formats without a tile product in every set. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,6 +239,14 @@ static float non_tile_value(tu_rng *r) {
     }
 }
 
+/* A bf16 value that is not tile-exact: one of non_tile_value's that has a bf16 copy. */
+static uint16_t non_tile_bf16(tu_rng *r) {
+    for (;;) {
+        const float v = non_tile_value(r);
+        if (isnan(v) || mxm_bf16_decode(mxm_bf16_rne(v)) == v) return mxm_bf16_rne(v);
+    }
+}
+
 /* c (n tokens x 16) against the float64 products of the rows xs with the fp32 panel pf, within
  * the fp32 kernels' bound; counts the results bit-identical to cref. */
 static void check_product(const char *what, const float *c, const float *cref, float *const *xs,
@@ -264,7 +273,9 @@ static void check_product(const char *what, const float *c, const float *cref, f
 
 static void check_tiles(const mxm_cpu_kernels *opt) {
     tu_rng r = tu_rng_fresh();
-    int64_t panels = 0, refused = 0, xtiles = 0, products = 0, same_bits = 0;
+    const mxm_cpu_wfmt_kernels *mx = &opt->wfmt[MXM_WFMT_MXFP8], *bf = &opt->wfmt[MXM_WFMT_BF16];
+    int64_t panels = 0, refused = 0, bf_panels = 0, bf_refused = 0, xtiles = 0, products = 0,
+            same_bits = 0;
     double worst = 0;
     for (int trial = 0; trial < 60; trial++) {
         const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 120);
@@ -325,7 +336,7 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
               *cr = tu_alloc(sizeof(float) * (size_t)n * 16);
         tu_poison_f32(co, (n + 1) * 16);
         memset(wo, 0xA5, wp_bytes);
-        const bool eo = opt->gemm_mxfp8_tiles16(w.q, w.s, k, r0, rstep, nr, xr, n, co, 16, wo);
+        const bool eo = mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, xr, n, co, 16, wo);
         assert_int_equal(eo, er);
         if (er) {
             panels++;
@@ -333,38 +344,59 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             assert_true(mxm_gemm_mxfp8_tiles16_ref(w.q, w.s, k, r0, rstep, nr, xr, n, cr, 16, wo));
             for (int j = 0; j < 16; j++)
                 assert_true(isnan(co[n * 16 + j]));
-            check_product("gemm_mxfp8_tiles16", co, cr, xs, n, pf, k, &worst, &products,
+            check_product("mxfp8 gemm_tiles16", co, cr, xs, n, pf, k, &worst, &products,
                           &same_bits);
             { /* a token's sums do not depend on the tokens beside it (expert parallelism's split)
                */
                 const int t = (int)tu_randint(&r, 0, n - 1);
-                uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k);
+                uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
                 float c1[16];
                 assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
-                opt->gemm_tiles16(wr, x1, 1, k, c1, 16);
+                assert_true(mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, x1, 1, c1, 16, w1));
                 assert_memory_equal(c1, co + t * 16, sizeof c1);
-                free(x1);
+                free(x1), free(w1);
             }
-            /* the same panel through the fp32 route: pack_f32_tiles, gemm_tiles16 */
-            assert_true(opt->pack_f32_tiles(pf, k, wo) && mxm_pack_f32_tiles_ref(pf, k, wr));
-            assert_memory_equal(wo, wr, wp_bytes);
-            tu_poison_f32(co, (n + 1) * 16);
-            opt->gemm_tiles16(wr, xr, n, k, co, 16);
-            for (int j = 0; j < 16; j++)
-                assert_true(isnan(co[n * 16 + j]));
-            check_product("gemm_tiles16", co, cr, xs, n, pf, k, &worst, &products, &same_bits);
         } else {
             refused++;
         }
-        free(co), free(cr);
-        { /* a planted non-tile value in an fp32 panel */
+        { /* the same rows as BF16 weights (the MXFP8 values rounded to bf16, exact where er)
+           * through the BF16 row: the ref's verdict and tile panel (the MXFP8 one where that is
+           * exact), tokens past n untouched, the product within the bound */
+            uint16_t *wb = tu_alloc(2 * (size_t)(rows * k)), *wbr = tu_alloc(wp_bytes);
+            for (int64_t i = 0; i < rows * k; i++)
+                wb[i] = mxm_bf16_rne(mxm_e4m3_decode(w.q[i]) *
+                                     mxm_e8m0_decode(((const uint8_t *)w.s)[i / 32]));
             float *pb = tu_alloc(sizeof(float) * 16 * (size_t)k);
-            memcpy(pb, pf, sizeof(float) * 16 * (size_t)k);
-            pb[tu_randint(&r, 0, 16 * k - 1)] = non_tile_value(&r);
-            assert_false(opt->pack_f32_tiles(pb, k, wo));
-            assert_false(mxm_pack_f32_tiles_ref(pb, k, wr));
-            free(pb);
+            mxm_pack_bf16_panel_ref(wb, NULL, k, r0, rstep, nr, pb);
+            const bool ebr = mxm_pack_bf16_tiles_ref(wb, NULL, k, r0, rstep, nr, wbr);
+            if (er) {
+                assert_true(ebr);
+                assert_memory_equal(wbr, wr, wp_bytes);
+            }
+            tu_poison_f32(co, (n + 1) * 16);
+            memset(wo, 0xA5, wp_bytes);
+            const bool ebo = bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo);
+            assert_int_equal(ebo, ebr);
+            if (ebr) {
+                bf_panels++;
+                assert_memory_equal(wo, wbr, wp_bytes);
+                assert_true(
+                    mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wo));
+                for (int j = 0; j < 16; j++)
+                    assert_true(isnan(co[n * 16 + j]));
+                check_product("bf16 gemm_tiles16", co, cr, xs, n, pb, k, &worst, &products,
+                              &same_bits);
+            } else {
+                bf_refused++;
+            }
+            /* a planted non-tile value in one of the rows */
+            wb[(r0 + tu_randint(&r, 0, nr - 1) * rstep) * k + tu_randint(&r, 0, k - 1)] =
+                non_tile_bf16(&r);
+            assert_false(bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo));
+            assert_false(mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wbr));
+            free(wb), free(wbr), free(pb);
         }
+        free(co), free(cr);
         /* a planted non-tile value anywhere in the rows */
         xs[tu_randint(&r, 0, n - 1)][tu_randint(&r, 0, k - 1)] = non_tile_value(&r);
         assert_false(opt->pack_x_tiles((const float *const *)xs, n, k, xo));
@@ -374,13 +406,13 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             free(xs[t]);
         free(xs), free(xo), free(xr), free(wo), free(wr), free(pf), free(w.q), free(w.s);
     }
-    printf("tiles     %s vs ref: %lld MXFP8 tile panels bit-identical (%lld refused as not "
-           "tile-exact, as the "
-           "ref), %lld token tiles bit-identical, %lld products within 1e-5 of sum|t| (worst %.1e; "
-           "%lld "
-           "bit-identical to the ref's sequential fp32 sum) PASS\n",
-           opt->name, (long long)panels, (long long)refused, (long long)xtiles, (long long)products,
-           worst, (long long)same_bits);
+    printf("tiles     %s vs ref: %lld MXFP8 and %lld BF16 tile panels bit-identical (%lld and %lld "
+           "refused as not tile-exact, as the ref), %lld token tiles bit-identical, %lld products "
+           "within 1e-5 of sum|t| (worst %.1e; %lld bit-identical to the ref's sequential fp32 "
+           "sum) PASS\n",
+           opt->name, (long long)panels, (long long)bf_panels, (long long)refused,
+           (long long)bf_refused, (long long)xtiles, (long long)products, worst,
+           (long long)same_bits);
 }
 
 static void test_tiles(void **state) {
@@ -389,14 +421,22 @@ static void test_tiles(void **state) {
     const int n = mxm_cpu_kernel_sets(sets, 16);
     int tested = 0;
     for (int i = 0; i < n; i++) {
-        /* a set has all four tile kernels or none */
+        /* a set with tiles has the tile products of exactly the formats whose values can be
+         * bf16-exact (MXFP8, BF16: the plan's tile passes follow the row), a set without none */
         const mxm_cpu_kernels *k = sets[i];
-        const int have =
-            !!k->gemm_mxfp8_tiles16 + !!k->pack_f32_tiles + !!k->pack_x_tiles + !!k->gemm_tiles16;
-        assert_true(have == 0 || have == 4);
+        const bool have = k->pack_x_tiles != NULL;
+        for (int f = 0; f < MXM_WFMT_COUNT_; f++) {
+            const bool row = k->wfmt[f].gemm_tiles16 != NULL;
+            if (row != (have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_BF16))) {
+                print_error("set %s, format %s: gemm_tiles16 %p, pack_x_tiles %p\n", k->name,
+                            mxm_weight_format_name(f), (void *)k->wfmt[f].gemm_tiles16,
+                            (void *)k->pack_x_tiles);
+                fail();
+            }
+        }
         if (have) check_tiles(k), tested++;
     }
-    assert_null(sets[0]->gemm_tiles16); /* the reference path is the fp32 one */
+    assert_null(sets[0]->pack_x_tiles); /* the reference path is the fp32 one */
     if (!tested) printf("[note] no kernel set with bf16 tiles runs on this CPU\n");
 }
 

@@ -31,6 +31,16 @@ typedef struct mxm_cpu_wfmt_kernels {
      * gemm_panel16 at every token count. */
     void (*gemv)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
                  const float *const *x, int nt, float *out, int64_t ldo);
+    /* The same rows' products on bf16 tiles (sets with a tile GEMM, below: the layouts and the
+     * tile-exact rule): c[t * ldc + j] = x_t . row(r0 + j*rstep) for t < n, j < 16 (zero past
+     * nr), the n token rows given as their tiles xt (pack_x_tiles), the rows' weight tile panel
+     * written to wp on the way. False, c and wp unspecified, unless every value of the nr rows
+     * is tile-exact (the caller then uses pack_panel and gemm_panel16). NULL in sets without
+     * tiles and for formats whose values are not bf16-exact in general (DeepSeek FP8, F32): the
+     * plan never takes the tile path for them, nor the tile passes' larger work items and row
+     * groups (moe_cpu.c). */
+    bool (*gemm_tiles16)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                         int nr, const uint16_t *xt, int n, float *c, int64_t ldc, uint16_t *wp);
 } mxm_cpu_wfmt_kernels;
 
 typedef struct mxm_cpu_kernels {
@@ -56,8 +66,10 @@ typedef struct mxm_cpu_kernels {
 
     /* ---- bf16 tile GEMM (AMX): NULL in sets without one, which use the fp32 panels above ----- */
     /* The same products as gemm_panel16, on bf16 copies of both operands, where those copies are
-     * exact: the pack functions return false when a value is not (and the caller falls back to
-     * the fp32 panels). Layouts (k % 32 == 0; KB = k/32, kb a 32-column block, p a column pair):
+     * exact: the weight formats' rows give the weight side (wfmt[f].gemm_tiles16, which returns
+     * false when a value is not exact), pack_x_tiles the token side; the caller falls back to the
+     * fp32 panels when either refuses. Layouts (k % 32 == 0; KB = k/32, kb a 32-column block, p a
+     * column pair):
      *   weight tile panel, 16 rows:  wp[(kb * 16 + j) * 32 + c] = w[row j][kb * 32 + c]
      *   token tiles, n rows:         xt[((tb * KB + kb) * 16 + p) * 32 + 2 * t + e]
      *                                  = x[16 * tb + t][kb * 32 + 2 * p + e]   (e = 0, 1)
@@ -65,25 +77,15 @@ typedef struct mxm_cpu_kernels {
      * is zero or 2^-50 <= |v| < 2^50: then every product is exact in fp32 and every fp32 sum
      * of them is zero or >= 2^-114 in magnitude (the products are multiples of 2^-114) and
      * below 2^120 (k < 2^20), so the tile unit's flushing of subnormals never applies
-     * (docs/formats.md, the AMX tile GEMM). */
-    /* gemm_tiles16 of the MXFP8 rows r0 + j*rstep (j < nr <= 16; as pack_mxfp8_panel) with the
-     * token tiles xt of n rows, the rows' tile panel written to wp on the way (the tile unit
-     * multiplies one 32-column block while the next decodes). False, c and wp unspecified,
-     * unless every 32-block of the nr rows has its scale byte in 86..168 (then the values are
-     * zero or in [2^-50, 2^50)) and no NaN code. */
-    bool (*gemm_mxfp8_tiles16)(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                               int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                               int64_t ldc, uint16_t *wp);
-    /* The tile panel of an fp32 panel [16][k]; false, contents unspecified, unless every value
-     * is tile-exact. */
-    bool (*pack_f32_tiles)(const float *panel, int64_t k, uint16_t *wp);
+     * (docs/formats.md, the AMX tile GEMM). The products add exact products in fp32 in the tile
+     * unit's order, the same for a token whatever the tokens beside it. Per format:
+     *   MXFP8  tile-exact unless a 32-block of the nr rows has its scale byte outside 86..168
+     *          (inside, the values are zero or in [2^-50, 2^50)) or a NaN code; the decode
+     *          runs one 32-column block ahead of the tile unit
+     *   BF16   the values as they are, tile-exact when zero or in [2^-50, 2^50) */
     /* The token tiles of rows x[0..n) (n >= 1); false, contents unspecified, unless every value
      * is tile-exact. */
     bool (*pack_x_tiles)(const float *const *x, int n, int64_t k, uint16_t *xt);
-    /* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16: exact products added in
-     * fp32 (the tile unit's order). */
-    void (*gemm_tiles16)(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
-                         int64_t ldc);
 } mxm_cpu_kernels;
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
@@ -125,15 +127,21 @@ void mxm_pack_bf16_panel_ref(const void *w, const void *ws, int64_t k, int64_t r
 void mxm_pack_f32_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
                             int nr, float *panel);
 /* The bf16 tile twins: no set's table holds them (the ref set has no tile path); tests compare
- * the tile kernels of every set that has them against these. gemm_mxfp8_tiles16's is
- * mxm_pack_mxfp8_tiles_ref (its panel and verdict) then mxm_gemm_tiles16_ref. */
-bool mxm_pack_mxfp8_tiles_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                              int64_t rstep, int nr, uint16_t *wp);
-bool mxm_gemm_mxfp8_tiles16_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                                int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                int64_t ldc, uint16_t *wp);
-bool mxm_pack_f32_tiles_ref(const float *panel, int64_t k, uint16_t *wp);
+ * the tile kernels of every set that has them against these. A format's gemm_tiles16 twin is its
+ * pack_*_tiles_ref (the tile panel and verdict) then mxm_gemm_tiles16_ref. */
+bool mxm_pack_mxfp8_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                              int nr, uint16_t *wp);
+bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                                uint16_t *wp);
+bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                             int nr, uint16_t *wp);
+bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                               uint16_t *wp);
 bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt);
+/* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16, from a weight tile panel and token
+ * tiles: in i order, one exact product at a time. */
 void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
                           int64_t ldc);
 

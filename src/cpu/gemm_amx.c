@@ -4,9 +4,10 @@
  * The prefill product of an expert is one tile instruction per 16 weight rows x 32 columns x 16
  * tokens: TDPBF16PS multiplies bf16 pairs and adds in fp32. Its inputs are bf16 copies made only
  * where they are exact (an MXFP8 weight is an E4M3 value times a power of two, 4 significant
- * bits; W8A8 MXFP8 activations are too; weight-only bf16 inputs are bf16 already), so the only
- * differences from the fp32 kernels are the order of the fp32 sums and the unit's flushing of
- * subnormal inputs and results, which the tile-exact range rules out (cpu_kernels.h). Weights
+ * bits; W8A8 MXFP8 activations are too; weight-only bf16 inputs and BF16 weights are bf16
+ * already), so the only differences from the fp32 kernels are the order of the fp32 sums and the
+ * unit's flushing of subnormal inputs and results, which the tile-exact range rules out
+ * (cpu_kernels.h). Weights
  * are the A operand (16 rows x 32 columns, plain row order: the decode writes 64 bytes per row
  * and block, no transposition), tokens the B operand (VNNI pairs, transposed once per work item
  * from the fp32 rows); the 16 x 16 result tile is weight rows x tokens and is transposed on the
@@ -195,16 +196,14 @@ MXM_AINLINE __m512i to_bf16x32(__m512 lo, __m512 hi) {
     return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
 }
 
-static bool pack_f32_tiles_amx(const float *panel, int64_t k, uint16_t *wp) {
-    __mmask16 bad = 0;
-    for (int j = 0; j < 16; j++)
-        for (int64_t i = 0; i < k; i += 32) {
-            const __m512 lo = _mm512_loadu_ps(panel + j * k + i),
-                         hi = _mm512_loadu_ps(panel + j * k + i + 16);
-            bad |= inexact16(lo) | inexact16(hi);
-            _mm512_storeu_si512(wp + (i / 32 * 16 + j) * 32, to_bf16x32(lo, hi));
-        }
-    return !bad;
+/* Lanes of 32 bf16 values that are not tile-exact: nonzero and outside [2^-50, 2^50) in
+ * magnitude (Inf and NaN included). */
+MXM_AINLINE __mmask32 inexact_bf16x32(__m512i v) {
+    const __m512i a = _mm512_and_si512(v, _mm512_set1_epi16(0x7FFF));
+    const __mmask32 nz = _mm512_test_epi16_mask(a, a);
+    const __mmask32 out = _mm512_cmpge_epu16_mask(_mm512_sub_epi16(a, _mm512_set1_epi16(0x2680)),
+                                                  _mm512_set1_epi16(0x5880 - 0x2680));
+    return nz & out;
 }
 
 /* ---- tokens -------------------------------------------------------------------------------- */
@@ -324,12 +323,8 @@ static void tile_product(uint16_t *wp, const uint16_t *xt, int n, int64_t k, flo
     tiles_release();
 }
 
-static void gemm_tiles16_amx(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
-                             int64_t ldc) {
-    tile_product((uint16_t *)wp, xt, n, k, c, ldc, NULL); /* without a decoder wp is only read */
-}
-
-static bool gemm_mxfp8_tiles16_amx(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
+/* The MXFP8 row's tile product: the panel decoded one block ahead of the tile unit. */
+static bool gemm_mxfp8_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
                                    int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
                                    int64_t ldc, uint16_t *wp) {
     mx_rows dec = mx_rows_of(w, ws, k, r0, rstep, nr);
@@ -337,13 +332,40 @@ static bool gemm_mxfp8_tiles16_amx(const uint8_t *w, const uint8_t *ws, int64_t 
     return mx_rows_exact(&dec);
 }
 
-/* The amx set of cpu_isa.def (on top of the avx512 set): only the tile path is its own. */
+/* The BF16 row's: the rows are bf16 already, copied 32 columns at a time into the tile panel and
+ * checked for the range before the tile unit runs (no product when a value is not tile-exact). */
+static bool gemm_bf16_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
+                                  int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
+                                  int64_t ldc, uint16_t *wp) {
+    (void)ws;
+    const int64_t nkb = k / 32;
+    __mmask32 bad = 0;
+    for (int j = 0; j < 16; j++) {
+        if (j >= nr) {
+            for (int64_t kb = 0; kb < nkb; kb++)
+                _mm512_storeu_si512(wp + (kb * 16 + j) * 32, _mm512_setzero_si512());
+            continue;
+        }
+        const uint16_t *row = (const uint16_t *)w + (r0 + j * rstep) * k;
+        for (int64_t kb = 0; kb < nkb; kb++) {
+            const __m512i v = _mm512_loadu_si512(row + kb * 32);
+            bad |= inexact_bf16x32(v);
+            _mm512_storeu_si512(wp + (kb * 16 + j) * 32, v);
+        }
+    }
+    if (bad) return false;
+    tile_product(wp, xt, n, k, c, ldc, NULL); /* without a decoder wp is only read */
+    return true;
+}
+
+/* The amx set of cpu_isa.def (on top of the avx512 set): only the tile path is its own, the
+ * token tiles and the tile products of the MXFP8 and BF16 rows (the other formats' rows have
+ * none: their values are not bf16-exact in general). */
 void mxm_cpu_init_amx(mxm_cpu_kernels *k) {
     for (int b = 0; b < 256; b++)
         for (int i = 0; i < 32; i++)
             off_tbl[b][i] = (int16_t)((b - 7) * 128);
-    k->gemm_mxfp8_tiles16 = gemm_mxfp8_tiles16_amx;
-    k->pack_f32_tiles = pack_f32_tiles_amx;
+    k->wfmt[MXM_WFMT_MXFP8].gemm_tiles16 = gemm_mxfp8_tiles16_amx;
+    k->wfmt[MXM_WFMT_BF16].gemm_tiles16 = gemm_bf16_tiles16_amx;
     k->pack_x_tiles = pack_x_tiles_amx;
-    k->gemm_tiles16 = gemm_tiles16_amx;
 }

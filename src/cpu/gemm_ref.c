@@ -1,5 +1,6 @@
-/* Scalar reference expert-GEMM kernels: every weight format's row of the reference set. The
- * optimized twins (gemm_avx2.c, gemm_avx512.c) must agree with these up to fp32 summation order. */
+/* Scalar reference expert-GEMM kernels: every weight format's row of the reference set, and the
+ * twins of the bf16 tile kernels (which no reference row holds). The optimized twins
+ * (gemm_avx2.c, gemm_avx512.c, gemm_amx.c) must agree with these up to fp32 summation order. */
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
@@ -99,8 +100,9 @@ static bool tile_exact(float v) {
     return a == 0 || ((u & 0xFFFFu) == 0 && a >= 0x26800000u && a < 0x58800000u);
 }
 
-bool mxm_pack_mxfp8_tiles_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                              int64_t rstep, int nr, uint16_t *wp) {
+bool mxm_pack_mxfp8_tiles_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
+                              int nr, uint16_t *wp) {
+    const uint8_t *w = wv, *ws = sv;
     const int64_t kb = k / MXM_MX_BLOCK;
     bool ok = true;
     for (int j = 0; j < 16; j++) {
@@ -119,12 +121,16 @@ bool mxm_pack_mxfp8_tiles_ref(const uint8_t *w, const uint8_t *ws, int64_t k, in
     return ok;
 }
 
-bool mxm_pack_f32_tiles_ref(const float *panel, int64_t k, uint16_t *wp) {
+/* BF16 weights: their values as they are (tile-exact when zero or in [2^-50, 2^50)). */
+bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                             int nr, uint16_t *wp) {
+    (void)ws;
     bool ok = true;
     for (int j = 0; j < 16; j++)
         for (int64_t i = 0; i < k; i++) {
-            ok = ok && tile_exact(panel[j * k + i]);
-            wp[(i / 32 * 16 + j) * 32 + i % 32] = mxm_bf16_rne(panel[j * k + i]);
+            const uint16_t v = j < nr ? ((const uint16_t *)w)[(r0 + j * rstep) * k + i] : 0;
+            ok = ok && tile_exact(mxm_bf16_decode(v));
+            wp[(i / 32 * 16 + j) * 32 + i % 32] = v;
         }
     return ok;
 }
@@ -158,10 +164,18 @@ void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t
         }
 }
 
-bool mxm_gemm_mxfp8_tiles16_ref(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0,
-                                int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                int64_t ldc, uint16_t *wp) {
+bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                                uint16_t *wp) {
     if (!mxm_pack_mxfp8_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
+    mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
+    return true;
+}
+
+bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                               uint16_t *wp) {
+    if (!mxm_pack_bf16_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
     mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
     return true;
 }

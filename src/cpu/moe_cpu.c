@@ -7,8 +7,9 @@
  *   5. combine: out[t] = sum_k w[t,k] y[t,k] in k order, + shared expert
  * Work items are handed out through an atomic counter, largest experts first, so skewed routing
  * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. Kernel
- * sets with a bf16 tile GEMM (amx) run a work item's panels through it when the item's token
- * rows and the panel have exact bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
+ * sets with a bf16 tile GEMM (amx) run a work item's panels through it, for the weight formats
+ * whose row has a tile product (MXFP8, BF16), when the item's token rows and the panel have exact
+ * bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
 #define _GNU_SOURCE /* qsort_r */
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,6 @@ typedef struct cpu_layout {
 typedef struct cpu_state {
     const mxm_cpu_kernels *k;
     const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
-    bool tiles;                     /* k's bf16 tiles apply to the weight format */
     int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
     int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
@@ -102,10 +102,11 @@ typedef struct tiles {
     bool ready;   /* xt holds exact tiles of this product's tokens */
 } tiles;
 
-/* Whether the tile path may run: for the plan's weight format (cpu_state.tiles, chosen at plan
- * time), then for a group of rows: more than the GEMV takes, at most TILE_TOKENS. */
+/* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
+ * set has tiles and the format's values can be bf16-exact), then for a group of rows: more than
+ * the GEMV takes, at most TILE_TOKENS. */
 static bool tiles_for_format(const pass *ps) {
-    return ps->cs->tiles;
+    return ps->wk->gemm_tiles16 != NULL;
 }
 static bool tiles_apply(const pass *ps, int64_t n) {
     return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
@@ -137,21 +138,9 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         }
         return;
     }
-    bool packed = false;
-    if (tl->ready) {
-        if (ps->p->cfg.weight_format == MXM_WFMT_MXFP8) {
-            if (ps->k->gemm_mxfp8_tiles16(w, s, k, r0, rstep, nr, tl->xt, (int)n, h, 16, tl->wp))
-                return;
-        } else {
-            ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
-            packed = true;
-            if (ps->k->pack_f32_tiles(panel, k, tl->wp)) {
-                ps->k->gemm_tiles16(tl->wp, tl->xt, (int)n, k, h, 16);
-                return;
-            }
-        }
-    }
-    if (!packed) ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
+    if (tl->ready && ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, (int)n, h, 16, tl->wp))
+        return;
+    ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
         ps->k->gemm_panel16(x + i, mr, panel, k, h + i * 16, 16);
@@ -312,7 +301,7 @@ static thread_scratch scratch_of(const pass *ps, char *base) {
     s.h0 = s.panel + panel_floats_of(ps->p);
     s.h1 = s.h0 + max_rows * 16;
     s.x = (const float **)(s.h1 + max_rows * 16);
-    const bool has_tiles = ps->cs->tiles;
+    const bool has_tiles = tiles_for_format(ps);
     s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(ps->p, ps->cs->batch)) : NULL;
     s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(ps->p) / 16) : NULL;
     s.tl.ready = false;
@@ -502,11 +491,6 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
     cs->k = k;
     cs->wk = &k->wfmt[p->cfg.weight_format];
-    /* a set with tiles and weights whose bf16 copies can be exact (MXFP8: E4M3 times a power of
-     * two; BF16); DeepSeek FP8 is not among them (its f32 block scales make values with up to 28
-     * significant bits), nor F32 */
-    const int32_t fmt = p->cfg.weight_format;
-    cs->tiles = k->gemm_tiles16 && (fmt == MXM_WFMT_MXFP8 || fmt == MXM_WFMT_BF16);
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
@@ -515,7 +499,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows, 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
     cs->ws.thread_bytes =
-        scratch_base_bytes(p, cs->batch) + (cs->tiles ? scratch_tile_bytes(p) : 0);
+        scratch_base_bytes(p, cs->batch) + (cs->wk->gemm_tiles16 ? scratch_tile_bytes(p) : 0);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
     cs->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
     const mxm_status st = layout_workspace(p, cs);
@@ -581,8 +565,9 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         mxm_status st = permute(&ps);
         if (st) return st;
         /* 3. GEMM1 + activation + requantization */
-        /* With a tile set and more than MXM_GEMV_MAX_TOKENS rows per local expert on average,
-         * larger items: each converts its token rows to tiles once for more weight rows. */
+        /* With the format's tile product and more than MXM_GEMV_MAX_TOKENS rows per local expert
+         * on average, larger items: each converts its token rows to tiles once for more weight
+         * rows. */
         const bool big =
             tiles_for_format(&ps) && ps.nt * K > MXM_GEMV_MAX_TOKENS * (int64_t)p->e_loc;
         ps.cols1 = big ? TILE_ITEM : GEMM1_COLS, ps.rows2 = big ? TILE_ITEM : GEMM2_ROWS;
