@@ -1,12 +1,19 @@
-/* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512)
- * against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must be bit-identical (the decode
- * is exact in both; a NaN may differ in sign and payload), the GEMV dot products and the packed
- * micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32 summation order (1e-5 of sum |x w| beyond k * 2^-149 of subnormal
- * rounding; sums near the fp32 range only checked for NaN/Inf). Fresh random codes
- * (NaN codes included), scales that take the fast paths and scales that must not (MXFP8 bytes
- * around 134 and 246, tiny ones, 0xFF; FP8 scales around 2^8 and 2^120, infinite, NaN,
- * subnormal, negative), k a multiple of 32
- * but not always of 128, odd row offsets and strides. */
+/* The CPU expert-GEMM kernels of every kernel set this CPU can run (cpu_isa.def: AVX2, AVX-512,
+ * AMX) against their scalar _ref twins, for MXFP8 and DeepSeek FP8 weights: the weight panels must
+ * be bit-identical (the decode is exact in both; a NaN may differ in sign and payload), the GEMV
+ * dot products and the packed micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32
+ * summation order (1e-5 of sum |x w| beyond k * 2^-149 of subnormal rounding; sums near the fp32
+ * range only checked for NaN/Inf). Fresh random codes (NaN codes included), scales that take the
+ * fast paths and scales that must not (MXFP8 bytes around 134 and 246, tiny ones, 0xFF; FP8 scales
+ * around 2^8 and 2^120, infinite, NaN, subnormal, negative), k a multiple of 32 but not always of
+ * 128, odd row offsets and strides.
+ *
+ * The bf16 tile kernels (sets with tiles: amx; pack_x_tiles and the MXFP8 and BF16 rows'
+ * gemm_tiles16) against their _ref twins: tile panels and token tiles bit-identical, the
+ * exactness verdicts equal (values just outside the tile-exact range, inexact and NaN values
+ * planted on purpose), the tile product within the same 1e-5 of sum |x w| as the fp32 kernels,
+ * for 1-70 tokens (partial token blocks, several passes), and a token's sums bit-identical
+ * whether it runs alone or with others; the formats without a tile product in every set. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -188,6 +195,251 @@ static void check_format(int fmt, const mxm_cpu_kernels *opt) {
            (long long)nan_dots, 1e-5, (long long)gemms, worst);
 }
 
+/* ---- the bf16 tile kernels ------------------------------------------------------------------ */
+
+/* Tile-exact MXFP8 weights: no NaN codes, scale bytes in 86..168, the edges often. Codes of
+ * three kinds (the decode has a path for blocks without zero or subnormal codes, as quantized
+ * weights almost always are, and one for the others): any (0), normal exponents only (1),
+ * normal but one code in about 2000 zero or subnormal (2). */
+static weight make_tile_weight(tu_rng *r, int64_t rows, int64_t k, int codes) {
+    weight w = {MXM_WFMT_MXFP8, rows, k, tu_alloc((size_t)(rows * k)),
+                tu_alloc((size_t)(rows * k / 32))};
+    for (int64_t i = 0; i < rows * k; i++) {
+        w.q[i] = (uint8_t)tu_randint(r, 0, 255);
+        if (codes && (w.q[i] & 0x78) == 0 && !(codes == 2 && tu_uniform(r) < 1.0 / 128))
+            w.q[i] |= 0x08;
+        if ((w.q[i] & 0x7F) == 0x7F) w.q[i] ^= 1;
+    }
+    uint8_t *s = w.s;
+    for (int64_t i = 0; i < rows * k / 32; i++) {
+        const double u = tu_uniform(r);
+        s[i] = (uint8_t)(u < 0.05  ? 86
+                         : u < 0.1 ? 168
+                         : u < 0.2 ? tu_randint(r, 86, 168)
+                                   : tu_randint(r, 110, 130));
+    }
+    return w;
+}
+
+/* A value that is not tile-exact: inexact in bf16, just outside [2^-50, 2^50), or NaN/Inf. */
+static float non_tile_value(tu_rng *r) {
+    switch (tu_randint(r, 0, 5)) {
+    case 0:
+        return 1.0f + 0x1p-9f; /* one bit below bf16's mantissa */
+    case 1:
+        return -0x1p-51f; /* exact in bf16, below the range */
+    case 2:
+        return 0x1p50f; /* the first value above it */
+    case 3:
+        return INFINITY;
+    case 4:
+        return NAN;
+    default:
+        return 0x1.FEp-51f; /* exact in bf16, just below 2^-50 */
+    }
+}
+
+/* A bf16 value that is not tile-exact: one of non_tile_value's that has a bf16 copy. */
+static uint16_t non_tile_bf16(tu_rng *r) {
+    for (;;) {
+        const float v = non_tile_value(r);
+        if (isnan(v) || mxm_bf16_decode(mxm_bf16_rne(v)) == v) return mxm_bf16_rne(v);
+    }
+}
+
+/* c (n tokens x 16) against the float64 products of the rows xs with the fp32 panel pf, within
+ * the fp32 kernels' bound; counts the results bit-identical to cref. */
+static void check_product(const char *what, const float *c, const float *cref, float *const *xs,
+                          int n, const float *pf, int64_t k, double *worst, int64_t *count,
+                          int64_t *same) {
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < 16; j++) {
+            double exact = 0, mag = 0;
+            for (int64_t i = 0; i < k; i++) {
+                exact += (double)xs[t][i] * pf[j * k + i];
+                mag += fabs((double)xs[t][i] * pf[j * k + i]);
+            }
+            const double e = err_of(c[t * 16 + j], exact, mag, k);
+            if (e > *worst) *worst = e;
+            if (!(e <= 1e-5) || !(err_of(cref[t * 16 + j], exact, mag, k) <= 1e-5)) {
+                print_error("%s n %d k %lld [%d][%d]: %g (ref %g) vs %g\n", what, n, (long long)k,
+                            t, j, c[t * 16 + j], cref[t * 16 + j], exact);
+                fail();
+            }
+            *same += memcmp(&c[t * 16 + j], &cref[t * 16 + j], 4) == 0;
+            (*count)++;
+        }
+}
+
+static void check_tiles(const mxm_cpu_kernels *opt) {
+    tu_rng r = tu_rng_fresh();
+    const mxm_cpu_wfmt_kernels *mx = &opt->wfmt[MXM_WFMT_MXFP8], *bf = &opt->wfmt[MXM_WFMT_BF16];
+    int64_t panels = 0, refused = 0, bf_panels = 0, bf_refused = 0, xtiles = 0, products = 0,
+            same_bits = 0;
+    double worst = 0;
+    for (int trial = 0; trial < 60; trial++) {
+        const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 120);
+        const bool general = trial % 4 == 3; /* make_weight's odd scales and NaN codes */
+        weight w = general ? make_weight(&r, MXM_WFMT_MXFP8, rows, k)
+                           : make_tile_weight(&r, rows, k, trial % 3);
+        const int64_t rstep = tu_randint(&r, 1, 3);
+        const int nr = trial % 3 ? 16 : (int)tu_randint(&r, 1, 16);
+        const int64_t span = (nr - 1) * rstep;
+        if (span >= rows) {
+            free(w.q), free(w.s);
+            continue;
+        }
+        const int64_t r0 = tu_randint(&r, 0, rows - 1 - span);
+        if (!general &&
+            trial % 4 == 1) { /* one block just outside the scale range, or a NaN code */
+            const int64_t row = r0 + tu_randint(&r, 0, nr - 1) * rstep,
+                          c = tu_randint(&r, 0, k - 1);
+            const int64_t kind = tu_randint(&r, 0, 2);
+            if (kind == 2)
+                w.q[row * k + c] |= 0x7F;
+            else
+                ((uint8_t *)w.s)[row * (k / 32) + c / 32] = kind ? 169 : 85;
+        }
+        const size_t wp_bytes = 2 * 16 * (size_t)k;
+        uint16_t *wo = tu_alloc(wp_bytes), *wr = tu_alloc(wp_bytes);
+        float *pf = tu_alloc(sizeof(float) * 16 * (size_t)k);
+        const bool er = mxm_pack_mxfp8_tiles_ref(w.q, w.s, k, r0, rstep, nr, wr);
+        assert_true(general || trial % 4 == 1 || er);
+        mxm_pack_mxfp8_panel_ref(w.q, w.s, k, r0, rstep, nr, pf);
+        if (er) /* the bf16 copy is the fp32 panel's value */
+            for (int j = 0; j < 16; j++)
+                for (int64_t i = 0; i < k; i++)
+                    assert_true(mxm_bf16_decode(wr[(i / 32 * 16 + j) * 32 + i % 32]) ==
+                                pf[j * k + i]);
+
+        /* token tiles: W8A8-like rows (MXFP8 values), 1-70 tokens */
+        const int n = trial % 5 == 0   ? 1
+                      : trial % 5 == 1 ? 16 * (int)tu_randint(&r, 1, 4) + 1
+                                       : (int)tu_randint(&r, 2, 70);
+        const int ntb = (n + 15) / 16;
+        float **xs = tu_alloc(sizeof(float *) * (size_t)n);
+        for (int t = 0; t < n; t++) {
+            xs[t] = tu_alloc(sizeof(float) * (size_t)k);
+            tu_fill_blockscaled_f32(&r, xs[t], k, 3, 3);
+            mxm_mx_fakequant_f32_ref(xs[t], k, xs[t], 0);
+        }
+        const size_t xt_bytes = 2 * (size_t)(ntb * 16 * k);
+        uint16_t *xo = tu_alloc(xt_bytes), *xr = tu_alloc(xt_bytes);
+        memset(xo, 0xA5, xt_bytes), memset(xr, 0x5A, xt_bytes);
+        assert_true(opt->pack_x_tiles((const float *const *)xs, n, k, xo));
+        assert_true(mxm_pack_x_tiles_ref((const float *const *)xs, n, k, xr));
+        assert_memory_equal(xo, xr, xt_bytes);
+        xtiles++;
+
+        /* the MXFP8 product: same verdict, same panel, tokens past n untouched */
+        float *co = tu_alloc(sizeof(float) * (size_t)(n + 1) * 16),
+              *cr = tu_alloc(sizeof(float) * (size_t)n * 16);
+        tu_poison_f32(co, (n + 1) * 16);
+        memset(wo, 0xA5, wp_bytes);
+        const bool eo = mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, xr, n, co, 16, wo);
+        assert_int_equal(eo, er);
+        if (er) {
+            panels++;
+            assert_memory_equal(wo, wr, wp_bytes);
+            assert_true(mxm_gemm_mxfp8_tiles16_ref(w.q, w.s, k, r0, rstep, nr, xr, n, cr, 16, wo));
+            for (int j = 0; j < 16; j++)
+                assert_true(isnan(co[n * 16 + j]));
+            check_product("mxfp8 gemm_tiles16", co, cr, xs, n, pf, k, &worst, &products,
+                          &same_bits);
+            { /* a token's sums do not depend on the tokens beside it (expert parallelism's split)
+               */
+                const int t = (int)tu_randint(&r, 0, n - 1);
+                uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
+                float c1[16];
+                assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
+                assert_true(mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, x1, 1, c1, 16, w1));
+                assert_memory_equal(c1, co + t * 16, sizeof c1);
+                free(x1), free(w1);
+            }
+        } else {
+            refused++;
+        }
+        { /* the same rows as BF16 weights (the MXFP8 values rounded to bf16, exact where er)
+           * through the BF16 row: the ref's verdict and tile panel (the MXFP8 one where that is
+           * exact), tokens past n untouched, the product within the bound */
+            uint16_t *wb = tu_alloc(2 * (size_t)(rows * k)), *wbr = tu_alloc(wp_bytes);
+            for (int64_t i = 0; i < rows * k; i++)
+                wb[i] = mxm_bf16_rne(mxm_e4m3_decode(w.q[i]) *
+                                     mxm_e8m0_decode(((const uint8_t *)w.s)[i / 32]));
+            float *pb = tu_alloc(sizeof(float) * 16 * (size_t)k);
+            mxm_pack_bf16_panel_ref(wb, NULL, k, r0, rstep, nr, pb);
+            const bool ebr = mxm_pack_bf16_tiles_ref(wb, NULL, k, r0, rstep, nr, wbr);
+            if (er) {
+                assert_true(ebr);
+                assert_memory_equal(wbr, wr, wp_bytes);
+            }
+            tu_poison_f32(co, (n + 1) * 16);
+            memset(wo, 0xA5, wp_bytes);
+            const bool ebo = bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo);
+            assert_int_equal(ebo, ebr);
+            if (ebr) {
+                bf_panels++;
+                assert_memory_equal(wo, wbr, wp_bytes);
+                assert_true(
+                    mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wo));
+                for (int j = 0; j < 16; j++)
+                    assert_true(isnan(co[n * 16 + j]));
+                check_product("bf16 gemm_tiles16", co, cr, xs, n, pb, k, &worst, &products,
+                              &same_bits);
+            } else {
+                bf_refused++;
+            }
+            /* a planted non-tile value in one of the rows */
+            wb[(r0 + tu_randint(&r, 0, nr - 1) * rstep) * k + tu_randint(&r, 0, k - 1)] =
+                non_tile_bf16(&r);
+            assert_false(bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo));
+            assert_false(mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wbr));
+            free(wb), free(wbr), free(pb);
+        }
+        free(co), free(cr);
+        /* a planted non-tile value anywhere in the rows */
+        xs[tu_randint(&r, 0, n - 1)][tu_randint(&r, 0, k - 1)] = non_tile_value(&r);
+        assert_false(opt->pack_x_tiles((const float *const *)xs, n, k, xo));
+        assert_false(mxm_pack_x_tiles_ref((const float *const *)xs, n, k, xr));
+
+        for (int t = 0; t < n; t++)
+            free(xs[t]);
+        free(xs), free(xo), free(xr), free(wo), free(wr), free(pf), free(w.q), free(w.s);
+    }
+    printf("tiles     %s vs ref: %lld MXFP8 and %lld BF16 tile panels bit-identical (%lld and %lld "
+           "refused as not tile-exact, as the ref), %lld token tiles bit-identical, %lld products "
+           "within 1e-5 of sum|t| (worst %.1e; %lld bit-identical to the ref's sequential fp32 "
+           "sum) PASS\n",
+           opt->name, (long long)panels, (long long)bf_panels, (long long)refused,
+           (long long)bf_refused, (long long)xtiles, (long long)products, worst,
+           (long long)same_bits);
+}
+
+static void test_tiles(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    int tested = 0;
+    for (int i = 0; i < n; i++) {
+        /* a set with tiles has the tile products of exactly the formats whose values can be
+         * bf16-exact (MXFP8, BF16: the plan's tile passes follow the row), a set without none */
+        const mxm_cpu_kernels *k = sets[i];
+        const bool have = k->pack_x_tiles != NULL;
+        for (int f = 0; f < MXM_WFMT_COUNT_; f++) {
+            const bool row = k->wfmt[f].gemm_tiles16 != NULL;
+            if (row != (have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_BF16))) {
+                print_error("set %s, format %s: gemm_tiles16 %p, pack_x_tiles %p\n", k->name,
+                            mxm_weight_format_name(f), (void *)k->wfmt[f].gemm_tiles16,
+                            (void *)k->pack_x_tiles);
+                fail();
+            }
+        }
+        if (have) check_tiles(k), tested++;
+    }
+    assert_null(sets[0]->pack_x_tiles); /* the reference path is the fp32 one */
+    if (!tested) printf("[note] no kernel set with bf16 tiles runs on this CPU\n");
+}
+
 /* Every set this CPU can run but the reference (which the loop compares against). */
 static void check_all_sets(int fmt) {
     const mxm_cpu_kernels *sets[16];
@@ -290,8 +542,8 @@ static void test_selection(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_isa_rows), cmocka_unit_test(test_selection),
+        cmocka_unit_test(test_isa_rows),  cmocka_unit_test(test_selection),
         cmocka_unit_test(test_wfmt_rows), cmocka_unit_test(test_mxfp8),
-        cmocka_unit_test(test_fp8_block)};
+        cmocka_unit_test(test_fp8_block), cmocka_unit_test(test_tiles)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

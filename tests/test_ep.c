@@ -304,6 +304,9 @@ static void test_layer_split(void **state) {
     const int64_t tok8[] = {5, 0, 13, 1, 0, 7, 30, 2};
     const int32_t sl8[] = {0, 0, 1, 1, 6, 6, 7, 9, 16}; /* ranks 0, 2, 4 hold no experts */
     const int64_t tok8b[] = {3, 3, 3, 3, 3, 3, 3, 3};
+    /* 258 rows of the shared expert on one device, 200 + 58 on two ranks: a kernel set with bf16
+     * tiles takes more than 256 rows in equal groups (129 + 129), none left to the GEMV */
+    const int64_t tok2b[] = {200, 58};
     const ep_case cases[] = {
         {"n1", 96, 64, 0, 8, 2, MXM_ROUTE_RENORMALIZE, 0, 0, MXM_PROFILE_TRTLLM, 1, NULL, tok1, 0},
         {"n2", 160, 96, 0, 12, 4, MXM_ROUTE_RENORMALIZE, 0, 0, MXM_PROFILE_TRTLLM, 2, NULL, tok2,
@@ -324,6 +327,8 @@ static void test_layer_split(void **state) {
          NULL, tok8b, 1},
         {"shared-exact", 96, 64, 64, 16, 4, MXM_ROUTE_DEEPSEEK_V3, 4, 2, MXM_PROFILE_EXACT, 2, NULL,
          tok2, 0},
+        {"shared-groups", 96, 64, 64, 16, 4, MXM_ROUTE_DEEPSEEK_V3, 4, 2, MXM_PROFILE_EXACT, 2,
+         NULL, tok2b, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&r, &cases[i]);

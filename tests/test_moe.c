@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/cpu_kernels.h"
+#include "formats/formats.h"
 #include "moe/activation.h"
 #include "moe_ref.h"
 #include "mxmoe.h"
@@ -100,7 +102,12 @@ static ref_check run_lib(const mxm_moe_config *cfg, const ref_layer *L, int64_t 
     return k;
 }
 
-/* One full case: fresh weights and inputs, reference, library with `kernels`, check. */
+/* When set, run_case rounds its random inputs to bf16 values (as a bf16 model's hidden states). */
+static int g_x_bf16;
+
+/* One full case: fresh weights and inputs, reference, then the library with every kernel set this
+ * CPU runs (the reference kernels, and each set picked by name through MXM_KERNELS), each checked.
+ */
 static void run_case(const char *op, mxm_moe_config cfg, int64_t T, route_kind rk, int integer_data) {
     tu_rng r = tu_rng_fresh();
     ref_layer L;
@@ -120,21 +127,36 @@ static void run_case(const char *op, mxm_moe_config cfg, int64_t T, route_kind r
         for (int64_t i = 0; i < T * H; i++) x[i] = (float)tu_randint(&r, -8, 8);
     else
         tu_fill_blockscaled_f32(&r, x, T * H, 3, 3);
+    if (g_x_bf16)
+        for (int64_t i = 0; i < T * H; i++)
+            x[i] = mxm_round_bf16(x[i]);
     random_routing(&r, T, (int)K, cfg.num_experts, rk, ids, w);
     ref_output ref = ref_output_alloc(T * H);
     ref_forward(&L, T, x, ids, w, &ref);
-    for (int kern = 0; kern < 2; kern++) {
+    const mxm_cpu_kernels *sets[16];
+    const int nsets = mxm_cpu_kernel_sets(sets, 16);
+    const char *old_env = getenv("MXM_KERNELS");
+    char *saved = old_env ? strdup(old_env) : NULL;
+    for (int si = 0; si < nsets; si++) {
+        const int kern = si == 0; /* sets[0] is the reference */
         cfg.kernels = kern ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
+        if (!kern) setenv("MXM_KERNELS", sets[si]->name, 1);
         const ref_check k = run_lib(&cfg, &L, T, x, ids, w, &ref);
         const int pass = k.outside == 0 && k.nan_count == 0 && k.width <= MAX_WIDTH && k.err <= l2_limit(&cfg, integer_data);
-        printf("%-10s %-9s %-12s %-4s %-5s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld %s err=%.2e width=%.1e "
+        printf("%-10s %-9s %-12s %-4s %-5s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld %-6s err=%.2e "
+               "width=%.1e "
                "outside=%lld %s\n",
                op, mxm_weight_format_name(cfg.weight_format), mxm_activation_name(cfg.activation),
                cfg.act_quant ? "w8" : "w8a8", cfg.profile ? "exact" : "trt", cfg.hidden_size,
-               cfg.intermediate_size, cfg.num_experts, cfg.top_k, (long long)T, kern ? "ref " : "auto", k.err,
-               k.width, (long long)k.outside, pass ? "PASS" : "FAIL");
+               cfg.intermediate_size, cfg.num_experts, cfg.top_k, (long long)T, sets[si]->name,
+               k.err, k.width, (long long)k.outside, pass ? "PASS" : "FAIL");
         assert_true(pass);
     }
+    if (saved)
+        setenv("MXM_KERNELS", saved, 1);
+    else
+        unsetenv("MXM_KERNELS");
+    free(saved);
     free(x), free(w), free(ids);
     ref_output_free(&ref);
     ref_layer_free(&L);
@@ -236,6 +258,39 @@ static void test_shapes(void **state) {
     }
 }
 
+/* Groups large enough for the bf16 tile path of sets that have one (more than 4 rows per expert;
+ * W8A8 inputs, and the bf16-rounded intermediate of weight-only trtllm runs, are tile-exact):
+ * partial token blocks, more than four blocks, more than 256 rows (several tile passes), skewed
+ * routing, sizes that are multiples of 32 but not of 128, MXFP8 and BF16 weights; weight-only runs
+ * with fp32 inputs take the fp32 kernels for GEMM1 (not tile-exact), with bf16 inputs the tiles. */
+static void test_tile_groups(void **state) {
+    (void)state;
+    struct {
+        int H, I, E, K;
+        int64_t T;
+        route_kind rk;
+    } s[] = {
+        {96, 160, 4, 2, 37, ROUTE_UNIFORM},
+        {224, 96, 3, 1, 70, ROUTE_SKEWED},
+        {32, 32, 2, 2, 300, ROUTE_UNIFORM},
+        {160, 288, 8, 3, 90, ROUTE_SKEWED},
+    };
+    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_BF16};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        for (int f = 0; f < 2; f++) {
+            mxm_moe_config c = base_cfg(s[i].H, s[i].I, s[i].E, s[i].K,
+                                        i % 2 ? MXM_ACT_RELU2_NO_MUL : MXM_ACT_SILU);
+            c.weight_format = fmts[f];
+            c.act_quant = MXM_ACT_QUANT_MXFP8;
+            run_case("tiles", c, s[i].T, s[i].rk, 0);
+            c.act_quant = MXM_ACT_QUANT_NONE;
+            run_case("tiles", c, s[i].T, s[i].rk, 0);
+            g_x_bf16 = 1; /* weight-only with bf16 inputs: GEMM1 on tiles too */
+            run_case("tiles-bf16", c, s[i].T, s[i].rk, 0);
+            g_x_bf16 = 0;
+        }
+}
+
 static void test_shared_expert(void **state) {
     (void)state;
     mxm_moe_config c = base_cfg(96, 64, 8, 2, MXM_ACT_RELU2_NO_MUL);
@@ -315,6 +370,7 @@ int main(void) {
         cmocka_unit_test(test_activation_table),
         cmocka_unit_test(test_w13_layouts),
         cmocka_unit_test(test_shapes),
+        cmocka_unit_test(test_tile_groups),
         cmocka_unit_test(test_shared_expert),
         cmocka_unit_test(test_expert_parallel_slices),
         cmocka_unit_test(test_bounds_catch_mutants),

@@ -3,6 +3,10 @@
  * system must enable) before it installs a set, so no set runs an instruction this CPU lacks. */
 #include <cpuid.h>
 #include <stddef.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,17 +21,20 @@ void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
     k->mx_dequantize_f32 = mxm_mx_dequantize_f32_ref;
     k->mx_fakequant_f32 = mxm_mx_fakequant_f32_ref;
     k->gemm_panel16 = mxm_gemm_panel16_ref;
-    k->wfmt[MXM_WFMT_MXFP8] = (mxm_cpu_wfmt_kernels){mxm_pack_mxfp8_panel_ref, mxm_gemv_mxfp8_ref};
+    /* {pack_panel, gemv, gemm_tiles16}: no tiles in the reference set */
+    k->wfmt[MXM_WFMT_MXFP8] =
+        (mxm_cpu_wfmt_kernels){mxm_pack_mxfp8_panel_ref, mxm_gemv_mxfp8_ref, NULL};
     k->wfmt[MXM_WFMT_FP8_BLOCK] =
-        (mxm_cpu_wfmt_kernels){mxm_pack_fp8block_panel_ref, mxm_gemv_fp8block_ref};
-    k->wfmt[MXM_WFMT_BF16] = (mxm_cpu_wfmt_kernels){mxm_pack_bf16_panel_ref, NULL};
-    k->wfmt[MXM_WFMT_F32] = (mxm_cpu_wfmt_kernels){mxm_pack_f32_panel_ref, NULL};
+        (mxm_cpu_wfmt_kernels){mxm_pack_fp8block_panel_ref, mxm_gemv_fp8block_ref, NULL};
+    k->wfmt[MXM_WFMT_BF16] = (mxm_cpu_wfmt_kernels){mxm_pack_bf16_panel_ref, NULL, NULL};
+    k->wfmt[MXM_WFMT_F32] = (mxm_cpu_wfmt_kernels){mxm_pack_f32_panel_ref, NULL, NULL};
 }
 
 /* ---- CPU features: cpuid bit and required XCR0 state ------------------------------------- */
 
 #define XCR0_AVX 0x06u    /* SSE and AVX (ymm) state */
 #define XCR0_AVX512 0xE6u /* + opmask, zmm0-15 upper halves, zmm16-31 */
+#define XCR0_AMX 0x60000u /* XTILECFG (bit 17) and XTILEDATA (bit 18) */
 
 typedef struct feature {
     unsigned leaf, subleaf, reg, bit; /* reg: 0 eax, 1 ebx, 2 ecx, 3 edx */
@@ -44,6 +51,8 @@ enum {
     FEAT_AVX512DQ,
     FEAT_AVX512VBMI,
     FEAT_AVX512BF16,
+    FEAT_AMX_TILE,
+    FEAT_AMX_BF16,
     FEAT_COUNT
 };
 
@@ -52,7 +61,8 @@ static const feature features[FEAT_COUNT] = {
     [FEAT_F16C] = {1, 0, 2, 29, XCR0_AVX},         [FEAT_AVX512F] = {7, 0, 1, 16, XCR0_AVX512},
     [FEAT_AVX512BW] = {7, 0, 1, 30, XCR0_AVX512},  [FEAT_AVX512VL] = {7, 0, 1, 31, XCR0_AVX512},
     [FEAT_AVX512DQ] = {7, 0, 1, 17, XCR0_AVX512},  [FEAT_AVX512VBMI] = {7, 0, 2, 1, XCR0_AVX512},
-    [FEAT_AVX512BF16] = {7, 1, 0, 5, XCR0_AVX512},
+    [FEAT_AVX512BF16] = {7, 1, 0, 5, XCR0_AVX512}, [FEAT_AMX_TILE] = {7, 0, 3, 24, XCR0_AMX},
+    [FEAT_AMX_BF16] = {7, 0, 3, 22, XCR0_AMX},
 };
 
 static unsigned xcr0_state(void) {
@@ -64,11 +74,24 @@ static unsigned xcr0_state(void) {
     return lo;
 }
 
+/* Linux hands out the 8 KiB tile-data state only to processes that ask for it, once per process
+ * (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; threads created before or after share it); a
+ * refusal (an older kernel, a seccomp filter) leaves the sets without tiles. Called under
+ * init_sets' lock. */
+static bool amx_permitted(void) {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+#else
+    return false;
+#endif
+}
+
 static bool cpu_has(int f) {
     const feature *ft = &features[f];
     unsigned r[4];
     if (!__get_cpuid_count(ft->leaf, ft->subleaf, &r[0], &r[1], &r[2], &r[3])) return false;
-    return (r[ft->reg] >> ft->bit & 1u) && (xcr0_state() & ft->xcr0) == ft->xcr0;
+    if (!(r[ft->reg] >> ft->bit & 1u) || (xcr0_state() & ft->xcr0) != ft->xcr0) return false;
+    return f != FEAT_AMX_TILE || amx_permitted();
 }
 
 /* ---- the sets ------------------------------------------------------------------------------------- */

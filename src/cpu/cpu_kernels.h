@@ -1,8 +1,8 @@
 /* CPU kernel table. Filled with the scalar *_ref kernels first, then overridden by the kernel sets
- * of src/cpu/cpu_isa.def (AVX2+FMA+F16C, AVX-512) that this CPU can run. Dispatch happens once,
- * at plan time (or on first use for the standalone format functions). The environment variable
- * MXM_KERNELS=ref forces *_ref; MXM_KERNELS=<set> picks that set when this CPU can run it (the
- * best one otherwise), so that one binary can time each set. */
+ * of src/cpu/cpu_isa.def (AVX2+FMA+F16C, AVX-512, AMX) that this CPU can run. Dispatch happens
+ * once, at plan time (or on first use for the standalone format functions). The environment
+ * variable MXM_KERNELS=ref forces *_ref; MXM_KERNELS=<set> picks that set when this CPU can run it
+ * (the best one otherwise), so that one binary can time each set. */
 #ifndef MXM_CPU_KERNELS_H
 #define MXM_CPU_KERNELS_H
 
@@ -31,10 +31,20 @@ typedef struct mxm_cpu_wfmt_kernels {
      * gemm_panel16 at every token count. */
     void (*gemv)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
                  const float *const *x, int nt, float *out, int64_t ldo);
+    /* The same rows' products on bf16 tiles (sets with a tile GEMM, below: the layouts and the
+     * tile-exact rule): c[t * ldc + j] = x_t . row(r0 + j*rstep) for t < n, j < 16 (zero past
+     * nr), the n token rows given as their tiles xt (pack_x_tiles), the rows' weight tile panel
+     * written to wp on the way. False, c and wp unspecified, unless every value of the nr rows
+     * is tile-exact (the caller then uses pack_panel and gemm_panel16). NULL in sets without
+     * tiles and for formats whose values are not bf16-exact in general (DeepSeek FP8, F32): the
+     * plan never takes the tile path for them, nor the tile passes' larger work items and row
+     * groups (moe_cpu.c). */
+    bool (*gemm_tiles16)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                         int nr, const uint16_t *xt, int n, float *c, int64_t ldc, uint16_t *wp);
 } mxm_cpu_wfmt_kernels;
 
 typedef struct mxm_cpu_kernels {
-    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512" */
+    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512", "amx" */
 
     /* ---- formats (one row; n % 32 == 0 for MXFP8) ------------------------------------------ */
     /* MXFP8 quantize n values: q [n] E4M3, s [n/32] E8M0 (SPEC 2.2, incl. specials). */
@@ -53,6 +63,29 @@ typedef struct mxm_cpu_kernels {
                          int64_t ldc);
     /* Each weight format's kernels, indexed by mxm_weight_format. */
     mxm_cpu_wfmt_kernels wfmt[MXM_WFMT_COUNT_];
+
+    /* ---- bf16 tile GEMM (AMX): NULL in sets without one, which use the fp32 panels above ----- */
+    /* The same products as gemm_panel16, on bf16 copies of both operands, where those copies are
+     * exact: the weight formats' rows give the weight side (wfmt[f].gemm_tiles16, which returns
+     * false when a value is not exact), pack_x_tiles the token side; the caller falls back to the
+     * fp32 panels when either refuses. Layouts (k % 32 == 0; KB = k/32, kb a 32-column block, p a
+     * column pair):
+     *   weight tile panel, 16 rows:  wp[(kb * 16 + j) * 32 + c] = w[row j][kb * 32 + c]
+     *   token tiles, n rows:         xt[((tb * KB + kb) * 16 + p) * 32 + 2 * t + e]
+     *                                  = x[16 * tb + t][kb * 32 + 2 * p + e]   (e = 0, 1)
+     * (rows past nr or n are zero). A value is tile-exact when its bf16 copy equals it and it
+     * is zero or 2^-50 <= |v| < 2^50: then every product is exact in fp32 and every fp32 sum
+     * of them is zero or >= 2^-114 in magnitude (the products are multiples of 2^-114) and
+     * below 2^120 (k < 2^20), so the tile unit's flushing of subnormals never applies
+     * (docs/formats.md, the AMX tile GEMM). The products add exact products in fp32 in the tile
+     * unit's order, the same for a token whatever the tokens beside it. Per format:
+     *   MXFP8  tile-exact unless a 32-block of the nr rows has its scale byte outside 86..168
+     *          (inside, the values are zero or in [2^-50, 2^50)) or a NaN code; the decode
+     *          runs one 32-column block ahead of the tile unit
+     *   BF16   the values as they are, tile-exact when zero or in [2^-50, 2^50) */
+    /* The token tiles of rows x[0..n) (n >= 1); false, contents unspecified, unless every value
+     * is tile-exact. */
+    bool (*pack_x_tiles)(const float *const *x, int n, int64_t k, uint16_t *xt);
 } mxm_cpu_kernels;
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
@@ -93,5 +126,23 @@ void mxm_pack_bf16_panel_ref(const void *w, const void *ws, int64_t k, int64_t r
                              int nr, float *panel);
 void mxm_pack_f32_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
                             int nr, float *panel);
+/* The bf16 tile twins: no set's table holds them (the ref set has no tile path); tests compare
+ * the tile kernels of every set that has them against these. A format's gemm_tiles16 twin is its
+ * pack_*_tiles_ref (the tile panel and verdict) then mxm_gemm_tiles16_ref. */
+bool mxm_pack_mxfp8_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                              int nr, uint16_t *wp);
+bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                                uint16_t *wp);
+bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                             int nr, uint16_t *wp);
+bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                               uint16_t *wp);
+bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt);
+/* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16, from a weight tile panel and token
+ * tiles: in i order, one exact product at a time. */
+void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
+                          int64_t ldc);
 
 #endif

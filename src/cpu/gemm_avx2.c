@@ -209,9 +209,10 @@ MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 
 void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
     k->gemm_panel16 = gemm_panel16_avx2;
-    k->wfmt[MXM_WFMT_MXFP8] = (mxm_cpu_wfmt_kernels){pack_mxfp8_panel_avx2, gemv_mxfp8_avx2};
-    k->wfmt[MXM_WFMT_FP8_BLOCK] =
-        (mxm_cpu_wfmt_kernels){pack_fp8block_panel_avx2, gemv_fp8block_avx2};
+    k->wfmt[MXM_WFMT_MXFP8].pack_panel = pack_mxfp8_panel_avx2;
+    k->wfmt[MXM_WFMT_MXFP8].gemv = gemv_mxfp8_avx2;
+    k->wfmt[MXM_WFMT_FP8_BLOCK].pack_panel = pack_fp8block_panel_avx2;
+    k->wfmt[MXM_WFMT_FP8_BLOCK].gemv = gemv_fp8block_avx2;
 }
 
 /* The avx2 set of cpu_isa.def. */

@@ -1,5 +1,6 @@
-/* Scalar reference expert-GEMM kernels: every weight format's row of the reference set. The
- * optimized twins (gemm_avx2.c, gemm_avx512.c) must agree with these up to fp32 summation order. */
+/* Scalar reference expert-GEMM kernels: every weight format's row of the reference set, and the
+ * twins of the bf16 tile kernels (which no reference row holds). The optimized twins
+ * (gemm_avx2.c, gemm_avx512.c, gemm_amx.c) must agree with these up to fp32 summation order. */
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
@@ -88,4 +89,93 @@ void mxm_pack_f32_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0
     for (int j = 0; j < 16; j++)
         for (int64_t i = 0; i < k; i++)
             panel[j * k + i] = j < nr ? ((const float *)w)[(r0 + j * rstep) * k + i] : 0.0f;
+}
+
+/* ---- bf16 tile twins (layouts and the tile-exact rule: cpu_kernels.h) -------------------------
+ */
+
+/* Tile-exact: the fp32 value has a bf16 copy and is zero or in [2^-50, 2^50) in magnitude. */
+static bool tile_exact(float v) {
+    const uint32_t u = mxm_f32_bits(v), a = u & 0x7FFFFFFFu;
+    return a == 0 || ((u & 0xFFFFu) == 0 && a >= 0x26800000u && a < 0x58800000u);
+}
+
+bool mxm_pack_mxfp8_tiles_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
+                              int nr, uint16_t *wp) {
+    const uint8_t *w = wv, *ws = sv;
+    const int64_t kb = k / MXM_MX_BLOCK;
+    bool ok = true;
+    for (int j = 0; j < 16; j++) {
+        for (int64_t i = 0; i < k; i++) {
+            uint16_t v = 0;
+            if (j < nr) {
+                const int64_t r = r0 + j * rstep;
+                const uint8_t s = ws[r * kb + i / MXM_MX_BLOCK], q = w[r * k + i];
+                /* scale 2^-41..2^41: |e4m3| in [2^-9, 448] lands in [2^-50, 2^50) */
+                ok = ok && s >= 86 && s <= 168 && (q & 0x7F) != 0x7F;
+                v = mxm_bf16_rne(mxm_e4m3_decode(q) * mxm_e8m0_decode(s));
+            }
+            wp[(i / 32 * 16 + j) * 32 + i % 32] = v;
+        }
+    }
+    return ok;
+}
+
+/* BF16 weights: their values as they are (tile-exact when zero or in [2^-50, 2^50)). */
+bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                             int nr, uint16_t *wp) {
+    (void)ws;
+    bool ok = true;
+    for (int j = 0; j < 16; j++)
+        for (int64_t i = 0; i < k; i++) {
+            const uint16_t v = j < nr ? ((const uint16_t *)w)[(r0 + j * rstep) * k + i] : 0;
+            ok = ok && tile_exact(mxm_bf16_decode(v));
+            wp[(i / 32 * 16 + j) * 32 + i % 32] = v;
+        }
+    return ok;
+}
+
+bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt) {
+    const int64_t nkb = k / 32;
+    bool ok = true;
+    for (int t = 0; t < (n + 15) / 16 * 16; t++)
+        for (int64_t i = 0; i < k; i++) {
+            const float v = t < n ? x[t][i] : 0.0f;
+            ok = ok && tile_exact(v);
+            xt[(((t / 16) * nkb + i / 32) * 16 + i % 32 / 2) * 32 + 2 * (t % 16) + i % 2] =
+                mxm_bf16_rne(v);
+        }
+    return ok;
+}
+
+/* In i order, one exact product at a time (the order of the tile instruction's definition). */
+void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
+                          int64_t ldc) {
+    const int64_t nkb = k / 32;
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < 16; j++) {
+            float acc = 0.0f;
+            for (int64_t i = 0; i < k; i++) {
+                const float xv = mxm_bf16_decode(
+                    xt[(((t / 16) * nkb + i / 32) * 16 + i % 32 / 2) * 32 + 2 * (t % 16) + i % 2]);
+                acc += xv * mxm_bf16_decode(wp[(i / 32 * 16 + j) * 32 + i % 32]);
+            }
+            c[t * ldc + j] = acc;
+        }
+}
+
+bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                                uint16_t *wp) {
+    if (!mxm_pack_mxfp8_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
+    mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
+    return true;
+}
+
+bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
+                               uint16_t *wp) {
+    if (!mxm_pack_bf16_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
+    mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
+    return true;
 }

@@ -3,9 +3,13 @@
  *   2. permute: rows grouped by local expert, in token order (deterministic)
  *   3. GEMM1 + activation + requantization, work items (expert, 128 columns of I)
  *   4. GEMM2, work items (expert, 64 rows of H)
+ *   (256 and 256 in passes that use a set's bf16 tiles)
  *   5. combine: out[t] = sum_k w[t,k] y[t,k] in k order, + shared expert
  * Work items are handed out through an atomic counter, largest experts first, so skewed routing
- * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. */
+ * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. Kernel
+ * sets with a bf16 tile GEMM (amx) run a work item's panels through it, for the weight formats
+ * whose row has a tile product (MXFP8, BF16), when the item's token rows and the panel have exact
+ * bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
 #define _GNU_SOURCE /* qsort_r */
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +31,10 @@
 #define GEMM1_COLS 128   /* I columns per GEMM1 work item (a multiple of every act block) */
 #define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
 #define MR 6             /* tokens per micro-kernel call */
+#define TILE_TOKENS 256  /* token rows per bf16 tile pass (a work item's larger groups: several) */
+/* I columns / H rows per work item in passes that use the tiles (10% faster than 128 / 64 on the
+ * 2-vCPU Xeon of docs/BENCHMARKS.md; 512: a few % more) */
+#define TILE_ITEM 256
 
 /* The CPU workspace: regions as byte offsets from its 64-byte aligned start. B is the batch (tokens
  * per pass), E_loc the local experts. */
@@ -78,6 +86,7 @@ typedef struct pass {
     int64_t *items;
     int32_t *order;     /* [E_loc + 1] scratch for make_items */
     int64_t nitems;
+    int64_t cols1, rows2; /* I columns per GEMM1 item, H rows per GEMM2 item */
     float *act, *act_sh, *y, *y_sh;
     char *thread_ws;
     int64_t thread_bytes;
@@ -85,11 +94,43 @@ typedef struct pass {
 
 /* ---- the expert GEMMs ------------------------------------------------------------------------ */
 
+/* A thread's bf16 tiles of one work item: the token rows' tiles (when tiles_ready) and a weight
+ * tile panel. */
+typedef struct tiles {
+    uint16_t *xt; /* [TILE_TOKENS, k] token tiles */
+    uint16_t *wp; /* [16, k] weight tile panel */
+    bool ready;   /* xt holds exact tiles of this product's tokens */
+} tiles;
+
+/* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
+ * set has tiles and the format's values can be bf16-exact), then for a group of rows: more than
+ * the GEMV takes, at most TILE_TOKENS. */
+static bool tiles_for_format(const pass *ps) {
+    return ps->wk->gemm_tiles16 != NULL;
+}
+static bool tiles_apply(const pass *ps, int64_t n) {
+    return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
+}
+
+/* Rows per group of an expert's n rows: all of them, or where the tile path may take them, equal
+ * groups of at most TILE_TOKENS (none small enough for the GEMV, whose sums differ in order). */
+static int64_t group_rows(const pass *ps, int64_t n) {
+    if (!tiles_for_format(ps) || n <= TILE_TOKENS) return n;
+    return mxm_ceil_div(n, mxm_ceil_div(n, TILE_TOKENS));
+}
+
+/* Makes the token tiles of x[0..n) (k columns) when the tile path applies and they are exact
+ * (k < 2^20 keeps the exactness argument's sums below 2^120). */
+static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, int64_t n, int64_t k) {
+    tl->ready = tiles_apply(ps, n) && k < (1 << 20) && ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
+}
+
 /* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
- * the weight format's kernels: its GEMV for few tokens, else its panel and the panel GEMM. */
+ * the weight format's kernels: its GEMV for few tokens, else the bf16 tiles where they apply and
+ * are exact, else its panel and the panel GEMM. */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
-                          float *panel) {
+                          float *panel, const tiles *tl) {
     if (n <= MXM_GEMV_MAX_TOKENS && ps->wk->gemv) {
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
@@ -97,6 +138,8 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         }
         return;
     }
+    if (tl->ready && ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, (int)n, h, 16, tl->wp))
+        return;
     ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
@@ -222,11 +265,13 @@ static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t
 }
 
 /* Per-thread scratch: a decoded weight panel [max(H, I, I_s)][16], two result tiles for up to
- * max_rows rows, and max_rows row pointers. An expert holds at most batch*K rows (caller-given ids
- * may repeat an expert within a token). The combine reuses the start as an [H] accumulator. */
+ * max_rows rows, and max_rows row pointers; where the set's tiles apply to the weight format, the
+ * token tiles and a weight tile panel. An expert holds at most batch*K rows (caller-given ids may
+ * repeat an expert within a token). The combine reuses the start as an [H] accumulator. */
 typedef struct thread_scratch {
     float *panel, *h0, *h1;
     const float **x;
+    tiles tl;
 } thread_scratch;
 
 static int64_t panel_floats_of(const mxm_moe_plan *p) {
@@ -240,6 +285,15 @@ static int64_t max_rows_of(const mxm_moe_plan *p, int64_t batch) {
     return batch * p->cfg.top_k;
 }
 
+/* Bytes of the scratch before the tiles, and of the tiles (64-byte multiples). */
+static int64_t scratch_base_bytes(const mxm_moe_plan *p, int64_t batch) {
+    const int64_t max_rows = max_rows_of(p, batch);
+    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + max_rows * 8, 64);
+}
+static int64_t scratch_tile_bytes(const mxm_moe_plan *p) {
+    return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2;
+}
+
 static thread_scratch scratch_of(const pass *ps, char *base) {
     const int64_t max_rows = max_rows_of(ps->p, ps->cs->batch);
     thread_scratch s;
@@ -247,6 +301,10 @@ static thread_scratch scratch_of(const pass *ps, char *base) {
     s.h0 = s.panel + panel_floats_of(ps->p);
     s.h1 = s.h0 + max_rows * 16;
     s.x = (const float **)(s.h1 + max_rows * 16);
+    const bool has_tiles = tiles_for_format(ps);
+    s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(ps->p, ps->cs->batch)) : NULL;
+    s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(ps->p) / 16) : NULL;
+    s.tl.ready = false;
     return s;
 }
 
@@ -274,8 +332,8 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
     const int64_t H = p->cfg.hidden_size, I = v.d.I;
-    const int64_t j0 = (item & 0xFFFFFFFF) * GEMM1_COLS;
-    const int64_t j1 = j0 + GEMM1_COLS < I ? j0 + GEMM1_COLS : I;
+    const int64_t j0 = (item & 0xFFFFFFFF) * ps->cols1;
+    const int64_t j1 = j0 + ps->cols1 < I ? j0 + ps->cols1 : I;
     const bool gated = v.d.gated;
     const mxm_act_params ap = {v.d.alpha, v.d.beta, v.d.limit};
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
@@ -294,17 +352,25 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     default: gate_r0 = 0, up_r0 = I; break;
     }
     const void *w13 = v.d.w13, *s13 = v.d.w13_scale;
-    for (int64_t jp = j0; jp < j1; jp += 16) {
-        const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
-        const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
-        panel_product(ps, w13, s13, H, gr, rstep, nr, x, v.n, hg, panel);
-        if (gated) panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x, v.n, hu, panel);
-        for (int64_t i = 0; i < v.n; i++) {
-            float *dst = act + i * ld + jp;
-            for (int j = 0; j < nr; j++) {
-                const float a = gated ? mxm_act_gated(v.d.act, hg[i * 16 + j], hu[i * 16 + j], ap)
-                                      : mxm_act_plain(v.d.act, hg[i * 16 + j]);
-                dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
+    const int64_t group = group_rows(ps, v.n);
+    for (int64_t i0 = 0; i0 < v.n; i0 += group) {
+        const int64_t n = v.n - i0 < group ? v.n - i0 : group;
+        tiles_prepare(ps, &sc.tl, x + i0, n, H);
+        for (int64_t jp = j0; jp < j1; jp += 16) {
+            const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
+            const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
+            panel_product(ps, w13, s13, H, gr, rstep, nr, x + i0, n, hg, panel, &sc.tl);
+            if (gated)
+                panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x + i0, n, hu, panel,
+                              &sc.tl);
+            for (int64_t i = 0; i < n; i++) {
+                float *dst = act + (i0 + i) * ld + jp;
+                for (int j = 0; j < nr; j++) {
+                    const float a = gated
+                                        ? mxm_act_gated(v.d.act, hg[i * 16 + j], hu[i * 16 + j], ap)
+                                        : mxm_act_plain(v.d.act, hg[i * 16 + j]);
+                    dst[j] = round_bf16 ? mxm_round_bf16(a) : a;
+                }
             }
         }
     }
@@ -316,8 +382,8 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const int32_t e = (int32_t)(item >> 32);
     const expert_view v = view_of(ps, e);
     const int64_t H = p->cfg.hidden_size, I = v.d.I;
-    const int64_t h0 = (item & 0xFFFFFFFF) * GEMM2_ROWS;
-    const int64_t h1 = h0 + GEMM2_ROWS < H ? h0 + GEMM2_ROWS : H;
+    const int64_t h0 = (item & 0xFFFFFFFF) * ps->rows2;
+    const int64_t h1 = h0 + ps->rows2 < H ? h0 + ps->rows2 : H;
     const bool round_bf16 = p->cfg.profile == MXM_PROFILE_TRTLLM;
 
     thread_scratch sc = scratch_of(ps, scratch);
@@ -327,12 +393,18 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
     float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
 
-    for (int64_t hp = h0; hp < h1; hp += 16) {
-        const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-        panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x, v.n, hy, panel);
-        for (int64_t i = 0; i < v.n; i++) {
-            float *dst = y + i * H + hp;
-            for (int j = 0; j < nr; j++) dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
+    const int64_t group = group_rows(ps, v.n);
+    for (int64_t i0 = 0; i0 < v.n; i0 += group) {
+        const int64_t n = v.n - i0 < group ? v.n - i0 : group;
+        tiles_prepare(ps, &sc.tl, x + i0, n, I);
+        for (int64_t hp = h0; hp < h1; hp += 16) {
+            const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
+            panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0, n, hy, panel, &sc.tl);
+            for (int64_t i = 0; i < n; i++) {
+                float *dst = y + (i0 + i) * H + hp;
+                for (int j = 0; j < nr; j++)
+                    dst[j] = round_bf16 ? mxm_round_bf16(hy[i * 16 + j]) : hy[i * 16 + j];
+            }
         }
     }
 }
@@ -426,7 +498,8 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     if (p->cfg.shared_intermediate_size > I) I = p->cfg.shared_intermediate_size;
     const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows, 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
-    cs->ws.thread_bytes = mxm_align_up(bytes + max_rows * 8, 64);
+    cs->ws.thread_bytes =
+        scratch_base_bytes(p, cs->batch) + (cs->wk->gemm_tiles16 ? scratch_tile_bytes(p) : 0);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
     cs->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
     const mxm_status st = layout_workspace(p, cs);
@@ -492,10 +565,16 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         mxm_status st = permute(&ps);
         if (st) return st;
         /* 3. GEMM1 + activation + requantization */
-        make_items(&ps, c->intermediate_size, c->shared_intermediate_size, GEMM1_COLS);
+        /* With the format's tile product and more than MXM_GEMV_MAX_TOKENS rows per local expert
+         * on average, larger items: each converts its token rows to tiles once for more weight
+         * rows. */
+        const bool big =
+            tiles_for_format(&ps) && ps.nt * K > MXM_GEMV_MAX_TOKENS * (int64_t)p->e_loc;
+        ps.cols1 = big ? TILE_ITEM : GEMM1_COLS, ps.rows2 = big ? TILE_ITEM : GEMM2_ROWS;
+        make_items(&ps, c->intermediate_size, c->shared_intermediate_size, ps.cols1);
         run_items(&ps, gemm1_item);
         /* 4. GEMM2 */
-        make_items(&ps, c->hidden_size, c->hidden_size, GEMM2_ROWS);
+        make_items(&ps, c->hidden_size, c->hidden_size, ps.rows2);
         run_items(&ps, gemm2_item);
         /* 5. combine */
         combine(&ps, out, b0);
