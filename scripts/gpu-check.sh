@@ -9,7 +9,7 @@
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0); cp -r ../shared/peers/vllm_triton .peers/;
 # make build && cp build/mxmoe build/test_cuda .prebuilt/` and carry [".debs", ".peers", ".prebuilt"]
 # (all three are git-ignored).
-#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile]
+#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
@@ -81,6 +81,12 @@ if [ "$what" = all ] || [ "$what" = python ]; then
   MXMOE_LIBRARY=$PWD/.prebuilt/libmxmoe.so MXMOE_HEADER=$PWD/include/mxmoe.h PYTHONPATH=$PWD/python \
     timeout 300 python3 python/tests/test_torch_op.py >"$OUT/python.log" 2>&1; r=$?; rc=$((rc | r))
   echo "python test_torch_op rc=$r"; tail -5 "$OUT/python.log"
+fi
+if [ "$what" = cpu ]; then
+  # Issue 14 on the host CPU: mxmoe (avx512, amx) beside ggml Q8_0/BF16 on every core
+  # (scripts/cpu-peer.sh; carry .peers with its ggml source copy). Not part of "all".
+  OUT="$OUT/cpu-peer" timeout "${CPU_TIMEOUT:-540}" scripts/cpu-peer.sh --threads "$(nproc)"; rc=$((rc | $?))
+  tail -30 "$OUT/cpu-peer/summary.txt" 2>/dev/null
 fi
 if [ "$what" = all ] || [ "$what" = profile ]; then
   # Per-kernel view of a decode step and a middle-range step (kernels serialized by ncu).
