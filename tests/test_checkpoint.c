@@ -408,12 +408,13 @@ static void test_json_nul(void **state) {
 /* DeepSeek FP8 checkpoints: the deepseek_v3 BF16 fixture with every expert Linear quantized to
  * F8_E4M3 + F32 weight_scale_inv (128x128 blocks) by the library, and a twin with the same
  * weights dequantized to F32. The FP8 checkpoint must load (gate/up scale grids merged into W13)
- * and give the F32 twin's output in the exact weight-only mode. */
+ * and give the F32 twin's output in the exact weight-only mode. With i_keep < 128 every expert
+ * keeps only its first i_keep intermediate rows (gate/up rows, down columns; config to match). */
 static int is_expert_linear(const char *name) {
     return (strstr(name, ".experts.") || strstr(name, ".shared_experts.")) && strstr(name, "_proj.weight");
 }
 
-static void make_fp8_twins(char *dir_fp8, char *dir_f32) {
+static void make_fp8_twins(char *dir_fp8, char *dir_f32, int64_t i_keep) {
     strcpy(dir_fp8, "/tmp/mxm_fp8XXXXXX");
     strcpy(dir_f32, "/tmp/mxm_f32XXXXXX");
     assert_non_null(mkdtemp(dir_fp8));
@@ -441,9 +442,13 @@ static void make_fp8_twins(char *dir_fp8, char *dir_f32) {
             continue;
         }
         assert_string_equal(dt, "BF16");
-        const int64_t rows = shape[0], cols = shape[1];
-        uint16_t *w = tu_alloc(bytes);
-        memcpy(w, d, bytes);
+        const int down = strstr(name, "down_proj") != NULL;
+        const int64_t rows = down || shape[0] <= i_keep ? shape[0] : i_keep;
+        const int64_t cols = !down || shape[1] <= i_keep ? shape[1] : i_keep;
+        uint16_t *w = tu_alloc(2 * rows * cols);
+        for (int64_t r = 0; r < rows; r++)
+            memcpy(w + r * cols, (const uint16_t *)d + r * shape[1], 2 * cols);
+        (void)bytes;
         uint8_t *q = tu_alloc(rows * cols);
         const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
         float *scale = tu_alloc(4 * sr * sc), *deq = tu_alloc(4 * rows * cols);
@@ -469,6 +474,13 @@ static void make_fp8_twins(char *dir_fp8, char *dir_f32) {
     const size_t len = fread(text, 1, sizeof text - 1, f);
     fclose(f);
     text[len] = 0;
+    char *mi = strstr(text, "\"moe_intermediate_size\": 128");
+    assert_non_null(mi);
+    if (i_keep < 128) { /* the same three characters, space-padded: " 96" */
+        char tmp[16];
+        snprintf(tmp, sizeof tmp, "%3lld", (long long)i_keep);
+        memcpy(mi + strlen("\"moe_intermediate_size\": "), tmp, 3);
+    }
     snprintf(p, sizeof p, "%s/config.json", dir_f32);
     write_file(p, text);
     char *end = strrchr(text, '}');
@@ -519,7 +531,7 @@ static int32_t run_layer0(const char *dir, const uint16_t *x, int64_t T, float *
 static void test_deepseek_fp8_checkpoint(void **state) {
     (void)state;
     char d8[64], d32[64];
-    make_fp8_twins(d8, d32);
+    make_fp8_twins(d8, d32, 128);
     tu_rng r = tu_rng_fresh();
     const int64_t T = 33, H = 256;
     uint16_t *x = tu_alloc(2 * T * H);
@@ -534,6 +546,28 @@ static void test_deepseek_fp8_checkpoint(void **state) {
            err <= 1e-5 ? "PASS" : "FAIL");
     assert_true(err <= 1e-5);
     free(x), free(o8), free(o32), free(ref);
+    tu_rm_tree(d8);
+    tu_rm_tree(d32);
+
+    /* Gate/up halves of 96 rows cannot share one 128x128 scale grid: the FP8 twin is refused with
+     * that reason, its F32 twin (the same truncated weights) loads and runs. */
+    make_fp8_twins(d8, d32, 96);
+    x = tu_alloc(2 * T * H);
+    for (int64_t i = 0; i < T * H; i++)
+        x[i] = mxm_bf16_from_f32((float)tu_normal(&r));
+    o32 = tu_alloc(4 * T * H);
+    assert_int_equal(run_layer0(d32, x, T, o32), MXM_WFMT_F32);
+    mxm_model *m;
+    assert_int_equal(mxm_model_open(d8, &m), MXM_OK);
+    mxm_layer_options lo;
+    mxm_layer_options_default(&lo);
+    mxm_layer *l = NULL;
+    assert_int_equal(mxm_layer_load(m, mxm_model_moe_layer(m, 0), &lo, &l), MXM_ERR_UNSUPPORTED);
+    assert_null(l);
+    printf("DeepSeek FP8 with I = 96: %s\n", mxm_last_error());
+    assert_non_null(strstr(mxm_last_error(), "96 rows (not a multiple of 128)"));
+    mxm_model_close(m);
+    free(x), free(o32);
     tu_rm_tree(d8);
     tu_rm_tree(d32);
 }

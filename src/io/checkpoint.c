@@ -18,6 +18,7 @@
 #include "io/json_text.h"
 #include "io/safetensors.h"
 #include "moe/activation.h"
+#include "moe/plan.h"
 
 struct mxm_model {
     char *path;
@@ -492,12 +493,15 @@ static mxm_status place(mxm_layer *l, const linear *parts, int nparts, int32_t f
     if (same_fmt && nparts == 1 && (quantized(fmt) || aligned) && parts[0].w->dtype != MXM_DT_F16) {
         *w = parts[0].w->data;
         *s = parts[0].s ? parts[0].s->data : NULL;
-        if (fmt == MXM_WFMT_FP8_BLOCK && ((uintptr_t)*s % 4)) goto copy;
+        if (*s && (uintptr_t)*s % mxm_scheme_get(fmt)->scale_bytes)
+            goto copy; /* scales used in place: aligned */
         return MXM_OK;
     }
 copy:
-    if (same_fmt && fmt != MXM_WFMT_F32) { /* concatenate codes (and scales) */
-        const int64_t eb = fmt == MXM_WFMT_BF16 ? 2 : 1;
+    if (same_fmt &&
+        fmt != MXM_WFMT_F32) { /* concatenate codes (and scales), per the format's row */
+        const mxm_scheme *sc = mxm_scheme_get(fmt);
+        const int64_t eb = sc->code_bytes;
         uint8_t *wd = layer_alloc(l, n * k * eb);
         if (!wd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
         int64_t off = 0;
@@ -506,25 +510,24 @@ copy:
             off += parts[i].n;
         }
         *w = wd, *s = NULL;
-        if (fmt == MXM_WFMT_MXFP8) {
-            uint8_t *sd = layer_alloc(l, n * k / 32);
-            if (!sd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
-            for (int i = 0, o = 0; i < nparts; o += (int)parts[i].n, i++)
-                memcpy(sd + (int64_t)o * k / 32, parts[i].s->data, (size_t)(parts[i].n * k / 32));
-            *s = sd;
-        } else if (fmt == MXM_WFMT_FP8_BLOCK) {
+        if (sc->scale_rows) { /* scale grids stack row block by row block: every part but the last
+                                 whole blocks */
             for (int i = 0; i + 1 < nparts; i++)
-                if (parts[i].n % 128)
+                if (parts[i].n % sc->scale_rows)
                     return mxm_fail(MXM_ERR_UNSUPPORTED,
-                                    "DeepSeek FP8 gate/up halves of %lld rows (not a multiple of 128) cannot share one 128x128 scale grid",
-                                    (long long)parts[i].n);
-            const int64_t kb = mxm_ceil_div(k, 128);
-            float *sd = layer_alloc(l, mxm_ceil_div(n, 128) * kb * 4);
+                                    "%s gate/up halves of %lld rows (not a multiple of %d) cannot "
+                                    "share one %dx%d scale grid",
+                                    sc->name, (long long)parts[i].n, sc->scale_rows, sc->scale_rows,
+                                    sc->scale_cols);
+            const int64_t grid_row =
+                mxm_ceil_div(k, sc->scale_cols) * sc->scale_bytes; /* bytes per block row */
+            uint8_t *sd = layer_alloc(l, mxm_ceil_div(n, sc->scale_rows) * grid_row);
             if (!sd) return mxm_fail(MXM_ERR_NOMEM, "out of memory assembling W13");
             int64_t ro = 0;
             for (int i = 0; i < nparts; i++) {
-                memcpy(sd + ro * kb, parts[i].s->data, (size_t)(mxm_ceil_div(parts[i].n, 128) * kb * 4));
-                ro += mxm_ceil_div(parts[i].n, 128);
+                const int64_t rows = mxm_ceil_div(parts[i].n, sc->scale_rows);
+                memcpy(sd + ro * grid_row, parts[i].s->data, (size_t)(rows * grid_row));
+                ro += rows;
             }
             *s = sd;
         }
