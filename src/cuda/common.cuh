@@ -60,10 +60,34 @@ static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 blo
 #define MXM_CUDA_J_TILE 64
 #define MXM_CUDA_H_TILE 128
 
+// The weight formats the GEMM kernels take, one row each; a kernel's format template parameter
+// WF is the mxm_weight_format value, and mxm_cuda_by_format is the one place where the layer's
+// run-time format becomes it. A row gives the scale element and how a weight row finds its
+// scales (scales(p) + (row / scale_rows) x scales per row).
+template <int WF> struct mxm_cuda_fmt;
+template <> struct mxm_cuda_fmt<MXM_WFMT_MXFP8> { // one E8M0 byte per 1x32 block of a row
+    typedef uint8_t scale_t;
+    static constexpr bool block128 = false;
+    static constexpr int scale_rows = 1;
+    __host__ __device__ static const scale_t *scales(const void *p) { return (const scale_t *)p; }
+};
+template <> struct mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK> { // DeepSeek FP8: one f32 per 128x128 block
+    typedef float scale_t;
+    static constexpr bool block128 = true;
+    static constexpr int scale_rows = 128;
+    __host__ __device__ static const scale_t *scales(const void *p) { return (const scale_t *)p; }
+};
+// f(std::integral_constant<int, WF>()) for the layer's weight format (the CUDA backend takes
+// MXFP8 and DeepSeek FP8 weights; the plan refuses the others).
+template <typename F> inline auto mxm_cuda_by_format(int32_t wfmt, F &&f) {
+    return wfmt == MXM_WFMT_FP8_BLOCK ? f(std::integral_constant<int, MXM_WFMT_FP8_BLOCK>())
+                                      : f(std::integral_constant<int, MXM_WFMT_MXFP8>());
+}
+
 // Per-group (local expert, then the shared expert) description on the device.
 struct mxm_cuda_group {
-    const uint8_t *w13, *s13, *w2, *s2; // E4M3 codes and MXFP8 scale bytes
-    const float *b13, *b2;              // DeepSeek FP8: the 128x128 block scales (s13/s2 unused)
+    const uint8_t *w13, *w2;            // E4M3 codes
+    const void *sc13, *sc2;             // their scales, in the layer's format (mxm_cuda_fmt)
     int32_t rows;                       // tokens routed to this group
     int32_t row0;                       // first permuted row
     int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > SKINNY_MAX)

@@ -69,15 +69,16 @@ struct operand_rows {
 };
 
 // K is a multiple of 32, not always of BK: pieces past K load zeros. BLK: no MX scales (1.0).
-template <bool BLK>
-__device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int64_t k0, int64_t K) {
+template <int WF>
+__device__ __forceinline__ void load_stage(stage &st, const operand_rows &r, int64_t k0,
+                                           int64_t K) {
     const int ac = (threadIdx.x % 8) * 8, bc = (threadIdx.x % 4) * 16;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         st.a[i] = r.a[i] && k0 + ac < K ? *reinterpret_cast<const uint4 *>(r.a[i] + k0 + ac) : make_uint4(0, 0, 0, 0);
         if (r.b[i] && k0 + bc < K) {
             st.b[i] = __ldg(reinterpret_cast<const uint4 *>(r.b[i] + k0 + bc));
-            st.s[i] = BLK ? 127 : __ldg(r.bs[i] + (k0 + bc) / 32);
+            st.s[i] = mxm_cuda_fmt<WF>::block128 ? 127 : __ldg(r.bs[i] + (k0 + bc) / 32);
         } else {
             st.b[i] = make_uint4(0, 0, 0, 0);
             st.s[i] = 127;
@@ -165,20 +166,21 @@ __device__ __forceinline__ void promote(float (&acc)[2][4][4], float (&part)[2][
 
 // acc[mi][ni][4] = A[BM x K] . B[BN x K]^T for this warp's 32 x 32 piece (BLK: scaled per
 // 128-block of K with bs).
-template <bool BLK>
-__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K, float (&acc)[2][4][4],
-                                         const blk_scales *bs) {
+template <int WF>
+__device__ __forceinline__ void mainloop(smem_tiles &t, const operand_rows &rows, int64_t K,
+                                         float (&acc)[2][4][4], const blk_scales *bs) {
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     zero_acc(acc);
     float part[2][4][4];
     if (BLK) zero_acc(part);
     stage st;
-    load_stage<BLK>(st, rows, 0, K);
+    load_stage<WF>(st, rows, 0, K);
     store_stage(st, t, 0);
     __syncthreads();
     int buf = 0;
     for (int64_t k0 = 0; k0 < K; k0 += BK) {
         const bool more = k0 + BK < K;
-        if (more) load_stage<BLK>(st, rows, k0 + BK, K);
+        if (more) load_stage<WF>(st, rows, k0 + BK, K);
         if (BLK) {
             mma_step(t, buf, part);
             if ((k0 + BK) % 128 == 0 || !more) promote(acc, part, *bs, k0 / 128);
@@ -225,8 +227,9 @@ __device__ __forceinline__ int64_t gemm1_b_row(const mxm_cuda_args &a, const mxm
     return jb < G.I ? mxm_cuda_w13_row(a.layout, GATED, G.I, jb, GATED ? br / 64 : 0) : -1;
 }
 
-template <bool GATED, bool BLK>
+template <bool GATED, int WF>
 __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     mxm_griddep_wait();
@@ -246,7 +249,8 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
         rows.a[i] = m0 + ar < G.rows ? a.xq + (int64_t)a.row_token[G.row0 + m0 + ar] * a.H : nullptr;
         const int64_t r = gemm1_b_row<GATED>(a, G, j0, br);
         rows.b[i] = r >= 0 ? G.w13 + r * a.H : nullptr;
-        rows.bs[i] = r >= 0 && !BLK ? G.s13 + r * (a.H / 32) : nullptr;
+        rows.bs[i] = r >= 0 && !BLK ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(G.sc13) + r * (a.H / 32)
+                                    : nullptr;
     }
     blk_scales bs;
     if (BLK) {
@@ -259,11 +263,12 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int64_t r = gemm1_b_row<GATED>(a, G, j0, frag_col(i / 2, i % 2));
-            bs.b[i] = r >= 0 ? G.b13 + (r / 128) * a.HB : nullptr;
+            bs.b[i] = r >= 0 ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(G.sc13) + (r / 128) * a.HB
+                             : nullptr;
         }
     }
     float acc[2][4][4];
-    mainloop<BLK>(sm.t, rows, a.H, acc, &bs);
+    mainloop<WF>(sm.t, rows, a.H, acc, &bs);
     acc_to_smem(sm.c, acc);
     __syncthreads();
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
@@ -279,12 +284,12 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
         float v[1] = {sm.c[r][b * 32 + lane]};
         const int64_t o[1] = {(int64_t)(G.row0 + m0 + r) * a.I_max + j};
         const bool keep[1] = {m0 + r < G.rows && j0 + b * 32 < G.I};
-        mxm_gemm1_store<BLK>(a, v, o, keep);
+        mxm_gemm1_store<WF>(a, v, o, keep);
     }
 }
 
-template <bool BLK>
-__global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
+template <int WF> __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
     mxm_griddep_wait();
@@ -301,7 +306,9 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
         rows.a[i] = m0 + ar < G.rows ? a.act + (int64_t)(G.row0 + m0 + ar) * a.I_max : nullptr;
         rows.b[i] = nullptr, rows.bs[i] = nullptr;
         if (h0 + br < a.H) rows.b[i] = G.w2 + (int64_t)(h0 + br) * G.I;
-        if (h0 + br < a.H && !BLK) rows.bs[i] = G.s2 + (int64_t)(h0 + br) * (G.I / 32);
+        if (h0 + br < a.H && !BLK)
+            rows.bs[i] =
+                mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(G.sc2) + (int64_t)(h0 + br) * (G.I / 32);
     }
     blk_scales bs;
     if (BLK) {
@@ -314,11 +321,13 @@ __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cuda_args a) {
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int h = h0 + frag_col(i / 2, i % 2);
-            bs.b[i] = h < a.H ? G.b2 + (int64_t)(h / 128) * ((G.I + 127) / 128) : nullptr;
+            bs.b[i] = h < a.H ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(G.sc2) +
+                                    (int64_t)(h / 128) * ((G.I + 127) / 128)
+                              : nullptr;
         }
     }
     float acc[2][4][4];
-    mainloop<BLK>(sm.t, rows, G.I, acc, &bs);
+    mainloop<WF>(sm.t, rows, G.I, acc, &bs);
     const int lane = tid & 31, warp = tid / 32, wm = warp / 4, wn = warp % 4;
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
@@ -342,12 +351,12 @@ static mxm_status smem_opt_in() {
     if (done) return MXM_OK;
     const int bytes = (int)sizeof(smem_all);
 #define MXM_SMEM_OPT_IN(k) MXM_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))
-    MXM_SMEM_OPT_IN((mma1_kernel<true, false>));
-    MXM_SMEM_OPT_IN((mma1_kernel<false, false>));
-    MXM_SMEM_OPT_IN((mma1_kernel<true, true>));
-    MXM_SMEM_OPT_IN((mma1_kernel<false, true>));
-    MXM_SMEM_OPT_IN(mma2_kernel<false>);
-    MXM_SMEM_OPT_IN(mma2_kernel<true>);
+    MXM_SMEM_OPT_IN((mma1_kernel<true, MXM_WFMT_MXFP8>));
+    MXM_SMEM_OPT_IN((mma1_kernel<false, MXM_WFMT_MXFP8>));
+    MXM_SMEM_OPT_IN((mma1_kernel<true, MXM_WFMT_FP8_BLOCK>));
+    MXM_SMEM_OPT_IN((mma1_kernel<false, MXM_WFMT_FP8_BLOCK>));
+    MXM_SMEM_OPT_IN(mma2_kernel<MXM_WFMT_MXFP8>);
+    MXM_SMEM_OPT_IN(mma2_kernel<MXM_WFMT_FP8_BLOCK>);
 #undef MXM_SMEM_OPT_IN
     done = 1;
     return MXM_OK;
@@ -360,12 +369,17 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
     const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
     if (a.gated_routed || a.gated_shared == 1) {
-        st = mxm_cuda_launch(a.blk ? mma1_kernel<true, true> : mma1_kernel<true, false>, gg, THREADS, sizeof(smem_all), s, a);
+        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
+            return mxm_cuda_launch(mma1_kernel<true, decltype(f)::value>, gg, THREADS,
+                                   sizeof(smem_all), s, a);
+        });
         if (st) return st;
     }
     if (!a.gated_routed || a.gated_shared == 0) {
-        st = mxm_cuda_launch(a.blk ? mma1_kernel<false, true> : mma1_kernel<false, false>, gp, THREADS, sizeof(smem_all), s,
-                             a);
+        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
+            return mxm_cuda_launch(mma1_kernel<false, decltype(f)::value>, gp, THREADS,
+                                   sizeof(smem_all), s, a);
+        });
         if (st) return st;
     }
     return MXM_OK;
@@ -376,5 +390,8 @@ mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     mxm_status st = smem_opt_in();
     if (st) return st;
     const dim3 grid(max_tiles, (a.H + BN - 1) / BN);
-    return mxm_cuda_launch(a.blk ? mma2_kernel<true> : mma2_kernel<false>, grid, THREADS, sizeof(smem_all), s, a);
+    return mxm_cuda_by_format(a.wfmt, [&](auto f) {
+        return mxm_cuda_launch(mma2_kernel<decltype(f)::value>, grid, THREADS, sizeof(smem_all), s,
+                               a);
+    });
 }

@@ -16,10 +16,10 @@
 //  - shared memory rows are XOR-swizzled by 16-byte chunk so a quarter-warp's loads hit eight
 //    different bank groups.
 // GEMM1 fuses the activation and the requantization of the intermediate (one MX block of 32
-// columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (BLK): codes enter
-// unscaled, each stage (one 128-block of K) accumulates on its own and is added times its
-// weight and activation scales. Numerics are those of the prefill kernels (gemm.cu): exact
-// operands, fp32 accumulation.
+// columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (WF =
+// MXM_WFMT_FP8_BLOCK): codes enter unscaled, each stage (one 128-block of K) accumulates on its own
+// and is added times its weight and activation scales. Numerics are those of the prefill kernels
+// (gemm.cu): exact operands, fp32 accumulation.
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
@@ -133,15 +133,16 @@ __device__ __forceinline__ void sk_load_scales(sk_scales &sc, const uint8_t *con
 }
 
 // acc += the products of this warp's half of the stage for its 16 rows and NT n8 token tiles.
-template <int NT, bool BLK>
-__device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigned char *B, const sk_scales &sc,
-                                           float (&acc)[NT][4]) {
+template <int NT, int WF>
+__device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigned char *B,
+                                           const sk_scales &sc, float (&acc)[NT][4]) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
     const int r0 = 16 * (warp % SK_ROW_WARPS) + g; // r1 = r0 + 8 has the same parity
     {
         const int h = sk_half();
         const int ach = ((4 * h + c) ^ ((r0 & 1) * 4)) * 16;
         const uint4 q0 = lds128(A + r0 * SK_KC + ach), q1 = lds128(A + (r0 + 8) * SK_KC + ach);
+        constexpr bool BLK = mxm_cuda_fmt<WF>::block128; // DeepSeek FP8: scales applied per stage
         const float s0 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[0]),
                     s1 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[1]);
         uint4 xb[NT][2];
@@ -172,16 +173,17 @@ __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
     return (int)blockIdx.x < a.counts[1] ? a.skinny_list[blockIdx.x] : -1;
 }
 
-template <int KIND, bool BLK, int NT>
-__device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt_max,
-                                        unsigned char *ring) {
+template <int KIND, int WF, int NT>
+__device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
+                                        int nt_max, unsigned char *ring) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
     const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max);
     const bool gemm1 = KIND != SK_GEMM2;
     const int64_t K = gemm1 ? a.H : G.I;
     const uint8_t *wbase = gemm1 ? G.w13 : G.w2;
-    const uint8_t *sbase = gemm1 ? G.s13 : G.s2;
+    const void *sbase = gemm1 ? G.sc13 : G.sc2;
     const int64_t kb32 = K / 32;
     sk_sources src;
 #pragma unroll
@@ -204,10 +206,12 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
-        srow[r] = !BLK && wr >= 0 ? sbase + wr * kb32 : nullptr;
-        const float *bb = gemm1 ? G.b13 : G.b2;
+        srow[r] =
+            !BLK && wr >= 0 ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 : nullptr;
         const int64_t kbl = (K + 127) / 128;
-        brow[r] = BLK && wr >= 0 ? bb + (wr / 128) * kbl : nullptr;
+        brow[r] = BLK && wr >= 0
+                      ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
+                      : nullptr;
     }
     // DeepSeek FP8 W8A8: the activation rows' 1x128 scales of this thread's accumulator columns.
     const float *xsrow[NT][2];
@@ -266,7 +270,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
             for (int ni = 0; ni < NT; ni++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + it) : 1.0f;
-            sk_compute<NT, true>(A, A + SK_A_BYTES, cur, part);
+            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, part);
 #pragma unroll
             for (int ni = 0; ni < NT; ni++)
 #pragma unroll
@@ -275,7 +279,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                     part[ni][q] = 0.0f;
                 }
         } else {
-            sk_compute<NT, false>(A, A + SK_A_BYTES, cur, acc);
+            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
             cur = nxt;
         }
     }
@@ -343,11 +347,11 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         float v[1] = {ep[tok * EP + 32 * b + lane]};
         const int64_t o[1] = {(int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane};
         const bool keep[1] = {true};
-        mxm_gemm1_store<BLK>(a, v, o, keep);
+        mxm_gemm1_store<WF>(a, v, o, keep);
     }
 }
 
-template <int KIND, bool BLK>
+template <int KIND, int WF>
 __global__ void __launch_bounds__(SK_THREADS) skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
@@ -363,10 +367,18 @@ __global__ void __launch_bounds__(SK_THREADS) skinny_kernel(mxm_cuda_args a, int
                                                                              : chunk * SK_ROWS >= a.H)
         return;
     switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
-    case 1: sk_body<KIND, BLK, 1>(a, G, chunk, nt_max, sk_ring); break;
-    case 2: sk_body<KIND, BLK, 2>(a, G, chunk, nt_max, sk_ring); break;
-    case 3: sk_body<KIND, BLK, 3>(a, G, chunk, nt_max, sk_ring); break;
-    default: sk_body<KIND, BLK, 4>(a, G, chunk, nt_max, sk_ring); break;
+    case 1:
+        sk_body<KIND, WF, 1>(a, G, chunk, nt_max, sk_ring);
+        break;
+    case 2:
+        sk_body<KIND, WF, 2>(a, G, chunk, nt_max, sk_ring);
+        break;
+    case 3:
+        sk_body<KIND, WF, 3>(a, G, chunk, nt_max, sk_ring);
+        break;
+    default:
+        sk_body<KIND, WF, 4>(a, G, chunk, nt_max, sk_ring);
+        break;
     }
 }
 
@@ -382,17 +394,18 @@ static int sk_group_bound(const mxm_cuda_args &a) {
     return (int)(pairs < a.groups ? pairs : a.groups);
 }
 
-template <int KIND, bool BLK>
+template <int KIND, int WF>
 static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max);
     static int raised = 0; // per instantiation: the largest dynamic shared memory granted so far
     if (smem > raised) {
-        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, BLK>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           SK_STAGES * sk_stage_bytes(SK_NT_MAX)));
         raised = SK_STAGES * sk_stage_bytes(SK_NT_MAX);
     }
-    return mxm_cuda_launch(skinny_kernel<KIND, BLK>, dim3(sk_group_bound(a), chunks), SK_THREADS, (size_t)smem, s, a,
-                           nt_max);
+    return mxm_cuda_launch(skinny_kernel<KIND, WF>, dim3(sk_group_bound(a), chunks), SK_THREADS,
+                           (size_t)smem, s, a, nt_max);
 }
 
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {
@@ -400,17 +413,22 @@ mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {
     // Routed and shared experts may differ in gating; each launch skips the groups of the other.
     if (a.gated_routed || a.gated_shared == 1) {
         const int chunks = (a.I_max + 31) / 32;
-        st = a.blk ? sk_launch<SK_GEMM1_GATED, true>(a, chunks, s) : sk_launch<SK_GEMM1_GATED, false>(a, chunks, s);
+        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
+            return sk_launch<SK_GEMM1_GATED, decltype(f)::value>(a, chunks, s);
+        });
         if (st) return st;
     }
     if (!a.gated_routed || a.gated_shared == 0) {
         const int chunks = (a.I_max + SK_ROWS - 1) / SK_ROWS;
-        st = a.blk ? sk_launch<SK_GEMM1_PLAIN, true>(a, chunks, s) : sk_launch<SK_GEMM1_PLAIN, false>(a, chunks, s);
+        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
+            return sk_launch<SK_GEMM1_PLAIN, decltype(f)::value>(a, chunks, s);
+        });
     }
     return st;
 }
 
 mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s) {
     const int chunks = (a.H + SK_ROWS - 1) / SK_ROWS;
-    return a.blk ? sk_launch<SK_GEMM2, true>(a, chunks, s) : sk_launch<SK_GEMM2, false>(a, chunks, s);
+    return mxm_cuda_by_format(
+        a.wfmt, [&](auto f) { return sk_launch<SK_GEMM2, decltype(f)::value>(a, chunks, s); });
 }

@@ -310,7 +310,8 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             const mxm_cuda_group &G = a.group[g];
             const int I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32;
-            const uint8_t *S = MODE == MODE_GEMM2 ? G.s2 : G.s13;
+            const uint8_t *S =
+                mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(MODE == MODE_GEMM2 ? G.sc2 : G.sc13);
             const uint8_t *sp[2][2];
 #pragma unroll
             for (int mb = 0; mb < 2; mb++)
@@ -468,7 +469,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                             keep[q] = m0 + tok < rows && jb + 32 * b < I;
                             o[q] = (int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane;
                         }
-                        mxm_gemm1_store<false>(a, v, o, keep);
+                        mxm_gemm1_store<MXM_WFMT_MXFP8>(a, v, o, keep);
                     }
                 }
             }

@@ -158,8 +158,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         mxm_cuda_group G;
         memset(&G, 0, sizeof G);
         G.w13 = (const uint8_t *)e.w13, G.w2 = (const uint8_t *)e.w2;
-        if (a.blk) G.b13 = (const float *)e.w13_scale, G.b2 = (const float *)e.w2_scale;
-        else G.s13 = (const uint8_t *)e.w13_scale, G.s2 = (const uint8_t *)e.w2_scale;
+        G.sc13 = e.w13_scale, G.sc2 = e.w2_scale;
         G.I = e.I, G.act = e.act;
         G.alpha = e.alpha, G.beta = e.beta, G.limit = e.limit;
         hg[g] = G;

@@ -49,9 +49,10 @@ template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v
 // intermediate, stored when keep[q]): the TRT-LLM profile's bf16 rounding, then either the fp32
 // store that mxm_cuda_requant_fp8block requantizes per 128-block (DeepSeek FP8 W8A8) or the MXFP8
 // quantize-dequantize (W8A8) and the bf16 store. One definition for every GEMM1 kernel.
-template <bool BLK, int N>
+template <int WF, int N>
 __device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&v)[N],
                                                 const int64_t (&o)[N], const bool (&keep)[N]) {
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     if (a.profile == MXM_PROFILE_TRTLLM)
 #pragma unroll
         for (int q = 0; q < N; q++)
