@@ -84,6 +84,17 @@ template <typename F> inline auto mxm_cuda_by_format(int32_t wfmt, F &&f) {
                                       : f(std::integral_constant<int, MXM_WFMT_MXFP8>());
 }
 
+// GEMM1 kernels come gated and plain; routed and shared experts may differ in gating, so a layer
+// runs f(std::true_type()) and/or f(std::false_type()) for the gatings it has (each kernel skips
+// the groups of the other). Stops at the first error.
+template <typename F>
+inline mxm_status mxm_cuda_by_gating(bool gated_routed, int32_t gated_shared, F &&f) {
+    mxm_status st = MXM_OK;
+    if (gated_routed || gated_shared == 1) st = f(std::true_type());
+    if (st == MXM_OK && (!gated_routed || gated_shared == 0)) st = f(std::false_type());
+    return st;
+}
+
 // Per-group (local expert, then the shared expert) description on the device.
 struct mxm_cuda_group {
     const uint8_t *w13, *w2;            // E4M3 codes

@@ -366,23 +366,13 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
     if (max_tiles <= 0) return MXM_OK;
     mxm_status st = smem_opt_in();
     if (st) return st;
-    // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
-    const dim3 gg(max_tiles, (a.I_max + BN / 2 - 1) / (BN / 2)), gp(max_tiles, (a.I_max + BN - 1) / BN);
-    if (a.gated_routed || a.gated_shared == 1) {
-        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
-            return mxm_cuda_launch(mma1_kernel<true, decltype(f)::value>, gg, THREADS,
-                                   sizeof(smem_all), s, a);
+    return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
+        const dim3 grid(max_tiles, (a.I_max + (gated ? BN / 2 : BN) - 1) / (gated ? BN / 2 : BN));
+        return mxm_cuda_by_format(a.wfmt, [&](auto f) {
+            return mxm_cuda_launch(mma1_kernel<decltype(gated)::value, decltype(f)::value>, grid,
+                                   THREADS, sizeof(smem_all), s, a);
         });
-        if (st) return st;
-    }
-    if (!a.gated_routed || a.gated_shared == 0) {
-        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
-            return mxm_cuda_launch(mma1_kernel<false, decltype(f)::value>, gp, THREADS,
-                                   sizeof(smem_all), s, a);
-        });
-        if (st) return st;
-    }
-    return MXM_OK;
+    });
 }
 
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {

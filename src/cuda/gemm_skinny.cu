@@ -409,22 +409,13 @@ static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) 
 }
 
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {
-    mxm_status st = MXM_OK;
-    // Routed and shared experts may differ in gating; each launch skips the groups of the other.
-    if (a.gated_routed || a.gated_shared == 1) {
-        const int chunks = (a.I_max + 31) / 32;
-        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
-            return sk_launch<SK_GEMM1_GATED, decltype(f)::value>(a, chunks, s);
-        });
-        if (st) return st;
-    }
-    if (!a.gated_routed || a.gated_shared == 0) {
-        const int chunks = (a.I_max + SK_ROWS - 1) / SK_ROWS;
-        st = mxm_cuda_by_format(a.wfmt, [&](auto f) {
-            return sk_launch<SK_GEMM1_PLAIN, decltype(f)::value>(a, chunks, s);
-        });
-    }
-    return st;
+    return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
+        constexpr int kind = decltype(gated)::value ? SK_GEMM1_GATED : SK_GEMM1_PLAIN;
+        const int cols = kind == SK_GEMM1_GATED ? 32 : SK_ROWS; // intermediate columns per block
+        const int chunks = (a.I_max + cols - 1) / cols;
+        return mxm_cuda_by_format(
+            a.wfmt, [&](auto f) { return sk_launch<kind, decltype(f)::value>(a, chunks, s); });
+    });
 }
 
 mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s) {

@@ -520,16 +520,10 @@ template <int MODE> mxm_status launch(const mxm_cuda_args &a, int ntn, cudaStrea
 mxm_status mxm_cuda_wgmma1(const mxm_cuda_args &a, cudaStream_t s) {
     mxm_status st = smem_opt_in();
     if (st) return st;
-    // Routed and shared experts may differ in gating; each kernel skips the groups of the other.
-    if (a.gated_routed || a.gated_shared == 1) {
-        st = launch<MODE_GATED>(
-            a, (a.I_max + tile_cols<MODE_GATED>() - 1) / tile_cols<MODE_GATED>(), s);
-        if (st) return st;
-    }
-    if (!a.gated_routed || a.gated_shared == 0)
-        return launch<MODE_PLAIN>(
-            a, (a.I_max + tile_cols<MODE_PLAIN>() - 1) / tile_cols<MODE_PLAIN>(), s);
-    return MXM_OK;
+    return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
+        constexpr int mode = decltype(gated)::value ? MODE_GATED : MODE_PLAIN;
+        return launch<mode>(a, (a.I_max + tile_cols<mode>() - 1) / tile_cols<mode>(), s);
+    });
 }
 
 mxm_status mxm_cuda_wgmma2(const mxm_cuda_args &a, cudaStream_t s) {
