@@ -477,8 +477,8 @@ static void make_fp8_twins(char *dir_fp8, char *dir_f32, int64_t i_keep) {
     char *mi = strstr(text, "\"moe_intermediate_size\": 128");
     assert_non_null(mi);
     if (i_keep < 128) { /* the same three characters, space-padded: " 96" */
-        char tmp[16];
-        snprintf(tmp, sizeof tmp, "%3lld", (long long)i_keep);
+        char tmp[32];
+        snprintf(tmp, sizeof tmp, "%3d", (int)i_keep);
         memcpy(mi + strlen("\"moe_intermediate_size\": "), tmp, 3);
     }
     snprintf(p, sizeof p, "%s/config.json", dir_f32);
