@@ -8,8 +8,8 @@
  * around 2^8 and 2^120, infinite, NaN, subnormal, negative), k a multiple of 32 but not always of
  * 128, odd row offsets and strides.
  *
- * The bf16 tile kernels (sets with tiles: amx; pack_x_tiles and the MXFP8 and BF16 rows'
- * gemm_tiles16) against their _ref twins: tile panels and token tiles bit-identical, the
+ * The bf16 tile kernels (sets with tiles: amx; pack_x_tiles and the MXFP8, BF16 and DeepSeek FP8
+ * rows' gemm_tiles16) against their _ref twins: tile panels and token tiles bit-identical, the
  * exactness verdicts equal (values just outside the tile-exact range, inexact and NaN values
  * planted on purpose), the tile product within the same 1e-5 of sum |x w| as the fp32 kernels,
  * for 1-70 tokens (partial token blocks, several passes), and a token's sums bit-identical
@@ -271,11 +271,61 @@ static void check_product(const char *what, const float *c, const float *cref, f
         }
 }
 
+/* Tile-exact DeepSeek FP8 weights: no NaN codes, finite scales of every kind (the usual range,
+ * subnormal, negative, 300, 2^100); codes as make_tile_weight's kinds. */
+static weight make_tile_fp8block(tu_rng *r, int64_t rows, int64_t k, int codes) {
+    weight w = make_tile_weight(r, rows, k, codes);
+    free(w.s);
+    w.fmt = MXM_WFMT_FP8_BLOCK;
+    const int64_t n = ((rows + 127) / 128) * ((k + 127) / 128);
+    float *s = tu_alloc(sizeof(float) * (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        const double u = tu_uniform(r);
+        s[i] = u < 0.03   ? 1e-40f
+               : u < 0.06 ? -0.015625f
+               : u < 0.09 ? 300.0f
+               : u < 0.12 ? 0x1p100f
+                          : (float)ldexp(1.0 + tu_uniform(r), (int)tu_randint(r, -20, 4));
+    }
+    w.s = s;
+    return w;
+}
+
+/* c (n tokens x 16) of DeepSeek FP8 rows against the float64 sums of x times the values
+ * e4m3(q) * scale, within the fp32 kernels' bound (sums near the fp32 range: skipped). */
+static void check_fp8block_product(const char *what, const float *c, const float *cref,
+                                   float *const *xs, int n, const weight *w, int64_t r0,
+                                   int64_t rstep, int nr, double *worst, int64_t *count) {
+    const int64_t k = w->k, nsb = (k + 127) / 128;
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < 16; j++) {
+            double exact = 0, mag = 0;
+            for (int64_t i = 0; j < nr && i < k; i++) {
+                const int64_t row = r0 + j * rstep;
+                const double v = (double)mxm_e4m3_decode(w->q[row * k + i]) *
+                                 ((const float *)w->s)[row / 128 * nsb + i / 128];
+                exact += xs[t][i] * v;
+                mag += fabs(xs[t][i] * v);
+            }
+            if (mag > 0x1p100) continue;
+            const double e = err_of(c[t * 16 + j], exact, mag, k);
+            if (e > *worst) *worst = e;
+            if (!(e <= 1e-5) || !(err_of(cref[t * 16 + j], exact, mag, k) <= 1e-5)) {
+                print_error("%s n %d k %lld [%d][%d]: %g (ref %g) vs %g\n", what, n, (long long)k,
+                            t, j, c[t * 16 + j], cref[t * 16 + j], exact);
+                fail();
+            }
+            (*count)++;
+        }
+}
+
 static void check_tiles(const mxm_cpu_kernels *opt) {
     tu_rng r = tu_rng_fresh();
     const mxm_cpu_wfmt_kernels *mx = &opt->wfmt[MXM_WFMT_MXFP8], *bf = &opt->wfmt[MXM_WFMT_BF16];
+    const mxm_cpu_wfmt_kernels *fb = &opt->wfmt[MXM_WFMT_FP8_BLOCK];
     int64_t panels = 0, refused = 0, bf_panels = 0, bf_refused = 0, xtiles = 0, products = 0,
-            same_bits = 0;
+            same_bits = 0, fb_panels = 0, fb_refused = 0, fb_products = 0;
+    double fb_worst = 0;
     double worst = 0;
     for (int trial = 0; trial < 60; trial++) {
         const int64_t k = 32 * tu_randint(&r, 1, 24), rows = tu_randint(&r, 1, 120);
@@ -396,6 +446,55 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             assert_false(mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wbr));
             free(wb), free(wbr), free(pb);
         }
+        { /* DeepSeek FP8 weights, 1-300 rows (the 16 rows may straddle a 128-row scale block),
+           * the same tokens: the ref's verdict (a NaN code or a non-finite scale planted in some
+           * trials, make_weight's odd scales and NaN codes in the general ones) and code panel,
+           * tokens past n untouched, the product within the bound, a token's sums alone the
+           * same as beside the others */
+            const int64_t rows_f = tu_randint(&r, span + 1, 300);
+            const int64_t r0f = tu_randint(&r, 0, rows_f - 1 - span);
+            weight f = general ? make_weight(&r, MXM_WFMT_FP8_BLOCK, rows_f, k)
+                               : make_tile_fp8block(&r, rows_f, k, trial % 3);
+            const int64_t nsb = (k + 127) / 128;
+            if (!general && trial % 4 == 1) {
+                const int64_t row = r0f + tu_randint(&r, 0, nr - 1) * rstep,
+                              c = tu_randint(&r, 0, k - 1);
+                const int64_t kind = tu_randint(&r, 0, 2);
+                if (kind == 2)
+                    f.q[row * k + c] |= 0x7F;
+                else
+                    ((float *)f.s)[row / 128 * nsb + c / 128] = kind ? INFINITY : NAN;
+            }
+            uint16_t *wfr = tu_alloc(wp_bytes);
+            const bool efr = mxm_pack_fp8block_tiles_ref(f.q, f.s, k, r0f, rstep, nr, wfr);
+            assert_true(general || trial % 4 == 1 || efr);
+            tu_poison_f32(co, (n + 1) * 16);
+            memset(wo, 0xA5, wp_bytes);
+            const bool efo = fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, xr, n, co, 16, wo);
+            assert_int_equal(efo, efr);
+            if (efr) {
+                fb_panels++;
+                assert_memory_equal(wo, wfr, wp_bytes);
+                assert_true(
+                    mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, n, cr, 16, wo));
+                for (int j = 0; j < 16; j++)
+                    assert_true(isnan(co[n * 16 + j]));
+                check_fp8block_product("fp8_block gemm_tiles16", co, cr, xs, n, &f, r0f, rstep, nr,
+                                       &fb_worst, &fb_products);
+                const int t = (int)tu_randint(&r, 0, n - 1);
+                uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
+                float c1[16];
+                assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
+                assert_true(fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, x1, 1, c1, 16, w1));
+                assert_memory_equal(c1, co + t * 16, sizeof c1);
+                free(x1), free(w1);
+            } else {
+                fb_refused++;
+                assert_false(
+                    mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, n, cr, 16, wfr));
+            }
+            free(wfr), free(f.q), free(f.s);
+        }
         free(co), free(cr);
         /* a planted non-tile value anywhere in the rows */
         xs[tu_randint(&r, 0, n - 1)][tu_randint(&r, 0, k - 1)] = non_tile_value(&r);
@@ -413,6 +512,11 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
            opt->name, (long long)panels, (long long)bf_panels, (long long)refused,
            (long long)bf_refused, (long long)xtiles, (long long)products, worst,
            (long long)same_bits);
+    printf("tiles     %s vs ref: %lld DeepSeek FP8 code panels bit-identical (%lld refused as the "
+           "ref: NaN code or non-finite scale), %lld products with 128-block scales within 1e-5 "
+           "of sum|t| (worst %.1e) PASS\n",
+           opt->name, (long long)fb_panels, (long long)fb_refused, (long long)fb_products,
+           fb_worst);
 }
 
 static void test_tiles(void **state) {
@@ -421,13 +525,14 @@ static void test_tiles(void **state) {
     const int n = mxm_cpu_kernel_sets(sets, 16);
     int tested = 0;
     for (int i = 0; i < n; i++) {
-        /* a set with tiles has the tile products of exactly the formats whose values can be
-         * bf16-exact (MXFP8, BF16: the plan's tile passes follow the row), a set without none */
+        /* a set with tiles has the tile products of exactly the formats whose values (MXFP8,
+         * BF16) or codes (DeepSeek FP8) can be bf16-exact (the plan's tile passes follow the
+         * row), a set without none */
         const mxm_cpu_kernels *k = sets[i];
         const bool have = k->pack_x_tiles != NULL;
         for (int f = 0; f < MXM_WFMT_COUNT_; f++) {
             const bool row = k->wfmt[f].gemm_tiles16 != NULL;
-            if (row != (have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_BF16))) {
+            if (row != (have && f != MXM_WFMT_F32)) {
                 print_error("set %s, format %s: gemm_tiles16 %p, pack_x_tiles %p\n", k->name,
                             mxm_weight_format_name(f), (void *)k->wfmt[f].gemm_tiles16,
                             (void *)k->pack_x_tiles);

@@ -261,7 +261,8 @@ static void test_shapes(void **state) {
 /* Groups large enough for the bf16 tile path of sets that have one (more than 4 rows per expert;
  * W8A8 inputs, and the bf16-rounded intermediate of weight-only trtllm runs, are tile-exact):
  * partial token blocks, more than four blocks, more than 256 rows (several tile passes), skewed
- * routing, sizes that are multiples of 32 but not of 128, MXFP8 and BF16 weights; weight-only runs
+ * routing, sizes that are multiples of 32 but not of 128, MXFP8, BF16 and DeepSeek FP8 weights
+ * (DeepSeek FP8 on the tiles weight-only: its W8A8 runs take the fp32 kernels); weight-only runs
  * with fp32 inputs take the fp32 kernels for GEMM1 (not tile-exact), with bf16 inputs the tiles. */
 static void test_tile_groups(void **state) {
     (void)state;
@@ -275,9 +276,9 @@ static void test_tile_groups(void **state) {
         {32, 32, 2, 2, 300, ROUTE_UNIFORM},
         {160, 288, 8, 3, 90, ROUTE_SKEWED},
     };
-    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_BF16};
+    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_BF16, MXM_WFMT_FP8_BLOCK};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
-        for (int f = 0; f < 2; f++) {
+        for (int f = 0; f < 3; f++) {
             mxm_moe_config c = base_cfg(s[i].H, s[i].I, s[i].E, s[i].K,
                                         i % 2 ? MXM_ACT_RELU2_NO_MUL : MXM_ACT_SILU);
             c.weight_format = fmts[f];

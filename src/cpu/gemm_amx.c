@@ -127,6 +127,7 @@ MXM_AINLINE __m512i dec32_exact(const uint8_t *q, const int16_t *off, __m512i tb
 typedef struct mx_rows {
     const uint8_t *q, *s; /* row r0's codes and scale bytes */
     int64_t qstep, sstep; /* from one panel row to the next */
+    int64_t skb;          /* from one 32-column block to the next: 1, or 0 (one byte for all) */
     int nr;
     bool bad;       /* a scale byte outside 86..168 */
     __m512i magmax; /* see dec32_normal */
@@ -135,7 +136,7 @@ typedef struct mx_rows {
 static mx_rows mx_rows_of(const uint8_t *w, const uint8_t *ws, int64_t k, int64_t r0, int64_t rstep,
                           int nr) {
     const int64_t nkb = k / MXM_MX_BLOCK;
-    mx_rows m = {w + r0 * k, ws + r0 * nkb,         rstep * k, rstep * nkb, nr,
+    mx_rows m = {w + r0 * k, ws + r0 * nkb,         rstep * k, rstep * nkb, 1, nr,
                  false,      _mm512_setzero_si512()};
     __mmask64 bad = 0;
     for (int j = 0; j < nr; j++)
@@ -154,7 +155,7 @@ static mx_rows mx_rows_of(const uint8_t *w, const uint8_t *ws, int64_t k, int64_
 MXM_AINLINE void mx_rows_decode(mx_rows *m, int64_t kb, uint16_t *dst) {
     __mmask32 e0 = 0;
     __m512i magmax = m->magmax;
-    const uint8_t *q = m->q + kb * 32, *s = m->s + kb;
+    const uint8_t *q = m->q + kb * 32, *s = m->s + kb * m->skb;
     const int64_t pf = 16 * m->qstep;
     if (m->nr == 16) {
         for (int j = 0; j < 16; j++, q += m->qstep, s += m->sstep) {
@@ -169,7 +170,7 @@ MXM_AINLINE void mx_rows_decode(mx_rows *m, int64_t kb, uint16_t *dst) {
     m->magmax = magmax;
     if (__builtin_expect(e0 != 0, 0)) {
         const __m512i tbl = _mm512_loadu_si512(sub_tbl);
-        q = m->q + kb * 32, s = m->s + kb;
+        q = m->q + kb * 32, s = m->s + kb * m->skb;
         for (int j = 0; j < m->nr; j++, q += m->qstep, s += m->sstep)
             _mm512_storeu_si512(dst + j * 32, dec32_exact(q, off_tbl[*s], tbl));
     }
@@ -237,31 +238,31 @@ static bool pack_x_tiles_amx(const float *const *x, int n, int64_t k, uint16_t *
 
 /* ---- the tile product ---------------------------------------------------------------------- */
 
-/* One or two token blocks (NB) against one weight panel: C tile b at cbuf + 256 b ([weight row]
- * [token]); with dec, each weight tile is decoded into wp one block before it is used (a tile
- * load waits until the stores it reads have reached the cache). Tile registers are not renamed:
- * a load into a tile waits until the instruction reading its old contents is done, and an
- * accumulation waits for the previous one into the same tile, so the even and odd k blocks use
- * their own A, B and C tiles (A 0/1, B 2/3, C 4-5 even and 6-7 odd for NB 2; C 4 even and 5 odd
- * for NB 1) and the two partial sums are added at the end. Every token's sum is formed the same
- * way whatever the number of tokens (so a token's result does not depend on the others routed
- * with it: the expert-parallel split relies on that). */
+/* One or two token blocks (NB) against one weight panel, 32-column blocks kb0..kb1 of nkb: C tile
+ * b at cbuf + 256 b ([weight row][token]); with dec, each weight tile is decoded into wp one block
+ * before it is used (a tile load waits until the stores it reads have reached the cache). Tile
+ * registers are not renamed: a load into a tile waits until the instruction reading its old
+ * contents is done, and an accumulation waits for the previous one into the same tile, so the even
+ * and odd k blocks use their own A, B and C tiles (A 0/1, B 2/3, C 4-5 even and 6-7 odd for NB 2; C
+ * 4 even and 5 odd for NB 1) and the two partial sums are added at the end. Every token's sum is
+ * formed the same way whatever the number of tokens (so a token's result does not depend on the
+ * others routed with it: the expert-parallel split relies on that). */
 MXM_AINLINE void add_tile(float *dst, const float *src) {
     for (int i = 0; i < 256; i += 16)
         _mm512_store_ps(dst + i, _mm512_add_ps(_mm512_load_ps(dst + i), _mm512_load_ps(src + i)));
 }
 
 #define DEFINE_TILES(NB)                                                                           \
-    static void tiles_##NB(uint16_t *wp, const uint16_t *xt, int64_t nkb, float *cbuf,             \
-                           mx_rows *dec) {                                                         \
+    static void tiles_##NB(uint16_t *wp, const uint16_t *xt, int64_t kb0, int64_t kb1,             \
+                           int64_t nkb, float *cbuf, mx_rows *dec) {                               \
         const int64_t xs = nkb * 512; /* bf16 elements from one token block to the next */         \
         (void)xs;                                                                                  \
         TILE_ZERO(4);                                                                              \
         TILE_ZERO(5);                                                                              \
         if (NB == 2) TILE_ZERO(6);                                                                 \
         if (NB == 2) TILE_ZERO(7);                                                                 \
-        if (dec) mx_rows_decode(dec, 0, wp);                                                       \
-        for (int64_t kb = 0; kb < nkb; kb++) {                                                     \
+        if (dec && kb0 == 0) mx_rows_decode(dec, 0, wp);                                           \
+        for (int64_t kb = kb0; kb < kb1; kb++) {                                                   \
             const uint16_t *a = wp + kb * 512, *x = xt + kb * 512;                                 \
             if (dec && kb + 1 < nkb) mx_rows_decode(dec, kb + 1, wp + kb * 512 + 512);             \
             if ((kb & 1) == 0) {                                                                   \
@@ -295,6 +296,19 @@ MXM_AINLINE void add_tile(float *dst, const float *src) {
 DEFINE_TILES(1)
 DEFINE_TILES(2)
 
+/* The nb C tiles at cbuf ([weight row][token], token blocks tb0, tb0 + 1) -> c (token-major). */
+static void store_tokens(const float *cbuf, int nb, int tb0, int n, float *c, int64_t ldc) {
+    for (int b = 0; b < nb; b++) {
+        __m512i r[16];
+        for (int j = 0; j < 16; j++)
+            r[j] = _mm512_load_si512(cbuf + b * 256 + j * 16);
+        transpose16(r); /* r[t]: token t's 16 row sums */
+        const int t0 = 16 * (tb0 + b), nt = n - t0 < 16 ? n - t0 : 16;
+        for (int t = 0; t < nt; t++)
+            _mm512_storeu_si512(c + (t0 + t) * ldc, r[t]);
+    }
+}
+
 /* c (token-major) from the product of wp with the token tiles, two token blocks at a time; with
  * dec, the first pass decodes the panel into wp as it goes. */
 static void tile_product(uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c, int64_t ldc,
@@ -307,18 +321,10 @@ static void tile_product(uint16_t *wp, const uint16_t *xt, int n, int64_t k, flo
         const int nb = ntb - tb0 < 2 ? ntb - tb0 : 2;
         const uint16_t *x = xt + tb0 * nkb * 512;
         if (nb == 2)
-            tiles_2(wp, x, nkb, cbuf, tb0 == 0 ? dec : NULL);
+            tiles_2(wp, x, 0, nkb, nkb, cbuf, tb0 == 0 ? dec : NULL);
         else
-            tiles_1(wp, x, nkb, cbuf, tb0 == 0 ? dec : NULL);
-        for (int b = 0; b < nb; b++) {
-            __m512i r[16];
-            for (int j = 0; j < 16; j++)
-                r[j] = _mm512_load_si512(cbuf + b * 256 + j * 16);
-            transpose16(r); /* r[t]: token t's 16 row sums */
-            const int t0 = 16 * (tb0 + b), nt = n - t0 < 16 ? n - t0 : 16;
-            for (int t = 0; t < nt; t++)
-                _mm512_storeu_si512(c + (t0 + t) * ldc, r[t]);
-        }
+            tiles_1(wp, x, 0, nkb, nkb, cbuf, tb0 == 0 ? dec : NULL);
+        store_tokens(cbuf, nb, tb0, n, c, ldc);
     }
     tiles_release();
 }
@@ -358,6 +364,61 @@ static bool gemm_bf16_tiles16_amx(const void *w, const void *ws, int64_t k, int6
     return true;
 }
 
+/* The DeepSeek FP8 row's. The E4M3 codes are tile-exact by themselves (zero or 2^-9..448 in
+ * magnitude), so the panel holds the codes, decoded as MXFP8 codes of scale 2^0 one block ahead of
+ * the tile unit, and the scales are applied afterwards, as the format defines them: per 128-column
+ * block the tile unit sums the exact products of token values and codes into fresh C tiles, and
+ * fp32 accumulators add that partial sum times the row's block scale (the 16 rows may straddle a
+ * 128-row block). False, no product, when a scale of the rows is not finite; false after the
+ * product when a code is NaN (the fp32 panels take both, the values of the format's definition). */
+static const uint8_t scale_one = 127; /* E8M0 2^0 */
+
+static bool gemm_fp8block_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
+                                      int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
+                                      int64_t ldc, uint16_t *wp) {
+    const int64_t nkb = k / 32, nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    const int64_t bkb = MXM_FP8_BLOCK / 32; /* 32-column blocks per scale block */
+    _Alignas(64) float sc[16][16];          /* sc[j][lane]: row j's scale of the block at hand */
+    const float *srow[16];
+    uint32_t nonfinite = 0;
+    for (int j = 0; j < nr; j++) {
+        srow[j] = (const float *)ws + (r0 + j * rstep) / MXM_FP8_BLOCK * nsb;
+        for (int64_t b = 0; b < nsb; b++)
+            nonfinite |= (mxm_f32_bits(srow[j][b]) & 0x7F800000u) == 0x7F800000u;
+    }
+    if (nonfinite) return false;
+    memset(sc, 0, sizeof sc); /* rows past nr: zero rows in the panel, zero scale */
+    mx_rows dec = {(const uint8_t *)w + r0 * k, &scale_one, rstep * k, 0, 0, nr, false,
+                   _mm512_setzero_si512()};
+    const int ntb = (n + 15) / 16;
+    _Alignas(64) float cbuf[2 * 256], acc[2 * 256];
+    tiles_configure();
+    for (int tb0 = 0; tb0 < ntb; tb0 += 2) {
+        const int nb = ntb - tb0 < 2 ? ntb - tb0 : 2;
+        const uint16_t *x = xt + tb0 * nkb * 512;
+        memset(acc, 0, sizeof acc);
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            const int64_t kb0 = sb * bkb, kb1 = kb0 + bkb < nkb ? kb0 + bkb : nkb;
+            if (nb == 2)
+                tiles_2(wp, x, kb0, kb1, nkb, cbuf, tb0 == 0 ? &dec : NULL);
+            else
+                tiles_1(wp, x, kb0, kb1, nkb, cbuf, tb0 == 0 ? &dec : NULL);
+            for (int j = 0; j < nr; j++)
+                _mm512_store_ps(sc[j], _mm512_set1_ps(srow[j][sb]));
+            for (int b = 0; b < nb; b++)
+                for (int j = 0; j < 16; j++) {
+                    float *a = acc + b * 256 + j * 16;
+                    const __m512 p = _mm512_load_ps(cbuf + b * 256 + j * 16);
+                    _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a),
+                                                     _mm512_mul_ps(p, _mm512_load_ps(sc[j]))));
+                }
+        }
+        store_tokens(acc, nb, tb0, n, c, ldc);
+    }
+    tiles_release();
+    return mx_rows_exact(&dec);
+}
+
 /* The amx set of cpu_isa.def (on top of the avx512 set): only the tile path is its own, the
  * token tiles and the tile products of the MXFP8 and BF16 rows (the other formats' rows have
  * none: their values are not bf16-exact in general). */
@@ -367,5 +428,6 @@ void mxm_cpu_init_amx(mxm_cpu_kernels *k) {
             off_tbl[b][i] = (int16_t)((b - 7) * 128);
     k->wfmt[MXM_WFMT_MXFP8].gemm_tiles16 = gemm_mxfp8_tiles16_amx;
     k->wfmt[MXM_WFMT_BF16].gemm_tiles16 = gemm_bf16_tiles16_amx;
+    k->wfmt[MXM_WFMT_FP8_BLOCK].gemm_tiles16 = gemm_fp8block_tiles16_amx;
     k->pack_x_tiles = pack_x_tiles_amx;
 }

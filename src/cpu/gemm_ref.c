@@ -135,6 +135,31 @@ bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r
     return ok;
 }
 
+/* DeepSeek FP8 weights: the codes alone (every finite E4M3 value is tile-exact); the scales are
+ * applied to the tile product's 128-column partial sums. Tile-exact unless a code of the rows is
+ * NaN or a scale of their blocks is not finite. */
+bool mxm_pack_fp8block_tiles_ref(const void *wv, const void *sv, int64_t k, int64_t r0,
+                                 int64_t rstep, int nr, uint16_t *wp) {
+    const uint8_t *w = wv;
+    const int64_t nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    bool ok = true;
+    for (int j = 0; j < 16; j++) {
+        const int64_t r = r0 + j * rstep;
+        for (int64_t b = 0; j < nr && b < nsb; b++)
+            ok = ok && (mxm_f32_bits(((const float *)sv)[r / MXM_FP8_BLOCK * nsb + b]) &
+                        0x7F800000u) != 0x7F800000u;
+        for (int64_t i = 0; i < k; i++) {
+            uint16_t v = 0;
+            if (j < nr) {
+                ok = ok && (w[r * k + i] & 0x7F) != 0x7F;
+                v = mxm_bf16_rne(mxm_e4m3_decode(w[r * k + i]));
+            }
+            wp[(i / 32 * 16 + j) * 32 + i % 32] = v;
+        }
+    }
+    return ok;
+}
+
 bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt) {
     const int64_t nkb = k / 32;
     bool ok = true;
@@ -177,5 +202,33 @@ bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t
                                uint16_t *wp) {
     if (!mxm_pack_bf16_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
     mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
+    return true;
+}
+
+/* Per 128-column block, in i order, one exact product of a token value and a code at a time into
+ * a fresh fp32 sum; the sum times the row's block scale added to the fp32 result, blocks in
+ * order. */
+bool mxm_gemm_fp8block_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0,
+                                   int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
+                                   int64_t ldc, uint16_t *wp) {
+    if (!mxm_pack_fp8block_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
+    const int64_t nkb = k / 32, nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < 16; j++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nsb; b++) {
+                float p = 0.0f;
+                for (int64_t i = b * MXM_FP8_BLOCK; i < k && i < (b + 1) * MXM_FP8_BLOCK; i++) {
+                    const float xv =
+                        mxm_bf16_decode(xt[(((t / 16) * nkb + i / 32) * 16 + i % 32 / 2) * 32 +
+                                           2 * (t % 16) + i % 2]);
+                    p += xv * mxm_bf16_decode(wp[(i / 32 * 16 + j) * 32 + i % 32]);
+                }
+                const float s =
+                    j < nr ? ((const float *)ws)[(r0 + j * rstep) / MXM_FP8_BLOCK * nsb + b] : 0.0f;
+                acc += p * s;
+            }
+            c[t * ldc + j] = acc;
+        }
     return true;
 }

@@ -8,8 +8,8 @@
  * Work items are handed out through an atomic counter, largest experts first, so skewed routing
  * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. Kernel
  * sets with a bf16 tile GEMM (amx) run a work item's panels through it, for the weight formats
- * whose row has a tile product (MXFP8, BF16), when the item's token rows and the panel have exact
- * bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
+ * whose row has a tile product (MXFP8, BF16, DeepSeek FP8 weight-only), when the item's token rows
+ * and the panel have exact bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
 #define _GNU_SOURCE /* qsort_r */
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +62,7 @@ typedef struct cpu_layout {
 typedef struct cpu_state {
     const mxm_cpu_kernels *k;
     const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
+    bool tiles;                     /* the tile path may run (plan_tiles) */
     int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
     int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
@@ -106,7 +107,7 @@ typedef struct tiles {
  * set has tiles and the format's values can be bf16-exact), then for a group of rows: more than
  * the GEMV takes, at most TILE_TOKENS. */
 static bool tiles_for_format(const pass *ps) {
-    return ps->wk->gemm_tiles16 != NULL;
+    return ps->cs->tiles;
 }
 static bool tiles_apply(const pass *ps, int64_t n) {
     return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
@@ -484,6 +485,15 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     return MXM_OK;
 }
 
+/* Whether the plan's passes may use the weight format's tile product: where the row has one and
+ * the activations the GEMMs see can be tile-exact. DeepSeek FP8's W8A8 activations are E4M3 codes
+ * times arbitrary f32 scales (mostly not bf16-exact), and its tile product takes token values, not
+ * codes with their 1x128 scales: weight-only only. */
+static bool plan_tiles(const mxm_moe_plan *p, const mxm_cpu_wfmt_kernels *wk) {
+    if (!wk->gemm_tiles16) return false;
+    return p->cfg.weight_format != MXM_WFMT_FP8_BLOCK || p->cfg.act_quant == MXM_ACT_QUANT_NONE;
+}
+
 static mxm_status cpu_plan(mxm_moe_plan *p) {
     cpu_state *cs = calloc(1, sizeof *cs);
     if (!cs) return mxm_fail(MXM_ERR_NOMEM, "mxm_moe_plan_create: out of memory");
@@ -491,6 +501,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
     cs->k = k;
     cs->wk = &k->wfmt[p->cfg.weight_format];
+    cs->tiles = plan_tiles(p, cs->wk);
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
@@ -499,7 +510,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     const int64_t bytes = mxm_mul3_i64(panel_floats_of(p) + 2 * 16 * max_rows, 4, 1);
     if (bytes < 0) return mxm_fail(MXM_ERR_OVERFLOW, "per-thread scratch overflows");
     cs->ws.thread_bytes =
-        scratch_base_bytes(p, cs->batch) + (cs->wk->gemm_tiles16 ? scratch_tile_bytes(p) : 0);
+        scratch_base_bytes(p, cs->batch) + (cs->tiles ? scratch_tile_bytes(p) : 0);
     const int64_t chunks1 = mxm_ceil_div(I, GEMM1_COLS), chunks2 = mxm_ceil_div(H, GEMM2_ROWS);
     cs->max_items = ((int64_t)p->e_loc + 1) * (chunks1 > chunks2 ? chunks1 : chunks2);
     const mxm_status st = layout_workspace(p, cs);
