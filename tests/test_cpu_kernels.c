@@ -291,11 +291,13 @@ static weight make_tile_fp8block(tu_rng *r, int64_t rows, int64_t k, int codes) 
     return w;
 }
 
-/* c (n tokens x 16) of DeepSeek FP8 rows against the float64 sums of x times the values
- * e4m3(q) * scale, within the fp32 kernels' bound (sums near the fp32 range: skipped). */
+/* c (n tokens x 16) of DeepSeek FP8 rows against the float64 sums of x (with xsc: the codes xs
+ * times their 1x128 scales xsc) times the values e4m3(q) * scale, within the fp32 kernels' bound
+ * (sums near the fp32 range: skipped). */
 static void check_fp8block_product(const char *what, const float *c, const float *cref,
-                                   float *const *xs, int n, const weight *w, int64_t r0,
-                                   int64_t rstep, int nr, double *worst, int64_t *count) {
+                                   float *const *xs, float *const *xsc, int n, const weight *w,
+                                   int64_t r0, int64_t rstep, int nr, double *worst,
+                                   int64_t *count) {
     const int64_t k = w->k, nsb = (k + 127) / 128;
     for (int t = 0; t < n; t++)
         for (int j = 0; j < 16; j++) {
@@ -304,8 +306,9 @@ static void check_fp8block_product(const char *what, const float *c, const float
                 const int64_t row = r0 + j * rstep;
                 const double v = (double)mxm_e4m3_decode(w->q[row * k + i]) *
                                  ((const float *)w->s)[row / 128 * nsb + i / 128];
-                exact += xs[t][i] * v;
-                mag += fabs(xs[t][i] * v);
+                const double x = xsc ? (double)xs[t][i] * xsc[t][i / 128] : xs[t][i];
+                exact += x * v;
+                mag += fabs(x * v);
             }
             if (mag > 0x1p100) continue;
             const double e = err_of(c[t * 16 + j], exact, mag, k);
@@ -324,7 +327,7 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
     const mxm_cpu_wfmt_kernels *mx = &opt->wfmt[MXM_WFMT_MXFP8], *bf = &opt->wfmt[MXM_WFMT_BF16];
     const mxm_cpu_wfmt_kernels *fb = &opt->wfmt[MXM_WFMT_FP8_BLOCK];
     int64_t panels = 0, refused = 0, bf_panels = 0, bf_refused = 0, xtiles = 0, products = 0,
-            same_bits = 0, fb_panels = 0, fb_refused = 0, fb_products = 0;
+            same_bits = 0, fb_panels = 0, fb_refused = 0, fb_products = 0, fb_w8a8 = 0;
     double fb_worst = 0;
     double worst = 0;
     for (int trial = 0; trial < 60; trial++) {
@@ -386,12 +389,13 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
               *cr = tu_alloc(sizeof(float) * (size_t)n * 16);
         tu_poison_f32(co, (n + 1) * 16);
         memset(wo, 0xA5, wp_bytes);
-        const bool eo = mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, xr, n, co, 16, wo);
+        const bool eo = mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, xr, NULL, n, co, 16, wo);
         assert_int_equal(eo, er);
         if (er) {
             panels++;
             assert_memory_equal(wo, wr, wp_bytes);
-            assert_true(mxm_gemm_mxfp8_tiles16_ref(w.q, w.s, k, r0, rstep, nr, xr, n, cr, 16, wo));
+            assert_true(
+                mxm_gemm_mxfp8_tiles16_ref(w.q, w.s, k, r0, rstep, nr, xr, NULL, n, cr, 16, wo));
             for (int j = 0; j < 16; j++)
                 assert_true(isnan(co[n * 16 + j]));
             check_product("mxfp8 gemm_tiles16", co, cr, xs, n, pf, k, &worst, &products,
@@ -402,7 +406,7 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
                 uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
                 float c1[16];
                 assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
-                assert_true(mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, x1, 1, c1, 16, w1));
+                assert_true(mx->gemm_tiles16(w.q, w.s, k, r0, rstep, nr, x1, NULL, 1, c1, 16, w1));
                 assert_memory_equal(c1, co + t * 16, sizeof c1);
                 free(x1), free(w1);
             }
@@ -425,13 +429,13 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             }
             tu_poison_f32(co, (n + 1) * 16);
             memset(wo, 0xA5, wp_bytes);
-            const bool ebo = bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo);
+            const bool ebo = bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, NULL, n, co, 16, wo);
             assert_int_equal(ebo, ebr);
             if (ebr) {
                 bf_panels++;
                 assert_memory_equal(wo, wbr, wp_bytes);
                 assert_true(
-                    mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wo));
+                    mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, NULL, n, cr, 16, wo));
                 for (int j = 0; j < 16; j++)
                     assert_true(isnan(co[n * 16 + j]));
                 check_product("bf16 gemm_tiles16", co, cr, xs, n, pb, k, &worst, &products,
@@ -442,8 +446,9 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             /* a planted non-tile value in one of the rows */
             wb[(r0 + tu_randint(&r, 0, nr - 1) * rstep) * k + tu_randint(&r, 0, k - 1)] =
                 non_tile_bf16(&r);
-            assert_false(bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, n, co, 16, wo));
-            assert_false(mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, n, cr, 16, wbr));
+            assert_false(bf->gemm_tiles16(wb, NULL, k, r0, rstep, nr, xr, NULL, n, co, 16, wo));
+            assert_false(
+                mxm_gemm_bf16_tiles16_ref(wb, NULL, k, r0, rstep, nr, xr, NULL, n, cr, 16, wbr));
             free(wb), free(wbr), free(pb);
         }
         { /* DeepSeek FP8 weights, 1-300 rows (the 16 rows may straddle a 128-row scale block),
@@ -470,28 +475,74 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
             assert_true(general || trial % 4 == 1 || efr);
             tu_poison_f32(co, (n + 1) * 16);
             memset(wo, 0xA5, wp_bytes);
-            const bool efo = fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, xr, n, co, 16, wo);
+            const bool efo = fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, xr, NULL, n, co, 16, wo);
             assert_int_equal(efo, efr);
             if (efr) {
                 fb_panels++;
                 assert_memory_equal(wo, wfr, wp_bytes);
-                assert_true(
-                    mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, n, cr, 16, wo));
+                assert_true(mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, NULL, n,
+                                                          cr, 16, wo));
                 for (int j = 0; j < 16; j++)
                     assert_true(isnan(co[n * 16 + j]));
-                check_fp8block_product("fp8_block gemm_tiles16", co, cr, xs, n, &f, r0f, rstep, nr,
-                                       &fb_worst, &fb_products);
-                const int t = (int)tu_randint(&r, 0, n - 1);
-                uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
-                float c1[16];
-                assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
-                assert_true(fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, x1, 1, c1, 16, w1));
-                assert_memory_equal(c1, co + t * 16, sizeof c1);
-                free(x1), free(w1);
+                check_fp8block_product("fp8_block gemm_tiles16", co, cr, xs, NULL, n, &f, r0f,
+                                       rstep, nr, &fb_worst, &fb_products);
+                {
+                    const int t = (int)tu_randint(&r, 0, n - 1);
+                    uint16_t *x1 = tu_alloc(2 * 16 * (size_t)k), *w1 = tu_alloc(wp_bytes);
+                    float c1[16];
+                    assert_true(opt->pack_x_tiles((const float *const *)&xs[t], 1, k, x1));
+                    assert_true(
+                        fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, x1, NULL, 1, c1, 16, w1));
+                    assert_memory_equal(c1, co + t * 16, sizeof c1);
+                    free(x1), free(w1);
+                }
+                /* W8A8: the tokens as E4M3 codes (no NaN) with 1x128 scales of every finite kind;
+                 * then one scale made infinite or NaN: refused, as the ref */
+                float **xq = tu_alloc(sizeof(float *) * (size_t)n),
+                      **xsc = tu_alloc(sizeof(float *) * (size_t)n);
+                for (int t = 0; t < n; t++) {
+                    xq[t] = tu_alloc(sizeof(float) * (size_t)k);
+                    xsc[t] = tu_alloc(sizeof(float) * (size_t)nsb);
+                    for (int64_t i = 0; i < k; i++) {
+                        uint8_t q = (uint8_t)tu_randint(&r, 0, 255);
+                        if ((q & 0x7F) == 0x7F) q ^= 1;
+                        xq[t][i] = mxm_e4m3_decode(q);
+                    }
+                    for (int64_t b = 0; b < nsb; b++) {
+                        const double u = tu_uniform(&r);
+                        xsc[t][b] = u < 0.05   ? 1e-40f
+                                    : u < 0.1  ? -0.25f
+                                    : u < 0.15 ? 0.0f
+                                               : (float)ldexp(1.0 + tu_uniform(&r),
+                                                              (int)tu_randint(&r, -12, 4));
+                    }
+                }
+                uint16_t *xqt = tu_alloc(xt_bytes);
+                assert_true(opt->pack_x_tiles((const float *const *)xq, n, k, xqt));
+                const float *const *xscc = (const float *const *)xsc;
+                tu_poison_f32(co, (n + 1) * 16);
+                assert_true(
+                    fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, xqt, xscc, n, co, 16, wo));
+                assert_true(mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xqt, xscc, n,
+                                                          cr, 16, wfr));
+                assert_memory_equal(wo, wfr, wp_bytes);
+                for (int j = 0; j < 16; j++)
+                    assert_true(isnan(co[n * 16 + j]));
+                check_fp8block_product("fp8_block w8a8 gemm_tiles16", co, cr, xq, xsc, n, &f, r0f,
+                                       rstep, nr, &fb_worst, &fb_w8a8);
+                xsc[tu_randint(&r, 0, n - 1)][tu_randint(&r, 0, nsb - 1)] =
+                    tu_randint(&r, 0, 1) ? -INFINITY : NAN;
+                assert_false(
+                    fb->gemm_tiles16(f.q, f.s, k, r0f, rstep, nr, xqt, xscc, n, co, 16, wo));
+                assert_false(mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xqt, xscc,
+                                                           n, cr, 16, wfr));
+                for (int t = 0; t < n; t++)
+                    free(xq[t]), free(xsc[t]);
+                free(xq), free(xsc), free(xqt);
             } else {
                 fb_refused++;
-                assert_false(
-                    mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, n, cr, 16, wfr));
+                assert_false(mxm_gemm_fp8block_tiles16_ref(f.q, f.s, k, r0f, rstep, nr, xr, NULL, n,
+                                                           cr, 16, wfr));
             }
             free(wfr), free(f.q), free(f.s);
         }
@@ -513,10 +564,11 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
            (long long)bf_refused, (long long)xtiles, (long long)products, worst,
            (long long)same_bits);
     printf("tiles     %s vs ref: %lld DeepSeek FP8 code panels bit-identical (%lld refused as the "
-           "ref: NaN code or non-finite scale), %lld products with 128-block scales within 1e-5 "
-           "of sum|t| (worst %.1e) PASS\n",
+           "ref: NaN code or non-finite scale), %lld weight-only and %lld W8A8 (token codes + "
+           "1x128 scales) products with 128-block scales within 1e-5 of sum|t| (worst %.1e) "
+           "PASS\n",
            opt->name, (long long)fb_panels, (long long)fb_refused, (long long)fb_products,
-           fb_worst);
+           (long long)fb_w8a8, fb_worst);
 }
 
 static void test_tiles(void **state) {

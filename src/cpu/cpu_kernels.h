@@ -34,14 +34,17 @@ typedef struct mxm_cpu_wfmt_kernels {
     /* The same rows' products on bf16 tiles (sets with a tile GEMM, below: the layouts and the
      * tile-exact rule): c[t * ldc + j] = x_t . row(r0 + j*rstep) for t < n, j < 16 (zero past
      * nr), the n token rows given as their tiles xt (pack_x_tiles), the rows' weight tile panel
-     * written to wp on the way. False, c and wp unspecified, unless every value of the nr rows
-     * is tile-exact (the caller then uses pack_panel and gemm_panel16). DeepSeek FP8 puts its
-     * codes, not its values, on the tiles and applies the scales to 128-column partial sums (the
-     * per-format list below). NULL in sets without tiles and for formats whose values are not
-     * bf16-exact in general (F32): the plan never takes the tile path for them, nor the tile
-     * passes' larger work items and row groups (moe_cpu.c). */
+     * written to wp on the way; xs NULL but for DeepSeek FP8 W8A8, where the token tiles hold
+     * the activations' E4M3 codes and xs[t] token t's 1x128 block scales ([ceil(k/128)] f32).
+     * False, c and wp unspecified, unless every value of the nr rows is tile-exact (the caller then
+     * uses pack_panel and gemm_panel16). DeepSeek FP8 puts its codes, not its values, on the tiles
+     * and applies the scales to 128-column partial sums (the per-format list below). NULL in sets
+     * without tiles and for formats whose values are not bf16-exact in general (F32): the plan
+     * never takes the tile path for them, nor the tile passes' larger work items and row groups
+     * (moe_cpu.c). */
     bool (*gemm_tiles16)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                         int nr, const uint16_t *xt, int n, float *c, int64_t ldc, uint16_t *wp);
+                         int nr, const uint16_t *xt, const float *const *xs, int n, float *c,
+                         int64_t ldc, uint16_t *wp);
 } mxm_cpu_wfmt_kernels;
 
 typedef struct mxm_cpu_kernels {
@@ -85,10 +88,12 @@ typedef struct mxm_cpu_kernels {
      *          runs one 32-column block ahead of the tile unit
      *   BF16   the values as they are, tile-exact when zero or in [2^-50, 2^50)
      *   DeepSeek FP8  the E4M3 codes (tile-exact: zero or 2^-9..448), tile-exact unless a code
-     *          is NaN or a block scale of the nr rows is not finite; per 128-column block b the
-     *          tile unit's fp32 sum P_b of the exact products x[i] * e4m3(w[i]) goes into fresh C
-     *          tiles, and c = sum over b in order of P_b * ws[row/128][b] in fp32 (a multiply,
-     *          then an add), the panel decoded one 32-column block ahead of the tile unit */
+     *          is NaN or a block scale of the nr rows (or, with xs, of the n tokens) is not
+     *          finite; per 128-column block b the tile unit's fp32 sum P_b of the exact products
+     *          x[i] * e4m3(w[i]) goes into fresh C tiles, and c = sum over b in order of
+     *          P_b * ws[row/128][b] in fp32 (a multiply, then an add), with xs
+     *          (P_b * xs[t][b]) * ws[row/128][b] (W8A8: x[i] the activation's code); the panel
+     *          decoded one 32-column block ahead of the tile unit */
     /* The token tiles of rows x[0..n) (n >= 1); false, contents unspecified, unless every value
      * is tile-exact. */
     bool (*pack_x_tiles)(const float *const *x, int n, int64_t k, uint16_t *xt);
@@ -138,21 +143,22 @@ void mxm_pack_f32_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0
 bool mxm_pack_mxfp8_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
                               int nr, uint16_t *wp);
 bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
-                                uint16_t *wp);
+                                int nr, const uint16_t *xt, const float *const *xs, int n, float *c,
+                                int64_t ldc, uint16_t *wp);
 bool mxm_pack_bf16_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
                              int nr, uint16_t *wp);
 bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
-                               uint16_t *wp);
+                               int nr, const uint16_t *xt, const float *const *xs, int n, float *c,
+                               int64_t ldc, uint16_t *wp);
 bool mxm_pack_fp8block_tiles_ref(const void *w, const void *ws, int64_t k, int64_t r0,
                                  int64_t rstep, int nr, uint16_t *wp);
 /* DeepSeek FP8's twin is its own (the scales apply to 128-column partial sums, not in the panel):
  * mxm_pack_fp8block_tiles_ref, then per 128-column block a fresh fp32 sum of the exact products
  * in i order, times the row's block scale, added to the fp32 result in block order. */
 bool mxm_gemm_fp8block_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0,
-                                   int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                   int64_t ldc, uint16_t *wp);
+                                   int64_t rstep, int nr, const uint16_t *xt,
+                                   const float *const *xs, int n, float *c, int64_t ldc,
+                                   uint16_t *wp);
 bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt);
 /* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16, from a weight tile panel and token
  * tiles: in i order, one exact product at a time. */

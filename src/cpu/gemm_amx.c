@@ -331,8 +331,10 @@ static void tile_product(uint16_t *wp, const uint16_t *xt, int n, int64_t k, flo
 
 /* The MXFP8 row's tile product: the panel decoded one block ahead of the tile unit. */
 static bool gemm_mxfp8_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
-                                   int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                   int64_t ldc, uint16_t *wp) {
+                                   int64_t rstep, int nr, const uint16_t *xt,
+                                   const float *const *xs, int n, float *c, int64_t ldc,
+                                   uint16_t *wp) {
+    (void)xs;
     mx_rows dec = mx_rows_of(w, ws, k, r0, rstep, nr);
     tile_product(wp, xt, n, k, c, ldc, &dec);
     return mx_rows_exact(&dec);
@@ -341,9 +343,9 @@ static bool gemm_mxfp8_tiles16_amx(const void *w, const void *ws, int64_t k, int
 /* The BF16 row's: the rows are bf16 already, copied 32 columns at a time into the tile panel and
  * checked for the range before the tile unit runs (no product when a value is not tile-exact). */
 static bool gemm_bf16_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
-                                  int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                  int64_t ldc, uint16_t *wp) {
-    (void)ws;
+                                  int64_t rstep, int nr, const uint16_t *xt, const float *const *xs,
+                                  int n, float *c, int64_t ldc, uint16_t *wp) {
+    (void)ws, (void)xs;
     const int64_t nkb = k / 32;
     __mmask32 bad = 0;
     for (int j = 0; j < 16; j++) {
@@ -367,15 +369,17 @@ static bool gemm_bf16_tiles16_amx(const void *w, const void *ws, int64_t k, int6
 /* The DeepSeek FP8 row's. The E4M3 codes are tile-exact by themselves (zero or 2^-9..448 in
  * magnitude), so the panel holds the codes, decoded as MXFP8 codes of scale 2^0 one block ahead of
  * the tile unit, and the scales are applied afterwards, as the format defines them: per 128-column
- * block the tile unit sums the exact products of token values and codes into fresh C tiles, and
- * fp32 accumulators add that partial sum times the row's block scale (the 16 rows may straddle a
- * 128-row block). False, no product, when a scale of the rows is not finite; false after the
- * product when a code is NaN (the fp32 panels take both, the values of the format's definition). */
+ * block the tile unit sums the exact products of token values (W8A8: the activations' codes) and
+ * codes into fresh C tiles, and fp32 accumulators add that partial sum times the row's block
+ * scale (W8A8: times the token's 1x128 scale; the 16 rows may straddle a 128-row block). False,
+ * no product, when a scale of the rows or tokens is not finite; false after the product when a
+ * code is NaN (the fp32 panels take both, the values of the format's definition). */
 static const uint8_t scale_one = 127; /* E8M0 2^0 */
 
 static bool gemm_fp8block_tiles16_amx(const void *w, const void *ws, int64_t k, int64_t r0,
-                                      int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                      int64_t ldc, uint16_t *wp) {
+                                      int64_t rstep, int nr, const uint16_t *xt,
+                                      const float *const *xs, int n, float *c, int64_t ldc,
+                                      uint16_t *wp) {
     const int64_t nkb = k / 32, nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     const int64_t bkb = MXM_FP8_BLOCK / 32; /* 32-column blocks per scale block */
     _Alignas(64) float sc[16][16];          /* sc[j][lane]: row j's scale of the block at hand */
@@ -386,6 +390,9 @@ static bool gemm_fp8block_tiles16_amx(const void *w, const void *ws, int64_t k, 
         for (int64_t b = 0; b < nsb; b++)
             nonfinite |= (mxm_f32_bits(srow[j][b]) & 0x7F800000u) == 0x7F800000u;
     }
+    for (int t = 0; xs && t < n; t++)
+        for (int64_t b = 0; b < nsb; b++)
+            nonfinite |= (mxm_f32_bits(xs[t][b]) & 0x7F800000u) == 0x7F800000u;
     if (nonfinite) return false;
     memset(sc, 0, sizeof sc); /* rows past nr: zero rows in the panel, zero scale */
     mx_rows dec = {(const uint8_t *)w + r0 * k, &scale_one, rstep * k, 0, 0, nr, false,
@@ -405,13 +412,21 @@ static bool gemm_fp8block_tiles16_amx(const void *w, const void *ws, int64_t k, 
                 tiles_1(wp, x, kb0, kb1, nkb, cbuf, tb0 == 0 ? &dec : NULL);
             for (int j = 0; j < nr; j++)
                 _mm512_store_ps(sc[j], _mm512_set1_ps(srow[j][sb]));
-            for (int b = 0; b < nb; b++)
+            for (int b = 0; b < nb; b++) {
+                /* the tokens' block scales (W8A8), lanes = tokens: (P * sx) * sw, so that two
+                 * tiny scales do not round in their own product first */
+                _Alignas(64) float sx[16];
+                const int t0 = 16 * (tb0 + b);
+                for (int t = 0; xs && t < 16; t++)
+                    sx[t] = t0 + t < n ? xs[t0 + t][sb] : 0.0f;
                 for (int j = 0; j < 16; j++) {
                     float *a = acc + b * 256 + j * 16;
-                    const __m512 p = _mm512_load_ps(cbuf + b * 256 + j * 16);
-                    _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a),
-                                                     _mm512_mul_ps(p, _mm512_load_ps(sc[j]))));
+                    __m512 p = _mm512_load_ps(cbuf + b * 256 + j * 16);
+                    if (xs) p = _mm512_mul_ps(p, _mm512_load_ps(sx));
+                    p = _mm512_mul_ps(p, _mm512_load_ps(sc[j]));
+                    _mm512_store_ps(a, _mm512_add_ps(_mm512_load_ps(a), p));
                 }
+            }
         }
         store_tokens(acc, nb, tb0, n, c, ldc);
     }

@@ -190,29 +190,36 @@ void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t
 }
 
 bool mxm_gemm_mxfp8_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                                int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
-                                uint16_t *wp) {
+                                int nr, const uint16_t *xt, const float *const *xs, int n, float *c,
+                                int64_t ldc, uint16_t *wp) {
+    (void)xs;
     if (!mxm_pack_mxfp8_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
     mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
     return true;
 }
 
 bool mxm_gemm_bf16_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                               int nr, const uint16_t *xt, int n, float *c, int64_t ldc,
-                               uint16_t *wp) {
+                               int nr, const uint16_t *xt, const float *const *xs, int n, float *c,
+                               int64_t ldc, uint16_t *wp) {
+    (void)xs;
     if (!mxm_pack_bf16_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
     mxm_gemm_tiles16_ref(wp, xt, n, k, c, ldc);
     return true;
 }
 
-/* Per 128-column block, in i order, one exact product of a token value and a code at a time into
- * a fresh fp32 sum; the sum times the row's block scale added to the fp32 result, blocks in
- * order. */
+/* Per 128-column block, in i order, one exact product of a token value (W8A8: its code) and a
+ * weight code at a time into a fresh fp32 sum; the sum times the row's block scale (W8A8: times
+ * the token's block scale) added to the fp32 result, blocks in order. */
 bool mxm_gemm_fp8block_tiles16_ref(const void *w, const void *ws, int64_t k, int64_t r0,
-                                   int64_t rstep, int nr, const uint16_t *xt, int n, float *c,
-                                   int64_t ldc, uint16_t *wp) {
-    if (!mxm_pack_fp8block_tiles_ref(w, ws, k, r0, rstep, nr, wp)) return false;
+                                   int64_t rstep, int nr, const uint16_t *xt,
+                                   const float *const *xs, int n, float *c, int64_t ldc,
+                                   uint16_t *wp) {
     const int64_t nkb = k / 32, nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    bool ok = mxm_pack_fp8block_tiles_ref(w, ws, k, r0, rstep, nr, wp);
+    for (int t = 0; xs && t < n; t++)
+        for (int64_t b = 0; b < nsb; b++)
+            ok = ok && (mxm_f32_bits(xs[t][b]) & 0x7F800000u) != 0x7F800000u;
+    if (!ok) return false;
     for (int t = 0; t < n; t++)
         for (int j = 0; j < 16; j++) {
             float acc = 0.0f;
@@ -224,9 +231,9 @@ bool mxm_gemm_fp8block_tiles16_ref(const void *w, const void *ws, int64_t k, int
                                            2 * (t % 16) + i % 2]);
                     p += xv * mxm_bf16_decode(wp[(i / 32 * 16 + j) * 32 + i % 32]);
                 }
-                const float s =
+                const float sw =
                     j < nr ? ((const float *)ws)[(r0 + j * rstep) / MXM_FP8_BLOCK * nsb + b] : 0.0f;
-                acc += p * s;
+                acc += (xs ? p * xs[t][b] : p) * sw;
             }
             c[t * ldc + j] = acc;
         }

@@ -8,7 +8,8 @@
  * Work items are handed out through an atomic counter, largest experts first, so skewed routing
  * keeps every thread busy. Weights are never copied: GEMM panels are decoded on the fly. Kernel
  * sets with a bf16 tile GEMM (amx) run a work item's panels through it, for the weight formats
- * whose row has a tile product (MXFP8, BF16, DeepSeek FP8 weight-only), when the item's token rows
+ * whose row has a tile product (MXFP8, BF16, DeepSeek FP8: with W8A8, its activation codes and
+ * 1x128 scales kept beside their values), when the item's token rows
  * and the panel have exact bf16 copies (cpu_kernels.h), and the fp32 panels otherwise. */
 #define _GNU_SOURCE /* qsort_r */
 #include <stdlib.h>
@@ -51,6 +52,11 @@ typedef struct cpu_layout {
     int64_t act_sh;        /* f32 [B, I_s] (shared expert) */
     int64_t y;             /* f32 [B*K, H] expert outputs */
     int64_t y_sh;          /* f32 [B, H] shared expert output */
+    /* DeepSeek FP8 W8A8 on the tiles (cpu_state.codes; else empty): the activations' E4M3 codes
+     * (as f32) and their 1x128 scales, beside the values xf, act, act_sh */
+    int64_t xc, xcs;           /* f32 [B, H], [B, ceil(H/128)] */
+    int64_t actc, actcs;       /* f32 [B*K, I], [B*K, ceil(I/128)] */
+    int64_t act_shc, act_shcs; /* f32 [B, I_s], [B, ceil(I_s/128)] */
     int64_t route_scratch; /* per-thread routing scratch */
     int64_t route_scratch_bytes;
     int64_t thread; /* per-thread GEMM scratch (thread_scratch) */
@@ -63,6 +69,7 @@ typedef struct cpu_state {
     const mxm_cpu_kernels *k;
     const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
     bool tiles;                     /* the tile path may run (plan_tiles) */
+    bool codes; /* DeepSeek FP8 W8A8 with tiles: the tiles take activation codes + 1x128 scales */
     int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
     int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
@@ -89,6 +96,7 @@ typedef struct pass {
     int64_t nitems;
     int64_t cols1, rows2; /* I columns per GEMM1 item, H rows per GEMM2 item */
     float *act, *act_sh, *y, *y_sh;
+    float *xc, *xcs, *actc, *actcs, *act_shc, *act_shcs; /* cpu_layout; NULL without codes */
     char *thread_ws;
     int64_t thread_bytes;
 } pass;
@@ -101,6 +109,7 @@ typedef struct tiles {
     uint16_t *xt; /* [TILE_TOKENS, k] token tiles */
     uint16_t *wp; /* [16, k] weight tile panel */
     bool ready;   /* xt holds exact tiles of this product's tokens */
+    const float *const *xs; /* the tokens' 1x128 scales where xt holds codes (else NULL) */
 } tiles;
 
 /* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
@@ -120,10 +129,13 @@ static int64_t group_rows(const pass *ps, int64_t n) {
     return mxm_ceil_div(n, mxm_ceil_div(n, TILE_TOKENS));
 }
 
-/* Makes the token tiles of x[0..n) (k columns) when the tile path applies and they are exact
- * (k < 2^20 keeps the exactness argument's sums below 2^120). */
-static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, int64_t n, int64_t k) {
+/* Makes the token tiles of x[0..n) (k columns; with xs, rows of codes and xs their 1x128
+ * scales) when the tile path applies and they are exact (k < 2^20 keeps the exactness argument's
+ * sums below 2^120). */
+static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, const float *const *xs,
+                          int64_t n, int64_t k) {
     tl->ready = tiles_apply(ps, n) && k < (1 << 20) && ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
+    tl->xs = xs;
 }
 
 /* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
@@ -139,7 +151,8 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         }
         return;
     }
-    if (tl->ready && ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, (int)n, h, 16, tl->wp))
+    if (tl->ready &&
+        ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, tl->xs, (int)n, h, 16, tl->wp))
         return;
     ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
@@ -150,22 +163,28 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
 
 /* ---- activation quantization ------------------------------------------------------------------ */
 
-/* DeepSeek FP8 1x128 quantize-dequantize of a row segment, in place. */
-static void fp8block_fakequant(float *x, int64_t n) {
+/* DeepSeek FP8 1x128 quantize-dequantize of a row segment, in place; with xc, the codes' values
+ * into xc [n] and the blocks' scales into xs [ceil(n/128)] too. */
+static void fp8block_fakequant(float *x, int64_t n, float *xc, float *xs) {
     uint8_t q[MXM_FP8_BLOCK];
     for (int64_t c0 = 0; c0 < n; c0 += MXM_FP8_BLOCK) {
         const int m = n - c0 < MXM_FP8_BLOCK ? (int)(n - c0) : MXM_FP8_BLOCK;
         const float s = mxm_fp8block_quantize_seg(x + c0, m, q);
         for (int i = 0; i < m; i++) x[c0 + i] = mxm_e4m3_decode(q[i]) * s;
+        if (xc) {
+            for (int i = 0; i < m; i++)
+                xc[c0 + i] = mxm_e4m3_decode(q[i]);
+            xs[c0 / MXM_FP8_BLOCK] = s;
+        }
     }
 }
 
 /* The W8A8 activation rule of the plan's scheme, applied in place to a row segment that starts
- * on a block boundary. */
-static void act_fakequant(const pass *ps, float *x, int64_t n) {
+ * on a block boundary (xc, xs: fp8block_fakequant's, NULL without codes). */
+static void act_fakequant(const pass *ps, float *x, int64_t n, float *xc, float *xs) {
     if (ps->p->cfg.act_quant == MXM_ACT_QUANT_NONE) return;
     if (ps->p->scheme->act_block == MXM_FP8_BLOCK)
-        fp8block_fakequant(x, n);
+        fp8block_fakequant(x, n, xc, xs);
     else
         ps->k->mx_fakequant_f32(x, n, x, ps->p->cfg.scale_rule);
 }
@@ -187,6 +206,7 @@ static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_glob
                 const int64_t b = i / MXM_FP8_BLOCK;
                 const float sc = in->x_scale_transposed ? s[b * in->num_tokens + t_global] : s[t_global * nb + b];
                 row[i] = mxm_e4m3_decode(q[i]) * sc;
+                if (ps->xc) ps->xc[t * H + i] = mxm_e4m3_decode(q[i]), ps->xcs[t * nb + b] = sc;
             }
         }
         return;
@@ -200,7 +220,8 @@ static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_glob
             memcpy(&h, (const char *)in->x + (t_global * H + i) * 2, 2);
             row[i] = mxm_bf16_decode(h);
         }
-    act_fakequant(ps, row, H);
+    act_fakequant(ps, row, H, ps->xc ? ps->xc + t * H : NULL,
+                  ps->xc ? ps->xcs + t * mxm_ceil_div(H, MXM_FP8_BLOCK) : NULL);
 }
 
 /* Groups the (t, k) pairs by local expert, in token order. Returns an error for ids outside
@@ -266,12 +287,14 @@ static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t
 }
 
 /* Per-thread scratch: a decoded weight panel [max(H, I, I_s)][16], two result tiles for up to
- * max_rows rows, and max_rows row pointers; where the set's tiles apply to the weight format, the
- * token tiles and a weight tile panel. An expert holds at most batch*K rows (caller-given ids may
- * repeat an expert within a token). The combine reuses the start as an [H] accumulator. */
+ * max_rows rows, and 3 x max_rows row pointers (values, codes, scales); where the set's tiles apply
+ * to the weight format, the token tiles and a weight tile panel. An expert holds at most batch*K
+ * rows (caller-given ids may repeat an expert within a token). The combine reuses the start as an
+ * [H] accumulator. */
 typedef struct thread_scratch {
     float *panel, *h0, *h1;
     const float **x;
+    const float **xc, **xs; /* with codes: the rows' codes and 1x128 scales */
     tiles tl;
 } thread_scratch;
 
@@ -289,7 +312,7 @@ static int64_t max_rows_of(const mxm_moe_plan *p, int64_t batch) {
 /* Bytes of the scratch before the tiles, and of the tiles (64-byte multiples). */
 static int64_t scratch_base_bytes(const mxm_moe_plan *p, int64_t batch) {
     const int64_t max_rows = max_rows_of(p, batch);
-    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + max_rows * 8, 64);
+    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + 3 * max_rows * 8, 64);
 }
 static int64_t scratch_tile_bytes(const mxm_moe_plan *p) {
     return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2;
@@ -302,6 +325,7 @@ static thread_scratch scratch_of(const pass *ps, char *base) {
     s.h0 = s.panel + panel_floats_of(ps->p);
     s.h1 = s.h0 + max_rows * 16;
     s.x = (const float **)(s.h1 + max_rows * 16);
+    s.xc = s.x + max_rows, s.xs = s.xc + max_rows;
     const bool has_tiles = tiles_for_format(ps);
     s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(ps->p, ps->cs->batch)) : NULL;
     s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(ps->p) / 16) : NULL;
@@ -343,8 +367,15 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
     const float **x = sc.x;
     for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
+    const int64_t nsbH = mxm_ceil_div(H, MXM_FP8_BLOCK), nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
+    for (int64_t i = 0; ps->xc && i < v.n; i++) {
+        sc.xc[i] = ps->xc + (int64_t)v.tok[i] * H;
+        sc.xs[i] = ps->xcs + (int64_t)v.tok[i] * nsbH;
+    }
 
     float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
+    float *actc = !ps->xc ? NULL : v.shared ? ps->act_shc : ps->actc + v.row0 * I;
+    float *acts = !ps->xc ? NULL : v.shared ? ps->act_shcs : ps->actcs + v.row0 * nsbI;
     const int64_t ld = I;
     int64_t gate_r0, up_r0, rstep = 1;
     switch (gated ? p->cfg.w13_layout : MXM_W13_GATE_UP) {
@@ -356,7 +387,10 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        tiles_prepare(ps, &sc.tl, x + i0, n, H);
+        if (ps->xc)
+            tiles_prepare(ps, &sc.tl, sc.xc + i0, sc.xs + i0, n, H);
+        else
+            tiles_prepare(ps, &sc.tl, x + i0, NULL, n, H);
         for (int64_t jp = j0; jp < j1; jp += 16) {
             const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
             const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
@@ -375,7 +409,9 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
             }
         }
     }
-    for (int64_t i = 0; i < v.n; i++) act_fakequant(ps, act + i * ld + j0, j1 - j0);
+    for (int64_t i = 0; i < v.n; i++)
+        act_fakequant(ps, act + i * ld + j0, j1 - j0, actc ? actc + i * ld + j0 : NULL,
+                      actc ? acts + i * nsbI + j0 / MXM_FP8_BLOCK : NULL);
 }
 
 static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
@@ -392,12 +428,22 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const float **x = sc.x;
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
+    const int64_t nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
+    if (ps->xc) {
+        const float *actc = v.shared ? ps->act_shc : ps->actc + v.row0 * I;
+        const float *acts = v.shared ? ps->act_shcs : ps->actcs + v.row0 * nsbI;
+        for (int64_t i = 0; i < v.n; i++)
+            sc.xc[i] = actc + i * I, sc.xs[i] = acts + i * nsbI;
+    }
     float *y = v.shared ? ps->y_sh : ps->y + v.row0 * H;
 
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        tiles_prepare(ps, &sc.tl, x + i0, n, I);
+        if (ps->xc)
+            tiles_prepare(ps, &sc.tl, sc.xc + i0, sc.xs + i0, n, I);
+        else
+            tiles_prepare(ps, &sc.tl, x + i0, NULL, n, I);
         for (int64_t hp = h0; hp < h1; hp += 16) {
             const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
             panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0, n, hy, panel, &sc.tl);
@@ -475,6 +521,13 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     w->act_sh = mxm_ws_take(&cur, mxm_mul3_i64(B, Is, 4), 64);
     w->y = mxm_ws_take(&cur, mxm_mul3_i64(B * K, H, 4), 64);
     w->y_sh = mxm_ws_take(&cur, Is ? mxm_mul3_i64(B, H, 4) : 0, 64);
+    const int64_t cd = cs->codes ? 4 : 0; /* bytes per code and scale */
+    w->xc = mxm_ws_take(&cur, mxm_mul3_i64(B, H, cd), 64);
+    w->xcs = mxm_ws_take(&cur, mxm_mul3_i64(B, mxm_ceil_div(H, MXM_FP8_BLOCK), cd), 64);
+    w->actc = mxm_ws_take(&cur, mxm_mul3_i64(B * K, I, cd), 64);
+    w->actcs = mxm_ws_take(&cur, mxm_mul3_i64(B * K, mxm_ceil_div(I, MXM_FP8_BLOCK), cd), 64);
+    w->act_shc = mxm_ws_take(&cur, mxm_mul3_i64(B, Is, cd), 64);
+    w->act_shcs = mxm_ws_take(&cur, mxm_mul3_i64(B, mxm_ceil_div(Is, MXM_FP8_BLOCK), cd), 64);
     w->route_scratch_bytes = mxm_route_scratch_bytes(&p->route);
     w->route_scratch = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->route_scratch_bytes, 1), 64);
     w->thread = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->thread_bytes, 1), 64);
@@ -485,15 +538,6 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     return MXM_OK;
 }
 
-/* Whether the plan's passes may use the weight format's tile product: where the row has one and
- * the activations the GEMMs see can be tile-exact. DeepSeek FP8's W8A8 activations are E4M3 codes
- * times arbitrary f32 scales (mostly not bf16-exact), and its tile product takes token values, not
- * codes with their 1x128 scales: weight-only only. */
-static bool plan_tiles(const mxm_moe_plan *p, const mxm_cpu_wfmt_kernels *wk) {
-    if (!wk->gemm_tiles16) return false;
-    return p->cfg.weight_format != MXM_WFMT_FP8_BLOCK || p->cfg.act_quant == MXM_ACT_QUANT_NONE;
-}
-
 static mxm_status cpu_plan(mxm_moe_plan *p) {
     cpu_state *cs = calloc(1, sizeof *cs);
     if (!cs) return mxm_fail(MXM_ERR_NOMEM, "mxm_moe_plan_create: out of memory");
@@ -501,7 +545,11 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(p->cfg.kernels == MXM_KERNELS_REF);
     cs->k = k;
     cs->wk = &k->wfmt[p->cfg.weight_format];
-    cs->tiles = plan_tiles(p, cs->wk);
+    cs->tiles = cs->wk->gemm_tiles16 != NULL;
+    /* DeepSeek FP8 W8A8 activations are E4M3 codes times f32 scales, mostly not bf16-exact: its
+     * tiles take the codes, with the 1x128 scales beside them */
+    cs->codes = cs->tiles && p->cfg.weight_format == MXM_WFMT_FP8_BLOCK &&
+                p->cfg.act_quant != MXM_ACT_QUANT_NONE;
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
@@ -543,6 +591,11 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     ps.act_sh = (float *)(ws + l->act_sh);
     ps.y = (float *)(ws + l->y);
     ps.y_sh = (float *)(ws + l->y_sh);
+    if (cs->codes) {
+        ps.xc = (float *)(ws + l->xc), ps.xcs = (float *)(ws + l->xcs);
+        ps.actc = (float *)(ws + l->actc), ps.actcs = (float *)(ws + l->actcs);
+        ps.act_shc = (float *)(ws + l->act_shc), ps.act_shcs = (float *)(ws + l->act_shcs);
+    }
     ps.thread_ws = ws + l->thread;
     ps.thread_bytes = l->thread_bytes;
     for (int64_t t = 0; t < B; t++)
