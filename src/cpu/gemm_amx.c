@@ -5,9 +5,10 @@
  * tokens: TDPBF16PS multiplies bf16 pairs and adds in fp32. Its inputs are bf16 copies made only
  * where they are exact (an MXFP8 weight is an E4M3 value times a power of two, 4 significant
  * bits; W8A8 MXFP8 activations are too; weight-only bf16 inputs and BF16 weights are bf16
- * already), so the only differences from the fp32 kernels are the order of the fp32 sums and the
- * unit's flushing of subnormal inputs and results, which the tile-exact range rules out
- * (cpu_kernels.h). Weights
+ * already; DeepSeek FP8 puts its codes on the tiles and applies its scales to 128-column partial
+ * sums), so the only differences from the fp32 kernels are the order of the fp32 sums (for
+ * DeepSeek FP8 also where the scales round, docs/formats.md) and the unit's flushing of
+ * subnormal inputs and results, which the tile-exact range rules out (cpu_kernels.h). Weights
  * are the A operand (16 rows x 32 columns, plain row order: the decode writes 64 bytes per row
  * and block, no transposition), tokens the B operand (VNNI pairs, transposed once per work item
  * from the fp32 rows); the 16 x 16 result tile is weight rows x tokens and is transposed on the
@@ -435,8 +436,8 @@ static bool gemm_fp8block_tiles16_amx(const void *w, const void *ws, int64_t k, 
 }
 
 /* The amx set of cpu_isa.def (on top of the avx512 set): only the tile path is its own, the
- * token tiles and the tile products of the MXFP8 and BF16 rows (the other formats' rows have
- * none: their values are not bf16-exact in general). */
+ * token tiles and the tile products of the MXFP8, BF16 and DeepSeek FP8 rows (F32's row has
+ * none: its values are not bf16-exact in general). */
 void mxm_cpu_init_amx(mxm_cpu_kernels *k) {
     for (int b = 0; b < 256; b++)
         for (int i = 0; i < 32; i++)
