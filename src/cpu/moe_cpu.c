@@ -298,6 +298,16 @@ typedef struct thread_scratch {
     tiles tl;
 } thread_scratch;
 
+/* The token tiles of rows [i0, i0 + n) of x: from the activation codes and their 1x128 scales
+ * where the pass keeps them (DeepSeek FP8 W8A8 on the tiles), else from the values. */
+static void group_tiles(const pass *ps, thread_scratch *sc, const float **x, int64_t i0, int64_t n,
+                        int64_t k) {
+    if (ps->xc)
+        tiles_prepare(ps, &sc->tl, sc->xc + i0, sc->xs + i0, n, k);
+    else
+        tiles_prepare(ps, &sc->tl, x + i0, NULL, n, k);
+}
+
 static int64_t panel_floats_of(const mxm_moe_plan *p) {
     int64_t d = p->cfg.hidden_size;
     if (p->cfg.intermediate_size > d) d = p->cfg.intermediate_size;
@@ -387,10 +397,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        if (ps->xc)
-            tiles_prepare(ps, &sc.tl, sc.xc + i0, sc.xs + i0, n, H);
-        else
-            tiles_prepare(ps, &sc.tl, x + i0, NULL, n, H);
+        group_tiles(ps, &sc, x, i0, n, H);
         for (int64_t jp = j0; jp < j1; jp += 16) {
             const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
             const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
@@ -440,10 +447,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        if (ps->xc)
-            tiles_prepare(ps, &sc.tl, sc.xc + i0, sc.xs + i0, n, I);
-        else
-            tiles_prepare(ps, &sc.tl, x + i0, NULL, n, I);
+        group_tiles(ps, &sc, x, i0, n, I);
         for (int64_t hp = h0; hp < h1; hp += 16) {
             const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
             panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0, n, hy, panel, &sc.tl);
