@@ -247,6 +247,18 @@ static uint16_t non_tile_bf16(tu_rng *r) {
     }
 }
 
+/* One entry of a tile product and of its _ref twin against the float64 sum exact (magnitude mag):
+ * both within the fp32 kernels' bound; worst tracks the kernel's error. */
+static void check_entry(const char *what, int n, int64_t k, int t, int j, float c, float cref,
+                        double exact, double mag, double *worst) {
+    const double e = err_of(c, exact, mag, k);
+    if (e > *worst) *worst = e;
+    if (!(e <= 1e-5) || !(err_of(cref, exact, mag, k) <= 1e-5)) {
+        print_error("%s n %d k %lld [%d][%d]: %g (ref %g) vs %g\n", what, n, (long long)k, t, j, c,
+                    cref, exact);
+        fail();
+    }
+}
 /* c (n tokens x 16) against the float64 products of the rows xs with the fp32 panel pf, within
  * the fp32 kernels' bound; counts the results bit-identical to cref. */
 static void check_product(const char *what, const float *c, const float *cref, float *const *xs,
@@ -259,13 +271,7 @@ static void check_product(const char *what, const float *c, const float *cref, f
                 exact += (double)xs[t][i] * pf[j * k + i];
                 mag += fabs((double)xs[t][i] * pf[j * k + i]);
             }
-            const double e = err_of(c[t * 16 + j], exact, mag, k);
-            if (e > *worst) *worst = e;
-            if (!(e <= 1e-5) || !(err_of(cref[t * 16 + j], exact, mag, k) <= 1e-5)) {
-                print_error("%s n %d k %lld [%d][%d]: %g (ref %g) vs %g\n", what, n, (long long)k,
-                            t, j, c[t * 16 + j], cref[t * 16 + j], exact);
-                fail();
-            }
+            check_entry(what, n, k, t, j, c[t * 16 + j], cref[t * 16 + j], exact, mag, worst);
             *same += memcmp(&c[t * 16 + j], &cref[t * 16 + j], 4) == 0;
             (*count)++;
         }
@@ -311,13 +317,7 @@ static void check_fp8block_product(const char *what, const float *c, const float
                 mag += fabs(x * v);
             }
             if (mag > 0x1p100) continue;
-            const double e = err_of(c[t * 16 + j], exact, mag, k);
-            if (e > *worst) *worst = e;
-            if (!(e <= 1e-5) || !(err_of(cref[t * 16 + j], exact, mag, k) <= 1e-5)) {
-                print_error("%s n %d k %lld [%d][%d]: %g (ref %g) vs %g\n", what, n, (long long)k,
-                            t, j, c[t * 16 + j], cref[t * 16 + j], exact);
-                fail();
-            }
+            check_entry(what, n, k, t, j, c[t * 16 + j], cref[t * 16 + j], exact, mag, worst);
             (*count)++;
         }
 }
