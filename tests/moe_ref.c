@@ -41,7 +41,9 @@ static void make_weight(const mxm_moe_config *cfg, const float *v, int64_t rows,
     switch (cfg->weight_format) {
     case MXM_WFMT_MXFP8: {
         uint8_t *q = tu_alloc(rows * cols), *sc = tu_alloc(rows * cols / 32);
-        assert_int_equal(mxm_mxfp8_quantize(v, MXM_DT_F32, rows, cols, 0, q, sc, MXM_SCALE_RCEIL, 1), MXM_OK);
+        assert_int_equal(
+            mxm_mxfp8_quantize(v, MXM_DT_F32, rows, cols, 0, q, sc, MXM_SCALE_RCEIL, 0), MXM_OK);
+#pragma omp parallel for schedule(static)
         for (int64_t i = 0; i < rows * cols; i++) (*d)[i] = ref_e4m3(q[i]) * ref_e8m0(sc[i / 32]);
         *w = q, *s = sc;
         break;
@@ -50,7 +52,8 @@ static void make_weight(const mxm_moe_config *cfg, const float *v, int64_t rows,
         const int64_t rb = (rows + 127) / 128, cb = (cols + 127) / 128;
         uint8_t *q = tu_alloc(rows * cols);
         float *sc = tu_alloc(sizeof(float) * rb * cb);
-        assert_int_equal(mxm_fp8block_quantize_weight(v, MXM_DT_F32, rows, cols, q, sc, 1), MXM_OK);
+        assert_int_equal(mxm_fp8block_quantize_weight(v, MXM_DT_F32, rows, cols, q, sc, 0), MXM_OK);
+#pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; r++)
             for (int64_t c = 0; c < cols; c++)
                 (*d)[r * cols + c] = ref_e4m3(q[r * cols + c]) * (double)sc[(r / 128) * cb + c / 128];
@@ -75,6 +78,7 @@ static void make_weight(const mxm_moe_config *cfg, const float *v, int64_t rows,
     }
 }
 
+/* (The quantizers' results do not depend on their thread count: all threads, as the decodes.) */
 void ref_layer_init(ref_layer *L, const mxm_moe_config *cfg, uint64_t seed, int integer_data) {
     memset(L, 0, sizeof *L);
     L->cfg = *cfg;
