@@ -192,28 +192,12 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
-#define DEFINE_GEMV_SET(FMT, SCALE_AT)                                                             \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 2)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 2)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 1)                                                               \
-    MXM_DEFINE_GEMV_ROWS(FMT, 2)
-DEFINE_GEMV_SET(mx, scale_mx)
-DEFINE_GEMV_SET(fb, scale_fp8block)
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, mx, scale_mx, 2)
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, fb, scale_fp8block, 2)
 
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 
-void mxm_cpu_gemm_init_avx2(mxm_cpu_kernels *k) {
-    k->gemm_panel16 = gemm_panel16_avx2;
-    k->wfmt[MXM_WFMT_MXFP8].pack_panel = pack_mxfp8_panel_avx2;
-    k->wfmt[MXM_WFMT_MXFP8].gemv = gemv_mxfp8_avx2;
-    k->wfmt[MXM_WFMT_FP8_BLOCK].pack_panel = pack_fp8block_panel_avx2;
-    k->wfmt[MXM_WFMT_FP8_BLOCK].gemv = gemv_fp8block_avx2;
-}
+MXM_DEFINE_GEMM_INIT(avx2)
 
 /* The avx2 set of cpu_isa.def. */
 void mxm_cpu_init_avx2(mxm_cpu_kernels *k) {

@@ -205,28 +205,12 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
             }                                                                                       \
         }                                                                                           \
     }
-#define DEFINE_GEMV_SET(FMT, SCALE_AT)                                                             \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 4)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 1, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 2, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 3, 1)                                                               \
-    DEFINE_GEMV(FMT, SCALE_AT, 4, 1)                                                               \
-    MXM_DEFINE_GEMV_ROWS(FMT, 4)
-DEFINE_GEMV_SET(mx, scale_mx)
-DEFINE_GEMV_SET(fb, scale_fp8block)
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, mx, scale_mx, 4)
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, fb, scale_fp8block, 4)
 
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx512)
 
-void mxm_cpu_gemm_init_avx512(mxm_cpu_kernels *k) {
-    k->gemm_panel16 = gemm_panel16_avx512;
-    k->wfmt[MXM_WFMT_MXFP8].pack_panel = pack_mxfp8_panel_avx512;
-    k->wfmt[MXM_WFMT_MXFP8].gemv = gemv_mxfp8_avx512;
-    k->wfmt[MXM_WFMT_FP8_BLOCK].pack_panel = pack_fp8block_panel_avx512;
-    k->wfmt[MXM_WFMT_FP8_BLOCK].gemv = gemv_fp8block_avx512;
-}
+MXM_DEFINE_GEMM_INIT(avx512)
 
 /* The avx512 set of cpu_isa.def (on top of the avx2 set). */
 void mxm_cpu_init_avx512(mxm_cpu_kernels *k) {

@@ -78,4 +78,29 @@
         }                                                                                          \
     }
 
+/* A set's GEMV kernels of one format: gemv_FMT_<tokens>_<rows> for 1-4 tokens by 4 rows (1-2
+ * tokens) or R34 rows (3-4 tokens) and by 1 row, through the set's own DEFINE(FMT, SCALE_AT, NT,
+ * NR), then gemv_rows_FMT over them. */
+#define MXM_DEFINE_GEMV_SET(DEFINE, FMT, SCALE_AT, R34)                                            \
+    DEFINE(FMT, SCALE_AT, 1, 4)                                                                    \
+    DEFINE(FMT, SCALE_AT, 2, 4)                                                                    \
+    DEFINE(FMT, SCALE_AT, 3, R34)                                                                  \
+    DEFINE(FMT, SCALE_AT, 4, R34)                                                                  \
+    DEFINE(FMT, SCALE_AT, 1, 1)                                                                    \
+    DEFINE(FMT, SCALE_AT, 2, 1)                                                                    \
+    DEFINE(FMT, SCALE_AT, 3, 1)                                                                    \
+    DEFINE(FMT, SCALE_AT, 4, 1)                                                                    \
+    MXM_DEFINE_GEMV_ROWS(FMT, R34)
+
+/* mxm_cpu_gemm_init_SUFFIX: the set's panel GEMM and its MXFP8 and DeepSeek FP8 rows (panel
+ * packing and GEMV), which the file defines as pack_mxfp8_panel_SUFFIX, ... */
+#define MXM_DEFINE_GEMM_INIT(SUFFIX)                                                               \
+    void mxm_cpu_gemm_init_##SUFFIX(mxm_cpu_kernels *k) {                                          \
+        k->gemm_panel16 = gemm_panel16_##SUFFIX;                                                   \
+        k->wfmt[MXM_WFMT_MXFP8].pack_panel = pack_mxfp8_panel_##SUFFIX;                            \
+        k->wfmt[MXM_WFMT_MXFP8].gemv = gemv_mxfp8_##SUFFIX;                                        \
+        k->wfmt[MXM_WFMT_FP8_BLOCK].pack_panel = pack_fp8block_panel_##SUFFIX;                     \
+        k->wfmt[MXM_WFMT_FP8_BLOCK].gemv = gemv_fp8block_##SUFFIX;                                 \
+    }
+
 #endif
