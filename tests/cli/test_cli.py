@@ -172,6 +172,17 @@ def bench_applies_every_option():
     assert len(rows) == 1 and " skewed " in rows[0] and rows[0].split()[2] == "2", rows
     j = json.load(open(js))
     assert j["cpu"] and j["threads"] == 1 and j["results"][0]["act_quant"] == "none" and j["results"][0]["profile"] == "exact", j
+    # --no-shared drops Nano's shared expert: named on the mode line and gone from the bytes read
+    weights = {}
+    for flag in ([], ["--no-shared"]):
+        jn = os.path.join(TMP, "bench_nano.json")
+        out = expect(run("bench", "--shapes", "nano", "--tokens", "1", "--reps", "1", "--routing", "uniform",
+                         "--threads", "2", "--json", jn, *flag, timeout=300), 0)
+        mode = [l for l in out.splitlines() if l.startswith("mode:")]
+        want = "shared expert none" if flag else "shared expert I=3712"
+        assert mode and want in mode[0], f"{flag}: mode line {mode!r} lacks {want!r}"
+        weights[bool(flag)] = json.load(open(jn))["results"][0]["weight_gb"]
+    assert weights[True] < weights[False], weights
 
 
 # ---- verify: no false pass, no crash -----------------------------------------------------------------
