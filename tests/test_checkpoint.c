@@ -446,9 +446,9 @@ static void make_fp8_twins(char *dir_fp8, char *dir_f32, int64_t i_keep) {
         const int64_t rows = down || shape[0] <= i_keep ? shape[0] : i_keep;
         const int64_t cols = !down || shape[1] <= i_keep ? shape[1] : i_keep;
         uint16_t *w = tu_alloc(2 * rows * cols);
+        assert_int_equal(bytes, 2 * shape[0] * shape[1]);
         for (int64_t r = 0; r < rows; r++)
             memcpy(w + r * cols, (const uint16_t *)d + r * shape[1], 2 * cols);
-        (void)bytes;
         uint8_t *q = tu_alloc(rows * cols);
         const int64_t sr = (rows + 127) / 128, sc = (cols + 127) / 128;
         float *scale = tu_alloc(4 * sr * sc), *deq = tu_alloc(4 * rows * cols);
