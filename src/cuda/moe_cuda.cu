@@ -204,10 +204,11 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     // No group can exceed the skinny limit when every row of the step fits under it: no MMA launch.
     const bool tiles = (int64_t)T * K > MXM_CUDA_SKINNY_MAX || (a.groups > p->e_loc && T > MXM_CUDA_SKINNY_MAX);
     const int32_t max_tiles = tiles ? (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1) : 0;
+    const bool wg = wgmma_on(a); // one decision for both GEMMs
     if ((st = mxm_cuda_skinny1(a, s)) ||
-        (st = wgmma_on(a) ? (max_tiles ? mxm_cuda_wgmma1(a, s) : MXM_OK) : mxm_cuda_mma1(a, max_tiles, s)) ||
+        (st = wg ? (max_tiles ? mxm_cuda_wgmma1(a, s) : MXM_OK) : mxm_cuda_mma1(a, max_tiles, s)) ||
         (st = mxm_cuda_requant_fp8block(a, s)) || (st = mxm_cuda_skinny2(a, s)) ||
-        (st = wgmma_on(a) ? (max_tiles ? mxm_cuda_wgmma2(a, s) : MXM_OK) : mxm_cuda_mma2(a, max_tiles, s)))
+        (st = wg ? (max_tiles ? mxm_cuda_wgmma2(a, s) : MXM_OK) : mxm_cuda_mma2(a, max_tiles, s)))
         return st;
     return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
 }
