@@ -130,7 +130,27 @@ struct mxm_cuda_args {
     float *xs;               // [T, HB]
     float *acts;             // [rows_total, IB]
     float *actf;             // [rows_total, I_max]
+    // MXFP8 W8A8 only (null otherwise): the activations as E4M3 codes and decoded block scales,
+    // for the skinny kernels' f16 MMA on raw codes (mxm_cuda_codes).
+    uint8_t *xc;             // [T, H]
+    float *xsf;              // [T, xsf_stride]
+    int32_t xsf_stride;      // H / 32 rounded up to a multiple of 4 (whole 16-byte pieces)
 };
+
+// MXFP8 W8A8 runs the skinny kernels on raw E4M3 codes (exact in f16) with the block scales
+// applied per 32-block of K. The prepare step writes x's codes and scales (a.xc, a.xsf) beside
+// a.xq; the skinny GEMM1 writes a skinny group's intermediate row in place of its bf16 row of
+// a.act: I_max codes, then I_max / 32 decoded scales (fp32), 1.125 of the row's 2 I_max bytes.
+// Only the skinny GEMM2 reads those rows (the tile kernels take the other groups).
+__host__ __device__ inline bool mxm_cuda_codes(const mxm_cuda_args &a) {
+    return a.xc != nullptr;
+}
+__host__ __device__ inline uint8_t *mxm_cuda_act_codes(const mxm_cuda_args &a, int64_t row) {
+    return reinterpret_cast<uint8_t *>(a.act + row * a.I_max);
+}
+__host__ __device__ inline float *mxm_cuda_act_scales(const mxm_cuda_args &a, int64_t row) {
+    return reinterpret_cast<float *>(mxm_cuda_act_codes(a, row) + a.I_max);
+}
 
 // Row of W13 holding gate (half 0) or up (half 1) of intermediate column j (SPEC 4 layouts).
 __device__ __forceinline__ int64_t mxm_cuda_w13_row(int layout, bool gated, int64_t I, int64_t j, int half) {

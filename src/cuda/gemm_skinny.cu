@@ -15,6 +15,13 @@
 //    one 32-byte load gives a token's matching activations;
 //  - shared memory rows are XOR-swizzled by 16-byte chunk so a quarter-warp's loads hit eight
 //    different bank groups.
+// MXFP8 W8A8 layers (CODES, mxm_cuda_codes) take the tokens as raw E4M3 codes with their block
+// scales beside them, and the MMAs run in f16 on raw codes of both operands (exact: E4M3 is a
+// subset of f16, products are exact in fp32): the weight decode is one conversion per pair of
+// codes instead of seven instructions, and each 32-block's sum is scaled once by the weight row's
+// and the token's block scales (K is permuted so that each k16 MMA stays inside one block: lane c
+// holds codes 8c..8c+7 of a block, two MMAs per block). The bf16 path below serves weight-only
+// layers and DeepSeek FP8.
 // GEMM1 fuses the activation and the requantization of the intermediate (one MX block of 32
 // columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (WF =
 // MXM_WFMT_FP8_BLOCK): codes enter unscaled, each stage (one 128-block of K) accumulates on its own
@@ -41,11 +48,28 @@ static_assert(SK_RED_OFFSET + 32 * SK_ROW_WARPS * SK_NT_MAX * 16 <= SK_STAGES * 
 
 enum { SK_GEMM1_GATED = 0, SK_GEMM1_PLAIN = 1, SK_GEMM2 = 2 };
 
-static __host__ __device__ int sk_stage_bytes(int nt_max) { return SK_A_BYTES + nt_max * 8 * SK_B_ROW; }
+// CODES: a token row of a stage is 128 code bytes, plus 16 bytes of its 4 block scales (fp32)
+// in a region after the code rows.
+#define SK_BC_ROW SK_KC
+#define SK_BS_ROW 16
+static __host__ __device__ int sk_b_row(bool codes) { return codes ? SK_BC_ROW + SK_BS_ROW : SK_B_ROW; }
+static __host__ __device__ int sk_stage_bytes(int nt_max, bool codes) { return SK_A_BYTES + nt_max * 8 * sk_b_row(codes); }
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0));
+// Shared-memory 16-byte chunk of chunk `ch` of a 128-byte code row (A rows; CODES B rows): the
+// bf16 path's 16-byte loads take chunks c and 4 + c, so rows alternate the halves; the CODES
+// path's 8-byte loads take chunks 2 b + c / 2 of rows g = 0..3 in a half-warp, spread over the
+// eight chunks by XOR with 2 (row & 3).
+template <bool CODES> __device__ __forceinline__ int sk_chunk(int row, int ch) {
+    return CODES ? ch ^ ((row & 3) << 1) : ch ^ ((row & 1) * 4);
+}
+
+// dst: a shared-memory address (cvta'd once per block); the bytes past `bytes` (of 16) are
+// zero-filled.
+__device__ __forceinline__ void cp_async16_part(uint32_t dst, const void *src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
+    cp_async16_part(dst, src, valid ? 16 : 0);
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
@@ -78,58 +102,140 @@ __device__ __forceinline__ int64_t sk_weight_row(const mxm_cuda_args &a, const m
     return h < a.H ? h : -1;
 }
 
-// Per-thread copy sources: 2 weight rows (block rows t/8 + 32 i, 16-byte chunk t % 8 of each
-// stage) and up to 2 token rows (rows t/16 + 16 i, chunk t % 16).
+// A thread's share of every stage's copies, fixed for the whole K loop: 2 weight pieces (block
+// rows t/8 + 32 i, 16-byte chunk t % 8 of each stage) and up to 2 token pieces: bf16 path, rows
+// t/16 + 16 i, chunk t % 16; CODES, code row t/8 chunk t % 8 and, for t < 32, the 16-byte scale
+// piece of token row t. Per piece: its offset inside a ring slot, its global source at k = 0, and
+// `lim`: the piece exists in the stage at k0 iff k0 < lim (0 past the group's rows or tokens; K
+// is a multiple of 32, so a 16-byte code piece is wholly inside K or wholly past it; a scale
+// piece copies the (lim - k0) / 8 bytes of the blocks inside K). Set up once so that a stage's
+// copies cost an add, a compare and a select each.
 #define SK_W_COPIES (SK_ROWS * SK_KC / 16 / SK_THREADS)
 #define SK_X_COPIES ((MXM_CUDA_SKINNY_MAX * SK_B_ROW / 16 + SK_THREADS - 1) / SK_THREADS)
 static_assert(SK_W_COPIES * SK_THREADS * 16 == SK_ROWS * SK_KC, "weight copies cover a stage");
-struct sk_sources {
+static_assert(MXM_CUDA_SKINNY_MAX * SK_BC_ROW / 16 == SK_THREADS && MXM_CUDA_SKINNY_MAX <= 32 && SK_X_COPIES >= 2,
+              "CODES: one code piece per thread, the scale pieces in warp 0");
+struct sk_copies {
     const uint8_t *w[SK_W_COPIES];
-    const __nv_bfloat16 *x[SK_X_COPIES];
+    const uint8_t *x[SK_X_COPIES];
+    int w_dst[SK_W_COPIES], x_dst[SK_X_COPIES];
+    int w_lim[SK_W_COPIES], x_lim[SK_X_COPIES];
+    bool x_on[SK_X_COPIES]; // the token row lies inside the block's NT n8 tiles (its slot space)
 };
 
-// Issues the copies of stage k0 into ring slot `slot`. Pieces past K, past the group's weight
-// rows or past its tokens (null sources) are zero-filled; their copies name a valid dummy address.
-// do_w / do_x: the weight and the token pieces (GEMM2 copies its first weights before it waits
-// for GEMM1's output).
-__device__ __forceinline__ void sk_issue(unsigned char *ring, int stage_bytes, int slot, const sk_sources &src,
-                                         const void *dummy, int64_t k0, int64_t K, int brows, bool do_w = true,
-                                         bool do_x = true) {
-    unsigned char *A = ring + (size_t)slot * stage_bytes, *B = A + SK_A_BYTES;
-    const int t = threadIdx.x, ca = t % 8, cb = t % 16;
+// Issues the copies of the stage at k0 into the ring slot at shared address `slot`. Pieces that do
+// not exist are zero-filled; their copies name a valid dummy address. do_w / do_x: the weight and
+// the token pieces (GEMM2 copies its first weights before it waits for GEMM1's output).
+template <bool CODES>
+__device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, const void *dummy, int k0,
+                                         bool do_w = true, bool do_x = true) {
 #pragma unroll
     for (int i = 0; i < SK_W_COPIES; i++) {
         if (!do_w) break;
-        const int row = t / 8 + (SK_THREADS / 8) * i;
-        const bool ok = src.w[i] && k0 + 16 * ca < K;
-        cp_async16(A + row * SK_KC + ((ca ^ ((row & 1) * 4)) * 16), ok ? (const void *)(src.w[i] + k0 + 16 * ca) : dummy,
-                   ok);
+        const bool ok = k0 < cp.w_lim[i];
+        cp_async16(slot + cp.w_dst[i], ok ? (const void *)(cp.w[i] + k0) : dummy, ok);
     }
+    if (!do_x) return;
+    if constexpr (CODES) {
+        if (cp.x_on[0]) {
+            const bool ok = k0 < cp.x_lim[0];
+            cp_async16(slot + SK_A_BYTES + cp.x_dst[0], ok ? (const void *)(cp.x[0] + k0) : dummy, ok);
+        }
+        if (cp.x_on[1]) {
+            const int left = cp.x_lim[1] - k0; // scale bytes of the blocks inside K: left / 8
+            const int bytes = left >= 8 * SK_BS_ROW ? SK_BS_ROW : (left > 0 ? left >> 3 : 0);
+            cp_async16_part(slot + SK_A_BYTES + cp.x_dst[1], bytes ? (const void *)(cp.x[1] + k0 / 8) : dummy, bytes);
+        }
+    } else {
 #pragma unroll
-    for (int i = 0; i < SK_X_COPIES; i++) {
-        const int row = t / 16 + (SK_THREADS / 16) * i;
-        if (row >= brows || !do_x) break;
-        const bool ok = src.x[i] && k0 + 8 * cb < K;
-        cp_async16(B + row * SK_B_ROW + ((cb ^ (row & 1)) * 16), ok ? (const void *)(src.x[i] + k0 + 8 * cb) : dummy,
-                   ok);
+        for (int i = 0; i < SK_X_COPIES; i++) {
+            if (!cp.x_on[i]) break;
+            const bool ok = k0 < cp.x_lim[i];
+            cp_async16(slot + SK_A_BYTES + cp.x_dst[i], ok ? (const void *)(cp.x[i] + 2 * k0) : dummy, ok);
+        }
     }
 }
 
-// The MX scale bytes of this thread's two rows for its warp's 64-wide half of stage k0.
+// The MX scale bytes of this thread's two rows for its warp's 64-wide half of a stage: the byte
+// of its 16 codes' 32-block (bf16 path: [r][0]), or of both blocks of the half (CODES: [r][j]).
 struct sk_scales {
-    uint8_t s[2]; // [row R0/R1]
+    uint32_t s[2][2]; // [row R0/R1][block]
 };
 
 __device__ __forceinline__ int sk_half() {
     return threadIdx.x / 32 / SK_ROW_WARPS;
 }
 
-__device__ __forceinline__ void sk_load_scales(sk_scales &sc, const uint8_t *const (&srow)[2], int64_t k0, int64_t K) {
-    const int c = (threadIdx.x & 31) % 4;
-    const int64_t k = k0 + 64 * sk_half() + 16 * c;
+// Where a thread's scale bytes come from: per row, its first byte in stage 0 (block (64 half +
+// 16 c) / 32, or 2 half for CODES) and `lim` as for the copies (0 for rows past the group's).
+struct sk_scale_src {
+    const uint8_t *p[2];
+    int lim[2];
+};
+
+template <bool CODES>
+__device__ __forceinline__ void sk_load_scales(sk_scales &sc, const sk_scale_src &ss, int k0) {
 #pragma unroll
     for (int r = 0; r < 2; r++)
-        sc.s[r] = srow[r] && k < K ? __ldg(srow[r] + k / 32) : (uint8_t)127;
+#pragma unroll
+        for (int j = 0; j < (CODES ? 2 : 1); j++)
+            sc.s[r][j] = k0 + 32 * j < ss.lim[r] ? __ldg(ss.p[r] + k0 / 32 + j) : 127u;
+}
+
+// CODES: acc += the products of this warp's half of the stage (blocks 2 half + j, j = 0, 1) for
+// its 16 rows and NT n8 token tiles. Per block, two f16 MMAs on raw codes (lane c's 8-byte loads
+// hold codes 8c..8c+7 of a row: MMA m takes 8c + 4m + {0, 1} as its k pair 2c, 2c+1 and
+// 8c + 4m + {2, 3} as 2c+8, 2c+9, identically for both operands) give the block's sums, which
+// enter acc times the row's and the token's block scales. BS: the tokens' scales of the stage.
+template <int NT>
+__device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const unsigned char *B,
+                                                 const unsigned char *BS, const sk_scales &sc,
+                                                 float (&acc)[NT][4]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    const int r0 = 16 * (warp % SK_ROW_WARPS) + g, h = sk_half();
+    float ws[2][2], xs[NT][2][2]; // [row][block], [tile][token 2c + e][block]
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) ws[r][j] = mxm_e8m0_decode(sc.s[r][j]);
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float2 v = *reinterpret_cast<const float2 *>(BS + (8 * ni + 2 * c + e) * SK_BS_ROW + 8 * h);
+            xs[ni][e][0] = v.x, xs[ni][e][1] = v.y;
+        }
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+        const int ch = 2 * (2 * h + j) + c / 2, off = (c % 2) * 8; // r0 + 8 and 8 ni + g share r0's swizzle
+        const int sw = sk_chunk<true>(g, ch) * 16 + off;
+        const uint2 qa0 = *reinterpret_cast<const uint2 *>(A + r0 * SK_KC + sw),
+                    qa1 = *reinterpret_cast<const uint2 *>(A + (r0 + 8) * SK_KC + sw);
+        uint2 qb[NT];
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++) qb[ni] = *reinterpret_cast<const uint2 *>(B + (8 * ni + g) * SK_BC_ROW + sw);
+        float part[NT][4];
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) part[ni][q] = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            const uint32_t w0 = m ? qa0.y : qa0.x, w1 = m ? qa1.y : qa1.x;
+            const uint32_t af[4] = {mxm_e4m3x2_to_f16x2(w0), mxm_e4m3x2_to_f16x2(w1),
+                                    mxm_e4m3x2_to_f16x2(w0 >> 16), mxm_e4m3x2_to_f16x2(w1 >> 16)};
+#pragma unroll
+            for (int ni = 0; ni < NT; ni++) {
+                const uint32_t wb = m ? qb[ni].y : qb[ni].x;
+                mxm_mma_f16_16816(part[ni], af, mxm_e4m3x2_to_f16x2(wb), mxm_e4m3x2_to_f16x2(wb >> 16));
+            }
+        }
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[ni][q] = fmaf(part[ni][q], ws[q / 2][j] * xs[ni][q % 2][j], acc[ni][q]);
+    }
 }
 
 // acc += the products of this warp's half of the stage for its 16 rows and NT n8 token tiles.
@@ -140,11 +246,11 @@ __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigne
     const int r0 = 16 * (warp % SK_ROW_WARPS) + g; // r1 = r0 + 8 has the same parity
     {
         const int h = sk_half();
-        const int ach = ((4 * h + c) ^ ((r0 & 1) * 4)) * 16;
+        const int ach = sk_chunk<false>(r0, 4 * h + c) * 16;
         const uint4 q0 = lds128(A + r0 * SK_KC + ach), q1 = lds128(A + (r0 + 8) * SK_KC + ach);
         constexpr bool BLK = mxm_cuda_fmt<WF>::block128; // DeepSeek FP8: scales applied per stage
-        const float s0 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[0]),
-                    s1 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[1]);
+        const float s0 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[0][0]),
+                    s1 = BLK ? 1.0f : mxm_e8m0_decode(sc.s[1][0]);
         uint4 xb[NT][2];
 #pragma unroll
         for (int ni = 0; ni < NT; ni++) {
@@ -173,41 +279,69 @@ __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
     return (int)blockIdx.x < a.counts[1] ? a.skinny_list[blockIdx.x] : -1;
 }
 
-template <int KIND, int WF, int NT>
+template <int KIND, int WF, bool CODES, int NT>
 __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
                                         int nt_max, unsigned char *ring) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
-    const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max);
+    const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max, CODES);
     const bool gemm1 = KIND != SK_GEMM2;
-    const int64_t K = gemm1 ? a.H : G.I;
+    const int K = gemm1 ? a.H : G.I;
     const uint8_t *wbase = gemm1 ? G.w13 : G.w2;
     const void *sbase = gemm1 ? G.sc13 : G.sc2;
     const int64_t kb32 = K / 32;
-    sk_sources src;
+    const int ca = t % 8, cb = t % 16; // the thread's 16-byte chunk of a weight / token row
+    sk_copies cp;
 #pragma unroll
     for (int i = 0; i < SK_W_COPIES; i++) {
-        const int64_t r = sk_weight_row<KIND>(a, G, chunk, t / 8 + (SK_THREADS / 8) * i);
-        src.w[i] = r >= 0 ? wbase + r * K : nullptr;
-    }
-#pragma unroll
-    for (int i = 0; i < SK_X_COPIES; i++) {
-        const int tok = t / 16 + (SK_THREADS / 16) * i;
-        src.x[i] = nullptr;
-        if (tok < n)
-            src.x[i] = gemm1 ? a.xq + (int64_t)a.row_token[G.row0 + tok] * a.H
-                             : a.act + (int64_t)(G.row0 + tok) * a.I_max;
+        const int row = t / 8 + (SK_THREADS / 8) * i;
+        const int64_t r = sk_weight_row<KIND>(a, G, chunk, row);
+        cp.w[i] = r >= 0 ? wbase + r * K + 16 * ca : wbase;
+        cp.w_lim[i] = r >= 0 ? K - 16 * ca : 0;
+        cp.w_dst[i] = row * SK_KC + sk_chunk<CODES>(row, ca) * 16;
     }
     const int brows = NT * 8;
+    if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
+        const int tok = t / 8, stok = t;
+        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1, srow = stok < n ? (int64_t)G.row0 + stok : -1;
+        const uint8_t *xc = nullptr, *xsc = nullptr;
+        if (prow >= 0)
+            xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
+        if (srow >= 0 && stok < 32)
+            xsc = gemm1 ? (const uint8_t *)(a.xsf + (int64_t)a.row_token[srow] * a.xsf_stride)
+                        : (const uint8_t *)mxm_cuda_act_scales(a, srow);
+        cp.x[0] = xc ? xc + 16 * ca : wbase;
+        cp.x_lim[0] = xc ? K - 16 * ca : 0;
+        cp.x_dst[0] = tok * SK_BC_ROW + sk_chunk<true>(tok, ca) * 16;
+        cp.x_on[0] = tok < brows;
+        cp.x[1] = xsc ? xsc : wbase;
+        cp.x_lim[1] = xsc ? K : 0;
+        cp.x_dst[1] = nt_max * 8 * SK_BC_ROW + stok * SK_BS_ROW;
+        cp.x_on[1] = stok < brows;
+    } else {
+#pragma unroll
+        for (int i = 0; i < SK_X_COPIES; i++) {
+            const int tok = t / 16 + (SK_THREADS / 16) * i;
+            const __nv_bfloat16 *x = nullptr;
+            if (tok < n)
+                x = gemm1 ? a.xq + (int64_t)a.row_token[G.row0 + tok] * a.H
+                          : a.act + (int64_t)(G.row0 + tok) * a.I_max;
+            cp.x[i] = x ? (const uint8_t *)(x + 8 * cb) : wbase;
+            cp.x_lim[i] = x ? K - 8 * cb : 0;
+            cp.x_dst[i] = tok * SK_B_ROW + ((cb ^ (tok & 1)) * 16);
+            cp.x_on[i] = tok < brows;
+        }
+    }
 
-    const uint8_t *srow[2];
+    sk_scale_src ss;
     const float *brow[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
-        srow[r] =
-            !BLK && wr >= 0 ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 : nullptr;
+        const int koff = 64 * sk_half() + (CODES ? 0 : 16 * c);
+        ss.p[r] = !BLK && wr >= 0 ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 + koff / 32 : nullptr;
+        ss.lim[r] = !BLK && wr >= 0 ? K - koff : 0;
         const int64_t kbl = (K + 127) / 128;
         brow[r] = BLK && wr >= 0
                       ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
@@ -233,14 +367,15 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
 
-    const int nst = (int)((K + SK_KC - 1) / SK_KC);
+    const int nst = (K + SK_KC - 1) / SK_KC;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     // Ring prologue. GEMM1 has waited for its inputs already. GEMM2 streams its first weight
     // stages while GEMM1 still runs, then waits for the intermediate (programmatic launch; the
     // group table it read came from the prologue, which finished before GEMM1 let it start).
     const bool early_w = KIND == SK_GEMM2;
 #pragma unroll
     for (int s = 0; s < SK_STAGES - 1; s++) {
-        if (s < nst) sk_issue(ring, stage_bytes, s, src, wbase, (int64_t)s * SK_KC, K, brows, true, !early_w);
+        if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, !early_w);
         cp_async_commit();
     }
     if (early_w) {
@@ -248,20 +383,23 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         mxm_griddep_launch();
 #pragma unroll
         for (int s = 0; s < SK_STAGES - 1; s++)
-            if (s < nst) sk_issue(ring, stage_bytes, s, src, wbase, (int64_t)s * SK_KC, K, brows, false, true);
+            if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
         cp_async_commit();
     }
     sk_scales cur = {}, nxt = {};
-    if (!BLK) sk_load_scales(cur, srow, 0, K);
+    if (!BLK) sk_load_scales<CODES>(cur, ss, 0);
+    int use = 0, fill = SK_STAGES - 1; // the ring slots of the stage computed and the stage copied
     for (int it = 0; it < nst; it++) {
         if (early_w && it == 0) cp_async_wait<0>(); // the token pieces of the first stages came last
         else cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
         const int ns = it + SK_STAGES - 1;
-        if (ns < nst) sk_issue(ring, stage_bytes, ns % SK_STAGES, src, wbase, (int64_t)ns * SK_KC, K, brows);
+        if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, ns * SK_KC);
         cp_async_commit();
-        if (!BLK && it + 1 < nst) sk_load_scales(nxt, srow, (int64_t)(it + 1) * SK_KC, K);
-        const unsigned char *A = ring + (size_t)(it % SK_STAGES) * stage_bytes;
+        fill = fill + 1 == SK_STAGES ? 0 : fill + 1;
+        if (!BLK && it + 1 < nst) sk_load_scales<CODES>(nxt, ss, (it + 1) * SK_KC);
+        const unsigned char *A = ring + use * stage_bytes;
+        use = use + 1 == SK_STAGES ? 0 : use + 1;
         if (BLK) {
             float sb[2], sa[NT][2];
 #pragma unroll
@@ -278,6 +416,9 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                     acc[ni][q] = fmaf(part[ni][q], sb[q / 2] * sa[ni][q % 2], acc[ni][q]);
                     part[ni][q] = 0.0f;
                 }
+        } else if (CODES) {
+            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur, acc);
+            cur = nxt;
         } else {
             sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
             cur = nxt;
@@ -345,14 +486,18 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         const int tok = u / nb, b = u % nb;
         if (j0 + 32 * b >= G.I) continue; // I is a multiple of 32: whole blocks are in or out
         float v[1] = {ep[tok * EP + 32 * b + lane]};
+        if (CODES) {
+            mxm_gemm1_store_codes(a, v[0], (int64_t)G.row0 + tok, j0 + 32 * b);
+            continue;
+        }
         const int64_t o[1] = {(int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane};
         const bool keep[1] = {true};
         mxm_gemm1_store<WF>(a, v, o, keep);
     }
 }
 
-template <int KIND, int WF>
-__global__ void __launch_bounds__(SK_THREADS) skinny_kernel(mxm_cuda_args a, int nt_max) {
+template <int KIND, int WF, bool CODES>
+__global__ void __launch_bounds__(SK_THREADS, 2) skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
         mxm_griddep_wait();
@@ -368,16 +513,16 @@ __global__ void __launch_bounds__(SK_THREADS) skinny_kernel(mxm_cuda_args a, int
         return;
     switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
     case 1:
-        sk_body<KIND, WF, 1>(a, G, chunk, nt_max, sk_ring);
+        sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring);
         break;
     case 2:
-        sk_body<KIND, WF, 2>(a, G, chunk, nt_max, sk_ring);
+        sk_body<KIND, WF, CODES, 2>(a, G, chunk, nt_max, sk_ring);
         break;
     case 3:
-        sk_body<KIND, WF, 3>(a, G, chunk, nt_max, sk_ring);
+        sk_body<KIND, WF, CODES, 3>(a, G, chunk, nt_max, sk_ring);
         break;
     default:
-        sk_body<KIND, WF, 4>(a, G, chunk, nt_max, sk_ring);
+        sk_body<KIND, WF, CODES, 4>(a, G, chunk, nt_max, sk_ring);
         break;
     }
 }
@@ -394,18 +539,26 @@ static int sk_group_bound(const mxm_cuda_args &a) {
     return (int)(pairs < a.groups ? pairs : a.groups);
 }
 
-template <int KIND, int WF>
-static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
-    const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max);
+template <int KIND, int WF, bool CODES>
+static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
+    const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
     static int raised = 0; // per instantiation: the largest dynamic shared memory granted so far
     if (smem > raised) {
-        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          SK_STAGES * sk_stage_bytes(SK_NT_MAX)));
-        raised = SK_STAGES * sk_stage_bytes(SK_NT_MAX);
+        const int most = SK_STAGES * sk_stage_bytes(SK_NT_MAX, CODES);
+        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF, CODES>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+        raised = most;
     }
-    return mxm_cuda_launch(skinny_kernel<KIND, WF>, dim3(sk_group_bound(a), chunks), SK_THREADS,
+    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks), SK_THREADS,
                            (size_t)smem, s, a, nt_max);
+}
+
+// The kernel for the layer's format and activation form (CODES: MXFP8 W8A8, mxm_cuda_codes).
+template <int KIND, int WF>
+static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
+    if constexpr (WF == MXM_WFMT_MXFP8)
+        if (mxm_cuda_codes(a)) return sk_launch_as<KIND, WF, true>(a, chunks, s);
+    return sk_launch_as<KIND, WF, false>(a, chunks, s);
 }
 
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {

@@ -47,7 +47,7 @@ extern "C" int32_t mxm_cuda_available(void) {
 
 // Workspace regions, 256-byte aligned.
 struct cuda_layout {
-    int64_t xq, ids, wts, pos, row_token, counts, act, y, route, xs, acts, actf, total;
+    int64_t xq, ids, wts, pos, row_token, counts, act, y, route, xs, acts, actf, xc, xsf, total;
 };
 
 // Per-plan state: the device copy of the group table (plan-owned, so a workspace can serve
@@ -60,6 +60,16 @@ struct cuda_state {
 
 static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
+}
+
+// MXFP8 W8A8 layers give the skinny kernels their activations as codes (mxm_cuda_codes).
+static bool uses_codes(const mxm_moe_config &c) {
+    return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8;
+}
+
+// Scales per row of a.xsf: one per 32 columns, padded to whole 16-byte pieces.
+static int64_t xsf_stride(int64_t H) {
+    return (H / 32 + 3) / 4 * 4;
 }
 
 static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes) {
@@ -83,6 +93,9 @@ static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes) {
     l.xs = take(&cur, blk ? mxm_mul3_i64(T, (H + 127) / 128, 4) : 0);
     l.acts = take(&cur, blk ? mxm_mul3_i64(rows, (I_max + 127) / 128, 4) : 0);
     l.actf = take(&cur, blk ? mxm_mul3_i64(rows, I_max, 4) : 0);
+    const bool codes = uses_codes(c);
+    l.xc = take(&cur, codes ? mxm_mul3_i64(T, H, 1) : 0);
+    l.xsf = take(&cur, codes ? mxm_mul3_i64(T, xsf_stride(H), 4) : 0);
     l.total = cur < 0 ? -1 : mxm_align_up(cur, 256);
     return l;
 }
@@ -150,6 +163,10 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.skinny_list = a.counts + 3; // counts: MMA tiles, skinny groups, wgmma m-tiles
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
+    const bool codes = uses_codes(c);
+    a.xc = codes ? (uint8_t *)(base + l.xc) : nullptr;
+    a.xsf = codes ? (float *)(base + l.xsf) : nullptr;
+    a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;

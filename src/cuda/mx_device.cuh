@@ -15,12 +15,14 @@ __device__ __forceinline__ float2 mxm_e4m3x2_to_float2(uint16_t two) {
     return __half22float2(*reinterpret_cast<const __half2 *>(&h));
 }
 
-// The values this lane's v[q] become after MXFP8 quantization of the warp's 32 values v[q] of
-// every lane (N independent blocks, one value per lane each) and decoding: scale rule `rule`,
-// blocks with NaN/Inf give NaN, scale byte 0 flushes to signed zero. The N shuffle trees
-// interleave so their latency chains overlap; the two special cases are selects (the discarded
-// value is computed from finite or wrapped inputs only).
-template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v)[N], int rule) {
+// MXFP8 quantization of the warp's 32 values v[q] of every lane (N independent blocks, one value
+// per lane each) with the library's exact rules: this lane's E4M3 code and its block's scale byte.
+// Blocks with NaN/Inf take scale 0xFF and code 0x7F (both decode to NaN); scale byte 0 (an
+// all-zero block, or the FLOOR rule's smallest) gives signed-zero codes. The N shuffle trees
+// interleave so their latency chains overlap; the special cases are selects (the discarded code
+// is computed from finite or wrapped inputs only).
+template <int N>
+__device__ __forceinline__ void mxm_warp_mx_quant(const float (&v)[N], int rule, uint8_t (&code)[N], uint8_t (&sb)[N]) {
     float amax[N];
     bool special[N];
 #pragma unroll
@@ -37,11 +39,21 @@ template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v
 #pragma unroll
     for (int q = 0; q < N; q++) {
         const uint8_t b = mxm_mx_scale_byte(amax[q], rule);
-        const float r =
-            mxm_e4m3_decode(mxm_e4m3_rne_sat(v[q] * mxm_e8m0_inverse(b))) * mxm_e8m0_decode(b);
-        const float z = mxm_bits_f32(mxm_f32_bits(v[q]) & 0x80000000u);
-        v[q] = special[q] ? __int_as_float(0x7FC00000) : (b == 0 ? z : r);
+        const uint8_t c = mxm_e4m3_rne_sat(v[q] * mxm_e8m0_inverse(b));
+        const uint8_t z = (uint8_t)((mxm_f32_bits(v[q]) >> 24) & 0x80u);
+        code[q] = special[q] ? (uint8_t)0x7F : (b == 0 ? z : c);
+        sb[q] = special[q] ? (uint8_t)MXM_E8M0_NAN : b;
     }
+}
+
+// The values this lane's v[q] become after MXFP8 quantization (mxm_warp_mx_quant) and decoding:
+// NaN for blocks with NaN/Inf, signed zero for scale byte 0.
+template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v)[N], int rule) {
+    uint8_t code[N], sb[N];
+    mxm_warp_mx_quant(v, rule, code, sb);
+#pragma unroll
+    for (int q = 0; q < N; q++)
+        v[q] = mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]); // scale byte 0: the codes are zeros
 }
 
 // GEMM1's epilogue after the activation, for N 32-column blocks of the intermediate held one
@@ -49,14 +61,17 @@ template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v
 // intermediate, stored when keep[q]): the TRT-LLM profile's bf16 rounding, then either the fp32
 // store that mxm_cuda_requant_fp8block requantizes per 128-block (DeepSeek FP8 W8A8) or the MXFP8
 // quantize-dequantize (W8A8) and the bf16 store. One definition for every GEMM1 kernel.
-template <int WF, int N>
-__device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&v)[N],
-                                                const int64_t (&o)[N], const bool (&keep)[N]) {
-    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
+template <int N> __device__ __forceinline__ void mxm_gemm1_round(const mxm_cuda_args &a, float (&v)[N]) {
     if (a.profile == MXM_PROFILE_TRTLLM)
 #pragma unroll
         for (int q = 0; q < N; q++)
             v[q] = mxm_round_bf16(v[q]);
+}
+template <int WF, int N>
+__device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&v)[N],
+                                                const int64_t (&o)[N], const bool (&keep)[N]) {
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
+    mxm_gemm1_round(a, v);
     if (BLK && mxm_cuda_blk_w8a8(a)) {
 #pragma unroll
         for (int q = 0; q < N; q++)
@@ -67,6 +82,34 @@ __device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&
 #pragma unroll
     for (int q = 0; q < N; q++)
         if (keep[q]) a.act[o[q]] = __float2bfloat16_rn(v[q]);
+}
+
+// The same epilogue for a skinny group of an MXFP8 W8A8 layer (mxm_cuda_codes): the 32 values
+// of columns col0 + lane of intermediate row `row` as E4M3 codes and their block's decoded scale.
+__device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, float v, int64_t row, int col0) {
+    float w[1] = {v};
+    mxm_gemm1_round(a, w);
+    uint8_t code[1], sb[1];
+    mxm_warp_mx_quant(w, a.rule, code, sb);
+    mxm_cuda_act_codes(a, row)[col0 + (threadIdx.x & 31)] = code[0];
+    if ((threadIdx.x & 31) == 0) mxm_cuda_act_scales(a, row)[col0 / 32] = mxm_e8m0_decode(sb[0]);
+}
+
+// acc += A . B for one mma.m16n8k16 with f16 operands and fp32 accumulators (the skinny kernels'
+// raw E4M3 codes, exact in f16; products exact in fp32).
+__device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                  uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
+                 "{%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two E4M3 codes (low byte first) as an f16x2 register (exact).
+__device__ __forceinline__ uint32_t mxm_e4m3x2_to_f16x2(uint32_t two) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xFFFFu), __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
 // acc += A . B for one mma.m16n8k16 with bf16 operands and fp32 accumulators (PTX fragment

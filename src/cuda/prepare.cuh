@@ -25,24 +25,33 @@ __device__ __forceinline__ void mxm_prepare_x_part(const mxm_cuda_args &a, int64
     const int64_t c0 = (u % parts) * MXM_PREP_COLS + threadIdx.x;
     float v[4];
     bool in[4];
+    uint8_t code[4], sb[4]; // MXFP8 W8A8: the codes and block scale bytes behind v
 #pragma unroll
     for (int q = 0; q < 4; q++) { // all loads first: one memory latency per unit, not four
         const int64_t c = c0 + q * (MXM_PREP_COLS / 4), i = t * a.H + c;
         in[q] = c < a.H; // warp-uniform: H is a multiple of 32
-        v[q] = 0.0f;
+        v[q] = 0.0f, code[q] = 0, sb[q] = 0;
         if (!in[q]) continue;
         if (x_dtype == MXM_DT_F32)
             v[q] = ((const float *)x)[i];
         else if (x_dtype == MXM_DT_BF16)
             v[q] = __bfloat162float(((const __nv_bfloat16 *)x)[i]);
         else
-            v[q] = mxm_e4m3_decode(((const uint8_t *)x)[i]) * mxm_e8m0_decode(x_scale[i / 32]);
+            code[q] = ((const uint8_t *)x)[i], sb[q] = x_scale[i / 32];
     }
-    if (x_dtype != MXM_DT_E4M3 && a.act_quant == MXM_ACT_QUANT_MXFP8)
-        mxm_warp_mx_fakequant(v, a.rule);
+    const bool w8a8 = a.act_quant == MXM_ACT_QUANT_MXFP8;
+    if (x_dtype != MXM_DT_E4M3 && w8a8) mxm_warp_mx_quant(v, a.rule, code, sb);
 #pragma unroll
-    for (int q = 0; q < 4; q++)
-        if (in[q]) a.xq[t * a.H + c0 + q * (MXM_PREP_COLS / 4)] = __float2bfloat16_rn(v[q]);
+    for (int q = 0; q < 4; q++) {
+        if (x_dtype == MXM_DT_E4M3 || w8a8) v[q] = mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]);
+        if (!in[q]) continue;
+        const int64_t c = c0 + q * (MXM_PREP_COLS / 4);
+        a.xq[t * a.H + c] = __float2bfloat16_rn(v[q]);
+        if (mxm_cuda_codes(a)) {
+            a.xc[t * a.H + c] = code[q];
+            if ((threadIdx.x & 31) == 0) a.xsf[t * a.xsf_stride + c / 32] = mxm_e8m0_decode(sb[q]);
+        }
+    }
 }
 
 // One warp quantizes one 1x128 block of n (<= 128) values, v[i] at column 32 i + lane: stores

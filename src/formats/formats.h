@@ -104,9 +104,10 @@ MXM_HD float mxm_e5m2_decode(uint8_t c) {
 /* ---- E8M0: 2^(b-127), 0xFF NaN ------------------------------------------------------------ */
 
 MXM_HD float mxm_e8m0_decode(uint8_t b) {
-    if (b == 0xFF) return mxm_bits_f32(0x7FC00000u);
-    if (b == 0) return mxm_bits_f32(0x00400000u); /* 2^-127, an fp32 subnormal */
-    return mxm_bits_f32((uint32_t)b << 23);
+    /* selects, not branches (GPU inner loops decode several per trip); 0 -> 2^-127, an fp32
+     * subnormal */
+    const uint32_t bits = b == 0xFF ? 0x7FC00000u : (b == 0 ? 0x00400000u : (uint32_t)b << 23);
+    return mxm_bits_f32(bits);
 }
 
 /* 2^(127-b) for b in 1..254: the factor that maps a block into the E4M3 range. */

@@ -14,7 +14,16 @@ The model follows the kernel step by step with the same index expressions:
   - the reduction of the two halves' accumulators (warp w + 4 into warp w), the epilogue's mapping
     of accumulators to (weight row, token) and, for gated GEMM1, the pairing of gate and up rows.
 It also checks that a quarter-warp's 16-byte shared loads hit 8 distinct bank groups (no
-conflicts). Fresh random shapes each run; exits non-zero on any mismatch.
+conflicts).
+
+The CODES path (MXFP8 W8A8: raw E4M3 codes of both operands, f16 MMAs, block scales applied per
+32-block) is modelled the same way (run_block_codes): its copies (A and token code rows swizzled
+by chunk ^ 2 (row & 3), one code piece per thread, the tokens' 16-byte scale pieces in warp 0,
+cut at K), its scale loads (two bytes per row and stage), the K permutation inside each 32-block
+(lane c's 8 codes 8c..8c+7 of a row feed MMA m as k pairs 2c, 2c+1 <- 8c+4m+{0,1} and 2c+8,
+2c+9 <- 8c+4m+{2,3}), the per-block scaling of the MMA sums, and that a half-warp's 8-byte
+shared loads touch 16 distinct 8-byte bank pairs.
+Fresh random shapes each run; exits non-zero on any mismatch.
 """
 import os
 import sys
@@ -117,7 +126,97 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
 frags = {}
 
 
-def check(rng, kind, layout):
+def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
+    """The CODES path of one block: W, X integer codes [rows, K], WS, XS their block scales
+    (powers of two) [rows, K / 32]; XS rows padded to a multiple of 4 blocks with NaN (the
+    kernel never reads past K)."""
+    NT = (n + 7) // 8
+    nst = (K + KC - 1) // KC
+    acc = np.zeros((2 * ROW_WARPS, 32, NT, 4))
+    BC, BS_ROW = KC, 4  # code bytes and scale floats per token row of a stage
+    for st in range(nst):
+        k0 = st * KC
+        A = np.full(A_BYTES, np.nan)
+        B = np.full(NT * 8 * BC, np.nan)
+        BS = np.full(NT * 8 * BS_ROW, np.nan)
+        for t in range(THREADS):  # sk_issue<true>
+            ca = t % 8
+            for i in range(ROWS * KC // 16 // THREADS):
+                row = t // 8 + (THREADS // 8) * i
+                wr = weight_row(kind, chunk, row, I, H, layout)
+                dst = row * KC + ((ca ^ ((row & 3) << 1)) * 16)
+                ok = wr >= 0 and k0 < K - 16 * ca
+                A[dst:dst + 16] = W[wr, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
+            tok = t // 8
+            if tok < NT * 8:
+                dst = tok * BC + ((ca ^ ((tok & 3) << 1)) * 16)
+                ok = tok < n and k0 < K - 16 * ca
+                B[dst:dst + 16] = X[tok, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
+            stok = t
+            if stok < NT * 8:
+                lim = K if stok < n else 0
+                left = lim - k0
+                nbytes = 16 if left >= 128 else (left >> 3 if left > 0 else 0)
+                piece = np.zeros(4)
+                if nbytes:
+                    piece[:nbytes // 4] = XS[stok, k0 // 32:k0 // 32 + nbytes // 4]
+                BS[stok * BS_ROW:stok * BS_ROW + 4] = piece
+        assert not np.isnan(A).any() and not np.isnan(B).any() and not np.isnan(BS).any(), "slot not written"
+        for warp in range(2 * ROW_WARPS):  # sk_load_scales<true> + sk_compute_codes
+            h = warp // ROW_WARPS
+            phases = {}
+            for lane in range(32):
+                g, c = lane // 4, lane % 4
+                r0 = 16 * (warp % ROW_WARPS) + g
+                ws = np.zeros((2, 2))
+                for r in range(2):
+                    wr = weight_row(kind, chunk, r0 + 8 * r, I, H, layout)
+                    lim = K - 64 * h if wr >= 0 else 0
+                    for j in range(2):
+                        ws[r, j] = WS[wr, k0 // 32 + 2 * h + j] if k0 + 32 * j < lim else 1.0  # byte 127
+                for j in range(2):
+                    ch, off = 2 * (2 * h + j) + c // 2, (c % 2) * 8
+                    sw = ((ch ^ ((g & 3) << 1)) * 16) + off
+                    phases.setdefault((j, lane // 16), []).append((r0 * KC + sw) // 8 % 16)
+                    qa0 = A[r0 * KC + sw:r0 * KC + sw + 8]
+                    qa1 = A[(r0 + 8) * KC + sw:(r0 + 8) * KC + sw + 8]
+                    for ni in range(NT):
+                        tb = 8 * ni + g
+                        qb = B[tb * BC + sw:tb * BC + sw + 8]
+                        xs = [BS[(8 * ni + 2 * c + e) * BS_ROW + 2 * h + j] for e in range(2)]
+                        for m in range(2):
+                            a = {0: qa0[4 * m], 1: qa0[4 * m + 1], 2: qa1[4 * m], 3: qa1[4 * m + 1],
+                                 4: qa0[4 * m + 2], 5: qa0[4 * m + 3], 6: qa1[4 * m + 2], 7: qa1[4 * m + 3]}
+                            b = {0: qb[4 * m], 1: qb[4 * m + 1], 2: qb[4 * m + 2], 3: qb[4 * m + 3]}
+                            frags[(warp, lane, ni, j, m)] = (a, b, ws[:, j].copy(), xs)
+            for key, slots in phases.items():
+                assert len(slots) == 16 and len(set(slots)) == 16, f"bank conflict: {key} {slots}"
+        for warp in range(2 * ROW_WARPS):
+            for ni in range(NT):
+                for j in range(2):
+                    part = np.zeros((16, 8))
+                    for m in range(2):
+                        Am, Bm = np.zeros((16, 16)), np.zeros((16, 8))
+                        for lane in range(32):
+                            g, c = lane // 4, lane % 4
+                            a, b, _, _ = frags[(warp, lane, ni, j, m)]
+                            Am[g, 2 * c], Am[g, 2 * c + 1] = a[0], a[1]
+                            Am[g + 8, 2 * c], Am[g + 8, 2 * c + 1] = a[2], a[3]
+                            Am[g, 2 * c + 8], Am[g, 2 * c + 9] = a[4], a[5]
+                            Am[g + 8, 2 * c + 8], Am[g + 8, 2 * c + 9] = a[6], a[7]
+                            Bm[2 * c, g], Bm[2 * c + 1, g] = b[0], b[1]
+                            Bm[2 * c + 8, g], Bm[2 * c + 9, g] = b[2], b[3]
+                        part += Am @ Bm
+                    for lane in range(32):
+                        g, c = lane // 4, lane % 4
+                        _, _, ws, xs = frags[(warp, lane, ni, j, 0)]
+                        p4 = [part[g, 2 * c], part[g, 2 * c + 1], part[g + 8, 2 * c], part[g + 8, 2 * c + 1]]
+                        for q in range(4):
+                            acc[warp, lane, ni, q] += p4[q] * (ws[q // 2] * xs[q % 2])
+    return acc[:ROW_WARPS] + acc[ROW_WARPS:]
+
+
+def check(rng, kind, layout, codes=False):
     H = 32 * int(rng.integers(2, 9))
     I = 32 * int(rng.integers(1, 5))
     n = int(rng.integers(1, 33))
@@ -125,11 +224,18 @@ def check(rng, kind, layout):
     nrows = (2 * I if kind == "gated" else I) if kind != "gemm2" else H
     W = rng.integers(-8, 9, size=(nrows, K)).astype(float)
     X = rng.integers(-8, 9, size=(n, K)).astype(float)
-    full = W @ X.T  # [weight row, token]
+    if codes:  # block scales 2^-3..2^3; the tokens' rows padded as a.xsf's stride (NaN past K)
+        WS = 2.0 ** rng.integers(-3, 4, size=(nrows, K // 32))
+        XS = np.full((n, (K // 32 + 3) // 4 * 4), np.nan)
+        XS[:, :K // 32] = 2.0 ** rng.integers(-3, 4, size=(n, K // 32))
+        full = (W * np.repeat(WS, 32, axis=1)) @ (X * np.repeat(XS[:, :K // 32], 32, axis=1)).T
+    else:
+        full = W @ X.T  # [weight row, token]
     chunks = (I + 31) // 32 if kind == "gated" else ((I if kind == "plain" else H) + ROWS - 1) // ROWS
     seen = np.zeros_like(full, dtype=int)
     for chunk in range(chunks):
-        acc = run_block(kind, W, X, n, chunk, I, H, layout, K)
+        acc = (run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K) if codes
+               else run_block(kind, W, X, n, chunk, I, H, layout, K))
         for warp in range(4):
             for lane in range(32):
                 g, c = lane // 4, lane % 4
@@ -148,7 +254,7 @@ def check(rng, kind, layout):
                             assert wr == w13_row(layout, I, j, 0)
                             assert weight_row(kind, chunk, br + 8, I, H, layout) == w13_row(layout, I, j, 1)
     assert (seen == 1).all(), "some (row, token) not computed exactly once"
-    return f"{kind:6s} layout={layout} H={H} I={I} n={n}"
+    return f"{kind:6s} layout={layout} codes={int(codes)} H={H} I={I} n={n}"
 
 
 def main():
@@ -156,8 +262,9 @@ def main():
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     cases = [("gated", 0), ("gated", 1), ("gated", 2), ("plain", 0), ("gemm2", 0)]
-    for kind, layout in cases:
-        print("PASS", check(rng, kind, layout))
+    cases = [(k, lay, codes) for codes in (False, True) for k, lay in cases]
+    for kind, layout, codes in cases:
+        print("PASS", check(rng, kind, layout, codes))
     print(f"{len(cases)} passed, 0 failed")
     return 0
 
