@@ -132,9 +132,9 @@ struct mxm_cuda_args {
     float *actf;             // [rows_total, I_max]
     // MXFP8 W8A8 only (null otherwise): the activations as E4M3 codes and decoded block scales,
     // for the skinny kernels' f16 MMA on raw codes (mxm_cuda_codes).
-    uint8_t *xc;             // [T, H]
-    float *xsf;              // [T, xsf_stride]
-    int32_t xsf_stride;      // H / 32 rounded up to a multiple of 4 (whole 16-byte pieces)
+    uint8_t *xc;        // [T, H]
+    float *xsf;         // [T, xsf_stride]
+    int32_t xsf_stride; // H / 32 rounded up to a multiple of 4 (whole 16-byte pieces)
 };
 
 // MXFP8 W8A8 runs the skinny kernels on raw E4M3 codes (exact in f16) with the block scales

@@ -52,8 +52,12 @@ enum { SK_GEMM1_GATED = 0, SK_GEMM1_PLAIN = 1, SK_GEMM2 = 2 };
 // in a region after the code rows.
 #define SK_BC_ROW SK_KC
 #define SK_BS_ROW 16
-static __host__ __device__ int sk_b_row(bool codes) { return codes ? SK_BC_ROW + SK_BS_ROW : SK_B_ROW; }
-static __host__ __device__ int sk_stage_bytes(int nt_max, bool codes) { return SK_A_BYTES + nt_max * 8 * sk_b_row(codes); }
+static __host__ __device__ int sk_b_row(bool codes) {
+    return codes ? SK_BC_ROW + SK_BS_ROW : SK_B_ROW;
+}
+static __host__ __device__ int sk_stage_bytes(int nt_max, bool codes) {
+    return SK_A_BYTES + nt_max * 8 * sk_b_row(codes);
+}
 
 // Shared-memory 16-byte chunk of chunk `ch` of a 128-byte code row (A rows; CODES B rows): the
 // bf16 path's 16-byte loads take chunks c and 4 + c, so rows alternate the halves; the CODES
@@ -66,7 +70,8 @@ template <bool CODES> __device__ __forceinline__ int sk_chunk(int row, int ch) {
 // dst: a shared-memory address (cvta'd once per block); the bytes past `bytes` (of 16) are
 // zero-filled.
 __device__ __forceinline__ void cp_async16_part(uint32_t dst, const void *src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+                 "r"(bytes));
 }
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
     cp_async16_part(dst, src, valid ? 16 : 0);
@@ -113,7 +118,8 @@ __device__ __forceinline__ int64_t sk_weight_row(const mxm_cuda_args &a, const m
 #define SK_W_COPIES (SK_ROWS * SK_KC / 16 / SK_THREADS)
 #define SK_X_COPIES ((MXM_CUDA_SKINNY_MAX * SK_B_ROW / 16 + SK_THREADS - 1) / SK_THREADS)
 static_assert(SK_W_COPIES * SK_THREADS * 16 == SK_ROWS * SK_KC, "weight copies cover a stage");
-static_assert(MXM_CUDA_SKINNY_MAX * SK_BC_ROW / 16 == SK_THREADS && MXM_CUDA_SKINNY_MAX <= 32 && SK_X_COPIES >= 2,
+static_assert(MXM_CUDA_SKINNY_MAX * SK_BC_ROW / 16 == SK_THREADS && MXM_CUDA_SKINNY_MAX <= 32 &&
+                  SK_X_COPIES >= 2,
               "CODES: one code piece per thread, the scale pieces in warp 0");
 struct sk_copies {
     const uint8_t *w[SK_W_COPIES];
@@ -127,8 +133,8 @@ struct sk_copies {
 // not exist are zero-filled; their copies name a valid dummy address. do_w / do_x: the weight and
 // the token pieces (GEMM2 copies its first weights before it waits for GEMM1's output).
 template <bool CODES>
-__device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, const void *dummy, int k0,
-                                         bool do_w = true, bool do_x = true) {
+__device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, const void *dummy,
+                                         int k0, bool do_w = true, bool do_x = true) {
 #pragma unroll
     for (int i = 0; i < SK_W_COPIES; i++) {
         if (!do_w) break;
@@ -139,19 +145,22 @@ __device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, con
     if constexpr (CODES) {
         if (cp.x_on[0]) {
             const bool ok = k0 < cp.x_lim[0];
-            cp_async16(slot + SK_A_BYTES + cp.x_dst[0], ok ? (const void *)(cp.x[0] + k0) : dummy, ok);
+            cp_async16(slot + SK_A_BYTES + cp.x_dst[0], ok ? (const void *)(cp.x[0] + k0) : dummy,
+                       ok);
         }
         if (cp.x_on[1]) {
             const int left = cp.x_lim[1] - k0; // scale bytes of the blocks inside K: left / 8
             const int bytes = left >= 8 * SK_BS_ROW ? SK_BS_ROW : (left > 0 ? left >> 3 : 0);
-            cp_async16_part(slot + SK_A_BYTES + cp.x_dst[1], bytes ? (const void *)(cp.x[1] + k0 / 8) : dummy, bytes);
+            cp_async16_part(slot + SK_A_BYTES + cp.x_dst[1],
+                            bytes ? (const void *)(cp.x[1] + k0 / 8) : dummy, bytes);
         }
     } else {
 #pragma unroll
         for (int i = 0; i < SK_X_COPIES; i++) {
             if (!cp.x_on[i]) break;
             const bool ok = k0 < cp.x_lim[i];
-            cp_async16(slot + SK_A_BYTES + cp.x_dst[i], ok ? (const void *)(cp.x[i] + 2 * k0) : dummy, ok);
+            cp_async16(slot + SK_A_BYTES + cp.x_dst[i],
+                       ok ? (const void *)(cp.x[i] + 2 * k0) : dummy, ok);
         }
     }
 }
@@ -197,28 +206,33 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
 #pragma unroll
     for (int r = 0; r < 2; r++)
 #pragma unroll
-        for (int j = 0; j < 2; j++) ws[r][j] = mxm_e8m0_decode(sc.s[r][j]);
+        for (int j = 0; j < 2; j++)
+            ws[r][j] = mxm_e8m0_decode(sc.s[r][j]);
 #pragma unroll
     for (int ni = 0; ni < NT; ni++)
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            const float2 v = *reinterpret_cast<const float2 *>(BS + (8 * ni + 2 * c + e) * SK_BS_ROW + 8 * h);
+            const float2 v =
+                *reinterpret_cast<const float2 *>(BS + (8 * ni + 2 * c + e) * SK_BS_ROW + 8 * h);
             xs[ni][e][0] = v.x, xs[ni][e][1] = v.y;
         }
 #pragma unroll
     for (int j = 0; j < 2; j++) {
-        const int ch = 2 * (2 * h + j) + c / 2, off = (c % 2) * 8; // r0 + 8 and 8 ni + g share r0's swizzle
+        const int ch = 2 * (2 * h + j) + c / 2,
+                  off = (c % 2) * 8; // r0 + 8 and 8 ni + g share r0's swizzle
         const int sw = sk_chunk<true>(g, ch) * 16 + off;
         const uint2 qa0 = *reinterpret_cast<const uint2 *>(A + r0 * SK_KC + sw),
                     qa1 = *reinterpret_cast<const uint2 *>(A + (r0 + 8) * SK_KC + sw);
         uint2 qb[NT];
 #pragma unroll
-        for (int ni = 0; ni < NT; ni++) qb[ni] = *reinterpret_cast<const uint2 *>(B + (8 * ni + g) * SK_BC_ROW + sw);
+        for (int ni = 0; ni < NT; ni++)
+            qb[ni] = *reinterpret_cast<const uint2 *>(B + (8 * ni + g) * SK_BC_ROW + sw);
         float part[NT][4];
 #pragma unroll
         for (int ni = 0; ni < NT; ni++)
 #pragma unroll
-            for (int q = 0; q < 4; q++) part[ni][q] = 0.0f;
+            for (int q = 0; q < 4; q++)
+                part[ni][q] = 0.0f;
 #pragma unroll
         for (int m = 0; m < 2; m++) {
             const uint32_t w0 = m ? qa0.y : qa0.x, w1 = m ? qa1.y : qa1.x;
@@ -227,7 +241,8 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
 #pragma unroll
             for (int ni = 0; ni < NT; ni++) {
                 const uint32_t wb = m ? qb[ni].y : qb[ni].x;
-                mxm_mma_f16_16816(part[ni], af, mxm_e4m3x2_to_f16x2(wb), mxm_e4m3x2_to_f16x2(wb >> 16));
+                mxm_mma_f16_16816(part[ni], af, mxm_e4m3x2_to_f16x2(wb),
+                                  mxm_e4m3x2_to_f16x2(wb >> 16));
             }
         }
 #pragma unroll
@@ -304,7 +319,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     const int brows = NT * 8;
     if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
         const int tok = t / 8, stok = t;
-        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1, srow = stok < n ? (int64_t)G.row0 + stok : -1;
+        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1,
+                      srow = stok < n ? (int64_t)G.row0 + stok : -1;
         const uint8_t *xc = nullptr, *xsc = nullptr;
         if (prow >= 0)
             xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
@@ -340,7 +356,9 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     for (int r = 0; r < 2; r++) {
         const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
         const int koff = 64 * sk_half() + (CODES ? 0 : 16 * c);
-        ss.p[r] = !BLK && wr >= 0 ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 + koff / 32 : nullptr;
+        ss.p[r] = !BLK && wr >= 0
+                      ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 + koff / 32
+                      : nullptr;
         ss.lim[r] = !BLK && wr >= 0 ? K - koff : 0;
         const int64_t kbl = (K + 127) / 128;
         brow[r] = BLK && wr >= 0
@@ -375,7 +393,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     const bool early_w = KIND == SK_GEMM2;
 #pragma unroll
     for (int s = 0; s < SK_STAGES - 1; s++) {
-        if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, !early_w);
+        if (s < nst)
+            sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, !early_w);
         cp_async_commit();
     }
     if (early_w) {
@@ -383,7 +402,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         mxm_griddep_launch();
 #pragma unroll
         for (int s = 0; s < SK_STAGES - 1; s++)
-            if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
+            if (s < nst)
+                sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
         cp_async_commit();
     }
     sk_scales cur = {}, nxt = {};
@@ -417,7 +437,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                     part[ni][q] = 0.0f;
                 }
         } else if (CODES) {
-            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur, acc);
+            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur,
+                                 acc);
             cur = nxt;
         } else {
             sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
@@ -549,8 +570,8 @@ static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t 
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, most));
         raised = most;
     }
-    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks), SK_THREADS,
-                           (size_t)smem, s, a, nt_max);
+    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
+                           SK_THREADS, (size_t)smem, s, a, nt_max);
 }
 
 // The kernel for the layer's format and activation form (CODES: MXFP8 W8A8, mxm_cuda_codes).

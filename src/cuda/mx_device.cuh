@@ -22,7 +22,8 @@ __device__ __forceinline__ float2 mxm_e4m3x2_to_float2(uint16_t two) {
 // interleave so their latency chains overlap; the special cases are selects (the discarded code
 // is computed from finite or wrapped inputs only).
 template <int N>
-__device__ __forceinline__ void mxm_warp_mx_quant(const float (&v)[N], int rule, uint8_t (&code)[N], uint8_t (&sb)[N]) {
+__device__ __forceinline__ void mxm_warp_mx_quant(const float (&v)[N], int rule, uint8_t (&code)[N],
+                                                  uint8_t (&sb)[N]) {
     float amax[N];
     bool special[N];
 #pragma unroll
@@ -53,7 +54,8 @@ template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v
     mxm_warp_mx_quant(v, rule, code, sb);
 #pragma unroll
     for (int q = 0; q < N; q++)
-        v[q] = mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]); // scale byte 0: the codes are zeros
+        v[q] =
+            mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]); // scale byte 0: the codes are zeros
 }
 
 // GEMM1's epilogue after the activation, for N 32-column blocks of the intermediate held one
@@ -61,7 +63,8 @@ template <int N> __device__ __forceinline__ void mxm_warp_mx_fakequant(float (&v
 // intermediate, stored when keep[q]): the TRT-LLM profile's bf16 rounding, then either the fp32
 // store that mxm_cuda_requant_fp8block requantizes per 128-block (DeepSeek FP8 W8A8) or the MXFP8
 // quantize-dequantize (W8A8) and the bf16 store. One definition for every GEMM1 kernel.
-template <int N> __device__ __forceinline__ void mxm_gemm1_round(const mxm_cuda_args &a, float (&v)[N]) {
+template <int N>
+__device__ __forceinline__ void mxm_gemm1_round(const mxm_cuda_args &a, float (&v)[N]) {
     if (a.profile == MXM_PROFILE_TRTLLM)
 #pragma unroll
         for (int q = 0; q < N; q++)
@@ -86,7 +89,8 @@ __device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&
 
 // The same epilogue for a skinny group of an MXFP8 W8A8 layer (mxm_cuda_codes): the 32 values
 // of columns col0 + lane of intermediate row `row` as E4M3 codes and their block's decoded scale.
-__device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, float v, int64_t row, int col0) {
+__device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, float v, int64_t row,
+                                                      int col0) {
     float w[1] = {v};
     mxm_gemm1_round(a, w);
     uint8_t code[1], sb[1];
@@ -97,8 +101,8 @@ __device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, fl
 
 // acc += A . B for one mma.m16n8k16 with f16 operands and fp32 accumulators (the skinny kernels'
 // raw E4M3 codes, exact in f16; products exact in fp32).
-__device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                  uint32_t b1) {
+__device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4],
+                                                  uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
                  "{%4,%5,%6,%7}, {%8,%9}, "
                  "{%0,%1,%2,%3};\n"
@@ -108,7 +112,8 @@ __device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t 
 
 // Two E4M3 codes (low byte first) as an f16x2 register (exact).
 __device__ __forceinline__ uint32_t mxm_e4m3x2_to_f16x2(uint32_t two) {
-    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xFFFFu), __NV_E4M3);
+    const __half2_raw h =
+        __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xFFFFu), __NV_E4M3);
     return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 

@@ -43,7 +43,8 @@ __device__ __forceinline__ void mxm_prepare_x_part(const mxm_cuda_args &a, int64
     if (x_dtype != MXM_DT_E4M3 && w8a8) mxm_warp_mx_quant(v, a.rule, code, sb);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
-        if (x_dtype == MXM_DT_E4M3 || w8a8) v[q] = mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]);
+        if (x_dtype == MXM_DT_E4M3 || w8a8)
+            v[q] = mxm_e4m3_decode(code[q]) * mxm_e8m0_decode(sb[q]);
         if (!in[q]) continue;
         const int64_t c = c0 + q * (MXM_PREP_COLS / 4);
         a.xq[t * a.H + c] = __float2bfloat16_rn(v[q]);
