@@ -235,14 +235,13 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
                 part[ni][q] = 0.0f;
 #pragma unroll
         for (int m = 0; m < 2; m++) {
-            const uint32_t w0 = m ? qa0.y : qa0.x, w1 = m ? qa1.y : qa1.x;
-            const uint32_t af[4] = {mxm_e4m3x2_to_f16x2(w0), mxm_e4m3x2_to_f16x2(w1),
-                                    mxm_e4m3x2_to_f16x2(w0 >> 16), mxm_e4m3x2_to_f16x2(w1 >> 16)};
+            uint32_t af[4], b0, b1; // a0a1 row g, a2a3 row g+8, a4a5 / a6a7 the same rows at k + 8
+            mxm_e4m3x4_to_f16x2(m ? qa0.y : qa0.x, af[0], af[2]);
+            mxm_e4m3x4_to_f16x2(m ? qa1.y : qa1.x, af[1], af[3]);
 #pragma unroll
             for (int ni = 0; ni < NT; ni++) {
-                const uint32_t wb = m ? qb[ni].y : qb[ni].x;
-                mxm_mma_f16_16816(part[ni], af, mxm_e4m3x2_to_f16x2(wb),
-                                  mxm_e4m3x2_to_f16x2(wb >> 16));
+                mxm_e4m3x4_to_f16x2(m ? qb[ni].y : qb[ni].x, b0, b1);
+                mxm_mma_f16_16816(part[ni], af, b0, b1);
             }
         }
 #pragma unroll

@@ -110,11 +110,13 @@ __device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t 
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Two E4M3 codes (low byte first) as an f16x2 register (exact).
-__device__ __forceinline__ uint32_t mxm_e4m3x2_to_f16x2(uint32_t two) {
-    const __half2_raw h =
-        __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xFFFFu), __NV_E4M3);
-    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+// Four E4M3 codes (low byte first) as two f16x2 registers, codes 0-1 and 2-3 (exact). The
+// 16-bit halves go to the converter directly (its .H1 operand), not through a shift.
+__device__ __forceinline__ void mxm_e4m3x4_to_f16x2(uint32_t four, uint32_t &lo, uint32_t &hi) {
+    asm("{\n .reg .b16 l, h;\n mov.b32 {l, h}, %2;\n cvt.rn.f16x2.e4m3x2 %0, l;\n"
+        " cvt.rn.f16x2.e4m3x2 %1, h;\n}"
+        : "=r"(lo), "=r"(hi)
+        : "r"(four));
 }
 
 // acc += A . B for one mma.m16n8k16 with bf16 operands and fp32 accumulators (PTX fragment
