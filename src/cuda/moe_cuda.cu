@@ -62,9 +62,15 @@ static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
 }
 
-// MXFP8 W8A8 layers give the skinny kernels their activations as codes (mxm_cuda_codes).
+// MXFP8 W8A8 layers give the skinny kernels their activations as codes (mxm_cuda_codes; the
+// workspace always has room for them). MXM_CUDA_CODES=0 keeps those kernels on the exact bf16
+// decode instead; read at every forward, so one process can run both.
 static bool uses_codes(const mxm_moe_config &c) {
     return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8;
+}
+static bool codes_on(const mxm_moe_config &c) {
+    const char *e = getenv("MXM_CUDA_CODES");
+    return uses_codes(c) && !(e && e[0] == '0');
 }
 
 // Scales per row of a.xsf: one per 32 columns, padded to whole 16-byte pieces.
@@ -163,7 +169,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.skinny_list = a.counts + 3; // counts: MMA tiles, skinny groups, wgmma m-tiles
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
-    const bool codes = uses_codes(c);
+    const bool codes = codes_on(c);
     a.xc = codes ? (uint8_t *)(base + l.xc) : nullptr;
     a.xsf = codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
