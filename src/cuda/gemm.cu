@@ -141,7 +141,7 @@ __device__ __forceinline__ void mma_step(const smem_tiles &t, int buf, float (&a
         for (int mi = 0; mi < 2; mi++)
 #pragma unroll
             for (int ni = 0; ni < 4; ni++)
-                mxm_mma_bf16_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
+                mxm_mma_16816(acc[mi][ni], af[mi], bf[ni][0], bf[ni][1]);
     }
 }
 

@@ -241,7 +241,7 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
 #pragma unroll
             for (int ni = 0; ni < NT; ni++) {
                 mxm_e4m3x4_to_f16x2(m ? qb[ni].y : qb[ni].x, b0, b1);
-                mxm_mma_f16_16816(part[ni], af, b0, b1);
+                mxm_mma_16816<true>(part[ni], af, b0, b1);
             }
         }
 #pragma unroll
@@ -282,7 +282,7 @@ __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigne
             for (int ni = 0; ni < NT; ni++) {
                 const uint4 &x = xb[ni][s / 2];
                 const uint32_t b0 = (s % 2) ? x.z : x.x, b1 = (s % 2) ? x.w : x.y;
-                mxm_mma_bf16_16816(acc[ni], af, b0, b1);
+                mxm_mma_16816(acc[ni], af, b0, b1);
             }
         }
     }

@@ -99,17 +99,6 @@ __device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, fl
     if ((threadIdx.x & 31) == 0) mxm_cuda_act_scales(a, row)[col0 / 32] = mxm_e8m0_decode(sb[0]);
 }
 
-// acc += A . B for one mma.m16n8k16 with f16 operands and fp32 accumulators (the skinny kernels'
-// raw E4M3 codes, exact in f16; products exact in fp32).
-__device__ __forceinline__ void mxm_mma_f16_16816(float (&c)[4], const uint32_t (&a)[4],
-                                                  uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Four E4M3 codes (low byte first) as two f16x2 registers, codes 0-1 and 2-3 (exact). The
 // 16-bit halves go to the converter directly (its .H1 operand), not through a shift.
 __device__ __forceinline__ void mxm_e4m3x4_to_f16x2(uint32_t four, uint32_t &lo, uint32_t &hi) {
@@ -119,15 +108,22 @@ __device__ __forceinline__ void mxm_e4m3x4_to_f16x2(uint32_t four, uint32_t &lo,
         : "r"(four));
 }
 
-// acc += A . B for one mma.m16n8k16 with bf16 operands and fp32 accumulators (PTX fragment
-// layouts); shared by the tile kernels of gemm.cu and gemm_skinny.cu.
-__device__ __forceinline__ void mxm_mma_bf16_16816(float (&c)[4], const uint32_t (&a)[4],
-                                                   uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+// acc += A . B for one mma.m16n8k16 with fp32 accumulators (PTX fragment layouts) and bf16
+// operands (the tile kernels and the skinny kernels' exact decode) or, F16, f16 operands (the
+// skinny kernels' raw E4M3 codes: exact in f16, products exact in fp32).
+#define MXM_MMA_16816(T)                                                                           \
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0,%1,%2,%3}, "           \
+                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                                        \
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                  \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+template <bool F16 = false>
+__device__ __forceinline__ void mxm_mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                              uint32_t b1) {
+    if constexpr (F16)
+        MXM_MMA_16816("f16");
+    else
+        MXM_MMA_16816("bf16");
 }
+#undef MXM_MMA_16816
 
 #endif

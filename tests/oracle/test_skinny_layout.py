@@ -49,6 +49,22 @@ def weight_row(kind, chunk, br, I, H, layout):  # sk_weight_row
     return r if r < (I if kind == "plain" else H) else -1
 
 
+def mma_16816(frag_of_lane):
+    """mma.m16n8k16 from each lane's (a, b) fragments (PTX ISA layouts: A a0a1 row g / a2a3 row
+    g+8 / a4a5 row g, k+8 / a6a7 row g+8, k+8; B b0b1 k 2c.., b2b3 k 2c+8..): the 16 x 8 product."""
+    Am, Bm = np.zeros((16, 16)), np.zeros((16, 8))
+    for lane in range(32):
+        g, c = lane // 4, lane % 4
+        a, b = frag_of_lane(lane)
+        Am[g, 2 * c], Am[g, 2 * c + 1] = a[0], a[1]
+        Am[g + 8, 2 * c], Am[g + 8, 2 * c + 1] = a[2], a[3]
+        Am[g, 2 * c + 8], Am[g, 2 * c + 9] = a[4], a[5]
+        Am[g + 8, 2 * c + 8], Am[g + 8, 2 * c + 9] = a[6], a[7]
+        Bm[2 * c, g], Bm[2 * c + 1, g] = b[0], b[1]
+        Bm[2 * c + 8, g], Bm[2 * c + 9, g] = b[2], b[3]
+    return Am @ Bm
+
+
 def run_block(kind, W, X, n, chunk, I, H, layout, K):
     """One block: returns acc[row warp][lane][ni][q] after the halves' reduction, for the model,
     W codes as values [rows, K]."""
@@ -104,18 +120,7 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
             for ni in range(NT):
                 for h in [warp // ROW_WARPS]:
                     for s in range(4):
-                        Am = np.zeros((16, 16))
-                        Bm = np.zeros((16, 8))
-                        for lane in range(32):
-                            g, c = lane // 4, lane % 4
-                            a, b = frags[(warp, lane, ni, s, h)]
-                            Am[g, 2 * c], Am[g, 2 * c + 1] = a[0], a[1]
-                            Am[g + 8, 2 * c], Am[g + 8, 2 * c + 1] = a[2], a[3]
-                            Am[g, 2 * c + 8], Am[g, 2 * c + 9] = a[4], a[5]
-                            Am[g + 8, 2 * c + 8], Am[g + 8, 2 * c + 9] = a[6], a[7]
-                            Bm[2 * c, g], Bm[2 * c + 1, g] = b[0], b[1]
-                            Bm[2 * c + 8, g], Bm[2 * c + 9, g] = b[2], b[3]
-                        Cm = Am @ Bm
+                        Cm = mma_16816(lambda lane: frags[(warp, lane, ni, s, h)][:2])
                         for lane in range(32):
                             g, c = lane // 4, lane % 4
                             acc[warp, lane, ni] += [Cm[g, 2 * c], Cm[g, 2 * c + 1], Cm[g + 8, 2 * c], Cm[g + 8, 2 * c + 1]]
@@ -196,17 +201,7 @@ def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
                 for j in range(2):
                     part = np.zeros((16, 8))
                     for m in range(2):
-                        Am, Bm = np.zeros((16, 16)), np.zeros((16, 8))
-                        for lane in range(32):
-                            g, c = lane // 4, lane % 4
-                            a, b, _, _ = frags[(warp, lane, ni, j, m)]
-                            Am[g, 2 * c], Am[g, 2 * c + 1] = a[0], a[1]
-                            Am[g + 8, 2 * c], Am[g + 8, 2 * c + 1] = a[2], a[3]
-                            Am[g, 2 * c + 8], Am[g, 2 * c + 9] = a[4], a[5]
-                            Am[g + 8, 2 * c + 8], Am[g + 8, 2 * c + 9] = a[6], a[7]
-                            Bm[2 * c, g], Bm[2 * c + 1, g] = b[0], b[1]
-                            Bm[2 * c + 8, g], Bm[2 * c + 9, g] = b[2], b[3]
-                        part += Am @ Bm
+                        part += mma_16816(lambda lane: frags[(warp, lane, ni, j, m)][:2])
                     for lane in range(32):
                         g, c = lane // 4, lane % 4
                         _, _, ws, xs = frags[(warp, lane, ni, j, 0)]
