@@ -188,8 +188,8 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     const int32_t *idp = with_logits ? NULL : ids;
     const float *wp = with_logits ? NULL : w;
     run_backend(c, MXM_BACKEND_CPU, &L, &D, T, x, lgp, bp, idp, wp, o_cpu, i_cpu, w_cpu);
-    /* MXFP8 W8A8 runs the skinny kernels on raw codes; MXM_CUDA_CODES=0 keeps the exact bf16
-     * decode there: both are checked where skinny groups are the rule (<= 32 rows per expert on
+    /* MXFP8 W8A8 can run the skinny kernels on raw codes (MXM_CUDA_CODES=1) instead of the exact
+     * bf16 decode: both are checked where skinny groups are the rule (<= 32 rows per expert on
      * average). */
     const int variants =
         c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 && T * K <= 32 * E
@@ -200,7 +200,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     ref_output ref = ref_output_alloc(with_ref ? T * H : 1);
     if (with_ref) ref_forward(&L, T, xf, i_cpu, w_cpu, &ref);
     for (int variant = 0; variant < variants; variant++) {
-        if (variant) setenv("MXM_CUDA_CODES", "0", 1);
+        if (variant) setenv("MXM_CUDA_CODES", "1", 1);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu, i_gpu, w_gpu);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu2, i_gpu, w_gpu);
         int nan_gpu, nan_cpu;
@@ -232,7 +232,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
         char bounds[32] = "";
         if (outside >= 0) snprintf(bounds, sizeof bounds, " outside=%lld", (long long)outside);
         char tag[24]; /* the op, and which skinny path a W8A8 MXFP8 case ran */
-        snprintf(tag, sizeof tag, "%s%s", op, variants == 1 ? "" : variant ? "/bf16" : "/codes");
+        snprintf(tag, sizeof tag, "%s%s", op, variants == 1 ? "" : variant ? "/codes" : "/bf16");
         printf("%-14s %-9s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e "
                "tol=%.0e%s ids=%s det=%s %s\n",
                tag, mxm_weight_format_name(c.weight_format), mxm_activation_name(c.activation),

@@ -62,15 +62,16 @@ static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
 }
 
-// MXFP8 W8A8 layers give the skinny kernels their activations as codes (mxm_cuda_codes; the
-// workspace always has room for them). MXM_CUDA_CODES=0 keeps those kernels on the exact bf16
-// decode instead; read at every forward, so one process can run both.
+// MXFP8 W8A8 layers can give the skinny kernels their activations as codes (mxm_cuda_codes; the
+// workspace always has room for them). Off by default until a GPU run has checked and measured
+// it (docs/BENCHMARKS.md); MXM_CUDA_CODES=1 turns it on. Read at every forward, so one process
+// can run both.
 static bool uses_codes(const mxm_moe_config &c) {
     return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8;
 }
 static bool codes_on(const mxm_moe_config &c) {
     const char *e = getenv("MXM_CUDA_CODES");
-    return uses_codes(c) && !(e && e[0] == '0');
+    return uses_codes(c) && e && e[0] == '1';
 }
 
 // Scales per row of a.xsf: one per 32 columns, padded to whole 16-byte pieces.
