@@ -335,6 +335,69 @@ static void test_fp8_block(void **state) {
     if (!quick) compare("fp8block", c, 4096, 0, 1, 0);
 }
 
+/* NaN inputs propagate as NaN (SPEC 5): a NaN in one token's activations and a NaN weight code
+ * (E4M3 0x7F) in one expert give NaN in exactly the outputs where the CPU backend has NaN; the
+ * other outputs agree as in compare(). Token 0 is steered to the poisoned expert, token 2 carries
+ * the NaN activation; T = 5 runs the skinny kernels (both ways for W8A8), T = 300 the tiles. */
+static void nan_case(mxm_moe_config c, int64_t T) {
+    tu_rng r = tu_rng_fresh();
+    ref_layer L;
+    ref_layer_init(&L, &c, tu_next(&r), 0);
+    const int64_t H = c.hidden_size, K = c.top_k, E = c.num_experts;
+    ((uint8_t *)L.w13[1])[3 * H + 7] = 0x7F; /* W13 row 3, column 7 of expert 1 */
+    dev_layer D = layer_to_dev(&L);
+    uint16_t *x = tu_alloc(2 * T * H);
+    float *lg = tu_alloc(4 * T * E), *w = tu_alloc(4 * T * K);
+    int32_t *ids = tu_alloc(4 * T * K);
+    for (int64_t i = 0; i < T * H; i++)
+        x[i] = mxm_bf16_from_f32((float)tu_normal(&r));
+    x[2 * H + 5] = 0x7FC0; /* bf16 NaN */
+    for (int64_t i = 0; i < T * E; i++)
+        lg[i] = (float)tu_normal(&r);
+    lg[1] = 10.0f; /* token 0 picks expert 1 */
+    assert_int_equal(mxm_route(&c, T, lg, MXM_DT_F32, NULL, MXM_DT_F32, ids, w), MXM_OK);
+    float *o_cpu = tu_alloc(4 * T * H), *o_gpu = tu_alloc(4 * T * H), *w_o = tu_alloc(4 * T * K);
+    int32_t *i_o = tu_alloc(4 * T * K);
+    run_backend(c, MXM_BACKEND_CPU, &L, &D, T, x, NULL, NULL, ids, w, o_cpu, i_o, w_o);
+    const int variants =
+        c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 ? 2 : 1;
+    for (int variant = 0; variant < variants; variant++) {
+        if (variant) setenv("MXM_CUDA_CODES", "1", 1);
+        run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, NULL, NULL, ids, w, o_gpu, i_o, w_o);
+        if (variant) unsetenv("MXM_CUDA_CODES");
+        int64_t nan_cpu = 0, mismatched = 0;
+        for (int64_t i = 0; i < T * H; i++) {
+            nan_cpu += isnan(o_cpu[i]);
+            mismatched += !isnan(o_cpu[i]) != !isnan(o_gpu[i]);
+        }
+        int nan_gpu;
+        const double err = rel_f32(o_gpu, o_cpu, T * H, &nan_gpu);
+        const int pass = mismatched == 0 && nan_cpu >= 2 * H && err <= 4e-3;
+        printf(
+            "nan%-11s %-9s %-4s T=%-4lld NaN outputs cpu=%lld gpu=%d mismatched=%lld err=%.2e %s\n",
+            variants == 1 ? ""
+            : variant     ? "/codes"
+                          : "/bf16",
+            mxm_weight_format_name(c.weight_format), c.act_quant ? "w8" : "w8a8", (long long)T,
+            (long long)nan_cpu, nan_gpu, (long long)mismatched, err, pass ? "PASS" : "FAIL");
+        fflush(stdout);
+        assert_true(pass);
+    }
+    free(x), free(lg), free(w), free(ids), free(o_cpu), free(o_gpu), free(w_o), free(i_o);
+    dev_layer_free(&D);
+    ref_layer_free(&L);
+}
+
+static void test_nan_propagation(void **state) {
+    (void)state;
+    for (int aq = 0; aq < 2; aq++)
+        for (int i = 0; i < 2; i++) {
+            mxm_moe_config c = cfg_of(96, 64, 8, 2, MXM_ACT_SILU);
+            c.act_quant = aq;
+            nan_case(c, i ? 300 : 5);
+        }
+}
+
 /* Pre-quantized E4M3 inputs (MXFP8 with E8M0 scales; DeepSeek FP8 with f32 1x128 scales in
  * both layouts), W8A8 and weight-only: the CUDA backend against the CPU backend on the same
  * codes and scales. */
@@ -597,11 +660,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
         cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
-        cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_group_sizes),
-        cmocka_unit_test(test_decode_routing),
-        cmocka_unit_test(test_integer_exact),
-        cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
-        cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_nan_propagation),
+        cmocka_unit_test(test_group_sizes),    cmocka_unit_test(test_decode_routing),
+        cmocka_unit_test(test_integer_exact),  cmocka_unit_test(test_expert_parallel),
+        cmocka_unit_test(test_graph_replay),   cmocka_unit_test(test_wgmma),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

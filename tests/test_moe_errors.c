@@ -173,6 +173,44 @@ static void test_nan_inputs(void **state) {
     fx_free(&f);
 }
 
+/* A NaN weight code (E4M3 0x7F) in one expert poisons the outputs of exactly the tokens routed
+ * to it, on the decode (GEMV) and the prefill (GEMM) kernels, W8A8 and weight-only, with every
+ * kernel set (MXM_KERNELS; a set the CPU cannot run falls back to the best one). */
+static void test_nan_weights(void **state) {
+    (void)state;
+    static const char *const sets[] = {"ref", "avx2", "avx512", "amx"};
+    for (int k = 0; k < 4; k++)
+        for (int64_t T = 1; T <= 64; T += 63) {
+            setenv("MXM_KERNELS", sets[k], 1);
+            fixture f;
+            fx_init(&f, T);
+            /* token 0's first expert: W13 row 2 (a gate row), column 9 */
+            const int32_t e = f.ids[0];
+            ((uint8_t *)f.L.w13[e])[2 * 64 + 9] = 0x7F;
+            for (int aq = 0; aq < 2; aq++) {
+                mxm_moe_config c = small_cfg();
+                c.act_quant = aq;
+                mxm_moe_plan *p;
+                assert_int_equal(mxm_moe_plan_create(&c, T, &p), MXM_OK);
+                tu_poison_f32(f.out, T * 64);
+                assert_int_equal(mxm_moe_forward(p, &f.mw, &f.in, &f.o, f.ws, f.wsb, NULL), MXM_OK);
+                int poisoned = 0;
+                for (int64_t t = 0; t < T; t++) {
+                    const int hit = f.ids[2 * t] == e || f.ids[2 * t + 1] == e;
+                    int nans = 0;
+                    for (int i = 0; i < 64; i++)
+                        nans += isnan(f.out[t * 64 + i]);
+                    assert_int_equal(nans, hit ? 64 : 0);
+                    poisoned += hit;
+                }
+                assert_true(poisoned > 0);
+                mxm_moe_plan_destroy(p);
+            }
+            fx_free(&f);
+            unsetenv("MXM_KERNELS");
+        }
+}
+
 /* bf16 x and bf16 out, and pre-quantized MXFP8 x, against the f32 path. */
 static void test_input_output_dtypes(void **state) {
     (void)state;
@@ -283,8 +321,9 @@ static void test_weight_bytes(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_errors),       cmocka_unit_test(test_forward_errors),
-        cmocka_unit_test(test_nan_inputs),          cmocka_unit_test(test_input_output_dtypes),
-        cmocka_unit_test(test_router_path),         cmocka_unit_test(test_weight_bytes),
+        cmocka_unit_test(test_nan_inputs),          cmocka_unit_test(test_nan_weights),
+        cmocka_unit_test(test_input_output_dtypes), cmocka_unit_test(test_router_path),
+        cmocka_unit_test(test_weight_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
