@@ -5,10 +5,8 @@
 # Without Debian's -dev packages installed it unpacks the ones in .debs/ (apt-get download
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix. The vLLM Triton
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
-# Before the device call, here: `mkdir -p .debs .peers .prebuilt; (cd .debs && apt-get download
-# libjansson-dev libjansson4 libcmocka-dev libcmocka0); cp -r ../shared/peers/vllm_triton .peers/;
-# make build && cp build/mxmoe build/test_cuda .prebuilt/` and carry [".debs", ".peers", ".prebuilt"]
-# (all three are git-ignored).
+# Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
+# .prebuilt and .wheels) and carry [".debs", ".peers", ".prebuilt", ".wheels"].
 #   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps

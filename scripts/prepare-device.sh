@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Fills the git-ignored folders that a device call carries (a fresh checkout has none of them), so
+# that scripts/gpu-check.sh runs prebuilt sm_90a binaries instead of building on the GPU machine:
+#   .prebuilt/  mxmoe, test_cuda (this tree's build/), libmxmoe.so built without NCCL (for the
+#               `python` mode: NCCL beside torch's breaks it), COMMIT (the HEAD they came from)
+#   .debs/      libjansson and libcmocka packages, unpacked there when the machine lacks them
+#   .peers/     the vLLM Triton peer (a copy of ../shared/peers/vllm_triton); the `cpu` mode's
+#               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
+#   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
+# Then: run(command="... scripts/gpu-check.sh ...", carry=[".debs", ".peers", ".prebuilt", ".wheels"]).
+#   scripts/prepare-device.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .debs .peers .prebuilt .wheels
+(cd .debs && apt-get download libjansson-dev libjansson4 libcmocka-dev libcmocka0 >/dev/null)
+if [ -d ../shared/peers/vllm_triton ]; then
+  rm -rf .peers/vllm_triton && cp -r ../shared/peers/vllm_triton .peers/
+else
+  echo "prepare-device: ../shared/peers/vllm_triton not found; the benchmark runs without the vLLM peer" >&2
+fi
+ls .wheels/ml_dtypes-*cp312* >/dev/null 2>&1 ||
+  pip download -q ml_dtypes --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+    --platform manylinux2014_x86_64 --no-deps -d .wheels
+make build
+cp build/mxmoe build/test_cuda .prebuilt/
+[ -f build-py/CMakeCache.txt ] || cmake -S . -B build-py -DCMAKE_BUILD_TYPE=Release -DMXM_NCCL=OFF >/dev/null
+cmake --build build-py -j "$(nproc)" --target mxmoe >/dev/null
+cp build-py/libmxmoe.so .prebuilt/
+git rev-parse HEAD >.prebuilt/COMMIT
+du -shc .debs .peers .prebuilt .wheels | tail -1 | sed 's/^/prepare-device: carry size /'
