@@ -7,7 +7,7 @@
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
 # .prebuilt and .wheels) and carry [".debs", ".peers", ".prebuilt", ".wheels"].
-#   scripts/gpu-check.sh [all|test|bench|peer|wgmma-bench|python|profile|cpu]
+#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
@@ -63,6 +63,17 @@ if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
     PYTHONUNBUFFERED=1 timeout 300 python3 .peers/vllm_triton/run_peer.py --config-device auto --tokens "$TOKENS" \
       --json "$OUT/vllm_peer.json" >"$OUT/vllm_peer.txt" 2>&1; echo "vllm peer rc=$?"
   fi
+fi
+if [ "$what" = all ] || [ "$what" = codes-ab ]; then
+  # The skinny kernels' two MXFP8 W8A8 paths (MXM_CUDA_CODES=0: exact bf16 decode; 1: f16 MMAs on
+  # raw codes) on the decode and middle range, same binary, interleaved by shape.
+  for shape in ${SHAPES//,/ }; do
+    for v in 0 1; do
+      MXM_CUDA_CODES=$v build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$shape" \
+        --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/codes${v}_$shape.json" 2>&1 |
+        grep -vE "^(building|measuring)" | sed "s/^/codes=$v /" | tee -a "$OUT/bench_codes_ab.txt"
+    done
+  done
 fi
 if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
   # The wgmma prefill kernels against the mma.sync tiles (MXM_CUDA_WGMMA forces either).
