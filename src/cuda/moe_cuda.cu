@@ -56,22 +56,21 @@ struct cuda_state {
     mxm_cuda_group *dev_groups;
     int uploaded;
     int64_t route_bytes; // routing scratch per token
+    bool codes;          // the skinny kernels take the activations as codes (codes_on at plan time)
 };
 
 static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
 }
 
-// MXFP8 W8A8 layers can give the skinny kernels their activations as codes (mxm_cuda_codes; the
-// workspace always has room for them). Off by default until a GPU run has checked and measured
-// it (docs/BENCHMARKS.md); MXM_CUDA_CODES=1 turns it on. Read at every forward, so one process
-// can run both.
-static bool uses_codes(const mxm_moe_config &c) {
-    return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8;
-}
+// MXFP8 W8A8 layers can give the skinny kernels their activations as codes (mxm_cuda_codes).
+// Off by default until a GPU run has checked and measured it (docs/BENCHMARKS.md);
+// MXM_CUDA_CODES=1 at plan creation turns it on for that plan (its workspace then has room for
+// the codes; other plans pay nothing).
 static bool codes_on(const mxm_moe_config &c) {
     const char *e = getenv("MXM_CUDA_CODES");
-    return uses_codes(c) && e && e[0] == '1';
+    return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 && e &&
+           e[0] == '1';
 }
 
 // Scales per row of a.xsf: one per 32 columns, padded to whole 16-byte pieces.
@@ -79,7 +78,7 @@ static int64_t xsf_stride(int64_t H) {
     return (H / 32 + 3) / 4 * 4;
 }
 
-static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes) {
+static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes, bool codes) {
     const mxm_moe_config &c = p->cfg;
     const int64_t T = p->max_tokens, K = c.top_k, H = c.hidden_size;
     const int64_t I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size
@@ -100,7 +99,6 @@ static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes) {
     l.xs = take(&cur, blk ? mxm_mul3_i64(T, (H + 127) / 128, 4) : 0);
     l.acts = take(&cur, blk ? mxm_mul3_i64(rows, (I_max + 127) / 128, 4) : 0);
     l.actf = take(&cur, blk ? mxm_mul3_i64(rows, I_max, 4) : 0);
-    const bool codes = uses_codes(c);
     l.xc = take(&cur, codes ? mxm_mul3_i64(T, H, 1) : 0);
     l.xsf = take(&cur, codes ? mxm_mul3_i64(T, xsf_stride(H), 4) : 0);
     l.total = cur < 0 ? -1 : mxm_align_up(cur, 256);
@@ -124,14 +122,15 @@ static mxm_status cuda_plan(mxm_moe_plan *p) {
                         "backend cuda: max_tokens x (top_k + 1) must stay below 2^26");
     p->kernels_name = "cuda-sm90";
     const int64_t route_bytes = mxm_route_device_scratch_bytes(&p->route);
-    const cuda_layout l = layout_of(p, route_bytes);
+    const bool codes = codes_on(c);
+    const cuda_layout l = layout_of(p, route_bytes, codes);
     if (l.total < 0) return mxm_fail(MXM_ERR_OVERFLOW, "backend cuda: workspace size overflows");
     p->ws_bytes = l.total;
     // The host copy of the group table, then the last uploaded one (and where it went).
     p->backend_state = calloc(1, sizeof(cuda_state) + 2 * ((size_t)p->e_loc + 1) * sizeof(mxm_cuda_group));
     if (!p->backend_state) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
     cuda_state *cs = (cuda_state *)p->backend_state;
-    cs->route_bytes = route_bytes;
+    cs->route_bytes = route_bytes, cs->codes = codes;
     MXM_CUDA_TRY(cudaMalloc(&cs->dev_groups, sizeof(mxm_cuda_group) * ((size_t)p->e_loc + 1)));
     return MXM_OK;
 }
@@ -149,7 +148,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     if ((uintptr_t)out->out % 16 || (uintptr_t)out->out_routed % 16)
         return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: out and out_routed must be 16-byte aligned device pointers");
     cuda_state *cs = (cuda_state *)p->backend_state;
-    const cuda_layout l = layout_of(p, cs->route_bytes);
+    const cuda_layout l = layout_of(p, cs->route_bytes, cs->codes);
     char *base = (char *)ws;
     const int64_t T = in->num_tokens, K = c.top_k;
     mxm_cuda_args a;
@@ -170,9 +169,8 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.skinny_list = a.counts + 3; // counts: MMA tiles, skinny groups, wgmma m-tiles
     a.xq = (__nv_bfloat16 *)(base + l.xq), a.act = (__nv_bfloat16 *)(base + l.act), a.y = (float *)(base + l.y);
     a.xs = (float *)(base + l.xs), a.acts = (float *)(base + l.acts), a.actf = (float *)(base + l.actf);
-    const bool codes = codes_on(c);
-    a.xc = codes ? (uint8_t *)(base + l.xc) : nullptr;
-    a.xsf = codes ? (float *)(base + l.xsf) : nullptr;
+    a.xc = cs->codes ? (uint8_t *)(base + l.xc) : nullptr;
+    a.xsf = cs->codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).
