@@ -156,6 +156,21 @@ static mxm_moe_config cfg_of(int H, int I, int E, int K, int act) {
     return c;
 }
 
+/* MXFP8 W8A8 layers have two skinny-kernel paths: the exact bf16 decode and (MXM_CUDA_CODES=1 at
+ * plan creation) f16 MMAs on raw codes. The paths a case runs, the switch, and the log tag. */
+static int skinny_paths(const mxm_moe_config *c) {
+    return c->weight_format == MXM_WFMT_MXFP8 && c->act_quant == MXM_ACT_QUANT_MXFP8 ? 2 : 1;
+}
+static void use_codes(int on) {
+    if (on)
+        setenv("MXM_CUDA_CODES", "1", 1);
+    else
+        unsetenv("MXM_CUDA_CODES");
+}
+static const char *path_tag(int paths, int codes) {
+    return paths == 1 ? "" : codes ? "/codes" : "/bf16";
+}
+
 /* CUDA vs CPU on one case; with_logits: route on the device from logits, else given ids. */
 static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int with_logits, int integer) {
     tu_rng r = tu_rng_fresh();
@@ -188,19 +203,14 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
     const int32_t *idp = with_logits ? NULL : ids;
     const float *wp = with_logits ? NULL : w;
     run_backend(c, MXM_BACKEND_CPU, &L, &D, T, x, lgp, bp, idp, wp, o_cpu, i_cpu, w_cpu);
-    /* MXFP8 W8A8 can run the skinny kernels on raw codes (MXM_CUDA_CODES=1) instead of the exact
-     * bf16 decode: both are checked where skinny groups are the rule (<= 32 rows per expert on
-     * average). */
-    const int variants =
-        c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 && T * K <= 32 * E
-            ? 2
-            : 1;
+    /* both skinny paths where skinny groups are the rule (<= 32 rows per expert on average) */
+    const int variants = T * K <= 32 * E ? skinny_paths(&c) : 1;
     const double work = (double)T * (K + 1) * H * (c.intermediate_size + c.shared_intermediate_size);
     const int with_ref = integer || (c.act_quant == MXM_ACT_QUANT_MXFP8 && work < 2e9);
     ref_output ref = ref_output_alloc(with_ref ? T * H : 1);
     if (with_ref) ref_forward(&L, T, xf, i_cpu, w_cpu, &ref);
     for (int variant = 0; variant < variants; variant++) {
-        if (variant) setenv("MXM_CUDA_CODES", "1", 1);
+        use_codes(variant);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu, i_gpu, w_gpu);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, lgp, bp, idp, wp, o_gpu2, i_gpu, w_gpu);
         int nan_gpu, nan_cpu;
@@ -232,7 +242,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
         char bounds[32] = "";
         if (outside >= 0) snprintf(bounds, sizeof bounds, " outside=%lld", (long long)outside);
         char tag[24]; /* the op, and which skinny path a W8A8 MXFP8 case ran */
-        snprintf(tag, sizeof tag, "%s%s", op, variants == 1 ? "" : variant ? "/codes" : "/bf16");
+        snprintf(tag, sizeof tag, "%s%s", op, path_tag(variants, variant));
         printf("%-14s %-9s %-12s %-4s %-5s %s H=%-4d I=%-4d E=%-3d K=%-2d T=%-5lld%s err=%.2e "
                "tol=%.0e%s ids=%s det=%s %s\n",
                tag, mxm_weight_format_name(c.weight_format), mxm_activation_name(c.activation),
@@ -245,7 +255,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
                id_match == T * K ? "same" : "DIFF", same_runs ? "yes" : "NO",
                pass ? "PASS" : "FAIL");
         fflush(stdout);
-        if (variant) unsetenv("MXM_CUDA_CODES");
+        use_codes(0);
         assert_true(pass);
     }
     ref_output_free(&ref);
@@ -359,12 +369,11 @@ static void nan_case(mxm_moe_config c, int64_t T) {
     float *o_cpu = tu_alloc(4 * T * H), *o_gpu = tu_alloc(4 * T * H), *w_o = tu_alloc(4 * T * K);
     int32_t *i_o = tu_alloc(4 * T * K);
     run_backend(c, MXM_BACKEND_CPU, &L, &D, T, x, NULL, NULL, ids, w, o_cpu, i_o, w_o);
-    const int variants =
-        c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 ? 2 : 1;
+    const int variants = skinny_paths(&c);
     for (int variant = 0; variant < variants; variant++) {
-        if (variant) setenv("MXM_CUDA_CODES", "1", 1);
+        use_codes(variant);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, NULL, NULL, ids, w, o_gpu, i_o, w_o);
-        if (variant) unsetenv("MXM_CUDA_CODES");
+        use_codes(0);
         int64_t nan_cpu = 0, mismatched = 0;
         for (int64_t i = 0; i < T * H; i++) {
             nan_cpu += isnan(o_cpu[i]);
@@ -375,11 +384,9 @@ static void nan_case(mxm_moe_config c, int64_t T) {
         const int pass = mismatched == 0 && nan_cpu >= 2 * H && err <= 4e-3;
         printf(
             "nan%-11s %-9s %-4s T=%-4lld NaN outputs cpu=%lld gpu=%d mismatched=%lld err=%.2e %s\n",
-            variants == 1 ? ""
-            : variant     ? "/codes"
-                          : "/bf16",
-            mxm_weight_format_name(c.weight_format), c.act_quant ? "w8" : "w8a8", (long long)T,
-            (long long)nan_cpu, nan_gpu, (long long)mismatched, err, pass ? "PASS" : "FAIL");
+            path_tag(variants, variant), mxm_weight_format_name(c.weight_format),
+            c.act_quant ? "w8" : "w8a8", (long long)T, (long long)nan_cpu, nan_gpu,
+            (long long)mismatched, err, pass ? "PASS" : "FAIL");
         fflush(stdout);
         assert_true(pass);
     }
