@@ -25,7 +25,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 # Binaries built elsewhere for sm_90a (.prebuilt/: mxmoe, test_cuda) save the build when they run here.
 if [ -x .prebuilt/mxmoe ] && [ "${REBUILD:-1}" = 1 ]; then
-  mkdir -p build-gpu && cp .prebuilt/* build-gpu/
+  mkdir -p build-gpu && find .prebuilt -maxdepth 1 -type f -exec cp {} build-gpu/ \;
   if build-gpu/mxmoe --help >/dev/null 2>&1 && ! ldd build-gpu/test_cuda | grep -q "not found"; then
     echo "using .prebuilt binaries"; REBUILD=0
   else
@@ -66,12 +66,17 @@ if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
 fi
 if [ "$what" = all ] || [ "$what" = codes-ab ]; then
   # The skinny kernels' two MXFP8 W8A8 paths (MXM_CUDA_CODES=0: exact bf16 decode; 1: f16 MMAs on
-  # raw codes) on the decode and middle range, same binary, interleaved by shape.
+  # raw codes) on the decode and middle range, same binary, interleaved by shape; build-time
+  # variants in .prebuilt/variants/mxmoe_NAME (e.g. cmake -DCMAKE_CUDA_FLAGS=-DSK_MIN_BLOCKS=3) beside.
   for shape in ${SHAPES//,/ }; do
-    for v in 0 1; do
-      MXM_CUDA_CODES=$v build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$shape" \
-        --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/codes${v}_$shape.json" 2>&1 |
-        grep -vE "^(building|measuring)" | sed "s/^/codes=$v /" | tee -a "$OUT/bench_codes_ab.txt"
+    for bin in build-gpu/mxmoe .prebuilt/variants/mxmoe_*; do
+      [ -x "$bin" ] || continue
+      tag=${bin##*/mxmoe}; tag=${tag#_}
+      for v in 0 1; do
+        MXM_CUDA_CODES=$v "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
+          --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/codes${v}${tag:+_$tag}_$shape.json" 2>&1 |
+          grep -vE "^(building|measuring)" | sed "s/^/codes=$v${tag:+ $tag} /" | tee -a "$OUT/bench_codes_ab.txt"
+      done
     done
   done
 fi

@@ -7,6 +7,7 @@
 #   .peers/     the vLLM Triton peer (a copy of ../shared/peers/vllm_triton); the `cpu` mode's
 #               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
 #   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
+# Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe builds for gpu-check.sh codes-ab.
 # Then: run(command="... scripts/gpu-check.sh ...", carry=[".debs", ".peers", ".prebuilt", ".wheels"]).
 #   scripts/prepare-device.sh
 set -euo pipefail
@@ -26,5 +27,13 @@ cp build/mxmoe build/test_cuda .prebuilt/
 [ -f build-py/CMakeCache.txt ] || cmake -S . -B build-py -DCMAKE_BUILD_TYPE=Release -DMXM_NCCL=OFF >/dev/null
 cmake --build build-py -j "$(nproc)" --target mxmoe >/dev/null
 cp build-py/libmxmoe.so .prebuilt/
+# Build-time variants for codes-ab: VARIANTS="mb3=-DSK_MIN_BLOCKS=3 ..." gives .prebuilt/variants/mxmoe_mb3.
+rm -rf .prebuilt/variants
+for v in ${VARIANTS:-}; do
+  name=${v%%=*} flags=${v#*=}
+  cmake -S . -B "build-variant-$name" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CUDA_FLAGS=$flags" >/dev/null
+  cmake --build "build-variant-$name" -j "$(nproc)" --target mxmoe_cli >/dev/null
+  mkdir -p .prebuilt/variants && cp "build-variant-$name/mxmoe" ".prebuilt/variants/mxmoe_$name"
+done
 git rev-parse HEAD >.prebuilt/COMMIT
 du -shc .debs .peers .prebuilt .wheels | tail -1 | sed 's/^/prepare-device: carry size /'

@@ -35,6 +35,9 @@
 #define SK_ROWS 64             // weight rows per block
 #define SK_KC 128              // K per stage
 #define SK_STAGES 6
+#ifndef SK_MIN_BLOCKS // blocks per SM the registers are budgeted for (a build-time A/B knob)
+#define SK_MIN_BLOCKS 2
+#endif
 #define SK_A_BYTES (SK_ROWS * SK_KC)
 #define SK_B_ROW (SK_KC * 2)   // bytes of one token row per stage
 #define SK_NT_MAX (MXM_CUDA_SKINNY_MAX / 8)
@@ -517,7 +520,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 }
 
 template <int KIND, int WF, bool CODES>
-__global__ void __launch_bounds__(SK_THREADS, 2) skinny_kernel(mxm_cuda_args a, int nt_max) {
+__global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS) skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
         mxm_griddep_wait();
