@@ -6,7 +6,8 @@ Peers (whole routed-expert layer from precomputed top-k ids and weights, what PE
 the layer): PyTorch bf16 grouped GEMMs (torch._grouped_mm) on weights dequantized once (what
 vLLM does with MXFP8 on Hopper), and torch._scaled_grouped_mm in FP8 row-wise mode. Each layer
 is captured in a CUDA graph; median of replays; 8 routing/input sets rotated.
-Writes JSON (argv[1], default bench/results/peers_h200.json) and prints a table.
+Writes JSON (argv[1], default bench/results/peers_h200.json) and prints a table; argv[2]: token
+counts (comma-separated) or "none" for the ceilings alone.
 """
 import json
 import sys
@@ -132,7 +133,8 @@ def layer_peer(shape, T, mode):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "bench/results/peers_h200.json"
-    tokens = [int(t) for t in sys.argv[2].split(",")] if len(sys.argv) > 2 else TOKENS
+    # argv[2]: token counts, or "none" for the ceilings alone
+    tokens = TOKENS if len(sys.argv) <= 2 else [] if sys.argv[2] == "none" else [int(t) for t in sys.argv[2].split(",")]
     torch.manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ceilings": ceilings(), "layers": []}
     c = res["ceilings"]

@@ -59,6 +59,9 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     --json "$OUT/moe_cuda_routed.json" >>"$OUT/bench_cuda.txt" 2>&1
 fi
 if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
+  # Ceilings in the same run: copy bandwidth (cudaMemcpyAsync D2D, 1 GiB), bf16 and fp8 matmuls.
+  timeout 120 python3 bench/peers.py "$OUT/ceilings.json" none >"$OUT/ceilings.txt" 2>&1; echo "ceilings rc=$?"
+  head -1 "$OUT/ceilings.txt"
   if [ -f .peers/vllm_triton/run_peer.py ] && [ "${PEER:-1}" = 1 ]; then
     PYTHONUNBUFFERED=1 timeout 300 python3 .peers/vllm_triton/run_peer.py --config-device auto --tokens "$TOKENS" \
       --json "$OUT/vllm_peer.json" >"$OUT/vllm_peer.txt" 2>&1; echo "vllm peer rc=$?"
