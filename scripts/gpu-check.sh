@@ -41,6 +41,11 @@ rc=0
 if [ "$what" = all ] || [ "$what" = test ]; then
   build-gpu/test_cuda >"$OUT/tests.log" 2>&1; r=$?; rc=$((rc | r)); echo "test_cuda rc=$r"
   grep -E "FAIL|PASSED|FAILED|passed|failed" "$OUT/tests.log" | head -20
+  for v in .prebuilt/variants/test_cuda_*; do # build-time variants' tests (quick)
+    [ -x "$v" ] || continue
+    MXM_TEST_QUICK=1 timeout 200 "$v" >"$OUT/tests_${v##*/}.log" 2>&1; r=$?; rc=$((rc | r)); echo "${v##*/} rc=$r"
+    grep -E "FAILED|passed|failed" "$OUT/tests_${v##*/}.log" | head -8
+  done
   for tool in ${SANITIZERS-memcheck racecheck synccheck}; do
     echo "== compute-sanitizer --tool $tool (MXM_TEST_QUICK=1) ==" >>"$OUT/sanitizer.log"
     MXM_TEST_QUICK=1 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/test_cuda >>"$OUT/sanitizer.log" 2>&1; r=$?
