@@ -191,12 +191,9 @@ struct sk_scale_src {
 // sk_compute_codes decodes it once and shares it by shuffles.
 template <bool CODES>
 __device__ __forceinline__ void sk_load_scales(sk_scales &sc, const sk_scale_src &ss, int k0) {
-    if constexpr (CODES) {
-        sc.s[0][0] = k0 < ss.lim[0] ? __ldg(ss.p[0] + k0 / 32) : 127u;
-        return;
-    }
 #pragma unroll
-    for (int r = 0; r < 2; r++) sc.s[r][0] = k0 < ss.lim[r] ? __ldg(ss.p[r] + k0 / 32) : 127u;
+    for (int r = 0; r < (CODES ? 1 : 2); r++)
+        sc.s[r][0] = k0 < ss.lim[r] ? __ldg(ss.p[r] + k0 / 32) : 127u;
 }
 __device__ __forceinline__ void sk_scale_lane(sk_scale_src &ss, int c) {
     const int r = c >> 1, j = c & 1;
