@@ -169,7 +169,8 @@ __device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, con
 }
 
 // The MX scale bytes of this thread's two rows for its warp's 64-wide half of a stage: the byte
-// of its 16 codes' 32-block (bf16 path: [r][0]), or of both blocks of the half (CODES: [r][j]).
+// of its 16 codes' 32-block (bf16 path: [r][0]); CODES: [0][0] only, the byte of (row c / 2,
+// block c % 2) of the quad's rows and blocks (sk_load_scales).
 struct sk_scales {
     uint32_t s[2][2]; // [row R0/R1][block]
 };
@@ -185,13 +186,20 @@ struct sk_scale_src {
     int lim[2];
 };
 
+// CODES: the four (row, block) bytes a quad of lanes needs are the same for its four lanes, so
+// lane c loads only (row c / 2, block c % 2) into s[0][0] (ss narrowed to it by sk_scale_lane) and
+// sk_compute_codes decodes it once and shares it by shuffles.
 template <bool CODES>
 __device__ __forceinline__ void sk_load_scales(sk_scales &sc, const sk_scale_src &ss, int k0) {
 #pragma unroll
-    for (int r = 0; r < 2; r++)
-#pragma unroll
-        for (int j = 0; j < (CODES ? 2 : 1); j++)
-            sc.s[r][j] = k0 + 32 * j < ss.lim[r] ? __ldg(ss.p[r] + k0 / 32 + j) : 127u;
+    for (int r = 0; r < (CODES ? 1 : 2); r++)
+        sc.s[r][0] = k0 < ss.lim[r] ? __ldg(ss.p[r] + k0 / 32) : 127u;
+}
+__device__ __forceinline__ void sk_scale_lane(sk_scale_src &ss, int c) {
+    const int r = c >> 1, j = c & 1;
+    const uint8_t *p = r ? ss.p[1] : ss.p[0];
+    ss.p[0] = p ? p + j : nullptr;
+    ss.lim[0] = (r ? ss.lim[1] : ss.lim[0]) - 32 * j;
 }
 
 // CODES: acc += the products of this warp's half of the stage (blocks 2 half + j, j = 0, 1) for
@@ -206,11 +214,12 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
     const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
     const int r0 = 16 * (warp % SK_ROW_WARPS) + g, h = sk_half();
     float ws[2][2], xs[NT][2][2]; // [row][block], [tile][token 2c + e][block]
+    const float mine = mxm_e8m0_decode(sc.s[0][0]); // (row c / 2, block c % 2): sk_load_scales
 #pragma unroll
     for (int r = 0; r < 2; r++)
 #pragma unroll
         for (int j = 0; j < 2; j++)
-            ws[r][j] = mxm_e8m0_decode(sc.s[r][j]);
+            ws[r][j] = __shfl_sync(0xFFFFFFFFu, mine, (lane & ~3) | (2 * r + j));
 #pragma unroll
     for (int ni = 0; ni < NT; ni++)
 #pragma unroll
@@ -367,6 +376,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                       ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
                       : nullptr;
     }
+    if (CODES) sk_scale_lane(ss, c);
     // DeepSeek FP8 W8A8: the activation rows' 1x128 scales of this thread's accumulator columns.
     const float *xsrow[NT][2];
     const bool w8a8 = BLK && mxm_cuda_blk_w8a8(a);
@@ -411,9 +421,9 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     sk_scales cur = {}, nxt = {};
     if (!BLK) sk_load_scales<CODES>(cur, ss, 0);
     int use = 0, fill = SK_STAGES - 1; // the ring slots of the stage computed and the stage copied
+    if (early_w) cp_async_wait<0>(); // the token pieces of the first stages came last
     for (int it = 0; it < nst; it++) {
-        if (early_w && it == 0) cp_async_wait<0>(); // the token pieces of the first stages came last
-        else cp_async_wait<SK_STAGES - 2>();
+        cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
         const int ns = it + SK_STAGES - 1;
         if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, ns * SK_KC);
