@@ -156,16 +156,17 @@ static mxm_moe_config cfg_of(int H, int I, int E, int K, int act) {
     return c;
 }
 
-/* MXFP8 W8A8 layers have two skinny-kernel paths: the exact bf16 decode and (MXM_CUDA_CODES=1 at
- * plan creation) f16 MMAs on raw codes. The paths a case runs, the switch, and the log tag. */
+/* MXFP8 W8A8 layers have two skinny-kernel paths: f16 MMAs on raw codes (the default) and the
+ * exact bf16 decode (MXM_CUDA_CODES=0 at plan creation). The paths a case runs, the switch, and
+ * the log tag. */
 static int skinny_paths(const mxm_moe_config *c) {
     return c->weight_format == MXM_WFMT_MXFP8 && c->act_quant == MXM_ACT_QUANT_MXFP8 ? 2 : 1;
 }
 static void use_codes(int on) {
-    if (on)
-        setenv("MXM_CUDA_CODES", "1", 1);
-    else
-        unsetenv("MXM_CUDA_CODES");
+    setenv("MXM_CUDA_CODES", on ? "1" : "0", 1);
+}
+static void default_paths(void) {
+    unsetenv("MXM_CUDA_CODES");
 }
 static const char *path_tag(int paths, int codes) {
     return paths == 1 ? "" : codes ? "/codes" : "/bf16";
@@ -255,7 +256,7 @@ static void compare(const char *op, mxm_moe_config c, int64_t T, int skewed, int
                id_match == T * K ? "same" : "DIFF", same_runs ? "yes" : "NO",
                pass ? "PASS" : "FAIL");
         fflush(stdout);
-        use_codes(0);
+        default_paths();
         assert_true(pass);
     }
     ref_output_free(&ref);
@@ -373,7 +374,7 @@ static void nan_case(mxm_moe_config c, int64_t T) {
     for (int variant = 0; variant < variants; variant++) {
         use_codes(variant);
         run_backend(c, MXM_BACKEND_CUDA, &L, &D, T, x, NULL, NULL, ids, w, o_gpu, i_o, w_o);
-        use_codes(0);
+        default_paths();
         int64_t nan_cpu = 0, mismatched = 0;
         for (int64_t i = 0; i < T * H; i++) {
             nan_cpu += isnan(o_cpu[i]);

@@ -15,13 +15,14 @@
 //    one 32-byte load gives a token's matching activations;
 //  - shared memory rows are XOR-swizzled by 16-byte chunk so a quarter-warp's loads hit eight
 //    different bank groups.
-// MXFP8 W8A8 layers (CODES, mxm_cuda_codes; MXM_CUDA_CODES=1 until measured) take the tokens as
-// raw E4M3 codes with their block scales beside them, and the MMAs run in f16 on raw codes of
-// both operands (exact: E4M3 is a subset of f16, products are exact in fp32): the weight decode
-// is one conversion per pair of codes instead of seven instructions, and each 32-block's sum is
-// scaled once by the weight row's and the token's block scales (K is permuted so that each k16
+// MXFP8 W8A8 layers (CODES, mxm_cuda_codes; the default, MXM_CUDA_CODES=0 turns it off) take the
+// tokens as raw E4M3 codes with their block scales beside them, and the MMAs run in f16 on raw
+// codes of both operands (exact: E4M3 is a subset of f16, products are exact in fp32): the weight
+// decode is one conversion per pair of codes instead of seven instructions, and each 32-block's sum
+// is scaled once by the weight row's and the token's block scales (K is permuted so that each k16
 // MMA stays inside one block: lane c holds codes 8c..8c+7 of a block, two MMAs per block). The
-// bf16 path serves weight-only layers, DeepSeek FP8 and MXFP8 W8A8 by default.
+// bf16 path serves weight-only layers, DeepSeek FP8 and MXFP8 W8A8 plans made with
+// MXM_CUDA_CODES=0.
 // GEMM1 fuses the activation and the requantization of the intermediate (one MX block of 32
 // columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (WF =
 // MXM_WFMT_FP8_BLOCK): codes enter unscaled, each stage (one 128-block of K) accumulates on its own

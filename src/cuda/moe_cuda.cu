@@ -63,14 +63,13 @@ static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
 }
 
-// MXFP8 W8A8 layers can give the skinny kernels their activations as codes (mxm_cuda_codes).
-// Off by default until a GPU run has checked and measured it (docs/BENCHMARKS.md);
-// MXM_CUDA_CODES=1 at plan creation turns it on for that plan (its workspace then has room for
-// the codes; other plans pay nothing).
+// MXFP8 W8A8 layers give the skinny kernels their activations as codes (mxm_cuda_codes): 3-8%
+// faster at T = 1-256 on an H100 (docs/BENCHMARKS.md, stop 21). MXM_CUDA_CODES=0 at plan creation
+// keeps that plan on the exact bf16 decode (its workspace then has no room for the codes).
 static bool codes_on(const mxm_moe_config &c) {
     const char *e = getenv("MXM_CUDA_CODES");
-    return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 && e &&
-           e[0] == '1';
+    return c.weight_format == MXM_WFMT_MXFP8 && c.act_quant == MXM_ACT_QUANT_MXFP8 &&
+           !(e && e[0] == '0');
 }
 
 // Scales per row of a.xsf: one per 32 columns, padded to whole 16-byte pieces.
