@@ -6,7 +6,7 @@
 # libjansson-dev libjansson4 libcmocka-dev libcmocka0) into a private prefix. The vLLM Triton
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
-# .prebuilt and .wheels) and carry [".debs", ".peers", ".prebuilt", ".wheels"].
+# .prebuilt and .wheels and packs them into .pack/carry.tar.xz) and carry [".pack"].
 #   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
@@ -18,6 +18,8 @@ mkdir -p "$OUT"
 what=${1:-all}
 TOKENS=${TOKENS:-1,8,32,64,256,1024,4096,16384}
 SHAPES=${SHAPES:-nano,qwen3,dsv3}
+# The carried folders as one archive (scripts/prepare-device.sh makes it).
+[ -f .pack/carry.tar.xz ] && tar xJf .pack/carry.tar.xz
 if [ -d .debs ] && ! [ -f /usr/include/jansson.h ]; then
   mkdir -p /tmp/mxm-sys && for f in .debs/*.deb; do dpkg -x "$f" /tmp/mxm-sys; done
   export CMAKE_PREFIX_PATH=/tmp/mxm-sys/usr LD_LIBRARY_PATH=/tmp/mxm-sys/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
@@ -128,5 +130,7 @@ if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
   echo "== vLLM peer"; tail -45 "$OUT/vllm_peer.txt" 2>/dev/null
 fi
 # Everything in one archive (the device tool brings back at most 8 files).
-(cd "$OUT" && tar czf "logs-$what.tgz" --exclude='logs-*.tgz' . 2>/dev/null && find . -type f ! -name 'logs-*.tgz' -delete)
+# (Written outside $OUT first: tar fails on an archive growing inside the folder it reads.)
+(cd "$OUT" && tar czf "/tmp/logs-$what.tgz" --exclude='logs-*.tgz' . && mv "/tmp/logs-$what.tgz" . &&
+  find . -type f ! -name 'logs-*.tgz' -delete)
 exit $rc

@@ -8,7 +8,7 @@
 #               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
 #   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
 # Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe builds for gpu-check.sh codes-ab.
-# Then: run(command="... scripts/gpu-check.sh ...", carry=[".debs", ".peers", ".prebuilt", ".wheels"]).
+# Then: run(command="scripts/gpu-check.sh ...", carry=[".pack"]) (.pack/carry.tar.xz holds the four).
 #   scripts/prepare-device.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +36,8 @@ for v in ${VARIANTS:-}; do
   mkdir -p .prebuilt/variants && cp "build-variant-$name/mxmoe" ".prebuilt/variants/mxmoe_$name"
 done
 git rev-parse HEAD >.prebuilt/COMMIT
-du -shc .debs .peers .prebuilt .wheels | tail -1 | sed 's/^/prepare-device: carry size /'
+# The device call carries the working tree and these folders within 64 MiB; the tree's fixtures take
+# about half, so the folders travel as one xz archive (~3 MB; gpu-check.sh unpacks it).
+strip .prebuilt/mxmoe .prebuilt/test_cuda .prebuilt/libmxmoe.so .prebuilt/variants/* 2>/dev/null || true
+mkdir -p .pack && tar cJf .pack/carry.tar.xz .debs .peers .prebuilt .wheels
+du -sh .pack/carry.tar.xz | sed 's/^/prepare-device: carry /'
