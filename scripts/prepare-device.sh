@@ -27,13 +27,15 @@ cp build/mxmoe build/test_cuda .prebuilt/
 [ -f build-py/CMakeCache.txt ] || cmake -S . -B build-py -DCMAKE_BUILD_TYPE=Release -DMXM_NCCL=OFF >/dev/null
 cmake --build build-py -j "$(nproc)" --target mxmoe >/dev/null
 cp build-py/libmxmoe.so .prebuilt/
-# Build-time variants for codes-ab: VARIANTS="mb3=-DSK_MIN_BLOCKS=3 ..." gives .prebuilt/variants/mxmoe_mb3.
+# Build-time variants for codes-ab and the test step: VARIANTS="mb3=-DSK_MIN_BLOCKS=3 ..." gives
+# .prebuilt/variants/mxmoe_mb3 and test_cuda_mb3 (e.g. s64=-DMXM_CUDA_SKINNY_MAX=64).
 rm -rf .prebuilt/variants
 for v in ${VARIANTS:-}; do
   name=${v%%=*} flags=${v#*=}
   cmake -S . -B "build-variant-$name" -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CUDA_FLAGS=$flags" >/dev/null
-  cmake --build "build-variant-$name" -j "$(nproc)" --target mxmoe_cli >/dev/null
-  mkdir -p .prebuilt/variants && cp "build-variant-$name/mxmoe" ".prebuilt/variants/mxmoe_$name"
+  cmake --build "build-variant-$name" -j "$(nproc)" --target mxmoe_cli test_cuda >/dev/null
+  mkdir -p .prebuilt/variants && cp "build-variant-$name/mxmoe" ".prebuilt/variants/mxmoe_$name" &&
+    cp "build-variant-$name/test_cuda" ".prebuilt/variants/test_cuda_$name"
 done
 git rev-parse HEAD >.prebuilt/COMMIT
 # The device call carries the working tree and these folders within 64 MiB; the tree's fixtures take
