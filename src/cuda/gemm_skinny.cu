@@ -322,7 +322,9 @@ __device__ __forceinline__ void sk_compute_tiles(const unsigned char *A, const u
     } else {
         constexpr int REST = NT - 4;
         sk_compute_tiles<4, WF, CODES>(A, B, BS, sc, *reinterpret_cast<float(*)[4][4]>(&acc[0][0]));
-        sk_compute_tiles<REST, WF, CODES>(A, B + 32 * sk_b_row(CODES), BS + 32 * SK_BS_ROW, sc,
+        // 32 token rows on (CODES: code rows only; their scales lie in a region of their own)
+        sk_compute_tiles<REST, WF, CODES>(A, B + 32 * (CODES ? SK_BC_ROW : SK_B_ROW),
+                                          BS + 32 * SK_BS_ROW, sc,
                                           *reinterpret_cast<float(*)[REST][4]>(&acc[4][0]));
     }
 }
