@@ -133,7 +133,6 @@ def layer_peer(shape, T, mode):
 
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "bench/results/peers_h200.json"
-    # argv[2]: token counts, or "none" for the ceilings alone
     tokens = TOKENS if len(sys.argv) <= 2 else [] if sys.argv[2] == "none" else [int(t) for t in sys.argv[2].split(",")]
     torch.manual_seed(0)
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "ceilings": ceilings(), "layers": []}

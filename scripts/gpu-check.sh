@@ -66,7 +66,7 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
     --json "$OUT/moe_cuda_routed.json" >>"$OUT/bench_cuda.txt" 2>&1
 fi
 if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then
-  # Ceilings in the same run: copy bandwidth (cudaMemcpyAsync D2D, 1 GiB), bf16 and fp8 matmuls.
+  # Ceilings in the same run: copy bandwidth (device-to-device, 2 GiB), bf16 and fp8 8192^3 matmuls.
   timeout 120 python3 bench/peers.py "$OUT/ceilings.json" none >"$OUT/ceilings.txt" 2>&1; echo "ceilings rc=$?"
   head -1 "$OUT/ceilings.txt"
   if [ -f .peers/vllm_triton/run_peer.py ] && [ "${PEER:-1}" = 1 ]; then

@@ -7,7 +7,7 @@
 #   .peers/     the vLLM Triton peer (a copy of ../shared/peers/vllm_triton); the `cpu` mode's
 #               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
 #   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
-# Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe builds for gpu-check.sh codes-ab.
+# Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe and test_cuda builds (gpu-check.sh codes-ab, test).
 # Then: run(command="scripts/gpu-check.sh ...", carry=[".pack"]) (.pack/carry.tar.xz holds the four).
 #   scripts/prepare-device.sh
 set -euo pipefail
