@@ -55,11 +55,7 @@ static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 blo
 // holds all of the group's tokens), larger ones take the 64-row tiles of gemm.cu.
 #define MXM_CUDA_BM 64
 #define MXM_CUDA_WG_BM 128 // rows per m-tile of gemm_wgmma.cu
-#ifndef MXM_CUDA_SKINNY_MAX // 32 or 64 (a build-time knob: -DMXM_CUDA_SKINNY_MAX=64)
 #define MXM_CUDA_SKINNY_MAX 32
-#endif
-static_assert(MXM_CUDA_SKINNY_MAX == 32 || MXM_CUDA_SKINNY_MAX == 64,
-              "skinny groups of up to 32 or 64 rows");
 // GEMM1 covers 64 intermediate columns per tile (gate and up: 128 weight rows); GEMM2 128 rows of H.
 #define MXM_CUDA_J_TILE 64
 #define MXM_CUDA_H_TILE 128

@@ -122,12 +122,9 @@ __device__ __forceinline__ int64_t sk_weight_row(const mxm_cuda_args &a, const m
 #define SK_W_COPIES (SK_ROWS * SK_KC / 16 / SK_THREADS)
 #define SK_X_COPIES ((MXM_CUDA_SKINNY_MAX * SK_B_ROW / 16 + SK_THREADS - 1) / SK_THREADS)
 static_assert(SK_W_COPIES * SK_THREADS * 16 == SK_ROWS * SK_KC, "weight copies cover a stage");
-// CODES: SK_C_COPIES code pieces per thread (token rows t/8 + 32 i), then one scale piece (token
-// row t) at index SK_C_COPIES.
-#define SK_C_COPIES (MXM_CUDA_SKINNY_MAX * SK_BC_ROW / 16 / SK_THREADS)
-static_assert(SK_C_COPIES * SK_THREADS * 16 == MXM_CUDA_SKINNY_MAX * SK_BC_ROW &&
-                  MXM_CUDA_SKINNY_MAX <= SK_THREADS && SK_X_COPIES >= SK_C_COPIES + 1,
-              "CODES: whole code pieces per thread, one scale piece per token row");
+static_assert(MXM_CUDA_SKINNY_MAX * SK_BC_ROW / 16 == SK_THREADS && MXM_CUDA_SKINNY_MAX <= 32 &&
+                  SK_X_COPIES >= 2,
+              "CODES: one code piece per thread, the scale pieces in warp 0");
 struct sk_copies {
     const uint8_t *w[SK_W_COPIES];
     const uint8_t *x[SK_X_COPIES];
@@ -150,19 +147,16 @@ __device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, con
     }
     if (!do_x) return;
     if constexpr (CODES) {
-#pragma unroll
-        for (int i = 0; i < SK_C_COPIES; i++) {
-            if (!cp.x_on[i]) break;
-            const bool ok = k0 < cp.x_lim[i];
-            cp_async16(slot + SK_A_BYTES + cp.x_dst[i], ok ? (const void *)(cp.x[i] + k0) : dummy,
+        if (cp.x_on[0]) {
+            const bool ok = k0 < cp.x_lim[0];
+            cp_async16(slot + SK_A_BYTES + cp.x_dst[0], ok ? (const void *)(cp.x[0] + k0) : dummy,
                        ok);
         }
-        constexpr int S = SK_C_COPIES; // the scale piece
-        if (cp.x_on[S]) {
-            const int left = cp.x_lim[S] - k0; // scale bytes of the blocks inside K: left / 8
+        if (cp.x_on[1]) {
+            const int left = cp.x_lim[1] - k0; // scale bytes of the blocks inside K: left / 8
             const int bytes = left >= 8 * SK_BS_ROW ? SK_BS_ROW : (left > 0 ? left >> 3 : 0);
-            cp_async16_part(slot + SK_A_BYTES + cp.x_dst[S],
-                            bytes ? (const void *)(cp.x[S] + k0 / 8) : dummy, bytes);
+            cp_async16_part(slot + SK_A_BYTES + cp.x_dst[1],
+                            bytes ? (const void *)(cp.x[1] + k0 / 8) : dummy, bytes);
         }
     } else {
 #pragma unroll
@@ -307,28 +301,6 @@ __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigne
     }
 }
 
-// acc += one stage's products for NT n8 token tiles, in chunks of at most 4 tiles (more tiles'
-// fragments at once would not fit the registers; each chunk decodes the weights again). B: the
-// stage's token rows, BS: their scales (CODES).
-template <int NT, int WF, bool CODES>
-__device__ __forceinline__ void sk_compute_tiles(const unsigned char *A, const unsigned char *B,
-                                                 const unsigned char *BS, const sk_scales &sc,
-                                                 float (&acc)[NT][4]) {
-    if constexpr (NT <= 4) {
-        if constexpr (CODES)
-            sk_compute_codes<NT>(A, B, BS, sc, acc);
-        else
-            sk_compute<NT, WF>(A, B, sc, acc);
-    } else {
-        constexpr int REST = NT - 4;
-        sk_compute_tiles<4, WF, CODES>(A, B, BS, sc, *reinterpret_cast<float(*)[4][4]>(&acc[0][0]));
-        // 32 token rows on (CODES: code rows only; their scales lie in a region of their own)
-        sk_compute_tiles<REST, WF, CODES>(A, B + 32 * (CODES ? SK_BC_ROW : SK_B_ROW),
-                                          BS + 32 * SK_BS_ROW, sc,
-                                          *reinterpret_cast<float(*)[REST][4]>(&acc[4][0]));
-    }
-}
-
 // The block's group among the skinny groups (list built by the permutation), or -1.
 __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
     return (int)blockIdx.x < a.counts[1] ? a.skinny_list[blockIdx.x] : -1;
@@ -357,30 +329,24 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         cp.w_dst[i] = row * SK_KC + sk_chunk<CODES>(row, ca) * 16;
     }
     const int brows = NT * 8;
-    if (CODES) { // code rows t / 8 + 32 i, chunk ca; scale row t (the first SKINNY_MAX threads)
-#pragma unroll
-        for (int i = 0; i < SK_C_COPIES; i++) {
-            const int tok = t / 8 + (SK_THREADS / 8) * i;
-            const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1;
-            const uint8_t *xc = nullptr;
-            if (prow >= 0)
-                xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
-            cp.x[i] = xc ? xc + 16 * ca : wbase;
-            cp.x_lim[i] = xc ? K - 16 * ca : 0;
-            cp.x_dst[i] = tok * SK_BC_ROW + sk_chunk<true>(tok, ca) * 16;
-            cp.x_on[i] = tok < brows;
-        }
-        constexpr int S = SK_C_COPIES;
-        const int stok = t;
-        const int64_t srow = stok < n ? (int64_t)G.row0 + stok : -1;
-        const uint8_t *xsc = nullptr;
-        if (srow >= 0 && stok < MXM_CUDA_SKINNY_MAX)
+    if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
+        const int tok = t / 8, stok = t;
+        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1,
+                      srow = stok < n ? (int64_t)G.row0 + stok : -1;
+        const uint8_t *xc = nullptr, *xsc = nullptr;
+        if (prow >= 0)
+            xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
+        if (srow >= 0 && stok < 32)
             xsc = gemm1 ? (const uint8_t *)(a.xsf + (int64_t)a.row_token[srow] * a.xsf_stride)
                         : (const uint8_t *)mxm_cuda_act_scales(a, srow);
-        cp.x[S] = xsc ? xsc : wbase;
-        cp.x_lim[S] = xsc ? K : 0;
-        cp.x_dst[S] = nt_max * 8 * SK_BC_ROW + stok * SK_BS_ROW;
-        cp.x_on[S] = stok < brows;
+        cp.x[0] = xc ? xc + 16 * ca : wbase;
+        cp.x_lim[0] = xc ? K - 16 * ca : 0;
+        cp.x_dst[0] = tok * SK_BC_ROW + sk_chunk<true>(tok, ca) * 16;
+        cp.x_on[0] = tok < brows;
+        cp.x[1] = xsc ? xsc : wbase;
+        cp.x_lim[1] = xsc ? K : 0;
+        cp.x_dst[1] = nt_max * 8 * SK_BC_ROW + stok * SK_BS_ROW;
+        cp.x_on[1] = stok < brows;
     } else {
 #pragma unroll
         for (int i = 0; i < SK_X_COPIES; i++) {
@@ -475,7 +441,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
             for (int ni = 0; ni < NT; ni++)
 #pragma unroll
                 for (int e = 0; e < 2; e++) sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + it) : 1.0f;
-            sk_compute_tiles<NT, WF, false>(A, A + SK_A_BYTES, nullptr, cur, part);
+            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, part);
 #pragma unroll
             for (int ni = 0; ni < NT; ni++)
 #pragma unroll
@@ -484,11 +450,11 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                     part[ni][q] = 0.0f;
                 }
         } else if (CODES) {
-            sk_compute_tiles<NT, WF, true>(A, A + SK_A_BYTES,
-                                           A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur, acc);
+            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur,
+                                 acc);
             cur = nxt;
         } else {
-            sk_compute_tiles<NT, WF, false>(A, A + SK_A_BYTES, nullptr, cur, acc);
+            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
             cur = nxt;
         }
     }
@@ -579,12 +545,7 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS) skinny_kernel(mxm_c
     if (KIND == SK_GEMM1_GATED ? chunk * 32 >= G.I : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
                                                                              : chunk * SK_ROWS >= a.H)
         return;
-    const int tiles = (G.rows + 7) / 8; // the group's n8 tiles (rows <= SKINNY_MAX <= 8 nt_max)
-    if constexpr (SK_NT_MAX > 4) {      // 64-row builds: 5-6 tiles as 6, 7-8 as 8
-        if (tiles > 6) return sk_body<KIND, WF, CODES, 8>(a, G, chunk, nt_max, sk_ring);
-        if (tiles > 4) return sk_body<KIND, WF, CODES, 6>(a, G, chunk, nt_max, sk_ring);
-    }
-    switch (tiles) {
+    switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
     case 1:
         sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring);
         break;

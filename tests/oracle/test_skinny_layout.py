@@ -23,9 +23,6 @@ cut at K), its scale loads (two bytes per row and stage), the K permutation insi
 (lane c's 8 codes 8c..8c+7 of a row feed MMA m as k pairs 2c, 2c+1 <- 8c+4m+{0,1} and 2c+8,
 2c+9 <- 8c+4m+{2,3}), the per-block scaling of the MMA sums, and that a half-warp's 8-byte
 shared loads touch 16 distinct 8-byte bank pairs.
-Both MXM_CUDA_SKINNY_MAX builds are modelled (32, the default, and 64): the code pieces per thread
-(SK_C_COPIES), the kernel's n8-tile dispatch (5-6 tiles run as 6, 7-8 as 8) and sk_compute_tiles'
-chunks of at most 4 tiles with B offset by the chunk's rows.
 Fresh random shapes each run; exits non-zero on any mismatch.
 """
 import os
@@ -35,18 +32,6 @@ import numpy as np
 
 KC, ROWS, THREADS, ROW_WARPS = 128, 64, 256, 4
 A_BYTES, B_ROW = ROWS * KC, KC * 2
-SKINNY_MAX = 32  # MXM_CUDA_SKINNY_MAX: 32, or 64 in builds with -DMXM_CUDA_SKINNY_MAX=64 (main runs both)
-
-
-def kernel_nt(n):
-    """skinny_kernel's dispatch: the group's n8 tiles, rounded to 6 or 8 past 4 (64-row builds)."""
-    tiles = (n + 7) // 8
-    return tiles if tiles <= 4 else 6 if tiles <= 6 else 8
-
-
-def tile_chunks(NT):
-    """sk_compute_tiles: (first tile, tiles) of each chunk of at most 4 tiles."""
-    return [(c0, min(4, NT - c0)) for c0 in range(0, NT, 4)]
 
 
 def w13_row(layout, I, j, half):  # mxm_cuda_w13_row, gated
@@ -83,7 +68,7 @@ def mma_16816(frag_of_lane):
 def run_block(kind, W, X, n, chunk, I, H, layout, K):
     """One block: returns acc[row warp][lane][ni][q] after the halves' reduction, for the model,
     W codes as values [rows, K]."""
-    NT = kernel_nt(n)
+    NT = (n + 7) // 8
     nst = (K + KC - 1) // KC
     acc = np.zeros((2 * ROW_WARPS, 32, NT, 4))
     for st in range(nst):
@@ -98,7 +83,7 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
                 dst = row * KC + ((ca ^ ((row & 1) * 4)) * 16)
                 ok = wr >= 0 and k0 + 16 * ca < K
                 A[dst:dst + 16] = W[wr, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
-            for i in range((SKINNY_MAX * B_ROW // 16 + THREADS - 1) // THREADS):
+            for i in range((32 * B_ROW // 16 + THREADS - 1) // THREADS):
                 row = t // 16 + (THREADS // 16) * i
                 if row >= NT * 8:
                     break
@@ -117,10 +102,9 @@ def run_block(kind, W, X, n, chunk, I, H, layout, K):
                     q0 = A[r0 * KC + ach:r0 * KC + ach + 16]
                     q1 = A[(r0 + 8) * KC + ach:(r0 + 8) * KC + ach + 16]
                     phases.setdefault((h, lane // 8), []).append((r0 * KC + ach) // 16 % 8)
-                    for c0, cn in tile_chunks(NT):  # chunk c0: B + 8 c0 rows, its tiles 0..cn-1
-                      for nl in range(cn):
-                        ni, tr = c0 + nl, 8 * nl + g
-                        base = 8 * c0 * B_ROW + tr * B_ROW
+                    for ni in range(NT):
+                        tr = 8 * ni + g
+                        base = tr * B_ROW
                         x0 = B[(base + (((8 * h + 2 * c) ^ (tr & 1)) * 16)) // 2:][:8]
                         x1 = B[(base + (((8 * h + 2 * c + 1) ^ (tr & 1)) * 16)) // 2:][:8]
                         xb = np.concatenate([x0, x1])
@@ -151,7 +135,7 @@ def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
     """The CODES path of one block: W, X integer codes [rows, K], WS, XS their block scales
     (powers of two) [rows, K / 32]; XS rows padded to a multiple of 4 blocks with NaN (the
     kernel never reads past K)."""
-    NT = kernel_nt(n)
+    NT = (n + 7) // 8
     nst = (K + KC - 1) // KC
     acc = np.zeros((2 * ROW_WARPS, 32, NT, 4))
     BC, BS_ROW = KC, 4  # code bytes and scale floats per token row of a stage
@@ -168,16 +152,14 @@ def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
                 dst = row * KC + ((ca ^ ((row & 3) << 1)) * 16)
                 ok = wr >= 0 and k0 < K - 16 * ca
                 A[dst:dst + 16] = W[wr, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
-            for i in range(SKINNY_MAX * BC // 16 // THREADS):  # SK_C_COPIES code pieces
-                tok = t // 8 + (THREADS // 8) * i
-                if tok >= NT * 8:
-                    break
+            tok = t // 8
+            if tok < NT * 8:
                 dst = tok * BC + ((ca ^ ((tok & 3) << 1)) * 16)
                 ok = tok < n and k0 < K - 16 * ca
                 B[dst:dst + 16] = X[tok, k0 + 16 * ca:k0 + 16 * ca + 16] if ok else 0
             stok = t
             if stok < NT * 8:
-                lim = K if stok < n and stok < SKINNY_MAX else 0
+                lim = K if stok < n else 0
                 left = lim - k0
                 nbytes = 16 if left >= 128 else (left >> 3 if left > 0 else 0)
                 piece = np.zeros(4)
@@ -203,11 +185,10 @@ def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
                     phases.setdefault((j, lane // 16), []).append((r0 * KC + sw) // 8 % 16)
                     qa0 = A[r0 * KC + sw:r0 * KC + sw + 8]
                     qa1 = A[(r0 + 8) * KC + sw:(r0 + 8) * KC + sw + 8]
-                    for c0, cn in tile_chunks(NT):  # chunk c0: B and BS + 8 c0 rows
-                      for nl in range(cn):
-                        ni, tb = c0 + nl, 8 * nl + g
-                        qb = B[8 * c0 * BC + tb * BC + sw:][:8]
-                        xs = [BS[8 * c0 * BS_ROW + (8 * nl + 2 * c + e) * BS_ROW + 2 * h + j] for e in range(2)]
+                    for ni in range(NT):
+                        tb = 8 * ni + g
+                        qb = B[tb * BC + sw:tb * BC + sw + 8]
+                        xs = [BS[(8 * ni + 2 * c + e) * BS_ROW + 2 * h + j] for e in range(2)]
                         for m in range(2):
                             a = {0: qa0[4 * m], 1: qa0[4 * m + 1], 2: qa1[4 * m], 3: qa1[4 * m + 1],
                                  4: qa0[4 * m + 2], 5: qa0[4 * m + 3], 6: qa1[4 * m + 2], 7: qa1[4 * m + 3]}
@@ -233,7 +214,7 @@ def run_block_codes(kind, W, WS, X, XS, n, chunk, I, H, layout, K):
 def check(rng, kind, layout, codes=False):
     H = 32 * int(rng.integers(2, 9))
     I = 32 * int(rng.integers(1, 5))
-    n = int(rng.integers(1, SKINNY_MAX + 1))
+    n = int(rng.integers(1, 33))
     K = H if kind != "gemm2" else I
     nrows = (2 * I if kind == "gated" else I) if kind != "gemm2" else H
     W = rng.integers(-8, 9, size=(nrows, K)).astype(float)
@@ -253,7 +234,7 @@ def check(rng, kind, layout, codes=False):
         for warp in range(4):
             for lane in range(32):
                 g, c = lane // 4, lane % 4
-                for ni in range(kernel_nt(n)):
+                for ni in range((n + 7) // 8):
                     for q in range(4):
                         tok = 8 * ni + 2 * c + (q % 2)
                         br = 16 * warp + g + 8 * (q // 2)  # accumulator row of the block
@@ -277,11 +258,9 @@ def main():
     rng = np.random.default_rng(seed)
     cases = [("gated", 0), ("gated", 1), ("gated", 2), ("plain", 0), ("gemm2", 0)]
     cases = [(k, lay, codes) for codes in (False, True) for k, lay in cases]
-    global SKINNY_MAX
-    for SKINNY_MAX in (32, 64):
-        for kind, layout, codes in cases:
-            print("PASS", f"max={SKINNY_MAX}", check(rng, kind, layout, codes))
-    print(f"{2 * len(cases)} passed, 0 failed")
+    for kind, layout, codes in cases:
+        print("PASS", check(rng, kind, layout, codes))
+    print(f"{len(cases)} passed, 0 failed")
     return 0
 
 
