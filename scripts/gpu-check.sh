@@ -7,7 +7,7 @@
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
 # .prebuilt and .wheels and packs them into .pack/carry.tar.xz) and carry [".pack"].
-#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|cpu]
+#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|srcprof|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
@@ -82,7 +82,7 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
     for bin in build-gpu/mxmoe .prebuilt/variants/mxmoe_*; do
       [ -x "$bin" ] || continue
       tag=${bin##*/mxmoe}; tag=${tag#_}
-      for v in 0 1; do
+      for v in ${AB_CODES:-0 1}; do
         MXM_CUDA_CODES=$v "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
           --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/codes${v}${tag:+_$tag}_$shape.json" 2>&1 |
           grep -vE "^(building|measuring)" | sed "s/^/codes=$v${tag:+ $tag} /" | tee -a "$OUT/bench_codes_ab.txt"
@@ -123,6 +123,23 @@ if [ "$what" = all ] || [ "$what" = profile ]; then
       >"$OUT/ncu_$1_$2.txt" 2>&1; echo "ncu $1 T=$2 rc=$?"
     grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy" \
       "$OUT/ncu_$1_$2.txt" | head -80 >"$OUT/ncu_$1_$2_short.txt"
+  done
+fi
+if [ "$what" = srcprof ]; then
+  # Source-level profiles (per-SASS-instruction stall samples) of chosen kernels: SRC_CASES="shape T kernel-regex skip count,...".
+  # The reports stay in $OUT; the SASS tables are CSV (ncu --page source) for reading elsewhere.
+  IFS=, read -ra cases <<<"${SRC_CASES:-nano 4096 wgmma_kernel 2 2,qwen3 1 prologue|skinny|combine 8 4}"
+  for case in "${cases[@]}"; do
+    set -- $case
+    tag="$1_$2"
+    timeout 200 ncu --clock-control none -k "regex:$3" --launch-skip "$4" --launch-count "$5" \
+      --section WarpStateStats --section SourceCounters --section SchedulerStats --section SpeedOfLight \
+      --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis -o "$OUT/src_$tag" -f \
+      build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$1" --tokens "$2" --reps 1 \
+      >"$OUT/src_$tag.log" 2>&1; echo "ncu src $tag rc=$?"
+    ncu --import "$OUT/src_$tag.ncu-rep" --page details >"$OUT/src_${tag}_details.txt" 2>&1
+    ncu --import "$OUT/src_$tag.ncu-rep" --page source --csv --print-source sass >"$OUT/src_${tag}_sass.csv" 2>&1
+    grep -E "^  [a-zA-Z_].*\(|Duration|Warp Cycles Per Issued|Issued Warp|No Eligible|Stall|stall" "$OUT/src_${tag}_details.txt" | head -60
   done
 fi
 if [ "$what" = all ] || [ "$what" = bench ] || [ "$what" = peer ]; then

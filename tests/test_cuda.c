@@ -525,6 +525,28 @@ static void test_decode_routing(void **state) {
         }
 }
 
+/* T = 1: the one-tile skinny kernels split K over several blocks (gemm_skinny.cu) and the last
+ * block of each output tile adds the partial sums. Stage counts that the split count does not
+ * divide (H = 864: 7 stages in 4 splits; I = 352: 3), gated and plain experts, a shared expert,
+ * DeepSeek FP8 weights, weight-only, ids from logits and from the caller; integer data checks the
+ * regrouped sums exactly. */
+static void test_one_token(void **state) {
+    (void)state;
+    const int acts[] = {MXM_ACT_SILU, MXM_ACT_RELU2_NO_MUL};
+    for (int ai = 0; ai < 2; ai++)
+        for (int fmt = 0; fmt < 2; fmt++)
+            for (int aq = 0; aq < 2; aq++) {
+                if (quick && aq) continue;
+                mxm_moe_config c = cfg_of(864, 352, 16, 8, acts[ai]);
+                c.weight_format = fmt ? MXM_WFMT_FP8_BLOCK : MXM_WFMT_MXFP8, c.act_quant = aq;
+                if (ai) c.shared_intermediate_size = 224, c.shared_activation = MXM_ACT_SILU;
+                compare("one-token", c, 1, 0, ai == 0, 0);
+            }
+    mxm_moe_config c = cfg_of(864, 352, 16, 6, MXM_ACT_RELU2_NO_MUL);
+    c.profile = MXM_PROFILE_EXACT;
+    compare("one-token", c, 1, 0, 0, 1);
+}
+
 static void test_integer_exact(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_RELU2_NO_MUL, MXM_ACT_IDENTITY};
@@ -666,12 +688,13 @@ int main(void) {
      * them again on wgmma. The default picks one of the two by rows per expert. */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_modes),          cmocka_unit_test(test_layouts_and_shared),
-        cmocka_unit_test(test_shapes_routing), cmocka_unit_test(test_fp8_block),
-        cmocka_unit_test(test_prequantized_x), cmocka_unit_test(test_nan_propagation),
-        cmocka_unit_test(test_group_sizes),    cmocka_unit_test(test_decode_routing),
-        cmocka_unit_test(test_integer_exact),  cmocka_unit_test(test_expert_parallel),
-        cmocka_unit_test(test_graph_replay),   cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_modes),           cmocka_unit_test(test_layouts_and_shared),
+        cmocka_unit_test(test_shapes_routing),  cmocka_unit_test(test_fp8_block),
+        cmocka_unit_test(test_prequantized_x),  cmocka_unit_test(test_nan_propagation),
+        cmocka_unit_test(test_group_sizes),     cmocka_unit_test(test_decode_routing),
+        cmocka_unit_test(test_one_token),       cmocka_unit_test(test_integer_exact),
+        cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
+        cmocka_unit_test(test_wgmma),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

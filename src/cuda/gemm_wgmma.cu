@@ -477,18 +477,6 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
     }
 }
 
-int sm_count() {
-    static int count[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-    if (!count[dev]) {
-        cudaDeviceProp prop;
-        if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return 132;
-        count[dev] = prop.multiProcessorCount;
-    }
-    return count[dev];
-}
-
 // The kernels need more than the default 48 KB of shared memory: raise their limit once.
 mxm_status smem_opt_in() {
     static int done = 0;
@@ -510,7 +498,7 @@ template <int MODE> mxm_status launch(const mxm_cuda_args &a, int ntn, cudaStrea
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
     const int64_t bound = (rows / WG_BT + tg + 1) * ntn;
-    const int grid = (int)(bound < sm_count() ? bound : sm_count());
+    const int sms = mxm_cuda_sm_count(), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
     return mxm_cuda_launch(wgmma_kernel<MODE>, grid, THREADS, SMEM_BYTES, s, a);
 }
