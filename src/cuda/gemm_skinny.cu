@@ -43,6 +43,7 @@
 #define SK_ROWS 64             // weight rows per block
 #define SK_KC 128              // K per stage
 #define SK_STAGES 6
+#define SK_SC_AHEAD 4 // stages between loading a weight scale byte and its use
 #ifndef SK_MIN_BLOCKS // blocks per SM the registers are budgeted for (a build-time A/B knob)
 #define SK_MIN_BLOCKS 2
 #endif
@@ -312,8 +313,11 @@ __device__ __forceinline__ void sk_compute(const unsigned char *A, const unsigne
 }
 
 // The block's group among the skinny groups (list built by the permutation), or -1.
+// Both loads are issued at once (the grid's x extent is at most a.groups, the list's length; an
+// entry past the count is read but not used), which saves a round trip before the first copy.
 __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
-    return (int)blockIdx.x < a.counts[1] ? a.skinny_list[blockIdx.x] : -1;
+    const int n = __ldcg(a.counts + 1), g = __ldcg(a.skinny_list + blockIdx.x);
+    return (int)blockIdx.x < n ? g : -1;
 }
 
 // Split-K (one-tile launches, sk_splits): after the K halves met, each of the ks blocks of an
@@ -333,13 +337,16 @@ __device__ bool sk_split_reduce(const mxm_cuda_args &a, float (&acc)[NT][4], int
         for (int ni = 0; ni < NT; ni++)
             __stcg(part + ((pid * ks + split) * NT + ni) * 128 + t,
                    make_float4(acc[ni][0], acc[ni][1], acc[ni][2], acc[ni][3]));
-    __threadfence();
+    // One fence per block, after the barrier: a fence is cumulative over the writes the barrier
+    // made visible to its thread (the pattern of a grid-wide barrier).
     __syncthreads();
-    if (t == 0)
+    if (t == 0) {
+        __threadfence();
         last = atomicAdd(a.sk_count + (KIND == SK_GEMM2 ? a.sk_slots : 0) + pid, 1) == ks - 1;
+        if (last) __threadfence();
+    }
     __syncthreads();
     if (!last) return false;
-    __threadfence();
     if (first_half) {
         float sum[NT][4] = {};
         for (int sp = 0; sp < ks; sp++)
@@ -475,8 +482,16 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                 sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, k00 + s * SK_KC, false, true);
         cp_async_commit();
     }
-    sk_scales cur = {}, nxt = {};
-    if (!BLK) sk_load_scales<CODES>(cur, ss, k00);
+    // The MX scale bytes of the next SK_SC_AHEAD stages, loaded that many stages ahead of their
+    // use (global loads: one stage ahead left the warps waiting on them at T = 1); past K they are
+    // 127 (sk_load_scales).
+    sk_scales cur = {}, ahead[SK_SC_AHEAD] = {};
+    if (!BLK) {
+        sk_load_scales<CODES>(cur, ss, k00);
+#pragma unroll
+        for (int i = 0; i < SK_SC_AHEAD; i++)
+            sk_load_scales<CODES>(ahead[i], ss, k00 + (i + 1) * SK_KC);
+    }
     int use = 0, fill = SK_STAGES - 1; // the ring slots of the stage computed and the stage copied
     if (early_w) cp_async_wait<0>(); // the token pieces of the first stages came last
     for (int it = 0; it < nst; it++) {
@@ -486,7 +501,6 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, k00 + ns * SK_KC);
         cp_async_commit();
         fill = fill + 1 == SK_STAGES ? 0 : fill + 1;
-        if (!BLK && it + 1 < nst) sk_load_scales<CODES>(nxt, ss, k00 + (it + 1) * SK_KC);
         const unsigned char *A = ring + use * stage_bytes;
         use = use + 1 == SK_STAGES ? 0 : use + 1;
         if (BLK) {
@@ -510,10 +524,15 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         } else if (CODES) {
             sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur,
                                  acc);
-            cur = nxt;
         } else {
             sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
-            cur = nxt;
+        }
+        if (!BLK) {
+            cur = ahead[0];
+#pragma unroll
+            for (int i = 0; i + 1 < SK_SC_AHEAD; i++)
+                ahead[i] = ahead[i + 1];
+            sk_load_scales<CODES>(ahead[SK_SC_AHEAD - 1], ss, k00 + (it + 1 + SK_SC_AHEAD) * SK_KC);
         }
     }
     cp_async_wait<0>();
