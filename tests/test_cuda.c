@@ -525,6 +525,20 @@ static void test_decode_routing(void **state) {
         }
 }
 
+long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */
+
+/* The device's E4M3 conversions (the hardware converter) equal their integer twins: every fp32
+ * input of the encoder, every code of the decoder. */
+static void test_e4m3_device(void **state) {
+    (void)state;
+    unsigned int first[2];
+    const long long bad = mxm_test_e4m3_device_mismatches(first);
+    printf("e4m3 device conversions: %lld mismatches (first encoder input 0x%08x, first code "
+           "0x%02x)\n",
+           bad, first[0], first[1] & 0xFF);
+    assert_int_equal(bad, 0);
+}
+
 /* T = 1: the one-tile skinny kernels split K over several blocks (gemm_skinny.cu) and the last
  * block of each output tile adds the partial sums. Stage counts that the split count does not
  * divide (H = 864: 7 stages in 4 splits; I = 352: 3), gated and plain experts, a shared expert,
@@ -688,13 +702,13 @@ int main(void) {
      * them again on wgmma. The default picks one of the two by rows per expert. */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_modes),           cmocka_unit_test(test_layouts_and_shared),
-        cmocka_unit_test(test_shapes_routing),  cmocka_unit_test(test_fp8_block),
-        cmocka_unit_test(test_prequantized_x),  cmocka_unit_test(test_nan_propagation),
-        cmocka_unit_test(test_group_sizes),     cmocka_unit_test(test_decode_routing),
-        cmocka_unit_test(test_one_token),       cmocka_unit_test(test_integer_exact),
-        cmocka_unit_test(test_expert_parallel), cmocka_unit_test(test_graph_replay),
-        cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_e4m3_device),        cmocka_unit_test(test_modes),
+        cmocka_unit_test(test_layouts_and_shared), cmocka_unit_test(test_shapes_routing),
+        cmocka_unit_test(test_fp8_block),          cmocka_unit_test(test_prequantized_x),
+        cmocka_unit_test(test_nan_propagation),    cmocka_unit_test(test_group_sizes),
+        cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
+        cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
+        cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

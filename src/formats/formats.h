@@ -52,7 +52,9 @@ MXM_HD float mxm_rne_small(float v) {
 
 /* ---- E4M3 ("fn"): s.eeee.mmm, bias 7, max 448, no inf, 0x7F/0xFF NaN ------------------- */
 
-MXM_HD uint8_t mxm_e4m3_rne_sat(float x) {
+/* The rule in integer arithmetic (the host's conversion, and the twin the device's converter
+ * path is checked against over every fp32 bit pattern: tests/cuda_checks.cu). */
+MXM_HD uint8_t mxm_e4m3_rne_sat_ref(float x) {
     const uint32_t u = mxm_f32_bits(x);
     const uint8_t sign = (uint8_t)((u >> 24) & 0x80);
     const uint32_t a = u & 0x7FFFFFFFu;
@@ -68,12 +70,44 @@ MXM_HD uint8_t mxm_e4m3_rne_sat(float x) {
     return (uint8_t)(sign | (e << 3) | ((r >> 20) & 7u));
 }
 
-MXM_HD float mxm_e4m3_decode(uint8_t c) {
+MXM_HD float mxm_e4m3_decode_ref(uint8_t c) {
     const uint32_t sign = (uint32_t)(c & 0x80) << 24;
     const uint32_t e = (c >> 3) & 15u, m = c & 7u;
     if (e == 15 && m == 7) return mxm_bits_f32(sign | 0x7FC00000u);
     if (e == 0) return mxm_bits_f32(mxm_f32_bits((float)m * 0.001953125f) | sign); /* m * 2^-9 */
     return mxm_bits_f32(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+/* On sm_89+ devices both directions take the hardware converter (round to nearest even, finite
+ * saturation: one instruction where the rule costs a dozen); NaN inputs keep the rule's signed
+ * 0x7F code, NaN codes decode to a NaN (its payload may differ from the twin's). Elsewhere the
+ * twins. */
+MXM_HD uint8_t mxm_e4m3_rne_sat(float x) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    unsigned short r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %1;" : "=h"(r) : "f"(x));
+    const uint32_t u = mxm_f32_bits(x);
+    return (u & 0x7FFFFFFFu) > 0x7F800000u ? (uint8_t)(MXM_E4M3_NAN | ((u >> 24) & 0x80u))
+                                           : (uint8_t)r;
+#else
+    return mxm_e4m3_rne_sat_ref(x);
+#endif
+}
+
+MXM_HD float mxm_e4m3_decode(uint8_t c) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    unsigned int h2;
+    asm("{\n .reg .b16 c;\n cvt.u16.u32 c, %1;\n cvt.rn.f16x2.e4m3x2 %0, c;\n}"
+        : "=r"(h2)
+        : "r"((unsigned int)c));
+    float f;
+    asm("{\n .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.f32.f16 %0, lo;\n}"
+        : "=f"(f)
+        : "r"(h2));
+    return f;
+#else
+    return mxm_e4m3_decode_ref(c);
+#endif
 }
 
 /* ---- E5M2: s.eeeee.mm, bias 15, max 57344, inf 0x7C, NaN 0x7D..0x7F ----------------------- */
