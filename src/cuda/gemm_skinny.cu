@@ -23,10 +23,10 @@
 // MMA stays inside one block: lane c holds codes 8c..8c+7 of a block, two MMAs per block). The
 // bf16 path serves weight-only layers, DeepSeek FP8 and MXFP8 W8A8 plans made with
 // MXM_CUDA_CODES=0.
-// One-token steps (at most 8 (token, expert) pairs, so every group is one n8 tile) have too few
-// blocks to fill the GPU (Qwen3 T = 1: 192 for GEMM1 on 132 SMs, each streaming ~7 GB/s at best),
-// so they run a one-tile build of the kernel (64 registers: 4 blocks per SM) with K split over
-// up to MXM_CUDA_SK_SPLIT_MAX blocks per output tile; the last block of a tile to finish adds the
+// One-token steps of the raw-code path (at most 8 (token, expert) pairs, so every group is one
+// n8 tile) have too few blocks to fill the GPU (Qwen3 T = 1: 192 for GEMM1 on 132 SMs), so they
+// run a one-tile build of the kernel (64 registers: 4 blocks per SM) with K split over up to
+// MXM_CUDA_SK_SPLIT_MAX blocks per output tile; the last block of a tile to finish adds the
 // partial sums in split order (deterministic) and runs the epilogue (sk_split_reduce).
 // GEMM1 fuses the activation and the requantization of the intermediate (one MX block of 32
 // columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (WF =
@@ -661,15 +661,21 @@ static int sk_group_bound(const mxm_cuda_args &a) {
     return (int)(pairs < a.groups ? pairs : a.groups);
 }
 
-// K splits of a one-tile launch: as many as the GPU has free block slots for (at most
-// MXM_CUDA_SK_SPLIT_MAX and the stages of K, and within the workspace's partial-sum slots).
-static int sk_splits(const mxm_cuda_args &a, int64_t blocks, int per_sm, int K) {
+// K splits of a one-tile launch: as many as the GPU has free block slots for (at most `most`
+// and the stages of K, and within the workspace's partial-sum slots).
+static int sk_splits(const mxm_cuda_args &a, int64_t blocks, int per_sm, int K, int most) {
     blocks = blocks > 0 ? blocks : 1;
     int64_t ks = (int64_t)mxm_cuda_sm_count() * per_sm / blocks;
-    const int64_t most[] = {MXM_CUDA_SK_SPLIT_MAX, (K + SK_KC - 1) / SK_KC, a.sk_slots / blocks};
-    for (int64_t m : most)
+    const int64_t limits[] = {most, (K + SK_KC - 1) / SK_KC, a.sk_slots / blocks};
+    for (int64_t m : limits)
         ks = ks < m ? ks : m;
     return ks < 1 ? 1 : (int)ks;
+}
+
+// MXM_CUDA_SPLITK: at most this many K splits (0: no one-tile kernels; sk_launch_as).
+static int sk_split_most() {
+    const char *e = getenv("MXM_CUDA_SPLITK");
+    return e && e[0] ? atoi(e) : MXM_CUDA_SK_SPLIT_MAX;
 }
 
 template <int KIND, int WF, bool CODES, int NTM>
@@ -687,21 +693,21 @@ static mxm_status sk_launch_nt(const mxm_cuda_args &a, int chunks, int K, cudaSt
                 cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, SK_THREADS, most));
     }
     const int bound = sk_group_bound(a);
-    const int ks = NTM == 1 ? sk_splits(a, (int64_t)bound * chunks, per_sm, K) : 1;
+    const int ks = NTM == 1 ? sk_splits(a, (int64_t)bound * chunks, per_sm, K, sk_split_most()) : 1;
     return mxm_cuda_launch(kernel, dim3(bound, chunks, ks), SK_THREADS, (size_t)smem, s, a, nt_max);
 }
 
-// One-tile steps take the one-tile kernels unless MXM_CUDA_SPLITK=0 (an A/B switch, read at every
-// forward): then the general kernel, unsplit.
-static bool sk_one_tile(const mxm_cuda_args &a) {
-    const char *e = getenv("MXM_CUDA_SPLITK");
-    return sk_nt_max(a) == 1 && !(e && e[0] == '0');
-}
-
+// One-tile steps of MXFP8 W8A8 layers (the raw-code path) take the one-tile kernels; the bf16
+// decode and DeepSeek FP8 keep the general kernel (its one-tile build spilled under the 64-register
+// budget and ran 16% slower for DeepSeek FP8 at T = 1 on an H100). MXM_CUDA_SPLITK (read at every
+// forward; an A/B switch): 0 keeps the general kernel, n >= 1 allows at most n splits
+// (sk_split_most).
 template <int KIND, int WF, bool CODES>
 static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, int K, cudaStream_t s) {
-    return sk_one_tile(a) ? sk_launch_nt<KIND, WF, CODES, 1>(a, chunks, K, s)
-                          : sk_launch_nt<KIND, WF, CODES, SK_NT_MAX>(a, chunks, K, s);
+    if constexpr (CODES)
+        if (sk_nt_max(a) == 1 && sk_split_most() > 0)
+            return sk_launch_nt<KIND, WF, CODES, 1>(a, chunks, K, s);
+    return sk_launch_nt<KIND, WF, CODES, SK_NT_MAX>(a, chunks, K, s);
 }
 
 // The kernel for the layer's format and activation form (CODES: MXFP8 W8A8, mxm_cuda_codes).
