@@ -539,11 +539,10 @@ static void test_e4m3_device(void **state) {
     assert_int_equal(bad, 0);
 }
 
-/* T = 1: the one-tile skinny kernels split K over several blocks (gemm_skinny.cu) and the last
- * block of each output tile adds the partial sums. Stage counts that the split count does not
- * divide (H = 864: 7 stages in 4 splits; I = 352: 3), gated and plain experts, a shared expert,
- * DeepSeek FP8 weights, weight-only, ids from logits and from the caller; integer data checks the
- * regrouped sums exactly. */
+/* T = 1 (every group one token: the skinny kernels at their smallest): stage counts that are not
+ * multiples of the 6-deep ring or of the 4-stage scale prefetch (H = 864: 7 stages; I = 352: 3),
+ * gated and plain experts, a shared expert, DeepSeek FP8 weights, weight-only, ids from logits
+ * and from the caller; integer data checks the sums exactly. */
 static void test_one_token(void **state) {
     (void)state;
     const int acts[] = {MXM_ACT_SILU, MXM_ACT_RELU2_NO_MUL};

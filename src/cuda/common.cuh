@@ -135,14 +135,7 @@ struct mxm_cuda_args {
     uint8_t *xc;        // [T, H]
     float *xsf;         // [T, xsf_stride]
     int32_t xsf_stride; // H / 32 rounded up to a multiple of 4 (whole 16-byte pieces)
-    // Split-K of the one-tile skinny launches (T = 1 steps, gemm_skinny.cu): sk_slots partial
-    // sums (128 float4 each) and arrival counters, GEMM1's then GEMM2's; the prologue zeroes them.
-    float *sk_part;    // [sk_slots][128] float4
-    int32_t *sk_count; // [2 sk_slots]
-    int32_t sk_slots;
 };
-#define MXM_CUDA_SK_SPLIT_MAX 4    // K splits per output tile
-#define MXM_CUDA_SK_SLOTS_PER_SM 4 // partial-sum slots per SM (one-tile blocks resident per SM)
 
 // MXFP8 W8A8 runs the skinny kernels on raw E4M3 codes (exact in f16) with the block scales
 // applied per 32-block of K. The prepare step writes x's codes and scales (a.xc, a.xsf) beside

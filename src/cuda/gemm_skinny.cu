@@ -23,18 +23,11 @@
 // MMA stays inside one block: lane c holds codes 8c..8c+7 of a block, two MMAs per block). The
 // bf16 path serves weight-only layers, DeepSeek FP8 and MXFP8 W8A8 plans made with
 // MXM_CUDA_CODES=0.
-// One-token steps of the raw-code path (at most 8 (token, expert) pairs, so every group is one
-// n8 tile) have too few blocks to fill the GPU (Qwen3 T = 1: 192 for GEMM1 on 132 SMs), so they
-// run a one-tile build of the kernel (64 registers: 4 blocks per SM) with K split over up to
-// MXM_CUDA_SK_SPLIT_MAX blocks per output tile; the last block of a tile to finish adds the
-// partial sums in split order (deterministic) and runs the epilogue (sk_split_reduce).
 // GEMM1 fuses the activation and the requantization of the intermediate (one MX block of 32
 // columns per warp and token); GEMM2 writes the expert outputs. DeepSeek FP8 (WF =
 // MXM_WFMT_FP8_BLOCK): codes enter unscaled, each stage (one 128-block of K) accumulates on its own
 // and is added times its weight and activation scales. Numerics are those of the prefill kernels
 // (gemm.cu): exact operands, fp32 accumulation.
-#include <stdlib.h>
-
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
@@ -46,9 +39,6 @@
 #define SK_SC_AHEAD 4 // stages between loading a weight scale byte and its use
 #ifndef SK_MIN_BLOCKS // blocks per SM the registers are budgeted for (a build-time A/B knob)
 #define SK_MIN_BLOCKS 2
-#endif
-#ifndef SK_NT1_BLOCKS // the same for the one-tile kernels (T = 1 steps)
-#define SK_NT1_BLOCKS 4
 #endif
 #define SK_A_BYTES (SK_ROWS * SK_KC)
 #define SK_B_ROW (SK_KC * 2)   // bytes of one token row per stage
@@ -320,57 +310,9 @@ __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
     return (int)blockIdx.x < n ? g : -1;
 }
 
-// Split-K (one-tile launches, sk_splits): after the K halves met, each of the ks blocks of an
-// output tile writes its sums (first-half threads, float4 per n8 tile) to a.sk_part and counts
-// itself in; the last to arrive adds the ks partial sums in split order (so results do not depend
-// on which block came last) and goes on to the epilogue, the others stop. False: not the last.
-// Partial slot of split s: the tile's pid x ks + s, pid = the block's (x, y) in the launch.
-template <int KIND, int NT>
-__device__ bool sk_split_reduce(const mxm_cuda_args &a, float (&acc)[NT][4], int split, int ks) {
-    __shared__ int last;
-    const int t = threadIdx.x;
-    const bool first_half = sk_half() == 0;
-    const int64_t pid = (int64_t)blockIdx.x * gridDim.y + blockIdx.y;
-    float4 *part = reinterpret_cast<float4 *>(a.sk_part);
-    if (first_half)
-#pragma unroll
-        for (int ni = 0; ni < NT; ni++)
-            __stcg(part + ((pid * ks + split) * NT + ni) * 128 + t,
-                   make_float4(acc[ni][0], acc[ni][1], acc[ni][2], acc[ni][3]));
-    // One fence per block, after the barrier: a fence is cumulative over the writes the barrier
-    // made visible to its thread (the pattern of a grid-wide barrier).
-    __syncthreads();
-    if (t == 0) {
-        __threadfence();
-        last = atomicAdd(a.sk_count + (KIND == SK_GEMM2 ? a.sk_slots : 0) + pid, 1) == ks - 1;
-        if (last) __threadfence();
-    }
-    __syncthreads();
-    if (!last) return false;
-    if (first_half) {
-        float sum[NT][4] = {};
-        for (int sp = 0; sp < ks; sp++)
-#pragma unroll
-            for (int ni = 0; ni < NT; ni++) {
-                const float4 v = sp == split
-                                     ? make_float4(acc[ni][0], acc[ni][1], acc[ni][2], acc[ni][3])
-                                     : __ldcg(part + ((pid * ks + sp) * NT + ni) * 128 + t);
-                sum[ni][0] += v.x, sum[ni][1] += v.y, sum[ni][2] += v.z, sum[ni][3] += v.w;
-            }
-#pragma unroll
-        for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                acc[ni][q] = sum[ni][q];
-    }
-    return true;
-}
-
-// One block's work: weight rows `chunk` of group G for all of its tokens, over the stages of K
-// split `split` of ks (contiguous, near-equal ranges of whole stages).
 template <int KIND, int WF, bool CODES, int NT>
 __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
-                                        int nt_max, unsigned char *ring, int split, int ks) {
+                                        int nt_max, unsigned char *ring) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
@@ -460,8 +402,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
 
-    const int nst_all = (K + SK_KC - 1) / SK_KC;
-    const int st0 = split * nst_all / ks, nst = (split + 1) * nst_all / ks - st0, k00 = st0 * SK_KC;
+    const int nst = (K + SK_KC - 1) / SK_KC;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     // Ring prologue. GEMM1 has waited for its inputs already. GEMM2 streams its first weight
     // stages while GEMM1 still runs, then waits for the intermediate (programmatic launch; the
@@ -470,7 +411,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
     for (int s = 0; s < SK_STAGES - 1; s++) {
         if (s < nst)
-            sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, k00 + s * SK_KC, true, !early_w);
+            sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, !early_w);
         cp_async_commit();
     }
     if (early_w) {
@@ -479,7 +420,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
         for (int s = 0; s < SK_STAGES - 1; s++)
             if (s < nst)
-                sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, k00 + s * SK_KC, false, true);
+                sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
         cp_async_commit();
     }
     // The MX scale bytes of the next SK_SC_AHEAD stages, loaded that many stages ahead of their
@@ -487,10 +428,10 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     // 127 (sk_load_scales).
     sk_scales cur = {}, ahead[SK_SC_AHEAD] = {};
     if (!BLK) {
-        sk_load_scales<CODES>(cur, ss, k00);
+        sk_load_scales<CODES>(cur, ss, 0);
 #pragma unroll
         for (int i = 0; i < SK_SC_AHEAD; i++)
-            sk_load_scales<CODES>(ahead[i], ss, k00 + (i + 1) * SK_KC);
+            sk_load_scales<CODES>(ahead[i], ss, (i + 1) * SK_KC);
     }
     int use = 0, fill = SK_STAGES - 1; // the ring slots of the stage computed and the stage copied
     if (early_w) cp_async_wait<0>(); // the token pieces of the first stages came last
@@ -498,7 +439,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
         const int ns = it + SK_STAGES - 1;
-        if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, k00 + ns * SK_KC);
+        if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, ns * SK_KC);
         cp_async_commit();
         fill = fill + 1 == SK_STAGES ? 0 : fill + 1;
         const unsigned char *A = ring + use * stage_bytes;
@@ -507,12 +448,12 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
             float sb[2], sa[NT][2];
 #pragma unroll
             for (int r = 0; r < 2; r++)
-                sb[r] = brow[r] ? __ldg(brow[r] + st0 + it) : 0.0f;
+                sb[r] = brow[r] ? __ldg(brow[r] + it) : 0.0f;
 #pragma unroll
             for (int ni = 0; ni < NT; ni++)
 #pragma unroll
                 for (int e = 0; e < 2; e++)
-                    sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + st0 + it) : 1.0f;
+                    sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + it) : 1.0f;
             sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, part);
 #pragma unroll
             for (int ni = 0; ni < NT; ni++)
@@ -532,7 +473,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 #pragma unroll
             for (int i = 0; i + 1 < SK_SC_AHEAD; i++)
                 ahead[i] = ahead[i + 1];
-            sk_load_scales<CODES>(ahead[SK_SC_AHEAD - 1], ss, k00 + (it + 1 + SK_SC_AHEAD) * SK_KC);
+            sk_load_scales<CODES>(ahead[SK_SC_AHEAD - 1], ss, (it + 1 + SK_SC_AHEAD) * SK_KC);
         }
     }
     cp_async_wait<0>();
@@ -555,7 +496,6 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                 for (int q = 0; q < 4; q++)
                     acc[ni][q] += red[4 * ni + q];
     }
-    if (ks > 1 && !sk_split_reduce<KIND, NT>(a, acc, split, ks)) return;
     const bool first_half = sk_half() == 0;
 
     const bool trt = a.profile == MXM_PROFILE_TRTLLM;
@@ -608,12 +548,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     }
 }
 
-// NTM: the most n8 token tiles a group of the launch can have. NTM = 1 (steps of at most 8
-// (token, expert) pairs: T = 1) builds a kernel of that one tile count, with the registers
-// budgeted for SK_NT1_BLOCKS blocks per SM, and splits K (gridDim.z splits) so that those few
-// groups fill the GPU; NTM = SK_NT_MAX the others.
-template <int KIND, int WF, bool CODES, int NTM>
-__global__ void __launch_bounds__(SK_THREADS, NTM == 1 ? SK_NT1_BLOCKS : SK_MIN_BLOCKS)
+template <int KIND, int WF, bool CODES>
+__global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
@@ -628,23 +564,18 @@ __global__ void __launch_bounds__(SK_THREADS, NTM == 1 ? SK_NT1_BLOCKS : SK_MIN_
     if (KIND == SK_GEMM1_GATED ? chunk * 32 >= G.I : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
                                                                              : chunk * SK_ROWS >= a.H)
         return;
-    const int split = blockIdx.z, ks = gridDim.z;
-    if constexpr (NTM == 1) {
-        sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring, split, ks);
-        return;
-    }
     switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
     case 1:
-        sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring, split, ks);
+        sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring);
         break;
     case 2:
-        sk_body<KIND, WF, CODES, 2>(a, G, chunk, nt_max, sk_ring, split, ks);
+        sk_body<KIND, WF, CODES, 2>(a, G, chunk, nt_max, sk_ring);
         break;
     case 3:
-        sk_body<KIND, WF, CODES, 3>(a, G, chunk, nt_max, sk_ring, split, ks);
+        sk_body<KIND, WF, CODES, 3>(a, G, chunk, nt_max, sk_ring);
         break;
     default:
-        sk_body<KIND, WF, CODES, 4>(a, G, chunk, nt_max, sk_ring, split, ks);
+        sk_body<KIND, WF, CODES, 4>(a, G, chunk, nt_max, sk_ring);
         break;
     }
 }
@@ -661,61 +592,26 @@ static int sk_group_bound(const mxm_cuda_args &a) {
     return (int)(pairs < a.groups ? pairs : a.groups);
 }
 
-// K splits of a one-tile launch: as many as the GPU has free block slots for (at most `most`
-// and the stages of K, and within the workspace's partial-sum slots).
-static int sk_splits(const mxm_cuda_args &a, int64_t blocks, int per_sm, int K, int most) {
-    blocks = blocks > 0 ? blocks : 1;
-    int64_t ks = (int64_t)mxm_cuda_sm_count() * per_sm / blocks;
-    const int64_t limits[] = {most, (K + SK_KC - 1) / SK_KC, a.sk_slots / blocks};
-    for (int64_t m : limits)
-        ks = ks < m ? ks : m;
-    return ks < 1 ? 1 : (int)ks;
-}
-
-// MXM_CUDA_SPLITK: at most this many K splits (0: no one-tile kernels; sk_launch_as).
-static int sk_split_most() {
-    const char *e = getenv("MXM_CUDA_SPLITK");
-    return e && e[0] ? atoi(e) : MXM_CUDA_SK_SPLIT_MAX;
-}
-
-template <int KIND, int WF, bool CODES, int NTM>
-static mxm_status sk_launch_nt(const mxm_cuda_args &a, int chunks, int K, cudaStream_t s) {
-    auto kernel = skinny_kernel<KIND, WF, CODES, NTM>;
-    const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
-    static int raised = 0, per_sm = 1; // per instantiation: the dynamic shared memory granted
-    if (smem > raised) {
-        const int most = SK_STAGES * sk_stage_bytes(NTM, CODES);
-        MXM_CUDA_TRY(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-        raised = most;
-        if (NTM == 1)
-            MXM_CUDA_TRY(
-                cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, SK_THREADS, most));
-    }
-    const int bound = sk_group_bound(a);
-    const int ks = NTM == 1 ? sk_splits(a, (int64_t)bound * chunks, per_sm, K, sk_split_most()) : 1;
-    return mxm_cuda_launch(kernel, dim3(bound, chunks, ks), SK_THREADS, (size_t)smem, s, a, nt_max);
-}
-
-// One-tile steps of MXFP8 W8A8 layers (the raw-code path) take the one-tile kernels; the bf16
-// decode and DeepSeek FP8 keep the general kernel (its one-tile build spilled under the 64-register
-// budget and ran 16% slower for DeepSeek FP8 at T = 1 on an H100). MXM_CUDA_SPLITK (read at every
-// forward; an A/B switch): 0 keeps the general kernel, n >= 1 allows at most n splits
-// (sk_split_most).
 template <int KIND, int WF, bool CODES>
-static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, int K, cudaStream_t s) {
-    if constexpr (CODES)
-        if (sk_nt_max(a) == 1 && sk_split_most() > 0)
-            return sk_launch_nt<KIND, WF, CODES, 1>(a, chunks, K, s);
-    return sk_launch_nt<KIND, WF, CODES, SK_NT_MAX>(a, chunks, K, s);
+static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
+    const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
+    static int raised = 0; // per instantiation: the largest dynamic shared memory granted so far
+    if (smem > raised) {
+        const int most = SK_STAGES * sk_stage_bytes(SK_NT_MAX, CODES);
+        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF, CODES>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, most));
+        raised = most;
+    }
+    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
+                           SK_THREADS, (size_t)smem, s, a, nt_max);
 }
 
 // The kernel for the layer's format and activation form (CODES: MXFP8 W8A8, mxm_cuda_codes).
 template <int KIND, int WF>
-static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, int K, cudaStream_t s) {
+static mxm_status sk_launch(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     if constexpr (WF == MXM_WFMT_MXFP8)
-        if (mxm_cuda_codes(a)) return sk_launch_as<KIND, WF, true>(a, chunks, K, s);
-    return sk_launch_as<KIND, WF, false>(a, chunks, K, s);
+        if (mxm_cuda_codes(a)) return sk_launch_as<KIND, WF, true>(a, chunks, s);
+    return sk_launch_as<KIND, WF, false>(a, chunks, s);
 }
 
 mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {
@@ -724,13 +620,12 @@ mxm_status mxm_cuda_skinny1(const mxm_cuda_args &a, cudaStream_t s) {
         const int cols = kind == SK_GEMM1_GATED ? 32 : SK_ROWS; // intermediate columns per block
         const int chunks = (a.I_max + cols - 1) / cols;
         return mxm_cuda_by_format(
-            a.wfmt, [&](auto f) { return sk_launch<kind, decltype(f)::value>(a, chunks, a.H, s); });
+            a.wfmt, [&](auto f) { return sk_launch<kind, decltype(f)::value>(a, chunks, s); });
     });
 }
 
 mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s) {
     const int chunks = (a.H + SK_ROWS - 1) / SK_ROWS;
-    return mxm_cuda_by_format(a.wfmt, [&](auto f) {
-        return sk_launch<SK_GEMM2, decltype(f)::value>(a, chunks, a.I_max, s);
-    });
+    return mxm_cuda_by_format(
+        a.wfmt, [&](auto f) { return sk_launch<SK_GEMM2, decltype(f)::value>(a, chunks, s); });
 }

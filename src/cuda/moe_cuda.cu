@@ -61,8 +61,7 @@ extern "C" int32_t mxm_cuda_available(void) {
 
 // Workspace regions, 256-byte aligned.
 struct cuda_layout {
-    int64_t xq, ids, wts, pos, row_token, counts, act, y, route, xs, acts, actf, xc, xsf, sk_part,
-        sk_count, total;
+    int64_t xq, ids, wts, pos, row_token, counts, act, y, route, xs, acts, actf, xc, xsf, total;
 };
 
 // Per-plan state: the device copy of the group table (plan-owned, so a workspace can serve
@@ -72,7 +71,6 @@ struct cuda_state {
     int uploaded;
     int64_t route_bytes; // routing scratch per token
     bool codes;          // the skinny kernels take the activations as codes (codes_on at plan time)
-    int32_t sk_slots;    // split-K partial-sum slots (MXM_CUDA_SK_SLOTS_PER_SM per SM)
 };
 
 static int64_t take(int64_t *cur, int64_t n) {
@@ -93,8 +91,7 @@ static int64_t xsf_stride(int64_t H) {
     return (H / 32 + 3) / 4 * 4;
 }
 
-static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes, bool codes,
-                             int64_t sk_slots) {
+static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes, bool codes) {
     const mxm_moe_config &c = p->cfg;
     const int64_t T = p->max_tokens, K = c.top_k, H = c.hidden_size;
     const int64_t I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size
@@ -117,8 +114,6 @@ static cuda_layout layout_of(const mxm_moe_plan *p, int64_t route_bytes, bool co
     l.actf = take(&cur, blk ? mxm_mul3_i64(rows, I_max, 4) : 0);
     l.xc = take(&cur, codes ? mxm_mul3_i64(T, H, 1) : 0);
     l.xsf = take(&cur, codes ? mxm_mul3_i64(T, xsf_stride(H), 4) : 0);
-    l.sk_part = take(&cur, mxm_mul3_i64(sk_slots, 128, 16));
-    l.sk_count = take(&cur, mxm_mul3_i64(sk_slots, 2, 4));
     l.total = cur < 0 ? -1 : mxm_align_up(cur, 256);
     return l;
 }
@@ -141,15 +136,14 @@ static mxm_status cuda_plan(mxm_moe_plan *p) {
     p->kernels_name = "cuda-sm90";
     const int64_t route_bytes = mxm_route_device_scratch_bytes(&p->route);
     const bool codes = codes_on(c);
-    const int32_t sk_slots = mxm_cuda_sm_count() * MXM_CUDA_SK_SLOTS_PER_SM;
-    const cuda_layout l = layout_of(p, route_bytes, codes, sk_slots);
+    const cuda_layout l = layout_of(p, route_bytes, codes);
     if (l.total < 0) return mxm_fail(MXM_ERR_OVERFLOW, "backend cuda: workspace size overflows");
     p->ws_bytes = l.total;
     // The host copy of the group table, then the last uploaded one (and where it went).
     p->backend_state = calloc(1, sizeof(cuda_state) + 2 * ((size_t)p->e_loc + 1) * sizeof(mxm_cuda_group));
     if (!p->backend_state) return mxm_fail(MXM_ERR_NOMEM, "out of memory");
     cuda_state *cs = (cuda_state *)p->backend_state;
-    cs->route_bytes = route_bytes, cs->codes = codes, cs->sk_slots = sk_slots;
+    cs->route_bytes = route_bytes, cs->codes = codes;
     MXM_CUDA_TRY(cudaMalloc(&cs->dev_groups, sizeof(mxm_cuda_group) * ((size_t)p->e_loc + 1)));
     return MXM_OK;
 }
@@ -167,7 +161,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     if ((uintptr_t)out->out % 16 || (uintptr_t)out->out_routed % 16)
         return mxm_fail(MXM_ERR_INVALID_ARG, "backend cuda: out and out_routed must be 16-byte aligned device pointers");
     cuda_state *cs = (cuda_state *)p->backend_state;
-    const cuda_layout l = layout_of(p, cs->route_bytes, cs->codes, cs->sk_slots);
+    const cuda_layout l = layout_of(p, cs->route_bytes, cs->codes);
     char *base = (char *)ws;
     const int64_t T = in->num_tokens, K = c.top_k;
     mxm_cuda_args a;
@@ -191,8 +185,6 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.xc = cs->codes ? (uint8_t *)(base + l.xc) : nullptr;
     a.xsf = cs->codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
-    a.sk_part = (float *)(base + l.sk_part), a.sk_count = (int32_t *)(base + l.sk_count),
-    a.sk_slots = cs->sk_slots;
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;

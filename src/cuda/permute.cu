@@ -152,9 +152,8 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_arg
         for (int64_t t = threadIdx.x; t < a.T; t += blockDim.x)
             mxm_route_token(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t, a.ids, a.wts,
                             scratch + t * in.route_stride);
-    for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : 0;
-    for (int i = threadIdx.x; i < 2 * a.sk_slots; i += blockDim.x)
-        a.sk_count[i] = 0; // split-K arrivals
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x)
+        n[g] = g == a.e_loc ? a.T : 0;
     __syncthreads(); // the routing's ids (global, this block) and the zeroed counts
     for (int64_t i = threadIdx.x; i < (int64_t)a.T * a.K; i += blockDim.x) {
         const int32_t e = a.ids[i] - a.off;
