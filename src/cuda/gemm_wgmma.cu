@@ -446,30 +446,34 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     }
                     wg_bar(wgi);
                     const int jb = MODE == MODE_GATED ? n0 + 64 * wgi : n0 + 128 * wgi + 64 * p;
-                    const int units =
-                        MODE == MODE_GATED ? 64 * 2 : 128 * 2; // (token, 32-column block)
-                    // Four independent units per iteration (u, u + 4, u + 8, u + 12 of this
-                    // warp), so their shuffle trees and math interleave.
-                    for (int u0 = w; u0 < units; u0 += 16) {
-                        float v[4];
+                    // One thread per (token, 32-column block): the block's 32 values in its
+                    // registers (eight 16-byte loads; the threads of a warp take consecutive
+                    // tokens of one block, 4-bank steps apart: no conflicts), the activation,
+                    // then the whole MXFP8 block in-thread (mxm_gemm1_store32).
+                    constexpr int toks = MODE == MODE_GATED ? 64 : 128; // tokens per pass
+                    for (int u = ct & 127; u < 2 * toks; u += 128) {
+                        const int r = u % toks, b = u / toks;
+                        const int tok = MODE == MODE_GATED ? 64 * p + r : r;
+                        if (m0 + tok >= rows || jb + 32 * b >= I) continue;
+                        const float *e = epi + r * EPI_STRIDE + 32 * b;
+                        float v[32];
 #pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            const int u = u0 + 4 * q, r = u >> 1, c = 32 * (u & 1) + lane;
-                            v[q] = MODE == MODE_GATED
-                                       ? mxm_act_gated(act, epi[r * EPI_STRIDE + c],
-                                                       epi[(r + 64) * EPI_STRIDE + c], ap)
-                                       : mxm_act_plain(act, epi[r * EPI_STRIDE + c]);
+                        for (int j = 0; j < 32; j += 4) {
+                            const float4 x = *reinterpret_cast<const float4 *>(e + j);
+                            if (MODE == MODE_GATED) {
+                                const float4 y =
+                                    *reinterpret_cast<const float4 *>(e + 64 * EPI_STRIDE + j);
+                                v[j] = mxm_act_gated(act, x.x, y.x, ap),
+                                v[j + 1] = mxm_act_gated(act, x.y, y.y, ap);
+                                v[j + 2] = mxm_act_gated(act, x.z, y.z, ap),
+                                      v[j + 3] = mxm_act_gated(act, x.w, y.w, ap);
+                            } else {
+                                v[j] = mxm_act_plain(act, x.x), v[j + 1] = mxm_act_plain(act, x.y);
+                                v[j + 2] = mxm_act_plain(act, x.z),
+                                      v[j + 3] = mxm_act_plain(act, x.w);
+                            }
                         }
-                        int64_t o[4];
-                        bool keep[4];
-#pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            const int u = u0 + 4 * q, r = u >> 1, b = u & 1;
-                            const int tok = MODE == MODE_GATED ? 64 * p + r : r;
-                            keep[q] = m0 + tok < rows && jb + 32 * b < I;
-                            o[q] = (int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b + lane;
-                        }
-                        mxm_gemm1_store<MXM_WFMT_MXFP8>(a, v, o, keep);
+                        mxm_gemm1_store32(a, v, (int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b);
                     }
                 }
             }

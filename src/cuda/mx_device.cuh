@@ -87,6 +87,59 @@ __device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&
         if (keep[q]) a.act[o[q]] = __float2bfloat16_rn(v[q]);
 }
 
+// The same epilogue for MXFP8 weights with one thread holding a whole 32-block (32 consecutive
+// intermediate columns of one row, after the activation): the same bf16 values as
+// mxm_gemm1_store<MXM_WFMT_MXFP8> (the rounding, then for W8A8 the block's scale from its amax
+// and each value through the E4M3 converter two at a time: NaN/Inf blocks give NaN, scale byte
+// 0 signed zeros), without shuffles; 64 bytes stored at a.act + o (16-byte aligned).
+__device__ __forceinline__ void mxm_gemm1_store32(const mxm_cuda_args &a, float (&v)[32],
+                                                  int64_t o) {
+    mxm_gemm1_round(a, v);
+    uint32_t w[16];
+    if (a.act_quant == MXM_ACT_QUANT_MXFP8) {
+        float amax = 0.0f;
+        bool special = false;
+#pragma unroll
+        for (int j = 0; j < 32; j++) {
+            const uint32_t m = mxm_f32_bits(v[j]) & 0x7FFFFFFFu;
+            special |= m >= 0x7F800000u;
+            amax = fmaxf(amax, mxm_bits_f32(m));
+        }
+        const uint8_t sb = mxm_mx_scale_byte(amax, a.rule);
+        const float inv = mxm_e8m0_inverse(sb), sc = mxm_e8m0_decode(sb);
+#pragma unroll
+        for (int j = 0; j < 32; j += 2) {
+            float lo, hi;
+            if (special) {
+                lo = hi = __int_as_float(0x7FC00000);
+            } else if (sb == 0) {
+                lo = copysignf(0.0f, v[j]), hi = copysignf(0.0f, v[j + 1]);
+            } else {
+                unsigned short c2;
+                unsigned int h2;
+                asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
+                    : "=h"(c2)
+                    : "f"(v[j + 1] * inv), "f"(v[j] * inv));
+                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(c2));
+                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&h2));
+                lo = f.x * sc, hi = f.y * sc;
+            }
+            const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+            w[j / 2] = *reinterpret_cast<const uint32_t *>(&p);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; j += 2) {
+            const __nv_bfloat162 p = __floats2bfloat162_rn(v[j], v[j + 1]);
+            w[j / 2] = *reinterpret_cast<const uint32_t *>(&p);
+        }
+    }
+    uint4 *dst = reinterpret_cast<uint4 *>(a.act + o);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        dst[i] = make_uint4(w[4 * i], w[4 * i + 1], w[4 * i + 2], w[4 * i + 3]);
+}
+
 // The same epilogue for a skinny group of an MXFP8 W8A8 layer (mxm_cuda_codes): the 32 values
 // of columns col0 + lane of intermediate row `row` as E4M3 codes and their block's decoded scale.
 __device__ __forceinline__ void mxm_gemm1_store_codes(const mxm_cuda_args &a, float v, int64_t row,
