@@ -77,14 +77,14 @@ fi
 if [ "$what" = all ] || [ "$what" = codes-ab ]; then
   # A/B of a run-time switch on the decode and middle range, same binary, interleaved by shape:
   # AB_VAR (default MXM_CUDA_CODES: 0 exact bf16 decode, 1 f16 MMAs on raw codes; or e.g.
-  # MXM_CUDA_SPLITK) over AB_VALUES (default "0 1"); build-time variants in
+  # MXM_CUDA_WGMMA) over AB_VALUES (default "0 1"); build-time variants in
   # .prebuilt/variants/mxmoe_NAME (e.g. cmake -DCMAKE_CUDA_FLAGS=-DSK_MIN_BLOCKS=3) beside.
   var=${AB_VAR:-MXM_CUDA_CODES}
   for shape in ${SHAPES//,/ }; do
     for bin in build-gpu/mxmoe .prebuilt/variants/mxmoe_*; do
       [ -x "$bin" ] || continue
       tag=${bin##*/mxmoe}; tag=${tag#_}
-      for v in ${AB_VALUES:-${AB_CODES:-0 1}}; do
+      for v in ${AB_VALUES:-0 1}; do
         env "$var=$v" "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
           --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/ab_${var}_$v${tag:+_$tag}_$shape.json" 2>&1 |
           grep -vE "^(building|measuring)" | sed "s/^/$var=$v${tag:+ $tag} /" | tee -a "$OUT/bench_ab.txt"

@@ -685,6 +685,7 @@ static void test_wgmma(void **state) {
     shapes_min_T = 0;
     test_group_sizes(state);
     test_integer_exact(state); /* T = 400: exact against the float64 reference */
+    test_nan_propagation(state); /* T = 300: the epilogue's NaN blocks on wgmma */
     test_expert_parallel(state);
     test_graph_replay(state);
     setenv("MXM_CUDA_WGMMA", "0", 1);

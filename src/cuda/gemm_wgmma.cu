@@ -481,6 +481,21 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
     }
 }
 
+// Streaming multiprocessors of the current device (cached per device).
+int sm_count() {
+    static int count[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+    if (!count[dev]) {
+        int n = 0;
+        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+            n <= 0)
+            return 132;
+        count[dev] = n;
+    }
+    return count[dev];
+}
+
 // The kernels need more than the default 48 KB of shared memory: raise their limit once.
 mxm_status smem_opt_in() {
     static int done = 0;
@@ -502,7 +517,7 @@ template <int MODE> mxm_status launch(const mxm_cuda_args &a, int ntn, cudaStrea
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
     const int64_t bound = (rows / WG_BT + tg + 1) * ntn;
-    const int sms = mxm_cuda_sm_count(), grid = (int)(bound < sms ? bound : sms);
+    const int sms = sm_count(), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
     return mxm_cuda_launch(wgmma_kernel<MODE>, grid, THREADS, SMEM_BYTES, s, a);
 }

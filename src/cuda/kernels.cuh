@@ -5,9 +5,6 @@
 
 #include "cuda/common.cuh"
 
-// Streaming multiprocessors of the current device (cached per device).
-int mxm_cuda_sm_count();
-
 // x [T, H] (f32 / bf16 / E4M3 + E8M0 or fp32 1x128 scales) -> a.xq bf16 values the GEMMs see
 // (and a.xs for DeepSeek FP8 W8A8).
 mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_dtype, const void *x_scale,

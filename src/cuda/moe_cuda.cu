@@ -36,20 +36,6 @@ static bool wgmma_on(const mxm_cuda_args &a) {
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
 
-int mxm_cuda_sm_count() {
-    static int count[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-    if (!count[dev]) {
-        int n = 0;
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            n <= 0)
-            return 132;
-        count[dev] = n;
-    }
-    return count[dev];
-}
-
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {

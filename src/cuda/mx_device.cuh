@@ -115,13 +115,11 @@ __device__ __forceinline__ void mxm_gemm1_store32(const mxm_cuda_args &a, float 
             } else if (sb == 0) {
                 lo = copysignf(0.0f, v[j]), hi = copysignf(0.0f, v[j + 1]);
             } else {
-                unsigned short c2;
-                unsigned int h2;
+                unsigned short c2; // both codes at once: v[j] low, v[j + 1] high
                 asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
                     : "=h"(c2)
                     : "f"(v[j + 1] * inv), "f"(v[j] * inv));
-                asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h2) : "h"(c2));
-                const float2 f = __half22float2(*reinterpret_cast<const __half2 *>(&h2));
+                const float2 f = mxm_e4m3x2_to_float2(c2);
                 lo = f.x * sc, hi = f.y * sc;
             }
             const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
