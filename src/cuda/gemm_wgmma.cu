@@ -39,6 +39,10 @@ constexpr int SLOT_W =
     WG_BW * WG_BK; // 16 KB: E4M3 codes, 256 rows x 64 B, 16 B chunks xor-swizzled
 constexpr int SLOT = SLOT_ACT + SLOT_W;
 constexpr int STAGES = 4;
+#ifndef MXM_WG_SC_AHEAD // stages between a consumer's scale-byte loads and their use (a build knob)
+#define MXM_WG_SC_AHEAD 3
+#endif
+constexpr int WG_SC_AHEAD = MXM_WG_SC_AHEAD;
 constexpr int THREADS = 384;
 // Register split (setmaxnreg; the entry cap 168 x 384 = 64512 per CTA must hold 128 producer +
 // 256 consumer threads). ptxas 13.0: GEMM1 at 80/200 spills nothing in the consumers and 0-4
@@ -320,7 +324,8 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     const int r = weight_row<MODE>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
                     sp[mb][rr] = r >= 0 ? S + (int64_t)r * KB : nullptr;
                 }
-            // Scale bytes of a stage (two 32-blocks) for the 4 rows, loaded one stage ahead.
+            // Scale bytes of a stage (two 32-blocks) for the 4 rows (kt < nk).
+            const int nk = (K + WG_BK - 1) / WG_BK;
             auto load_sc = [&](int kt, uint32_t(&o)[2][2]) {
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
@@ -334,8 +339,13 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                         o[mb][rr] = b0 | (b1 << 8);
                     }
             };
-            uint32_t scur[2][2], snxt[2][2];
+            // WG_SC_AHEAD stages of scale bytes in flight (global loads; one stage ahead left the
+            // consumers waiting on them: ncu, stop 22).
+            uint32_t scur[2][2], sq[WG_SC_AHEAD][2][2] = {};
             load_sc(0, scur);
+#pragma unroll
+            for (int i = 0; i < WG_SC_AHEAD; i++)
+                if (i + 1 < nk) load_sc(i + 1, sq[i]);
             float acc[2][64];
 #pragma unroll
             for (int mb = 0; mb < 2; mb++)
@@ -343,10 +353,9 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                 for (int i = 0; i < 64; i++)
                     acc[mb][i] = 0.0f;
 
-            const int nk = (K + WG_BK - 1) / WG_BK;
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                if (kt + 1 < nk) load_sc(kt + 1, snxt);
+
                 float scf[2][2][2];
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
@@ -389,8 +398,13 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
 #pragma unroll
-                    for (int rr = 0; rr < 2; rr++)
-                        scur[mb][rr] = snxt[mb][rr];
+                    for (int rr = 0; rr < 2; rr++) {
+                        scur[mb][rr] = sq[0][mb][rr];
+#pragma unroll
+                        for (int i = 0; i + 1 < WG_SC_AHEAD; i++)
+                            sq[i][mb][rr] = sq[i + 1][mb][rr];
+                    }
+                if (kt + 1 + WG_SC_AHEAD < nk) load_sc(kt + 1 + WG_SC_AHEAD, sq[WG_SC_AHEAD - 1]);
             }
             wg_wait<0>();
             mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
