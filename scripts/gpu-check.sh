@@ -79,15 +79,19 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
   # AB_VAR (default MXM_CUDA_CODES: 0 exact bf16 decode, 1 f16 MMAs on raw codes; or e.g.
   # MXM_CUDA_WGMMA) over AB_VALUES (default "0 1"); build-time variants in
   # .prebuilt/variants/mxmoe_NAME (e.g. cmake -DCMAKE_CUDA_FLAGS=-DSK_MIN_BLOCKS=3) beside.
+  # AB_ENVS="A=1 A=1,B=2 ..." instead runs each comma-separated set of assignments; AB_BINS picks
+  # the binaries.
   var=${AB_VAR:-MXM_CUDA_CODES}
+  envs=${AB_ENVS:-}
+  [ -n "$envs" ] || for v in ${AB_VALUES:-0 1}; do envs="$envs $var=$v"; done
   for shape in ${SHAPES//,/ }; do
-    for bin in build-gpu/mxmoe .prebuilt/variants/mxmoe_*; do
+    for bin in ${AB_BINS:-build-gpu/mxmoe .prebuilt/variants/mxmoe_*}; do
       [ -x "$bin" ] || continue
       tag=${bin##*/mxmoe}; tag=${tag#_}
-      for v in ${AB_VALUES:-0 1}; do
-        env "$var=$v" "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
-          --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/ab_${var}_$v${tag:+_$tag}_$shape.json" 2>&1 |
-          grep -vE "^(building|measuring)" | sed "s/^/$var=$v${tag:+ $tag} /" | tee -a "$OUT/bench_ab.txt"
+      for set in $envs; do
+        env ${set//,/ } "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
+          --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/ab_${set//[=,]/_}${tag:+_$tag}_$shape.json" 2>&1 |
+          grep -vE "^(building|measuring)" | sed "s/^/$set${tag:+ $tag} /" | tee -a "$OUT/bench_ab.txt"
       done
     done
   done
