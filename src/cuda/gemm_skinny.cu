@@ -84,15 +84,6 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// L2 prefetches: `bytes` (a multiple of 16) from a 16-byte aligned address; the 128-byte line
-// holding p.
-__device__ __forceinline__ void sk_prefetch_l2(const void *p, int bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void sk_prefetch_line(const void *p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 __device__ __forceinline__ uint4 lds128(const void *p) {
     return *reinterpret_cast<const uint4 *>(p);
 }
@@ -321,7 +312,7 @@ __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
 
 template <int KIND, int WF, bool CODES, int NT>
 __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
-                                        int nt_max, int pf, int pf2, unsigned char *ring) {
+                                        int nt_max, unsigned char *ring) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
@@ -405,55 +396,13 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                                      : a.acts + (int64_t)(G.row0 + tok) * a.IB;
         }
 
-    // L2 prefetch of the weights `pf` stages past the ring's (thread t < SK_ROWS: block row t):
-    // the ring alone keeps SK_STAGES - 1 stages per block in flight, which at small T leaves HBM
-    // idle between a block's round trips.
-    const int nst = (K + SK_KC - 1) / SK_KC;
-    const uint8_t *pf_row = nullptr;
-    if (pf > 0 && t < SK_ROWS) {
-        const int64_t r = sk_weight_row<KIND>(a, G, chunk, t);
-        if (r >= 0) {
-            pf_row = wbase + r * K;
-            if (!BLK) { // the row's scale bytes, whole
-                const uint8_t *sp = mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + r * kb32;
-                for (int64_t o = 0; o < kb32; o += 128)
-                    sk_prefetch_line(sp + o);
-                sk_prefetch_line(sp + kb32 - 1);
-            }
-        }
-    }
-    auto prefetch_stage = [&](int st) {
-        if (pf_row && st < nst) {
-            const int k0 = st * SK_KC;
-            sk_prefetch_l2(pf_row + k0, K - k0 < SK_KC ? K - k0 : SK_KC);
-        }
-    };
-    for (int st = SK_STAGES - 1; st < SK_STAGES - 1 + pf; st++)
-        prefetch_stage(st);
-    // GEMM1: this block's share of the first pf2 percent of the group's GEMM2 weights (HBM is
-    // mostly idle while a small step's GEMM1 waits on its round trips).
-    if (gemm1 && pf2 > 0) {
-        constexpr int COLS1 = KIND == SK_GEMM1_GATED ? 32 : SK_ROWS;
-        const int nch = (G.I + COLS1 - 1) / COLS1;
-        const int64_t rows2 = (int64_t)a.H * pf2 / 100, total = rows2 * G.I;
-        const int64_t share = (total / nch + 4095) / 4096 * 4096, lo = chunk * share;
-        const int64_t hi = lo + share < total ? lo + share : total;
-        for (int64_t o = lo + 4096 * t; o < hi; o += 4096 * SK_THREADS)
-            sk_prefetch_l2(G.w2 + o, (int)(hi - o < 4096 ? hi - o : 4096));
-        if (!BLK) {
-            const uint8_t *s2 = mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(G.sc2);
-            const int64_t slo = lo / 32, shi = hi / 32;
-            for (int64_t o = slo + 128 * t; o < shi; o += 128 * SK_THREADS)
-                sk_prefetch_line(s2 + o);
-        }
-    }
-
     float acc[NT][4], part[NT][4];
 #pragma unroll
     for (int ni = 0; ni < NT; ni++)
 #pragma unroll
         for (int q = 0; q < 4; q++) acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
 
+    const int nst = (K + SK_KC - 1) / SK_KC;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
     // Ring prologue. GEMM1 has waited for its inputs already. GEMM2 streams its first weight
     // stages while GEMM1 still runs, then waits for the intermediate (programmatic launch; the
@@ -492,7 +441,6 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         const int ns = it + SK_STAGES - 1;
         if (ns < nst) sk_issue<CODES>(ring_s + fill * stage_bytes, cp, wbase, ns * SK_KC);
         cp_async_commit();
-        prefetch_stage(ns + pf);
         fill = fill + 1 == SK_STAGES ? 0 : fill + 1;
         const unsigned char *A = ring + use * stage_bytes;
         use = use + 1 == SK_STAGES ? 0 : use + 1;
@@ -600,9 +548,9 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     }
 }
 
-template <int KIND, int WF, bool CODES, int NT_ONLY>
+template <int KIND, int WF, bool CODES>
 __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
-    skinny_kernel(mxm_cuda_args a, int nt_max, int pf, int pf2) {
+    skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
         mxm_griddep_wait();
@@ -616,24 +564,19 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     if (KIND == SK_GEMM1_GATED ? chunk * 32 >= G.I : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
                                                                              : chunk * SK_ROWS >= a.H)
         return;
-    if constexpr (NT_ONLY > 0) {
-        sk_body<KIND, WF, CODES, NT_ONLY>(a, G, chunk, nt_max, pf, pf2, sk_ring);
-    } else {
-        switch ((G.rows + 7) /
-                8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
-        case 1:
-            sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, pf, pf2, sk_ring);
-            break;
-        case 2:
-            sk_body<KIND, WF, CODES, 2>(a, G, chunk, nt_max, pf, pf2, sk_ring);
-            break;
-        case 3:
-            sk_body<KIND, WF, CODES, 3>(a, G, chunk, nt_max, pf, pf2, sk_ring);
-            break;
-        default:
-            sk_body<KIND, WF, CODES, 4>(a, G, chunk, nt_max, pf, pf2, sk_ring);
-            break;
-        }
+    switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
+    case 1:
+        sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring);
+        break;
+    case 2:
+        sk_body<KIND, WF, CODES, 2>(a, G, chunk, nt_max, sk_ring);
+        break;
+    case 3:
+        sk_body<KIND, WF, CODES, 3>(a, G, chunk, nt_max, sk_ring);
+        break;
+    default:
+        sk_body<KIND, WF, CODES, 4>(a, G, chunk, nt_max, sk_ring);
+        break;
     }
 }
 
@@ -643,39 +586,24 @@ static int sk_nt_max(const mxm_cuda_args &a) {
     return (int)((rows + 7) / 8);
 }
 
-// Experiment knobs, read at every forward: MXM_CUDA_SK_PF stages of L2 prefetch ahead of the
-// ring; MXM_CUDA_SK_PF2 percent of GEMM2's weights prefetched by GEMM1.
-static int sk_env(const char *name) {
-    const char *e = getenv(name);
-    return e && e[0] ? atoi(e) : 0;
-}
-
 // Blocks along x: the groups that can be skinny groups; a list built on the device maps them.
 static int sk_group_bound(const mxm_cuda_args &a) {
     const int64_t pairs = (int64_t)a.T * a.K + (a.groups > a.e_loc ? 1 : 0);
     return (int)(pairs < a.groups ? pairs : a.groups);
 }
 
-template <int KIND, int WF, bool CODES, int NT_ONLY>
-static mxm_status sk_launch_nt(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
+template <int KIND, int WF, bool CODES>
+static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
     static int raised = 0; // per instantiation: the largest dynamic shared memory granted so far
     if (smem > raised) {
         const int most = SK_STAGES * sk_stage_bytes(SK_NT_MAX, CODES);
-        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF, CODES, NT_ONLY>,
+        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF, CODES>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, most));
         raised = most;
     }
-    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES, NT_ONLY>, dim3(sk_group_bound(a), chunks),
-                           SK_THREADS, (size_t)smem, s, a, nt_max, sk_env("MXM_CUDA_SK_PF"),
-                           sk_env("MXM_CUDA_SK_PF2"));
-}
-
-template <int KIND, int WF, bool CODES>
-static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
-    if (sk_nt_max(a) == 1 && sk_env("MXM_CUDA_SK_NT1"))
-        return sk_launch_nt<KIND, WF, CODES, 1>(a, chunks, s);
-    return sk_launch_nt<KIND, WF, CODES, 0>(a, chunks, s);
+    return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
+                           SK_THREADS, (size_t)smem, s, a, nt_max);
 }
 
 // The kernel for the layer's format and activation form (CODES: MXFP8 W8A8, mxm_cuda_codes).

@@ -40,7 +40,7 @@ constexpr int SLOT_W =
 constexpr int SLOT = SLOT_ACT + SLOT_W;
 constexpr int STAGES = 4;
 #ifndef MXM_WG_SC_AHEAD // stages between a consumer's scale-byte loads and their use (a build knob)
-#define MXM_WG_SC_AHEAD 3
+#define MXM_WG_SC_AHEAD 2
 #endif
 constexpr int WG_SC_AHEAD = MXM_WG_SC_AHEAD;
 constexpr int THREADS = 384;
@@ -324,24 +324,24 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     const int r = weight_row<MODE>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
                     sp[mb][rr] = r >= 0 ? S + (int64_t)r * KB : nullptr;
                 }
-            // Scale bytes of a stage (two 32-blocks) for the 4 rows (kt < nk).
+            // Scale bytes of a stage (two 32-blocks, [b]) for the 4 rows (kt < nk), kept as the
+            // loads' own registers: combining them at load time made the warp wait right there.
             const int nk = (K + WG_BK - 1) / WG_BK;
-            auto load_sc = [&](int kt, uint32_t(&o)[2][2]) {
+            auto load_sc = [&](int kt, uint32_t(&o)[2][2][2]) {
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
 #pragma unroll
                     for (int rr = 0; rr < 2; rr++) {
-                        uint32_t b0 = 127, b1 = 127;
+                        o[mb][rr][0] = o[mb][rr][1] = 127;
                         if (sp[mb][rr]) {
-                            b0 = __ldg(sp[mb][rr] + 2 * kt);
-                            if (2 * kt + 1 < KB) b1 = __ldg(sp[mb][rr] + 2 * kt + 1);
+                            o[mb][rr][0] = __ldg(sp[mb][rr] + 2 * kt);
+                            if (2 * kt + 1 < KB) o[mb][rr][1] = __ldg(sp[mb][rr] + 2 * kt + 1);
                         }
-                        o[mb][rr] = b0 | (b1 << 8);
                     }
             };
             // WG_SC_AHEAD stages of scale bytes in flight (global loads; one stage ahead left the
             // consumers waiting on them: ncu, stop 22).
-            uint32_t scur[2][2], sq[WG_SC_AHEAD][2][2] = {};
+            uint32_t scur[2][2][2], sq[WG_SC_AHEAD][2][2][2] = {};
             load_sc(0, scur);
 #pragma unroll
             for (int i = 0; i < WG_SC_AHEAD; i++)
@@ -363,7 +363,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     for (int rr = 0; rr < 2; rr++)
 #pragma unroll
                         for (int b = 0; b < 2; b++)
-                            scf[mb][rr][b] = mxm_e8m0_decode((scur[mb][rr] >> (8 * b)) & 0xFF);
+                            scf[mb][rr][b] = mxm_e8m0_decode(scur[mb][rr][b]);
                 mbar_wait(bar_full + 8 * s, ph);
                 fence_proxy_async(); // cp.async wrote the activations through the generic proxy
                 const uint32_t codes = sbase + s * SLOT + a_thr;
@@ -398,12 +398,14 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
 #pragma unroll
-                    for (int rr = 0; rr < 2; rr++) {
-                        scur[mb][rr] = sq[0][mb][rr];
+                    for (int rr = 0; rr < 2; rr++)
 #pragma unroll
-                        for (int i = 0; i + 1 < WG_SC_AHEAD; i++)
-                            sq[i][mb][rr] = sq[i + 1][mb][rr];
-                    }
+                        for (int b = 0; b < 2; b++) {
+                            scur[mb][rr][b] = sq[0][mb][rr][b];
+#pragma unroll
+                            for (int i = 0; i + 1 < WG_SC_AHEAD; i++)
+                                sq[i][mb][rr][b] = sq[i + 1][mb][rr][b];
+                        }
                 if (kt + 1 + WG_SC_AHEAD < nk) load_sc(kt + 1 + WG_SC_AHEAD, sq[WG_SC_AHEAD - 1]);
             }
             wg_wait<0>();
