@@ -332,6 +332,40 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         cp.w_lim[i] = r >= 0 ? K - 16 * ca : 0;
         cp.w_dst[i] = row * SK_KC + sk_chunk<CODES>(row, ca) * 16;
     }
+    const int brows = NT * 8;
+    if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
+        const int tok = t / 8, stok = t;
+        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1,
+                      srow = stok < n ? (int64_t)G.row0 + stok : -1;
+        const uint8_t *xc = nullptr, *xsc = nullptr;
+        if (prow >= 0)
+            xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
+        if (srow >= 0 && stok < 32)
+            xsc = gemm1 ? (const uint8_t *)(a.xsf + (int64_t)a.row_token[srow] * a.xsf_stride)
+                        : (const uint8_t *)mxm_cuda_act_scales(a, srow);
+        cp.x[0] = xc ? xc + 16 * ca : wbase;
+        cp.x_lim[0] = xc ? K - 16 * ca : 0;
+        cp.x_dst[0] = tok * SK_BC_ROW + sk_chunk<true>(tok, ca) * 16;
+        cp.x_on[0] = tok < brows;
+        cp.x[1] = xsc ? xsc : wbase;
+        cp.x_lim[1] = xsc ? K : 0;
+        cp.x_dst[1] = nt_max * 8 * SK_BC_ROW + stok * SK_BS_ROW;
+        cp.x_on[1] = stok < brows;
+    } else {
+#pragma unroll
+        for (int i = 0; i < SK_X_COPIES; i++) {
+            const int tok = t / 16 + (SK_THREADS / 16) * i;
+            const __nv_bfloat16 *x = nullptr;
+            if (tok < n)
+                x = gemm1 ? a.xq + (int64_t)a.row_token[G.row0 + tok] * a.H
+                          : a.act + (int64_t)(G.row0 + tok) * a.I_max;
+            cp.x[i] = x ? (const uint8_t *)(x + 8 * cb) : wbase;
+            cp.x_lim[i] = x ? K - 8 * cb : 0;
+            cp.x_dst[i] = tok * SK_B_ROW + ((cb ^ (tok & 1)) * 16);
+            cp.x_on[i] = tok < brows;
+        }
+    }
+
     sk_scale_src ss;
     const float *brow[2];
 #pragma unroll
@@ -370,13 +404,23 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
 
     const int nst = (K + SK_KC - 1) / SK_KC;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
-    // Ring prologue: the weight pieces of the first stages go out first (they need only the group
-    // entry), then the token pieces (GEMM1: behind the loads of the tokens' rows; GEMM2: after
-    // waiting for GEMM1's intermediate, so its weights stream while GEMM1 still runs; the group
-    // table it read came from the prologue, which finished before GEMM1 let it start).
+    // Ring prologue. GEMM1 has waited for its inputs already. GEMM2 streams its first weight
+    // stages while GEMM1 still runs, then waits for the intermediate (programmatic launch; the
+    // group table it read came from the prologue, which finished before GEMM1 let it start).
+    const bool early_w = KIND == SK_GEMM2;
 #pragma unroll
     for (int s = 0; s < SK_STAGES - 1; s++) {
-        if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, false);
+        if (s < nst)
+            sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, true, !early_w);
+        cp_async_commit();
+    }
+    if (early_w) {
+        mxm_griddep_wait();
+        mxm_griddep_launch();
+#pragma unroll
+        for (int s = 0; s < SK_STAGES - 1; s++)
+            if (s < nst)
+                sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
         cp_async_commit();
     }
     // The MX scale bytes of the next SK_SC_AHEAD stages, loaded that many stages ahead of their
@@ -389,50 +433,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         for (int i = 0; i < SK_SC_AHEAD; i++)
             sk_load_scales<CODES>(ahead[i], ss, (i + 1) * SK_KC);
     }
-    if (KIND == SK_GEMM2) {
-        mxm_griddep_wait();
-        mxm_griddep_launch();
-    }
-    const int brows = NT * 8;
-    if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
-        const int tok = t / 8, stok = t;
-        const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1,
-                      srow = stok < n ? (int64_t)G.row0 + stok : -1;
-        const uint8_t *xc = nullptr, *xsc = nullptr;
-        if (prow >= 0)
-            xc = gemm1 ? a.xc + (int64_t)a.row_token[prow] * a.H : mxm_cuda_act_codes(a, prow);
-        if (srow >= 0 && stok < 32)
-            xsc = gemm1 ? (const uint8_t *)(a.xsf + (int64_t)a.row_token[srow] * a.xsf_stride)
-                        : (const uint8_t *)mxm_cuda_act_scales(a, srow);
-        cp.x[0] = xc ? xc + 16 * ca : wbase;
-        cp.x_lim[0] = xc ? K - 16 * ca : 0;
-        cp.x_dst[0] = tok * SK_BC_ROW + sk_chunk<true>(tok, ca) * 16;
-        cp.x_on[0] = tok < brows;
-        cp.x[1] = xsc ? xsc : wbase;
-        cp.x_lim[1] = xsc ? K : 0;
-        cp.x_dst[1] = nt_max * 8 * SK_BC_ROW + stok * SK_BS_ROW;
-        cp.x_on[1] = stok < brows;
-    } else {
-#pragma unroll
-        for (int i = 0; i < SK_X_COPIES; i++) {
-            const int tok = t / 16 + (SK_THREADS / 16) * i;
-            const __nv_bfloat16 *x = nullptr;
-            if (tok < n)
-                x = gemm1 ? a.xq + (int64_t)a.row_token[G.row0 + tok] * a.H
-                          : a.act + (int64_t)(G.row0 + tok) * a.I_max;
-            cp.x[i] = x ? (const uint8_t *)(x + 8 * cb) : wbase;
-            cp.x_lim[i] = x ? K - 8 * cb : 0;
-            cp.x_dst[i] = tok * SK_B_ROW + ((cb ^ (tok & 1)) * 16);
-            cp.x_on[i] = tok < brows;
-        }
-    }
-
-#pragma unroll
-    for (int s = 0; s < SK_STAGES - 1; s++)
-        if (s < nst) sk_issue<CODES>(ring_s + s * stage_bytes, cp, wbase, s * SK_KC, false, true);
-    cp_async_commit();
     int use = 0, fill = SK_STAGES - 1; // the ring slots of the stage computed and the stage copied
-    cp_async_wait<0>();                // the token pieces of the first stages came last
+    if (early_w) cp_async_wait<0>(); // the token pieces of the first stages came last
     for (int it = 0; it < nst; it++) {
         cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
