@@ -45,17 +45,17 @@ constexpr int STAGES = 4;
 constexpr int WG_SC_AHEAD = MXM_WG_SC_AHEAD;
 constexpr int THREADS = 384;
 // Register split (setmaxnreg; the entry cap 168 x 384 = 64512 per CTA must hold 128 producer +
-// 256 consumer threads). ptxas 13.0: GEMM1 at 80/200 spills nothing in the consumers and 0-4
-// bytes in the producer; GEMM2's consumers need more (its fragment stores to a.y), 64/216:
-// no consumer spills, 72 bytes in the producer's row tables (L1). 56/224 spills 132 in the
-// producer.
+// 256 consumer threads). ptxas 13.0, no spills anywhere: GEMM1 96/200; GEMM2 72/216 (its
+// consumers need more for the fragment stores to a.y; its producer keeps no row tables). Stop 23
+// (ncu): GEMM2's producer at 64 registers spilled its row tables and reloaded them every stage,
+// which left the consumers waiting on full slots.
 template <int MODE> constexpr uint32_t producer_regs() {
-    return MODE == 2 ? 64 : 80;
+    return MODE == 2 ? 72 : 96;
 }
 template <int MODE> constexpr uint32_t consumer_regs() {
     return MODE == 2 ? 216 : 200;
 }
-static_assert(128 * 80 + 256 * 200 <= 168 * 384 && 128 * 64 + 256 * 216 <= 168 * 384,
+static_assert(128 * 96 + 256 * 200 <= 168 * 384 && 128 * 72 + 256 * 216 <= 168 * 384,
               "register pool");
 constexpr int EPI_STRIDE = 68; // floats per row of the epilogue buffer (64 + 4: no bank conflicts)
 constexpr int EPI_BYTES = WG_BT * EPI_STRIDE * 4; // per consumer warpgroup
@@ -266,13 +266,22 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             const int rows = G.rows, row0 = G.row0, I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H;
             const uint8_t *W = MODE == MODE_GEMM2 ? G.w2 : G.w13;
-            int arow[8], wrow[8];
+            // Row tables (GEMM1: gathered tokens, gate/up weight rows). GEMM2's rows are affine
+            // in i, a base and a count each (its tables spilled at GEMM2's register split).
+            constexpr bool AFFINE = MODE == MODE_GEMM2;
+            int arow[8], wrow[8], na = 0, nw = 0;
+            int64_t a0 = 0, w0 = 0;
+            if constexpr (AFFINE) {
+                na = min(max((rows - m0 - ar + 15) / 16, 0), 8);
+                nw = min(max((a.H - n0 - wr + 31) / 32, 0), 8);
+                a0 = (int64_t)(row0 + m0 + ar) * lda, w0 = (int64_t)(n0 + wr) * K;
+            } else {
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                const int m = m0 + ar + 16 * i;
-                arow[i] =
-                    m < rows ? (MODE == MODE_GEMM2 ? row0 + m : __ldg(a.row_token + row0 + m)) : -1;
-                wrow[i] = weight_row<MODE>(a.layout, I, a.H, n0, wr + 32 * i);
+                for (int i = 0; i < 8; i++) {
+                    const int m = m0 + ar + 16 * i;
+                    arow[i] = m < rows ? __ldg(a.row_token + row0 + m) : -1;
+                    wrow[i] = weight_row<MODE>(a.layout, I, a.H, n0, wr + 32 * i);
+                }
             }
             const int nk = (K + WG_BK - 1) / WG_BK;
             for (int kt = 0; kt < nk; kt++, it++) {
@@ -283,16 +292,18 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                 const bool ka = k0 + 8 * ac < K;
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
-                    const bool v = ka && arow[i] >= 0;
-                    const __nv_bfloat16 *src = v ? A + arow[i] * lda + k0 + 8 * ac : A;
-                    cp_async16(slot + (ar + 16 * i) * 128 + a_sw, src, v ? 16 : 0);
+                    const bool v = ka && (AFFINE ? i < na : arow[i] >= 0);
+                    const int64_t r = AFFINE ? a0 + 16 * i * lda : arow[i] * lda;
+                    cp_async16(slot + (ar + 16 * i) * 128 + a_sw, v ? A + r + k0 + 8 * ac : A,
+                               v ? 16 : 0);
                 }
                 const bool kw = k0 + 16 * wc < K;
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
-                    const bool v = kw && wrow[i] >= 0;
-                    const uint8_t *src = v ? W + (int64_t)wrow[i] * K + k0 + 16 * wc : W;
-                    cp_async16(slot + SLOT_ACT + (wr + 32 * i) * 64 + w_sw, src, v ? 16 : 0);
+                    const bool v = kw && (AFFINE ? i < nw : wrow[i] >= 0);
+                    const int64_t r = AFFINE ? w0 + (int64_t)32 * i * K : (int64_t)wrow[i] * K;
+                    cp_async16(slot + SLOT_ACT + (wr + 32 * i) * 64 + w_sw,
+                               v ? W + r + k0 + 16 * wc : W, v ? 16 : 0);
                 }
                 cp_async_arrive_noinc(bar_full + 8 * s);
             }
