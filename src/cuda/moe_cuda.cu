@@ -24,11 +24,13 @@ int mxm_cuda_pdl_enabled() {
 
 // The prefill GEMMs of MXFP8 weights (groups over MXM_CUDA_SKINNY_MAX rows) run on gemm_wgmma.cu
 // (Hopper wgmma, 128-row m-tiles) when the step averages at least MXM_CUDA_WGMMA_MIN_ROWS rows
-// per expert, else on gemm.cu's 64-row mma.sync tiles, which waste less of a tile on groups of
-// 33..127 rows (H200, docs/BENCHMARKS.md: wgmma 1.1-1.5x faster from Qwen3 T = 1024 and
-// Nano T = 4096 up, 1.1-1.3x slower at Nano T = 256-1024). MXM_CUDA_WGMMA=0/1 forces either
-// path; read at every forward, so one process can run both.
-#define MXM_CUDA_WGMMA_MIN_ROWS 64
+// per expert of the whole model (T K / E: what an expert-parallel slice expects under balanced
+// routing), else on gemm.cu's 64-row mma.sync tiles, which waste less of a tile on groups of
+// 33..127 rows. Stop 23 (H200, both paths in one call, docs/BENCHMARKS.md): wgmma 1.07x faster at
+// Nano T = 1024 (48 rows per expert) and 1.75x at the DeepSeek slice's T = 1024 (32 by this
+// measure); stop 21 had mma.sync ahead below 64, before the wgmma kernels' stall fixes.
+// MXM_CUDA_WGMMA=0/1 forces either path; read at every forward, so one process can run both.
+#define MXM_CUDA_WGMMA_MIN_ROWS 32
 static bool wgmma_on(const mxm_cuda_args &a) {
     if (a.blk) return false;
     const char *e = getenv("MXM_CUDA_WGMMA");
