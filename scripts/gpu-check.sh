@@ -7,7 +7,7 @@
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
 # .prebuilt and .wheels and packs them into .pack/carry.tar.xz) and carry [".pack"].
-#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|srcprof|cpu]
+#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|srcprof|peer-ncu|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
@@ -130,6 +130,18 @@ if [ "$what" = all ] || [ "$what" = profile ]; then
     grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Compute \(SM\)|Achieved Occupancy" \
       "$OUT/ncu_$1_$2.txt" | head -80 >"$OUT/ncu_$1_$2_short.txt"
   done
+fi
+if [ "$what" = peer-ncu ]; then
+  # The vLLM peer's kernels under ncu (eager launches, fp8-block), to set beside the `profile`
+  # mode's view of mxmoe: PEER_NCU_CASE="shape T" (peer shape names: nano, qwen3, dsv3s).
+  set -- ${PEER_NCU_CASE:-qwen3 1}
+  timeout 300 ncu --clock-control none --section SpeedOfLight --section LaunchStats \
+    -k "regex:fused_moe|moe_align|act_and_mul|moe_sum|group_quant|per_token" \
+    --launch-skip "${PEER_NCU_SKIP:-40}" --launch-count "${PEER_NCU_COUNT:-12}" \
+    python3 .peers/vllm_triton/run_peer.py --config-device auto --shapes "$1" --tokens "$2" --modes fp8 \
+    --sets 1 --eager-iters 8 --json "$OUT/peer_ncu.json" >"$OUT/peer_ncu_$1_$2.txt" 2>&1
+  echo "peer ncu $1 T=$2 rc=$?"
+  grep -E "^  [a-zA-Z_].*\(|Duration|DRAM Throughput" "$OUT/peer_ncu_$1_$2.txt" | head -60
 fi
 if [ "$what" = srcprof ]; then
   # Source-level profiles (per-SASS-instruction stall samples) of chosen kernels: SRC_CASES="shape T kernel-regex skip count,...".
