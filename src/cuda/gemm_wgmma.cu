@@ -366,7 +366,6 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
 
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-
                 float scf[2][2][2];
 #pragma unroll
                 for (int mb = 0; mb < 2; mb++)
