@@ -15,6 +15,12 @@ __device__ __forceinline__ float2 mxm_e4m3x2_to_float2(uint16_t two) {
     return __half22float2(*reinterpret_cast<const __half2 *>(&h));
 }
 
+// Two finite values to E4M3 codes in one conversion (lo in the low byte; round to nearest even,
+// finite saturation, as mxm_e4m3_rne_sat; NaN inputs are the caller's to handle).
+__device__ __forceinline__ uint16_t mxm_float2_to_e4m3x2(float lo, float hi) {
+    return __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
+}
+
 // MXFP8 quantization of the warp's 32 values v[q] of every lane (N independent blocks, one value
 // per lane each) with the library's exact rules: this lane's E4M3 code and its block's scale byte.
 // Blocks with NaN/Inf take scale 0xFF and code 0x7F (both decode to NaN); scale byte 0 (an
@@ -115,11 +121,8 @@ __device__ __forceinline__ void mxm_gemm1_store32(const mxm_cuda_args &a, float 
             } else if (sb == 0) {
                 lo = copysignf(0.0f, v[j]), hi = copysignf(0.0f, v[j + 1]);
             } else {
-                unsigned short c2; // both codes at once: v[j] low, v[j + 1] high
-                asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;"
-                    : "=h"(c2)
-                    : "f"(v[j + 1] * inv), "f"(v[j] * inv));
-                const float2 f = mxm_e4m3x2_to_float2(c2);
+                const float2 f =
+                    mxm_e4m3x2_to_float2(mxm_float2_to_e4m3x2(v[j] * inv, v[j + 1] * inv));
                 lo = f.x * sc, hi = f.y * sc;
             }
             const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
