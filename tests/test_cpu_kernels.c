@@ -13,7 +13,12 @@
  * exactness verdicts equal (values just outside the tile-exact range, inexact and NaN values
  * planted on purpose), the tile product within the same 1e-5 of sum |x w| as the fp32 kernels,
  * for 1-70 tokens (partial token blocks, several passes), and a token's sums bit-identical
- * whether it runs alone or with others; the formats without a tile product in every set. */
+ * whether it runs alone or with others; the formats without a tile product in every set.
+ *
+ * The bf16 GEMV (sets with one: avx512bf16, amx; pack_x_dot and MXFP8's gemv_dot) against its
+ * twins: dot rows bit-identical, the same verdicts (a planted value that is not tile-exact), the
+ * dot products within the same bound, for k up to 1280 (odd numbers of 32-column blocks, several
+ * groups of 16 scale bytes) and the weights' special scales and codes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -597,6 +602,127 @@ static void test_tiles(void **state) {
     if (!tested) printf("[note] no kernel set with bf16 tiles runs on this CPU\n");
 }
 
+/* ---- the bf16 GEMV ------------------------------------------------------------------------- */
+
+/* A token row as W8A8 MXFP8 leaves it (per 32-block E4M3 values times 2^e, e in -40..10: all
+ * tile-exact, zeros and subnormal codes included); with plant, one value that is not. */
+static void make_dot_token(tu_rng *r, float *x, int64_t k, bool plant) {
+    for (int64_t b = 0; b < k / 32; b++) {
+        const int e = (int)tu_randint(r, -40, 10);
+        for (int i = 0; i < 32; i++) {
+            uint8_t q = (uint8_t)tu_randint(r, 0, 255);
+            if ((q & 0x7F) == 0x7F) q ^= 1;
+            x[b * 32 + i] = (float)ldexp(mxm_e4m3_decode(q), e);
+        }
+    }
+    if (plant) x[tu_randint(r, 0, k - 1)] = non_tile_value(r);
+}
+
+/* pack_x_dot and the MXFP8 row's gemv_dot against their twins: dot rows bit-identical (padding
+ * included, nothing written past it), verdicts equal, and both GEMVs within the fp32 kernels'
+ * bound of the float64 products; NaN codes and scale byte 255 give NaN in both. */
+static void check_dot(const mxm_cpu_kernels *opt) {
+    tu_rng r = tu_rng_fresh();
+    int64_t rows = 0, refused = 0, dots = 0, nan_dots = 0;
+    double worst = 0;
+    for (int trial = 0; trial < 80; trial++) {
+        const int64_t k = 32 * tu_randint(&r, 1, 40), nrows = tu_randint(&r, 1, 200);
+        const int64_t cols = MXM_DOT_COLS(k);
+        weight w = make_weight(&r, MXM_WFMT_MXFP8, nrows, k);
+        const int nt = (int)tu_randint(&r, 1, 4);
+        float *xs[4];
+        uint16_t *xo[4], *xr[4];
+        for (int t = 0; t < nt; t++) {
+            xs[t] = tu_alloc(sizeof(float) * (size_t)k);
+            xo[t] = tu_alloc(2 * (size_t)(cols + 64)), xr[t] = tu_alloc(2 * (size_t)(cols + 64));
+            for (int plant = tu_uniform(&r) < 0.15;; plant = 0) {
+                make_dot_token(&r, xs[t], k, plant);
+                memset(xo[t], 0xA5, 2 * (size_t)(cols + 64)),
+                    memset(xr[t], 0x5A, 2 * (size_t)(cols + 64));
+                const bool vo = opt->pack_x_dot(xs[t], k, xo[t]),
+                           vr = mxm_pack_x_dot_ref(xs[t], k, xr[t]);
+                assert_int_equal(vo, vr);
+                assert_int_equal(vr, !plant); /* the planted value alone is not tile-exact */
+                rows++;
+                for (int64_t i = cols; i < cols + 64; i++)
+                    assert_int_equal(xo[t][i], 0xA5A5);
+                if (!vr) {
+                    refused++;
+                    continue;
+                }
+                if (memcmp(xo[t], xr[t], 2 * (size_t)cols) != 0) {
+                    print_error("set %s: dot row of k %lld differs from the twin's\n", opt->name,
+                                (long long)k);
+                    fail();
+                }
+                break;
+            }
+        }
+        const int64_t rstep = tu_randint(&r, 1, 3);
+        const int ng = (int)tu_randint(&r, 1, 4);
+        if ((ng - 1) * rstep < nrows) {
+            const int64_t r0 = tu_randint(&r, 0, nrows - 1 - (ng - 1) * rstep);
+            float out_o[16], out_r[16];
+            tu_poison_f32(out_o, 16), tu_poison_f32(out_r, 16);
+            opt->wfmt[MXM_WFMT_MXFP8].gemv_dot(w.q, w.s, k, r0, rstep, ng,
+                                               (const uint16_t *const *)xo, nt, out_o, 4);
+            mxm_gemv_mxfp8_dot_ref(w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xr, nt,
+                                   out_r, 4);
+            for (int t = 0; t < nt; t++)
+                for (int j = 0; j < ng; j++) {
+                    const int64_t row = r0 + j * rstep;
+                    double exact = 0, mag = 0;
+                    for (int64_t i = 0; i < k; i++) {
+                        const uint8_t sb = ((uint8_t *)w.s)[row * (k / 32) + i / 32];
+                        const double v =
+                            sb == 255 ? NAN : ldexp(mxm_e4m3_decode(w.q[row * k + i]), sb - 127);
+                        exact += (double)xs[t][i] * v;
+                        mag += fabs((double)xs[t][i] * v);
+                    }
+                    const float o = out_o[t * 4 + j], f = out_r[t * 4 + j];
+                    dots++;
+                    if (isnan(exact) || !(mag < 1e37)) {
+                        nan_dots++;
+                        assert_true((isnan(o) && isnan(f)) || !(mag < 1e37));
+                        continue;
+                    }
+                    check_entry("gemv_dot", nt, k, t, j, o, f, exact, mag, &worst);
+                }
+        }
+        for (int t = 0; t < nt; t++)
+            free(xs[t]), free(xo[t]), free(xr[t]);
+        free(w.q), free(w.s);
+    }
+    printf(
+        "mxfp8     %s bf16 GEMV vs ref: %lld dot rows bit-identical (%lld refused, as the twin), "
+        "%lld dot products (%lld non-finite), worst %.1e of sum|t| PASS\n",
+        opt->name, (long long)rows, (long long)refused, (long long)dots, (long long)nan_dots,
+        worst);
+}
+
+static void test_dot(void **state) {
+    (void)state;
+    const mxm_cpu_kernels *sets[16];
+    const int n = mxm_cpu_kernel_sets(sets, 16);
+    int tested = 0;
+    for (int i = 0; i < n; i++) {
+        /* a set with dot rows has the bf16 GEMV of MXFP8 (codes times a power of two) and of no
+         * other format, a set without none */
+        const mxm_cpu_kernels *k = sets[i];
+        const bool have = k->pack_x_dot != NULL;
+        for (int f = 0; f < MXM_WFMT_COUNT_; f++)
+            if ((k->wfmt[f].gemv_dot != NULL) != (have && f == MXM_WFMT_MXFP8)) {
+                print_error("set %s, format %s: gemv_dot %p, pack_x_dot %p\n", k->name,
+                            mxm_weight_format_name(f), (void *)k->wfmt[f].gemv_dot,
+                            (void *)k->pack_x_dot);
+                fail();
+            }
+        if (have) check_dot(k), tested++;
+    }
+    assert_null(sets[0]->pack_x_dot); /* the reference path is the fp32 one */
+    if (!tested) printf("[note] no kernel set with a bf16 GEMV runs on this CPU\n");
+}
+
 /* Every set this CPU can run but the reference (which the loop compares against). */
 static void check_all_sets(int fmt) {
     const mxm_cpu_kernels *sets[16];
@@ -701,6 +827,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_isa_rows),  cmocka_unit_test(test_selection),
         cmocka_unit_test(test_wfmt_rows), cmocka_unit_test(test_mxfp8),
-        cmocka_unit_test(test_fp8_block), cmocka_unit_test(test_tiles)};
+        cmocka_unit_test(test_fp8_block), cmocka_unit_test(test_tiles),
+        cmocka_unit_test(test_dot)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -21,13 +21,13 @@ void mxm_cpu_kernels_init_ref(mxm_cpu_kernels *k) {
     k->mx_dequantize_f32 = mxm_mx_dequantize_f32_ref;
     k->mx_fakequant_f32 = mxm_mx_fakequant_f32_ref;
     k->gemm_panel16 = mxm_gemm_panel16_ref;
-    /* {pack_panel, gemv, gemm_tiles16}: no tiles in the reference set */
+    /* no bf16 GEMV and no tiles in the reference set (their twins are tested beside the sets) */
     k->wfmt[MXM_WFMT_MXFP8] =
-        (mxm_cpu_wfmt_kernels){mxm_pack_mxfp8_panel_ref, mxm_gemv_mxfp8_ref, NULL};
-    k->wfmt[MXM_WFMT_FP8_BLOCK] =
-        (mxm_cpu_wfmt_kernels){mxm_pack_fp8block_panel_ref, mxm_gemv_fp8block_ref, NULL};
-    k->wfmt[MXM_WFMT_BF16] = (mxm_cpu_wfmt_kernels){mxm_pack_bf16_panel_ref, NULL, NULL};
-    k->wfmt[MXM_WFMT_F32] = (mxm_cpu_wfmt_kernels){mxm_pack_f32_panel_ref, NULL, NULL};
+        (mxm_cpu_wfmt_kernels){.pack_panel = mxm_pack_mxfp8_panel_ref, .gemv = mxm_gemv_mxfp8_ref};
+    k->wfmt[MXM_WFMT_FP8_BLOCK] = (mxm_cpu_wfmt_kernels){.pack_panel = mxm_pack_fp8block_panel_ref,
+                                                         .gemv = mxm_gemv_fp8block_ref};
+    k->wfmt[MXM_WFMT_BF16] = (mxm_cpu_wfmt_kernels){.pack_panel = mxm_pack_bf16_panel_ref};
+    k->wfmt[MXM_WFMT_F32] = (mxm_cpu_wfmt_kernels){.pack_panel = mxm_pack_f32_panel_ref};
 }
 
 /* ---- CPU features: cpuid bit and required XCR0 state ------------------------------------- */

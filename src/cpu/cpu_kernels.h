@@ -1,8 +1,8 @@
 /* CPU kernel table. Filled with the scalar *_ref kernels first, then overridden by the kernel sets
- * of src/cpu/cpu_isa.def (AVX2+FMA+F16C, AVX-512, AMX) that this CPU can run. Dispatch happens
- * once, at plan time (or on first use for the standalone format functions). The environment
- * variable MXM_KERNELS=ref forces *_ref; MXM_KERNELS=<set> picks that set when this CPU can run it
- * (the best one otherwise), so that one binary can time each set. */
+ * of src/cpu/cpu_isa.def (AVX2+FMA+F16C, AVX-512, AVX-512 VBMI+BF16, AMX) that this CPU can run.
+ * Dispatch happens once, at plan time (or on first use for the standalone format functions). The
+ * environment variable MXM_KERNELS=ref forces *_ref; MXM_KERNELS=<set> picks that set when this CPU
+ * can run it (the best one otherwise), so that one binary can time each set. */
 #ifndef MXM_CPU_KERNELS_H
 #define MXM_CPU_KERNELS_H
 
@@ -31,6 +31,15 @@ typedef struct mxm_cpu_wfmt_kernels {
      * gemm_panel16 at every token count. */
     void (*gemv)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
                  const float *const *x, int nt, float *out, int64_t ldo);
+    /* The GEMV on bf16 tokens (sets with one, below: NULL elsewhere and for formats other than
+     * MXFP8): the same products as gemv, the nt tokens given as their dot rows xd[t] (pack_x_dot,
+     * every value tile-exact): out[t * ldo + j] = the fp32 sum over the row's 32-column blocks b
+     * of P_b * 2^(s_b - 127), P_b an fp32 sum of the block's exact products x * e4m3(w) (the
+     * unscaled codes: every product is zero or in [2^-59, 2^59)) and s_b the row's scale byte
+     * (the multiply exact but where it leaves fp32's normal range; byte 255 is NaN). The sums'
+     * order is the kernel's; the twin mxm_gemv_mxfp8_dot_ref adds in column and block order. */
+    void (*gemv_dot)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
+                     const uint16_t *const *xd, int nt, float *out, int64_t ldo);
     /* The same rows' products on bf16 tiles (sets with a tile GEMM, below: the layouts and the
      * tile-exact rule): c[t * ldc + j] = x_t . row(r0 + j*rstep) for t < n, j < 16 (zero past
      * nr), the n token rows given as their tiles xt (pack_x_tiles), the rows' weight tile panel
@@ -48,7 +57,8 @@ typedef struct mxm_cpu_wfmt_kernels {
 } mxm_cpu_wfmt_kernels;
 
 typedef struct mxm_cpu_kernels {
-    const char *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512", "amx" */
+    const char
+        *name; /* "ref" or a set name of cpu_isa.def: "avx2", "avx512", "avx512bf16", "amx" */
 
     /* ---- formats (one row; n % 32 == 0 for MXFP8) ------------------------------------------ */
     /* MXFP8 quantize n values: q [n] E4M3, s [n/32] E8M0 (SPEC 2.2, incl. specials). */
@@ -97,7 +107,18 @@ typedef struct mxm_cpu_kernels {
     /* The token tiles of rows x[0..n) (n >= 1); false, contents unspecified, unless every value
      * is tile-exact. */
     bool (*pack_x_tiles)(const float *const *x, int n, int64_t k, uint16_t *xt);
+
+    /* ---- bf16 GEMV (wfmt[f].gemv_dot): NULL in sets without one --------------------------------
+     */
+    /* The dot row of one token x[0..k) (k % 32 == 0), MXM_DOT_COLS(k) bf16 values: the columns in
+     * the order the set's GEMV decodes a weight row, per 64 columns c
+     *   xd[c + 32 h + 8 L + j] = x[c + 16 L + 8 h + j]   (h 0..1, L 0..3, j 0..7),
+     * zero past k. False, contents unspecified, unless every value is tile-exact. */
+    bool (*pack_x_dot)(const float *x, int64_t k, uint16_t *xd);
 } mxm_cpu_kernels;
+
+/* Values in a dot row of k columns (k rounded up to whole 64-column chunks). */
+#define MXM_DOT_COLS(k) (((k) + 63) / 64 * 64)
 
 /* The kernel set for this process: reference kernels when force_ref or MXM_KERNELS=ref, the set
  * that MXM_KERNELS names when this CPU can run it, else the best set this CPU can run. */
@@ -160,6 +181,12 @@ bool mxm_gemm_fp8block_tiles16_ref(const void *w, const void *ws, int64_t k, int
                                    const float *const *xs, int n, float *c, int64_t ldc,
                                    uint16_t *wp);
 bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt);
+/* The bf16 GEMV twins (no set's table holds them either; sets with gemv_dot are tested against
+ * them): the dot row, and per 32-column block an fp32 sum of the exact products in column order,
+ * times the block's scale, added to the fp32 result in block order. */
+bool mxm_pack_x_dot_ref(const float *x, int64_t k, uint16_t *xd);
+void mxm_gemv_mxfp8_dot_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                            int nr, const uint16_t *const *xd, int nt, float *out, int64_t ldo);
 /* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16, from a weight tile panel and token
  * tiles: in i order, one exact product at a time. */
 void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,

@@ -173,6 +173,43 @@ bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt)
     return ok;
 }
 
+/* ---- bf16 GEMV twins (the dot row's layout: cpu_kernels.h) ----------------------------------- */
+
+/* Where column i of a row sits in its dot row. */
+static int64_t dot_index(int64_t i) {
+    const int64_t o = i & 63;
+    return (i - o) + ((o >> 3) & 1) * 32 + (o >> 4) * 8 + (o & 7);
+}
+
+bool mxm_pack_x_dot_ref(const float *x, int64_t k, uint16_t *xd) {
+    bool ok = true;
+    for (int64_t i = k; i < MXM_DOT_COLS(k); i++)
+        xd[dot_index(i)] = 0;
+    for (int64_t i = 0; i < k; i++) {
+        ok = ok && tile_exact(x[i]);
+        xd[dot_index(i)] = mxm_bf16_rne(x[i]);
+    }
+    return ok;
+}
+
+void mxm_gemv_mxfp8_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
+                            int nr, const uint16_t *const *xd, int nt, float *out, int64_t ldo) {
+    const uint8_t *w = wv, *ws = sv;
+    const int64_t kb = k / MXM_MX_BLOCK;
+    for (int t = 0; t < nt; t++)
+        for (int j = 0; j < nr; j++) {
+            const int64_t r = r0 + j * rstep;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < kb; b++) {
+                float p = 0.0f;
+                for (int64_t i = b * MXM_MX_BLOCK; i < (b + 1) * MXM_MX_BLOCK; i++)
+                    p += mxm_bf16_decode(xd[t][dot_index(i)]) * mxm_e4m3_decode(w[r * k + i]);
+                acc += p * mxm_e8m0_decode(ws[r * kb + b]);
+            }
+            out[t * ldo + j] = acc;
+        }
+}
+
 /* In i order, one exact product at a time (the order of the tile instruction's definition). */
 void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,
                           int64_t ldc) {

@@ -5,18 +5,28 @@
 #ifndef MXM_CPU_GEMV_ENTRY_H
 #define MXM_CPU_GEMV_ENTRY_H
 
+#include <stdint.h>
+
+#include "formats/formats.h"
+
+/* The nr (<= 4) MXFP8 weight rows r0, r0 + rstep, ... of w [rows, k] and their scale rows. */
+static inline void mxm_gemv_mx_rows(const void *wv, const void *sv, int64_t k, int64_t r0,
+                                    int64_t rstep, int nr, const uint8_t **wr, const void **sr) {
+    const uint8_t *w = wv, *ws = sv;
+    const int64_t kb = k / MXM_MX_BLOCK;
+    for (int j = 0; j < nr; j++) {
+        wr[j] = w + (r0 + j * rstep) * k;
+        sr[j] = ws + (r0 + j * rstep) * kb;
+    }
+}
+
 #define MXM_DEFINE_GEMV_ENTRY_POINTS(SUFFIX)                                                       \
     static void gemv_mxfp8_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,         \
                                     int64_t rstep, int nr, const float *const *x, int nt,          \
                                     float *out, int64_t ldo) {                                     \
-        const uint8_t *w = wv, *ws = sv;                                                           \
-        const int64_t kb = k / MXM_MX_BLOCK;                                                       \
         const uint8_t *wr[4];                                                                      \
         const void *sr[4];                                                                         \
-        for (int j = 0; j < nr; j++) {                                                             \
-            wr[j] = w + (r0 + j * rstep) * k;                                                      \
-            sr[j] = ws + (r0 + j * rstep) * kb;                                                    \
-        }                                                                                          \
+        mxm_gemv_mx_rows(wv, sv, k, r0, rstep, nr, wr, sr);                                        \
         gemv_rows_mx(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }                                                                                              \
     static void gemv_fp8block_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,      \
@@ -35,13 +45,12 @@
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 
-/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens, 4 rows at a time for 1-2 tokens
- * and R34 rows at a time for 3-4 (the set's register budget), then one at a time. It calls the
- * set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
-#define MXM_DEFINE_GEMV_ROWS(FMT, R34)                                                             \
+/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens (XT: their element type), 4 rows
+ * at a time for 1-2 tokens and R34 rows at a time for 3-4 (the set's register budget), then one at
+ * a time. It calls the set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
+#define MXM_DEFINE_GEMV_ROWS(FMT, R34, XT)                                                         \
     static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr,           \
-                                int64_t k, const float *const *x, int nt, float *out,              \
-                                int64_t ldo) {                                                     \
+                                int64_t k, const XT *const *x, int nt, float *out, int64_t ldo) {  \
         int j = 0;                                                                                 \
         const int step = nt <= 2 ? 4 : R34;                                                        \
         for (; j + step <= nr; j += step) {                                                        \
@@ -90,7 +99,7 @@
     DEFINE(FMT, SCALE_AT, 2, 1)                                                                    \
     DEFINE(FMT, SCALE_AT, 3, 1)                                                                    \
     DEFINE(FMT, SCALE_AT, 4, 1)                                                                    \
-    MXM_DEFINE_GEMV_ROWS(FMT, R34)
+    MXM_DEFINE_GEMV_ROWS(FMT, R34, float)
 
 /* mxm_cpu_gemm_init_SUFFIX: the set's panel GEMM and its MXFP8 and DeepSeek FP8 rows (panel
  * packing and GEMV), which the file defines as pack_mxfp8_panel_SUFFIX, ... */

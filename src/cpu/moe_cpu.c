@@ -57,6 +57,9 @@ typedef struct cpu_layout {
     int64_t xc, xcs;           /* f32 [B, H], [B, ceil(H/128)] */
     int64_t actc, actcs;       /* f32 [B*K, I], [B*K, ceil(I/128)] */
     int64_t act_shc, act_shcs; /* f32 [B, I_s], [B, ceil(I_s/128)] */
+    /* The bf16 GEMV (cpu_state.dot; else empty): dot rows of xf, act, act_sh (MXM_DOT_COLS of
+     * H, I, I_s bf16 values each) and whether each row is tile-exact (one byte per row) */
+    int64_t xd, xd_ok, actd, actd_ok, act_shd, act_shd_ok;
     int64_t route_scratch; /* per-thread routing scratch */
     int64_t route_scratch_bytes;
     int64_t thread; /* per-thread GEMM scratch (thread_scratch) */
@@ -70,6 +73,7 @@ typedef struct cpu_state {
     const mxm_cpu_wfmt_kernels *wk; /* the weight format's row of k */
     bool tiles;                     /* the tile path may run (plan_tiles) */
     bool codes; /* DeepSeek FP8 W8A8 with tiles: the tiles take activation codes + 1x128 scales */
+    bool dot;   /* the set has a bf16 GEMV for the format: token rows get dot rows */
     int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
     int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
@@ -97,6 +101,9 @@ typedef struct pass {
     int64_t cols1, rows2; /* I columns per GEMM1 item, H rows per GEMM2 item */
     float *act, *act_sh, *y, *y_sh;
     float *xc, *xcs, *actc, *actcs, *act_shc, *act_shcs; /* cpu_layout; NULL without codes */
+    uint16_t *xd, *actd, *act_shd; /* cpu_layout; NULL without the bf16 GEMV */
+    uint8_t *xd_ok, *actd_ok, *act_shd_ok;
+    int64_t ldxd, ldactd, ldact_shd; /* values per dot row */
     char *thread_ws;
     int64_t thread_bytes;
 } pass;
@@ -138,16 +145,28 @@ static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, cons
     tl->xs = xs;
 }
 
+/* Whether the n tokens all have exact dot rows (xd[i] NULL where not). */
+static bool dot_rows_ready(const uint16_t *const *xd, int64_t n) {
+    for (int64_t i = 0; xd && i < n; i++)
+        if (!xd[i]) return false;
+    return xd != NULL;
+}
+
 /* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
- * the weight format's kernels: its GEMV for few tokens, else the bf16 tiles where they apply and
+ * the weight format's kernels: for few tokens its bf16 GEMV where every token has an exact dot
+ * row (xd[0..n); xd NULL: none), else its fp32 GEMV; else the bf16 tiles where they apply and
  * are exact, else its panel and the panel GEMM. */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
-                          int64_t rstep, int nr, const float *const *x, int64_t n, float *h,
-                          float *panel, const tiles *tl) {
+                          int64_t rstep, int nr, const float *const *x, const uint16_t *const *xd,
+                          int64_t n, float *h, float *panel, const tiles *tl) {
     if (n <= MXM_GEMV_MAX_TOKENS && ps->wk->gemv) {
+        const bool dot = ps->cs->dot && dot_rows_ready(xd, n);
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
-            ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            if (dot)
+                ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd, (int)n, h + j, 16);
+            else
+                ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
         }
         return;
     }
@@ -191,7 +210,7 @@ static void act_fakequant(const pass *ps, float *x, int64_t n, float *xc, float 
 
 /* ---- pass stages ---------------------------------------------------------------------------------- */
 
-static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_global, int64_t t) {
+static void prepare_values(const pass *ps, const mxm_moe_inputs *in, int64_t t_global, int64_t t) {
     const mxm_moe_plan *p = ps->p;
     const int64_t H = p->cfg.hidden_size;
     float *row = ps->xf + t * H;
@@ -222,6 +241,15 @@ static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_glob
         }
     act_fakequant(ps, row, H, ps->xc ? ps->xc + t * H : NULL,
                   ps->xc ? ps->xcs + t * mxm_ceil_div(H, MXM_FP8_BLOCK) : NULL);
+}
+
+/* Token t's row of xf (and its codes, and its dot row where the set has a bf16 GEMV). */
+static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_global, int64_t t) {
+    prepare_values(ps, in, t_global, t);
+    if (ps->xd) {
+        const int64_t H = ps->p->cfg.hidden_size;
+        ps->xd_ok[t] = ps->k->pack_x_dot(ps->xf + t * H, H, ps->xd + t * ps->ldxd);
+    }
 }
 
 /* Groups the (t, k) pairs by local expert, in token order. Returns an error for ids outside
@@ -287,14 +315,15 @@ static void make_items(pass *ps, int64_t dim_routed, int64_t dim_shared, int64_t
 }
 
 /* Per-thread scratch: a decoded weight panel [max(H, I, I_s)][16], two result tiles for up to
- * max_rows rows, and 3 x max_rows row pointers (values, codes, scales); where the set's tiles apply
- * to the weight format, the token tiles and a weight tile panel. An expert holds at most batch*K
- * rows (caller-given ids may repeat an expert within a token). The combine reuses the start as an
- * [H] accumulator. */
+ * max_rows rows, and 4 x max_rows row pointers (values, codes, scales, dot rows); where the set's
+ * tiles apply to the weight format, the token tiles and a weight tile panel. An expert holds at
+ * most batch*K rows (caller-given ids may repeat an expert within a token). The combine reuses the
+ * start as an [H] accumulator. */
 typedef struct thread_scratch {
     float *panel, *h0, *h1;
     const float **x;
     const float **xc, **xs; /* with codes: the rows' codes and 1x128 scales */
+    const uint16_t **xd;    /* with the bf16 GEMV: the rows' dot rows (NULL: not exact) */
     tiles tl;
 } thread_scratch;
 
@@ -322,7 +351,7 @@ static int64_t max_rows_of(const mxm_moe_plan *p, int64_t batch) {
 /* Bytes of the scratch before the tiles, and of the tiles (64-byte multiples). */
 static int64_t scratch_base_bytes(const mxm_moe_plan *p, int64_t batch) {
     const int64_t max_rows = max_rows_of(p, batch);
-    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + 3 * max_rows * 8, 64);
+    return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + 4 * max_rows * 8, 64);
 }
 static int64_t scratch_tile_bytes(const mxm_moe_plan *p) {
     return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2;
@@ -336,6 +365,7 @@ static thread_scratch scratch_of(const pass *ps, char *base) {
     s.h1 = s.h0 + max_rows * 16;
     s.x = (const float **)(s.h1 + max_rows * 16);
     s.xc = s.x + max_rows, s.xs = s.xc + max_rows;
+    s.xd = (const uint16_t **)(s.xs + max_rows);
     const bool has_tiles = tiles_for_format(ps);
     s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(ps->p, ps->cs->batch)) : NULL;
     s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(ps->p) / 16) : NULL;
@@ -377,6 +407,8 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
     const float **x = sc.x;
     for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
+    for (int64_t i = 0; ps->xd && i < v.n; i++)
+        sc.xd[i] = ps->xd_ok[v.tok[i]] ? ps->xd + (int64_t)v.tok[i] * ps->ldxd : NULL;
     const int64_t nsbH = mxm_ceil_div(H, MXM_FP8_BLOCK), nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     for (int64_t i = 0; ps->xc && i < v.n; i++) {
         sc.xc[i] = ps->xc + (int64_t)v.tok[i] * H;
@@ -401,10 +433,11 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t jp = j0; jp < j1; jp += 16) {
             const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
             const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
-            panel_product(ps, w13, s13, H, gr, rstep, nr, x + i0, n, hg, panel, &sc.tl);
+            const uint16_t *const *xd = ps->xd ? sc.xd + i0 : NULL;
+            panel_product(ps, w13, s13, H, gr, rstep, nr, x + i0, xd, n, hg, panel, &sc.tl);
             if (gated)
-                panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x + i0, n, hu, panel,
-                              &sc.tl);
+                panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x + i0, xd, n, hu,
+                              panel, &sc.tl);
             for (int64_t i = 0; i < n; i++) {
                 float *dst = act + (i0 + i) * ld + jp;
                 for (int j = 0; j < nr; j++) {
@@ -419,6 +452,14 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++)
         act_fakequant(ps, act + i * ld + j0, j1 - j0, actc ? actc + i * ld + j0 : NULL,
                       actc ? acts + i * nsbI + j0 / MXM_FP8_BLOCK : NULL);
+    /* the segment's dot rows (j0 is a multiple of 64); a row is exact when every segment is, so
+     * each segment only ever clears its flag (set before the stage) */
+    uint16_t *actd = !ps->xd ? NULL : v.shared ? ps->act_shd : ps->actd + v.row0 * ps->ldactd;
+    uint8_t *actd_ok = !ps->xd ? NULL : v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
+    const int64_t ldd = v.shared ? ps->ldact_shd : ps->ldactd;
+    for (int64_t i = 0; actd && i < v.n; i++)
+        if (!ps->k->pack_x_dot(act + i * ld + j0, j1 - j0, actd + i * ldd + j0))
+            __atomic_store_n(&actd_ok[i], 0, __ATOMIC_RELAXED);
 }
 
 static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
@@ -435,6 +476,13 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const float **x = sc.x;
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
+    if (ps->xd) {
+        const uint16_t *actd = v.shared ? ps->act_shd : ps->actd + v.row0 * ps->ldactd;
+        const uint8_t *ok = v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
+        const int64_t ldd = v.shared ? ps->ldact_shd : ps->ldactd;
+        for (int64_t i = 0; i < v.n; i++)
+            sc.xd[i] = ok[i] ? actd + i * ldd : NULL;
+    }
     const int64_t nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     if (ps->xc) {
         const float *actc = v.shared ? ps->act_shc : ps->actc + v.row0 * I;
@@ -450,7 +498,8 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
         group_tiles(ps, &sc, x, i0, n, I);
         for (int64_t hp = h0; hp < h1; hp += 16) {
             const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
-            panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0, n, hy, panel, &sc.tl);
+            panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0,
+                          ps->xd ? sc.xd + i0 : NULL, n, hy, panel, &sc.tl);
             for (int64_t i = 0; i < n; i++) {
                 float *dst = y + (i0 + i) * H + hp;
                 for (int j = 0; j < nr; j++)
@@ -532,6 +581,13 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     w->actcs = mxm_ws_take(&cur, mxm_mul3_i64(B * K, mxm_ceil_div(I, MXM_FP8_BLOCK), cd), 64);
     w->act_shc = mxm_ws_take(&cur, mxm_mul3_i64(B, Is, cd), 64);
     w->act_shcs = mxm_ws_take(&cur, mxm_mul3_i64(B, mxm_ceil_div(Is, MXM_FP8_BLOCK), cd), 64);
+    const int64_t dd = cs->dot ? 2 : 0, dok = cs->dot ? 1 : 0; /* bytes per dot value, per flag */
+    w->xd = mxm_ws_take(&cur, mxm_mul3_i64(B, MXM_DOT_COLS(H), dd), 64);
+    w->xd_ok = mxm_ws_take(&cur, mxm_mul3_i64(B, dok, 1), 64);
+    w->actd = mxm_ws_take(&cur, mxm_mul3_i64(B * K, MXM_DOT_COLS(I), dd), 64);
+    w->actd_ok = mxm_ws_take(&cur, mxm_mul3_i64(B * K, dok, 1), 64);
+    w->act_shd = mxm_ws_take(&cur, mxm_mul3_i64(B, MXM_DOT_COLS(Is), dd), 64);
+    w->act_shd_ok = mxm_ws_take(&cur, mxm_mul3_i64(B, dok, 1), 64);
     w->route_scratch_bytes = mxm_route_scratch_bytes(&p->route);
     w->route_scratch = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->route_scratch_bytes, 1), 64);
     w->thread = mxm_ws_take(&cur, mxm_mul3_i64(p->nthreads, w->thread_bytes, 1), 64);
@@ -554,6 +610,7 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
      * tiles take the codes, with the 1x128 scales beside them */
     cs->codes = cs->tiles && p->cfg.weight_format == MXM_WFMT_FP8_BLOCK &&
                 p->cfg.act_quant != MXM_ACT_QUANT_NONE;
+    cs->dot = k->pack_x_dot && cs->wk->gemv_dot;
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
@@ -600,6 +657,13 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         ps.actc = (float *)(ws + l->actc), ps.actcs = (float *)(ws + l->actcs);
         ps.act_shc = (float *)(ws + l->act_shc), ps.act_shcs = (float *)(ws + l->act_shcs);
     }
+    if (cs->dot) {
+        ps.xd = (uint16_t *)(ws + l->xd), ps.xd_ok = (uint8_t *)(ws + l->xd_ok);
+        ps.actd = (uint16_t *)(ws + l->actd), ps.actd_ok = (uint8_t *)(ws + l->actd_ok);
+        ps.act_shd = (uint16_t *)(ws + l->act_shd), ps.act_shd_ok = (uint8_t *)(ws + l->act_shd_ok);
+        ps.ldxd = MXM_DOT_COLS(c->hidden_size), ps.ldactd = MXM_DOT_COLS(c->intermediate_size);
+        ps.ldact_shd = MXM_DOT_COLS(c->shared_intermediate_size);
+    }
     ps.thread_ws = ws + l->thread;
     ps.thread_bytes = l->thread_bytes;
     for (int64_t t = 0; t < B; t++)
@@ -640,6 +704,10 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
             tiles_for_format(&ps) && ps.nt * K > MXM_GEMV_MAX_TOKENS * (int64_t)p->e_loc;
         ps.cols1 = big ? TILE_ITEM : GEMM1_COLS, ps.rows2 = big ? TILE_ITEM : GEMM2_ROWS;
         make_items(&ps, c->intermediate_size, c->shared_intermediate_size, ps.cols1);
+        if (ps.xd) { /* every intermediate row exact until a segment says otherwise */
+            memset(ps.actd_ok, 1, (size_t)(ps.nt * K));
+            memset(ps.act_shd_ok, 1, (size_t)ps.nt);
+        }
         run_items(&ps, gemm1_item);
         /* 4. GEMM2 */
         make_items(&ps, c->hidden_size, c->hidden_size, ps.rows2);
