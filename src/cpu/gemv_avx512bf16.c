@@ -57,47 +57,52 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
 
 /* NT tokens x NR rows: per 64 columns and row one decode, then per token two vdpbf16ps and one
  * FMA with the chunk's two block scales (lanes 0-7, 8-15 of sv[j] permuted by idx). */
-#define DEFINE_DOT(NT, NR)                                                                          \
-    __attribute__((noinline)) static void gemv_dot_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
-                                                               int64_t k, const uint16_t *const *x, float *out, \
-                                                               int64_t ldo) {                       \
-        const dot_tables tb = tables_load();                                                        \
-        __m512 acc[NT][NR], sv[NR];                                                                 \
-        for (int t = 0; t < NT; t++)                                                                \
-            for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();                           \
-        for (int j = 0; j < NR; j++) sv[j] = _mm512_setzero_ps(); /* set at column 0 */            \
-        const int64_t nkb = k / MXM_MX_BLOCK;                                                       \
+#define DEFINE_DOT(NT, NR)                                                                         \
+    __attribute__((noinline)) static void gemv_dot_##NT##_##NR(                                    \
+        const uint8_t *const *w, const void *const *s, int64_t k, const uint16_t *const *x,        \
+        float *out, int64_t ldo) {                                                                 \
+        const dot_tables tb = tables_load();                                                       \
+        __m512 acc[NT][NR], sv[NR];                                                                \
+        for (int t = 0; t < NT; t++)                                                               \
+            for (int j = 0; j < NR; j++)                                                           \
+                acc[t][j] = _mm512_setzero_ps();                                                   \
+        for (int j = 0; j < NR; j++)                                                               \
+            sv[j] = _mm512_setzero_ps(); /* set at column 0 */                                     \
+        const int64_t nkb = k / MXM_MX_BLOCK;                                                      \
         /* the same columns NR rows further on: the next call's rows */                            \
-        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
         const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);     \
-        __m512i idx = idx0;                                                                         \
-        for (int64_t c = 0; c < k; c += 64) {                                                       \
-            const int64_t kb = c / MXM_MX_BLOCK;                                                    \
-            if ((kb & 15) == 0) {                                                                   \
-                for (int j = 0; j < NR; j++) sv[j] = scales16((const uint8_t *)s[j] + kb, nkb - kb); \
-                idx = idx0;                                                                         \
-            }                                                                                       \
-            const __mmask64 in = k - c >= 64 ? ~0ull : 0xFFFFFFFFull;                               \
-            __m512i xa[NT], xb[NT];                                                                 \
-            for (int t = 0; t < NT; t++) {                                                          \
-                xa[t] = _mm512_loadu_si512(x[t] + c);                                               \
-                xb[t] = _mm512_loadu_si512(x[t] + c + 32);                                          \
-            }                                                                                       \
-            for (int j = 0; j < NR; j++) {                                                          \
-                _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                           \
-                __m512i wa, wb;                                                                     \
-                dec64(_mm512_maskz_loadu_epi8(in, w[j] + c), &tb, &wa, &wb);                        \
+        __m512i idx = idx0;                                                                        \
+        for (int64_t c = 0; c < k; c += 64) {                                                      \
+            const int64_t kb = c / MXM_MX_BLOCK;                                                   \
+            if ((kb & 15) == 0) {                                                                  \
+                for (int j = 0; j < NR; j++)                                                       \
+                    sv[j] = scales16((const uint8_t *)s[j] + kb, nkb - kb);                        \
+                idx = idx0;                                                                        \
+            }                                                                                      \
+            const __mmask64 in = k - c >= 64 ? ~0ull : 0xFFFFFFFFull;                              \
+            __m512i xa[NT], xb[NT];                                                                \
+            for (int t = 0; t < NT; t++) {                                                         \
+                xa[t] = _mm512_loadu_si512(x[t] + c);                                              \
+                xb[t] = _mm512_loadu_si512(x[t] + c + 32);                                         \
+            }                                                                                      \
+            for (int j = 0; j < NR; j++) {                                                         \
+                _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                          \
+                __m512i wa, wb;                                                                    \
+                dec64(_mm512_maskz_loadu_epi8(in, w[j] + c), &tb, &wa, &wb);                       \
                 const __m512 sc = _mm512_permutexvar_ps(idx, sv[j]);                               \
-                for (int t = 0; t < NT; t++) {                                                      \
-                    __m512 p = _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)wa, (__m512bh)xa[t]); \
-                    p = _mm512_dpbf16_ps(p, (__m512bh)wb, (__m512bh)xb[t]);                         \
-                    acc[t][j] = _mm512_fmadd_ps(p, sc, acc[t][j]);                                  \
-                }                                                                                   \
-            }                                                                                       \
-            idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                      \
-        }                                                                                           \
-        for (int t = 0; t < NT; t++)                                                                \
-            for (int j = 0; j < NR; j++) out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);        \
+                for (int t = 0; t < NT; t++) {                                                     \
+                    __m512 p =                                                                     \
+                        _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)wa, (__m512bh)xa[t]);      \
+                    p = _mm512_dpbf16_ps(p, (__m512bh)wb, (__m512bh)xb[t]);                        \
+                    acc[t][j] = _mm512_fmadd_ps(p, sc, acc[t][j]);                                 \
+                }                                                                                  \
+            }                                                                                      \
+            idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                     \
+        }                                                                                          \
+        for (int t = 0; t < NT; t++)                                                               \
+            for (int j = 0; j < NR; j++)                                                           \
+                out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);                                \
     }
 DEFINE_DOT(1, 4)
 DEFINE_DOT(2, 4)
@@ -139,7 +144,8 @@ static bool pack_x_dot_avx512bf16(const float *x, int64_t k, uint16_t *xd) {
 /* The avx512bf16 set of cpu_isa.def (on top of the avx512 set). */
 void mxm_cpu_init_avx512bf16(mxm_cpu_kernels *k) {
     for (int m = 0; m < 128; m++) {
-        const uint16_t b = mxm_bf16_rne(mxm_e4m3_decode((uint8_t)m)); /* exact: 4 significant bits */
+        const uint16_t b =
+            mxm_bf16_rne(mxm_e4m3_decode((uint8_t)m)); /* exact: 4 significant bits */
         dec_hi[m] = (uint8_t)(b >> 8), dec_lo[m] = (uint8_t)b;
     }
     k->wfmt[MXM_WFMT_MXFP8].gemv_dot = gemv_mxfp8_dot_avx512bf16;
