@@ -4,9 +4,7 @@
 #ifndef MXM_CPU_BF16_EXACT_AVX512_H
 #define MXM_CPU_BF16_EXACT_AVX512_H
 
-#include <immintrin.h>
-
-#define MXM_AINLINE static inline __attribute__((always_inline))
+#include "cpu/avx512_util.h"
 
 /* Lanes of 16 fp32 values that are not tile-exact: nonzero and not bf16-exact or outside
  * [2^-50, 2^50) in magnitude (Inf and NaN included). */
