@@ -17,7 +17,7 @@
  *
  * The bf16 GEMV (sets with one: avx512bf16, amx; pack_x_dot and MXFP8's gemv_dot) against its
  * twins: dot rows bit-identical, the same verdicts (a planted value that is not tile-exact), the
- * dot products within the same bound, for k up to 1280 (odd numbers of 32-column blocks, several
+ * dot products within the same bound and a token's bits the same alone as beside others, for k up to 1280 (odd numbers of 32-column blocks, several
  * groups of 16 scale bytes) and the weights' special scales and codes. */
 #include <math.h>
 #include <stdio.h>
@@ -668,6 +668,20 @@ static void check_dot(const mxm_cpu_kernels *opt) {
                                                (const uint16_t *const *)xo, nt, out_o, 4);
             mxm_gemv_mxfp8_dot_ref(w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xr, nt,
                                    out_r, 4);
+            /* each token alone: the same bits (a token's sums do not depend on its neighbours;
+             * a NaN may differ in sign and payload) */
+            for (int t = 0; t < nt; t++) {
+                float alone[4];
+                opt->wfmt[MXM_WFMT_MXFP8].gemv_dot(w.q, w.s, k, r0, rstep, ng,
+                                                   (const uint16_t *const *)xo + t, 1, alone, 4);
+                for (int j = 0; j < ng; j++)
+                    if (memcmp(&alone[j], &out_o[t * 4 + j], 4) != 0 &&
+                        !(isnan(alone[j]) && isnan(out_o[t * 4 + j]))) {
+                        print_error("set %s: gemv_dot token %d of %d alone: %a, beside others: %a\n",
+                                    opt->name, t, nt, (double)alone[j], (double)out_o[t * 4 + j]);
+                        fail();
+                    }
+            }
             for (int t = 0; t < nt; t++)
                 for (int j = 0; j < ng; j++) {
                     const int64_t row = r0 + j * rstep;

@@ -273,8 +273,11 @@ static void run_case(tu_rng *r, const ep_case *tc) {
                   diff = bits_differ(got, ref, n);
     const double rel = max_rel(got, ref, n);
     /* Routed part: always bit-identical. Whole output: bit-identical unless the shared expert
-     * changed GEMM kernel (then a few fp32 ulps of the shared term). */
-    const int pass = diff_routed == 0 && (shared_gemv_switch ? rel < 1e-5 : diff == 0);
+     * changed GEMM kernel (the rank runs it on its own Tq tokens: the GEMV at <= 4 rows, tiles or
+     * panels above). Then the shared term's sums run in another order, and a W8A8 layer may
+     * requantize an intermediate value one E4M3 step (up to an eighth of it) the other way: within
+     * 1e-2 of the output's largest magnitude. */
+    const int pass = diff_routed == 0 && (shared_gemv_switch ? rel < 1e-2 : diff == 0);
     printf("ep %-12s N=%d E=%-3d K=%d H=%-3d T=%-4lld slices=[", tc->name, N, E, K, H,
            (long long)T);
     for (int q = 0; q <= N; q++)

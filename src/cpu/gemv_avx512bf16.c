@@ -100,14 +100,13 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
             }                                                                                      \
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                     \
         }                                                                                          \
+        /* one lane tree for every row count, so a token's sums do not depend on how many          \
+         * tokens (and so rows per call) share the call */                                         \
         for (int t = 0; t < NT; t++) {                                                             \
-            if (NR == 4) {                                                                         \
-                _mm_storeu_ps(out + t * ldo,                                                       \
-                              reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR])); \
-            } else {                                                                               \
-                for (int j = 0; j < NR; j++)                                                       \
-                    out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);                            \
-            }                                                                                      \
+            float r[4];                                                                            \
+            _mm_storeu_ps(r, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR]));  \
+            for (int j = 0; j < NR; j++)                                                           \
+                out[t * ldo + j] = r[j];                                                           \
         }                                                                                          \
     }
 DEFINE_DOT(1, 4)

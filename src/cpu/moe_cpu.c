@@ -40,18 +40,19 @@
 /* The CPU workspace: regions as byte offsets from its 64-byte aligned start. B is the batch (tokens
  * per pass), E_loc the local experts. */
 typedef struct cpu_layout {
-    int64_t xf;     /* f32 [B, H] activations as the GEMMs see them */
-    int64_t ids;    /* i32 [B, K] */
-    int64_t wts;    /* f32 [B, K] */
-    int64_t pos;    /* i32 [B, K] permuted row of (t, k), -1 when not local */
-    int64_t rows;   /* i32 [B*K + B] token of each permuted row, grouped by expert */
-    int64_t counts; /* i64 [E_loc + 2] rows per expert, then offsets */
-    int64_t items;  /* i64 [max items] work items */
-    int64_t order;  /* i32 [E_loc + 1] experts by descending rows */
-    int64_t act;    /* f32 [B*K, I] intermediate activations (routed) */
-    int64_t act_sh; /* f32 [B, I_s] (shared expert) */
-    int64_t y;      /* f32 [B*K, H] expert outputs */
-    int64_t y_sh;   /* f32 [B, H] shared expert output */
+    int64_t xf;       /* f32 [B, H] activations as the GEMMs see them */
+    int64_t ids;      /* i32 [B, K] */
+    int64_t wts;      /* f32 [B, K] */
+    int64_t pos;      /* i32 [B, K] permuted row of (t, k), -1 when not local */
+    int64_t rows;     /* i32 [B*K + B] token of each permuted row, grouped by expert */
+    int64_t counts;   /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t fwd_rows; /* i64 [E_loc + 1] rows per expert in the whole forward */
+    int64_t items;    /* i64 [max items] work items */
+    int64_t order;    /* i32 [E_loc + 1] experts by descending rows */
+    int64_t act;      /* f32 [B*K, I] intermediate activations (routed) */
+    int64_t act_sh;   /* f32 [B, I_s] (shared expert) */
+    int64_t y;        /* f32 [B*K, H] expert outputs */
+    int64_t y_sh;     /* f32 [B, H] shared expert output */
     /* DeepSeek FP8 W8A8 on the tiles (cpu_state.codes; else empty): the activations' E4M3 codes
      * (as f32) and their 1x128 scales, beside the values xf, act, act_sh */
     int64_t xc, xcs;           /* f32 [B, H], [B, ceil(H/128)] */
@@ -94,6 +95,7 @@ typedef struct pass {
     int32_t *rows;        /* [rows] token of each permuted row */
     int64_t *count;       /* [E_loc + 1] (last: shared) */
     int64_t *offset;      /* [E_loc + 1] */
+    int64_t *fwd_rows;    /* [E_loc + 1] rows per expert in the whole forward (all passes) */
     int32_t *shared_rows; /* identity map 0..nt-1 for the shared expert */
     int64_t *items;
     int32_t *order; /* [E_loc + 1] scratch for make_items */
@@ -115,18 +117,19 @@ typedef struct pass {
 typedef struct tiles {
     uint16_t *xt;           /* [TILE_TOKENS, k] token tiles */
     uint16_t *wp;           /* [16, k] weight tile panel */
+    bool gemv;              /* the expert takes the GEMV (expert_view.gemv): no tiles, no panels */
     bool ready;             /* xt holds exact tiles of this product's tokens */
     const float *const *xs; /* the tokens' 1x128 scales where xt holds codes (else NULL) */
 } tiles;
 
 /* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
- * set has tiles and the format's values can be bf16-exact), then for a group of rows: more than
- * the GEMV takes, at most TILE_TOKENS. */
+ * set has tiles and the format's values can be bf16-exact), then for a group of rows of an
+ * expert that does not take the GEMV: at most TILE_TOKENS. */
 static bool tiles_for_format(const pass *ps) {
     return ps->cs->tiles;
 }
 static bool tiles_apply(const pass *ps, int64_t n) {
-    return tiles_for_format(ps) && n > MXM_GEMV_MAX_TOKENS && n <= TILE_TOKENS;
+    return tiles_for_format(ps) && n <= TILE_TOKENS;
 }
 
 /* Rows per group of an expert's n rows: all of them, or where the tile path may take them, equal
@@ -141,32 +144,45 @@ static int64_t group_rows(const pass *ps, int64_t n) {
  * sums below 2^120). */
 static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, const float *const *xs,
                           int64_t n, int64_t k) {
-    tl->ready = tiles_apply(ps, n) && k < (1 << 20) && ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
+    tl->ready = !tl->gemv && tiles_apply(ps, n) && k < (1 << 20) &&
+                ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
     tl->xs = xs;
 }
 
-/* Whether the n tokens all have exact dot rows (xd[i] NULL where not). */
-static bool dot_rows_ready(const uint16_t *const *xd, int64_t n) {
+/* How many of the n tokens have exact dot rows (xd[i] NULL where not; xd NULL: none). */
+static int64_t dot_rows_exact(const uint16_t *const *xd, int64_t n) {
+    int64_t c = 0;
     for (int64_t i = 0; xd && i < n; i++)
-        if (!xd[i]) return false;
-    return xd != NULL;
+        c += xd[i] != NULL;
+    return c;
 }
 
 /* h[i * 16 + j] = x_i . row(r0 + j*rstep) for the n tokens x[0..n) and j < nr (<= 16), through
- * the weight format's kernels: for few tokens its bf16 GEMV where every token has an exact dot
- * row (xd[0..n); xd NULL: none), else its fp32 GEMV; else the bf16 tiles where they apply and
- * are exact, else its panel and the panel GEMM. */
+ * the weight format's kernels: for an expert that takes the GEMV (tl->gemv: n is at most
+ * MXM_GEMV_MAX_TOKENS), the bf16 GEMV for each token with an exact dot row (xd[i]) and the fp32
+ * GEMV for the others; else the bf16 tiles where they apply and are exact, else its panel and the
+ * panel GEMM. Each token's sums are the same whatever tokens share the call (the GEMVs, tiles and
+ * panels keep tokens apart), so a token's result depends only on its expert's path. */
 static void panel_product(const pass *ps, const void *w, const void *s, int64_t k, int64_t r0,
                           int64_t rstep, int nr, const float *const *x, const uint16_t *const *xd,
                           int64_t n, float *h, float *panel, const tiles *tl) {
-    if (n <= MXM_GEMV_MAX_TOKENS && ps->wk->gemv) {
-        const bool dot = ps->cs->dot && dot_rows_ready(xd, n);
+    if (tl->gemv) {
+        const int64_t exact = ps->cs->dot ? dot_rows_exact(xd, n) : 0;
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
-            if (dot)
+            if (exact == n)
                 ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd, (int)n, h + j, 16);
-            else
+            else if (exact == 0)
                 ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
+            else /* mixed: one token at a time, each on its own path */
+                for (int64_t i = 0; i < n; i++) {
+                    if (xd[i])
+                        ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd + i, 1,
+                                         h + i * 16 + j, 16);
+                    else
+                        ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x + i, 1, h + i * 16 + j,
+                                     16);
+                }
         }
         return;
     }
@@ -334,7 +350,8 @@ typedef struct thread_scratch {
 /* The token tiles of rows [i0, i0 + n) of x: from the activation codes and their 1x128 scales
  * where the pass keeps them (DeepSeek FP8 W8A8 on the tiles), else from the values. */
 static void group_tiles(const pass *ps, thread_scratch *sc, const float **x, int64_t i0, int64_t n,
-                        int64_t k) {
+                        int64_t k, bool gemv) {
+    sc->tl.gemv = gemv;
     if (ps->xc)
         tiles_prepare(ps, &sc->tl, sc->xc + i0, sc->xs + i0, n, k);
     else
@@ -382,7 +399,8 @@ typedef struct expert_view {
     mxm_expert_desc d;
     int64_t n;          /* rows (tokens) */
     const int32_t *tok; /* token of each row */
-    int64_t row0;       /* first permuted row (routed) */
+    bool gemv; /* at most MXM_GEMV_MAX_TOKENS rows in the whole forward (pass.fwd_rows): the GEMV */
+    int64_t row0; /* first permuted row (routed) */
     bool shared;
 } expert_view;
 
@@ -393,6 +411,7 @@ static expert_view view_of(const pass *ps, int32_t e) {
     v.n = ps->count[e];
     v.row0 = v.shared ? 0 : ps->offset[e];
     v.tok = v.shared ? ps->shared_rows : ps->rows + v.row0;
+    v.gemv = ps->wk->gemv && ps->fwd_rows[e] <= MXM_GEMV_MAX_TOKENS;
     return v;
 }
 
@@ -440,7 +459,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        group_tiles(ps, &sc, x, i0, n, H);
+        group_tiles(ps, &sc, x, i0, n, H, v.gemv);
         for (int64_t jp = j0; jp < j1; jp += 16) {
             const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
             const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
@@ -507,7 +526,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t group = group_rows(ps, v.n);
     for (int64_t i0 = 0; i0 < v.n; i0 += group) {
         const int64_t n = v.n - i0 < group ? v.n - i0 : group;
-        group_tiles(ps, &sc, x, i0, n, I);
+        group_tiles(ps, &sc, x, i0, n, I, v.gemv);
         for (int64_t hp = h0; hp < h1; hp += 16) {
             const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
             panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0,
@@ -586,6 +605,7 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     w->pos = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
     w->rows = mxm_ws_take(&cur, mxm_mul3_i64(B, K + 1, 4), 64);
     w->counts = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 2, 2, 8), 64);
+    w->fwd_rows = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 8), 64);
     w->items = mxm_ws_take(&cur, mxm_mul3_i64(cs->max_items, 1, 8), 64);
     w->order = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 4), 64);
     w->act = mxm_ws_take(&cur, mxm_mul3_i64(B * K, I, 4), 64);
@@ -645,13 +665,55 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     return st;
 }
 
+/* The top-k ids and weights of tokens b0 .. b0 + ps->nt into ps->ids / ps->wts: routed from the
+ * logits in parallel (scratch: route_bytes per thread), or the caller's. */
+static void route_batch(pass *ps, const mxm_moe_inputs *in, int64_t b0, char *scratch,
+                        int64_t route_bytes) {
+    const mxm_moe_plan *p = ps->p;
+    const int64_t K = p->cfg.top_k, E = p->cfg.num_experts;
+    if (!in->router_logits) {
+        memcpy(ps->ids, in->topk_ids + b0 * K, (size_t)(ps->nt * K) * 4);
+        memcpy(ps->wts, in->topk_weights + b0 * K, (size_t)(ps->nt * K) * 4);
+        return;
+    }
+    const int64_t ldt = in->logits_dtype == MXM_DT_BF16 ? 2 : 4;
+    const char *lg = (const char *)in->router_logits + b0 * E * ldt;
+    const int nthr = ps->nt < p->nthreads ? (int)ps->nt : p->nthreads;
+#pragma omp parallel num_threads(nthr)
+    {
+        char *rs = scratch + (int64_t)THREAD_ID() * route_bytes;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < ps->nt; t++)
+            mxm_route_rows(&p->route, lg, in->logits_dtype, in->routing_bias, in->bias_dtype, t,
+                           t + 1, ps->ids, ps->wts, rs);
+    }
+}
+
+/* ps->fwd_rows: rows per local expert over all T tokens (ids outside [0, E) are left to the
+ * passes' permute to report), the shared expert's T. */
+static void count_forward_rows(pass *ps, const mxm_moe_inputs *in, int64_t T, char *scratch,
+                               int64_t route_bytes) {
+    const mxm_moe_plan *p = ps->p;
+    const int64_t K = p->cfg.top_k, off = p->cfg.local_expert_offset, B = ps->cs->batch;
+    memset(ps->fwd_rows, 0, sizeof(int64_t) * (size_t)(p->e_loc + 1));
+    for (int64_t b0 = 0; b0 < T; b0 += B) {
+        ps->nt = T - b0 < B ? T - b0 : B;
+        route_batch(ps, in, b0, scratch, route_bytes);
+        for (int64_t i = 0; i < ps->nt * K; i++) {
+            const int64_t e = (int64_t)ps->ids[i] - off;
+            if (e >= 0 && e < p->e_loc) ps->fwd_rows[e]++;
+        }
+    }
+    ps->fwd_rows[p->e_loc] = p->cfg.shared_intermediate_size ? T : 0;
+}
+
 static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
                               const mxm_moe_inputs *in, const mxm_moe_outputs *out, void *wsv,
                               void *stream) {
     (void)stream;
     char *ws = wsv;
     const mxm_moe_config *c = &p->cfg;
-    const int64_t T = in->num_tokens, K = c->top_k, E = c->num_experts;
+    const int64_t T = in->num_tokens, K = c->top_k;
     const cpu_state *cs = p->backend_state;
     const cpu_layout *l = &cs->ws;
     const int64_t B = cs->batch;
@@ -686,35 +748,27 @@ static mxm_status cpu_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     ps.thread_bytes = l->thread_bytes;
     for (int64_t t = 0; t < B; t++)
         ps.shared_rows[t] = (int32_t)t;
-    const int32_t ldt = in->logits_dtype == MXM_DT_BF16 ? 2 : 4;
 
+    /* An expert's path (GEMV or not) follows its rows in the whole forward, not in a pass, so
+     * that a token's result does not depend on how passes split the tokens (an expert-parallel
+     * rank's passes split them differently from the single-device layer's): with several
+     * passes, the whole forward's top-k ids are counted first (routing twice). */
+    ps.fwd_rows = (int64_t *)(ws + l->fwd_rows);
+    if (T > B) count_forward_rows(&ps, in, T, ws + l->route_scratch, l->route_scratch_bytes);
     for (int64_t b0 = 0; b0 < T; b0 += B) {
         ps.nt = T - b0 < B ? T - b0 : B;
         const int nthr = ps.nt < p->nthreads ? (int)ps.nt : p->nthreads;
         /* 1. prepare activations and route */
-#pragma omp parallel num_threads(nthr)
-        {
-            char *rs = ws + l->route_scratch + (int64_t)THREAD_ID() * l->route_scratch_bytes;
-#pragma omp for schedule(static)
-            for (int64_t t = 0; t < ps.nt; t++)
-                prepare_row(&ps, in, b0 + t, t);
-            if (in->router_logits) {
-                const char *lg = (const char *)in->router_logits + b0 * E * ldt;
-#pragma omp for schedule(static)
-                for (int64_t t = 0; t < ps.nt; t++)
-                    mxm_route_rows(&p->route, lg, in->logits_dtype, in->routing_bias,
-                                   in->bias_dtype, t, t + 1, ps.ids, ps.wts, rs);
-            }
-        }
-        if (!in->router_logits) {
-            memcpy(ps.ids, in->topk_ids + b0 * K, (size_t)(ps.nt * K) * 4);
-            memcpy(ps.wts, in->topk_weights + b0 * K, (size_t)(ps.nt * K) * 4);
-        }
+#pragma omp parallel for num_threads(nthr) schedule(static)
+        for (int64_t t = 0; t < ps.nt; t++)
+            prepare_row(&ps, in, b0 + t, t);
+        route_batch(&ps, in, b0, ws + l->route_scratch, l->route_scratch_bytes);
         if (out->topk_ids) memcpy(out->topk_ids + b0 * K, ps.ids, (size_t)(ps.nt * K) * 4);
         if (out->topk_weights) memcpy(out->topk_weights + b0 * K, ps.wts, (size_t)(ps.nt * K) * 4);
         /* 2. permute */
         mxm_status st = permute(&ps);
         if (st) return st;
+        if (T <= B) memcpy(ps.fwd_rows, ps.count, sizeof(int64_t) * (size_t)(p->e_loc + 1));
         /* 3. GEMM1 + activation + requantization */
         /* With the format's tile product and more than MXM_GEMV_MAX_TOKENS rows per local expert
          * on average, larger items: each converts its token rows to tiles once for more weight
