@@ -17,8 +17,9 @@
  *
  * The bf16 GEMV (sets with one: avx512bf16, amx; pack_x_dot and MXFP8's gemv_dot) against its
  * twins: dot rows bit-identical, the same verdicts (a planted value that is not tile-exact), the
- * dot products within the same bound and a token's bits the same alone as beside others, for k up to 1280 (odd numbers of 32-column blocks, several
- * groups of 16 scale bytes) and the weights' special scales and codes. */
+ * dot products within the same bound and a token's bits the same alone as beside others, for k up
+ * to 1280 (odd numbers of 32-column blocks, several groups of 16 scale bytes) and the weights'
+ * special scales and codes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -677,8 +678,9 @@ static void check_dot(const mxm_cpu_kernels *opt) {
                 for (int j = 0; j < ng; j++)
                     if (memcmp(&alone[j], &out_o[t * 4 + j], 4) != 0 &&
                         !(isnan(alone[j]) && isnan(out_o[t * 4 + j]))) {
-                        print_error("set %s: gemv_dot token %d of %d alone: %a, beside others: %a\n",
-                                    opt->name, t, nt, (double)alone[j], (double)out_o[t * 4 + j]);
+                        print_error(
+                            "set %s: gemv_dot token %d of %d alone: %a, beside others: %a\n",
+                            opt->name, t, nt, (double)alone[j], (double)out_o[t * 4 + j]);
                         fail();
                     }
             }
