@@ -622,19 +622,33 @@ static void make_dot_token(tu_rng *r, float *x, int64_t k, bool plant) {
 /* pack_x_dot and the MXFP8 row's gemv_dot against their twins: dot rows bit-identical (padding
  * included, nothing written past it), verdicts equal, and both GEMVs within the fp32 kernels'
  * bound of the float64 products; NaN codes and scale byte 255 give NaN in both. */
-static void check_dot(const mxm_cpu_kernels *opt) {
+static void check_dot(const mxm_cpu_kernels *opt, int fmt) {
     tu_rng r = tu_rng_fresh();
-    int64_t rows = 0, refused = 0, dots = 0, nan_dots = 0;
+    int64_t rows = 0, refused = 0, dots = 0, nan_dots = 0, w8a8 = 0;
     double worst = 0;
     for (int trial = 0; trial < 80; trial++) {
         const int64_t k = 32 * tu_randint(&r, 1, 40), nrows = tu_randint(&r, 1, 200);
-        const int64_t cols = MXM_DOT_COLS(k);
-        weight w = make_weight(&r, MXM_WFMT_MXFP8, nrows, k);
+        const int64_t cols = MXM_DOT_COLS(k), nsb = (k + 127) / 128;
+        weight w = make_weight(&r, fmt, nrows, k);
         const int nt = (int)tu_randint(&r, 1, 4);
-        float *xs[4];
+        /* DeepSeek FP8 W8A8 in half the trials: the dot rows hold the activations' codes (here
+         * any tile-exact values) and xsc their 1x128 scales */
+        const bool codes = fmt == MXM_WFMT_FP8_BLOCK && tu_uniform(&r) < 0.5;
+        w8a8 += codes;
+        float *xs[4], *xsc[4] = {NULL, NULL, NULL, NULL};
         uint16_t *xo[4], *xr[4];
         for (int t = 0; t < nt; t++) {
             xs[t] = tu_alloc(sizeof(float) * (size_t)k);
+            if (codes) {
+                xsc[t] = tu_alloc(sizeof(float) * (size_t)nsb);
+                /* the usual range, and now and then a non-finite, tiny, negative or large one
+                 * (not near 2^120: the product times a tiny weight scale would leave fp32 first) */
+                static const float odd[5] = {INFINITY, NAN, 1e-30f, -0.015625f, 300.0f};
+                for (int64_t b = 0; b < nsb; b++)
+                    xsc[t][b] = tu_uniform(&r) < 0.1 ? odd[tu_randint(&r, 0, 4)]
+                                                     : (float)ldexp(1.0 + tu_uniform(&r),
+                                                                    (int)tu_randint(&r, -12, 2));
+            }
             xo[t] = tu_alloc(2 * (size_t)(cols + 64)), xr[t] = tu_alloc(2 * (size_t)(cols + 64));
             for (int plant = tu_uniform(&r) < 0.15;; plant = 0) {
                 make_dot_token(&r, xs[t], k, plant);
@@ -665,16 +679,17 @@ static void check_dot(const mxm_cpu_kernels *opt) {
             const int64_t r0 = tu_randint(&r, 0, nrows - 1 - (ng - 1) * rstep);
             float out_o[16], out_r[16];
             tu_poison_f32(out_o, 16), tu_poison_f32(out_r, 16);
-            opt->wfmt[MXM_WFMT_MXFP8].gemv_dot(w.q, w.s, k, r0, rstep, ng,
-                                               (const uint16_t *const *)xo, nt, out_o, 4);
-            mxm_gemv_mxfp8_dot_ref(w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xr, nt,
-                                   out_r, 4);
+            const float *const *sc = codes ? (const float *const *)xsc : NULL;
+            opt->wfmt[fmt].gemv_dot(w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xo, sc, nt,
+                                    out_o, 4);
+            (fmt == MXM_WFMT_MXFP8 ? mxm_gemv_mxfp8_dot_ref : mxm_gemv_fp8block_dot_ref)(
+                w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xr, sc, nt, out_r, 4);
             /* each token alone: the same bits (a token's sums do not depend on its neighbours;
              * a NaN may differ in sign and payload) */
             for (int t = 0; t < nt; t++) {
                 float alone[4];
-                opt->wfmt[MXM_WFMT_MXFP8].gemv_dot(w.q, w.s, k, r0, rstep, ng,
-                                                   (const uint16_t *const *)xo + t, 1, alone, 4);
+                opt->wfmt[fmt].gemv_dot(w.q, w.s, k, r0, rstep, ng, (const uint16_t *const *)xo + t,
+                                        sc ? sc + t : NULL, 1, alone, 4);
                 for (int j = 0; j < ng; j++)
                     if (memcmp(&alone[j], &out_o[t * 4 + j], 4) != 0 &&
                         !(isnan(alone[j]) && isnan(out_o[t * 4 + j]))) {
@@ -689,31 +704,39 @@ static void check_dot(const mxm_cpu_kernels *opt) {
                     const int64_t row = r0 + j * rstep;
                     double exact = 0, mag = 0;
                     for (int64_t i = 0; i < k; i++) {
-                        const uint8_t sb = ((uint8_t *)w.s)[row * (k / 32) + i / 32];
-                        const double v =
-                            sb == 255 ? NAN : ldexp(mxm_e4m3_decode(w.q[row * k + i]), sb - 127);
-                        exact += (double)xs[t][i] * v;
-                        mag += fabs((double)xs[t][i] * v);
+                        double v = mxm_e4m3_decode(w.q[row * k + i]), x = xs[t][i];
+                        if (fmt == MXM_WFMT_MXFP8) {
+                            const uint8_t sb = ((uint8_t *)w.s)[row * (k / 32) + i / 32];
+                            v = sb == 255 ? NAN : ldexp(v, sb - 127);
+                        } else {
+                            v *= ((const float *)w.s)[row / 128 * nsb + i / 128];
+                            if (codes) x *= xsc[t][i / 128];
+                        }
+                        exact += x * v;
+                        mag += fabs(x * v);
                     }
                     const float o = out_o[t * 4 + j], f = out_r[t * 4 + j];
+                    /* sums near the fp32 range only checked for NaN (DeepSeek FP8: scaled partial
+                     * sums can overflow where the whole sum does not, as on the tiles) */
+                    const double big = fmt == MXM_WFMT_FP8_BLOCK ? 0x1p100 : 1e37;
                     dots++;
-                    if (isnan(exact) || !(mag < 1e37)) {
+                    if (isnan(exact) || !(mag < big)) {
                         nan_dots++;
-                        assert_true((isnan(o) && isnan(f)) || !(mag < 1e37));
+                        assert_true((isnan(o) && isnan(f)) || !(mag < big));
                         continue;
                     }
                     check_entry("gemv_dot", nt, k, t, j, o, f, exact, mag, &worst);
                 }
         }
         for (int t = 0; t < nt; t++)
-            free(xs[t]), free(xo[t]), free(xr[t]);
+            free(xs[t]), free(xsc[t]), free(xo[t]), free(xr[t]);
         free(w.q), free(w.s);
     }
-    printf(
-        "mxfp8     %s bf16 GEMV vs ref: %lld dot rows bit-identical (%lld refused, as the twin), "
-        "%lld dot products (%lld non-finite), worst %.1e of sum|t| PASS\n",
-        opt->name, (long long)rows, (long long)refused, (long long)dots, (long long)nan_dots,
-        worst);
+    printf("%-9s %s bf16 GEMV vs ref: %lld dot rows bit-identical (%lld refused, as the twin), "
+           "%lld dot products (%lld non-finite; %lld trials W8A8 codes + 1x128 scales), worst "
+           "%.1e of sum|t| PASS\n",
+           fmt == MXM_WFMT_MXFP8 ? "mxfp8" : "fp8_block", opt->name, (long long)rows,
+           (long long)refused, (long long)dots, (long long)nan_dots, (long long)w8a8, worst);
 }
 
 static void test_dot(void **state) {
@@ -722,18 +745,19 @@ static void test_dot(void **state) {
     const int n = mxm_cpu_kernel_sets(sets, 16);
     int tested = 0;
     for (int i = 0; i < n; i++) {
-        /* a set with dot rows has the bf16 GEMV of MXFP8 (codes times a power of two) and of no
-         * other format, a set without none */
+        /* a set with dot rows has the bf16 GEMV of the formats whose codes are bf16-exact (MXFP8,
+         * DeepSeek FP8) and of no other format, a set without none */
         const mxm_cpu_kernels *k = sets[i];
         const bool have = k->pack_x_dot != NULL;
         for (int f = 0; f < MXM_WFMT_COUNT_; f++)
-            if ((k->wfmt[f].gemv_dot != NULL) != (have && f == MXM_WFMT_MXFP8)) {
+            if ((k->wfmt[f].gemv_dot != NULL) !=
+                (have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_FP8_BLOCK))) {
                 print_error("set %s, format %s: gemv_dot %p, pack_x_dot %p\n", k->name,
                             mxm_weight_format_name(f), (void *)k->wfmt[f].gemv_dot,
                             (void *)k->pack_x_dot);
                 fail();
             }
-        if (have) check_dot(k), tested++;
+        if (have) check_dot(k, MXM_WFMT_MXFP8), check_dot(k, MXM_WFMT_FP8_BLOCK), tested++;
     }
     assert_null(sets[0]->pack_x_dot); /* the reference path is the fp32 one */
     if (!tested) printf("[note] no kernel set with a bf16 GEMV runs on this CPU\n");

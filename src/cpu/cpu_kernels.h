@@ -32,14 +32,21 @@ typedef struct mxm_cpu_wfmt_kernels {
     void (*gemv)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
                  const float *const *x, int nt, float *out, int64_t ldo);
     /* The GEMV on bf16 tokens (sets with one, below: NULL elsewhere and for formats other than
-     * MXFP8): the same products as gemv, the nt tokens given as their dot rows xd[t] (pack_x_dot,
-     * every value tile-exact): out[t * ldo + j] = the fp32 sum over the row's 32-column blocks b
-     * of P_b * 2^(s_b - 127), P_b an fp32 sum of the block's exact products x * e4m3(w) (the
-     * unscaled codes: every product is zero or in [2^-59, 2^59)) and s_b the row's scale byte
-     * (the multiply exact but where it leaves fp32's normal range; byte 255 is NaN). The sums'
-     * order is the kernel's; the twin mxm_gemv_mxfp8_dot_ref adds in column and block order. */
+     * MXFP8 and DeepSeek FP8): the same products as gemv, the nt tokens given as their dot rows
+     * xd[t] (pack_x_dot, every value tile-exact), the products of the unscaled E4M3 codes with
+     * them exact (zero or in [2^-59, 2^59)) and summed in fp32 in the kernel's order:
+     *   MXFP8  out[t * ldo + j] = the fp32 sum over the row's 32-column blocks b of
+     *          P_b * 2^(s_b - 127), P_b an fp32 sum of the block's products and s_b the row's
+     *          scale byte (the multiply exact but where it leaves fp32's normal range; byte 255
+     *          is NaN); xs unused
+     *   DeepSeek FP8  per 128-column block b (the last may be shorter) a fresh fp32 sum P_b,
+     *          then acc = fma(xs ? P_b * xs[t][b] : P_b, ws[row/128][b], acc), blocks in order:
+     *          the tile product's rule with W8A8 (dot rows of the activations' codes, xs[t]
+     *          token t's 1x128 scales), or weight-only (dot rows of the values, xs NULL)
+     * The twins mxm_gemv_mxfp8_dot_ref and mxm_gemv_fp8block_dot_ref add in column order. */
     void (*gemv_dot)(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep, int nr,
-                     const uint16_t *const *xd, int nt, float *out, int64_t ldo);
+                     const uint16_t *const *xd, const float *const *xs, int nt, float *out,
+                     int64_t ldo);
     /* The same rows' products on bf16 tiles (sets with a tile GEMM, below: the layouts and the
      * tile-exact rule): c[t * ldc + j] = x_t . row(r0 + j*rstep) for t < n, j < 16 (zero past
      * nr), the n token rows given as their tiles xt (pack_x_tiles), the rows' weight tile panel
@@ -186,7 +193,11 @@ bool mxm_pack_x_tiles_ref(const float *const *x, int n, int64_t k, uint16_t *xt)
  * times the block's scale, added to the fp32 result in block order. */
 bool mxm_pack_x_dot_ref(const float *x, int64_t k, uint16_t *xd);
 void mxm_gemv_mxfp8_dot_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
-                            int nr, const uint16_t *const *xd, int nt, float *out, int64_t ldo);
+                            int nr, const uint16_t *const *xd, const float *const *xs, int nt,
+                            float *out, int64_t ldo);
+void mxm_gemv_fp8block_dot_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *const *xd, const float *const *xs, int nt,
+                               float *out, int64_t ldo);
 /* c[t * ldc + j] = sum_i x[t][i] * w[j][i] for t < n, j < 16, from a weight tile panel and token
  * tiles: in i order, one exact product at a time. */
 void mxm_gemm_tiles16_ref(const uint16_t *wp, const uint16_t *xt, int n, int64_t k, float *c,

@@ -1,6 +1,7 @@
 /* Scalar reference expert-GEMM kernels: every weight format's row of the reference set, and the
  * twins of the bf16 tile kernels (which no reference row holds). The optimized twins
  * (gemm_avx2.c, gemm_avx512.c, gemm_amx.c) must agree with these up to fp32 summation order. */
+#include <math.h>
 #include <string.h>
 
 #include "cpu/cpu_kernels.h"
@@ -196,7 +197,9 @@ bool mxm_pack_x_dot_ref(const float *x, int64_t k, uint16_t *xd) {
 }
 
 void mxm_gemv_mxfp8_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
-                            int nr, const uint16_t *const *xd, int nt, float *out, int64_t ldo) {
+                            int nr, const uint16_t *const *xd, const float *const *xs, int nt,
+                            float *out, int64_t ldo) {
+    (void)xs;
     const uint8_t *w = wv, *ws = sv;
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int t = 0; t < nt; t++)
@@ -208,6 +211,26 @@ void mxm_gemv_mxfp8_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r
                 for (int64_t i = b * MXM_MX_BLOCK; i < (b + 1) * MXM_MX_BLOCK; i++)
                     p += mxm_bf16_decode(xd[t][dot_index(i)]) * mxm_e4m3_decode(w[r * k + i]);
                 acc += p * mxm_e8m0_decode(ws[r * kb + b]);
+            }
+            out[t * ldo + j] = acc;
+        }
+}
+
+void mxm_gemv_fp8block_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
+                               int nr, const uint16_t *const *xd, const float *const *xs, int nt,
+                               float *out, int64_t ldo) {
+    const uint8_t *w = wv;
+    const int64_t nsb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    for (int t = 0; t < nt; t++)
+        for (int j = 0; j < nr; j++) {
+            const int64_t r = r0 + j * rstep;
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nsb; b++) {
+                float p = 0.0f;
+                for (int64_t i = b * MXM_FP8_BLOCK; i < k && i < (b + 1) * MXM_FP8_BLOCK; i++)
+                    p += mxm_bf16_decode(xd[t][dot_index(i)]) * mxm_e4m3_decode(w[r * k + i]);
+                acc = fmaf(xs ? p * xs[t][b] : p, ((const float *)sv)[r / MXM_FP8_BLOCK * nsb + b],
+                           acc);
             }
             out[t * ldo + j] = acc;
         }

@@ -55,12 +55,24 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
     return _mm512_castsi512_ps(e);
 }
 
+/* The products of NT tokens x NR rows out of their 16-lane accumulators: one lane tree for every
+ * row count, so a token's sums do not depend on how many tokens (and so rows per call) share the
+ * call. */
+#define dot_store(acc, NT, NR, out, ldo)                                                           \
+    for (int t = 0; t < NT; t++) {                                                                 \
+        float r[4];                                                                                \
+        _mm_storeu_ps(r, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR]));      \
+        for (int j = 0; j < NR; j++)                                                               \
+            out[t * ldo + j] = r[j];                                                               \
+    }
+
 /* NT tokens x NR rows: per 64 columns and row one decode, then per token two vdpbf16ps and one
  * FMA with the chunk's two block scales (lanes 0-7, 8-15 of sv[j] permuted by idx). */
 #define DEFINE_DOT(NT, NR)                                                                         \
     __attribute__((noinline)) static void gemv_dot_##NT##_##NR(                                    \
         const uint8_t *const *w, const void *const *s, int64_t k, const uint16_t *const *x,        \
-        float *out, int64_t ldo) {                                                                 \
+        const float *const *xs, float *out, int64_t ldo) {                                         \
+        (void)xs;                                                                                  \
         const dot_tables tb = tables_load();                                                       \
         __m512 acc[NT][NR], sv[NR];                                                                \
         for (int t = 0; t < NT; t++)                                                               \
@@ -100,14 +112,7 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
             }                                                                                      \
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                     \
         }                                                                                          \
-        /* one lane tree for every row count, so a token's sums do not depend on how many          \
-         * tokens (and so rows per call) share the call */                                         \
-        for (int t = 0; t < NT; t++) {                                                             \
-            float r[4];                                                                            \
-            _mm_storeu_ps(r, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR]));  \
-            for (int j = 0; j < NR; j++)                                                           \
-                out[t * ldo + j] = r[j];                                                           \
-        }                                                                                          \
+        dot_store(acc, NT, NR, out, ldo);                                                          \
     }
 DEFINE_DOT(1, 4)
 DEFINE_DOT(2, 4)
@@ -117,15 +122,103 @@ DEFINE_DOT(1, 1)
 DEFINE_DOT(2, 1)
 DEFINE_DOT(3, 1)
 DEFINE_DOT(4, 1)
-MXM_DEFINE_GEMV_ROWS(dot, 2, uint16_t)
+
+/* DeepSeek FP8, NT tokens x NR rows: per 128-column block a fresh 16-lane partial sum of the
+ * exact products (the dot rows hold values, or with xs W8A8 codes), then times the token's block
+ * scale (xs) and, fused with the add, the row's block scale. */
+#define DEFINE_FBDOT(NT, NR)                                                                       \
+    __attribute__((noinline)) static void fbdot_##NT##_##NR(                                       \
+        const uint8_t *const *w, const void *const *s, int64_t k, const uint16_t *const *x,        \
+        const float *const *xs, float *out, int64_t ldo) {                                         \
+        const dot_tables tb = tables_load();                                                       \
+        __m512 acc[NT][NR];                                                                        \
+        for (int t = 0; t < NT; t++)                                                               \
+            for (int j = 0; j < NR; j++)                                                           \
+                acc[t][j] = _mm512_setzero_ps();                                                   \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
+        for (int64_t c0 = 0; c0 < k; c0 += MXM_FP8_BLOCK) {                                        \
+            const int64_t b = c0 / MXM_FP8_BLOCK;                                                  \
+            const int64_t c1 = k - c0 < MXM_FP8_BLOCK ? k : c0 + MXM_FP8_BLOCK;                    \
+            __m512 p[NT][NR];                                                                      \
+            for (int t = 0; t < NT; t++)                                                           \
+                for (int j = 0; j < NR; j++)                                                       \
+                    p[t][j] = _mm512_setzero_ps();                                                 \
+            for (int64_t c = c0; c < c1; c += 64) {                                                \
+                const __mmask64 in = c1 - c >= 64 ? ~0ull : 0xFFFFFFFFull;                         \
+                __m512i xa[NT], xb[NT];                                                            \
+                for (int t = 0; t < NT; t++) {                                                     \
+                    xa[t] = _mm512_loadu_si512(x[t] + c);                                          \
+                    xb[t] = _mm512_loadu_si512(x[t] + c + 32);                                     \
+                }                                                                                  \
+                for (int j = 0; j < NR; j++) {                                                     \
+                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+                    __m512i wa, wb;                                                                \
+                    dec64(_mm512_maskz_loadu_epi8(in, w[j] + c), &tb, &wa, &wb);                   \
+                    for (int t = 0; t < NT; t++) {                                                 \
+                        p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wa, (__m512bh)xa[t]);        \
+                        p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wb, (__m512bh)xb[t]);        \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+            for (int j = 0; j < NR; j++) {                                                         \
+                const __m512 sw = _mm512_set1_ps(((const float *)s[j])[b]);                        \
+                for (int t = 0; t < NT; t++) {                                                     \
+                    const __m512 q =                                                               \
+                        xs ? _mm512_mul_ps(p[t][j], _mm512_set1_ps(xs[t][b])) : p[t][j];           \
+                    acc[t][j] = _mm512_fmadd_ps(q, sw, acc[t][j]);                                 \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        dot_store(acc, NT, NR, out, ldo);                                                          \
+    }
+DEFINE_FBDOT(1, 4)
+DEFINE_FBDOT(2, 4)
+DEFINE_FBDOT(3, 2)
+DEFINE_FBDOT(4, 2)
+DEFINE_FBDOT(1, 1)
+DEFINE_FBDOT(2, 1)
+DEFINE_FBDOT(3, 1)
+DEFINE_FBDOT(4, 1)
+
+typedef void (*dot_kernel)(const uint8_t *const *w, const void *const *s, int64_t k,
+                           const uint16_t *const *x, const float *const *xs, float *out,
+                           int64_t ldo);
+/* A format's kernels by token count: [nt - 1][0] takes 4 rows (1-2 tokens) or 2 (3-4), [1] one. */
+static const dot_kernel mx_kernels[4][2] = {{gemv_dot_1_4, gemv_dot_1_1},
+                                            {gemv_dot_2_4, gemv_dot_2_1},
+                                            {gemv_dot_3_2, gemv_dot_3_1},
+                                            {gemv_dot_4_2, gemv_dot_4_1}};
+static const dot_kernel fb_kernels[4][2] = {
+    {fbdot_1_4, fbdot_1_1}, {fbdot_2_4, fbdot_2_1}, {fbdot_3_2, fbdot_3_1}, {fbdot_4_2, fbdot_4_1}};
+
+/* Rows wr[0..nr) (scale rows sr) for nt (1..4) tokens through a format's kernels. */
+static void dot_rows(const dot_kernel kern[4][2], const uint8_t *const *wr, const void *const *sr,
+                     int nr, int64_t k, const uint16_t *const *xd, const float *const *xs, int nt,
+                     float *out, int64_t ldo) {
+    const int step = nt <= 2 ? 4 : 2;
+    int j = 0;
+    for (; j + step <= nr; j += step)
+        kern[nt - 1][0](wr + j, sr + j, k, xd, xs, out + j, ldo);
+    for (; j < nr; j++)
+        kern[nt - 1][1](wr + j, sr + j, k, xd, xs, out + j, ldo);
+}
 
 static void gemv_mxfp8_dot_avx512bf16(const void *wv, const void *sv, int64_t k, int64_t r0,
-                                      int64_t rstep, int nr, const uint16_t *const *xd, int nt,
-                                      float *out, int64_t ldo) {
+                                      int64_t rstep, int nr, const uint16_t *const *xd,
+                                      const float *const *xs, int nt, float *out, int64_t ldo) {
     const uint8_t *wr[4];
     const void *sr[4];
     mxm_gemv_mx_rows(wv, sv, k, r0, rstep, nr, wr, sr);
-    gemv_rows_dot(wr, sr, nr, k, xd, nt, out, ldo);
+    dot_rows(mx_kernels, wr, sr, nr, k, xd, xs, nt, out, ldo);
+}
+
+static void gemv_fp8block_dot_avx512bf16(const void *wv, const void *sv, int64_t k, int64_t r0,
+                                         int64_t rstep, int nr, const uint16_t *const *xd,
+                                         const float *const *xs, int nt, float *out, int64_t ldo) {
+    const uint8_t *wr[4];
+    const void *sr[4];
+    mxm_gemv_fb_rows(wv, sv, k, r0, rstep, nr, wr, sr);
+    dot_rows(fb_kernels, wr, sr, nr, k, xd, xs, nt, out, ldo);
 }
 
 /* Per 64 columns: four vectors of 16 values, converted in pairs (columns 16L + 0..15 of lanes
@@ -154,5 +247,6 @@ void mxm_cpu_init_avx512bf16(mxm_cpu_kernels *k) {
         dec_hi[m] = (uint8_t)(b >> 8), dec_lo[m] = (uint8_t)b;
     }
     k->wfmt[MXM_WFMT_MXFP8].gemv_dot = gemv_mxfp8_dot_avx512bf16;
+    k->wfmt[MXM_WFMT_FP8_BLOCK].gemv_dot = gemv_fp8block_dot_avx512bf16;
     k->pack_x_dot = pack_x_dot_avx512bf16;
 }

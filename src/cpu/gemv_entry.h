@@ -20,6 +20,20 @@ static inline void mxm_gemv_mx_rows(const void *wv, const void *sv, int64_t k, i
     }
 }
 
+/* The nr (<= 4) DeepSeek FP8 weight rows r0, r0 + rstep, ... of w [rows, k] and the rows of their
+ * 128-row blocks in the f32 scale grid ws [ceil(rows/128), ceil(k/128)]. */
+static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, int64_t r0,
+                                    int64_t rstep, int nr, const uint8_t **wr, const void **sr) {
+    const uint8_t *w = wv;
+    const float *ws = sv;
+    const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
+    for (int j = 0; j < nr; j++) {
+        const int64_t r = r0 + j * rstep;
+        wr[j] = w + r * k;
+        sr[j] = ws + (r / MXM_FP8_BLOCK) * kb;
+    }
+}
+
 #define MXM_DEFINE_GEMV_ENTRY_POINTS(SUFFIX)                                                       \
     static void gemv_mxfp8_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,         \
                                     int64_t rstep, int nr, const float *const *x, int nt,          \
@@ -32,16 +46,9 @@ static inline void mxm_gemv_mx_rows(const void *wv, const void *sv, int64_t k, i
     static void gemv_fp8block_##SUFFIX(const void *wv, const void *sv, int64_t k, int64_t r0,      \
                                        int64_t rstep, int nr, const float *const *x, int nt,       \
                                        float *out, int64_t ldo) {                                  \
-        const uint8_t *w = wv;                                                                     \
-        const float *ws = sv;                                                                      \
-        const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;                                \
         const uint8_t *wr[4];                                                                      \
         const void *sr[4];                                                                         \
-        for (int j = 0; j < nr; j++) {                                                             \
-            const int64_t r = r0 + j * rstep;                                                      \
-            wr[j] = w + r * k;                                                                     \
-            sr[j] = ws + (r / MXM_FP8_BLOCK) * kb;                                                 \
-        }                                                                                          \
+        mxm_gemv_fb_rows(wv, sv, k, r0, rstep, nr, wr, sr);                                        \
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 

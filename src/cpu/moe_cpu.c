@@ -119,7 +119,7 @@ typedef struct tiles {
     uint16_t *wp;           /* [16, k] weight tile panel */
     bool gemv;              /* the expert takes the GEMV (expert_view.gemv): no tiles, no panels */
     bool ready;             /* xt holds exact tiles of this product's tokens */
-    const float *const *xs; /* the tokens' 1x128 scales where xt holds codes (else NULL) */
+    const float *const *xs; /* the tokens' 1x128 scales where xt and the dot rows hold codes */
 } tiles;
 
 /* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
@@ -171,14 +171,15 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         for (int j = 0; j < nr; j += 4) {
             const int nr4 = nr - j < 4 ? nr - j : 4;
             if (exact == n)
-                ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd, (int)n, h + j, 16);
+                ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd, tl->xs, (int)n, h + j,
+                                 16);
             else if (exact == 0)
                 ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x, (int)n, h + j, 16);
             else /* mixed: one token at a time, each on its own path */
                 for (int64_t i = 0; i < n; i++) {
                     if (xd[i])
-                        ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd + i, 1,
-                                         h + i * 16 + j, 16);
+                        ps->wk->gemv_dot(w, s, k, r0 + j * rstep, rstep, nr4, xd + i,
+                                         tl->xs ? tl->xs + i : NULL, 1, h + i * 16 + j, 16);
                     else
                         ps->wk->gemv(w, s, k, r0 + j * rstep, rstep, nr4, x + i, 1, h + i * 16 + j,
                                      16);
@@ -268,7 +269,8 @@ static void prepare_row(const pass *ps, const mxm_moe_inputs *in, int64_t t_glob
     prepare_values(ps, in, t_global, t);
     if (ps->xd) {
         const int64_t H = ps->p->cfg.hidden_size;
-        ps->xd_ok[t] = ps->k->pack_x_dot(ps->xf + t * H, H, ps->xd + t * ps->ldxd);
+        const float *row = ps->xc ? ps->xc + t * H : ps->xf + t * H; /* W8A8 FP8: the codes */
+        ps->xd_ok[t] = ps->k->pack_x_dot(row, H, ps->xd + t * ps->ldxd);
     }
 }
 
@@ -488,7 +490,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     uint8_t *actd_ok = !ps->xd ? NULL : v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
     const int64_t ldd = v.shared ? ps->ldact_shd : ps->ldactd;
     for (int64_t i = 0; actd && i < v.n; i++)
-        if (!ps->k->pack_x_dot(act + i * ld + j0, j1 - j0, actd + i * ldd + j0))
+        if (!ps->k->pack_x_dot((actc ? actc : act) + i * ld + j0, j1 - j0, actd + i * ldd + j0))
             __atomic_store_n(&actd_ok[i], 0, __ATOMIC_RELAXED);
 }
 
@@ -644,11 +646,11 @@ static mxm_status cpu_plan(mxm_moe_plan *p) {
     cs->k = k;
     cs->wk = &k->wfmt[p->cfg.weight_format];
     cs->tiles = cs->wk->gemm_tiles16 != NULL;
-    /* DeepSeek FP8 W8A8 activations are E4M3 codes times f32 scales, mostly not bf16-exact: its
-     * tiles take the codes, with the 1x128 scales beside them */
-    cs->codes = cs->tiles && p->cfg.weight_format == MXM_WFMT_FP8_BLOCK &&
-                p->cfg.act_quant != MXM_ACT_QUANT_NONE;
     cs->dot = k->pack_x_dot && cs->wk->gemv_dot;
+    /* DeepSeek FP8 W8A8 activations are E4M3 codes times f32 scales, mostly not bf16-exact: its
+     * tiles and bf16 GEMV take the codes, with the 1x128 scales beside them */
+    cs->codes = (cs->tiles || cs->dot) && p->cfg.weight_format == MXM_WFMT_FP8_BLOCK &&
+                p->cfg.act_quant != MXM_ACT_QUANT_NONE;
     p->kernels_name = k->name;
     cs->batch = p->max_tokens < CPU_BATCH ? p->max_tokens : CPU_BATCH;
     const int64_t H = p->cfg.hidden_size, max_rows = max_rows_of(p, cs->batch);
