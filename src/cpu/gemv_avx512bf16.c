@@ -66,8 +66,28 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
             out[t * ldo + j] = r[j];                                                               \
     }
 
-/* NT tokens x NR rows: per 64 columns and row one decode, then per token two vdpbf16ps and one
- * FMA with the chunk's two block scales (lanes 0-7, 8-15 of sv[j] permuted by idx). */
+/* Columns c .. c + 64 (in: the columns that exist) of NT tokens x NR rows: per row one decode,
+ * then per token two vdpbf16ps into p[t][j]; prefetches the same columns pf bytes on. */
+#define dot_chunk(NT, NR, c, in, pf, p)                                                            \
+    do {                                                                                           \
+        __m512i xa[NT], xb[NT];                                                                    \
+        for (int t = 0; t < NT; t++) {                                                             \
+            xa[t] = _mm512_loadu_si512(x[t] + (c));                                                \
+            xb[t] = _mm512_loadu_si512(x[t] + (c) + 32);                                           \
+        }                                                                                          \
+        for (int j = 0; j < NR; j++) {                                                             \
+            _mm_prefetch((const char *)(w[j] + (c) + (pf)), _MM_HINT_T0);                          \
+            __m512i wa, wb;                                                                        \
+            dec64(_mm512_maskz_loadu_epi8(in, w[j] + (c)), &tb, &wa, &wb);                         \
+            for (int t = 0; t < NT; t++) {                                                         \
+                p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wa, (__m512bh)xa[t]);                \
+                p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wb, (__m512bh)xb[t]);                \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+/* MXFP8, NT tokens x NR rows: per 64 columns the chunk's products, then per token and row one FMA
+ * with the chunk's two block scales (lanes 0-7, 8-15 of sv[j] permuted by idx). */
 #define DEFINE_DOT(NT, NR)                                                                         \
     __attribute__((noinline)) static void gemv_dot_##NT##_##NR(                                    \
         const uint8_t *const *w, const void *const *s, int64_t k, const uint16_t *const *x,        \
@@ -93,22 +113,15 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
                 idx = idx0;                                                                        \
             }                                                                                      \
             const __mmask64 in = k - c >= 64 ? ~0ull : 0xFFFFFFFFull;                              \
-            __m512i xa[NT], xb[NT];                                                                \
-            for (int t = 0; t < NT; t++) {                                                         \
-                xa[t] = _mm512_loadu_si512(x[t] + c);                                              \
-                xb[t] = _mm512_loadu_si512(x[t] + c + 32);                                         \
-            }                                                                                      \
+            __m512 p[NT][NR];                                                                      \
+            for (int t = 0; t < NT; t++)                                                           \
+                for (int j = 0; j < NR; j++)                                                       \
+                    p[t][j] = _mm512_setzero_ps();                                                 \
+            dot_chunk(NT, NR, c, in, pf, p);                                                       \
             for (int j = 0; j < NR; j++) {                                                         \
-                _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                          \
-                __m512i wa, wb;                                                                    \
-                dec64(_mm512_maskz_loadu_epi8(in, w[j] + c), &tb, &wa, &wb);                       \
                 const __m512 sc = _mm512_permutexvar_ps(idx, sv[j]);                               \
-                for (int t = 0; t < NT; t++) {                                                     \
-                    __m512 p =                                                                     \
-                        _mm512_dpbf16_ps(_mm512_setzero_ps(), (__m512bh)wa, (__m512bh)xa[t]);      \
-                    p = _mm512_dpbf16_ps(p, (__m512bh)wb, (__m512bh)xb[t]);                        \
-                    acc[t][j] = _mm512_fmadd_ps(p, sc, acc[t][j]);                                 \
-                }                                                                                  \
+                for (int t = 0; t < NT; t++)                                                       \
+                    acc[t][j] = _mm512_fmadd_ps(p[t][j], sc, acc[t][j]);                           \
             }                                                                                      \
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                     \
         }                                                                                          \
@@ -145,20 +158,7 @@ DEFINE_DOT(4, 1)
                     p[t][j] = _mm512_setzero_ps();                                                 \
             for (int64_t c = c0; c < c1; c += 64) {                                                \
                 const __mmask64 in = c1 - c >= 64 ? ~0ull : 0xFFFFFFFFull;                         \
-                __m512i xa[NT], xb[NT];                                                            \
-                for (int t = 0; t < NT; t++) {                                                     \
-                    xa[t] = _mm512_loadu_si512(x[t] + c);                                          \
-                    xb[t] = _mm512_loadu_si512(x[t] + c + 32);                                     \
-                }                                                                                  \
-                for (int j = 0; j < NR; j++) {                                                     \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
-                    __m512i wa, wb;                                                                \
-                    dec64(_mm512_maskz_loadu_epi8(in, w[j] + c), &tb, &wa, &wb);                   \
-                    for (int t = 0; t < NT; t++) {                                                 \
-                        p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wa, (__m512bh)xa[t]);        \
-                        p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wb, (__m512bh)xb[t]);        \
-                    }                                                                              \
-                }                                                                                  \
+                dot_chunk(NT, NR, c, in, pf, p);                                                   \
             }                                                                                      \
             for (int j = 0; j < NR; j++) {                                                         \
                 const __m512 sw = _mm512_set1_ps(((const float *)s[j])[b]);                        \
