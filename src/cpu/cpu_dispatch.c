@@ -94,8 +94,7 @@ static bool cpu_has(int f) {
     return f != FEAT_AMX_TILE || amx_permitted();
 }
 
-/* ---- the sets
- * ------------------------------------------------------------------------------------- */
+/* ---- the sets ------------------------------------------------------------------------------------- */
 
 enum {
     SET_ref,
@@ -111,17 +110,16 @@ static int best, initialized;
 
 /* Quantize-then-decode through a set's own row kernels, one block at a time (the SIMD sets
  * provide quantize and dequantize; this composes them). */
-static inline void fakequant_with(const mxm_cpu_kernels *k, const float *x, int64_t n, float *out,
-                                  int rule) {
+static inline void fakequant_with(const mxm_cpu_kernels *k, const float *x, int64_t n, float *out, int rule) {
     uint8_t q[MXM_MX_BLOCK], s;
     for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
         k->mx_quantize_f32(x + b * MXM_MX_BLOCK, MXM_MX_BLOCK, q, &s, rule);
         k->mx_dequantize_f32(q, &s, MXM_MX_BLOCK, out + b * MXM_MX_BLOCK);
     }
 }
-#define MXM_ISA(name, parent, feats)                                                               \
+#define MXM_ISA(name, parent, feats)                                                                \
     static void fakequant_##name(const float *x, int64_t n, float *out, int rule) {                \
-        fakequant_with(&sets[SET_##name], x, n, out, rule);                                        \
+        fakequant_with(&sets[SET_##name], x, n, out, rule);                                         \
     }
 #include "cpu/cpu_isa.def"
 #undef MXM_ISA
@@ -135,9 +133,9 @@ static void init_sets(void) {
     runnable[SET_##set] = runnable[SET_##parent] feats;                                            \
     if (runnable[SET_##set]) {                                                                     \
         sets[SET_##set] = sets[SET_##parent];                                                      \
-        mxm_cpu_init_##set(&sets[SET_##set]);                                                      \
-        sets[SET_##set].name = #set;                                                               \
-        sets[SET_##set].mx_fakequant_f32 = fakequant_##set;                                        \
+        mxm_cpu_init_##set(&sets[SET_##set]);                                                     \
+        sets[SET_##set].name = #set;                                                              \
+        sets[SET_##set].mx_fakequant_f32 = fakequant_##set;                                       \
         best = SET_##set;                                                                          \
     }
 #include "cpu/cpu_isa.def"

@@ -46,8 +46,7 @@ typedef struct blk_scale {
 /* MXFP8: E8M0 byte b, 2^(b-127); fast for b <= 134 (not the NaN byte). */
 static inline __attribute__((always_inline)) blk_scale scale_mx(const void *s, int64_t c) {
     const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
-    return (blk_scale){b <= 134, _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23))),
-                       mxm_e8m0_decode(b)};
+    return (blk_scale){b <= 134, _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23))), mxm_e8m0_decode(b)};
 }
 
 /* DeepSeek FP8: the f32 scale of the 128-block holding column c; fast for |s| < 2^8 (not NaN). */
@@ -59,18 +58,16 @@ static inline __attribute__((always_inline)) blk_scale scale_fp8block(const void
 typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
 
 static void decode_block_slow(const uint8_t *q, float s, float *out) {
-    for (int i = 0; i < MXM_MX_BLOCK; i++)
-        out[i] = mxm_e4m3_decode(q[i]) * s;
+    for (int i = 0; i < MXM_MX_BLOCK; i++) out[i] = mxm_e4m3_decode(q[i]) * s;
 }
 
 /* One weight row of k codes (scales of the row: s, read through scale_at) -> fp32. */
-static inline __attribute__((always_inline)) void
-decode_row(const uint8_t *q, const void *s, int64_t k, float *out, scale_at_fn scale_at) {
+static inline __attribute__((always_inline)) void decode_row(const uint8_t *q, const void *s, int64_t k,
+                                                             float *out, scale_at_fn scale_at) {
     for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {
         const blk_scale b = scale_at(s, c);
         if (b.fast && codes_ok(q + c)) {
-            for (int i = 0; i < MXM_MX_BLOCK; i += 8)
-                _mm256_storeu_ps(out + c + i, dec8(q + c + i, b.f));
+            for (int i = 0; i < MXM_MX_BLOCK; i += 8) _mm256_storeu_ps(out + c + i, dec8(q + c + i, b.f));
         } else {
             decode_block_slow(q + c, b.s, out + c);
         }
@@ -78,8 +75,7 @@ decode_row(const uint8_t *q, const void *s, int64_t k, float *out, scale_at_fn s
 }
 
 static void zero_row(float *dst, int64_t k) {
-    for (int64_t i = 0; i < k; i += 8)
-        _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
+    for (int64_t i = 0; i < k; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
 static void pack_mxfp8_panel_avx2(const void *wv, const void *sv, int64_t k, int64_t r0,
@@ -88,10 +84,8 @@ static void pack_mxfp8_panel_avx2(const void *wv, const void *sv, int64_t k, int
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr)
-            decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx);
-        else
-            zero_row(panel + j * k, k);
+        if (j < nr) decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx);
+        else zero_row(panel + j * k, k);
     }
 }
 
@@ -102,10 +96,8 @@ static void pack_fp8block_panel_avx2(const void *wv, const void *sv, int64_t k, 
     const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr)
-            decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block);
-        else
-            zero_row(panel + j * k, k);
+        if (j < nr) decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block);
+        else zero_row(panel + j * k, k);
     }
 }
 
@@ -118,27 +110,24 @@ static inline float hsum(__m256 v) {
 
 /* MT tokens x 4 panel rows, dot-product form: 4*MT independent accumulators, horizontal sums
  * at the end. k is a multiple of 32. */
-#define DEFINE_MICRO(MT)                                                                           \
-    static void micro_##MT(const float *const *a, const float *p, int64_t k, float *c,             \
-                           int64_t ldc) {                                                          \
-        __m256 acc[MT][4];                                                                         \
-        for (int m = 0; m < MT; m++)                                                               \
-            for (int j = 0; j < 4; j++)                                                            \
-                acc[m][j] = _mm256_setzero_ps();                                                   \
-        for (int64_t i = 0; i < k; i += 8) {                                                       \
-            const __m256 w0 = _mm256_loadu_ps(p + i), w1 = _mm256_loadu_ps(p + k + i);             \
-            const __m256 w2 = _mm256_loadu_ps(p + 2 * k + i), w3 = _mm256_loadu_ps(p + 3 * k + i); \
-            for (int m = 0; m < MT; m++) {                                                         \
-                const __m256 x = _mm256_loadu_ps(a[m] + i);                                        \
-                acc[m][0] = _mm256_fmadd_ps(x, w0, acc[m][0]);                                     \
-                acc[m][1] = _mm256_fmadd_ps(x, w1, acc[m][1]);                                     \
-                acc[m][2] = _mm256_fmadd_ps(x, w2, acc[m][2]);                                     \
-                acc[m][3] = _mm256_fmadd_ps(x, w3, acc[m][3]);                                     \
-            }                                                                                      \
-        }                                                                                          \
-        for (int m = 0; m < MT; m++)                                                               \
-            for (int j = 0; j < 4; j++)                                                            \
-                c[m * ldc + j] = hsum(acc[m][j]);                                                  \
+#define DEFINE_MICRO(MT)                                                                            \
+    static void micro_##MT(const float *const *a, const float *p, int64_t k, float *c, int64_t ldc) { \
+        __m256 acc[MT][4];                                                                          \
+        for (int m = 0; m < MT; m++)                                                                \
+            for (int j = 0; j < 4; j++) acc[m][j] = _mm256_setzero_ps();                            \
+        for (int64_t i = 0; i < k; i += 8) {                                                        \
+            const __m256 w0 = _mm256_loadu_ps(p + i), w1 = _mm256_loadu_ps(p + k + i);              \
+            const __m256 w2 = _mm256_loadu_ps(p + 2 * k + i), w3 = _mm256_loadu_ps(p + 3 * k + i);  \
+            for (int m = 0; m < MT; m++) {                                                          \
+                const __m256 x = _mm256_loadu_ps(a[m] + i);                                         \
+                acc[m][0] = _mm256_fmadd_ps(x, w0, acc[m][0]);                                      \
+                acc[m][1] = _mm256_fmadd_ps(x, w1, acc[m][1]);                                      \
+                acc[m][2] = _mm256_fmadd_ps(x, w2, acc[m][2]);                                      \
+                acc[m][3] = _mm256_fmadd_ps(x, w3, acc[m][3]);                                      \
+            }                                                                                       \
+        }                                                                                           \
+        for (int m = 0; m < MT; m++)                                                                \
+            for (int j = 0; j < 4; j++) c[m * ldc + j] = hsum(acc[m][j]);                           \
     }
 DEFINE_MICRO(1)
 DEFINE_MICRO(2)
@@ -151,23 +140,19 @@ static void gemm_panel16_avx2(const float *const *a, int mr, const float *panel,
         for (int j = 0; j < 16; j += 4) {
             const float *p = panel + j * k;
             float *cc = c + m0 * ldc + j;
-            if (mt == 3)
-                micro_3(a + m0, p, k, cc, ldc);
-            else if (mt == 2)
-                micro_2(a + m0, p, k, cc, ldc);
-            else
-                micro_1(a + m0, p, k, cc, ldc);
+            if (mt == 3) micro_3(a + m0, p, k, cc, ldc);
+            else if (mt == 2) micro_2(a + m0, p, k, cc, ldc);
+            else micro_1(a + m0, p, k, cc, ldc);
         }
     }
 }
 
 /* The 32 values of one block as four vectors: decoded in registers, or through the scalar
  * path for the rare special blocks. */
-static inline __attribute__((always_inline)) void
-load_block(const uint8_t *q, blk_scale b, __m256 *w0, __m256 *w1, __m256 *w2, __m256 *w3) {
+static inline __attribute__((always_inline)) void load_block(const uint8_t *q, blk_scale b, __m256 *w0, __m256 *w1,
+                                                             __m256 *w2, __m256 *w3) {
     if (__builtin_expect(b.fast && codes_ok(q), 1)) {
-        *w0 = dec8(q, b.f), *w1 = dec8(q + 8, b.f), *w2 = dec8(q + 16, b.f),
-        *w3 = dec8(q + 24, b.f);
+        *w0 = dec8(q, b.f), *w1 = dec8(q + 8, b.f), *w2 = dec8(q + 16, b.f), *w3 = dec8(q + 24, b.f);
     } else {
         float tmp[MXM_MX_BLOCK];
         decode_block_slow(q, b.s, tmp);
@@ -179,36 +164,33 @@ load_block(const uint8_t *q, blk_scale b, __m256 *w0, __m256 *w1, __m256 *w2, __
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
  * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). NT*NR + 4
  * vector registers live: nothing spills. FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
-#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
-        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
-        float *out, int64_t ldo) {                                                                 \
-        __m256 acc[NT][NR];                                                                        \
-        for (int t = 0; t < NT; t++)                                                               \
-            for (int j = 0; j < NR; j++)                                                           \
-                acc[t][j] = _mm256_setzero_ps();                                                   \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
+#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
+                                                                   int64_t k, const float *const *x, float *out, \
+                                                                   int64_t ldo) {                   \
+        __m256 acc[NT][NR];                                                                         \
+        for (int t = 0; t < NT; t++)                                                                \
+            for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
          * that the hardware prefetcher barely ramps up on) */                                     \
-        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
-        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
-            if ((c & 63) == 0)                                                                     \
-                for (int j = 0; j < NR; j++)                                                       \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
-            for (int j = 0; j < NR; j++) {                                                         \
-                __m256 w0, w1, w2, w3;                                                             \
-                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                       \
-                for (int t = 0; t < NT; t++) {                                                     \
-                    const float *xt = x[t] + c;                                                    \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);               \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][j]);           \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 16), w2, acc[t][j]);          \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);          \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int t = 0; t < NT; t++)                                                               \
-            for (int j = 0; j < NR; j++)                                                           \
-                out[t * ldo + j] = hsum(acc[t][j]);                                                \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
+        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
+            if ((c & 63) == 0)                                                                      \
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
+            for (int j = 0; j < NR; j++) {                                                          \
+                __m256 w0, w1, w2, w3;                                                              \
+                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                        \
+                for (int t = 0; t < NT; t++) {                                                      \
+                    const float *xt = x[t] + c;                                                     \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);                \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][j]);            \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 16), w2, acc[t][j]);           \
+                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);           \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int t = 0; t < NT; t++)                                                                \
+            for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
 MXM_DEFINE_GEMV_SET(DEFINE_GEMV, mx, scale_mx, 2)
 MXM_DEFINE_GEMV_SET(DEFINE_GEMV, fb, scale_fp8block, 2)

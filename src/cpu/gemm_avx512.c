@@ -34,8 +34,7 @@ MXM_AINLINE void dec32(const uint8_t *q, __m512 f, __m512 *w0, __m512 *w1) {
 /* True when no code of the 32-block at q is a NaN code (0x7F / 0xFF). */
 MXM_AINLINE int codes_ok(const uint8_t *q) {
     const __m256i m = _mm256_set1_epi8(0x7F);
-    return _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)q), m), m) ==
-           0;
+    return _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)q), m), m) == 0;
 }
 
 typedef struct blk_scale {
@@ -47,8 +46,7 @@ typedef struct blk_scale {
 /* MXFP8: E8M0 byte b, 2^(b-127); f = 2^(b-119), fast for b <= 246 (not the NaN byte). */
 MXM_AINLINE blk_scale scale_mx(const void *s, int64_t c) {
     const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
-    return (blk_scale){b <= 246, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 8u) << 23))),
-                       mxm_e8m0_decode(b)};
+    return (blk_scale){b <= 246, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 8u) << 23))), mxm_e8m0_decode(b)};
 }
 
 /* DeepSeek FP8: the f32 scale of the 128-block holding column c; f = s * 2^8 (exact), fast for
@@ -61,8 +59,7 @@ MXM_AINLINE blk_scale scale_fp8block(const void *s, int64_t c) {
 typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
 
 static void decode_block_slow(const uint8_t *q, float s, float *out) {
-    for (int i = 0; i < MXM_MX_BLOCK; i++)
-        out[i] = mxm_e4m3_decode(q[i]) * s;
+    for (int i = 0; i < MXM_MX_BLOCK; i++) out[i] = mxm_e4m3_decode(q[i]) * s;
 }
 
 /* The 32 values of one block as two vectors: decoded in registers, or through the scalar path
@@ -79,8 +76,8 @@ MXM_AINLINE void load_block(const uint8_t *q, blk_scale b, __m512 *w0, __m512 *w
 
 /* One weight row of k codes -> fp32; prefetches the row pf bytes further on (the panel's rows
  * are short streams). */
-MXM_AINLINE void decode_row(const uint8_t *q, const void *s, int64_t k, float *out,
-                            scale_at_fn scale_at, int64_t pf) {
+MXM_AINLINE void decode_row(const uint8_t *q, const void *s, int64_t k, float *out, scale_at_fn scale_at,
+                            int64_t pf) {
     for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {
         if ((c & 63) == 0) _mm_prefetch((const char *)(q + c + pf), _MM_HINT_T0);
         __m512 w0, w1;
@@ -91,8 +88,7 @@ MXM_AINLINE void decode_row(const uint8_t *q, const void *s, int64_t k, float *o
 }
 
 static void zero_row(float *dst, int64_t k) {
-    for (int64_t i = 0; i < k; i += 16)
-        _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
+    for (int64_t i = 0; i < k; i += 16) _mm512_storeu_ps(dst + i, _mm512_setzero_ps());
 }
 
 static void pack_mxfp8_panel_avx512(const void *wv, const void *sv, int64_t k, int64_t r0,
@@ -101,10 +97,8 @@ static void pack_mxfp8_panel_avx512(const void *wv, const void *sv, int64_t k, i
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr)
-            decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx, 2 * rstep * k);
-        else
-            zero_row(panel + j * k, k);
+        if (j < nr) decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx, 2 * rstep * k);
+        else zero_row(panel + j * k, k);
     }
 }
 
@@ -115,36 +109,31 @@ static void pack_fp8block_panel_avx512(const void *wv, const void *sv, int64_t k
     const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr)
-            decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block,
-                       2 * rstep * k);
-        else
-            zero_row(panel + j * k, k);
+        if (j < nr) decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block, 2 * rstep * k);
+        else zero_row(panel + j * k, k);
     }
 }
 
 /* MT tokens x 4 panel rows, dot-product form: 4*MT independent 16-lane accumulators (24 of the
  * 32 registers for MT = 6), one tree sum each at the end. k is a multiple of 32. */
-#define DEFINE_MICRO(MT)                                                                           \
-    static void micro_##MT(const float *const *a, const float *p, int64_t k, float *c,             \
-                           int64_t ldc) {                                                          \
-        __m512 acc[MT][4];                                                                         \
-        for (int m = 0; m < MT; m++)                                                               \
-            for (int j = 0; j < 4; j++)                                                            \
-                acc[m][j] = _mm512_setzero_ps();                                                   \
-        for (int64_t i = 0; i < k; i += 16) {                                                      \
-            const __m512 w0 = _mm512_loadu_ps(p + i), w1 = _mm512_loadu_ps(p + k + i);             \
-            const __m512 w2 = _mm512_loadu_ps(p + 2 * k + i), w3 = _mm512_loadu_ps(p + 3 * k + i); \
-            for (int m = 0; m < MT; m++) {                                                         \
-                const __m512 x = _mm512_loadu_ps(a[m] + i);                                        \
-                acc[m][0] = _mm512_fmadd_ps(x, w0, acc[m][0]);                                     \
-                acc[m][1] = _mm512_fmadd_ps(x, w1, acc[m][1]);                                     \
-                acc[m][2] = _mm512_fmadd_ps(x, w2, acc[m][2]);                                     \
-                acc[m][3] = _mm512_fmadd_ps(x, w3, acc[m][3]);                                     \
-            }                                                                                      \
-        }                                                                                          \
-        for (int m = 0; m < MT; m++)                                                               \
-            _mm_storeu_ps(c + m * ldc, reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));       \
+#define DEFINE_MICRO(MT)                                                                            \
+    static void micro_##MT(const float *const *a, const float *p, int64_t k, float *c, int64_t ldc) { \
+        __m512 acc[MT][4];                                                                          \
+        for (int m = 0; m < MT; m++)                                                                \
+            for (int j = 0; j < 4; j++) acc[m][j] = _mm512_setzero_ps();                            \
+        for (int64_t i = 0; i < k; i += 16) {                                                       \
+            const __m512 w0 = _mm512_loadu_ps(p + i), w1 = _mm512_loadu_ps(p + k + i);              \
+            const __m512 w2 = _mm512_loadu_ps(p + 2 * k + i), w3 = _mm512_loadu_ps(p + 3 * k + i);  \
+            for (int m = 0; m < MT; m++) {                                                          \
+                const __m512 x = _mm512_loadu_ps(a[m] + i);                                         \
+                acc[m][0] = _mm512_fmadd_ps(x, w0, acc[m][0]);                                      \
+                acc[m][1] = _mm512_fmadd_ps(x, w1, acc[m][1]);                                      \
+                acc[m][2] = _mm512_fmadd_ps(x, w2, acc[m][2]);                                      \
+                acc[m][3] = _mm512_fmadd_ps(x, w3, acc[m][3]);                                      \
+            }                                                                                       \
+        }                                                                                           \
+        for (int m = 0; m < MT; m++)                                                                \
+            _mm_storeu_ps(c + m * ldc, reduce4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));         \
     }
 DEFINE_MICRO(1)
 DEFINE_MICRO(2)
@@ -161,24 +150,12 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
             const float *p = panel + j * k;
             float *cc = c + m0 * ldc + j;
             switch (mt) {
-            case 6:
-                micro_6(a + m0, p, k, cc, ldc);
-                break;
-            case 5:
-                micro_5(a + m0, p, k, cc, ldc);
-                break;
-            case 4:
-                micro_4(a + m0, p, k, cc, ldc);
-                break;
-            case 3:
-                micro_3(a + m0, p, k, cc, ldc);
-                break;
-            case 2:
-                micro_2(a + m0, p, k, cc, ldc);
-                break;
-            default:
-                micro_1(a + m0, p, k, cc, ldc);
-                break;
+            case 6: micro_6(a + m0, p, k, cc, ldc); break;
+            case 5: micro_5(a + m0, p, k, cc, ldc); break;
+            case 4: micro_4(a + m0, p, k, cc, ldc); break;
+            case 3: micro_3(a + m0, p, k, cc, ldc); break;
+            case 2: micro_2(a + m0, p, k, cc, ldc); break;
+            default: micro_1(a + m0, p, k, cc, ldc); break;
             }
         }
     }
@@ -186,39 +163,35 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
  * Per 32-block and row: two decoded vectors, then 2*NT FMAs with x (from L1). */
-#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
-        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
-        float *out, int64_t ldo) {                                                                 \
-        __m512 acc[NT][NR];                                                                        \
-        for (int t = 0; t < NT; t++)                                                               \
-            for (int j = 0; j < NR; j++)                                                           \
-                acc[t][j] = _mm512_setzero_ps();                                                   \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
+#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
+                                                                   int64_t k, const float *const *x, float *out, \
+                                                                   int64_t ldo) {                   \
+        __m512 acc[NT][NR];                                                                         \
+        for (int t = 0; t < NT; t++)                                                                \
+            for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();                           \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
          * that the hardware prefetcher barely ramps up on) */                                     \
-        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
-        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
-            if ((c & 63) == 0)                                                                     \
-                for (int j = 0; j < NR; j++)                                                       \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
-            for (int j = 0; j < NR; j++) {                                                         \
-                __m512 w0, w1;                                                                     \
-                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                 \
-                for (int t = 0; t < NT; t++) {                                                     \
-                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c), w0, acc[t][j]);         \
-                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c + 16), w1, acc[t][j]);    \
-                }                                                                                  \
-            }                                                                                      \
-        }                                                                                          \
-        for (int t = 0; t < NT; t++) {                                                             \
-            if (NR == 4) {                                                                         \
-                _mm_storeu_ps(out + t * ldo,                                                       \
-                              reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR])); \
-            } else {                                                                               \
-                for (int j = 0; j < NR; j++)                                                       \
-                    out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);                            \
-            }                                                                                      \
-        }                                                                                          \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
+        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
+            if ((c & 63) == 0)                                                                      \
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
+            for (int j = 0; j < NR; j++) {                                                          \
+                __m512 w0, w1;                                                                      \
+                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                  \
+                for (int t = 0; t < NT; t++) {                                                      \
+                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c), w0, acc[t][j]);          \
+                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c + 16), w1, acc[t][j]);     \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+        for (int t = 0; t < NT; t++) {                                                              \
+            if (NR == 4) {                                                                          \
+                _mm_storeu_ps(out + t * ldo, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR])); \
+            } else {                                                                                \
+                for (int j = 0; j < NR; j++) out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);    \
+            }                                                                                       \
+        }                                                                                           \
     }
 MXM_DEFINE_GEMV_SET(DEFINE_GEMV, mx, scale_mx, 4)
 MXM_DEFINE_GEMV_SET(DEFINE_GEMV, fb, scale_fp8block, 4)

@@ -28,8 +28,7 @@ void mxm_gemm_panel16_ref(const float *const *a, int mr, const float *panel, int
     for (int m = 0; m < mr; m++) {
         for (int j = 0; j < 16; j++) {
             float acc = 0.0f;
-            for (int64_t i = 0; i < k; i++)
-                acc += a[m][i] * panel[j * k + i];
+            for (int64_t i = 0; i < k; i++) acc += a[m][i] * panel[j * k + i];
             c[m * ldc + j] = acc;
         }
     }
@@ -44,8 +43,8 @@ void mxm_gemv_mxfp8_ref(const void *wv, const void *sv, int64_t k, int64_t r0, i
             const int64_t r = r0 + j * rstep;
             float acc = 0.0f;
             for (int64_t i = 0; i < k; i++)
-                acc += x[t][i] * (mxm_e4m3_decode(w[r * k + i]) *
-                                  mxm_e8m0_decode(ws[r * kb + i / MXM_MX_BLOCK]));
+                acc += x[t][i] *
+                       (mxm_e4m3_decode(w[r * k + i]) * mxm_e8m0_decode(ws[r * kb + i / MXM_MX_BLOCK]));
             out[t * ldo + j] = acc;
         }
     }
@@ -61,8 +60,7 @@ static inline float fp8block_value(const void *w, const void *ws, int64_t k, int
 void mxm_pack_fp8block_panel_ref(const void *w, const void *ws, int64_t k, int64_t r0,
                                  int64_t rstep, int nr, float *panel) {
     for (int j = 0; j < 16; j++)
-        for (int64_t i = 0; i < k; i++)
-            panel[j * k + i] = j < nr ? fp8block_value(w, ws, k, r0 + j * rstep, i) : 0.0f;
+        for (int64_t i = 0; i < k; i++) panel[j * k + i] = j < nr ? fp8block_value(w, ws, k, r0 + j * rstep, i) : 0.0f;
 }
 
 void mxm_gemv_fp8block_ref(const void *w, const void *ws, int64_t k, int64_t r0, int64_t rstep,
@@ -70,8 +68,7 @@ void mxm_gemv_fp8block_ref(const void *w, const void *ws, int64_t k, int64_t r0,
     for (int t = 0; t < nt; t++) {
         for (int j = 0; j < nr; j++) {
             float acc = 0.0f;
-            for (int64_t i = 0; i < k; i++)
-                acc += x[t][i] * fp8block_value(w, ws, k, r0 + j * rstep, i);
+            for (int64_t i = 0; i < k; i++) acc += x[t][i] * fp8block_value(w, ws, k, r0 + j * rstep, i);
             out[t * ldo + j] = acc;
         }
     }

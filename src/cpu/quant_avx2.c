@@ -43,8 +43,7 @@
 
 /* 2^(127-b) as fp32 bits, indexed by the scale byte b; 0 for b == 0 (the flushed block: the
  * product is +0 and the sign is added back from the input) and for b == 255 (unused). */
-#define INV1(b)                                                                                    \
-    ((b) == 0 || (b) == 255 ? 0u : (b) == 254 ? 0x00400000u : (uint32_t)(254 - (b)) << 23)
+#define INV1(b) ((b) == 0 || (b) == 255 ? 0u : (b) == 254 ? 0x00400000u : (uint32_t)(254 - (b)) << 23)
 #define INV4(b) INV1(b), INV1((b) + 1), INV1((b) + 2), INV1((b) + 3)
 #define INV16(b) INV4(b), INV4((b) + 4), INV4((b) + 8), INV4((b) + 12)
 #define INV64(b) INV16(b), INV16((b) + 16), INV16((b) + 32), INV16((b) + 48)
@@ -175,9 +174,9 @@ MXM_AINLINE void load_bf16(const uint16_t *x, __m256i v[5]) {
 MXM_AINLINE void quantize_row(const void *x, int64_t n, uint8_t *q, uint8_t *s, int rule,
                               int bf16) {
     const int64_t nb = n / MXM_MX_BLOCK, np = nb / 2;
-#define MXM_LOAD(i, v)                                                                             \
-    (bf16 ? load_bf16((const uint16_t *)x + (i)*MXM_MX_BLOCK, v)                                   \
-          : load_f32((const float *)x + (i)*MXM_MX_BLOCK, v))
+#define MXM_LOAD(i, v)                                                                          \
+    (bf16 ? load_bf16((const uint16_t *)x + (i) * MXM_MX_BLOCK, v)                              \
+          : load_f32((const float *)x + (i) * MXM_MX_BLOCK, v))
     if (np > 0) {
         blk_t c0, c1, n0, n1;
         uint32_t b0, b1, bn0, bn1;
@@ -215,7 +214,8 @@ MXM_AINLINE void quantize_f32_row(const float *x, int64_t n, uint8_t *q, uint8_t
     quantize_row(x, n, q, s, rule, 0);
 }
 
-MXM_AINLINE void quantize_bf16_row(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule) {
+MXM_AINLINE void quantize_bf16_row(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s,
+                                   int rule) {
     quantize_row(x, n, q, s, rule, 1);
 }
 

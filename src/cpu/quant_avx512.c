@@ -37,8 +37,8 @@ MXM_AINLINE uint32_t scale_from_amax(uint32_t abits, int rule) {
         const int e = (int)(abits >> 23) - 8;
         return (uint32_t)(e < 0 ? 0 : e);
     }
-    const uint32_t D = (uint32_t)_mm_cvtsi128_si32(_mm_castps_si128(
-        _mm_mul_ss(_mm_castsi128_ps(_mm_cvtsi32_si128((int)abits)), _mm_set_ss(MXM_INV448))));
+    const uint32_t D = (uint32_t)_mm_cvtsi128_si32(
+        _mm_castps_si128(_mm_mul_ss(_mm_castsi128_ps(_mm_cvtsi32_si128((int)abits)), _mm_set_ss(MXM_INV448))));
     if (D >= 0x7F800000u) return MXM_E8M0_NAN;
     const uint32_t b = D > 0x400000u ? (D + 0x7FFFFFu) >> 23 : 0u;
     return b > 254u ? 254u : b;
@@ -48,8 +48,7 @@ MXM_AINLINE uint32_t scale_from_amax(uint32_t abits, int rule) {
 MXM_AINLINE void quantize_block(__m512i v0, __m512i v1, uint8_t *q, uint8_t *s, int rule) {
     const __m512i absmask = _mm512_set1_epi32(0x7FFFFFFF);
     const __m512i a0 = _mm512_and_si512(v0, absmask), a1 = _mm512_and_si512(v1, absmask);
-    const uint32_t b =
-        scale_from_amax((uint32_t)_mm512_reduce_max_epu32(_mm512_max_epu32(a0, a1)), rule);
+    const uint32_t b = scale_from_amax((uint32_t)_mm512_reduce_max_epu32(_mm512_max_epu32(a0, a1)), rule);
     *s = (uint8_t)b;
     if (__builtin_expect(b == MXM_E8M0_NAN, 0)) {
         _mm256_storeu_si256((__m256i *)q, _mm256_set1_epi8(MXM_E4M3_NAN));
@@ -72,19 +71,15 @@ MXM_AINLINE void quantize_block(__m512i v0, __m512i v1, uint8_t *q, uint8_t *s, 
 static void mx_quantize_f32_avx512(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule) {
     for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
         const float *xb = x + b * MXM_MX_BLOCK;
-        quantize_block(_mm512_loadu_si512(xb), _mm512_loadu_si512(xb + 16), q + b * MXM_MX_BLOCK,
-                       s + b, rule);
+        quantize_block(_mm512_loadu_si512(xb), _mm512_loadu_si512(xb + 16), q + b * MXM_MX_BLOCK, s + b, rule);
     }
 }
 
-static void mx_quantize_bf16_avx512(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s,
-                                    int rule) {
+static void mx_quantize_bf16_avx512(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule) {
     for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
         const uint16_t *xb = x + b * MXM_MX_BLOCK;
-        const __m512i v0 =
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)xb)), 16);
-        const __m512i v1 = _mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xb + 16))), 16);
+        const __m512i v0 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)xb)), 16);
+        const __m512i v1 = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xb + 16))), 16);
         quantize_block(v0, v1, q + b * MXM_MX_BLOCK, s + b, rule);
     }
 }
@@ -105,15 +100,13 @@ static void mx_dequantize_f32_avx512(const uint8_t *q, const uint8_t *s, int64_t
         h = _mm512_and_si512(_mm512_srai_epi16(h, 1), _mm512_set1_epi16((short)0xBFFF));
         const __m512 scale = _mm512_set1_ps(256.0f); /* restores the exponent bias, exactly */
         const __m512 sc = _mm512_set1_ps(mxm_e8m0_decode(s[b]));
-        const __m512 lo =
-            _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), scale); /* exact */
+        const __m512 lo = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), scale); /* exact */
         const __m512 hi = _mm512_mul_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)), scale);
         _mm512_storeu_ps(ob, _mm512_mul_ps(lo, sc));
         _mm512_storeu_ps(ob + 16, _mm512_mul_ps(hi, sc));
     }
     if (n > nb * MXM_MX_BLOCK)
-        mxm_mx_dequantize_f32_ref(q + nb * MXM_MX_BLOCK, s + nb, n - nb * MXM_MX_BLOCK,
-                                  out + nb * MXM_MX_BLOCK);
+        mxm_mx_dequantize_f32_ref(q + nb * MXM_MX_BLOCK, s + nb, n - nb * MXM_MX_BLOCK, out + nb * MXM_MX_BLOCK);
 }
 
 void mxm_cpu_quant_init_avx512(mxm_cpu_kernels *k) {

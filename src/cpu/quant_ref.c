@@ -14,20 +14,17 @@ static void mx_quantize_block(const float *x, uint8_t *q, uint8_t *s, int rule) 
     }
     if (special) {
         *s = MXM_E8M0_NAN;
-        for (int i = 0; i < MXM_MX_BLOCK; i++)
-            q[i] = MXM_E4M3_NAN;
+        for (int i = 0; i < MXM_MX_BLOCK; i++) q[i] = MXM_E4M3_NAN;
         return;
     }
     const uint8_t b = mxm_mx_scale_byte(amax, rule);
     *s = b;
     if (b == 0) { /* flushed to +-0 */
-        for (int i = 0; i < MXM_MX_BLOCK; i++)
-            q[i] = (uint8_t)((mxm_f32_bits(x[i]) >> 24) & 0x80);
+        for (int i = 0; i < MXM_MX_BLOCK; i++) q[i] = (uint8_t)((mxm_f32_bits(x[i]) >> 24) & 0x80);
         return;
     }
     const float inv = mxm_e8m0_inverse(b);
-    for (int i = 0; i < MXM_MX_BLOCK; i++)
-        q[i] = mxm_e4m3_rne_sat(x[i] * inv);
+    for (int i = 0; i < MXM_MX_BLOCK; i++) q[i] = mxm_e4m3_rne_sat(x[i] * inv);
 }
 
 void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, int rule) {
@@ -38,8 +35,7 @@ void mxm_mx_quantize_f32_ref(const float *x, int64_t n, uint8_t *q, uint8_t *s, 
 void mxm_mx_quantize_bf16_ref(const uint16_t *x, int64_t n, uint8_t *q, uint8_t *s, int rule) {
     float tmp[MXM_MX_BLOCK];
     for (int64_t b = 0; b < n / MXM_MX_BLOCK; b++) {
-        for (int i = 0; i < MXM_MX_BLOCK; i++)
-            tmp[i] = mxm_bf16_decode(x[b * MXM_MX_BLOCK + i]);
+        for (int i = 0; i < MXM_MX_BLOCK; i++) tmp[i] = mxm_bf16_decode(x[b * MXM_MX_BLOCK + i]);
         mx_quantize_block(tmp, q + b * MXM_MX_BLOCK, s + b, rule);
     }
 }

@@ -41,14 +41,12 @@ mxm_status mxm_mxfp8_quantize(const void *x, int32_t x_dtype, int64_t rows, int6
     if (st) return st;
     if ((st = check_float_dtype(x_dtype, fn, "input"))) return st;
     if (cols % MXM_MX_BLOCK)
-        return mxm_fail(MXM_ERR_SHAPE, "%s: cols=%lld is not a multiple of 32", fn,
-                        (long long)cols);
+        return mxm_fail(MXM_ERR_SHAPE, "%s: cols=%lld is not a multiple of 32", fn, (long long)cols);
     if (rule != MXM_SCALE_RCEIL && rule != MXM_SCALE_FLOOR)
-        return mxm_fail(MXM_ERR_INVALID_ARG,
-                        "%s: scale rule %d unknown; supported: rceil (0), floor (1)", fn, rule);
+        return mxm_fail(MXM_ERR_INVALID_ARG, "%s: scale rule %d unknown; supported: rceil (0), floor (1)",
+                        fn, rule);
     if (x_stride == 0) x_stride = cols;
-    if (x_stride < cols)
-        return mxm_fail(MXM_ERR_SHAPE, "%s: stride %lld < cols", fn, (long long)x_stride);
+    if (x_stride < cols) return mxm_fail(MXM_ERR_SHAPE, "%s: stride %lld < cols", fn, (long long)x_stride);
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(false);
     const int nt = nthreads_for(rows * cols, num_threads);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -63,15 +61,14 @@ mxm_status mxm_mxfp8_quantize(const void *x, int32_t x_dtype, int64_t rows, int6
     return MXM_OK;
 }
 
-mxm_status mxm_mxfp8_dequantize(const uint8_t *q, const uint8_t *scales, int64_t rows, int64_t cols,
-                                void *out, int32_t out_dtype, int32_t num_threads) {
+mxm_status mxm_mxfp8_dequantize(const uint8_t *q, const uint8_t *scales, int64_t rows,
+                                int64_t cols, void *out, int32_t out_dtype, int32_t num_threads) {
     const char *fn = "mxm_mxfp8_dequantize";
     mxm_status st = check_matrix(q, scales, out, rows, cols, fn);
     if (st) return st;
     if ((st = check_float_dtype(out_dtype, fn, "output"))) return st;
     if (cols % MXM_MX_BLOCK)
-        return mxm_fail(MXM_ERR_SHAPE, "%s: cols=%lld is not a multiple of 32", fn,
-                        (long long)cols);
+        return mxm_fail(MXM_ERR_SHAPE, "%s: cols=%lld is not a multiple of 32", fn, (long long)cols);
     const mxm_cpu_kernels *k = mxm_cpu_kernels_get(false);
     const int nt = nthreads_for(rows * cols, num_threads);
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -84,8 +81,7 @@ mxm_status mxm_mxfp8_dequantize(const uint8_t *q, const uint8_t *scales, int64_t
             float tmp[MXM_MX_BLOCK];
             for (int64_t c = 0; c < cols; c += MXM_MX_BLOCK) {
                 k->mx_dequantize_f32(qr + c, sr + c / MXM_MX_BLOCK, MXM_MX_BLOCK, tmp);
-                for (int i = 0; i < MXM_MX_BLOCK; i++)
-                    o[c + i] = mxm_bf16_rne(tmp[i]);
+                for (int i = 0; i < MXM_MX_BLOCK; i++) o[c + i] = mxm_bf16_rne(tmp[i]);
             }
         }
     }
@@ -123,10 +119,8 @@ mxm_status mxm_fp8block_quantize_act(const void *x, int32_t x_dtype, int64_t row
         for (int64_t b = 0; b < nb; b++) {
             const int64_t c0 = b * MXM_FP8_BLOCK;
             const int n = cols - c0 < MXM_FP8_BLOCK ? (int)(cols - c0) : MXM_FP8_BLOCK;
-            for (int i = 0; i < n; i++)
-                seg[i] = load_elem(x, x_dtype, r * cols + c0 + i);
-            scales[scales_transposed ? b * rows + r : r * nb + b] =
-                mxm_fp8block_quantize_seg(seg, n, q + r * cols + c0);
+            for (int i = 0; i < n; i++) seg[i] = load_elem(x, x_dtype, r * cols + c0 + i);
+            scales[scales_transposed ? b * rows + r : r * nb + b] = mxm_fp8block_quantize_seg(seg, n, q + r * cols + c0);
         }
     }
     return MXM_OK;
@@ -156,8 +150,7 @@ mxm_status mxm_fp8block_quantize_weight(const void *w, int32_t w_dtype, int64_t 
             scales[bi * cb + bj] = s;
             for (int64_t r = r0; r < r1; r++)
                 for (int64_t i = 0; i < n; i++)
-                    q[r * cols + c0 + i] =
-                        mxm_e4m3_rne_sat(load_elem(w, w_dtype, r * cols + c0 + i) / s);
+                    q[r * cols + c0 + i] = mxm_e4m3_rne_sat(load_elem(w, w_dtype, r * cols + c0 + i) / s);
         }
     }
     return MXM_OK;
@@ -171,8 +164,7 @@ mxm_status mxm_fp8block_dequantize(const uint8_t *q, const float *scales, int64_
     if (st) return st;
     if ((st = check_float_dtype(out_dtype, fn, "output"))) return st;
     if (block_rows != 1 && block_rows != MXM_FP8_BLOCK)
-        return mxm_fail(MXM_ERR_INVALID_ARG, "%s: block_rows=%d; supported: 1, 128", fn,
-                        block_rows);
+        return mxm_fail(MXM_ERR_INVALID_ARG, "%s: block_rows=%d; supported: 1, 128", fn, block_rows);
     if (scales_transposed && block_rows != 1)
         return mxm_fail(MXM_ERR_INVALID_ARG, "%s: transposed scales need block_rows == 1", fn);
     const int64_t cb = mxm_ceil_div(cols, MXM_FP8_BLOCK);
@@ -181,8 +173,8 @@ mxm_status mxm_fp8block_dequantize(const uint8_t *q, const float *scales, int64_
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t c = 0; c < cols; c++) {
             const int64_t b = c / MXM_FP8_BLOCK;
-            const float s =
-                scales_transposed ? scales[b * rows + r] : scales[(r / block_rows) * cb + b];
+            const float s = scales_transposed ? scales[b * rows + r]
+                                              : scales[(r / block_rows) * cb + b];
             const float v = mxm_e4m3_decode(q[r * cols + c]) * s;
             if (out_dtype == MXM_DT_F32)
                 ((float *)out)[r * cols + c] = v;
