@@ -458,7 +458,9 @@ int mb_bench(const mb_options *o, FILE *tf) {
                 "routing %s, shared expert %s\n",
                 s->name, L.cfg.backend == MXM_BACKEND_CUDA ? "cuda" : "cpu",
                 mxm_weight_format_name(L.cfg.weight_format),
-                L.cfg.act_quant == MXM_ACT_QUANT_NONE ? "none (weight-only)" : "mxfp8 (W8A8)",
+                L.cfg.act_quant == MXM_ACT_QUANT_NONE       ? "none (weight-only)"
+                : L.cfg.weight_format == MXM_WFMT_FP8_BLOCK ? "fp8 1x128 (W8A8)"
+                                                            : "mxfp8 (W8A8)",
                 L.cfg.profile == MXM_PROFILE_EXACT ? "exact" : "trtllm",
                 kernels_of(&L.cfg, kbuf, sizeof kbuf),
                 L.cfg.num_threads > 0 ? L.cfg.num_threads : threads,
