@@ -355,6 +355,79 @@ static void test_expert_parallel_slices(void **state) {
     ref_layer_free(&L);
 }
 
+/* A token's output does not depend on its neighbours' values: with bf16-exact weight-only inputs,
+ * every token routed to one expert (T = 3: the GEMV, T = 10 and 40: tiles or panels), making one
+ * token's input inexact in bf16 (so it leaves the bf16 kernels) leaves every other token's output
+ * bit for bit, in every kernel set this CPU runs. */
+static void test_neighbour_independence(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    const int64_t Ts[] = {3, 10, 40};
+    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK};
+    const mxm_cpu_kernels *sets[16];
+    const int nsets = mxm_cpu_kernel_sets(sets, 16);
+    const char *old_env = getenv("MXM_KERNELS");
+    char *saved = old_env ? strdup(old_env) : NULL;
+    for (int f = 0; f < 2; f++)
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int64_t T = Ts[ti];
+            mxm_moe_config c = base_cfg(96, 64, 2, 1, MXM_ACT_SILU);
+            c.weight_format = fmts[f], c.act_quant = MXM_ACT_QUANT_NONE;
+            c.profile = MXM_PROFILE_EXACT; /* no bf16 rounding of the intermediate to hide a sum's
+                                              last bits */
+            ref_layer L;
+            ref_layer_init(&L, &c, tu_next(&r), 0);
+            const int64_t H = c.hidden_size;
+            float *x = tu_alloc(4 * T * H), *w = tu_alloc(4 * T), *oa = tu_alloc(4 * T * H),
+                  *ob = tu_alloc(4 * T * H);
+            int32_t *ids = tu_alloc(4 * T);
+            tu_fill_normal_f32(&r, x, T * H, 1);
+            for (int64_t i = 0; i < T * H; i++)
+                x[i] = mxm_round_bf16(x[i]);
+            for (int64_t t = 0; t < T; t++)
+                ids[t] = 0, w[t] = 1.0f;
+            const int64_t odd = tu_randint(&r, 0, T - 1); /* the token made inexact */
+            for (int si = 0; si < nsets; si++) {
+                c.kernels = si == 0 ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
+                if (si) setenv("MXM_KERNELS", sets[si]->name, 1);
+                for (int pass = 0; pass < 2; pass++) {
+                    if (pass) x[odd * H + 7] += x[odd * H + 7] * 0x1p-12f; /* not a bf16 value */
+                    mxm_moe_plan *plan = NULL;
+                    assert_int_equal(mxm_moe_plan_create(&c, T, &plan), MXM_OK);
+                    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+                    void *ws = aligned_alloc(64, (size_t)wsb);
+                    float *o = pass ? ob : oa;
+                    tu_poison_f32(o, T * H);
+                    mxm_moe_inputs in = {.num_tokens = T,
+                                         .x = x,
+                                         .x_dtype = MXM_DT_F32,
+                                         .topk_ids = ids,
+                                         .topk_weights = w};
+                    mxm_moe_outputs out = {.out = o, .out_dtype = MXM_DT_F32};
+                    mxm_moe_weights mw = ref_layer_weights(&L);
+                    assert_int_equal(mxm_moe_forward(plan, &mw, &in, &out, ws, wsb, NULL), MXM_OK);
+                    free(ws);
+                    mxm_moe_plan_destroy(plan);
+                    if (pass) x[odd * H + 7] = mxm_round_bf16(x[odd * H + 7]);
+                }
+                int64_t differ = 0;
+                for (int64_t t = 0; t < T; t++)
+                    if (t != odd) differ += memcmp(oa + t * H, ob + t * H, 4 * (size_t)H) != 0;
+                printf("neighbours %-9s T=%-3lld %-10s other tokens' outputs differing: %lld %s\n",
+                       mxm_weight_format_name(c.weight_format), (long long)T, sets[si]->name,
+                       (long long)differ, differ ? "FAIL" : "PASS");
+                assert_int_equal(differ, 0);
+            }
+            free(x), free(w), free(oa), free(ob), free(ids);
+            ref_layer_free(&L);
+        }
+    if (saved)
+        setenv("MXM_KERNELS", saved, 1);
+    else
+        unsetenv("MXM_KERNELS");
+    free(saved);
+}
+
 /* Runs last: the bounds of all the cases above were tight enough to catch a 1.6% error. */
 static void test_bounds_catch_mutants(void **state) {
     (void)state;
@@ -374,6 +447,7 @@ int main(void) {
         cmocka_unit_test(test_tile_groups),
         cmocka_unit_test(test_shared_expert),
         cmocka_unit_test(test_expert_parallel_slices),
+        cmocka_unit_test(test_neighbour_independence),
         cmocka_unit_test(test_bounds_catch_mutants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

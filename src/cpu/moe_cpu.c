@@ -120,6 +120,12 @@ typedef struct tiles {
     bool gemv;              /* the expert takes the GEMV (expert_view.gemv): no tiles, no panels */
     bool ready;             /* xt holds exact tiles of this product's tokens */
     const float *const *xs; /* the tokens' 1x128 scales where xt and the dot rows hold codes */
+    /* A group whose tokens are not all tile-exact: the exact ones go on the tiles, the others on
+     * the fp32 panels, so that no token's path depends on its neighbours. In that order: */
+    int64_t n_exact;   /* tokens on the tiles (the group's n when all are) */
+    int32_t *order;    /* [TILE_TOKENS] the group row of each token */
+    const float **xso; /* [TILE_TOKENS] their 1x128 scales (with codes) */
+    float *ho;         /* [TILE_TOKENS * 16] their products */
 } tiles;
 
 /* Whether the tile path may run: for the plan's weight format (its row has a tile product: the
@@ -144,9 +150,20 @@ static int64_t group_rows(const pass *ps, int64_t n) {
  * sums below 2^120). */
 static void tiles_prepare(const pass *ps, tiles *tl, const float *const *x, const float *const *xs,
                           int64_t n, int64_t k) {
-    tl->ready = !tl->gemv && tiles_apply(ps, n) && k < (1 << 20) &&
-                ps->k->pack_x_tiles(x, (int)n, k, tl->xt);
-    tl->xs = xs;
+    tl->xs = xs, tl->n_exact = n;
+    tl->ready = !tl->gemv && tiles_apply(ps, n) && k < (1 << 20);
+    if (!tl->ready || ps->k->pack_x_tiles(x, (int)n, k, tl->xt)) return;
+    /* not every token is tile-exact: each one's verdict alone, the exact ones first */
+    int64_t ne = 0, ni = n;
+    for (int64_t i = 0; i < n; i++)
+        tl->order[ps->k->pack_x_tiles(x + i, 1, k, tl->xt) ? ne++ : --ni] = (int32_t)i;
+    tl->n_exact = ne, tl->ready = ne > 0;
+    const float **xo = (const float **)tl->ho; /* the exact rows in order, until packed */
+    for (int64_t q = 0; q < ne; q++) {
+        xo[q] = x[tl->order[q]];
+        tl->xso[q] = xs ? xs[tl->order[q]] : NULL;
+    }
+    if (ne) ps->k->pack_x_tiles(xo, (int)ne, k, tl->xt);
 }
 
 /* How many of the n tokens have exact dot rows (xd[i] NULL where not; xd NULL: none). */
@@ -187,9 +204,25 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
         }
         return;
     }
-    if (tl->ready &&
+    if (tl->ready && tl->n_exact == n &&
         ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, tl->xs, (int)n, h, 16, tl->wp))
         return;
+    if (tl->ready && tl->n_exact < n &&
+        ps->wk->gemm_tiles16(w, s, k, r0, rstep, nr, tl->xt, tl->xs ? tl->xso : NULL,
+                             (int)tl->n_exact, tl->ho, 16, tl->wp)) {
+        /* the tokens that are not tile-exact on the panel, then every row back in place */
+        ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
+        for (int64_t q = tl->n_exact; q < n; q += MR) {
+            const int mr = n - q < MR ? (int)(n - q) : MR;
+            const float *xi[MR];
+            for (int m = 0; m < mr; m++)
+                xi[m] = x[tl->order[q + m]];
+            ps->k->gemm_panel16(xi, mr, panel, k, tl->ho + q * 16, 16);
+        }
+        for (int64_t q = 0; q < n; q++)
+            memcpy(h + tl->order[q] * 16, tl->ho + q * 16, sizeof(float) * 16);
+        return;
+    }
     ps->wk->pack_panel(w, s, k, r0, rstep, nr, panel);
     for (int64_t i = 0; i < n; i += MR) {
         const int mr = n - i < MR ? (int)(n - i) : MR;
@@ -377,7 +410,8 @@ static int64_t scratch_base_bytes(const mxm_moe_plan *p, int64_t batch) {
     return mxm_align_up((panel_floats_of(p) + 2 * 16 * max_rows) * 4 + 4 * max_rows * 8, 64);
 }
 static int64_t scratch_tile_bytes(const mxm_moe_plan *p) {
-    return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2;
+    return (TILE_TOKENS + 16) * (panel_floats_of(p) / 16) * 2 +
+           TILE_TOKENS * (4 + 8 + 16 * 4); /* order, xso, ho */
 }
 
 static thread_scratch scratch_of(const pass *ps, char *base) {
@@ -392,6 +426,11 @@ static thread_scratch scratch_of(const pass *ps, char *base) {
     const bool has_tiles = tiles_for_format(ps);
     s.tl.xt = has_tiles ? (uint16_t *)(base + scratch_base_bytes(ps->p, ps->cs->batch)) : NULL;
     s.tl.wp = has_tiles ? s.tl.xt + TILE_TOKENS * (panel_floats_of(ps->p) / 16) : NULL;
+    /* after the weight tile panel (16 rows): the mixed groups' order, scales and products */
+    char *mixed = has_tiles ? (char *)(s.tl.wp + 16 * (panel_floats_of(ps->p) / 16)) : NULL;
+    s.tl.ho = (float *)mixed;
+    s.tl.xso = has_tiles ? (const float **)(mixed + TILE_TOKENS * 16 * 4) : NULL;
+    s.tl.order = has_tiles ? (int32_t *)(mixed + TILE_TOKENS * (16 * 4 + 8)) : NULL;
     s.tl.ready = false;
     return s;
 }
