@@ -28,11 +28,11 @@
 #define THREAD_ID() 0
 #endif
 
-#define CPU_BATCH 1024  /* tokens per pass: bounds the workspace; weights re-read per pass */
-#define GEMM1_COLS 128  /* I columns per GEMM1 work item (a multiple of every act block) */
-#define GEMM2_ROWS 64   /* H rows per GEMM2 work item */
-#define MR 6            /* tokens per micro-kernel call */
-#define TILE_TOKENS 256 /* token rows per bf16 tile pass (a work item's larger groups: several) */
+#define CPU_BATCH 1024   /* tokens per pass: bounds the workspace; weights re-read per pass */
+#define GEMM1_COLS 128   /* I columns per GEMM1 work item (a multiple of every act block) */
+#define GEMM2_ROWS 64    /* H rows per GEMM2 work item */
+#define MR 6             /* tokens per micro-kernel call */
+#define TILE_TOKENS 256  /* token rows per bf16 tile pass (a work item's larger groups: several) */
 /* I columns / H rows per work item in passes that use the tiles (10% faster than 128 / 64 on the
  * 2-vCPU Xeon of docs/BENCHMARKS.md; 512: a few % more) */
 #define TILE_ITEM 256
@@ -40,19 +40,19 @@
 /* The CPU workspace: regions as byte offsets from its 64-byte aligned start. B is the batch (tokens
  * per pass), E_loc the local experts. */
 typedef struct cpu_layout {
-    int64_t xf;       /* f32 [B, H] activations as the GEMMs see them */
-    int64_t ids;      /* i32 [B, K] */
-    int64_t wts;      /* f32 [B, K] */
-    int64_t pos;      /* i32 [B, K] permuted row of (t, k), -1 when not local */
-    int64_t rows;     /* i32 [B*K + B] token of each permuted row, grouped by expert */
-    int64_t counts;   /* i64 [E_loc + 2] rows per expert, then offsets */
-    int64_t fwd_rows; /* i64 [E_loc + 1] rows per expert in the whole forward */
-    int64_t items;    /* i64 [max items] work items */
-    int64_t order;    /* i32 [E_loc + 1] experts by descending rows */
-    int64_t act;      /* f32 [B*K, I] intermediate activations (routed) */
-    int64_t act_sh;   /* f32 [B, I_s] (shared expert) */
-    int64_t y;        /* f32 [B*K, H] expert outputs */
-    int64_t y_sh;     /* f32 [B, H] shared expert output */
+    int64_t xf;            /* f32 [B, H] activations as the GEMMs see them */
+    int64_t ids;           /* i32 [B, K] */
+    int64_t wts;           /* f32 [B, K] */
+    int64_t pos;           /* i32 [B, K] permuted row of (t, k), -1 when not local */
+    int64_t rows;          /* i32 [B*K + B] token of each permuted row, grouped by expert */
+    int64_t counts;        /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t fwd_rows;      /* i64 [E_loc + 1] rows per expert in the whole forward */
+    int64_t items;         /* i64 [max items] work items */
+    int64_t order;         /* i32 [E_loc + 1] experts by descending rows */
+    int64_t act;           /* f32 [B*K, I] intermediate activations (routed) */
+    int64_t act_sh;        /* f32 [B, I_s] (shared expert) */
+    int64_t y;             /* f32 [B*K, H] expert outputs */
+    int64_t y_sh;          /* f32 [B, H] shared expert output */
     /* DeepSeek FP8 W8A8 on the tiles (cpu_state.codes; else empty): the activations' E4M3 codes
      * (as f32) and their 1x128 scales, beside the values xf, act, act_sh */
     int64_t xc, xcs;           /* f32 [B, H], [B, ceil(H/128)] */
@@ -75,8 +75,8 @@ typedef struct cpu_state {
     bool tiles;                     /* the tile path may run (plan_tiles) */
     bool codes; /* DeepSeek FP8 W8A8 with tiles: the tiles take activation codes + 1x128 scales */
     bool dot;   /* the set has a bf16 GEMV for the format: token rows get dot rows */
-    int64_t batch;     /* tokens per pass (the workspace is sized for this many) */
-    int64_t max_items; /* work items per GEMM stage */
+    int64_t batch;                  /* tokens per pass (the workspace is sized for this many) */
+    int64_t max_items;              /* work items per GEMM stage */
     cpu_layout ws;
 } cpu_state;
 
@@ -87,18 +87,18 @@ typedef struct pass {
     const mxm_cpu_kernels *k;
     const mxm_cpu_wfmt_kernels *wk;
     const mxm_moe_weights *w;
-    int64_t nt;           /* tokens in this pass */
-    float *xf;            /* [nt, H] */
-    int32_t *ids;         /* [nt, K] */
-    float *wts;           /* [nt, K] */
-    int32_t *pos;         /* [nt, K] */
-    int32_t *rows;        /* [rows] token of each permuted row */
-    int64_t *count;       /* [E_loc + 1] (last: shared) */
-    int64_t *offset;      /* [E_loc + 1] */
-    int64_t *fwd_rows;    /* [E_loc + 1] rows per expert in the whole forward (all passes) */
+    int64_t nt;         /* tokens in this pass */
+    float *xf;          /* [nt, H] */
+    int32_t *ids;       /* [nt, K] */
+    float *wts;         /* [nt, K] */
+    int32_t *pos;       /* [nt, K] */
+    int32_t *rows;      /* [rows] token of each permuted row */
+    int64_t *count;     /* [E_loc + 1] (last: shared) */
+    int64_t *offset;    /* [E_loc + 1] */
+    int64_t *fwd_rows;  /* [E_loc + 1] rows per expert in the whole forward (all passes) */
     int32_t *shared_rows; /* identity map 0..nt-1 for the shared expert */
     int64_t *items;
-    int32_t *order; /* [E_loc + 1] scratch for make_items */
+    int32_t *order;     /* [E_loc + 1] scratch for make_items */
     int64_t nitems;
     int64_t cols1, rows2; /* I columns per GEMM1 item, H rows per GEMM2 item */
     float *act, *act_sh, *y, *y_sh;
@@ -115,10 +115,10 @@ typedef struct pass {
 /* A thread's bf16 tiles of one work item: the token rows' tiles (when tiles_ready) and a weight
  * tile panel. */
 typedef struct tiles {
-    uint16_t *xt;           /* [TILE_TOKENS, k] token tiles */
-    uint16_t *wp;           /* [16, k] weight tile panel */
-    bool gemv;              /* the expert takes the GEMV (expert_view.gemv): no tiles, no panels */
-    bool ready;             /* xt holds exact tiles of this product's tokens */
+    uint16_t *xt; /* [TILE_TOKENS, k] token tiles */
+    uint16_t *wp; /* [16, k] weight tile panel */
+    bool gemv;    /* the expert takes the GEMV (expert_view.gemv): no tiles, no panels */
+    bool ready;   /* xt holds exact tiles of this product's tokens */
     const float *const *xs; /* the tokens' 1x128 scales where xt and the dot rows hold codes */
     /* A group whose tokens are not all tile-exact: the exact ones go on the tiles, the others on
      * the fp32 panels, so that no token's path depends on its neighbours. In that order: */
@@ -230,8 +230,7 @@ static void panel_product(const pass *ps, const void *w, const void *s, int64_t 
     }
 }
 
-/* ---- activation quantization ------------------------------------------------------------------
- */
+/* ---- activation quantization ------------------------------------------------------------------ */
 
 /* DeepSeek FP8 1x128 quantize-dequantize of a row segment, in place; with xc, the codes' values
  * into xc [n] and the blocks' scales into xs [ceil(n/128)] too. */
@@ -240,8 +239,7 @@ static void fp8block_fakequant(float *x, int64_t n, float *xc, float *xs) {
     for (int64_t c0 = 0; c0 < n; c0 += MXM_FP8_BLOCK) {
         const int m = n - c0 < MXM_FP8_BLOCK ? (int)(n - c0) : MXM_FP8_BLOCK;
         const float s = mxm_fp8block_quantize_seg(x + c0, m, q);
-        for (int i = 0; i < m; i++)
-            x[c0 + i] = mxm_e4m3_decode(q[i]) * s;
+        for (int i = 0; i < m; i++) x[c0 + i] = mxm_e4m3_decode(q[i]) * s;
         if (xc) {
             for (int i = 0; i < m; i++)
                 xc[c0 + i] = mxm_e4m3_decode(q[i]);
@@ -260,8 +258,7 @@ static void act_fakequant(const pass *ps, float *x, int64_t n, float *xc, float 
         ps->k->mx_fakequant_f32(x, n, x, ps->p->cfg.scale_rule);
 }
 
-/* ---- pass stages
- * ---------------------------------------------------------------------------------- */
+/* ---- pass stages ---------------------------------------------------------------------------------- */
 
 static void prepare_values(const pass *ps, const mxm_moe_inputs *in, int64_t t_global, int64_t t) {
     const mxm_moe_plan *p = ps->p;
@@ -276,8 +273,7 @@ static void prepare_values(const pass *ps, const mxm_moe_inputs *in, int64_t t_g
             const float *s = in->x_scale;
             for (int64_t i = 0; i < H; i++) {
                 const int64_t b = i / MXM_FP8_BLOCK;
-                const float sc = in->x_scale_transposed ? s[b * in->num_tokens + t_global]
-                                                        : s[t_global * nb + b];
+                const float sc = in->x_scale_transposed ? s[b * in->num_tokens + t_global] : s[t_global * nb + b];
                 row[i] = mxm_e4m3_decode(q[i]) * sc;
                 if (ps->xc) ps->xc[t * H + i] = mxm_e4m3_decode(q[i]), ps->xcs[t * nb + b] = sc;
             }
@@ -317,8 +313,8 @@ static mxm_status permute(pass *ps) {
     for (int64_t i = 0; i < ps->nt * K; i++) {
         const int32_t g = ps->ids[i];
         if (g < 0 || g >= p->cfg.num_experts)
-            return mxm_fail(MXM_ERR_INVALID_ARG, "topk_ids[%lld] = %d is outside 0..%d",
-                            (long long)i, g, p->cfg.num_experts - 1);
+            return mxm_fail(MXM_ERR_INVALID_ARG, "topk_ids[%lld] = %d is outside 0..%d", (long long)i, g,
+                            p->cfg.num_experts - 1);
         const int64_t e = g - off;
         if (e >= 0 && e < p->e_loc) count[e]++;
     }
@@ -470,11 +466,10 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     thread_scratch sc = scratch_of(ps, scratch);
     float *panel = sc.panel, *hg = sc.h0, *hu = sc.h1;
     const float **x = sc.x;
-    for (int64_t i = 0; i < v.n; i++)
-        x[i] = ps->xf + (int64_t)v.tok[i] * H;
+    for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
+    const int64_t nsbH = mxm_ceil_div(H, MXM_FP8_BLOCK), nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     for (int64_t i = 0; ps->xd && i < v.n; i++)
         sc.xd[i] = ps->xd_ok[v.tok[i]] ? ps->xd + (int64_t)v.tok[i] * ps->ldxd : NULL;
-    const int64_t nsbH = mxm_ceil_div(H, MXM_FP8_BLOCK), nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     for (int64_t i = 0; ps->xc && i < v.n; i++) {
         sc.xc[i] = ps->xc + (int64_t)v.tok[i] * H;
         sc.xs[i] = ps->xcs + (int64_t)v.tok[i] * nsbH;
@@ -486,15 +481,9 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const int64_t ld = I;
     int64_t gate_r0, up_r0, rstep = 1;
     switch (gated ? p->cfg.w13_layout : MXM_W13_GATE_UP) {
-    case MXM_W13_UP_GATE:
-        gate_r0 = I, up_r0 = 0;
-        break;
-    case MXM_W13_INTERLEAVED:
-        gate_r0 = 0, up_r0 = 1, rstep = 2;
-        break;
-    default:
-        gate_r0 = 0, up_r0 = I;
-        break;
+    case MXM_W13_UP_GATE: gate_r0 = I, up_r0 = 0; break;
+    case MXM_W13_INTERLEAVED: gate_r0 = 0, up_r0 = 1, rstep = 2; break;
+    default: gate_r0 = 0, up_r0 = I; break;
     }
     const void *w13 = v.d.w13, *s13 = v.d.w13_scale;
     const int64_t group = group_rows(ps, v.n);
@@ -546,8 +535,8 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     float *panel = sc.panel, *hy = sc.h0;
     const float **x = sc.x;
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
-    for (int64_t i = 0; i < v.n; i++)
-        x[i] = act + i * I;
+    for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
+    const int64_t nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     if (ps->xd) {
         const uint16_t *actd = v.shared ? ps->act_shd : ps->actd + v.row0 * ps->ldactd;
         const uint8_t *ok = v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
@@ -555,7 +544,6 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t i = 0; i < v.n; i++)
             sc.xd[i] = ok[i] ? actd + i * ldd : NULL;
     }
-    const int64_t nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
     if (ps->xc) {
         const float *actc = v.shared ? ps->act_shc : ps->actc + v.row0 * I;
         const float *acts = v.shared ? ps->act_shcs : ps->actcs + v.row0 * nsbI;
@@ -600,8 +588,7 @@ static void store_row(void *dst, int32_t dtype, int64_t t, const float *v, int64
         memcpy((float *)dst + t * H, v, (size_t)H * 4);
     } else {
         uint16_t *o = (uint16_t *)dst + t * H;
-        for (int64_t i = 0; i < H; i++)
-            o[i] = mxm_bf16_rne(v[i]);
+        for (int64_t i = 0; i < H; i++) o[i] = mxm_bf16_rne(v[i]);
     }
 }
 
@@ -609,30 +596,25 @@ static void combine(const pass *ps, const mxm_moe_outputs *out, int64_t b0) {
     const mxm_moe_plan *p = ps->p;
     const int64_t H = p->cfg.hidden_size, K = p->cfg.top_k;
     const bool has_shared = p->cfg.shared_intermediate_size > 0;
-#pragma omp parallel for num_threads(ps->nt < p->nthreads ? (int)ps->nt : p->nthreads)             \
-    schedule(static)
+#pragma omp parallel for num_threads(ps->nt < p->nthreads ? (int)ps->nt : p->nthreads) schedule(static)
     for (int64_t t = 0; t < ps->nt; t++) {
         float *acc = (float *)(ps->thread_ws + (int64_t)THREAD_ID() * ps->thread_bytes);
-        for (int64_t i = 0; i < H; i++)
-            acc[i] = 0.0f;
+        for (int64_t i = 0; i < H; i++) acc[i] = 0.0f;
         for (int64_t k = 0; k < K; k++) {
             const int32_t r = ps->pos[t * K + k];
             if (r < 0) continue;
             const float w = ps->wts[t * K + k];
             const float *y = ps->y + (int64_t)r * H;
-            for (int64_t i = 0; i < H; i++)
-                acc[i] += w * y[i];
+            for (int64_t i = 0; i < H; i++) acc[i] += w * y[i];
         }
         if (out->out_routed) store_row(out->out_routed, out->out_dtype, b0 + t, acc, H);
         if (has_shared)
-            for (int64_t i = 0; i < H; i++)
-                acc[i] += ps->y_sh[t * H + i];
+            for (int64_t i = 0; i < H; i++) acc[i] += ps->y_sh[t * H + i];
         store_row(out->out, out->out_dtype, b0 + t, acc, H);
     }
 }
 
-/* ---- plan and forward
- * -------------------------------------------------------------------------------- */
+/* ---- plan and forward -------------------------------------------------------------------------------- */
 
 static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     const mxm_moe_config *c = &p->cfg;
