@@ -713,7 +713,8 @@ static void route_batch(pass *ps, const mxm_moe_inputs *in, int64_t b0, char *sc
 }
 
 /* ps->fwd_rows: rows per local expert over all T tokens (ids outside [0, E) are left to the
- * passes' permute to report), the shared expert's T. */
+ * passes' permute to report), the shared expert's T. Caller-given ids are counted where they
+ * are; logits are routed batch by batch into ps->ids. */
 static void count_forward_rows(pass *ps, const mxm_moe_inputs *in, int64_t T, char *scratch,
                                int64_t route_bytes) {
     const mxm_moe_plan *p = ps->p;
@@ -721,9 +722,10 @@ static void count_forward_rows(pass *ps, const mxm_moe_inputs *in, int64_t T, ch
     memset(ps->fwd_rows, 0, sizeof(int64_t) * (size_t)(p->e_loc + 1));
     for (int64_t b0 = 0; b0 < T; b0 += B) {
         ps->nt = T - b0 < B ? T - b0 : B;
-        route_batch(ps, in, b0, scratch, route_bytes);
+        if (in->router_logits) route_batch(ps, in, b0, scratch, route_bytes);
+        const int32_t *ids = in->router_logits ? ps->ids : in->topk_ids + b0 * K;
         for (int64_t i = 0; i < ps->nt * K; i++) {
-            const int64_t e = (int64_t)ps->ids[i] - off;
+            const int64_t e = (int64_t)ids[i] - off;
             if (e >= 0 && e < p->e_loc) ps->fwd_rows[e]++;
         }
     }
