@@ -428,6 +428,117 @@ static void test_neighbour_independence(void **state) {
     free(saved);
 }
 
+/* A forward of more tokens than one CPU pass holds (1024): an expert's path (the GEMV for at most
+ * 4 rows in the whole forward) is counted over all passes before the first (the logits routed once
+ * for that, caller-given ids read where they are). The logits send 3 tokens of each of experts
+ * 0 and 8..14 to each pass (6 rows in all, 3 per pass), none to 1..7, the rest to 15. Checked:
+ * routed from logits, the same bits as from the top-k ids and weights it returned; and the 48
+ * tokens of the small experts the same bits as a forward of those tokens alone (one pass, 6 rows
+ * per expert: not the GEMV). (The permutation's cursors once ran past their workspace region
+ * into these counts; expert 0 then read 3.) Every kernel set this CPU runs; where the GEMV's sums
+ * differ from the panels' (the bf16 sets), a miscount changes bits. */
+static void test_passes_from_logits(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    const int64_t T = 1100, H = 64, E = 16;
+    mxm_moe_config c = base_cfg((int)H, 64, (int)E, 1, MXM_ACT_SILU);
+    c.act_quant = MXM_ACT_QUANT_NONE, c.profile = MXM_PROFILE_EXACT;
+    ref_layer L;
+    ref_layer_init(&L, &c, tu_next(&r), 0);
+    float *x = tu_alloc(4 * T * H), *lg = tu_alloc(4 * T * E), *w = tu_alloc(4 * T),
+          *oa = tu_alloc(4 * T * H), *ob = tu_alloc(4 * T * H), *xs = tu_alloc(4 * T * H),
+          *os = tu_alloc(4 * T * H), *w_s = tu_alloc(4 * T);
+    int32_t *ids = tu_alloc(4 * T), *ids_s = tu_alloc(4 * T);
+    int64_t *tok_s = tu_alloc(8 * T);
+    tu_fill_normal_f32(&r, x, T * H, 1);
+    for (int64_t i = 0; i < T * H; i++)
+        x[i] = mxm_round_bf16(x[i]); /* bf16-exact: the bf16 GEMV takes them */
+    tu_fill_normal_f32(&r, lg, T * E, 0.1f);
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t pass_t = t % 1024; /* 3 tokens per expert 1..8 in each pass's first 72 */
+        static const int small[8] = {0, 8, 9, 10, 11, 12, 13, 14}; /* 1..7 get no token */
+        const int e = pass_t % 3 == 0 && pass_t < 72 ? small[(pass_t / 3) % 8] : 15;
+        lg[t * E + e] = 10.0f;
+    }
+    const mxm_cpu_kernels *sets[16];
+    const int nsets = mxm_cpu_kernel_sets(sets, 16);
+    const char *old_env = getenv("MXM_KERNELS");
+    char *saved = old_env ? strdup(old_env) : NULL;
+    for (int si = 0; si < nsets; si++) {
+        c.kernels = si == 0 ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
+        if (si) setenv("MXM_KERNELS", sets[si]->name, 1);
+        mxm_moe_plan *plan = NULL;
+        assert_int_equal(mxm_moe_plan_create(&c, T, &plan), MXM_OK);
+        const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+        void *ws = aligned_alloc(64, (size_t)wsb);
+        memset(ws, 0xCD, (size_t)wsb);
+        mxm_moe_weights mw = ref_layer_weights(&L);
+        tu_poison_f32(oa, T * H), tu_poison_f32(ob, T * H);
+        const mxm_moe_inputs ia = {.num_tokens = T,
+                                   .x = x,
+                                   .x_dtype = MXM_DT_F32,
+                                   .router_logits = lg,
+                                   .logits_dtype = MXM_DT_F32};
+        const mxm_moe_outputs outa = {
+            .out = oa, .out_dtype = MXM_DT_F32, .topk_ids = ids, .topk_weights = w};
+        assert_int_equal(mxm_moe_forward(plan, &mw, &ia, &outa, ws, wsb, NULL), MXM_OK);
+        int64_t rows1 = 0, ns = 0;
+        for (int64_t t = 0; t < T; t++)
+            rows1 += ids[t] == 8;
+        assert_int_equal(rows1, 6); /* the logits did what the test meant */
+        /* the small experts' tokens alone (one pass) */
+        for (int64_t t = 0; t < T; t++)
+            if (ids[t] != 15) {
+                memcpy(xs + ns * H, x + t * H, 4 * (size_t)H);
+                ids_s[ns] = ids[t], w_s[ns] = w[t], tok_s[ns++] = t;
+            }
+        assert_int_equal(ns, 48);
+        {
+            mxm_moe_plan *ps = NULL;
+            assert_int_equal(mxm_moe_plan_create(&c, ns, &ps), MXM_OK);
+            const int64_t wss = mxm_moe_plan_workspace_size(ps);
+            void *ws2 = aligned_alloc(64, (size_t)wss);
+            tu_poison_f32(os, ns * H);
+            const mxm_moe_inputs is = {.num_tokens = ns,
+                                       .x = xs,
+                                       .x_dtype = MXM_DT_F32,
+                                       .topk_ids = ids_s,
+                                       .topk_weights = w_s};
+            const mxm_moe_outputs outs = {.out = os, .out_dtype = MXM_DT_F32};
+            assert_int_equal(mxm_moe_forward(ps, &mw, &is, &outs, ws2, wss, NULL), MXM_OK);
+            free(ws2);
+            mxm_moe_plan_destroy(ps);
+        }
+        int64_t differ_alone = 0;
+        for (int64_t i = 0; i < ns; i++)
+            differ_alone += memcmp(os + i * H, oa + tok_s[i] * H, 4 * (size_t)H) != 0;
+        memset(ws, 0xCD, (size_t)wsb);
+        const mxm_moe_inputs ib = {
+            .num_tokens = T, .x = x, .x_dtype = MXM_DT_F32, .topk_ids = ids, .topk_weights = w};
+        const mxm_moe_outputs outb = {.out = ob, .out_dtype = MXM_DT_F32};
+        assert_int_equal(mxm_moe_forward(plan, &mw, &ib, &outb, ws, wsb, NULL), MXM_OK);
+        int64_t differ = 0;
+        for (int64_t i = 0; i < T * H; i++)
+            differ += memcmp(&oa[i], &ob[i], 4) != 0;
+        printf("passes     T=%lld (2 passes) %-10s logits vs their ids: %lld elements differ; "
+               "small experts' tokens vs alone: %lld differ %s\n",
+               (long long)T, sets[si]->name, (long long)differ, (long long)differ_alone,
+               differ || differ_alone ? "FAIL" : "PASS");
+        assert_int_equal(differ, 0);
+        assert_int_equal(differ_alone, 0);
+        free(ws);
+        mxm_moe_plan_destroy(plan);
+    }
+    if (saved)
+        setenv("MXM_KERNELS", saved, 1);
+    else
+        unsetenv("MXM_KERNELS");
+    free(saved);
+    free(x), free(lg), free(w), free(oa), free(ob), free(ids), free(xs), free(os), free(w_s),
+        free(ids_s), free(tok_s);
+    ref_layer_free(&L);
+}
+
 /* Runs last: the bounds of all the cases above were tight enough to catch a 1.6% error. */
 static void test_bounds_catch_mutants(void **state) {
     (void)state;
@@ -448,6 +559,7 @@ int main(void) {
         cmocka_unit_test(test_shared_expert),
         cmocka_unit_test(test_expert_parallel_slices),
         cmocka_unit_test(test_neighbour_independence),
+        cmocka_unit_test(test_passes_from_logits),
         cmocka_unit_test(test_bounds_catch_mutants),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -45,7 +45,7 @@ typedef struct cpu_layout {
     int64_t wts;           /* f32 [B, K] */
     int64_t pos;           /* i32 [B, K] permuted row of (t, k), -1 when not local */
     int64_t rows;          /* i32 [B*K + B] token of each permuted row, grouped by expert */
-    int64_t counts;        /* i64 [E_loc + 2] rows per expert, then offsets */
+    int64_t counts;        /* i64 [3 (E_loc + 1)] rows per expert, offsets, the scatter's cursors */
     int64_t fwd_rows;      /* i64 [E_loc + 1] rows per expert in the whole forward */
     int64_t items;         /* i64 [max items] work items */
     int64_t order;         /* i32 [E_loc + 1] experts by descending rows */
@@ -323,7 +323,7 @@ static mxm_status permute(pass *ps) {
         offset[e] = acc;
         acc += count[e];
     }
-    int64_t *cursor = offset + p->e_loc + 1; /* scratch after the offsets (sized E_loc + 2) */
+    int64_t *cursor = offset + p->e_loc + 1; /* the third part of the counts region */
     memcpy(cursor, offset, sizeof(int64_t) * (size_t)p->e_loc);
     for (int64_t t = 0; t < ps->nt; t++) {
         for (int64_t k = 0; k < K; k++) {
@@ -627,7 +627,7 @@ static mxm_status layout_workspace(const mxm_moe_plan *p, cpu_state *cs) {
     w->wts = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
     w->pos = mxm_ws_take(&cur, mxm_mul3_i64(B, K, 4), 64);
     w->rows = mxm_ws_take(&cur, mxm_mul3_i64(B, K + 1, 4), 64);
-    w->counts = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 2, 2, 8), 64);
+    w->counts = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 3, 8), 64);
     w->fwd_rows = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 8), 64);
     w->items = mxm_ws_take(&cur, mxm_mul3_i64(cs->max_items, 1, 8), 64);
     w->order = mxm_ws_take(&cur, mxm_mul3_i64((int64_t)p->e_loc + 1, 1, 4), 64);
