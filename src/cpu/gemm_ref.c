@@ -193,6 +193,14 @@ bool mxm_pack_x_dot_ref(const float *x, int64_t k, uint16_t *xd) {
     return ok;
 }
 
+/* Columns i0 .. i1 of a token's dot row times a weight row's codes (unscaled), in column order. */
+static float dot_block_ref(const uint16_t *xd, const uint8_t *wrow, int64_t i0, int64_t i1) {
+    float p = 0.0f;
+    for (int64_t i = i0; i < i1; i++)
+        p += mxm_bf16_decode(xd[dot_index(i)]) * mxm_e4m3_decode(wrow[i]);
+    return p;
+}
+
 void mxm_gemv_mxfp8_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r0, int64_t rstep,
                             int nr, const uint16_t *const *xd, const float *const *xs, int nt,
                             float *out, int64_t ldo) {
@@ -203,12 +211,9 @@ void mxm_gemv_mxfp8_dot_ref(const void *wv, const void *sv, int64_t k, int64_t r
         for (int j = 0; j < nr; j++) {
             const int64_t r = r0 + j * rstep;
             float acc = 0.0f;
-            for (int64_t b = 0; b < kb; b++) {
-                float p = 0.0f;
-                for (int64_t i = b * MXM_MX_BLOCK; i < (b + 1) * MXM_MX_BLOCK; i++)
-                    p += mxm_bf16_decode(xd[t][dot_index(i)]) * mxm_e4m3_decode(w[r * k + i]);
-                acc += p * mxm_e8m0_decode(ws[r * kb + b]);
-            }
+            for (int64_t b = 0; b < kb; b++)
+                acc += dot_block_ref(xd[t], w + r * k, b * MXM_MX_BLOCK, (b + 1) * MXM_MX_BLOCK) *
+                       mxm_e8m0_decode(ws[r * kb + b]);
             out[t * ldo + j] = acc;
         }
 }
@@ -223,9 +228,8 @@ void mxm_gemv_fp8block_dot_ref(const void *wv, const void *sv, int64_t k, int64_
             const int64_t r = r0 + j * rstep;
             float acc = 0.0f;
             for (int64_t b = 0; b < nsb; b++) {
-                float p = 0.0f;
-                for (int64_t i = b * MXM_FP8_BLOCK; i < k && i < (b + 1) * MXM_FP8_BLOCK; i++)
-                    p += mxm_bf16_decode(xd[t][dot_index(i)]) * mxm_e4m3_decode(w[r * k + i]);
+                const int64_t i1 = (b + 1) * MXM_FP8_BLOCK < k ? (b + 1) * MXM_FP8_BLOCK : k;
+                const float p = dot_block_ref(xd[t], w + r * k, b * MXM_FP8_BLOCK, i1);
                 acc = fmaf(xs ? p * xs[t][b] : p, ((const float *)sv)[r / MXM_FP8_BLOCK * nsb + b],
                            acc);
             }

@@ -52,12 +52,13 @@ static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, i
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 
-/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens (XT: their element type), 4 rows
- * at a time for 1-2 tokens and R34 rows at a time for 3-4 (the set's register budget), then one at
- * a time. It calls the set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
-#define MXM_DEFINE_GEMV_ROWS(FMT, R34, XT)                                                         \
+/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens, 4 rows at a time for 1-2 tokens
+ * and R34 rows at a time for 3-4 (the set's register budget), then one at a time. It calls the
+ * set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
+#define MXM_DEFINE_GEMV_ROWS(FMT, R34)                                                             \
     static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr,           \
-                                int64_t k, const XT *const *x, int nt, float *out, int64_t ldo) {  \
+                                int64_t k, const float *const *x, int nt, float *out,              \
+                                int64_t ldo) {                                                     \
         int j = 0;                                                                                 \
         const int step = nt <= 2 ? 4 : R34;                                                        \
         for (; j + step <= nr; j += step) {                                                        \
@@ -106,7 +107,7 @@ static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, i
     DEFINE(FMT, SCALE_AT, 2, 1)                                                                    \
     DEFINE(FMT, SCALE_AT, 3, 1)                                                                    \
     DEFINE(FMT, SCALE_AT, 4, 1)                                                                    \
-    MXM_DEFINE_GEMV_ROWS(FMT, R34, float)
+    MXM_DEFINE_GEMV_ROWS(FMT, R34)
 
 /* mxm_cpu_gemm_init_SUFFIX: the set's panel GEMM and its MXFP8 and DeepSeek FP8 rows (panel
  * packing and GEMV), which the file defines as pack_mxfp8_panel_SUFFIX, ... */
