@@ -468,7 +468,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     const float **x = sc.x;
     for (int64_t i = 0; i < v.n; i++) x[i] = ps->xf + (int64_t)v.tok[i] * H;
     const int64_t nsbH = mxm_ceil_div(H, MXM_FP8_BLOCK), nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
-    for (int64_t i = 0; ps->xd && i < v.n; i++)
+    for (int64_t i = 0; ps->xd && v.gemv && i < v.n; i++)
         sc.xd[i] = ps->xd_ok[v.tok[i]] ? ps->xd + (int64_t)v.tok[i] * ps->ldxd : NULL;
     for (int64_t i = 0; ps->xc && i < v.n; i++) {
         sc.xc[i] = ps->xc + (int64_t)v.tok[i] * H;
@@ -493,7 +493,7 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t jp = j0; jp < j1; jp += 16) {
             const int nr = j1 - jp < 16 ? (int)(j1 - jp) : 16;
             const int64_t gr = gated ? gate_r0 + jp * rstep : jp;
-            const uint16_t *const *xd = ps->xd ? sc.xd + i0 : NULL;
+            const uint16_t *const *xd = ps->xd && v.gemv ? sc.xd + i0 : NULL;
             panel_product(ps, w13, s13, H, gr, rstep, nr, x + i0, xd, n, hg, panel, &sc.tl);
             if (gated)
                 panel_product(ps, w13, s13, H, up_r0 + jp * rstep, rstep, nr, x + i0, xd, n, hu,
@@ -512,9 +512,12 @@ static void gemm1_item(const pass *ps, int64_t item, char *scratch) {
     for (int64_t i = 0; i < v.n; i++)
         act_fakequant(ps, act + i * ld + j0, j1 - j0, actc ? actc + i * ld + j0 : NULL,
                       actc ? acts + i * nsbI + j0 / MXM_FP8_BLOCK : NULL);
-    /* the segment's dot rows (j0 is a multiple of 64); a row is exact when every segment is, so
-     * each segment only ever clears its flag (set before the stage) */
-    uint16_t *actd = !ps->xd ? NULL : v.shared ? ps->act_shd : ps->actd + v.row0 * ps->ldactd;
+    /* the segment's dot rows for GEMM2's GEMV (experts on the GEMV only; j0 is a multiple of
+     * 64); a row is exact when every segment is, so each segment only ever clears its flag (set
+     * before the stage) */
+    uint16_t *actd = !ps->xd || !v.gemv ? NULL
+                     : v.shared         ? ps->act_shd
+                                        : ps->actd + v.row0 * ps->ldactd;
     uint8_t *actd_ok = !ps->xd ? NULL : v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
     const int64_t ldd = v.shared ? ps->ldact_shd : ps->ldactd;
     for (int64_t i = 0; actd && i < v.n; i++)
@@ -537,7 +540,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
     const float *act = v.shared ? ps->act_sh : ps->act + v.row0 * I;
     for (int64_t i = 0; i < v.n; i++) x[i] = act + i * I;
     const int64_t nsbI = mxm_ceil_div(I, MXM_FP8_BLOCK);
-    if (ps->xd) {
+    if (ps->xd && v.gemv) {
         const uint16_t *actd = v.shared ? ps->act_shd : ps->actd + v.row0 * ps->ldactd;
         const uint8_t *ok = v.shared ? ps->act_shd_ok : ps->actd_ok + v.row0;
         const int64_t ldd = v.shared ? ps->ldact_shd : ps->ldactd;
@@ -559,7 +562,7 @@ static void gemm2_item(const pass *ps, int64_t item, char *scratch) {
         for (int64_t hp = h0; hp < h1; hp += 16) {
             const int nr = h1 - hp < 16 ? (int)(h1 - hp) : 16;
             panel_product(ps, v.d.w2, v.d.w2_scale, I, hp, 1, nr, x + i0,
-                          ps->xd ? sc.xd + i0 : NULL, n, hy, panel, &sc.tl);
+                          ps->xd && v.gemv ? sc.xd + i0 : NULL, n, hy, panel, &sc.tl);
             for (int64_t i = 0; i < n; i++) {
                 float *dst = y + (i0 + i) * H + hp;
                 for (int j = 0; j < nr; j++)
