@@ -491,12 +491,9 @@ static void test_prequantized_x(void **state) {
             }
 }
 
-/* Groups of exactly 0, 1, 7, 8, 9, ... rows: both sides of the skinny kernel's n8 tiles and of its
- * 32-row limit, and of the 64-row MMA tiles; H and I multiples of 32 but not of the 128-wide
- * K stages or the 64-row weight chunks. Given ids (K = 2), every format, gated and not. */
-static void test_group_sizes(void **state) {
-    (void)state;
-    static const int counts[16] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 129};
+/* compare() with the routing forced to counts[e] rows per expert (16 experts, K = 2): both
+ * weight formats, a gated and a plain activation (the plain one with a shared expert). */
+static void compare_group_counts(const char *name, const int counts[16]) {
     int total = 0;
     for (int e = 0; e < 16; e++) total += counts[e];
     forced_counts = counts;
@@ -508,8 +505,18 @@ static void test_group_sizes(void **state) {
                 mxm_moe_config c = cfg_of(160, 96, 16, 2, acts[ai]);
                 c.weight_format = fmt, c.act_quant = aq;
                 c.shared_intermediate_size = ai ? 224 : 0; /* shared: T rows, the MMA path */
-                compare("groups", c, total / 2, 0, 0, 0);
+                compare(name, c, total / 2, 0, 0, 0);
             }
+    forced_counts = NULL;
+}
+
+/* Groups of exactly 0, 1, 7, 8, 9, ... rows: both sides of the skinny kernel's n8 tiles and of its
+ * 32-row limit, and of the 64-row MMA tiles; H and I multiples of 32 but not of the 128-wide
+ * K stages or the 64-row weight chunks. Given ids (K = 2), every format, gated and not. */
+static void test_group_sizes(void **state) {
+    (void)state;
+    static const int counts[16] = {0, 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 128, 129};
+    compare_group_counts("groups", counts);
     /* One expert takes every token (K = 1), at the skinny limit and past it. */
     static const int one_32[4] = {32, 0, 0, 0}, one_33[4] = {0, 0, 33, 0};
     mxm_moe_config c = cfg_of(288, 224, 4, 1, MXM_ACT_SILU);
@@ -664,9 +671,13 @@ static void test_graph_replay(void **state) {
 }
 
 /* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the MXFP8 prefill
- * GEMMs on gemm_wgmma.cu (Hopper wgmma, 128-row m-tiles), plus shapes aimed at its tiles. */
-static void test_wgmma(void **state) {
+ * GEMMs on gemm_wgmma.cu (Hopper wgmma), plus shapes aimed at its tiles; m-tiles of bt tokens
+ * (MXM_CUDA_WG_BT, also read at every forward: 128 = 256 weight rows per tile, 256 = 128 rows
+ * with two token halves per fragment). */
+static void wgmma_cases(void **state, const char *bt) {
     setenv("MXM_CUDA_WGMMA", "1", 1);
+    setenv("MXM_CUDA_WG_BT", bt, 1);
+    printf("wgmma, m-tiles of %s tokens\n", bt);
     run_modes("wg-mode", 0);
     for (int lay = 0; lay < 3; lay++) {
         mxm_moe_config c = cfg_of(128, 96, 6, 2, MXM_ACT_SWIGLUOAI);
@@ -698,7 +709,34 @@ static void test_wgmma(void **state) {
     test_nan_propagation(state); /* T = 300: the epilogue's NaN blocks on wgmma */
     test_expert_parallel(state);
     test_graph_replay(state);
+}
+
+static void test_wgmma(void **state) {
+    wgmma_cases(state, "128");
     setenv("MXM_CUDA_WGMMA", "0", 1);
+    unsetenv("MXM_CUDA_WG_BT");
+}
+
+/* The 256-token m-tiles, plus groups on both sides of 128, 256 and 512 rows and one expert
+ * taking 256, 257 and 513 tokens. */
+static void test_wgmma256(void **state) {
+    wgmma_cases(state, "256");
+    static const int counts[16] = {0,   1,   33,  64,  127, 128, 129, 200,
+                                   255, 256, 257, 301, 383, 384, 511, 513};
+    compare_group_counts("wg-groups", counts);
+    static const int one_256[4] = {0, 256, 0, 0}, one_257[4] = {257, 0, 0, 0},
+                     one_513[4] = {0, 0, 0, 513};
+    mxm_moe_config c = cfg_of(288, 224, 4, 1, MXM_ACT_SILU);
+    forced_counts = one_256;
+    compare("wg-one-exp", c, 256, 0, 0, 0);
+    forced_counts = one_257;
+    compare("wg-one-exp", c, 257, 0, 0, 0);
+    c.intermediate_size = 96, c.activation = MXM_ACT_RELU2_NO_MUL;
+    forced_counts = one_513;
+    compare("wg-one-exp", c, 513, 0, 0, 0);
+    forced_counts = NULL;
+    setenv("MXM_CUDA_WGMMA", "0", 1);
+    unsetenv("MXM_CUDA_WG_BT");
 }
 
 int main(void) {
@@ -719,6 +757,7 @@ int main(void) {
         cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
         cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
         cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_wgmma256),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,7 +54,6 @@ static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 blo
 // with up to MXM_CUDA_SKINNY_MAX rows stream their weights through gemm_skinny.cu (one block
 // holds all of the group's tokens), larger ones take the 64-row tiles of gemm.cu.
 #define MXM_CUDA_BM 64
-#define MXM_CUDA_WG_BM 128 // rows per m-tile of gemm_wgmma.cu
 #define MXM_CUDA_SKINNY_MAX 32
 // GEMM1 covers 64 intermediate columns per tile (gate and up: 128 weight rows); GEMM2 128 rows of H.
 #define MXM_CUDA_J_TILE 64
@@ -102,7 +101,7 @@ struct mxm_cuda_group {
     int32_t rows;                       // tokens routed to this group
     int32_t row0;                       // first permuted row
     int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > SKINNY_MAX)
-    int32_t tile0_wg;                   // first 128-row m-tile of gemm_wgmma.cu (same groups)
+    int32_t tile0_wg;                   // first m-tile of gemm_wgmma.cu (a.wg_bt rows; same groups)
     int32_t I;                          // intermediate size of this group
     int32_t act;                        // activation
     float alpha, beta, limit;           // SWIGLUOAI
@@ -120,7 +119,8 @@ struct mxm_cuda_args {
     float *wts;              // [T, K]
     int32_t *pos;            // [T, K] permuted row or -1
     int32_t *row_token;      // [rows_total] token of each permuted row
-    int32_t *counts;         // [3]: MMA tiles in use, skinny groups in use, wgmma 128-row m-tiles in use
+    int32_t *counts;         // [3]: MMA tiles in use, skinny groups in use, wgmma m-tiles in use
+    int32_t wg_bt; // rows (tokens) per m-tile of gemm_wgmma.cu: 128 or 256 (mxm_cuda_wg_bt)
     int32_t *skinny_list;    // [groups] the groups with 1..SKINNY_MAX rows
     __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see (DeepSeek FP8 W8A8: the E4M3 codes' values)
     __nv_bfloat16 *act;      // [rows_total, I_max] intermediate (same rule)

@@ -8,37 +8,59 @@
 // Design (docs/wgmma.md: the prototype this comes from, its measurements, the production notes):
 //  - C^T is computed: the decoded weights are wgmma's A operand, in registers; the activations
 //    are the B operand, read from shared memory (K-major, 128-byte swizzle).
-//  - CTA tile: 256 weight rows x 128 tokens x 64 K per stage, 384 threads. Warpgroup 0 is the
-//    producer (setmaxnreg.dec): cp.async 16-byte copies of the gathered activation rows and of
-//    the raw E4M3 codes into a 4-stage ring, completion on mbarriers. Warpgroups 1 and 2 are the
-//    consumers (setmaxnreg.inc), 128 weight rows each as two m64 blocks (two m64n128k16 per k16
-//    step); each decodes its own A fragments one k16 step ahead of the wgmmas in flight.
-//  - GEMM1 gated: a consumer's m64 block 0 is 64 gate rows and block 1 the matching 64 up rows,
-//    so gate and up of one (column, token) sit in one thread; a tile covers 128 intermediate
-//    columns. Non-gated GEMM1 and GEMM2: 256 consecutive weight rows.
+//  - Two CTA tile shapes (wg_shape<MB>, picked per forward by a.wg_bt, moe_cuda.cu): MB = 2 is
+//    256 weight rows x 128 tokens, each consumer warpgroup two m64 blocks (two m64n128k16 per
+//    k16 step on two decoded fragments); MB = 1 is 128 weight rows x 256 tokens, each consumer
+//    one m64 block and two m64n128k16 on one fragment (token halves), half the decode per FLOP.
+//    64 K per stage, 384 threads. Warpgroup 0 is the producer (setmaxnreg.dec): cp.async 16-byte
+//    copies of the gathered activation rows and of the raw E4M3 codes into a 4-stage ring,
+//    completion on mbarriers. Warpgroups 1 and 2 are the consumers (setmaxnreg.inc); each
+//    decodes its own A fragments one k16 step ahead of the wgmmas in flight.
+//  - GEMM1 gated: gate and up of one (column, token) sit in one thread: MB = 2, a consumer's m64
+//    block 0 is 64 gate rows and block 1 the matching up rows (128 columns per tile); MB = 1,
+//    fragment rows g and g + 8 (64 columns per tile). Non-gated GEMM1 and GEMM2: consecutive
+//    weight rows.
 //  - Persistent grid (one CTA per SM): tiles t = blockIdx.x, += gridDim.x over
-//    (group m-tile of 128 tokens, weight n-tile), the weight tile fastest. A group's m-tiles
+//    (group m-tile of a.wg_bt tokens, weight n-tile), the weight tile fastest. A group's m-tiles
 //    start at mxm_cuda_group.tile0_wg (permute.cu); a.counts[2] is their total. Producer and
 //    consumers walk the same sequence; the ring carries over tiles.
 //  - GEMM1 epilogue through a per-consumer shared buffer (not the ring, so the producer keeps
-//    prefetching): fragments -> [token][64 columns] fp32, then one warp per (token, 32-column
-//    block), four blocks at a time: activation, rounding, the warp MXFP8 quantize-dequantize of
-//    mxm_gemm1_store (mx_device.cuh) on four blocks at once, 64-byte bf16 row stores.
-//    GEMM2 stores its fragments straight to a.y (full 32-byte sectors).
+//    prefetching), in passes (gemm1_epilogue): fragments -> [token][columns] fp32, then one
+//    thread per (token, 32-column block): activation, rounding, MXFP8 requantization in-thread
+//    (mxm_gemm1_store32). GEMM2 stores its fragments straight to a.y (full 32-byte sectors).
 #include "cuda/kernels.cuh"
 #include "cuda/mx_device.cuh"
 
 namespace {
 
-constexpr int WG_BW = 256;            // weight rows per tile (wgmma M side)
-constexpr int WG_BT = MXM_CUDA_WG_BM; // tokens per tile (wgmma N)
-static_assert(WG_BT == 128, "the consumers' wgmma is n128");
-constexpr int WG_BK = 64;                   // K per stage
-constexpr int SLOT_ACT = WG_BT * WG_BK * 2; // 16 KB: activations, 128 rows x 128 B, 128B-swizzled
-constexpr int SLOT_W =
-    WG_BW * WG_BK; // 16 KB: E4M3 codes, 256 rows x 64 B, 16 B chunks xor-swizzled
-constexpr int SLOT = SLOT_ACT + SLOT_W;
-constexpr int STAGES = 4;
+// Two tile shapes, picked per forward by a.wg_bt (mxm_cuda_wg_bt): MB m64 weight blocks per
+// consumer warpgroup, NH = 2 / MB halves of 128 tokens. MB = 2: 256 weight rows x 128 tokens
+// (two m64n128k16 per k16 step on two fragments); MB = 1: 128 weight rows x 256 tokens (two
+// m64n128k16 on one fragment: half the decode per FLOP, for groups of many rows).
+template <int MB> struct wg_shape {
+    static_assert(MB == 1 || MB == 2, "one or two m64 blocks per consumer");
+    static constexpr int NH = 2 / MB;            // 128-token halves of the tile
+    static constexpr int BT = 128 * NH;          // tokens per tile
+    static constexpr int BW = 128 * MB;          // weight rows per tile (two consumers)
+    static constexpr int BK = 64;                // K per stage
+    static constexpr int SLOT_ACT = BT * BK * 2; // activations: BT rows x 128 B, 128B-swizzled
+    static constexpr int SLOT_W = BW * BK; // E4M3 codes: BW rows x 64 B, 16 B chunks xor-swizzled
+    static constexpr int SLOT = SLOT_ACT + SLOT_W;
+    static constexpr int STAGES = 4;
+    // GEMM1 epilogue buffer per consumer: MB = 2 as [128][68] fp32 (gated: gate and up rows of
+    // 64 tokens; plain: one m64 block for 128 tokens); MB = 1 as gated [128 tokens][36] (32
+    // activated columns) or plain [64 tokens][68] (64 columns).
+    static constexpr int EPI_BYTES = MB == 2 ? 128 * 68 * 4 : 128 * 36 * 4;
+    static constexpr int OFF_EPI = STAGES * SLOT;
+    static constexpr int OFF_BAR = OFF_EPI + 2 * EPI_BYTES;
+    static constexpr int OFF_TAB = OFF_BAR + 16 * STAGES;
+};
+constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
+template <int MB> constexpr int smem_bytes() {
+    return wg_shape<MB>::OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
+}
+static_assert(smem_bytes<1>() <= 227 * 1024 && smem_bytes<2>() <= 227 * 1024, "shared memory");
+static_assert(64 * 68 * 4 <= wg_shape<1>::EPI_BYTES, "plain MB = 1 epilogue pass");
 #ifndef MXM_WG_SC_AHEAD // stages between a consumer's scale-byte loads and their use (a build knob)
 #define MXM_WG_SC_AHEAD 2
 #endif
@@ -49,27 +71,21 @@ constexpr int THREADS = 384;
 // consumers need more for the fragment stores to a.y; its producer keeps no row tables). Stop 23
 // (ncu): GEMM2's producer at 64 registers spilled its row tables and reloaded them every stage,
 // which left the consumers waiting on full slots.
-template <int MODE> constexpr uint32_t producer_regs() {
-    return MODE == 2 ? 72 : 96;
+// MB = 1 (256-token tiles): GEMM1's producer holds 16 token rows and spilled at 96: 104/200.
+template <int MODE, int MB> constexpr uint32_t producer_regs() {
+    return MODE == 2 ? 72 : MB == 1 ? 104 : 96;
 }
-template <int MODE> constexpr uint32_t consumer_regs() {
+template <int MODE, int MB> constexpr uint32_t consumer_regs() {
     return MODE == 2 ? 216 : 200;
 }
-static_assert(128 * 96 + 256 * 200 <= 168 * 384 && 128 * 72 + 256 * 216 <= 168 * 384,
+static_assert(128 * 104 + 256 * 200 <= 168 * 384 && 128 * 72 + 256 * 216 <= 168 * 384,
               "register pool");
-constexpr int EPI_STRIDE = 68; // floats per row of the epilogue buffer (64 + 4: no bank conflicts)
-constexpr int EPI_BYTES = WG_BT * EPI_STRIDE * 4; // per consumer warpgroup
-constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
-constexpr int OFF_EPI = STAGES * SLOT;
-constexpr int OFF_BAR = OFF_EPI + 2 * EPI_BYTES;
-constexpr int OFF_TAB = OFF_BAR + 16 * STAGES;
-constexpr int SMEM_BYTES = OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
 
 enum { MODE_GATED = 0, MODE_PLAIN = 1, MODE_GEMM2 = 2 };
 
 // Columns (GEMM1: intermediate, GEMM2: h) covered by one n-tile.
-template <int MODE> constexpr int tile_cols() {
-    return MODE == MODE_GATED ? WG_BW / 2 : WG_BW;
+template <int MODE, int MB> constexpr int tile_cols() {
+    return MODE == MODE_GATED ? wg_shape<MB>::BW / 2 : wg_shape<MB>::BW;
 }
 
 // ---- PTX wrappers -------------------------------------------------------------------------------
@@ -191,7 +207,7 @@ __device__ __forceinline__ int tab_at(const mxm_cuda_args &a, const int *stab, i
 // Tile t -> group g, first token m0 of the m-tile in the group, first column n0 of the n-tile.
 // False for tiles this kernel skips: groups of the other gating (GEMM1), n-tiles past the group's
 // I.
-template <int MODE>
+template <int MODE, int MB>
 __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab, int t, int ntn,
                                          int &g, int &m0, int &n0) {
     const int mt = t / ntn, nt = t - mt * ntn;
@@ -204,36 +220,123 @@ __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab
         else
             hi = mid - 1;
     }
-    g = lo, m0 = (mt - tab_at(a, stab, lo)) * WG_BT, n0 = nt * tile_cols<MODE>();
+    g = lo, m0 = (mt - tab_at(a, stab, lo)) * wg_shape<MB>::BT, n0 = nt * tile_cols<MODE, MB>();
     if (MODE == MODE_GEMM2) return true;
     const mxm_cuda_group &G = a.group[g];
     return (mxm_act_is_gated(G.act) != 0) == (MODE == MODE_GATED) && n0 < G.I;
 }
 
-// The weight row (W13 for GEMM1, W2 for GEMM2) behind row rl (0..255) of a tile starting at
-// column n0, or -1 past the end (I for GEMM1, H for GEMM2). Gated: rows 128c..128c+63 are the
-// gate rows of columns n0 + 64c + (0..63), rows 128c+64..128c+127 their up rows.
-template <int MODE>
+// The weight row (W13 for GEMM1, W2 for GEMM2) behind row rl (0..BW-1) of a tile starting at
+// column n0, or -1 past the end (I for GEMM1, H for GEMM2). Gated, MB = 2: rows 128c..128c+63
+// are the gate rows of columns n0 + 64c + (0..63), rows 128c+64..128c+127 their up rows (block
+// 0 and block 1 of consumer c). Gated, MB = 1: in consumer c's m64 block, row 16w + r (r < 8) is
+// the gate row of column n0 + 32c + 8w + r and row 16w + 8 + r its up row, so a thread's two
+// fragment rows (g, g + 8) are gate and up of one column.
+template <int MODE, int MB>
 __device__ __forceinline__ int weight_row(int layout, int I, int H, int n0, int rl) {
     if (MODE == MODE_GATED) {
-        const int j = n0 + 64 * (rl >> 7) + (rl & 63);
-        return j < I ? (int)mxm_cuda_w13_row(layout, true, I, j, (rl >> 6) & 1) : -1;
+        const int j = MB == 2 ? n0 + 64 * (rl >> 7) + (rl & 63)
+                              : n0 + 32 * (rl >> 6) + 8 * ((rl >> 4) & 3) + (rl & 7);
+        const int half = MB == 2 ? (rl >> 6) & 1 : (rl >> 3) & 1;
+        return j < I ? (int)mxm_cuda_w13_row(layout, true, I, j, half) : -1;
     }
     const int n = n0 + rl;
     return n < (MODE == MODE_GEMM2 ? H : I) ? n : -1;
 }
 
+// ---- GEMM1 epilogue --------------------------------------------------------------------------
+
+// GEMM1's tile through the consumer's shared buffer epi, in passes: the fragments go to
+// [token][column] fp32 rows, then one thread per (token, 32-column block) takes the block's 32
+// values (eight 16-byte loads; the threads of a warp take consecutive tokens, whole-bank steps
+// apart: no conflicts), applies the activation and stores the whole MXFP8 block in-thread
+// (mxm_gemm1_store32). Passes:
+//  - MB = 2, gated: pass p takes tokens 64p..64p+63, gate at buffer rows 0..63, up at rows
+//    64..127 (stride 68); columns n0 + 64 wgi + (0..63).
+//  - MB = 2, plain: pass p takes m64 block p (columns n0 + 128 wgi + 64 p + c) for 128 tokens.
+//  - MB = 1, gated: pass p takes token half p; a thread holds gate and up of one (column, token)
+//    in fragment rows g and g + 8, so it stores the activated value (stride 36; columns
+//    n0 + 32 wgi + (0..31)).
+//  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the 256 (stride 68; columns
+//    n0 + 64 wgi + (0..63)).
+template <int MODE, int MB>
+__device__ __forceinline__ void gemm1_epilogue(const mxm_cuda_args &a, const mxm_cuda_group &G,
+                                               float (&acc)[2][64], float *epi, int m0, int n0,
+                                               int wgi, int w, int gq, int tq, int ct) {
+    constexpr bool GATED = MODE == MODE_GATED;
+    constexpr bool PRE = GATED && MB == 1; // the buffer holds activated values
+    constexpr int STR = PRE ? 36 : 68;     // floats per buffer row (+4: no bank conflicts)
+    constexpr int PT = MB == 2 ? (GATED ? 64 : 128) : (GATED ? 128 : 64); // tokens per pass
+    constexpr int NBLK = PRE ? 1 : 2; // 32-column blocks per token and pass
+    constexpr int PASSES = GATED ? 2 : (MB == 2 ? 2 : 4);
+    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+    const int act = G.act, rows = G.rows, row0 = G.row0, I = G.I;
+#pragma unroll
+    for (int p = 0; p < PASSES; p++) {
+        wg_bar(wgi); // the previous pass's readers are done with the buffer
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            const int rr = (i >> 1) & 1, c = 16 * w + gq + 8 * rr,
+                      tok = 8 * (i >> 2) + 2 * tq + (i & 1); // token within the 128-token half
+            if (MB == 2 && GATED) {
+                if ((i >> 5) == p) {
+                    epi[(tok - 64 * p) * STR + c] = acc[0][i];
+                    epi[(tok - 64 * p + 64) * STR + c] = acc[1][i];
+                }
+            } else if (MB == 2) {
+                epi[tok * STR + c] = acc[p][i];
+            } else if (GATED) {
+                if (rr == 0)
+                    epi[tok * STR + 8 * w + gq] = mxm_act_gated(act, acc[p][i], acc[p][i + 2], ap);
+            } else if ((i >> 5) == (p & 1)) {
+                epi[(tok - 64 * (p & 1)) * STR + c] = acc[p >> 1][i];
+            }
+        }
+        wg_bar(wgi);
+        const int jb = MB == 2 ? (GATED ? n0 + 64 * wgi : n0 + 128 * wgi + 64 * p)
+                               : (GATED ? n0 + 32 * wgi : n0 + 64 * wgi);
+        const int tok0 = MB == 2 && !GATED ? 0 : PT * p; // first token of the pass in the tile
+        for (int u = ct & 127; u < NBLK * PT; u += 128) {
+            const int r = u % PT, b = u / PT;
+            if (m0 + tok0 + r >= rows || jb + 32 * b >= I) continue;
+            const float *e = epi + r * STR + 32 * b;
+            float v[32];
+#pragma unroll
+            for (int j = 0; j < 32; j += 4) {
+                const float4 x = *reinterpret_cast<const float4 *>(e + j);
+                if (PRE) {
+                    v[j] = x.x, v[j + 1] = x.y, v[j + 2] = x.z, v[j + 3] = x.w;
+                } else if (GATED) {
+                    const float4 y = *reinterpret_cast<const float4 *>(e + 64 * STR + j);
+                    v[j] = mxm_act_gated(act, x.x, y.x, ap);
+                    v[j + 1] = mxm_act_gated(act, x.y, y.y, ap);
+                    v[j + 2] = mxm_act_gated(act, x.z, y.z, ap);
+                    v[j + 3] = mxm_act_gated(act, x.w, y.w, ap);
+                } else {
+                    v[j] = mxm_act_plain(act, x.x), v[j + 1] = mxm_act_plain(act, x.y);
+                    v[j + 2] = mxm_act_plain(act, x.z), v[j + 3] = mxm_act_plain(act, x.w);
+                }
+            }
+            mxm_gemm1_store32(a, v, (int64_t)(row0 + m0 + tok0 + r) * a.I_max + jb + 32 * b);
+        }
+    }
+}
+
 // ---- the kernel ---------------------------------------------------------------------------------
 
-template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
+template <int MODE, int MB>
+__global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
+    using S_ = wg_shape<MB>;
+    constexpr int NH = S_::NH, BT = S_::BT, BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
+    constexpr int SLOT = S_::SLOT, SLOT_ACT = S_::SLOT_ACT;
     extern __shared__ __align__(16) uint8_t smem_raw[];
     mxm_griddep_wait();
     mxm_griddep_launch();
     const uint32_t sraw = smem_u32(smem_raw);
     const uint32_t sbase = (sraw + 1023) & ~1023u; // 1024-aligned (128B-swizzle atoms)
     uint8_t *gbase = smem_raw + (sbase - sraw);
-    const uint32_t bar_full = sbase + OFF_BAR, bar_empty = bar_full + 8 * STAGES;
-    int *stab = reinterpret_cast<int *>(gbase + OFF_TAB);
+    const uint32_t bar_full = sbase + S_::OFF_BAR, bar_empty = bar_full + 8 * STAGES;
+    int *stab = reinterpret_cast<int *>(gbase + S_::OFF_TAB);
     const int tid = threadIdx.x;
     if (tid == 0) {
         for (int s = 0; s < STAGES; s++) {
@@ -245,13 +348,14 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
         for (int g = tid; g < a.groups; g += THREADS)
             stab[g] = a.group[g].tile0_wg;
     __syncthreads();
-    const int ntn = MODE == MODE_GEMM2 ? (a.H + WG_BW - 1) / WG_BW
-                                       : (a.I_max + tile_cols<MODE>() - 1) / tile_cols<MODE>();
+    constexpr int TC = tile_cols<MODE, MB>();
+    const int ntn = MODE == MODE_GEMM2 ? (a.H + TC - 1) / TC : (a.I_max + TC - 1) / TC;
     const int ntiles = a.counts[2] * ntn;
 
     if (tid < 128) {
         // ---------------- producer warpgroup ----------------
-        setmaxnreg_dec<producer_regs<MODE>()>();
+        setmaxnreg_dec<producer_regs<MODE, MB>()>();
+        constexpr int NA = BT / 16, NW = BW / 32; // 16-byte copies per thread and stage
         const int ac = tid & 7, ar = tid >> 3; // activation chunk (8 bf16) and first row (+16 i)
         const int wc = tid & 3, wr = tid >> 2; // weight chunk (16 codes) and first row (+32 i)
         const uint32_t a_sw = (uint32_t)((ac ^ (ar & 7)) << 4);
@@ -261,7 +365,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int rows = G.rows, row0 = G.row0, I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H;
@@ -269,29 +373,31 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             // Row tables (GEMM1: gathered tokens, gate/up weight rows). GEMM2's rows are affine
             // in i, a base and a count each (its tables spilled at GEMM2's register split).
             constexpr bool AFFINE = MODE == MODE_GEMM2;
-            int arow[8], wrow[8], na = 0, nw = 0;
+            int arow[AFFINE ? 1 : NA], wrow[AFFINE ? 1 : NW], na = 0, nw = 0;
             int64_t a0 = 0, w0 = 0;
             if constexpr (AFFINE) {
-                na = min(max((rows - m0 - ar + 15) / 16, 0), 8);
-                nw = min(max((a.H - n0 - wr + 31) / 32, 0), 8);
+                na = min(max((rows - m0 - ar + 15) / 16, 0), NA);
+                nw = min(max((a.H - n0 - wr + 31) / 32, 0), NW);
                 a0 = (int64_t)(row0 + m0 + ar) * lda, w0 = (int64_t)(n0 + wr) * K;
             } else {
 #pragma unroll
-                for (int i = 0; i < 8; i++) {
+                for (int i = 0; i < NA; i++) {
                     const int m = m0 + ar + 16 * i;
                     arow[i] = m < rows ? __ldg(a.row_token + row0 + m) : -1;
-                    wrow[i] = weight_row<MODE>(a.layout, I, a.H, n0, wr + 32 * i);
                 }
+#pragma unroll
+                for (int i = 0; i < NW; i++)
+                    wrow[i] = weight_row<MODE, MB>(a.layout, I, a.H, n0, wr + 32 * i);
             }
-            const int nk = (K + WG_BK - 1) / WG_BK;
+            const int nk = (K + BK - 1) / BK;
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
                 if (it >= STAGES) mbar_wait(bar_empty + 8 * s, ph ^ 1);
-                const int k0 = kt * WG_BK;
+                const int k0 = kt * BK;
                 const uint32_t slot = sbase + s * SLOT;
                 const bool ka = k0 + 8 * ac < K;
 #pragma unroll
-                for (int i = 0; i < 8; i++) {
+                for (int i = 0; i < NA; i++) {
                     const bool v = ka && (AFFINE ? i < na : arow[i] >= 0);
                     const int64_t r = AFFINE ? a0 + 16 * i * lda : arow[i] * lda;
                     cp_async16(slot + (ar + 16 * i) * 128 + a_sw, v ? A + r + k0 + 8 * ac : A,
@@ -299,7 +405,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                 }
                 const bool kw = k0 + 16 * wc < K;
 #pragma unroll
-                for (int i = 0; i < 8; i++) {
+                for (int i = 0; i < NW; i++) {
                     const bool v = kw && (AFFINE ? i < nw : wrow[i] >= 0);
                     const int64_t r = AFFINE ? w0 + (int64_t)32 * i * K : (int64_t)wrow[i] * K;
                     cp_async16(slot + SLOT_ACT + (wr + 32 * i) * 64 + w_sw,
@@ -310,37 +416,37 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
         }
     } else {
         // ---------------- consumer warpgroups ----------------
-        setmaxnreg_inc<consumer_regs<MODE>()>();
+        setmaxnreg_inc<consumer_regs<MODE, MB>()>();
         const int ct = tid - 128, wgi = ct >> 7, w = (ct >> 5) & 3, lane = ct & 31, gq = lane >> 2,
                   tq = lane & 3;
-        const int rl = 128 * wgi + 16 * w + gq; // tile row of fragment rows (mb = 0, rr = 0)
-        const int sw = (gq >> 1) & 3;           // chunk swizzle of this thread's code rows
+        const int rl = 64 * MB * wgi + 16 * w + gq; // tile row of fragment rows (mb = 0, rr = 0)
+        const int sw = (gq >> 1) & 3;               // chunk swizzle of this thread's code rows
         const uint32_t a_thr = SLOT_ACT + rl * 64 + 2 * tq;
         const uint64_t desc0 = desc_sw128(sbase);
-        float *epi = reinterpret_cast<float *>(gbase + OFF_EPI + wgi * EPI_BYTES);
+        float *epi = reinterpret_cast<float *>(gbase + S_::OFF_EPI + wgi * S_::EPI_BYTES);
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32;
             const uint8_t *S =
                 mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(MODE == MODE_GEMM2 ? G.sc2 : G.sc13);
-            const uint8_t *sp[2][2];
+            const uint8_t *sp[MB][2];
 #pragma unroll
-            for (int mb = 0; mb < 2; mb++)
+            for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                 for (int rr = 0; rr < 2; rr++) {
-                    const int r = weight_row<MODE>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
+                    const int r = weight_row<MODE, MB>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
                     sp[mb][rr] = r >= 0 ? S + (int64_t)r * KB : nullptr;
                 }
-            // Scale bytes of a stage (two 32-blocks, [b]) for the 4 rows (kt < nk), kept as the
-            // loads' own registers: combining them at load time made the warp wait right there.
-            const int nk = (K + WG_BK - 1) / WG_BK;
-            auto load_sc = [&](int kt, uint32_t(&o)[2][2][2]) {
+            // Scale bytes of a stage (two 32-blocks, [b]) for the 2 MB rows (kt < nk), kept as
+            // the loads' own registers: combining them at load time made the warp wait there.
+            const int nk = (K + BK - 1) / BK;
+            auto load_sc = [&](int kt, uint32_t(&o)[MB][2][2]) {
 #pragma unroll
-                for (int mb = 0; mb < 2; mb++)
+                for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                     for (int rr = 0; rr < 2; rr++) {
                         o[mb][rr][0] = o[mb][rr][1] = 127;
@@ -352,23 +458,24 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             };
             // WG_SC_AHEAD stages of scale bytes in flight (global loads; one stage ahead left the
             // consumers waiting on them: ncu, stop 22).
-            uint32_t scur[2][2][2], sq[WG_SC_AHEAD][2][2][2] = {};
+            uint32_t scur[MB][2][2], sq[WG_SC_AHEAD][MB][2][2] = {};
             load_sc(0, scur);
 #pragma unroll
             for (int i = 0; i < WG_SC_AHEAD; i++)
                 if (i + 1 < nk) load_sc(i + 1, sq[i]);
-            float acc[2][64];
+            // acc[MB * NH]: block mb's rows times token half nh at [NH mb + nh].
+            float acc[MB * NH][64];
 #pragma unroll
-            for (int mb = 0; mb < 2; mb++)
+            for (int f = 0; f < MB * NH; f++)
 #pragma unroll
                 for (int i = 0; i < 64; i++)
-                    acc[mb][i] = 0.0f;
+                    acc[f][i] = 0.0f;
 
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
-                float scf[2][2][2];
+                float scf[MB][2][2];
 #pragma unroll
-                for (int mb = 0; mb < 2; mb++)
+                for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                     for (int rr = 0; rr < 2; rr++)
 #pragma unroll
@@ -377,12 +484,12 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                 mbar_wait(bar_full + 8 * s, ph);
                 fence_proxy_async(); // cp.async wrote the activations through the generic proxy
                 const uint32_t codes = sbase + s * SLOT + a_thr;
-                uint32_t fr[4][2][4];
+                uint32_t fr[4][MB][4];
 #pragma unroll
                 for (int ks = 0; ks < 4; ks++) {
                     const int koff = ((ks ^ sw) << 4);
 #pragma unroll
-                    for (int mb = 0; mb < 2; mb++) {
+                    for (int mb = 0; mb < MB; mb++) {
                         const uint32_t p = codes + mb * 64 * 64 + koff;
                         const uint32_t x00 = lds_u16(p);              // row g,   k 2t
                         const uint32_t x01 = lds_u16(p + 8);          // row g,   k 8+2t
@@ -395,9 +502,14 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                         fr[ks][mb][3] = dec_exact(x11, scf[mb][1][b]);
                     }
                     wg_fence();
+                    // Token half nh: B rows 128 nh.. of the slot (128 rows x 128 B = 16 KB on).
                     const uint64_t desc = desc0 + ((s * SLOT + ks * 32) >> 4);
-                    wgmma_m64n128k16_rs(acc[0], fr[ks][0], desc);
-                    wgmma_m64n128k16_rs(acc[1], fr[ks][1], desc);
+#pragma unroll
+                    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+                        for (int nh = 0; nh < NH; nh++)
+                            wgmma_m64n128k16_rs(acc[NH * mb + nh], fr[ks][mb],
+                                                desc + (uint64_t)((nh * 128 * 128) >> 4));
                     wg_commit();
                     // k-step j-1 done; j runs while j+1 is decoded (deeper queues: C7513).
                     wg_wait<1>();
@@ -406,7 +518,7 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
                     if (ks == 1 && kt > 0) mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
                 }
 #pragma unroll
-                for (int mb = 0; mb < 2; mb++)
+                for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                     for (int rr = 0; rr < 2; rr++)
 #pragma unroll
@@ -421,87 +533,36 @@ template <int MODE> __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(m
             wg_wait<0>();
             mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
 #pragma unroll
-            for (int mb = 0; mb < 2; mb++)
+            for (int f = 0; f < MB * NH; f++)
 #pragma unroll
                 for (int i = 0; i < 64; i++)
-                    fence_acc(acc[mb][i]);
+                    fence_acc(acc[f][i]);
 
-            // Fragment (mb, i) of this thread: tile row rl + 64 mb + 8 ((i >> 1) & 1),
-            // token m0 + 8 (i >> 2) + 2 tq + (i & 1).
+            // Fragment (mb, nh, i) of this thread: tile row rl + 64 mb + 8 ((i >> 1) & 1),
+            // token m0 + 128 nh + 8 (i >> 2) + 2 tq + (i & 1).
             const int rows = G.rows, row0 = G.row0;
             if (MODE == MODE_GEMM2) {
                 const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
-                for (int mb = 0; mb < 2; mb++) {
+                for (int mb = 0; mb < MB; mb++) {
                     const int h = n0 + rl + 64 * mb;
 #pragma unroll
-                    for (int i = 0; i < 16; i++) {
-                        const int m = m0 + 8 * i + 2 * tq;
-                        float *y = a.y + (int64_t)(row0 + m) * a.H + h;
+                    for (int nh = 0; nh < NH; nh++)
 #pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            const int dm = q & 1, dh = 8 * (q >> 1);
-                            const float v = acc[mb][4 * i + q];
-                            if (m + dm < rows && h + dh < a.H)
-                                y[dm * a.H + dh] = trt ? mxm_round_bf16(v) : v;
+                        for (int i = 0; i < 16; i++) {
+                            const int m = m0 + 128 * nh + 8 * i + 2 * tq;
+                            float *y = a.y + (int64_t)(row0 + m) * a.H + h;
+#pragma unroll
+                            for (int q = 0; q < 4; q++) {
+                                const int dm = q & 1, dh = 8 * (q >> 1);
+                                const float v = acc[NH * mb + nh][4 * i + q];
+                                if (m + dm < rows && h + dh < a.H)
+                                    y[dm * a.H + dh] = trt ? mxm_round_bf16(v) : v;
+                            }
                         }
-                    }
                 }
             } else {
-                const mxm_act_params ap = {G.alpha, G.beta, G.limit};
-                const int act = G.act;
-                // Two passes through the 128 x 68 fp32 buffer. Gated: pass p takes tokens
-                // 64p..64p+63, gate at buffer rows 0..63, up at rows 64..127, columns = this
-                // warpgroup's 64 intermediate columns n0 + 64 wgi + c. Plain: pass p takes m64
-                // block p (columns n0 + 128 wgi + 64 p + c) for all 128 tokens.
-#pragma unroll
-                for (int p = 0; p < 2; p++) {
-                    wg_bar(wgi); // the previous pass's readers are done with the buffer
-#pragma unroll
-                    for (int i = 0; i < 64; i++) {
-                        const int c = 16 * w + gq + 8 * ((i >> 1) & 1),
-                                  tok = 8 * (i >> 2) + 2 * tq + (i & 1);
-                        if (MODE == MODE_GATED) {
-                            if ((i >> 5) == p) {
-                                epi[(tok - 64 * p) * EPI_STRIDE + c] = acc[0][i];
-                                epi[(tok - 64 * p + 64) * EPI_STRIDE + c] = acc[1][i];
-                            }
-                        } else {
-                            epi[tok * EPI_STRIDE + c] = acc[p][i];
-                        }
-                    }
-                    wg_bar(wgi);
-                    const int jb = MODE == MODE_GATED ? n0 + 64 * wgi : n0 + 128 * wgi + 64 * p;
-                    // One thread per (token, 32-column block): the block's 32 values in its
-                    // registers (eight 16-byte loads; the threads of a warp take consecutive
-                    // tokens of one block, 4-bank steps apart: no conflicts), the activation,
-                    // then the whole MXFP8 block in-thread (mxm_gemm1_store32).
-                    constexpr int toks = MODE == MODE_GATED ? 64 : 128; // tokens per pass
-                    for (int u = ct & 127; u < 2 * toks; u += 128) {
-                        const int r = u % toks, b = u / toks;
-                        const int tok = MODE == MODE_GATED ? 64 * p + r : r;
-                        if (m0 + tok >= rows || jb + 32 * b >= I) continue;
-                        const float *e = epi + r * EPI_STRIDE + 32 * b;
-                        float v[32];
-#pragma unroll
-                        for (int j = 0; j < 32; j += 4) {
-                            const float4 x = *reinterpret_cast<const float4 *>(e + j);
-                            if (MODE == MODE_GATED) {
-                                const float4 y =
-                                    *reinterpret_cast<const float4 *>(e + 64 * EPI_STRIDE + j);
-                                v[j] = mxm_act_gated(act, x.x, y.x, ap),
-                                v[j + 1] = mxm_act_gated(act, x.y, y.y, ap);
-                                v[j + 2] = mxm_act_gated(act, x.z, y.z, ap),
-                                      v[j + 3] = mxm_act_gated(act, x.w, y.w, ap);
-                            } else {
-                                v[j] = mxm_act_plain(act, x.x), v[j + 1] = mxm_act_plain(act, x.y);
-                                v[j + 2] = mxm_act_plain(act, x.z),
-                                      v[j + 3] = mxm_act_plain(act, x.w);
-                            }
-                        }
-                        mxm_gemm1_store32(a, v, (int64_t)(row0 + m0 + tok) * a.I_max + jb + 32 * b);
-                    }
-                }
+                gemm1_epilogue<MODE, MB>(a, G, acc, epi, m0, n0, wgi, w, gq, tq, ct);
             }
         }
     }
@@ -522,30 +583,44 @@ int sm_count() {
     return count[dev];
 }
 
-// The kernels need more than the default 48 KB of shared memory: raise their limit once.
+// The kernels need more than the default 48 KB of shared memory: raise their limit once per
+// device (a function attribute belongs to the device's context).
 mxm_status smem_opt_in() {
-    static int done = 0;
-    if (done) return MXM_OK;
-#define MXM_SMEM_OPT_IN(k)                                                                         \
-    MXM_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES))
-    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_GATED>);
-    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_PLAIN>);
-    MXM_SMEM_OPT_IN(wgmma_kernel<MODE_GEMM2>);
+    static bool done[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) dev = 0;
+    if (dev < 64 && done[dev]) return MXM_OK;
+#define MXM_SMEM_OPT_IN(mode, mb)                                                                  \
+    MXM_CUDA_TRY(cudaFuncSetAttribute(                                                             \
+        wgmma_kernel<mode, mb>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<mb>()))
+    MXM_SMEM_OPT_IN(MODE_GATED, 1);
+    MXM_SMEM_OPT_IN(MODE_PLAIN, 1);
+    MXM_SMEM_OPT_IN(MODE_GEMM2, 1);
+    MXM_SMEM_OPT_IN(MODE_GATED, 2);
+    MXM_SMEM_OPT_IN(MODE_PLAIN, 2);
+    MXM_SMEM_OPT_IN(MODE_GEMM2, 2);
 #undef MXM_SMEM_OPT_IN
-    done = 1;
+    if (dev < 64) done[dev] = true;
     return MXM_OK;
 }
 
 // One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
-// rows rounded up to whole 128-row tiles (a tiled group has more than SKINNY_MAX rows).
-template <int MODE> mxm_status launch(const mxm_cuda_args &a, int ntn, cudaStream_t s) {
+// rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
+template <int MODE, int MB> mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
+    constexpr int TC = tile_cols<MODE, MB>();
+    const int ntn = ((MODE == MODE_GEMM2 ? a.H : a.I_max) + TC - 1) / TC;
     const int64_t rows = (int64_t)a.T * a.K + (a.groups > a.e_loc ? a.T : 0);
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
-    const int64_t bound = (rows / WG_BT + tg + 1) * ntn;
+    const int64_t bound = (rows / wg_shape<MB>::BT + tg + 1) * ntn;
     const int sms = sm_count(), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
-    return mxm_cuda_launch(wgmma_kernel<MODE>, grid, THREADS, SMEM_BYTES, s, a);
+    return mxm_cuda_launch(wgmma_kernel<MODE, MB>, grid, THREADS, smem_bytes<MB>(), s, a);
+}
+
+// The tile shape of a.wg_bt: 256 tokens -> MB = 1, 128 -> MB = 2.
+template <int MODE> mxm_status launch_shape(const mxm_cuda_args &a, cudaStream_t s) {
+    return a.wg_bt == 256 ? launch<MODE, 1>(a, s) : launch<MODE, 2>(a, s);
 }
 
 } // namespace
@@ -554,13 +629,12 @@ mxm_status mxm_cuda_wgmma1(const mxm_cuda_args &a, cudaStream_t s) {
     mxm_status st = smem_opt_in();
     if (st) return st;
     return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
-        constexpr int mode = decltype(gated)::value ? MODE_GATED : MODE_PLAIN;
-        return launch<mode>(a, (a.I_max + tile_cols<mode>() - 1) / tile_cols<mode>(), s);
+        return launch_shape < decltype(gated)::value ? MODE_GATED : MODE_PLAIN > (a, s);
     });
 }
 
 mxm_status mxm_cuda_wgmma2(const mxm_cuda_args &a, cudaStream_t s) {
     const mxm_status st = smem_opt_in();
     if (st) return st;
-    return launch<MODE_GEMM2>(a, (a.H + WG_BW - 1) / WG_BW, s);
+    return launch_shape<MODE_GEMM2>(a, s);
 }

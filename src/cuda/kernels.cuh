@@ -44,8 +44,8 @@ mxm_status mxm_cuda_skinny2(const mxm_cuda_args &a, cudaStream_t s);
 // the DeepSeek FP8 scales applied per 128-block of K).
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s);
-// The same on Hopper wgmma (gemm_wgmma.cu; MXFP8 weights only, not a.blk): 128-row m-tiles
-// (group[].tile0_wg, a.counts[2]), persistent grid.
+// The same on Hopper wgmma (gemm_wgmma.cu; MXFP8 weights only, not a.blk): m-tiles of a.wg_bt
+// rows (group[].tile0_wg, a.counts[2]), persistent grid.
 mxm_status mxm_cuda_wgmma1(const mxm_cuda_args &a, cudaStream_t s);
 mxm_status mxm_cuda_wgmma2(const mxm_cuda_args &a, cudaStream_t s);
 // out[t] = sum_k w y + shared.

@@ -38,6 +38,19 @@ static bool wgmma_on(const mxm_cuda_args &a) {
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
 
+// The wgmma kernels' m-tile: 256 tokens (128 weight rows per tile, half the weight decode per
+// FLOP) when the step averages at least MXM_CUDA_WG256_MIN_ROWS rows per expert (T K / E, as
+// above), else 128 (256 weight rows; less of a tile wasted on groups of 33..255 rows).
+// MXM_CUDA_WG_BT=128/256 forces either; read at every forward. 0: the 256-token tiles only when
+// forced (not yet measured on a GPU).
+#define MXM_CUDA_WG256_MIN_ROWS 0
+static int32_t wg_bt_of(const mxm_cuda_args &a) {
+    const char *e = getenv("MXM_CUDA_WG_BT");
+    if (e && e[0]) return atoi(e) == 256 ? 256 : 128;
+    const int64_t min_rows = MXM_CUDA_WG256_MIN_ROWS;
+    return min_rows > 0 && (int64_t)a.T * a.K >= min_rows * a.E ? 256 : 128;
+}
+
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -173,6 +186,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.xc = cs->codes ? (uint8_t *)(base + l.xc) : nullptr;
     a.xsf = cs->codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
+    a.wg_bt = wg_bt_of(a);
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;

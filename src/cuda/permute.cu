@@ -15,7 +15,7 @@
 
 // Exclusive prefix sums over the groups by one block, of four counters at once: routed rows
 // (first permuted row), MMA tiles (groups over MXM_CUDA_SKINNY_MAX rows), skinny groups (list
-// slots), and the 128-row m-tiles of gemm_wgmma.cu (same groups). Writes the group table's
+// slots), and the a.wg_bt-row m-tiles of gemm_wgmma.cu (same groups). Writes the group table's
 // rows/row0/tile0/tile0_wg, the skinny list, a.counts, and cursor[g] = first row of g for the
 // scatter. n: rows per group (shared or global memory).
 __device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, int32_t *cursor) {
@@ -29,7 +29,7 @@ __device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, in
         loc.x += g == a.e_loc ? 0 : ng;
         loc.y += ng > MXM_CUDA_SKINNY_MAX ? (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM : 0;
         loc.z += ng > 0 && ng <= MXM_CUDA_SKINNY_MAX;
-        loc.w += ng > MXM_CUDA_SKINNY_MAX ? (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM : 0;
+        loc.w += ng > MXM_CUDA_SKINNY_MAX ? (ng + a.wg_bt - 1) / a.wg_bt : 0;
     }
     int4 inc = loc;
 #pragma unroll
@@ -62,7 +62,7 @@ __device__ void group_offsets_block(const mxm_cuda_args &a, const int32_t *n, in
         if (!shared) pre.x += ng;
         if (ng > MXM_CUDA_SKINNY_MAX) {
             pre.y += (ng + MXM_CUDA_BM - 1) / MXM_CUDA_BM;
-            pre.w += (ng + MXM_CUDA_WG_BM - 1) / MXM_CUDA_WG_BM;
+            pre.w += (ng + a.wg_bt - 1) / a.wg_bt;
         } else if (ng > 0) {
             a.skinny_list[pre.z++] = g;
         }
