@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "bench_common.h"
+#include "moe/timeline.h"
 
 const mb_shape mb_shapes[3] = {
     {"nano", "Nemotron-3-Nano", 2688, 1856, 128, 128, 6, MXM_ACT_RELU2_NO_MUL, MXM_ROUTE_DEEPSEEK_V3, 1, 1, 3712},
@@ -239,6 +240,33 @@ static const char *kernels_of(const mxm_moe_config *cfg, char *buf, size_t n) {
     return buf;
 }
 
+/* The timeline probe (moe/timeline.h) over three replays after the timed ones (set 0, 1, 2 in
+ * turn, as timed), each on its own: per kernel site, start / wait returned / end in us from the
+ * replay's first block start, on stderr. */
+static mxm_status print_timeline(mxm_cuda_graph *const graph[MB_SETS], int64_t T) {
+    mxm_status st = MXM_OK;
+    for (int r = 0; r < 3 && !st; r++) {
+        uint64_t v[3 * MXM_SITES], t0 = UINT64_MAX, t1 = 0;
+        if ((st = mxm_cuda_timeline_reset()) || (st = mxm_cuda_graph_launch(graph[r % MB_SETS])) ||
+            (st = mxm_device_synchronize()) || (st = mxm_cuda_timeline_read(v)))
+            break;
+        for (int i = 0; i < MXM_SITES; i++)
+            if (v[3 * i])
+                t0 = v[3 * i] < t0 ? v[3 * i] : t0, t1 = v[3 * i + 2] > t1 ? v[3 * i + 2] : t1;
+        fprintf(
+            stderr,
+            "timeline T=%lld replay %d: %.2f us from the first block start to the last warp end\n",
+            (long long)T, r, (double)(t1 - t0) / 1e3);
+        for (int i = 0; i < MXM_SITES; i++)
+            if (v[3 * i])
+                fprintf(stderr, "timeline   %-10s start %8.2f  waited %8.2f  end %8.2f us\n",
+                        mxm_timeline_site_names[i], (double)(v[3 * i] - t0) / 1e3,
+                        v[3 * i + 1] ? (double)(v[3 * i + 1] - t0) / 1e3 : -1.0,
+                        (double)(v[3 * i + 2] - t0) / 1e3);
+    }
+    return st;
+}
+
 int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uint16_t *out_bf16) {
     const int64_t T = in->T, H = L->shape.H, K = L->shape.K;
     mxm_moe_plan *plan;
@@ -256,6 +284,10 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
                          .logits_dtype = MXM_DT_F32, .routing_bias = b.bias, .bias_dtype = MXM_DT_F32};
     if (in->use_ids) mi.router_logits = NULL, mi.topk_ids = b.ids_in, mi.topk_weights = b.w_in;
     mxm_moe_outputs mo = {.out = b.out, .out_dtype = MXM_DT_BF16, .topk_ids = b.ids};
+    /* MXM_CUDA_TIMELINE=1: the probe's slots must exist before the graphs are captured. */
+    const int timeline =
+        b.dev && getenv("MXM_CUDA_TIMELINE") && getenv("MXM_CUDA_TIMELINE")[0] == '1';
+    if (timeline && (st = mxm_cuda_timeline_reset())) goto done;
     if ((st = mxm_moe_forward(plan, &w, &mi, &mo, b.ws, wsb, NULL))) goto done; /* warm-up */
     if (b.dev && (st = mxm_device_synchronize())) goto done;
     double t;
@@ -298,6 +330,7 @@ int mb_run(const mb_layer *L, const mb_inputs *in, int reps, mb_result *res, uin
         for (int r = 0; r < n && !st; r++) st = mxm_cuda_graph_launch(graph[r % MB_SETS]);
         if (!st) st = mxm_device_synchronize();
         t = (bench_now() - t0) / n;
+        if (timeline && !st) st = print_timeline(graph, T);
         if (!st) st = mxm_cuda_graph_launch(graph[0]); /* leave set 0's result for the caller */
         if (!st) st = mxm_device_synchronize();
         for (int set = 0; set < MB_SETS; set++) {

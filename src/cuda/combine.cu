@@ -20,8 +20,7 @@ __device__ __forceinline__ void store4(void *base, int64_t i, int32_t dtype, con
 
 __global__ void __launch_bounds__(COMBINE_THREADS) combine_kernel(mxm_cuda_args a, void *out, void *out_routed,
                                                                     int32_t out_dtype) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_COMBINE);
     const int64_t t = blockIdx.x, h = (int64_t)blockIdx.y * COMBINE_COLS + 4 * threadIdx.x;
     if (h >= a.H) return;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);

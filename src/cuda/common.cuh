@@ -15,6 +15,7 @@ extern "C" {
 }
 #include "formats/formats.h"
 #include "moe/activation.h"
+#include "moe/timeline.h"
 
 #define MXM_CUDA_TRY(call)                                                                    \
     do {                                                                                      \
@@ -36,6 +37,36 @@ __device__ __forceinline__ void mxm_griddep_wait() { asm volatile("griddepcontro
 __device__ __forceinline__ void mxm_griddep_launch() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
 
 int mxm_cuda_pdl_enabled();
+
+// Timeline probe (src/moe/timeline.h; a.probe is null unless MXM_CUDA_TIMELINE=1): a kernel
+// opens with MXM_KERNEL_ENTRY(a, MXM_SITE_...), which records its blocks' start, waits on its
+// predecessor, records the wait's return, and lets its successor launch; the scope's end records
+// each warp's end. A kernel that waits later (the skinny GEMM2) opens with MXM_PROBE_SCOPE and
+// marks the wait with mxm_probe_ready.
+__device__ __forceinline__ unsigned long long mxm_globaltimer() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void mxm_probe_ready(unsigned long long *probe, int site) {
+    if (probe && threadIdx.x == 0) atomicMin(probe + 3 * site + 1, mxm_globaltimer());
+}
+struct mxm_probe_scope {
+    unsigned long long *slot;
+    __device__ mxm_probe_scope(unsigned long long *probe, int site)
+        : slot(probe ? probe + 3 * site : nullptr) {
+        if (slot && threadIdx.x == 0) atomicMin(slot, mxm_globaltimer());
+    }
+    __device__ ~mxm_probe_scope() {
+        if (slot && (threadIdx.x & 31) == 0) atomicMax(slot + 2, mxm_globaltimer());
+    }
+};
+#define MXM_PROBE_SCOPE(a, site) mxm_probe_scope mxm_probe_(a.probe, site)
+#define MXM_KERNEL_ENTRY(a, site)                                                                  \
+    MXM_PROBE_SCOPE(a, site);                                                                      \
+    mxm_griddep_wait();                                                                            \
+    mxm_probe_ready(a.probe, site);                                                                \
+    mxm_griddep_launch()
 
 template <typename... Params, typename... Args>
 static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
@@ -121,6 +152,7 @@ struct mxm_cuda_args {
     int32_t *row_token;      // [rows_total] token of each permuted row
     int32_t *counts;         // [3]: MMA tiles in use, skinny groups in use, wgmma m-tiles in use
     int32_t wg_bt; // rows (tokens) per m-tile of gemm_wgmma.cu: 128 or 256 (mxm_cuda_wg_bt)
+    unsigned long long *probe; // timeline slots (src/moe/timeline.h) or null
     int32_t *skinny_list;    // [groups] the groups with 1..SKINNY_MAX rows
     __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see (DeepSeek FP8 W8A8: the E4M3 codes' values)
     __nv_bfloat16 *act;      // [rows_total, I_max] intermediate (same rule)

@@ -416,6 +416,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     }
     if (early_w) {
         mxm_griddep_wait();
+        mxm_probe_ready(a.probe, MXM_SITE_SKINNY2);
         mxm_griddep_launch();
 #pragma unroll
         for (int s = 0; s < SK_STAGES - 1; s++)
@@ -552,8 +553,10 @@ template <int KIND, int WF, bool CODES>
 __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     skinny_kernel(mxm_cuda_args a, int nt_max) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
+    MXM_PROBE_SCOPE(a, KIND == SK_GEMM2 ? MXM_SITE_SKINNY2 : MXM_SITE_SKINNY1);
     if (KIND != SK_GEMM2) { // GEMM2 waits inside, after its first weight copies
         mxm_griddep_wait();
+        mxm_probe_ready(a.probe, MXM_SITE_SKINNY1);
         mxm_griddep_launch();
     }
     const int g = sk_group(a);

@@ -51,6 +51,35 @@ static int32_t wg_bt_of(const mxm_cuda_args &a) {
     return min_rows > 0 && (int64_t)a.T * a.K >= min_rows * a.E ? 256 : 128;
 }
 
+// The timeline probe's slots (moe/timeline.h), allocated on first use; MXM_CUDA_TIMELINE=1 (read
+// at every forward) hands them to the kernels. One set per process: a diagnostic for one device.
+static unsigned long long *timeline_slots;
+
+static unsigned long long *timeline_probe() {
+    const char *e = getenv("MXM_CUDA_TIMELINE");
+    return e && e[0] == '1' ? timeline_slots : nullptr;
+}
+
+extern "C" mxm_status mxm_cuda_timeline_reset(void) {
+    const size_t bytes = sizeof(unsigned long long) * 3 * MXM_SITES;
+    if (!timeline_slots) MXM_CUDA_TRY(cudaMalloc(&timeline_slots, bytes));
+    unsigned long long init[3 * MXM_SITES];
+    for (int i = 0; i < 3 * MXM_SITES; i++)
+        init[i] = i % 3 == 2 ? 0 : ~0ull; // min, min, max
+    MXM_CUDA_TRY(cudaMemcpy(timeline_slots, init, bytes, cudaMemcpyHostToDevice));
+    return MXM_OK;
+}
+
+extern "C" mxm_status mxm_cuda_timeline_read(uint64_t t[3 * MXM_SITES]) {
+    if (!timeline_slots)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_cuda_timeline_read: no reset before");
+    unsigned long long v[3 * MXM_SITES];
+    MXM_CUDA_TRY(cudaMemcpy(v, timeline_slots, sizeof v, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < 3 * MXM_SITES; i++)
+        t[i] = v[i] == ~0ull ? 0 : (uint64_t)v[i];
+    return MXM_OK;
+}
+
 extern "C" int32_t mxm_cuda_available(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) {
@@ -187,6 +216,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.xsf = cs->codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
     a.wg_bt = wg_bt_of(a);
+    a.probe = timeline_probe();
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).
     mxm_cuda_group *hg = (mxm_cuda_group *)(cs + 1), *last = hg + p->e_loc + 1;

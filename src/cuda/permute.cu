@@ -84,8 +84,7 @@ __device__ __forceinline__ void scatter_pair(const mxm_cuda_args &a, int64_t i, 
 }
 
 __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_COUNT);
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i >= (int64_t)a.T * a.K) return;
     const int32_t e = a.ids[i] - a.off;
@@ -94,16 +93,14 @@ __global__ void count_kernel(mxm_cuda_args a, int32_t *cursor) {
 
 __global__ void offsets_kernel(mxm_cuda_args a, int32_t *cursor) {
     extern __shared__ int32_t n[]; // [groups]
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_OFFSETS);
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x) n[g] = g == a.e_loc ? a.T : cursor[g];
     __syncthreads();
     group_offsets_block(a, n, cursor);
 }
 
 __global__ void scatter_kernel(mxm_cuda_args a, int32_t *cursor) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_SCATTER);
     const int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (i < (int64_t)a.T * a.K) scatter_pair(a, i, cursor);
 }
@@ -133,8 +130,7 @@ static __host__ __device__ int64_t prologue_scratch_offset(int groups) { return 
 #define PROLOGUE_SCRATCH_SMEM (32 * 1024) // routing scratch kept in shared memory up to this size
 
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_args a, mxm_cuda_prologue_in in) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_PROLOGUE);
     if (blockIdx.x > 0) { // activations
         if (a.blk)
             mxm_prepare_x_fp8block(a, (int64_t)(blockIdx.x - 1) * (PROLOGUE_THREADS / 32) + threadIdx.x / 32, in.x,

@@ -4,15 +4,13 @@
 #include "cuda/prepare.cuh"
 
 __global__ void prepare_x_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const uint8_t *x_scale) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_PREPARE_X);
     mxm_prepare_x_part(a, blockIdx.x, x, x_dtype, x_scale);
 }
 
 __global__ void prepare_x_fp8block_kernel(mxm_cuda_args a, const void *x, int32_t x_dtype, const float *x_scale,
                                           int32_t transposed) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_PREPARE_X);
     mxm_prepare_x_fp8block(a, (int64_t)blockIdx.x * MXM_PREP_WARPS + threadIdx.x / 32, x, x_dtype, x_scale, transposed);
 }
 
@@ -29,8 +27,7 @@ mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_d
 
 // a.actf -> a.act (codes' values) and a.acts, per (row, 128-block) of every group; grid.y = group.
 __global__ void requant_fp8block_kernel(mxm_cuda_args a) {
-    mxm_griddep_wait();
-    mxm_griddep_launch();
+    MXM_KERNEL_ENTRY(a, MXM_SITE_REQUANT);
     const mxm_cuda_group G = a.group[blockIdx.y];
     const int ib = (G.I + 127) / 128, lane = threadIdx.x & 31;
     for (int64_t u = (int64_t)blockIdx.x * MXM_PREP_WARPS + threadIdx.x / 32; u < (int64_t)G.rows * ib;

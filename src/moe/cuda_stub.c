@@ -2,6 +2,7 @@
 #ifndef MXM_WITH_CUDA
 #include "core/core.h"
 #include "moe/plan.h"
+#include "moe/timeline.h"
 
 int32_t mxm_cuda_available(void) { return 0; }
 
@@ -38,6 +39,13 @@ mxm_status mxm_device_synchronize(void) {
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
 }
 const char *mxm_device_name(void) { return ""; }
+mxm_status mxm_cuda_timeline_reset(void) {
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
+mxm_status mxm_cuda_timeline_read(uint64_t t[3 * MXM_SITES]) {
+    (void)t;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
 mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
                                   const mxm_moe_outputs *out, void *ws, int64_t wsb, void *stream,
                                   mxm_cuda_graph **g) {
