@@ -670,10 +670,10 @@ static void test_graph_replay(void **state) {
     ref_layer_free(&L);
 }
 
-/* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the MXFP8 prefill
- * GEMMs on gemm_wgmma.cu (Hopper wgmma), plus shapes aimed at its tiles; m-tiles of bt tokens
- * (MXM_CUDA_WG_BT, also read at every forward: 128 = 256 weight rows per tile, 256 = 128 rows
- * with two token halves per fragment). */
+/* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the prefill GEMMs on
+ * gemm_wgmma.cu (Hopper wgmma; DeepSeek FP8 too), plus shapes aimed at its tiles; m-tiles of bt
+ * tokens (MXM_CUDA_WG_BT, also read at every forward: 128 = 256 weight rows per tile, 256 = 128
+ * rows with two token halves per fragment). */
 static void wgmma_cases(void **state, const char *bt) {
     setenv("MXM_CUDA_WGMMA", "1", 1);
     setenv("MXM_CUDA_WG_BT", bt, 1);
@@ -713,6 +713,7 @@ static void wgmma_cases(void **state, const char *bt) {
 
 static void test_wgmma(void **state) {
     wgmma_cases(state, "128");
+    test_fp8_block(state); /* DeepSeek FP8 on its own wgmma tiles (128 x 128, any MXM_CUDA_WG_BT) */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     unsetenv("MXM_CUDA_WG_BT");
 }

@@ -33,20 +33,23 @@
 
 namespace {
 
-// Two tile shapes, picked per forward by a.wg_bt (mxm_cuda_wg_bt): MB m64 weight blocks per
-// consumer warpgroup, NH = 2 / MB halves of 128 tokens. MB = 2: 256 weight rows x 128 tokens
-// (two m64n128k16 per k16 step on two fragments); MB = 1: 128 weight rows x 256 tokens (two
-// m64n128k16 on one fragment: half the decode per FLOP, for groups of many rows).
-template <int MB> struct wg_shape {
-    static_assert(MB == 1 || MB == 2, "one or two m64 blocks per consumer");
-    static constexpr int NH = 2 / MB;            // 128-token halves of the tile
+// Tile shapes: MB m64 weight blocks per consumer warpgroup, NH halves of 128 tokens. MXFP8 runs
+// two, picked per forward by a.wg_bt (moe_cuda.cu): MB = 2, NH = 1 is 256 weight rows x 128
+// tokens (two m64n128k16 per k16 step on two fragments); MB = 1, NH = 2 is 128 weight rows x 256
+// tokens (two m64n128k16 on one fragment: half the decode per FLOP, for groups of many rows).
+// DeepSeek FP8 (BLK) runs MB = 1, NH = 1, 128 x 128: its per-128-block partial sums take another
+// 64 registers beside the accumulators, and each stage carries the tile's 128 activation scales
+// of its 128-block of K.
+template <int MB, int NH, bool BLK> struct wg_shape {
+    static_assert(MB * NH <= 2 && (MB == 1 || MB == 2), "up to two 64 x 128 accumulator blocks");
     static constexpr int BT = 128 * NH;          // tokens per tile
     static constexpr int BW = 128 * MB;          // weight rows per tile (two consumers)
     static constexpr int BK = 64;                // K per stage
     static constexpr int SLOT_ACT = BT * BK * 2; // activations: BT rows x 128 B, 128B-swizzled
     static constexpr int SLOT_W = BW * BK; // E4M3 codes: BW rows x 64 B, 16 B chunks xor-swizzled
-    static constexpr int SLOT = SLOT_ACT + SLOT_W;
-    static constexpr int STAGES = 4;
+    static constexpr int SLOT_XS = BLK ? 1024 : 0; // BLK: BT fp32 activation scales (+ padding)
+    static constexpr int SLOT = SLOT_ACT + SLOT_W + SLOT_XS; // a multiple of 1024 (swizzle atoms)
+    static constexpr int STAGES = BLK ? 6 : 4;
     // GEMM1 epilogue buffer per consumer: MB = 2 as [128][68] fp32 (gated: gate and up rows of
     // 64 tokens; plain: one m64 block for 128 tokens); MB = 1 as gated [128 tokens][36] (32
     // activated columns) or plain [64 tokens][68] (64 columns).
@@ -54,13 +57,16 @@ template <int MB> struct wg_shape {
     static constexpr int OFF_EPI = STAGES * SLOT;
     static constexpr int OFF_BAR = OFF_EPI + 2 * EPI_BYTES;
     static constexpr int OFF_TAB = OFF_BAR + 16 * STAGES;
+    static_assert(SLOT % 1024 == 0, "stages start on swizzle atoms");
 };
 constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
-template <int MB> constexpr int smem_bytes() {
-    return wg_shape<MB>::OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
+template <int MB, int NH, bool BLK> constexpr int smem_bytes() {
+    return wg_shape<MB, NH, BLK>::OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
 }
-static_assert(smem_bytes<1>() <= 227 * 1024 && smem_bytes<2>() <= 227 * 1024, "shared memory");
-static_assert(64 * 68 * 4 <= wg_shape<1>::EPI_BYTES, "plain MB = 1 epilogue pass");
+static_assert(smem_bytes<1, 2, false>() <= 227 * 1024 && smem_bytes<2, 1, false>() <= 227 * 1024 &&
+                  smem_bytes<1, 1, true>() <= 227 * 1024,
+              "shared memory");
+static_assert(64 * 68 * 4 <= wg_shape<1, 1, true>::EPI_BYTES, "plain MB = 1 epilogue pass");
 #ifndef MXM_WG_SC_AHEAD // stages between a consumer's scale-byte loads and their use (a build knob)
 #define MXM_WG_SC_AHEAD 2
 #endif
@@ -85,7 +91,7 @@ enum { MODE_GATED = 0, MODE_PLAIN = 1, MODE_GEMM2 = 2 };
 
 // Columns (GEMM1: intermediate, GEMM2: h) covered by one n-tile.
 template <int MODE, int MB> constexpr int tile_cols() {
-    return MODE == MODE_GATED ? wg_shape<MB>::BW / 2 : wg_shape<MB>::BW;
+    return MODE == MODE_GATED ? 64 * MB : 128 * MB;
 }
 
 // ---- PTX wrappers -------------------------------------------------------------------------------
@@ -156,9 +162,9 @@ __device__ __forceinline__ void wg_bar(int wgi) {
 }
 
 // wgmma m64n128k16, A (bf16) from registers, B (bf16) from shared memory through a descriptor,
-// fp32 accumulators d[64], always accumulating (scale-d = 1; the accumulators start at 0).
+// fp32 accumulators d[64]: d += A B, or d = A B where acc_in is 0 (scale-d).
 __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32_t (&a)[4],
-                                                    uint64_t desc) {
+                                                    uint64_t desc, int acc_in = 1) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
                  "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
                  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
@@ -179,7 +185,7 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32
                    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
                    "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
                    "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc_in));
 }
 
 // Descriptor of a K-major bf16 operand with the 128-byte swizzle: rows of 128 bytes, 8-row atoms
@@ -207,7 +213,7 @@ __device__ __forceinline__ int tab_at(const mxm_cuda_args &a, const int *stab, i
 // Tile t -> group g, first token m0 of the m-tile in the group, first column n0 of the n-tile.
 // False for tiles this kernel skips: groups of the other gating (GEMM1), n-tiles past the group's
 // I.
-template <int MODE, int MB>
+template <int MODE, int MB, int NH>
 __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab, int t, int ntn,
                                          int &g, int &m0, int &n0) {
     const int mt = t / ntn, nt = t - mt * ntn;
@@ -220,7 +226,7 @@ __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab
         else
             hi = mid - 1;
     }
-    g = lo, m0 = (mt - tab_at(a, stab, lo)) * wg_shape<MB>::BT, n0 = nt * tile_cols<MODE, MB>();
+    g = lo, m0 = (mt - tab_at(a, stab, lo)) * 128 * NH, n0 = nt * tile_cols<MODE, MB>();
     if (MODE == MODE_GEMM2) return true;
     const mxm_cuda_group &G = a.group[g];
     return (mxm_act_is_gated(G.act) != 0) == (MODE == MODE_GATED) && n0 < G.I;
@@ -257,18 +263,18 @@ __device__ __forceinline__ int weight_row(int layout, int I, int H, int n0, int 
 //  - MB = 1, gated: pass p takes token half p; a thread holds gate and up of one (column, token)
 //    in fragment rows g and g + 8, so it stores the activated value (stride 36; columns
 //    n0 + 32 wgi + (0..31)).
-//  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the 256 (stride 68; columns
+//  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the 128 NH (stride 68; columns
 //    n0 + 64 wgi + (0..63)).
-template <int MODE, int MB>
+template <int MODE, int MB, int NH, int WF>
 __device__ __forceinline__ void gemm1_epilogue(const mxm_cuda_args &a, const mxm_cuda_group &G,
-                                               float (&acc)[2][64], float *epi, int m0, int n0,
-                                               int wgi, int w, int gq, int tq, int ct) {
+                                               float (&acc)[MB * NH][64], float *epi, int m0,
+                                               int n0, int wgi, int w, int gq, int tq, int ct) {
     constexpr bool GATED = MODE == MODE_GATED;
     constexpr bool PRE = GATED && MB == 1; // the buffer holds activated values
     constexpr int STR = PRE ? 36 : 68;     // floats per buffer row (+4: no bank conflicts)
     constexpr int PT = MB == 2 ? (GATED ? 64 : 128) : (GATED ? 128 : 64); // tokens per pass
     constexpr int NBLK = PRE ? 1 : 2; // 32-column blocks per token and pass
-    constexpr int PASSES = GATED ? 2 : (MB == 2 ? 2 : 4);
+    constexpr int PASSES = MB == 2 ? 2 : GATED ? NH : 2 * NH;
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
     const int act = G.act, rows = G.rows, row0 = G.row0, I = G.I;
 #pragma unroll
@@ -317,18 +323,26 @@ __device__ __forceinline__ void gemm1_epilogue(const mxm_cuda_args &a, const mxm
                     v[j + 2] = mxm_act_plain(act, x.z), v[j + 3] = mxm_act_plain(act, x.w);
                 }
             }
-            mxm_gemm1_store32(a, v, (int64_t)(row0 + m0 + tok0 + r) * a.I_max + jb + 32 * b);
+            mxm_gemm1_store32<WF>(a, v, (int64_t)(row0 + m0 + tok0 + r) * a.I_max + jb + 32 * b);
         }
     }
 }
 
 // ---- the kernel ---------------------------------------------------------------------------------
 
-template <int MODE, int MB>
+// 4-byte copy global -> shared (cache-all; the activation scales of a stage); bytes = 0 writes
+// zeros.
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, uint32_t bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(bytes)
+                 : "memory");
+}
+
+template <int MODE, int MB, int NH, int WF>
 __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
-    using S_ = wg_shape<MB>;
-    constexpr int NH = S_::NH, BT = S_::BT, BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
-    constexpr int SLOT = S_::SLOT, SLOT_ACT = S_::SLOT_ACT;
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
+    using S_ = wg_shape<MB, NH, BLK>;
+    constexpr int BT = S_::BT, BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
+    constexpr int SLOT = S_::SLOT, SLOT_ACT = S_::SLOT_ACT, OFF_XS = S_::SLOT_ACT + S_::SLOT_W;
     extern __shared__ __align__(16) uint8_t smem_raw[];
     MXM_KERNEL_ENTRY(a, MODE == MODE_GEMM2 ? MXM_SITE_WGMMA2 : MXM_SITE_WGMMA1);
     const uint32_t sraw = smem_u32(smem_raw);
@@ -350,6 +364,9 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
     constexpr int TC = tile_cols<MODE, MB>();
     const int ntn = MODE == MODE_GEMM2 ? (a.H + TC - 1) / TC : (a.I_max + TC - 1) / TC;
     const int ntiles = a.counts[2] * ntn;
+    // DeepSeek FP8 W8A8: the tokens' 1x128 activation scales (GEMM1: a.xs by token; GEMM2: a.acts
+    // by permuted row); weight-only layers scale the activations by 1.
+    const bool xs_on = BLK && mxm_cuda_blk_w8a8(a);
 
     if (tid < 128) {
         // ---------------- producer warpgroup ----------------
@@ -364,7 +381,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE, MB>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB, NH>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int rows = G.rows, row0 = G.row0, I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H;
@@ -388,6 +405,15 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                 for (int i = 0; i < NW; i++)
                     wrow[i] = weight_row<MODE, MB>(a.layout, I, a.H, n0, wr + 32 * i);
             }
+            // BLK: thread tid copies token row tid's activation scale of each stage's 128-block.
+            const float *xs_row = nullptr;
+            int xs_stride = 0;
+            if (BLK && xs_on && m0 + tid < rows && tid < BT) {
+                xs_row = MODE == MODE_GEMM2
+                             ? a.acts + (int64_t)(row0 + m0 + tid) * a.IB
+                             : a.xs + (int64_t)__ldg(a.row_token + row0 + m0 + tid) * a.HB;
+                xs_stride = 1;
+            }
             const int nk = (K + BK - 1) / BK;
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
@@ -410,6 +436,9 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                     cp_async16(slot + SLOT_ACT + (wr + 32 * i) * 64 + w_sw,
                                v ? W + r + k0 + 16 * wc : W, v ? 16 : 0);
                 }
+                if (BLK && xs_on && tid < BT)
+                    cp_async4(slot + OFF_XS + 4 * tid,
+                              xs_row ? xs_row + xs_stride * (k0 / 128) : a.xs, xs_row ? 4 : 0);
                 cp_async_arrive_noinc(bar_full + 8 * s);
             }
         }
@@ -426,19 +455,25 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE, MB>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB, NH>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int I = G.I;
-            const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32;
-            const uint8_t *S =
-                mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(MODE == MODE_GEMM2 ? G.sc2 : G.sc13);
+            const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32, KB128 = (K + 127) / 128;
+            const void *scales = MODE == MODE_GEMM2 ? G.sc2 : G.sc13;
+            // MXFP8: the E8M0 bytes of rows (mb, rr); BLK: the rows' fp32 128-block scales.
             const uint8_t *sp[MB][2];
+            const float *wsp[MB][2];
 #pragma unroll
             for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                 for (int rr = 0; rr < 2; rr++) {
                     const int r = weight_row<MODE, MB>(a.layout, I, a.H, n0, rl + 64 * mb + 8 * rr);
-                    sp[mb][rr] = r >= 0 ? S + (int64_t)r * KB : nullptr;
+                    sp[mb][rr] = r >= 0 && !BLK ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(scales) +
+                                                      (int64_t)r * KB
+                                                : nullptr;
+                    wsp[mb][rr] = r >= 0 && BLK ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(scales) +
+                                                      (int64_t)(r / 128) * KB128
+                                                : nullptr;
                 }
             // Scale bytes of a stage (two 32-blocks, [b]) for the 2 MB rows (kt < nk), kept as
             // the loads' own registers: combining them at load time made the warp wait there.
@@ -458,28 +493,42 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
             // WG_SC_AHEAD stages of scale bytes in flight (global loads; one stage ahead left the
             // consumers waiting on them: ncu, stop 22).
             uint32_t scur[MB][2][2], sq[WG_SC_AHEAD][MB][2][2] = {};
-            load_sc(0, scur);
+            if (!BLK) {
+                load_sc(0, scur);
 #pragma unroll
-            for (int i = 0; i < WG_SC_AHEAD; i++)
-                if (i + 1 < nk) load_sc(i + 1, sq[i]);
-            // acc[MB * NH]: block mb's rows times token half nh at [NH mb + nh].
-            float acc[MB * NH][64];
+                for (int i = 0; i < WG_SC_AHEAD; i++)
+                    if (i + 1 < nk) load_sc(i + 1, sq[i]);
+            }
+            // acc[MB * NH]: block mb's rows times token half nh at [NH mb + nh]. BLK: part holds
+            // the current 128-block's sums, added to acc times the activation and weight scales.
+            float acc[MB * NH][64], part[BLK ? MB * NH : 1][64];
 #pragma unroll
             for (int f = 0; f < MB * NH; f++)
 #pragma unroll
                 for (int i = 0; i < 64; i++)
                     acc[f][i] = 0.0f;
+            float wsc[MB][2] = {}; // BLK: this 128-block's weight scales (rows (mb, rr))
+#pragma unroll
+            for (int f = 0; f < (BLK ? MB * NH : 1); f++)
+#pragma unroll
+                for (int i = 0; i < 64; i++)
+                    part[f][i] = 0.0f;
 
             for (int kt = 0; kt < nk; kt++, it++) {
                 const uint32_t s = it % STAGES, ph = (it / STAGES) & 1;
+                const bool blk_first = BLK && kt % 2 == 0,
+                           blk_last = BLK && (kt % 2 == 1 || kt + 1 == nk);
                 float scf[MB][2][2];
 #pragma unroll
                 for (int mb = 0; mb < MB; mb++)
 #pragma unroll
-                    for (int rr = 0; rr < 2; rr++)
+                    for (int rr = 0; rr < 2; rr++) {
 #pragma unroll
                         for (int b = 0; b < 2; b++)
-                            scf[mb][rr][b] = mxm_e8m0_decode(scur[mb][rr][b]);
+                            scf[mb][rr][b] = BLK ? 1.0f : mxm_e8m0_decode(scur[mb][rr][b]);
+                        if (blk_first)
+                            wsc[mb][rr] = wsp[mb][rr] ? __ldg(wsp[mb][rr] + kt / 2) : 0.0f;
+                    }
                 mbar_wait(bar_full + 8 * s, ph);
                 fence_proxy_async(); // cp.async wrote the activations through the generic proxy
                 const uint32_t codes = sbase + s * SLOT + a_thr;
@@ -506,9 +555,14 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
 #pragma unroll
                     for (int mb = 0; mb < MB; mb++)
 #pragma unroll
-                        for (int nh = 0; nh < NH; nh++)
-                            wgmma_m64n128k16_rs(acc[NH * mb + nh], fr[ks][mb],
-                                                desc + (uint64_t)((nh * 128 * 128) >> 4));
+                        for (int nh = 0; nh < NH; nh++) {
+                            const uint64_t d = desc + (uint64_t)((nh * 128 * 128) >> 4);
+                            if (BLK)
+                                wgmma_m64n128k16_rs(part[BLK ? NH * mb + nh : 0], fr[ks][mb], d,
+                                                    !(blk_first && ks == 0));
+                            else
+                                wgmma_m64n128k16_rs(acc[NH * mb + nh], fr[ks][mb], d);
+                        }
                     wg_commit();
                     // k-step j-1 done; j runs while j+1 is decoded (deeper queues: C7513).
                     wg_wait<1>();
@@ -516,18 +570,37 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                     // k-step 1: at k-step 0, C7513 comes back with nvcc 13.0).
                     if (ks == 1 && kt > 0) mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
                 }
+                if (BLK && blk_last) {
+                    // The 128-block is summed: acc += part x (activation scale x weight scale),
+                    // as gemm.cu's promote (the token's scale from this stage's slot).
+                    wg_wait<0>();
+                    const float *xs = reinterpret_cast<const float *>(gbase + s * SLOT + OFF_XS);
 #pragma unroll
-                for (int mb = 0; mb < MB; mb++)
+                    for (int f = 0; f < MB * NH; f++)
 #pragma unroll
-                    for (int rr = 0; rr < 2; rr++)
-#pragma unroll
-                        for (int b = 0; b < 2; b++) {
-                            scur[mb][rr][b] = sq[0][mb][rr][b];
-#pragma unroll
-                            for (int i = 0; i + 1 < WG_SC_AHEAD; i++)
-                                sq[i][mb][rr][b] = sq[i + 1][mb][rr][b];
+                        for (int i = 0; i < 64; i++) {
+                            fence_acc(part[BLK ? f : 0][i]);
+                            const int tok = 128 * (f % NH) + 8 * (i >> 2) + 2 * tq + (i & 1);
+                            const float sa = xs_on ? xs[tok] : 1.0f;
+                            acc[f][i] = fmaf(part[BLK ? f : 0][i], sa * wsc[f / NH][(i >> 1) & 1],
+                                             acc[f][i]);
                         }
-                if (kt + 1 + WG_SC_AHEAD < nk) load_sc(kt + 1 + WG_SC_AHEAD, sq[WG_SC_AHEAD - 1]);
+                }
+                if (!BLK) {
+#pragma unroll
+                    for (int mb = 0; mb < MB; mb++)
+#pragma unroll
+                        for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+                            for (int b = 0; b < 2; b++) {
+                                scur[mb][rr][b] = sq[0][mb][rr][b];
+#pragma unroll
+                                for (int i = 0; i + 1 < WG_SC_AHEAD; i++)
+                                    sq[i][mb][rr][b] = sq[i + 1][mb][rr][b];
+                            }
+                    if (kt + 1 + WG_SC_AHEAD < nk)
+                        load_sc(kt + 1 + WG_SC_AHEAD, sq[WG_SC_AHEAD - 1]);
+                }
             }
             wg_wait<0>();
             mbar_arrive(bar_empty + 8 * ((it - 1) % STAGES));
@@ -561,7 +634,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                         }
                 }
             } else {
-                gemm1_epilogue<MODE, MB>(a, G, acc, epi, m0, n0, wgi, w, gq, tq, ct);
+                gemm1_epilogue<MODE, MB, NH, WF>(a, G, acc, epi, m0, n0, wgi, w, gq, tq, ct);
             }
         }
     }
@@ -584,42 +657,50 @@ int sm_count() {
 
 // The kernels need more than the default 48 KB of shared memory: raise their limit once per
 // device (a function attribute belongs to the device's context).
+template <int MB, int NH, int WF> mxm_status smem_opt_in_shape() {
+    constexpr int bytes = smem_bytes<MB, NH, mxm_cuda_fmt<WF>::block128>();
+    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_GATED, MB, NH, WF>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_PLAIN, MB, NH, WF>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_GEMM2, MB, NH, WF>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    return MXM_OK;
+}
 mxm_status smem_opt_in() {
     static bool done[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) dev = 0;
     if (dev < 64 && done[dev]) return MXM_OK;
-#define MXM_SMEM_OPT_IN(mode, mb)                                                                  \
-    MXM_CUDA_TRY(cudaFuncSetAttribute(                                                             \
-        wgmma_kernel<mode, mb>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<mb>()))
-    MXM_SMEM_OPT_IN(MODE_GATED, 1);
-    MXM_SMEM_OPT_IN(MODE_PLAIN, 1);
-    MXM_SMEM_OPT_IN(MODE_GEMM2, 1);
-    MXM_SMEM_OPT_IN(MODE_GATED, 2);
-    MXM_SMEM_OPT_IN(MODE_PLAIN, 2);
-    MXM_SMEM_OPT_IN(MODE_GEMM2, 2);
-#undef MXM_SMEM_OPT_IN
-    if (dev < 64) done[dev] = true;
-    return MXM_OK;
+    mxm_status st = smem_opt_in_shape<2, 1, MXM_WFMT_MXFP8>();
+    if (!st) st = smem_opt_in_shape<1, 2, MXM_WFMT_MXFP8>();
+    if (!st) st = smem_opt_in_shape<1, 1, MXM_WFMT_FP8_BLOCK>();
+    if (!st && dev < 64) done[dev] = true;
+    return st;
 }
 
 // One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
 // rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
-template <int MODE, int MB> mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
+template <int MODE, int MB, int NH, int WF>
+mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
     constexpr int TC = tile_cols<MODE, MB>();
     const int ntn = ((MODE == MODE_GEMM2 ? a.H : a.I_max) + TC - 1) / TC;
     const int64_t rows = (int64_t)a.T * a.K + (a.groups > a.e_loc ? a.T : 0);
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
-    const int64_t bound = (rows / wg_shape<MB>::BT + tg + 1) * ntn;
+    const int64_t bound = (rows / (128 * NH) + tg + 1) * ntn;
     const int sms = sm_count(), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
-    return mxm_cuda_launch(wgmma_kernel<MODE, MB>, grid, THREADS, smem_bytes<MB>(), s, a);
+    return mxm_cuda_launch(wgmma_kernel<MODE, MB, NH, WF>, grid, THREADS,
+                           smem_bytes<MB, NH, mxm_cuda_fmt<WF>::block128>(), s, a);
 }
 
-// The tile shape of a.wg_bt: 256 tokens -> MB = 1, 128 -> MB = 2.
+// The tile shape of the layer: DeepSeek FP8 128 x 128 (its m-tiles are 128 tokens: a.wg_bt is
+// 128); MXFP8 by a.wg_bt, 256 tokens -> MB = 1, 128 -> MB = 2.
 template <int MODE> mxm_status launch_shape(const mxm_cuda_args &a, cudaStream_t s) {
-    return a.wg_bt == 256 ? launch<MODE, 1>(a, s) : launch<MODE, 2>(a, s);
+    if (a.blk) return launch<MODE, 1, 1, MXM_WFMT_FP8_BLOCK>(a, s);
+    return a.wg_bt == 256 ? launch<MODE, 1, 2, MXM_WFMT_MXFP8>(a, s)
+                          : launch<MODE, 2, 1, MXM_WFMT_MXFP8>(a, s);
 }
 
 } // namespace

@@ -31,10 +31,12 @@ int mxm_cuda_pdl_enabled() {
 // measure); stop 21 had mma.sync ahead below 64, before the wgmma kernels' stall fixes.
 // MXM_CUDA_WGMMA=0/1 forces either path; read at every forward, so one process can run both.
 #define MXM_CUDA_WGMMA_MIN_ROWS 32
+// DeepSeek FP8 weights have their own wgmma kernels (128 x 128 tiles, the 128-block scales
+// applied to per-block partial sums), not yet measured on a GPU: only when forced.
 static bool wgmma_on(const mxm_cuda_args &a) {
-    if (a.blk) return false;
     const char *e = getenv("MXM_CUDA_WGMMA");
     if (e && e[0]) return e[0] != '0';
+    if (a.blk) return false;
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
 
@@ -45,6 +47,7 @@ static bool wgmma_on(const mxm_cuda_args &a) {
 // forced (not yet measured on a GPU).
 #define MXM_CUDA_WG256_MIN_ROWS 0
 static int32_t wg_bt_of(const mxm_cuda_args &a) {
+    if (a.blk) return 128; // DeepSeek FP8's wgmma tiles are 128 tokens
     const char *e = getenv("MXM_CUDA_WG_BT");
     if (e && e[0]) return atoi(e) == 256 ? 256 : 128;
     const int64_t min_rows = MXM_CUDA_WG256_MIN_ROWS;

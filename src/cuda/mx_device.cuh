@@ -93,16 +93,25 @@ __device__ __forceinline__ void mxm_gemm1_store(const mxm_cuda_args &a, float (&
         if (keep[q]) a.act[o[q]] = __float2bfloat16_rn(v[q]);
 }
 
-// The same epilogue for MXFP8 weights with one thread holding a whole 32-block (32 consecutive
-// intermediate columns of one row, after the activation): the same bf16 values as
-// mxm_gemm1_store<MXM_WFMT_MXFP8> (the rounding, then for W8A8 the block's scale from its amax
-// and each value through the E4M3 converter two at a time: NaN/Inf blocks give NaN, scale byte
-// 0 signed zeros), without shuffles; 64 bytes stored at a.act + o (16-byte aligned).
+// The same epilogue with one thread holding a whole 32-block (32 consecutive intermediate
+// columns of one row, after the activation): the same values as mxm_gemm1_store<WF> (the
+// rounding, then for MXFP8 W8A8 the block's scale from its amax and each value through the E4M3
+// converter two at a time: NaN/Inf blocks give NaN, scale byte 0 signed zeros), without
+// shuffles; 64 bytes of bf16 stored at a.act + o (16-byte aligned), or for DeepSeek FP8 W8A8
+// the 32 fp32 values at a.actf + o (requantized per 128 columns later).
+template <int WF>
 __device__ __forceinline__ void mxm_gemm1_store32(const mxm_cuda_args &a, float (&v)[32],
                                                   int64_t o) {
     mxm_gemm1_round(a, v);
+    if (mxm_cuda_fmt<WF>::block128 && mxm_cuda_blk_w8a8(a)) {
+        float4 *dst = reinterpret_cast<float4 *>(a.actf + o);
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            dst[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+        return;
+    }
     uint32_t w[16];
-    if (a.act_quant == MXM_ACT_QUANT_MXFP8) {
+    if (!mxm_cuda_fmt<WF>::block128 && a.act_quant == MXM_ACT_QUANT_MXFP8) {
         float amax = 0.0f;
         bool special = false;
 #pragma unroll
