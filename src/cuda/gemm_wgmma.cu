@@ -1,21 +1,25 @@
-// Prefill path on Hopper (sm_90a): grouped MXFP8 GEMMs on wgmma, for the groups with more than
-// MXM_CUDA_SKINNY_MAX rows (MXFP8 weights; DeepSeek FP8 keeps gemm.cu). Same results as
-// gemm.cu's mma1_kernel<GATED, false> / mma2_kernel<false>: the weights are decoded exactly to
-// bf16 (E4M3 value x 2^scale is a bf16 number), the activations are exact bf16 values, fp32
-// accumulation, then GEMM1's activation + TRT-LLM bf16 rounding + MXFP8 requantization, and
-// GEMM2's rows (rounded per profile) into a.y.
+// Prefill path on Hopper (sm_90a): grouped GEMMs on wgmma, for the groups with more than
+// MXM_CUDA_SKINNY_MAX rows. Same results as gemm.cu's mma1_kernel / mma2_kernel: MXFP8 weights
+// are decoded exactly to bf16 (E4M3 value x 2^scale is a bf16 number); DeepSeek FP8 weights go in
+// as their codes' values and each 128-block of K is summed on its own, then added times its
+// activation and weight scales; the activations are exact bf16 values, fp32 accumulation, then
+// GEMM1's activation + TRT-LLM bf16 rounding + requantization (MXFP8 in the epilogue; DeepSeek
+// FP8 W8A8 writes fp32 for requant_fp8block), and GEMM2's rows (rounded per profile) into a.y.
 //
 // Design (docs/wgmma.md: the prototype this comes from, its measurements, the production notes):
 //  - C^T is computed: the decoded weights are wgmma's A operand, in registers; the activations
 //    are the B operand, read from shared memory (K-major, 128-byte swizzle).
-//  - Two CTA tile shapes (wg_shape<MB>, picked per forward by a.wg_bt, moe_cuda.cu): MB = 2 is
-//    256 weight rows x 128 tokens, each consumer warpgroup two m64 blocks (two m64n128k16 per
-//    k16 step on two decoded fragments); MB = 1 is 128 weight rows x 256 tokens, each consumer
-//    one m64 block and two m64n128k16 on one fragment (token halves), half the decode per FLOP.
-//    64 K per stage, 384 threads. Warpgroup 0 is the producer (setmaxnreg.dec): cp.async 16-byte
-//    copies of the gathered activation rows and of the raw E4M3 codes into a 4-stage ring,
-//    completion on mbarriers. Warpgroups 1 and 2 are the consumers (setmaxnreg.inc); each
-//    decodes its own A fragments one k16 step ahead of the wgmmas in flight.
+//  - CTA tile shapes (wg_shape<MB, NH, BLK>): MXFP8 picks one of two per forward by a.wg_bt
+//    (moe_cuda.cu): MB = 2 is 256 weight rows x 128 tokens, each consumer warpgroup two m64 blocks
+//    (two m64n128k16 per k16 step on two decoded fragments); MB = 1 is 128 weight rows x 256
+//    tokens, each consumer one m64 block and two m64n128k16 on one fragment (token halves), half
+//    the decode per FLOP. DeepSeek FP8 runs 128 x 128 (its partial sums take the registers of a
+//    second accumulator block). 64 K per stage, 384 threads. Warpgroup 0 is the producer
+//    (setmaxnreg.dec): cp.async 16-byte copies of the gathered activation rows and of the raw
+//    E4M3 codes into a 4-stage ring (6 for DeepSeek FP8, whose stages also carry the tile's
+//    activation scales), completion on mbarriers. Warpgroups 1 and 2 are the consumers
+//    (setmaxnreg.inc); each decodes its own A fragments one k16 step ahead of the wgmmas in
+//    flight.
 //  - GEMM1 gated: gate and up of one (column, token) sit in one thread: MB = 2, a consumer's m64
 //    block 0 is 64 gate rows and block 1 the matching up rows (128 columns per tile); MB = 1,
 //    fragment rows g and g + 8 (64 columns per tile). Non-gated GEMM1 and GEMM2: consecutive
@@ -42,6 +46,7 @@ namespace {
 // of its 128-block of K.
 template <int MB, int NH, bool BLK> struct wg_shape {
     static_assert(MB * NH <= 2 && (MB == 1 || MB == 2), "up to two 64 x 128 accumulator blocks");
+    static_assert(!BLK || (MB == 1 && NH == 1), "BLK: the 128 producer threads copy 128 scales");
     static constexpr int BT = 128 * NH;          // tokens per tile
     static constexpr int BW = 128 * MB;          // weight rows per tile (two consumers)
     static constexpr int BK = 64;                // K per stage

@@ -1,20 +1,25 @@
 #!/usr/bin/env python3
 # Run: python3 tests/oracle/test_wgmma_layout.py (no GPU, no numpy; CTest: py_test_wgmma_layout).
 # CPU model of the index math of src/cuda/gemm_wgmma.cu and of the tile0_wg prefix in
-# src/cuda/permute.cu, for both tile shapes of wgmma_kernel<MODE, MB> (a.wg_bt):
-#  - MB = 2 (a.wg_bt = 128): 256 weight rows x 128 tokens; each consumer warpgroup owns two m64
-#    weight blocks, one 128-token half (acc[NH mb + nh], NH = 1);
-#  - MB = 1 (a.wg_bt = 256): 128 weight rows x 256 tokens; each consumer owns one m64 block and
-#    issues two m64n128k16 per k16 step on it, token half nh through the B descriptor + 16 KB
-#    (acc[NH mb + nh], NH = 2); gated: fragment rows g / g + 8 are gate / up of one column.
+# src/cuda/permute.cu, for the three tile shapes of wgmma_kernel<MODE, MB, NH, WF>:
+#  - MXFP8, MB = 2, NH = 1 (a.wg_bt = 128): 256 weight rows x 128 tokens; each consumer warpgroup
+#    owns two m64 weight blocks, one 128-token half (acc[NH mb + nh]);
+#  - MXFP8, MB = 1, NH = 2 (a.wg_bt = 256): 128 weight rows x 256 tokens; each consumer owns one
+#    m64 block and issues two m64n128k16 per k16 step on it, token half nh through the B
+#    descriptor + 16 KB (acc[NH mb + nh]); gated: fragment rows g / g + 8 are gate / up of one
+#    column;
+#  - DeepSeek FP8 (BLK, WF = MXM_WFMT_FP8_BLOCK), MB = 1, NH = 1 (a.wg_bt = 128): 128 weight rows
+#    x 128 tokens, 6 stages of SLOT_ACT + SLOT_W + SLOT_XS (the tile's 128 fp32 activation scales
+#    of the stage's 128-block of K at OFF_XS); per-128-block partial sums promoted into acc with
+#    the activation scale (from the block's last stage) times the weight scale.
 # Hardware semantics assumed from the PTX ISA (as the prototype's model did, docs/wgmma.md):
 # 128B swizzle = address bits [4:6] ^= [7:9]; wgmma A-register fragment = the mma.m16n8k16 A layout per warp (warp w of the warpgroup holds
 # rows 16w..16w+15); wgmma m64nNk16 f32 D fragment: d[i] of lane l in warp w is row
 # 16w + l/4 + 8((i>>1)&1), column 8(i>>2) + 2(l%4) + (i&1); 16-byte shared loads are served
 # in four phases of 8 consecutive lanes.
-# Checks, per shape (MB = 2, 1) and mode (gated GEMM1, plain GEMM1, GEMM2):
-#  0. the shared-memory layout (wg_shape<MB>): stages 1024-aligned, epilogue buffers and
-#     barriers after the ring, the total within 227 KB;
+# Checks, per shape ((2, 1), (1, 2), BLK (1, 1)) and mode (gated GEMM1, plain GEMM1, GEMM2):
+#  0. the shared-memory layout (wg_shape<MB, NH, BLK>): stages 1024-aligned, epilogue buffers
+#     and barriers after the ring, BLK's scale region inside the slot, the total within 227 KB;
 #  1. producer placement of codes / activations (BW/32 code and BT/16 activation chunks per
 #     thread) vs. the consumers' fragment reads and the B descriptor reads, token half nh at
 #     + 128 rows x 128 B (every A/B element is the intended (tile row, k) / (token, k); the
@@ -35,7 +40,20 @@
 #     rows, counts[2]) and map_tile over t = 0..counts[2]*ntn-1: every valid output element
 #     (row, column) of every tiled group is produced by exactly one tile, and nothing outside
 #     the group's rows / I / H; the launch's grid bound covers the tiles;
-#  6. K tails (K % 64 = 32): the zero-fill predicates cover exactly k >= K.
+#  6. K tails (K % 64 = 32): the zero-fill predicates cover exactly k >= K (BLK: the scale
+#     indices k0 / 128 and kt / 2 stay inside a row's ceil(K / 128) scales).
+# DeepSeek FP8 (BLK) only:
+#  B1. the promote's xs[tok] token = the accumulator element's token (D fragment + B descriptor
+#      map) for every (thread, f, i); also on hypothetical BLK (2, 1) / (1, 2) consumers;
+#  B2. the producer's 4-byte xs copies: token row tid at OFF_XS + 4 tid, inside the slot, clear of
+#      the activation and code bytes, the scale of k-block k0 / 128 (a.xs by token, a.acts by
+#      row), zero past the rows; through a simulated 6-stage ring over tile sequences of various
+#      K (producer as far ahead as the empty barriers allow): the promote at a block's last stage
+#      reads that stage's copy, the block's own scales, before the stage is released;
+#  B3. the weight scale wsc[f / NH][(i >> 1) & 1] is the 128-row block of the weight row whose
+#      codes the element multiplied (three W13 layouts, I not a multiple of 128, GEMM2 rows);
+#  B4. blk_first / blk_last partition the stages into the 128-blocks of K (kt / 2 = k0 / 128;
+#      a final 64- or 32-wide block promoted too), part restarted at each block's first k16 step.
 import random
 import time
 
@@ -45,18 +63,26 @@ IL, UG, GU = 2, 1, 0  # MXM_W13_INTERLEAVED, MXM_W13_UP_GATE, gate/up (the SPEC'
 TAB_MAX = 512
 
 
-class Shape:  # wg_shape<MB>
-    def __init__(self, MB):
-        assert MB in (1, 2)
-        self.MB = MB
-        self.NH = 2 // MB
-        self.BT = 128 * self.NH
+class Shape:  # wg_shape<MB, NH, BLK>
+    """MXFP8 runs (MB, NH) = (2, 1) and (1, 2) (Shape(MB): NH = 2 / MB); DeepSeek FP8 (BLK,
+    WF = MXM_WFMT_FP8_BLOCK) runs (1, 1): 128 weight rows x 128 tokens, 6 stages, each slot
+    SLOT_ACT + SLOT_W + SLOT_XS with the tile's BT fp32 activation scales at OFF_XS."""
+
+    def __init__(self, MB, NH=None, BLK=False):
+        if NH is None:
+            NH = 2 // MB
+        assert MB in (1, 2) and MB * NH <= 2
+        self.MB, self.NH, self.BLK = MB, NH, BLK
+        self.key = (MB, NH, BLK)
+        self.BT = 128 * NH
         self.BW = 128 * MB
         self.BK = 64
         self.SLOT_ACT = self.BT * self.BK * 2
         self.SLOT_W = self.BW * self.BK
-        self.SLOT = self.SLOT_ACT + self.SLOT_W
-        self.STAGES = 4
+        self.SLOT_XS = 1024 if BLK else 0
+        self.SLOT = self.SLOT_ACT + self.SLOT_W + self.SLOT_XS
+        self.OFF_XS = self.SLOT_ACT + self.SLOT_W  # the kernel's OFF_XS
+        self.STAGES = 6 if BLK else 4
         self.EPI_BYTES = 128 * 68 * 4 if MB == 2 else 128 * 36 * 4
         self.OFF_EPI = self.STAGES * self.SLOT
         self.OFF_BAR = self.OFF_EPI + 2 * self.EPI_BYTES
@@ -64,7 +90,7 @@ class Shape:  # wg_shape<MB>
         self.smem_bytes = self.OFF_TAB + 4 * TAB_MAX + 1024
 
     def __repr__(self):
-        return "MB=%d" % self.MB
+        return "(MB=%d,NH=%d%s)" % (self.MB, self.NH, ",BLK" if self.BLK else "")
 
 
 def w13_row(layout, gated, I, j, half):
@@ -76,8 +102,8 @@ def w13_row(layout, gated, I, j, half):
     return (0 if half == first else I) + j
 
 
-def tile_cols(S, mode):
-    return S.BW // 2 if mode == GATED else S.BW
+def tile_cols(S, mode):  # tile_cols<MODE, MB>: 64 MB gated, 128 MB else
+    return 64 * S.MB if mode == GATED else 128 * S.MB
 
 
 def weight_row(S, mode, layout, I, H, n0, rl):
@@ -100,13 +126,27 @@ def d_frag(w, lane, i):
 def check_smem(S):
     assert S.SLOT % 1024 == 0 and S.OFF_EPI % 16 == 0 and S.EPI_BYTES % 16 == 0
     assert S.OFF_BAR % 8 == 0 and S.OFF_TAB % 4 == 0
-    assert S.smem_bytes <= 227 * 1024
-    assert 64 * 68 * 4 <= Shape(1).EPI_BYTES  # plain MB = 1 epilogue pass
+    assert S.smem_bytes <= 227 * 1024, (S, S.smem_bytes)
+    assert 64 * 68 * 4 <= Shape(1, 1, True).EPI_BYTES  # plain MB = 1 epilogue pass
+    assert S.STAGES == (6 if S.BLK else 4)
+    # every stage starts on a 1024-byte swizzle atom (sbase is 1024-aligned); the regions follow
+    # each other: ring, two epilogue buffers, full + empty barriers (8 B each per stage), table
+    for s in range(S.STAGES):
+        assert (s * S.SLOT) % 1024 == 0
+    assert S.OFF_EPI == S.STAGES * S.SLOT and S.OFF_BAR == S.OFF_EPI + 2 * S.EPI_BYTES
+    assert S.OFF_TAB == S.OFF_BAR + 2 * 8 * S.STAGES
+    if S.BLK:
+        # the scales of the tile's BT tokens fit the slot's last region, after the codes
+        assert S.SLOT_XS >= 4 * S.BT and S.OFF_XS == S.SLOT_ACT + S.SLOT_W
+        assert S.OFF_XS % 16 == 0 and S.OFF_XS + 4 * S.BT <= S.SLOT
+    else:
+        assert S.SLOT == S.SLOT_ACT + S.SLOT_W
     # the descriptor's 14-bit start address field holds every B start (sbase < 1024 extra)
     assert (1024 + S.STAGES * S.SLOT) < (1 << 18)
 
 
 _maps = {}
+_written = {}  # S.key -> (activation bytes, code bytes) the producer's 16-byte copies write in a slot
 
 
 def fragment_maps(S):
@@ -114,8 +154,8 @@ def fragment_maps(S):
     amap[(wgi, mb)][r] = tile row of wgmma A row r of consumer wgi's block mb (from the codes the
     fragment registers decode), bmap[nh][n] = token of B row n of half nh (from the descriptor),
     and areg[(wgi, w, lane, mb, rr)] = tile row of the thread's fragment rows g + 8 rr."""
-    if S.MB in _maps:
-        return _maps[S.MB]
+    if S.key in _maps:
+        return _maps[S.key]
     NA, NW = S.BT // 16, S.BW // 32
     # producer: weight codes (tile row, k) at slot byte offsets
     place = {}
@@ -202,8 +242,9 @@ def fragment_maps(S):
             assert m[n] == 128 * nh + n, (S, nh, n, m[n])
         seen += m.values()
     assert sorted(seen) == list(range(S.BT))
-    _maps[S.MB] = (amap, bmap, areg)
-    return _maps[S.MB]
+    _written[S.key] = ({off + h for off in act for h in range(2)}, set(place))
+    _maps[S.key] = (amap, bmap, areg)
+    return _maps[S.key]
 
 
 def acc_val(S, amap, bmap, wgi, w, lane, f, i):
@@ -268,7 +309,7 @@ def check_affine(S):
 
 
 def check_epilogue(S, mode, layout, I, n0, left):
-    """gemm1_epilogue<MODE, MB> for a tile at column n0 with `left` = rows - m0 tokens left."""
+    """gemm1_epilogue<MODE, MB, NH> for a tile at column n0 with `left` = rows - m0 tokens left."""
     amap, bmap, _ = fragment_maps(S)
     MB = S.MB
     gated = mode == GATED
@@ -276,7 +317,9 @@ def check_epilogue(S, mode, layout, I, n0, left):
     STR = 36 if PRE else 68
     PT = (64 if gated else 128) if MB == 2 else (128 if gated else 64)
     NBLK = 1 if PRE else 2
-    PASSES = 2 if gated else (2 if MB == 2 else 4)
+    PASSES = 2 if MB == 2 else (S.NH if gated else 2 * S.NH)
+    if S.key == (1, 1, True):  # DeepSeek FP8: gated 1 pass of 128 tokens, plain 2 of 64
+        assert (PASSES, PT) == ((1, 128) if gated else (2, 64))
     TC = tile_cols(S, mode)
     nwords = S.EPI_BYTES // 4
 
@@ -426,7 +469,7 @@ def map_tile(S, mode, groups, t, ntn, Is, acts_gated):
         else:
             hi = mid - 1
     g = lo
-    m0 = (mt - groups[g]["tile0_wg"]) * S.BT
+    m0 = (mt - groups[g]["tile0_wg"]) * 128 * S.NH
     n0 = nt * tile_cols(S, mode)
     if mode == GEMM2:
         return True, g, m0, n0
@@ -434,15 +477,19 @@ def map_tile(S, mode, groups, t, ntn, Is, acts_gated):
 
 
 def launch_bound(S, mode, rows, groups, H, I_max):
-    # launch<MODE, MB>: an upper bound of the tiles (every tiled group has > SKINNY_MAX rows)
+    # launch<MODE, MB, NH, WF>: an upper bound of the tiles (every tiled group has > SKINNY_MAX rows)
     TC = tile_cols(S, mode)
     ntn = ((H if mode == GEMM2 else I_max) + TC - 1) // TC
     tg = min(rows // (SKINNY_MAX + 1), groups)
-    return (rows // S.BT + tg + 1) * ntn
+    return (rows // (128 * S.NH) + tg + 1) * ntn
 
 
 def check_schedule(S, rng, trials):
     BT = S.BT
+    # the permute's m-tiles: a.wg_bt rows (moe_cuda.cu wg_bt_of: 128 for DeepSeek FP8, else the
+    # MXFP8 shape's tokens); map_tile counts tile0_wg in 128 NH tokens: they must agree
+    wg_bt = 128 if S.BLK else S.BT
+    assert wg_bt == 128 * S.NH
     for trial in range(trials):
         e_loc = rng.randint(1, 40)
         shared = rng.random() < 0.5
@@ -454,7 +501,7 @@ def check_schedule(S, rng, trials):
                                  511, 512, 513, rng.randint(0, 700)]))
         if shared:
             n.append(T)
-        G, total = permute_prefix(n, e_loc, T, K, BT)
+        G, total = permute_prefix(n, e_loc, T, K, wg_bt)
         H = 32 * rng.randint(1, 40)
         I_r = 32 * rng.randint(1, 40)
         I_s = 32 * rng.randint(1, 40) if shared else 0
@@ -538,25 +585,272 @@ def check_k_tail(S):
             # scale bytes: block 2kt read always (< KB), block 2kt+1 only when < KB (else 127:
             # 1.0 times zero codes)
             assert 2 * kt < KB
+            if S.BLK:
+                # the stage's activation scales (k-block k0 / 128) and the block's weight scales
+                # (kt / 2) stay inside a row's KB128 = ceil(K / 128) scales (xs rows have HB =
+                # ceil(H / 128), acts rows IB = ceil(I_max / 128) >= ceil(I / 128))
+                KB128 = (K + 127) // 128
+                assert 0 <= blk_xs_kb(k0) < KB128 and 0 <= blk_wsc_kb(kt) < KB128
+
+
+# ---- DeepSeek FP8 (BLK) --------------------------------------------------------------------
+# The kernel's BLK index expressions, one per function (a planted-bug run edits these lines).
+def blk_xs_tok(S, f, i, tq):  # promote: xs[tok], tok = 128 (f % NH) + 8 (i >> 2) + 2 tq + (i & 1)
+    return 128 * (f % S.NH) + 8 * (i >> 2) + 2 * tq + (i & 1)
+
+
+def blk_wsc_idx(S, f, i):  # promote: wsc[f / NH][(i >> 1) & 1]
+    return f // S.NH, (i >> 1) & 1
+
+
+def blk_xs_kb(k0):  # producer: xs_row + xs_stride * (k0 / 128)
+    return k0 // 128
+
+
+def blk_first(kt, nk):  # consumer: blk_first = kt % 2 == 0
+    return kt % 2 == 0
+
+
+def blk_last(kt, nk):  # consumer: blk_last = kt % 2 == 1 || kt + 1 == nk
+    return kt % 2 == 1 or kt + 1 == nk
+
+
+def blk_wsc_kb(kt):  # consumer, at blk_first: wsc = __ldg(wsp[mb][rr] + kt / 2)
+    return kt // 2
+
+
+_blk_frags = {}
+
+
+def blk_frag_list(S):
+    """(rl, tq, f, i, tile row, token) of every consumer thread's accumulator element acc[f][i]:
+    the (D row -> A row -> tile row) and (D column -> B row -> token) maps of fragment_maps."""
+    if S.key not in _blk_frags:
+        amap, bmap, _ = fragment_maps(S)
+        out = []
+        for ct in range(256):
+            wgi, w, lane = ct >> 7, (ct >> 5) & 3, ct & 31
+            gq, tq = lane >> 2, lane & 3
+            rl = 64 * S.MB * wgi + 16 * w + gq
+            for f in range(S.MB * S.NH):
+                for i in range(64):
+                    row, tk = acc_val(S, amap, bmap, wgi, w, lane, f, i)
+                    out.append((rl, tq, f, i, row, tk))
+        _blk_frags[S.key] = out
+    return _blk_frags[S.key]
+
+
+def check_blk_tokens(S):
+    """(1) The promote's xs[tok] is the scale of the accumulator element's own token, for every
+    (thread, f, i), and lies in the slot's scale region."""
+    for rl, tq, f, i, row, tk in blk_frag_list(S):
+        tok = blk_xs_tok(S, f, i, tq)
+        assert tok == tk, (S, "xs token", rl, tq, f, i, tok, tk)
+        assert S.OFF_XS <= S.OFF_XS + 4 * tok and S.OFF_XS + 4 * tok + 4 <= S.OFF_XS + 4 * S.BT <= S.SLOT
+
+
+def check_blk_wsc(S, mode, layout, I, H, n0, stats):
+    """(3) The promote's weight scale wsc[f / NH][(i >> 1) & 1] (loaded from scales + (r / 128)
+    KB128, r = weight_row(rl + 64 mb + 8 rr)) is the scale of the 128-row block of the weight row
+    whose codes the accumulator element multiplied."""
+    wr = [weight_row(S, mode, layout, I, H, n0, r) for r in range(S.BW)]
+    for rl, tq, f, i, row, tk in blk_frag_list(S):
+        mb, rr = blk_wsc_idx(S, f, i)
+        assert 0 <= mb < S.MB and rr in (0, 1)
+        r_sc, r_true = wr[rl + 64 * mb + 8 * rr], wr[row]
+        if r_true < 0:  # zero-filled codes: part is 0, the scale does not matter (wsp null: 0)
+            continue
+        assert r_sc >= 0 and r_sc // 128 == r_true // 128, (S, mode, layout, I, n0, rl, f, i, r_sc, r_true)
+        # the element with the other fragment row (i ^ 2): a different 128-row block?
+        other = wr[row ^ 8]
+        if other >= 0 and other // 128 != r_true // 128:
+            stats["rr"] = stats.get("rr", 0) + 1
+    if mode == GATED:  # gate and up of one column (same thread) in different 128-row blocks
+        for j in range(n0, min(n0 + tile_cols(S, mode), I)):
+            if w13_row(layout, True, I, j, 0) // 128 != w13_row(layout, True, I, j, 1) // 128:
+                stats["gu", layout] = stats.get(("gu", layout), 0) + 1
+
+
+def check_blk_xs_copies(S):
+    """(2) Placement: producer thread tid's 4-byte copy at slot + OFF_XS + 4 tid lies in the slot,
+    after the activation and code regions (no byte shared with their 16-byte copies), every
+    token row of the tile once, 4-byte aligned; the promote reads exactly these words."""
+    fragment_maps(S)
+    act_bytes, code_bytes = _written[S.key]
+    assert max(act_bytes) < S.SLOT_ACT <= min(code_bytes) and max(code_bytes) < S.OFF_XS
+    xs = {}
+    for tid in range(128):  # the producer warpgroup
+        if tid < S.BT:
+            off = S.OFF_XS + 4 * tid
+            assert off % 4 == 0
+            for b in range(4):
+                assert S.OFF_XS <= off + b < S.SLOT and off + b not in act_bytes and off + b not in code_bytes
+                assert off + b not in xs
+                xs[off + b] = tid
+    # every token row of the tile has its scale in the slot (the promote reads tokens 0..BT-1)
+    assert sorted(set(xs.values())) == list(range(S.BT)), (S, "token rows without a scale copy")
+    for rl, tq, f, i, row, tk in blk_frag_list(S):
+        tok = blk_xs_tok(S, f, i, tq)
+        assert all(xs.get(S.OFF_XS + 4 * tok + b) == tok for b in range(4))
+
+
+def check_blk_blocks(Kmax=4096):
+    """(4) blk_first / blk_last partition the stages 0..nk-1 into the 128-blocks of K: block kb is
+    stages 2 kb (first) and 2 kb + 1 (last) or the final stage alone (a 64-wide or, K % 64 = 32,
+    32-wide block); every stage of block kb has kt / 2 = k0 / 128 = kb."""
+    for K in range(32, Kmax + 1, 32):
+        nk = (K + 63) // 64
+        blocks, cur = [], None
+        for kt in range(nk):
+            if blk_first(kt, nk):
+                assert cur is None, (K, kt, "block opened twice")
+                cur = [kt]
+            else:
+                assert cur is not None, (K, kt)
+                cur.append(kt)
+            if blk_last(kt, nk):
+                blocks.append(cur)
+                cur = None
+        assert cur is None, (K, "the last block is never promoted")
+        assert [kt for b in blocks for kt in b] == list(range(nk))
+        assert len(blocks) == (K + 127) // 128
+        for kb, b in enumerate(blocks):
+            assert blk_wsc_kb(b[0]) == kb
+            for kt in b:
+                assert kt // 2 == (64 * kt) // 128 == kb == blk_xs_kb(64 * kt), (K, kb, kt)
+            assert (64 * b[0], min(64 * (b[-1] + 1), K)) == (128 * kb, min(128 * kb + 128, K))
+
+
+def check_blk_pipeline(S, rng, trials):
+    """(2) + (4) through the ring: the producer's xs copies (a.xs / a.acts by the kernel's
+    addresses), the consumers' part (scale-d 0 at the block's first k16 step), the weight-scale
+    load at blk_first, the promote at blk_last reading xs from that stage's slot, and the stage
+    releases, over sequences of tiles of different K (the ring carries over tiles). The producer
+    runs as far ahead as the empty barriers allow: a slot read after its release would see the
+    copy of a later stage."""
+    BT, STAGES, SLOT = S.BT, S.STAGES, S.SLOT
+    for trial in range(trials):
+        mode = (GATED, PLAIN, GEMM2)[trial % 3]
+        T = rng.randint(40, 600)
+        H = 32 * rng.randint(1, 30)
+        ng = [rng.choice([33, 100, 128, 129, 255, 256, 300, rng.randint(33, 400)]) for _ in range(rng.randint(1, 4))]
+        Is = [32 * rng.randint(1, 30) for _ in ng]
+        I_max = max(Is)
+        HB, IB = (H + 127) // 128, (I_max + 127) // 128
+        row0s = [sum(ng[:g]) for g in range(len(ng))]
+        row_token = [rng.randrange(T) for _ in range(sum(ng))]
+        XS = {t * HB + b: ("xs", t, b) for t in range(T) for b in range(HB)}  # prepare.cuh's a.xs
+        ACTS = {r * IB + b: ("acts", r, b) for r in range(sum(ng)) for b in range(IB)}  # quantize.cu's a.acts
+        mtiles = [(g, m0) for g in range(len(ng)) for m0 in range(0, ng[g], BT)]
+        tiles = [rng.choice(mtiles) for _ in range(rng.randint(1, 6))]
+        its = []  # (tile, kt) in the order both warpgroups walk them
+        for ti, (g, m0) in enumerate(tiles):
+            K = Is[g] if mode == GEMM2 else H
+            its += [(ti, kt) for kt in range((K + 63) // 64)]
+        mem = {}  # slot byte offset (from sbase) -> (iteration, value) of the scale words
+        released = set()
+        pj = [0]
+
+        def produce():
+            while pj[0] < len(its) and (pj[0] < STAGES or pj[0] - STAGES in released):
+                it = pj[0]
+                ti, kt = its[it]
+                g, m0 = tiles[ti]
+                rows, row0 = ng[g], row0s[g]
+                k0 = 64 * kt
+                s = it % STAGES
+                for tid in range(128):
+                    if tid >= BT:
+                        continue
+                    if m0 + tid < rows:
+                        if mode == GEMM2:
+                            idx = (row0 + m0 + tid) * IB + blk_xs_kb(k0)
+                            v = ACTS.get(idx)
+                        else:
+                            idx = row_token[row0 + m0 + tid] * HB + blk_xs_kb(k0)
+                            v = XS.get(idx)
+                        assert v is not None, (S, "xs copy out of bounds", mode, idx)
+                    else:
+                        v = 0.0  # 0 bytes copied: zero fill
+                    mem[s * SLOT + S.OFF_XS + 4 * tid] = (it, v)
+                pj[0] += 1
+
+        def release(it):
+            assert it not in released
+            released.add(it)
+            produce()
+
+        produce()
+        it = 0
+        for ti, (g, m0) in enumerate(tiles):
+            K = Is[g] if mode == GEMM2 else H
+            KB128 = (K + 127) // 128
+            rows, row0 = ng[g], row0s[g]
+            nk = (K + 63) // 64
+            part, wsc_kb, done = None, None, []
+            for kt in range(nk):
+                s = it % STAGES
+                first, last = blk_first(kt, nk), blk_last(kt, nk)
+                if first:
+                    wsc_kb = blk_wsc_kb(kt)
+                    assert 0 <= wsc_kb < KB128
+                assert pj[0] > it, (S, "consumer waits on a stage the producer cannot fill")
+                for ks in range(4):
+                    if first and ks == 0:
+                        part = set()  # scale-d = 0
+                    assert part is not None
+                    k = 64 * kt + 16 * ks
+                    if k < K:  # zero-filled past K (check_k_tail)
+                        part.add(k)
+                    if ks == 1 and kt > 0:
+                        release(it - 1)
+                if last:
+                    kb = kt // 2  # the block this stage ends
+                    assert part == set(range(128 * kb, min(128 * kb + 128, K), 16)), (S, K, kt, "part")
+                    assert wsc_kb == kb, (S, K, kt, "weight scales of another block")
+                    for tok in range(BT):
+                        addr = s * SLOT + S.OFF_XS + 4 * tok
+                        assert addr in mem and mem[addr][0] == it, (S, "xs slot overwritten or unwritten", it)
+                        v = mem[addr][1]
+                        if m0 + tok >= rows:
+                            assert v == 0.0
+                        elif mode == GEMM2:
+                            assert v == ("acts", row0 + m0 + tok, kb), (S, mode, K, kt, tok, v, kb)
+                        else:
+                            assert v == ("xs", row_token[row0 + m0 + tok], kb), (S, mode, K, kt, tok, v, kb)
+                    done.append(kb)
+                    part = None
+                it += 1
+            release(it - 1)
+            assert done == list(range(KB128)), (S, K, done, "128-blocks promoted")
+        assert pj[0] == len(its) and released == set(range(len(its)))
 
 
 if __name__ == "__main__":
     t_start = time.time()
     rng = random.Random(1)
-    shapes = (Shape(2), Shape(1))
+    # the three shapes the kernel instantiates: MXFP8 (2, 1) and (1, 2), DeepSeek FP8 (1, 1)
+    shapes = (Shape(2), Shape(1), Shape(1, 1, True))
+    names = "MB=2, MB=1, BLK (1,1)"
+    cases_op = ((320, 416, 0), (320, 416, 1), (320, 416, 2), (96, 160, 0), (1856, 2688, 7), (1856, 2688, 14))
+    blk_stats = {}
     for S in shapes:
         check_smem(S)
         check_affine(S)
         for mode in (GATED, PLAIN, GEMM2):
             TC = tile_cols(S, mode)
             for layout in (GU, UG, IL) if mode == GATED else (GU,):
-                for I, H, nt in ((320, 416, 0), (320, 416, 1), (320, 416, 2), (96, 160, 0), (1856, 2688, 7), (1856, 2688, 14)):
+                for I, H, nt in cases_op:
                     n0 = nt * TC
                     if n0 >= (H if mode == GEMM2 else I):
                         continue
                     check_operands(S, mode, layout, I, H, n0)
-    print("operands (MB=2, MB=1): codes/activations placement = fragment/descriptor reads (both token halves); "
-          "scale rows = code rows; gate/up pairing: OK")
+                    if S.BLK:
+                        check_blk_wsc(S, mode, layout, I, H, n0, blk_stats)
+    print("shared memory (%s): stages on 1024-byte atoms, regions in order, <= 227 KB (%s bytes): OK"
+          % (names, "/".join(str(S.smem_bytes) for S in shapes)))
+    print("operands (%s): codes/activations placement = fragment/descriptor reads (both token halves); "
+          "scale rows = code rows; gate/up pairing: OK" % names)
     for S in shapes:
         for mode in (GATED, PLAIN):
             TC = tile_cols(S, mode)
@@ -565,17 +859,47 @@ if __name__ == "__main__":
                 cases += [(UG, 4096, TC, S.BT + 5), (IL, 4096, 0, 1), (IL, 160, 0, S.BT)]
             for layout, I, n0, left in cases:
                 check_epilogue(S, mode, layout, I, n0, left)
-    print("GEMM1 epilogue (MB=2, MB=1; gated, plain): buffer written once per pass, read once, right (token, j) "
-          "and gate/up, conflict-free, every (token, j) stored once: OK")
+    print("GEMM1 epilogue (%s; gated, plain): buffer written once per pass, read once, right (token, j) "
+          "and gate/up, conflict-free, every (token, j) stored once: OK" % names)
     for S in shapes:
         for H, n0, left in ((4096, 0, S.BT), (416, S.BW, 100), (160, 0, 3)):
             check_gemm2_stores(S, H, n0, left)
-    print("GEMM2 stores (MB=2, MB=1): every (token, h) of a tile once, matching the D fragment: OK")
-    for S, trials in ((shapes[0], 1000), (shapes[1], 1000)):
-        check_schedule(S, rng, trials)
-    print("tile schedule (MB=2, MB=1: 1000 random routings each, grids 1/7/132): every output "
-          "(group, row, column block) exactly once: OK")
+    print("GEMM2 stores (%s): every (token, h) of a tile once, matching the D fragment: OK" % names)
+    for S in shapes:
+        check_schedule(S, rng, 1000 if not S.BLK else 600)
+    print("tile schedule (%s: 1000/1000/600 random routings, grids 1/7/132): every output "
+          "(group, row, column block) exactly once: OK" % names)
     for S in shapes:
         check_k_tail(S)
-    print("K tails (MB=2, MB=1): zero-fill predicates exact: OK")
+    print("K tails (%s): zero-fill predicates exact; BLK scale indices inside the rows: OK" % names)
+    # DeepSeek FP8 specifics. The promote's index math is generic in (MB, NH): besides the
+    # instantiated (1, 1), its consumer side is also checked on hypothetical BLK (2, 1) and (1, 2)
+    # shapes (not instantiated: (1, 2) would not fit shared memory with 6 stages, and its 128
+    # producer threads copy only 128 of its 256 tokens' scales).
+    SB = shapes[2]
+    hyp = (Shape(2, 1, True), Shape(1, 2, True))
+    for S in (SB,) + hyp:
+        check_blk_tokens(S)
+    print("BLK (1): the promote's xs[tok] is the accumulator element's token, every (thread, f, i) "
+          "(also hypothetical BLK (2,1), (1,2)): OK")
+    check_blk_xs_copies(SB)
+    check_blk_pipeline(SB, rng, 150)
+    print("BLK (2): xs copies at OFF_XS + 4 tid (%d..%d of the %d-byte slot, clear of activations and "
+          "codes), token row tid's scale of k-block k0/128 (a.xs by token, a.acts by row), zero past "
+          "the rows; every stage of a block carries its scales, the promote reads its own stage "
+          "before releasing it (150 random tile sequences through the 6-stage ring): OK"
+          % (SB.OFF_XS, SB.OFF_XS + 4 * SB.BT - 1, SB.SLOT))
+    for S in hyp:
+        for mode in (GATED, PLAIN, GEMM2):
+            for layout in (GU, UG, IL) if mode == GATED else (GU,):
+                check_blk_wsc(S, mode, layout, 320, 416, 0, {})
+    assert blk_stats.get(("gu", GU), 0) > 0 and blk_stats.get(("gu", UG), 0) > 0 and blk_stats.get("rr", 0) > 0
+    print("BLK (3): the promote's weight scale is the 128-row block of the row it multiplies (GU/UG/IL, "
+          "I = 320, 96, 1856; gate/up in different blocks: %d GU / %d UG / %d IL columns; elements whose "
+          "other fragment row is in another block: %d): OK"
+          % (blk_stats.get(("gu", GU), 0), blk_stats.get(("gu", UG), 0), blk_stats.get(("gu", IL), 0),
+             blk_stats.get("rr", 0)))
+    check_blk_blocks()
+    print("BLK (4): blk_first / blk_last partition the stages into the 128-blocks of K (K = 32..4096), "
+          "kt / 2 = k0 / 128: OK")
     print("%.1f s" % (time.time() - t_start))
