@@ -73,6 +73,19 @@ static void count_mutants(const float *got, const ref_output *ref, int64_t n) {
     g_elements += n;
 }
 
+/* The tests that pick kernel sets through MXM_KERNELS put the caller's value back after. */
+static char *kernels_env_save(void) {
+    const char *v = getenv("MXM_KERNELS");
+    return v ? strdup(v) : NULL;
+}
+static void kernels_env_restore(char *saved) {
+    if (saved)
+        setenv("MXM_KERNELS", saved, 1);
+    else
+        unsetenv("MXM_KERNELS");
+    free(saved);
+}
+
 /* Runs the library on (x, ids, w) and checks out and out_routed against the reference. */
 static ref_check run_lib(const mxm_moe_config *cfg, const ref_layer *L, int64_t T, const float *x,
                          const int32_t *ids, const float *w, const ref_output *ref) {
@@ -135,8 +148,7 @@ static void run_case(const char *op, mxm_moe_config cfg, int64_t T, route_kind r
     ref_forward(&L, T, x, ids, w, &ref);
     const mxm_cpu_kernels *sets[16];
     const int nsets = mxm_cpu_kernel_sets(sets, 16);
-    const char *old_env = getenv("MXM_KERNELS");
-    char *saved = old_env ? strdup(old_env) : NULL;
+    char *saved = kernels_env_save();
     for (int si = 0; si < nsets; si++) {
         const int kern = si == 0; /* sets[0] is the reference */
         cfg.kernels = kern ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
@@ -152,11 +164,7 @@ static void run_case(const char *op, mxm_moe_config cfg, int64_t T, route_kind r
                k.err, k.width, (long long)k.outside, pass ? "PASS" : "FAIL");
         assert_true(pass);
     }
-    if (saved)
-        setenv("MXM_KERNELS", saved, 1);
-    else
-        unsetenv("MXM_KERNELS");
-    free(saved);
+    kernels_env_restore(saved);
     free(x), free(w), free(ids);
     ref_output_free(&ref);
     ref_layer_free(&L);
@@ -366,8 +374,7 @@ static void test_neighbour_independence(void **state) {
     const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK};
     const mxm_cpu_kernels *sets[16];
     const int nsets = mxm_cpu_kernel_sets(sets, 16);
-    const char *old_env = getenv("MXM_KERNELS");
-    char *saved = old_env ? strdup(old_env) : NULL;
+    char *saved = kernels_env_save();
     for (int f = 0; f < 2; f++)
         for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
             const int64_t T = Ts[ti];
@@ -421,11 +428,69 @@ static void test_neighbour_independence(void **state) {
             free(x), free(w), free(oa), free(ob), free(ids);
             ref_layer_free(&L);
         }
-    if (saved)
-        setenv("MXM_KERNELS", saved, 1);
-    else
-        unsetenv("MXM_KERNELS");
-    free(saved);
+    kernels_env_restore(saved);
+}
+
+/* A token's result does not depend on the thread count (README: threads take whole work items):
+ * 1, 2 and 5 threads give the same bits, for both quantized weight formats, W8A8 and weight-only,
+ * skewed routing from router logits (experts on the GEMV and on the tiles), a shared expert, every
+ * kernel set this CPU runs. */
+static void test_thread_count_independence(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    const mxm_cpu_kernels *sets[16];
+    const int nsets = mxm_cpu_kernel_sets(sets, 16);
+    char *saved = kernels_env_save();
+    const int fmts[] = {MXM_WFMT_MXFP8, MXM_WFMT_FP8_BLOCK}, threads[] = {1, 2, 5};
+    const int64_t T = 70;
+    for (int f = 0; f < 2; f++)
+        for (int aq = 0; aq < 2; aq++) {
+            mxm_moe_config c = base_cfg(160, 96, 8, 2, MXM_ACT_SILU);
+            c.weight_format = fmts[f], c.act_quant = aq, c.shared_intermediate_size = 64;
+            ref_layer L;
+            ref_layer_init(&L, &c, tu_next(&r), 0);
+            const int64_t H = c.hidden_size, E = c.num_experts;
+            float *x = tu_alloc(4 * T * H), *lg = tu_alloc(4 * T * E), *o[3];
+            tu_fill_normal_f32(&r, x, T * H, 1);
+            tu_fill_normal_f32(&r, lg, T * E, 1);
+            for (int64_t t = 0; t < T; t++)
+                lg[t * E] += 3.0f; /* expert 0 takes most tokens */
+            for (int i = 0; i < 3; i++)
+                o[i] = tu_alloc(4 * T * H);
+            for (int si = 0; si < nsets; si++) {
+                c.kernels = si == 0 ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
+                if (si) setenv("MXM_KERNELS", sets[si]->name, 1);
+                for (int i = 0; i < 3; i++) {
+                    c.num_threads = threads[i];
+                    mxm_moe_plan *plan = NULL;
+                    assert_int_equal(mxm_moe_plan_create(&c, T, &plan), MXM_OK);
+                    const int64_t wsb = mxm_moe_plan_workspace_size(plan);
+                    void *ws = aligned_alloc(64, (size_t)wsb);
+                    tu_poison_f32(o[i], T * H);
+                    mxm_moe_inputs in = {.num_tokens = T,
+                                         .x = x,
+                                         .x_dtype = MXM_DT_F32,
+                                         .router_logits = lg,
+                                         .logits_dtype = MXM_DT_F32};
+                    mxm_moe_outputs out = {.out = o[i], .out_dtype = MXM_DT_F32};
+                    mxm_moe_weights mw = ref_layer_weights(&L);
+                    assert_int_equal(mxm_moe_forward(plan, &mw, &in, &out, ws, wsb, NULL), MXM_OK);
+                    free(ws);
+                    mxm_moe_plan_destroy(plan);
+                }
+                const int same = !memcmp(o[0], o[1], 4 * (size_t)(T * H)) &&
+                                 !memcmp(o[0], o[2], 4 * (size_t)(T * H));
+                printf("threads   %-9s %-4s %-10s 1/2/5 threads bit-identical: %s\n",
+                       mxm_weight_format_name(c.weight_format), aq ? "w8" : "w8a8", sets[si]->name,
+                       same ? "PASS" : "FAIL");
+                assert_true(same);
+            }
+            for (int i = 0; i < 3; i++)
+                free(o[i]);
+            free(x), free(lg);
+            ref_layer_free(&L);
+        }
+    kernels_env_restore(saved);
 }
 
 /* A forward of more tokens than one CPU pass holds (1024): an expert's path (the GEMV for at most
@@ -462,8 +527,7 @@ static void test_passes_from_logits(void **state) {
     }
     const mxm_cpu_kernels *sets[16];
     const int nsets = mxm_cpu_kernel_sets(sets, 16);
-    const char *old_env = getenv("MXM_KERNELS");
-    char *saved = old_env ? strdup(old_env) : NULL;
+    char *saved = kernels_env_save();
     for (int si = 0; si < nsets; si++) {
         c.kernels = si == 0 ? MXM_KERNELS_REF : MXM_KERNELS_AUTO;
         if (si) setenv("MXM_KERNELS", sets[si]->name, 1);
@@ -529,11 +593,7 @@ static void test_passes_from_logits(void **state) {
         free(ws);
         mxm_moe_plan_destroy(plan);
     }
-    if (saved)
-        setenv("MXM_KERNELS", saved, 1);
-    else
-        unsetenv("MXM_KERNELS");
-    free(saved);
+    kernels_env_restore(saved);
     free(x), free(lg), free(w), free(oa), free(ob), free(ids), free(xs), free(os), free(w_s),
         free(ids_s), free(tok_s);
     ref_layer_free(&L);
@@ -559,6 +619,7 @@ int main(void) {
         cmocka_unit_test(test_shared_expert),
         cmocka_unit_test(test_expert_parallel_slices),
         cmocka_unit_test(test_neighbour_independence),
+        cmocka_unit_test(test_thread_count_independence),
         cmocka_unit_test(test_passes_from_logits),
         cmocka_unit_test(test_bounds_catch_mutants),
     };
