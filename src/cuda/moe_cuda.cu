@@ -31,27 +31,28 @@ int mxm_cuda_pdl_enabled() {
 // measure); stop 21 had mma.sync ahead below 64, before the wgmma kernels' stall fixes.
 // MXM_CUDA_WGMMA=0/1 forces either path; read at every forward, so one process can run both.
 #define MXM_CUDA_WGMMA_MIN_ROWS 32
-// DeepSeek FP8 weights have their own wgmma kernels (128 x 128 tiles, the 128-block scales
-// applied to per-block partial sums), not yet measured on a GPU: only when forced.
+// DeepSeek FP8 weights take the same rule on their own wgmma kernels (128 x 128 tiles, the
+// 128-block scales applied to per-block partial sums): 1.97x / 2.13x faster than the mma.sync
+// tiles at the DeepSeek slice's T = 1024 / 4096 (H100, session 25, docs/BENCHMARKS.md).
 static bool wgmma_on(const mxm_cuda_args &a) {
     const char *e = getenv("MXM_CUDA_WGMMA");
     if (e && e[0]) return e[0] != '0';
-    if (a.blk) return false;
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
 
-// The wgmma kernels' m-tile: 256 tokens (128 weight rows per tile, half the weight decode per
-// FLOP) when the step averages at least MXM_CUDA_WG256_MIN_ROWS rows per expert (T K / E, as
-// above), else 128 (256 weight rows; less of a tile wasted on groups of 33..255 rows).
-// MXM_CUDA_WG_BT=128/256 forces either; read at every forward. 0: the 256-token tiles only when
-// forced (not yet measured on a GPU).
-#define MXM_CUDA_WG256_MIN_ROWS 0
+// The MXFP8 wgmma kernels' m-tile: 256 tokens (128 weight rows per tile, half the weight decode
+// per FLOP) when the step averages at least MXM_CUDA_WG256_MIN_ROWS rows per expert (T K / E, as
+// above), else 128 (256 weight rows; less of a tile wasted on groups of 33..255 rows). H100,
+// session 25 (docs/BENCHMARKS.md), 256 against 128 tokens: 1.00x / 1.02x / 1.09x at Nano / Qwen3 /
+// the DeepSeek slice T = 16384; 0.84x at Qwen3 T = 4096 (256 rows per expert on average: many
+// groups of a little over 256 rows take a second, nearly empty tile), 1.06x for the slice there.
+// MXM_CUDA_WG_BT=128/256 forces either; read at every forward.
+#define MXM_CUDA_WG256_MIN_ROWS 512
 static int32_t wg_bt_of(const mxm_cuda_args &a) {
     if (a.blk) return 128; // DeepSeek FP8's wgmma tiles are 128 tokens
     const char *e = getenv("MXM_CUDA_WG_BT");
     if (e && e[0]) return atoi(e) == 256 ? 256 : 128;
-    const int64_t min_rows = MXM_CUDA_WG256_MIN_ROWS;
-    return min_rows > 0 && (int64_t)a.T * a.K >= min_rows * a.E ? 256 : 128;
+    return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WG256_MIN_ROWS * a.E ? 256 : 128;
 }
 
 // The timeline probe's slots (moe/timeline.h), allocated on first use; MXM_CUDA_TIMELINE=1 (read
@@ -243,8 +244,15 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         cs->uploaded = 1;
     }
 
-    // Caller-given routing is read in place (kernels only read a.ids / a.wts).
-    if (!in->router_logits) a.ids = (int32_t *)in->topk_ids, a.wts = (float *)in->topk_weights;
+    // Caller-given routing is read in place (kernels only read a.ids / a.wts). Routing from logits
+    // writes straight into the caller's topk outputs where given: no copy between the routing
+    // and the GEMMs (a copy node would break the programmatic launch chain; 1.7 us at T = 1).
+    if (!in->router_logits) {
+        a.ids = (int32_t *)in->topk_ids, a.wts = (float *)in->topk_weights;
+    } else {
+        if (out->topk_ids) a.ids = out->topk_ids;
+        if (out->topk_weights) a.wts = out->topk_weights;
+    }
     mxm_status st;
     if (T <= MXM_CUDA_PROLOGUE_MAX_T) {
         mxm_cuda_prologue_in pin;
@@ -263,9 +271,9 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
             return st;
         if ((st = mxm_cuda_permute(a, cursor, s))) return st;
     }
-    if (out->topk_ids)
+    if (out->topk_ids && a.ids != out->topk_ids)
         MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_ids, a.ids, sizeof(int32_t) * T * K, cudaMemcpyDeviceToDevice, s));
-    if (out->topk_weights)
+    if (out->topk_weights && a.wts != out->topk_weights)
         MXM_CUDA_TRY(cudaMemcpyAsync(out->topk_weights, a.wts, sizeof(float) * T * K, cudaMemcpyDeviceToDevice, s));
     // Upper bound of MMA tiles: every group's rows rounded up to whole tiles.
     const int64_t rows = T * K + (a.groups > p->e_loc ? T : 0);
@@ -378,6 +386,61 @@ extern "C" mxm_status mxm_cuda_graph_launch(mxm_cuda_graph *g) {
     if (!g) return mxm_fail(MXM_ERR_NULL, "mxm_cuda_graph_launch: graph is NULL");
     MXM_CUDA_TRY(cudaGraphLaunch(g->exec, g->launch));
     return MXM_OK;
+}
+
+// Holds the stream for ns nanoseconds of GPU time (the host enqueues the replays meanwhile).
+static __global__ void spin_kernel(unsigned long long ns) {
+    const unsigned long long t0 = mxm_globaltimer();
+    while (mxm_globaltimer() - t0 < ns) {
+    }
+}
+
+static int cmp_float(const void *x, const void *y) {
+    const float a = *(const float *)x, b = *(const float *)y;
+    return (a > b) - (a < b);
+}
+
+extern "C" mxm_status mxm_cuda_graph_median_us(mxm_cuda_graph *const *graphs, int n, int iters,
+                                               double *us) {
+    if (!graphs || n <= 0 || iters <= 0 || !us)
+        return mxm_fail(MXM_ERR_INVALID_ARG, "mxm_cuda_graph_median_us: bad arguments");
+    for (int i = 0; i < n; i++)
+        if (!graphs[i])
+            return mxm_fail(MXM_ERR_NULL, "mxm_cuda_graph_median_us: graph %d is NULL", i);
+    const cudaStream_t s = graphs[0]->launch;
+    cudaEvent_t *ev = (cudaEvent_t *)calloc(2 * (size_t)iters, sizeof *ev);
+    float *ms = (float *)malloc(sizeof(float) * (size_t)iters);
+    mxm_status st = ev && ms ? MXM_OK : mxm_fail(MXM_ERR_NOMEM, "out of memory");
+    int made = 0;
+    for (; !st && made < 2 * iters; made++)
+        if (cudaEventCreate(&ev[made]) != cudaSuccess)
+            st = mxm_fail(MXM_ERR_CUDA, "cannot create events");
+    for (int i = 0; i < n && !st; i++)
+        st = mxm_cuda_graph_launch(graphs[i]);
+    if (!st && cudaStreamSynchronize(s) != cudaSuccess)
+        st = mxm_fail(MXM_ERR_CUDA, "warm-up replays failed");
+    if (!st) {
+        spin_kernel<<<1, 1, 0, s>>>(2000000ull + 20000ull * (unsigned long long)iters);
+        for (int i = 0; i < iters && !st; i++) {
+            cudaEventRecord(ev[2 * i], s);
+            st = mxm_cuda_graph_launch(graphs[i % n]);
+            cudaEventRecord(ev[2 * i + 1], s);
+        }
+        if (!st && cudaStreamSynchronize(s) != cudaSuccess)
+            st = mxm_fail(MXM_ERR_CUDA, "timed replays failed");
+        for (int i = 0; i < iters && !st; i++)
+            if (cudaEventElapsedTime(&ms[i], ev[2 * i], ev[2 * i + 1]) != cudaSuccess)
+                st = mxm_fail(MXM_ERR_CUDA, "cannot read the events");
+    }
+    if (!st) {
+        qsort(ms, (size_t)iters, sizeof *ms, cmp_float);
+        *us = 1e3 * (iters % 2 ? ms[iters / 2] : 0.5 * (ms[iters / 2 - 1] + ms[iters / 2]));
+    }
+    for (int i = 0; i < made; i++)
+        cudaEventDestroy(ev[i]);
+    free(ev), free(ms);
+    cudaGetLastError();
+    return st;
 }
 
 extern "C" void mxm_cuda_graph_destroy(mxm_cuda_graph *g) {

@@ -46,6 +46,10 @@ mxm_status mxm_cuda_timeline_read(uint64_t t[3 * MXM_SITES]) {
     (void)t;
     return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
 }
+mxm_status mxm_cuda_graph_median_us(mxm_cuda_graph *const *graphs, int n, int iters, double *us) {
+    (void)graphs, (void)n, (void)iters, (void)us;
+    return mxm_fail(MXM_ERR_NO_DEVICE, "the CUDA backend is not built into this library");
+}
 mxm_status mxm_cuda_graph_capture(mxm_moe_plan *p, const mxm_moe_weights *w, const mxm_moe_inputs *in,
                                   const mxm_moe_outputs *out, void *ws, int64_t wsb, void *stream,
                                   mxm_cuda_graph **g) {

@@ -1,4 +1,5 @@
-/* Timeline probe of the CUDA backend (a diagnostic; MXM_CUDA_TIMELINE=1, read at every forward):
+/* Diagnostics of the CUDA backend for the benchmark. Timeline probe (MXM_CUDA_TIMELINE=1, read
+ * at every forward):
  * per kernel site, the earliest block start, the earliest return from the programmatic
  * dependent-launch wait, and the latest warp end of the forwards since the last reset, from
  * the GPU's %globaltimer (ns). Kernels of one site share its slots (GEMM1's gated and plain
@@ -40,6 +41,13 @@ mxm_status mxm_cuda_timeline_reset(void);
 /* Copies the slots out: t[3 s + 0..2] = start, ready, end of site s in ns, 0 where the site did
  * not run. */
 mxm_status mxm_cuda_timeline_read(uint64_t t[3 * MXM_SITES]);
+
+typedef struct mxm_cuda_graph mxm_cuda_graph;
+/* The median GPU time of one replay, as the peers' harness measures it
+ * (../shared/peers/vllm_triton: torch.cuda.Event around each replay): each graph replayed once,
+ * a spin kernel long enough for the host to enqueue all `iters` replays of graphs[i % n], each
+ * between two events on the graphs' stream; the median of the event intervals in us. */
+mxm_status mxm_cuda_graph_median_us(mxm_cuda_graph *const *graphs, int n, int iters, double *us);
 #ifdef __cplusplus
 }
 #endif
