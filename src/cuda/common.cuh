@@ -62,6 +62,16 @@ struct mxm_probe_scope {
     }
 };
 #define MXM_PROBE_SCOPE(a, site) mxm_probe_scope mxm_probe_(a.probe, site)
+// The tile kernels (and DeepSeek FP8's requantization) let their successor launch before they
+// wait: they sit between a skinny kernel that waited for the prologue before it let them launch
+// and the skinny GEMM2, which reads the prologue's group table before its own wait, so the
+// successor can start prefetching weights while the skinny GEMM1 drains (an empty tile launch
+// otherwise held GEMM2 back by about 3 us at T = 64: docs/BENCHMARKS.md, session 25).
+#define MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, site)                                                     \
+    MXM_PROBE_SCOPE(a, site);                                                                      \
+    mxm_griddep_launch();                                                                          \
+    mxm_griddep_wait();                                                                            \
+    mxm_probe_ready(a.probe, site)
 #define MXM_KERNEL_ENTRY(a, site)                                                                  \
     MXM_PROBE_SCOPE(a, site);                                                                      \
     mxm_griddep_wait();                                                                            \

@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(THREADS) mma1_kernel(mxm_cuda_args a) {
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
-    MXM_KERNEL_ENTRY(a, MXM_SITE_MMA1);
+    MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, MXM_SITE_MMA1);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];
@@ -291,7 +291,7 @@ template <int WF> __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cud
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     smem_all &sm = *reinterpret_cast<smem_all *>(smem_raw);
-    MXM_KERNEL_ENTRY(a, MXM_SITE_MMA2);
+    MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, MXM_SITE_MMA2);
     int g, m0;
     if (!find_tile(a, &g, &m0)) return;
     const mxm_cuda_group G = a.group[g];

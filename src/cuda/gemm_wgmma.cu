@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
     constexpr int BT = S_::BT, BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
     constexpr int SLOT = S_::SLOT, SLOT_ACT = S_::SLOT_ACT, OFF_XS = S_::SLOT_ACT + S_::SLOT_W;
     extern __shared__ __align__(16) uint8_t smem_raw[];
-    MXM_KERNEL_ENTRY(a, MODE == MODE_GEMM2 ? MXM_SITE_WGMMA2 : MXM_SITE_WGMMA1);
+    MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, MODE == MODE_GEMM2 ? MXM_SITE_WGMMA2 : MXM_SITE_WGMMA1);
     const uint32_t sraw = smem_u32(smem_raw);
     const uint32_t sbase = (sraw + 1023) & ~1023u; // 1024-aligned (128B-swizzle atoms)
     uint8_t *gbase = smem_raw + (sbase - sraw);

@@ -27,7 +27,7 @@ mxm_status mxm_cuda_prepare_x(const mxm_cuda_args &a, const void *x, int32_t x_d
 
 // a.actf -> a.act (codes' values) and a.acts, per (row, 128-block) of every group; grid.y = group.
 __global__ void requant_fp8block_kernel(mxm_cuda_args a) {
-    MXM_KERNEL_ENTRY(a, MXM_SITE_REQUANT);
+    MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, MXM_SITE_REQUANT);
     const mxm_cuda_group G = a.group[blockIdx.y];
     const int ib = (G.I + 127) / 128, lane = threadIdx.x & 31;
     for (int64_t u = (int64_t)blockIdx.x * MXM_PREP_WARPS + threadIdx.x / 32; u < (int64_t)G.rows * ib;
