@@ -7,7 +7,7 @@
 # peer runs from .peers/vllm_triton (a copy of ../shared/peers/vllm_triton) when present.
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
 # .prebuilt and .wheels and packs them into .pack/carry.tar.xz) and carry [".pack"].
-#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|python|profile|srcprof|peer-ncu|cpu]
+#   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|timeline|python|profile|srcprof|peer-ncu|cpu]
 #   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
@@ -97,10 +97,27 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
   done
 fi
 if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
-  # The wgmma prefill kernels against the mma.sync tiles (MXM_CUDA_WGMMA forces either).
+  # The prefill paths side by side (run-time switches, one binary): mma.sync tiles, wgmma with
+  # 128- and 256-token tiles (MXM_CUDA_WG_BT), and DeepSeek FP8 on wgmma against mma.sync.
+  for set in MXM_CUDA_WGMMA=0 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=128 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=256; do
+    env ${set//,/ } build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
+      --routing uniform --reps 5 --json "$OUT/moe_cuda_${set//[=,]/_}.json" 2>&1 | grep -vE "^(building|measuring)" |
+      sed "s/^/$set /" | tee -a "$OUT/bench_wgmma.txt"
+  done
   for w in 0 1; do
-    MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
-      --routing uniform --reps 5 --json "$OUT/moe_cuda_wgmma$w.json" 2>&1 | sed "s/^/wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
+    MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --format fp8_block --shapes dsv3 \
+      --tokens 256,1024,4096,16384 --routing uniform --reps 5 --json "$OUT/moe_cuda_fp8block_wgmma$w.json" 2>&1 |
+      grep -vE "^(building|measuring)" | sed "s/^/fp8_block wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
+  done
+fi
+if [ "$what" = all ] || [ "$what" = timeline ]; then
+  # Where a decode step's time goes inside a replayed graph (MXM_CUDA_TIMELINE=1, moe/timeline.h):
+  # per kernel, first block start, the programmatic-launch wait's return, last warp end.
+  IFS=, read -ra cases <<<"${TL_CASES:-qwen3 1,nano 1,dsv3 1,qwen3 64,nano 64,nano 256}"
+  for case in "${cases[@]}"; do
+    set -- $case
+    MXM_CUDA_TIMELINE=1 timeout 60 build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$1" \
+      --tokens "$2" --routing uniform --reps 3 2>&1 | grep -E "^timeline|uniform" | tee -a "$OUT/timeline.txt"
   done
 fi
 if [ "$what" = all ] || [ "$what" = python ]; then
