@@ -163,7 +163,7 @@ fi
 if [ "$what" = srcprof ]; then
   # Source-level profiles (per-SASS-instruction stall samples) of chosen kernels: SRC_CASES="shape T kernel-regex skip count,...".
   # The reports stay in $OUT; the SASS tables are CSV (ncu --page source) for reading elsewhere.
-  IFS=, read -ra cases <<<"${SRC_CASES:-nano 4096 wgmma_kernel 2 2,qwen3 1 prologue|skinny|combine 8 4}"
+  IFS=, read -ra cases <<<"${SRC_CASES:-nano 16384 wgmma_kernel 2 2,nano 4096 wgmma_kernel 2 2,qwen3 1 prologue|skinny|combine 8 4}"
   for case in "${cases[@]}"; do
     set -- $case
     tag="$1_$2"
