@@ -78,9 +78,18 @@ struct mxm_probe_scope {
     mxm_probe_ready(a.probe, site);                                                                \
     mxm_griddep_launch()
 
+// Raises the kernel's dynamic shared memory limit on the current device to at least bytes
+// (a function attribute belongs to one device's context); remembers what each (kernel, device)
+// was granted, so the attribute is set once per size. mxm_cuda_launch calls it past 48 KB.
+mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes);
+
 template <typename... Params, typename... Args>
 static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
                                   Args &&...args) {
+    if (smem > 48 * 1024) {
+        const mxm_status st = mxm_cuda_smem_limit((const void *)kernel, smem);
+        if (st) return st;
+    }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid, cfg.blockDim = block, cfg.dynamicSmemBytes = smem, cfg.stream = s;
     cudaLaunchAttribute attr[1];

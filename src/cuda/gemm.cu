@@ -343,27 +343,8 @@ template <int WF> __global__ void __launch_bounds__(THREADS) mma2_kernel(mxm_cud
             }
 }
 
-// The kernels need more than the default 48 KB of shared memory: raise their limit once.
-static mxm_status smem_opt_in() {
-    static int done = 0;
-    if (done) return MXM_OK;
-    const int bytes = (int)sizeof(smem_all);
-#define MXM_SMEM_OPT_IN(k) MXM_CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes))
-    MXM_SMEM_OPT_IN((mma1_kernel<true, MXM_WFMT_MXFP8>));
-    MXM_SMEM_OPT_IN((mma1_kernel<false, MXM_WFMT_MXFP8>));
-    MXM_SMEM_OPT_IN((mma1_kernel<true, MXM_WFMT_FP8_BLOCK>));
-    MXM_SMEM_OPT_IN((mma1_kernel<false, MXM_WFMT_FP8_BLOCK>));
-    MXM_SMEM_OPT_IN(mma2_kernel<MXM_WFMT_MXFP8>);
-    MXM_SMEM_OPT_IN(mma2_kernel<MXM_WFMT_FP8_BLOCK>);
-#undef MXM_SMEM_OPT_IN
-    done = 1;
-    return MXM_OK;
-}
-
 mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
-    mxm_status st = smem_opt_in();
-    if (st) return st;
     return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
         const dim3 grid(max_tiles, (a.I_max + (gated ? BN / 2 : BN) - 1) / (gated ? BN / 2 : BN));
         return mxm_cuda_by_format(a.wfmt, [&](auto f) {
@@ -375,8 +356,6 @@ mxm_status mxm_cuda_mma1(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t
 
 mxm_status mxm_cuda_mma2(const mxm_cuda_args &a, int32_t max_tiles, cudaStream_t s) {
     if (max_tiles <= 0) return MXM_OK;
-    mxm_status st = smem_opt_in();
-    if (st) return st;
     const dim3 grid(max_tiles, (a.H + BN - 1) / BN);
     return mxm_cuda_by_format(a.wfmt, [&](auto f) {
         return mxm_cuda_launch(mma2_kernel<decltype(f)::value>, grid, THREADS, sizeof(smem_all), s,

@@ -598,13 +598,6 @@ static int sk_group_bound(const mxm_cuda_args &a) {
 template <int KIND, int WF, bool CODES>
 static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
-    static int raised = 0; // per instantiation: the largest dynamic shared memory granted so far
-    if (smem > raised) {
-        const int most = SK_STAGES * sk_stage_bytes(SK_NT_MAX, CODES);
-        MXM_CUDA_TRY(cudaFuncSetAttribute(skinny_kernel<KIND, WF, CODES>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize, most));
-        raised = most;
-    }
     return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
                            SK_THREADS, (size_t)smem, s, a, nt_max);
 }

@@ -660,30 +660,6 @@ int sm_count() {
     return count[dev];
 }
 
-// The kernels need more than the default 48 KB of shared memory: raise their limit once per
-// device (a function attribute belongs to the device's context).
-template <int MB, int NH, int WF> mxm_status smem_opt_in_shape() {
-    constexpr int bytes = smem_bytes<MB, NH, mxm_cuda_fmt<WF>::block128>();
-    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_GATED, MB, NH, WF>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_PLAIN, MB, NH, WF>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    MXM_CUDA_TRY(cudaFuncSetAttribute(wgmma_kernel<MODE_GEMM2, MB, NH, WF>,
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    return MXM_OK;
-}
-mxm_status smem_opt_in() {
-    static bool done[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) dev = 0;
-    if (dev < 64 && done[dev]) return MXM_OK;
-    mxm_status st = smem_opt_in_shape<2, 1, MXM_WFMT_MXFP8>();
-    if (!st) st = smem_opt_in_shape<1, 2, MXM_WFMT_MXFP8>();
-    if (!st) st = smem_opt_in_shape<1, 1, MXM_WFMT_FP8_BLOCK>();
-    if (!st && dev < 64) done[dev] = true;
-    return st;
-}
-
 // One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
 // rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
 template <int MODE, int MB, int NH, int WF>
@@ -711,15 +687,11 @@ template <int MODE> mxm_status launch_shape(const mxm_cuda_args &a, cudaStream_t
 } // namespace
 
 mxm_status mxm_cuda_wgmma1(const mxm_cuda_args &a, cudaStream_t s) {
-    mxm_status st = smem_opt_in();
-    if (st) return st;
     return mxm_cuda_by_gating(a.gated_routed, a.gated_shared, [&](auto gated) {
         return launch_shape < decltype(gated)::value ? MODE_GATED : MODE_PLAIN > (a, s);
     });
 }
 
 mxm_status mxm_cuda_wgmma2(const mxm_cuda_args &a, cudaStream_t s) {
-    const mxm_status st = smem_opt_in();
-    if (st) return st;
     return launch_shape<MODE_GEMM2>(a, s);
 }

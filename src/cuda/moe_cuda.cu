@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mutex>
+
 #include "cuda/kernels.cuh"
 
 int mxm_cuda_pdl_enabled() {
@@ -81,6 +83,29 @@ extern "C" mxm_status mxm_cuda_timeline_read(uint64_t t[3 * MXM_SITES]) {
     MXM_CUDA_TRY(cudaMemcpy(v, timeline_slots, sizeof v, cudaMemcpyDeviceToHost));
     for (int i = 0; i < 3 * MXM_SITES; i++)
         t[i] = v[i] == ~0ull ? 0 : (uint64_t)v[i];
+    return MXM_OK;
+}
+
+mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes) {
+    struct grant {
+        const void *kernel;
+        int dev;
+        size_t bytes;
+    };
+    static grant granted[256];
+    static int n;
+    static std::mutex lock;
+    int dev = 0;
+    MXM_CUDA_TRY(cudaGetDevice(&dev));
+    std::lock_guard<std::mutex> hold(lock);
+    int i = 0;
+    while (i < n && (granted[i].kernel != kernel || granted[i].dev != dev))
+        i++;
+    if (i < n && granted[i].bytes >= bytes) return MXM_OK;
+    MXM_CUDA_TRY(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    if (i == n && n < 256) granted[n++] = {kernel, dev, 0};
+    if (i < n) granted[i].bytes = bytes;
     return MXM_OK;
 }
 

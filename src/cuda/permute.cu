@@ -112,13 +112,6 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
     mxm_status st = mxm_cuda_launch(count_kernel, blocks, 256, 0, s, a, cursor);
     if (st) return st;
     const size_t smem = sizeof(int32_t) * (size_t)a.groups;
-    if (smem > 48 * 1024) {
-        static size_t raised = 0;
-        if (smem > raised) {
-            MXM_CUDA_TRY(cudaFuncSetAttribute(offsets_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            raised = smem;
-        }
-    }
     if ((st = mxm_cuda_launch(offsets_kernel, 1, 1024, smem, s, a, cursor))) return st;
     return mxm_cuda_launch(scatter_kernel, blocks, 256, 0, s, a, cursor);
 }
@@ -173,12 +166,5 @@ mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in 
     pin.route_smem = scratch > 0 && scratch <= PROLOGUE_SCRATCH_SMEM && in.route_stride % 16 == 0;
     const size_t smem = pin.route_smem ? (size_t)(prologue_scratch_offset(a.groups) + scratch)
                                        : 2 * sizeof(int32_t) * (size_t)a.groups;
-    if (smem > 48 * 1024) {
-        static size_t raised = 0;
-        if (smem > raised) {
-            MXM_CUDA_TRY(cudaFuncSetAttribute(prologue_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            raised = smem;
-        }
-    }
     return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s, a, pin);
 }
