@@ -577,6 +577,16 @@ static void check_tiles(const mxm_cpu_kernels *opt) {
            (long long)fb_w8a8, fb_worst);
 }
 
+/* A kernel set's per-format entry (fn, named what) is present exactly where expected (its
+ * packing function pack, named pname, decides whether the set has that path at all). */
+static void expect_entry(const mxm_cpu_kernels *k, int f, const char *what, void *fn,
+                         const char *pname, void *pack, bool expected) {
+    if ((fn != NULL) == expected) return;
+    print_error("set %s, format %s: %s %p, %s %p\n", k->name, mxm_weight_format_name(f), what, fn,
+                pname, pack);
+    fail();
+}
+
 static void test_tiles(void **state) {
     (void)state;
     const mxm_cpu_kernels *sets[16];
@@ -588,15 +598,9 @@ static void test_tiles(void **state) {
          * row), a set without none */
         const mxm_cpu_kernels *k = sets[i];
         const bool have = k->pack_x_tiles != NULL;
-        for (int f = 0; f < MXM_WFMT_COUNT_; f++) {
-            const bool row = k->wfmt[f].gemm_tiles16 != NULL;
-            if (row != (have && f != MXM_WFMT_F32)) {
-                print_error("set %s, format %s: gemm_tiles16 %p, pack_x_tiles %p\n", k->name,
-                            mxm_weight_format_name(f), (void *)k->wfmt[f].gemm_tiles16,
-                            (void *)k->pack_x_tiles);
-                fail();
-            }
-        }
+        for (int f = 0; f < MXM_WFMT_COUNT_; f++)
+            expect_entry(k, f, "gemm_tiles16", (void *)k->wfmt[f].gemm_tiles16, "pack_x_tiles",
+                         (void *)k->pack_x_tiles, have && f != MXM_WFMT_F32);
         if (have) check_tiles(k), tested++;
     }
     assert_null(sets[0]->pack_x_tiles); /* the reference path is the fp32 one */
@@ -750,13 +754,9 @@ static void test_dot(void **state) {
         const mxm_cpu_kernels *k = sets[i];
         const bool have = k->pack_x_dot != NULL;
         for (int f = 0; f < MXM_WFMT_COUNT_; f++)
-            if ((k->wfmt[f].gemv_dot != NULL) !=
-                (have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_FP8_BLOCK))) {
-                print_error("set %s, format %s: gemv_dot %p, pack_x_dot %p\n", k->name,
-                            mxm_weight_format_name(f), (void *)k->wfmt[f].gemv_dot,
-                            (void *)k->pack_x_dot);
-                fail();
-            }
+            expect_entry(k, f, "gemv_dot", (void *)k->wfmt[f].gemv_dot, "pack_x_dot",
+                         (void *)k->pack_x_dot,
+                         have && (f == MXM_WFMT_MXFP8 || f == MXM_WFMT_FP8_BLOCK));
         if (have) check_dot(k, MXM_WFMT_MXFP8), check_dot(k, MXM_WFMT_FP8_BLOCK), tested++;
     }
     assert_null(sets[0]->pack_x_dot); /* the reference path is the fp32 one */
