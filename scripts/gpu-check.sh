@@ -8,7 +8,7 @@
 # Before the device call, here: `scripts/prepare-device.sh` (fills the git-ignored .debs, .peers,
 # .prebuilt and .wheels and packs them into .pack/carry.tar.xz) and carry [".pack"].
 #   scripts/gpu-check.sh [all|test|bench|peer|codes-ab|wgmma-bench|timeline|python|profile|srcprof|peer-ncu|cpu]
-#   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists; SANITIZERS="memcheck"
+#   TOKENS=1,8,... SHAPES=nano,qwen3,dsv3 override the benchmark's lists (WG_TOKENS: wgmma-bench's); SANITIZERS="memcheck"
 #   picks the compute-sanitizer tools (empty: none); PEER=0 skips the vLLM peer; REBUILD=0 keeps
 #   an existing build-gpu; NCU_CASES="qwen3 1,nano 64" picks the profiled (shape T) pairs.
 set -uo pipefail
@@ -98,15 +98,15 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
 fi
 if [ "$what" = all ] || [ "$what" = wgmma-bench ]; then
   # The prefill paths side by side (run-time switches, one binary): mma.sync tiles, wgmma with
-  # 128- and 256-token tiles (MXM_CUDA_WG_BT), and DeepSeek FP8 on wgmma against mma.sync.
-  for set in MXM_CUDA_WGMMA=0 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=128 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=256; do
-    env ${set//,/ } build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens 256,1024,4096,16384 \
+  # 64-, 128- and 256-token tiles (MXM_CUDA_WG_BT), and DeepSeek FP8 on wgmma against mma.sync.
+  for set in MXM_CUDA_WGMMA=0 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=64 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=128 MXM_CUDA_WGMMA=1,MXM_CUDA_WG_BT=256; do
+    env ${set//,/ } build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --shapes "$SHAPES" --tokens "${WG_TOKENS:-256,1024,4096,16384}" \
       --routing uniform --reps 5 --json "$OUT/moe_cuda_${set//[=,]/_}.json" 2>&1 | grep -vE "^(building|measuring)" |
       sed "s/^/$set /" | tee -a "$OUT/bench_wgmma.txt"
   done
   for w in 0 1; do
     MXM_CUDA_WGMMA=$w build-gpu/mxmoe bench --backend cuda --given-ids --no-shared --format fp8_block --shapes dsv3 \
-      --tokens 256,1024,4096,16384 --routing uniform --reps 5 --json "$OUT/moe_cuda_fp8block_wgmma$w.json" 2>&1 |
+      --tokens "${WG_TOKENS:-256,1024,4096,16384}" --routing uniform --reps 5 --json "$OUT/moe_cuda_fp8block_wgmma$w.json" 2>&1 |
       grep -vE "^(building|measuring)" | sed "s/^/fp8_block wgmma=$w /" | tee -a "$OUT/bench_wgmma.txt"
   done
 fi

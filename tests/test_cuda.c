@@ -673,7 +673,7 @@ static void test_graph_replay(void **state) {
 /* The MMA-path cases again with MXM_CUDA_WGMMA=1 (read at every forward): the prefill GEMMs on
  * gemm_wgmma.cu (Hopper wgmma; DeepSeek FP8 too), plus shapes aimed at its tiles; m-tiles of bt
  * tokens (MXM_CUDA_WG_BT, also read at every forward: 128 = 256 weight rows per tile, 256 = 128
- * rows with two token halves per fragment). */
+ * rows with two token halves per fragment, 64 = 256 rows on m64n64k16). */
 static void wgmma_cases(void **state, const char *bt) {
     setenv("MXM_CUDA_WGMMA", "1", 1);
     setenv("MXM_CUDA_WG_BT", bt, 1);
@@ -718,26 +718,39 @@ static void test_wgmma(void **state) {
     unsetenv("MXM_CUDA_WG_BT");
 }
 
-/* The 256-token m-tiles, plus groups on both sides of 128, 256 and 512 rows and one expert
- * taking 256, 257 and 513 tokens. */
-static void test_wgmma256(void **state) {
-    wgmma_cases(state, "256");
-    static const int counts[16] = {0,   1,   33,  64,  127, 128, 129, 200,
-                                   255, 256, 257, 301, 383, 384, 511, 513};
+/* wgmma_cases on m-tiles of bt tokens, then groups of counts[e] rows (16 experts) and one expert
+ * taking each of one[0..2] tokens (the first two gated, I = 224; the third plain, I = 96). */
+static void wgmma_tile_cases(void **state, const char *bt, const int counts[16], const int one[3]) {
+    wgmma_cases(state, bt);
     compare_group_counts("wg-groups", counts);
-    static const int one_256[4] = {0, 256, 0, 0}, one_257[4] = {257, 0, 0, 0},
-                     one_513[4] = {0, 0, 0, 513};
     mxm_moe_config c = cfg_of(288, 224, 4, 1, MXM_ACT_SILU);
-    forced_counts = one_256;
-    compare("wg-one-exp", c, 256, 0, 0, 0);
-    forced_counts = one_257;
-    compare("wg-one-exp", c, 257, 0, 0, 0);
-    c.intermediate_size = 96, c.activation = MXM_ACT_RELU2_NO_MUL;
-    forced_counts = one_513;
-    compare("wg-one-exp", c, 513, 0, 0, 0);
+    for (int i = 0; i < 3; i++) {
+        int forced[4] = {0, 0, 0, 0};
+        forced[(i + 1) % 4] = one[i];
+        if (i == 2) c.intermediate_size = 96, c.activation = MXM_ACT_RELU2_NO_MUL;
+        forced_counts = forced;
+        compare("wg-one-exp", c, one[i], 0, 0, 0);
+    }
     forced_counts = NULL;
     setenv("MXM_CUDA_WGMMA", "0", 1);
     unsetenv("MXM_CUDA_WG_BT");
+}
+
+/* The 256-token m-tiles: groups on both sides of 128, 256 and 512 rows. */
+static void test_wgmma256(void **state) {
+    static const int counts[16] = {0,   1,   33,  64,  127, 128, 129, 200,
+                                   255, 256, 257, 301, 383, 384, 511, 513};
+    static const int one[3] = {256, 257, 513};
+    wgmma_tile_cases(state, "256", counts, one);
+}
+
+/* The 64-token m-tiles (m64n64k16; wgmma_cases' test_group_sizes has groups of 33, 63, 64, 65,
+ * 128 and 129 rows): groups up to several 64-row tiles. */
+static void test_wgmma64(void **state) {
+    static const int counts[16] = {0,  1,  34,  48,  62,  63,  64,  65,
+                                   66, 96, 127, 128, 130, 191, 192, 193};
+    static const int one[3] = {64, 65, 191};
+    wgmma_tile_cases(state, "64", counts, one);
 }
 
 int main(void) {
@@ -758,7 +771,7 @@ int main(void) {
         cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
         cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
         cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
-        cmocka_unit_test(test_wgmma256),
+        cmocka_unit_test(test_wgmma256),           cmocka_unit_test(test_wgmma64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

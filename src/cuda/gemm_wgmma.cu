@@ -9,17 +9,17 @@
 // Design (docs/wgmma.md: the prototype this comes from, its measurements, the production notes):
 //  - C^T is computed: the decoded weights are wgmma's A operand, in registers; the activations
 //    are the B operand, read from shared memory (K-major, 128-byte swizzle).
-//  - CTA tile shapes (wg_shape<MB, NH, BLK>): MXFP8 picks one of two per forward by a.wg_bt
-//    (moe_cuda.cu): MB = 2 is 256 weight rows x 128 tokens, each consumer warpgroup two m64 blocks
-//    (two m64n128k16 per k16 step on two decoded fragments); MB = 1 is 128 weight rows x 256
-//    tokens, each consumer one m64 block and two m64n128k16 on one fragment (token halves), half
-//    the decode per FLOP. DeepSeek FP8 runs 128 x 128 (its partial sums take the registers of a
-//    second accumulator block). 64 K per stage, 384 threads. Warpgroup 0 is the producer
-//    (setmaxnreg.dec): cp.async 16-byte copies of the gathered activation rows and of the raw
-//    E4M3 codes into a 4-stage ring (6 for DeepSeek FP8, whose stages also carry the tile's
-//    activation scales), completion on mbarriers. Warpgroups 1 and 2 are the consumers
-//    (setmaxnreg.inc); each decodes its own A fragments one k16 step ahead of the wgmmas in
-//    flight.
+//  - CTA tile shapes (wg_shape<MB, BT, BLK>): MXFP8 picks one of three per forward by a.wg_bt
+//    (moe_cuda.cu): MB = 2 is 256 weight rows x 128 or 64 tokens, each consumer warpgroup two m64
+//    blocks (two m64n128k16 or m64n64k16 per k16 step on two decoded fragments); MB = 1 is 128
+//    weight rows x 256 tokens, each consumer one m64 block and two m64n128k16 on one fragment
+//    (token halves), half the decode per FLOP. DeepSeek FP8 runs 128 x 128 (its partial sums take
+//    the registers of a second accumulator block). 64 K per stage, 384 threads. Warpgroup 0 is the
+//    producer (setmaxnreg.dec): cp.async 16-byte copies of the gathered activation rows and of the
+//    raw E4M3 codes into a 4-stage ring (6 for 64-token tiles, and for DeepSeek FP8, whose stages
+//    also carry the tile's activation scales), completion on mbarriers. Warpgroups 1 and 2 are the
+//    consumers (setmaxnreg.inc); each decodes its own A fragments one k16 step ahead of the wgmmas
+//    in flight.
 //  - GEMM1 gated: gate and up of one (column, token) sit in one thread: MB = 2, a consumer's m64
 //    block 0 is 64 gate rows and block 1 the matching up rows (128 columns per tile); MB = 1,
 //    fragment rows g and g + 8 (64 columns per tile). Non-gated GEMM1 and GEMM2: consecutive
@@ -37,26 +37,35 @@
 
 namespace {
 
-// Tile shapes: MB m64 weight blocks per consumer warpgroup, NH halves of 128 tokens. MXFP8 runs
-// two, picked per forward by a.wg_bt (moe_cuda.cu): MB = 2, NH = 1 is 256 weight rows x 128
-// tokens (two m64n128k16 per k16 step on two fragments); MB = 1, NH = 2 is 128 weight rows x 256
-// tokens (two m64n128k16 on one fragment: half the decode per FLOP, for groups of many rows).
-// DeepSeek FP8 (BLK) runs MB = 1, NH = 1, 128 x 128: its per-128-block partial sums take another
-// 64 registers beside the accumulators, and each stage carries the tile's 128 activation scales
-// of its 128-block of K.
-template <int MB, int NH, bool BLK> struct wg_shape {
+// Tile shapes: MB m64 weight blocks per consumer warpgroup, BT tokens, as NH blocks of WN tokens
+// (the wgmma's N). MXFP8 runs three, picked per forward by a.wg_bt (moe_cuda.cu): MB = 2, BT = 128
+// is 256 weight rows x 128 tokens (two m64n128k16 per k16 step on two fragments); MB = 1,
+// BT = 256 is 128 weight rows x 256 tokens (two m64n128k16 on one fragment: half the decode per
+// FLOP, for groups of many rows); MB = 2, BT = 64 is 256 weight rows x 64 tokens (two m64n64k16:
+// half the tensor work and B-operand traffic of BT = 128 where groups hold 33..64 rows, which a
+// 128-token tile half wastes; 6 stages of 24 KB). DeepSeek FP8 (BLK) runs MB = 1, BT = 128: its
+// per-128-block partial sums take another 64 registers beside the accumulators, and each stage
+// carries the tile's 128 activation scales of its 128-block of K.
+constexpr int wn_of(int bt) {
+    return bt < 128 ? bt : 128;
+} // tokens per wgmma (its N)
+template <int MB, int BT_, bool BLK> struct wg_shape {
+    static constexpr int BT = BT_;       // tokens per tile
+    static constexpr int WN = wn_of(BT); // tokens per wgmma
+    static constexpr int NH = BT / WN;   // token blocks of WN (acc[NH mb + nh])
+    static constexpr int NACC = WN / 2;  // accumulators per thread of one m64 x WN block
     static_assert(MB * NH <= 2 && (MB == 1 || MB == 2), "up to two 64 x 128 accumulator blocks");
-    static_assert(!BLK || (MB == 1 && NH == 1), "BLK: the 128 producer threads copy 128 scales");
-    static constexpr int BT = 128 * NH;          // tokens per tile
+    static_assert(WN == 64 || WN == 128, "m64n64k16 or m64n128k16");
+    static_assert(!BLK || (MB == 1 && BT == 128), "BLK: the 128 producer threads copy 128 scales");
     static constexpr int BW = 128 * MB;          // weight rows per tile (two consumers)
     static constexpr int BK = 64;                // K per stage
     static constexpr int SLOT_ACT = BT * BK * 2; // activations: BT rows x 128 B, 128B-swizzled
     static constexpr int SLOT_W = BW * BK; // E4M3 codes: BW rows x 64 B, 16 B chunks xor-swizzled
     static constexpr int SLOT_XS = BLK ? 1024 : 0; // BLK: BT fp32 activation scales (+ padding)
     static constexpr int SLOT = SLOT_ACT + SLOT_W + SLOT_XS; // a multiple of 1024 (swizzle atoms)
-    static constexpr int STAGES = BLK ? 6 : 4;
+    static constexpr int STAGES = BLK || BT == 64 ? 6 : 4;   // BT = 64: 24 KB stages
     // GEMM1 epilogue buffer per consumer: MB = 2 as [128][68] fp32 (gated: gate and up rows of
-    // 64 tokens; plain: one m64 block for 128 tokens); MB = 1 as gated [128 tokens][36] (32
+    // 64 tokens; plain: one m64 block for BT tokens); MB = 1 as gated [128 tokens][36] (32
     // activated columns) or plain [64 tokens][68] (64 columns).
     static constexpr int EPI_BYTES = MB == 2 ? 128 * 68 * 4 : 128 * 36 * 4;
     static constexpr int OFF_EPI = STAGES * SLOT;
@@ -65,13 +74,15 @@ template <int MB, int NH, bool BLK> struct wg_shape {
     static_assert(SLOT % 1024 == 0, "stages start on swizzle atoms");
 };
 constexpr int TAB_MAX = 512; // groups whose tile0_wg is mirrored in shared memory
-template <int MB, int NH, bool BLK> constexpr int smem_bytes() {
-    return wg_shape<MB, NH, BLK>::OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
+template <int MB, int BT, bool BLK> constexpr int smem_bytes() {
+    return wg_shape<MB, BT, BLK>::OFF_TAB + 4 * TAB_MAX + 1024; // + alignment of the base to 1024
 }
-static_assert(smem_bytes<1, 2, false>() <= 227 * 1024 && smem_bytes<2, 1, false>() <= 227 * 1024 &&
-                  smem_bytes<1, 1, true>() <= 227 * 1024,
+static_assert(smem_bytes<1, 256, false>() <= 227 * 1024 &&
+                  smem_bytes<2, 128, false>() <= 227 * 1024 &&
+                  smem_bytes<2, 64, false>() <= 227 * 1024 &&
+                  smem_bytes<1, 128, true>() <= 227 * 1024,
               "shared memory");
-static_assert(64 * 68 * 4 <= wg_shape<1, 1, true>::EPI_BYTES, "plain MB = 1 epilogue pass");
+static_assert(64 * 68 * 4 <= wg_shape<1, 128, true>::EPI_BYTES, "plain MB = 1 epilogue pass");
 #ifndef MXM_WG_SC_AHEAD // stages between a consumer's scale-byte loads and their use (a build knob)
 #define MXM_WG_SC_AHEAD 2
 #endif
@@ -193,6 +204,31 @@ __device__ __forceinline__ void wgmma_m64n128k16_rs(float (&d)[64], const uint32
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc_in));
 }
 
+// The same with N = 64 (d[32]).
+__device__ __forceinline__ void wgmma_m64n64k16_rs(float (&d)[32], const uint32_t (&a)[4],
+                                                   uint64_t desc, int acc_in = 1) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
+                 "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                 "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                   "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                   "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                   "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc_in));
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc,
+                                         int acc_in = 1) {
+    wgmma_m64n128k16_rs(d, a, desc, acc_in);
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc,
+                                         int acc_in = 1) {
+    wgmma_m64n64k16_rs(d, a, desc, acc_in);
+}
+
 // Descriptor of a K-major bf16 operand with the 128-byte swizzle: rows of 128 bytes, 8-row atoms
 // of 1024 bytes (stride byte offset 1024), leading byte offset unused (1).
 __device__ __forceinline__ uint64_t desc_sw128(uint32_t saddr) {
@@ -218,7 +254,7 @@ __device__ __forceinline__ int tab_at(const mxm_cuda_args &a, const int *stab, i
 // Tile t -> group g, first token m0 of the m-tile in the group, first column n0 of the n-tile.
 // False for tiles this kernel skips: groups of the other gating (GEMM1), n-tiles past the group's
 // I.
-template <int MODE, int MB, int NH>
+template <int MODE, int MB, int BT>
 __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab, int t, int ntn,
                                          int &g, int &m0, int &n0) {
     const int mt = t / ntn, nt = t - mt * ntn;
@@ -231,7 +267,7 @@ __device__ __forceinline__ bool map_tile(const mxm_cuda_args &a, const int *stab
         else
             hi = mid - 1;
     }
-    g = lo, m0 = (mt - tab_at(a, stab, lo)) * 128 * NH, n0 = nt * tile_cols<MODE, MB>();
+    g = lo, m0 = (mt - tab_at(a, stab, lo)) * BT, n0 = nt * tile_cols<MODE, MB>();
     if (MODE == MODE_GEMM2) return true;
     const mxm_cuda_group &G = a.group[g];
     return (mxm_act_is_gated(G.act) != 0) == (MODE == MODE_GATED) && n0 < G.I;
@@ -262,33 +298,35 @@ __device__ __forceinline__ int weight_row(int layout, int I, int H, int n0, int 
 // values (eight 16-byte loads; the threads of a warp take consecutive tokens, whole-bank steps
 // apart: no conflicts), applies the activation and stores the whole MXFP8 block in-thread
 // (mxm_gemm1_store32). Passes:
-//  - MB = 2, gated: pass p takes tokens 64p..64p+63, gate at buffer rows 0..63, up at rows
-//    64..127 (stride 68); columns n0 + 64 wgi + (0..63).
-//  - MB = 2, plain: pass p takes m64 block p (columns n0 + 128 wgi + 64 p + c) for 128 tokens.
+//  - MB = 2, gated: pass p takes tokens 64p..64p+63 (BT / 64 passes), gate at buffer rows
+//    0..63, up at rows 64..127 (stride 68); columns n0 + 64 wgi + (0..63).
+//  - MB = 2, plain: pass p takes m64 block p (columns n0 + 128 wgi + 64 p + c) for BT tokens.
 //  - MB = 1, gated: pass p takes token half p; a thread holds gate and up of one (column, token)
 //    in fragment rows g and g + 8, so it stores the activated value (stride 36; columns
 //    n0 + 32 wgi + (0..31)).
 //  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the 128 NH (stride 68; columns
 //    n0 + 64 wgi + (0..63)).
-template <int MODE, int MB, int NH, int WF>
+template <int MODE, int MB, int BT, int WF>
 __device__ __forceinline__ void gemm1_epilogue(const mxm_cuda_args &a, const mxm_cuda_group &G,
-                                               float (&acc)[MB * NH][64], float *epi, int m0,
-                                               int n0, int wgi, int w, int gq, int tq, int ct) {
+                                               float (&acc)[MB * (BT / wn_of(BT))][wn_of(BT) / 2],
+                                               float *epi, int m0, int n0, int wgi, int w, int gq,
+                                               int tq, int ct) {
+    constexpr int NH = BT / wn_of(BT), NACC = wn_of(BT) / 2;
     constexpr bool GATED = MODE == MODE_GATED;
     constexpr bool PRE = GATED && MB == 1; // the buffer holds activated values
     constexpr int STR = PRE ? 36 : 68;     // floats per buffer row (+4: no bank conflicts)
-    constexpr int PT = MB == 2 ? (GATED ? 64 : 128) : (GATED ? 128 : 64); // tokens per pass
+    constexpr int PT = MB == 2 ? (GATED ? 64 : BT) : (GATED ? 128 : 64); // tokens per pass
     constexpr int NBLK = PRE ? 1 : 2; // 32-column blocks per token and pass
-    constexpr int PASSES = MB == 2 ? 2 : GATED ? NH : 2 * NH;
+    constexpr int PASSES = MB == 2 ? (GATED ? BT / 64 : 2) : GATED ? NH : 2 * NH;
     const mxm_act_params ap = {G.alpha, G.beta, G.limit};
     const int act = G.act, rows = G.rows, row0 = G.row0, I = G.I;
 #pragma unroll
     for (int p = 0; p < PASSES; p++) {
         wg_bar(wgi); // the previous pass's readers are done with the buffer
 #pragma unroll
-        for (int i = 0; i < 64; i++) {
+        for (int i = 0; i < NACC; i++) {
             const int rr = (i >> 1) & 1, c = 16 * w + gq + 8 * rr,
-                      tok = 8 * (i >> 2) + 2 * tq + (i & 1); // token within the 128-token half
+                      tok = 8 * (i >> 2) + 2 * tq + (i & 1); // token within the WN-token block
             if (MB == 2 && GATED) {
                 if ((i >> 5) == p) {
                     epi[(tok - 64 * p) * STR + c] = acc[0][i];
@@ -342,11 +380,12 @@ __device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, uint32_
                  : "memory");
 }
 
-template <int MODE, int MB, int NH, int WF>
+template <int MODE, int MB, int BT, int WF>
 __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
-    using S_ = wg_shape<MB, NH, BLK>;
-    constexpr int BT = S_::BT, BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
+    using S_ = wg_shape<MB, BT, BLK>;
+    constexpr int BW = S_::BW, BK = S_::BK, STAGES = S_::STAGES;
+    constexpr int NH = S_::NH, WN = S_::WN, NACC = S_::NACC;
     constexpr int SLOT = S_::SLOT, SLOT_ACT = S_::SLOT_ACT, OFF_XS = S_::SLOT_ACT + S_::SLOT_W;
     extern __shared__ __align__(16) uint8_t smem_raw[];
     MXM_KERNEL_ENTRY_LAUNCH_FIRST(a, MODE == MODE_GEMM2 ? MXM_SITE_WGMMA2 : MXM_SITE_WGMMA1);
@@ -386,7 +425,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE, MB, NH>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB, BT>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int rows = G.rows, row0 = G.row0, I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H;
@@ -460,7 +499,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
         uint32_t it = 0;
         for (int t = blockIdx.x; t < ntiles; t += gridDim.x) {
             int g, m0, n0;
-            if (!map_tile<MODE, MB, NH>(a, stab, t, ntn, g, m0, n0)) continue;
+            if (!map_tile<MODE, MB, BT>(a, stab, t, ntn, g, m0, n0)) continue;
             const mxm_cuda_group &G = a.group[g];
             const int I = G.I;
             const int K = MODE == MODE_GEMM2 ? I : a.H, KB = K / 32, KB128 = (K + 127) / 128;
@@ -506,17 +545,17 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
             }
             // acc[MB * NH]: block mb's rows times token half nh at [NH mb + nh]. BLK: part holds
             // the current 128-block's sums, added to acc times the activation and weight scales.
-            float acc[MB * NH][64], part[BLK ? MB * NH : 1][64];
+            float acc[MB * NH][NACC], part[BLK ? MB * NH : 1][NACC];
 #pragma unroll
             for (int f = 0; f < MB * NH; f++)
 #pragma unroll
-                for (int i = 0; i < 64; i++)
+                for (int i = 0; i < NACC; i++)
                     acc[f][i] = 0.0f;
             float wsc[MB][2] = {}; // BLK: this 128-block's weight scales (rows (mb, rr))
 #pragma unroll
             for (int f = 0; f < (BLK ? MB * NH : 1); f++)
 #pragma unroll
-                for (int i = 0; i < 64; i++)
+                for (int i = 0; i < NACC; i++)
                     part[f][i] = 0.0f;
 
             for (int kt = 0; kt < nk; kt++, it++) {
@@ -555,18 +594,18 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                         fr[ks][mb][3] = dec_exact(x11, scf[mb][1][b]);
                     }
                     wg_fence();
-                    // Token half nh: B rows 128 nh.. of the slot (128 rows x 128 B = 16 KB on).
+                    // Token block nh: B rows WN nh.. of the slot (WN rows x 128 B on).
                     const uint64_t desc = desc0 + ((s * SLOT + ks * 32) >> 4);
 #pragma unroll
                     for (int mb = 0; mb < MB; mb++)
 #pragma unroll
                         for (int nh = 0; nh < NH; nh++) {
-                            const uint64_t d = desc + (uint64_t)((nh * 128 * 128) >> 4);
+                            const uint64_t d = desc + (uint64_t)((nh * WN * 128) >> 4);
                             if (BLK)
-                                wgmma_m64n128k16_rs(part[BLK ? NH * mb + nh : 0], fr[ks][mb], d,
-                                                    !(blk_first && ks == 0));
+                                wgmma_rs(part[BLK ? NH * mb + nh : 0], fr[ks][mb], d,
+                                         !(blk_first && ks == 0));
                             else
-                                wgmma_m64n128k16_rs(acc[NH * mb + nh], fr[ks][mb], d);
+                                wgmma_rs(acc[NH * mb + nh], fr[ks][mb], d);
                         }
                     wg_commit();
                     // k-step j-1 done; j runs while j+1 is decoded (deeper queues: C7513).
@@ -583,9 +622,9 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
 #pragma unroll
                     for (int f = 0; f < MB * NH; f++)
 #pragma unroll
-                        for (int i = 0; i < 64; i++) {
+                        for (int i = 0; i < NACC; i++) {
                             fence_acc(part[BLK ? f : 0][i]);
-                            const int tok = 128 * (f % NH) + 8 * (i >> 2) + 2 * tq + (i & 1);
+                            const int tok = WN * (f % NH) + 8 * (i >> 2) + 2 * tq + (i & 1);
                             const float sa = xs_on ? xs[tok] : 1.0f;
                             acc[f][i] = fmaf(part[BLK ? f : 0][i], sa * wsc[f / NH][(i >> 1) & 1],
                                              acc[f][i]);
@@ -612,11 +651,11 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
 #pragma unroll
             for (int f = 0; f < MB * NH; f++)
 #pragma unroll
-                for (int i = 0; i < 64; i++)
+                for (int i = 0; i < NACC; i++)
                     fence_acc(acc[f][i]);
 
             // Fragment (mb, nh, i) of this thread: tile row rl + 64 mb + 8 ((i >> 1) & 1),
-            // token m0 + 128 nh + 8 (i >> 2) + 2 tq + (i & 1).
+            // token m0 + WN nh + 8 (i >> 2) + 2 tq + (i & 1).
             const int rows = G.rows, row0 = G.row0;
             if (MODE == MODE_GEMM2) {
                 const bool trt = a.profile == MXM_PROFILE_TRTLLM;
@@ -626,8 +665,8 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
 #pragma unroll
                     for (int nh = 0; nh < NH; nh++)
 #pragma unroll
-                        for (int i = 0; i < 16; i++) {
-                            const int m = m0 + 128 * nh + 8 * i + 2 * tq;
+                        for (int i = 0; i < NACC / 4; i++) {
+                            const int m = m0 + WN * nh + 8 * i + 2 * tq;
                             float *y = a.y + (int64_t)(row0 + m) * a.H + h;
 #pragma unroll
                             for (int q = 0; q < 4; q++) {
@@ -639,7 +678,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                         }
                 }
             } else {
-                gemm1_epilogue<MODE, MB, NH, WF>(a, G, acc, epi, m0, n0, wgi, w, gq, tq, ct);
+                gemm1_epilogue<MODE, MB, BT, WF>(a, G, acc, epi, m0, n0, wgi, w, gq, tq, ct);
             }
         }
     }
@@ -662,26 +701,27 @@ int sm_count() {
 
 // One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
 // rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
-template <int MODE, int MB, int NH, int WF>
+template <int MODE, int MB, int BT, int WF>
 mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
     constexpr int TC = tile_cols<MODE, MB>();
     const int ntn = ((MODE == MODE_GEMM2 ? a.H : a.I_max) + TC - 1) / TC;
     const int64_t rows = (int64_t)a.T * a.K + (a.groups > a.e_loc ? a.T : 0);
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
-    const int64_t bound = (rows / (128 * NH) + tg + 1) * ntn;
+    const int64_t bound = (rows / BT + tg + 1) * ntn;
     const int sms = sm_count(), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
-    return mxm_cuda_launch(wgmma_kernel<MODE, MB, NH, WF>, grid, THREADS,
-                           smem_bytes<MB, NH, mxm_cuda_fmt<WF>::block128>(), s, a);
+    return mxm_cuda_launch(wgmma_kernel<MODE, MB, BT, WF>, grid, THREADS,
+                           smem_bytes<MB, BT, mxm_cuda_fmt<WF>::block128>(), s, a);
 }
 
 // The tile shape of the layer: DeepSeek FP8 128 x 128 (its m-tiles are 128 tokens: a.wg_bt is
-// 128); MXFP8 by a.wg_bt, 256 tokens -> MB = 1, 128 -> MB = 2.
+// 128); MXFP8 by a.wg_bt, 256 tokens -> MB = 1, 128 or 64 -> MB = 2.
 template <int MODE> mxm_status launch_shape(const mxm_cuda_args &a, cudaStream_t s) {
-    if (a.blk) return launch<MODE, 1, 1, MXM_WFMT_FP8_BLOCK>(a, s);
-    return a.wg_bt == 256 ? launch<MODE, 1, 2, MXM_WFMT_MXFP8>(a, s)
-                          : launch<MODE, 2, 1, MXM_WFMT_MXFP8>(a, s);
+    if (a.blk) return launch<MODE, 1, 128, MXM_WFMT_FP8_BLOCK>(a, s);
+    if (a.wg_bt == 256) return launch<MODE, 1, 256, MXM_WFMT_MXFP8>(a, s);
+    if (a.wg_bt == 64) return launch<MODE, 2, 64, MXM_WFMT_MXFP8>(a, s);
+    return launch<MODE, 2, 128, MXM_WFMT_MXFP8>(a, s);
 }
 
 } // namespace

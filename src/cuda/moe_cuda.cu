@@ -48,12 +48,16 @@ static bool wgmma_on(const mxm_cuda_args &a) {
 // session 25 (docs/BENCHMARKS.md), 256 against 128 tokens: 1.00x / 1.02x / 1.09x at Nano / Qwen3 /
 // the DeepSeek slice T = 16384; 0.84x at Qwen3 T = 4096 (256 rows per expert on average: many
 // groups of a little over 256 rows take a second, nearly empty tile), 1.06x for the slice there.
-// MXM_CUDA_WG_BT=128/256 forces either; read at every forward.
+// 64-token tiles (256 weight rows) for groups of 33..64 rows: unmeasured, MXM_CUDA_WG_BT=64 only.
+// MXM_CUDA_WG_BT=64/128/256 forces one; read at every forward.
 #define MXM_CUDA_WG256_MIN_ROWS 512
 static int32_t wg_bt_of(const mxm_cuda_args &a) {
     if (a.blk) return 128; // DeepSeek FP8's wgmma tiles are 128 tokens
     const char *e = getenv("MXM_CUDA_WG_BT");
-    if (e && e[0]) return atoi(e) == 256 ? 256 : 128;
+    if (e && e[0]) {
+        const int v = atoi(e);
+        return v == 256 || v == 64 ? v : 128;
+    }
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WG256_MIN_ROWS * a.E ? 256 : 128;
 }
 

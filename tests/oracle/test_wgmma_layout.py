@@ -1,50 +1,68 @@
 #!/usr/bin/env python3
 # Run: python3 tests/oracle/test_wgmma_layout.py (no GPU, no numpy; CTest: py_test_wgmma_layout).
 # CPU model of the index math of src/cuda/gemm_wgmma.cu and of the tile0_wg prefix in
-# src/cuda/permute.cu, for the three tile shapes of wgmma_kernel<MODE, MB, NH, WF>:
-#  - MXFP8, MB = 2, NH = 1 (a.wg_bt = 128): 256 weight rows x 128 tokens; each consumer warpgroup
-#    owns two m64 weight blocks, one 128-token half (acc[NH mb + nh]);
-#  - MXFP8, MB = 1, NH = 2 (a.wg_bt = 256): 128 weight rows x 256 tokens; each consumer owns one
-#    m64 block and issues two m64n128k16 per k16 step on it, token half nh through the B
-#    descriptor + 16 KB (acc[NH mb + nh]); gated: fragment rows g / g + 8 are gate / up of one
-#    column;
-#  - DeepSeek FP8 (BLK, WF = MXM_WFMT_FP8_BLOCK), MB = 1, NH = 1 (a.wg_bt = 128): 128 weight rows
-#    x 128 tokens, 6 stages of SLOT_ACT + SLOT_W + SLOT_XS (the tile's 128 fp32 activation scales
-#    of the stage's 128-block of K at OFF_XS); per-128-block partial sums promoted into acc with
-#    the activation scale (from the block's last stage) times the weight scale.
+# src/cuda/permute.cu, for the four tile shapes of wgmma_kernel<MODE, MB, BT, WF> (wg_shape<MB, BT,
+# BLK>: BT tokens per tile as NH = BT / WN blocks of WN = wn_of(BT) = min(BT, 128) tokens, the
+# wgmma's N; NACC = WN / 2 accumulators per thread of one m64 x WN block; acc[NH mb + nh][NACC]):
+#  - MXFP8, MB = 2, BT = 128 (a.wg_bt = 128; WN = 128, NH = 1): 256 weight rows x 128 tokens; each
+#    consumer warpgroup owns two m64 weight blocks, two m64n128k16 per k16 step (acc[2][64]);
+#  - MXFP8, MB = 1, BT = 256 (a.wg_bt = 256; WN = 128, NH = 2): 128 weight rows x 256 tokens; each
+#    consumer owns one m64 block and issues two m64n128k16 per k16 step on it, token block nh
+#    through the B descriptor + nh WN 128 B = 16 KB (acc[2][64]); gated: fragment rows g / g + 8
+#    are gate / up of one column;
+#  - MXFP8, MB = 2, BT = 64 (a.wg_bt = 64; WN = 64, NH = 1): 256 weight rows x 64 tokens; two
+#    m64n64k16 per k16 step on two fragments (acc[2][32]), 6 stages of 24 KB (SLOT_ACT 8 KB +
+#    SLOT_W 16 KB); GEMM1 epilogue: gated one pass of 64 tokens, plain two passes (m64 blocks)
+#    of 64 tokens;
+#  - DeepSeek FP8 (BLK, WF = MXM_WFMT_FP8_BLOCK), MB = 1, BT = 128 (a.wg_bt = 128; WN = 128,
+#    NH = 1): 128 weight rows x 128 tokens, 6 stages of SLOT_ACT + SLOT_W + SLOT_XS (the tile's
+#    128 fp32 activation scales of the stage's 128-block of K at OFF_XS); per-128-block partial
+#    sums promoted into acc with the activation scale (from the block's last stage) times the
+#    weight scale.
 # Hardware semantics assumed from the PTX ISA (as the prototype's model did, docs/wgmma.md):
 # 128B swizzle = address bits [4:6] ^= [7:9]; wgmma A-register fragment = the mma.m16n8k16 A layout per warp (warp w of the warpgroup holds
-# rows 16w..16w+15); wgmma m64nNk16 f32 D fragment: d[i] of lane l in warp w is row
-# 16w + l/4 + 8((i>>1)&1), column 8(i>>2) + 2(l%4) + (i&1); 16-byte shared loads are served
-# in four phases of 8 consecutive lanes.
-# Checks, per shape ((2, 1), (1, 2), BLK (1, 1)) and mode (gated GEMM1, plain GEMM1, GEMM2):
-#  0. the shared-memory layout (wg_shape<MB, NH, BLK>): stages 1024-aligned, epilogue buffers
-#     and barriers after the ring, BLK's scale region inside the slot, the total within 227 KB;
+# rows 16w..16w+15); wgmma m64nNk16 f32 D fragment (N = 64: d[0..31], N = 128: d[0..63], the same
+# per-8-column pattern): d[i] of lane l in warp w is row 16w + l/4 + 8((i>>1)&1), column
+# 8(i>>2) + 2(l%4) + (i&1); B row n of a K-major 128B-swizzled operand at start + (n/8) 1024 +
+# (n%8) 128 (stride byte offset 1024), n < N; 16-byte shared loads are served in four phases of
+# 8 consecutive lanes.
+# Checks, per shape ((MB, BT) = (2, 128), (1, 256), (2, 64), BLK (1, 128)) and mode (gated GEMM1,
+# plain GEMM1, GEMM2):
+#  0. the shared-memory layout (wg_shape<MB, BT, BLK>): WN / NH / NACC as the kernel derives them,
+#     stages (4, or 6 for BLK and BT = 64) 1024-aligned, epilogue buffers and barriers after the
+#     ring, BLK's scale region inside the slot, the total within 227 KB;
 #  1. producer placement of codes / activations (BW/32 code and BT/16 activation chunks per
-#     thread) vs. the consumers' fragment reads and the B descriptor reads, token half nh at
-#     + 128 rows x 128 B (every A/B element is the intended (tile row, k) / (token, k); the
-#     m64 blocks partition the BW tile rows, the halves the BT tokens); GEMM2's affine row
-#     counts equal the row predicates;
+#     thread) vs. the consumers' fragment reads and the B descriptor reads (WN rows per wgmma),
+#     token block nh at + nh WN rows x 128 B (every A/B element is the intended (tile row, k) /
+#     (token, k); the m64 blocks partition the BW tile rows, the token blocks the BT tokens);
+#     GEMM2's affine row counts equal the row predicates;
 #  2. the weight row behind every fragment row (codes and scale bytes agree, scale block of
 #     every k) and the gated pairing: MB = 2, acc[0][i] and acc[1][i] of one thread are gate
 #     and up of one (column j, token); MB = 1, fragment rows g and g + 8 (acc[nh][i], i + 2);
-#  3. the GEMM1 epilogue (gemm1_epilogue, all four buffer geometries), with the accumulators'
-#     symbolic contents (weight row, token) from 1-2: each pass writes every (buffer row,
-#     column) exactly once and inside the buffer, the readers (one thread per (token, 32-column
-#     block)) read each once, and what they read is the right (token, j) (gate, up; MB = 1 gated:
-#     the activated pair); 32-bit stores hit 32 distinct banks per warp and i, float4 reads
-#     distinct 4-bank groups per 8-lane phase; every (token, j) of the tile (below the group's
-#     rows and I) is stored once;
-#  4. GEMM2 stores: every (token, h) of a tile once, holding that (token, h);
-#  5. the tile schedule: random group sizes through the permute prefix (tile0_wg of a.wg_bt
-#     rows, counts[2]) and map_tile over t = 0..counts[2]*ntn-1: every valid output element
-#     (row, column) of every tiled group is produced by exactly one tile, and nothing outside
-#     the group's rows / I / H; the launch's grid bound covers the tiles;
+#  3. the GEMM1 epilogue (gemm1_epilogue<MODE, MB, BT, WF>, all four buffer geometries; PT and
+#     PASSES as the kernel computes them, and against each shape's intended (passes, tokens per
+#     pass)), with the accumulators' symbolic contents (weight row, token) from 1-2 over the
+#     fragment loop i < NACC: each pass writes every (buffer row, column) exactly once and inside
+#     the buffer, the readers (one thread per (token, 32-column block)) read each once, and what
+#     they read is the right (token, j) (gate, up; MB = 1 gated: the activated pair); 32-bit
+#     stores hit 32 distinct banks per warp and i, float4 reads distinct 4-bank groups per
+#     8-lane phase; every (token, j) of the tile (below the group's rows and I) is stored once;
+#  4. GEMM2 stores (i < NACC / 4, m = m0 + WN nh + 8 i + 2 tq): every (token, h) of a tile once,
+#     holding that (token, h); 1, 2 and 4 also on a hypothetical (MB, BT) = (1, 128) of two
+#     m64n64k16 token blocks (WN = 64, NH = 2): WN nh differs from 128 nh nowhere else (every
+#     instantiated NH = 2 shape has WN = 128);
+#  5. the tile schedule: every a.wg_bt moe_cuda.cu's wg_bt_of sets (64 / 128 / 256; 128 for
+#     BLK) launches (launch_shape) the shape with BT = a.wg_bt; random group sizes through the
+#     permute prefix (tile0_wg of a.wg_bt rows, counts[2]) and map_tile (m0 = (mt - tile0_wg)
+#     BT) over t = 0..counts[2]*ntn-1: every valid output element (row, column) of every tiled
+#     group is produced by exactly one tile, and nothing outside the group's rows / I / H; the
+#     launch's grid bound ((rows / BT + tg + 1) ntn) covers the tiles;
 #  6. K tails (K % 64 = 32): the zero-fill predicates cover exactly k >= K (BLK: the scale
 #     indices k0 / 128 and kt / 2 stay inside a row's ceil(K / 128) scales).
 # DeepSeek FP8 (BLK) only:
-#  B1. the promote's xs[tok] token = the accumulator element's token (D fragment + B descriptor
-#      map) for every (thread, f, i); also on hypothetical BLK (2, 1) / (1, 2) consumers;
+#  B1. the promote's xs[tok] token (WN (f % NH) + 8 (i >> 2) + 2 tq + (i & 1)) = the accumulator
+#      element's token (D fragment + B descriptor map) for every (thread, f, i < NACC); also on
+#      hypothetical BLK (2, 128) / (1, 256) / (2, 64) / (1, 128) with WN = 64 consumers;
 #  B2. the producer's 4-byte xs copies: token row tid at OFF_XS + 4 tid, inside the slot, clear of
 #      the activation and code bytes, the scale of k-block k0 / 128 (a.xs by token, a.acts by
 #      row), zero past the rows; through a simulated 6-stage ring over tile sequences of various
@@ -63,18 +81,28 @@ IL, UG, GU = 2, 1, 0  # MXM_W13_INTERLEAVED, MXM_W13_UP_GATE, gate/up (the SPEC'
 TAB_MAX = 512
 
 
-class Shape:  # wg_shape<MB, NH, BLK>
-    """MXFP8 runs (MB, NH) = (2, 1) and (1, 2) (Shape(MB): NH = 2 / MB); DeepSeek FP8 (BLK,
-    WF = MXM_WFMT_FP8_BLOCK) runs (1, 1): 128 weight rows x 128 tokens, 6 stages, each slot
-    SLOT_ACT + SLOT_W + SLOT_XS with the tile's BT fp32 activation scales at OFF_XS."""
+def wn_of(bt):  # constexpr wn_of: tokens per wgmma (its N)
+    return bt if bt < 128 else 128
 
-    def __init__(self, MB, NH=None, BLK=False):
-        if NH is None:
-            NH = 2 // MB
-        assert MB in (1, 2) and MB * NH <= 2
-        self.MB, self.NH, self.BLK = MB, NH, BLK
-        self.key = (MB, NH, BLK)
-        self.BT = 128 * NH
+
+class Shape:  # wg_shape<MB, BT, BLK>
+    """MXFP8 runs (MB, BT) = (2, 128), (1, 256) and (2, 64); DeepSeek FP8 (BLK,
+    WF = MXM_WFMT_FP8_BLOCK) runs (1, 128): 128 weight rows x 128 tokens, 6 stages, each slot
+    SLOT_ACT + SLOT_W + SLOT_XS with the tile's BT fp32 activation scales at OFF_XS. BLK shapes
+    other than (1, 128) are hypothetical (the kernel's static_assert rejects them; B1 / B3 use
+    them to exercise the promote's generic index math), and so is a WN other than wn_of(BT)
+    (token blocks of m64n64k16 on a 128-token tile: the only way to make the WN nh offsets
+    differ from 128 nh)."""
+
+    def __init__(self, MB, BT, BLK=False, WN=None):
+        self.MB, self.BT, self.BLK = MB, BT, BLK
+        self.key = (MB, BT, BLK) if WN is None else (MB, BT, BLK, WN)
+        self.WN = wn_of(BT) if WN is None else WN  # tokens per wgmma
+        self.NH = BT // self.WN  # token blocks of WN (acc[NH mb + nh])
+        self.NACC = self.WN // 2  # accumulators per thread of one m64 x WN block
+        # the kernel's static_asserts
+        assert self.MB * self.NH <= 2 and MB in (1, 2)
+        assert self.WN in (64, 128) and self.NH * self.WN == BT
         self.BW = 128 * MB
         self.BK = 64
         self.SLOT_ACT = self.BT * self.BK * 2
@@ -82,7 +110,7 @@ class Shape:  # wg_shape<MB, NH, BLK>
         self.SLOT_XS = 1024 if BLK else 0
         self.SLOT = self.SLOT_ACT + self.SLOT_W + self.SLOT_XS
         self.OFF_XS = self.SLOT_ACT + self.SLOT_W  # the kernel's OFF_XS
-        self.STAGES = 6 if BLK else 4
+        self.STAGES = 6 if BLK or BT == 64 else 4
         self.EPI_BYTES = 128 * 68 * 4 if MB == 2 else 128 * 36 * 4
         self.OFF_EPI = self.STAGES * self.SLOT
         self.OFF_BAR = self.OFF_EPI + 2 * self.EPI_BYTES
@@ -90,7 +118,8 @@ class Shape:  # wg_shape<MB, NH, BLK>
         self.smem_bytes = self.OFF_TAB + 4 * TAB_MAX + 1024
 
     def __repr__(self):
-        return "(MB=%d,NH=%d%s)" % (self.MB, self.NH, ",BLK" if self.BLK else "")
+        return "(MB=%d,BT=%d%s%s)" % (self.MB, self.BT, ",BLK" if self.BLK else "",
+                                      ",WN=%d" % self.WN if len(self.key) > 3 else "")
 
 
 def w13_row(layout, gated, I, j, half):
@@ -127,8 +156,14 @@ def check_smem(S):
     assert S.SLOT % 1024 == 0 and S.OFF_EPI % 16 == 0 and S.EPI_BYTES % 16 == 0
     assert S.OFF_BAR % 8 == 0 and S.OFF_TAB % 4 == 0
     assert S.smem_bytes <= 227 * 1024, (S, S.smem_bytes)
-    assert 64 * 68 * 4 <= Shape(1, 1, True).EPI_BYTES  # plain MB = 1 epilogue pass
-    assert S.STAGES == (6 if S.BLK else 4)
+    assert 64 * 68 * 4 <= Shape(1, 128, True).EPI_BYTES  # plain MB = 1 epilogue pass
+    # the intended geometry of each instantiated shape: (WN, NH, NACC, STAGES, stage bytes)
+    design = {(2, 128, False): (128, 1, 64, 4, 32768), (1, 256, False): (128, 2, 64, 4, 40960),
+              (2, 64, False): (64, 1, 32, 6, 24576), (1, 128, True): (128, 1, 64, 6, 25600)}
+    if S.key in design:
+        assert (S.WN, S.NH, S.NACC, S.STAGES, S.SLOT) == design[S.key], (S, "geometry")
+    # acc[MB NH][NACC] of the 256 consumer threads hold the BW x BT tile once (m64 x WN blocks)
+    assert 256 * S.MB * S.NH * S.NACC == S.BW * S.BT and 2 * S.NACC == S.WN
     # every stage starts on a 1024-byte swizzle atom (sbase is 1024-aligned); the regions follow
     # each other: ring, two epilogue buffers, full + empty barriers (8 B each per stage), table
     for s in range(S.STAGES):
@@ -152,8 +187,9 @@ _written = {}  # S.key -> (activation bytes, code bytes) the producer's 16-byte 
 def fragment_maps(S):
     """Producer placement vs. consumer reads (mode independent). Returns
     amap[(wgi, mb)][r] = tile row of wgmma A row r of consumer wgi's block mb (from the codes the
-    fragment registers decode), bmap[nh][n] = token of B row n of half nh (from the descriptor),
-    and areg[(wgi, w, lane, mb, rr)] = tile row of the thread's fragment rows g + 8 rr."""
+    fragment registers decode), bmap[nh][n] = token of B row n < WN of token block nh (from the
+    descriptor), and areg[(wgi, w, lane, mb, rr)] = tile row of the thread's fragment rows
+    g + 8 rr."""
     if S.key in _maps:
         return _maps[S.key]
     NA, NW = S.BT // 16, S.BW // 32
@@ -209,7 +245,8 @@ def fragment_maps(S):
         seen += m.values()
     assert sorted(seen) == list(range(S.BW))
     # activations: producer placement vs. the 128B-swizzle descriptor (advanced 32 B per k16,
-    # 16 KB per token half); the swizzle acts on absolute addresses (sbase is 1024-aligned)
+    # WN rows x 128 B per token block); the swizzle acts on absolute addresses (sbase is
+    # 1024-aligned)
     act = {}
     for tid in range(128):
         ac, ar = tid & 7, tid >> 3
@@ -221,13 +258,15 @@ def fragment_maps(S):
                 assert 0 <= off < S.SLOT_ACT and off not in act
                 act[off] = (r, 8 * ac + e)
     assert len(act) == S.BT * 64
+    # the wgmma's N: wgmma_rs picks m64n128k16 for acc rows of 64 floats, m64n64k16 for 32
+    N = {64: 128, 32: 64}[S.NACC]
     bmap = {}
     for s in range(S.STAGES):
         for ks in range(4):
             for nh in range(S.NH):
-                start = ((s * S.SLOT + ks * 32) >> 4) + ((nh * 128 * 128) >> 4)  # desc - desc0
+                start = ((s * S.SLOT + ks * 32) >> 4) + ((nh * S.WN * 128) >> 4)  # desc - desc0
                 start <<= 4
-                for n in range(128):
+                for n in range(N):
                     for kk in range(16):
                         lin = start + (n // 8) * 1024 + (n % 8) * 128 + 2 * kk
                         sw = lin ^ (((lin >> 7) & 7) << 4)
@@ -237,9 +276,11 @@ def fragment_maps(S):
                         assert k == 16 * ks + kk, (S, s, ks, nh, n, kk)
                         assert bmap.setdefault(nh, {}).setdefault(n, tok) == tok
     seen = []
+    assert sorted(bmap) == list(range(S.NH))
     for nh, m in bmap.items():
-        for n in range(128):
-            assert m[n] == 128 * nh + n, (S, nh, n, m[n])
+        assert sorted(m) == list(range(N))
+        for n in range(N):
+            assert m[n] == S.WN * nh + n, (S, nh, n, m[n])
         seen += m.values()
     assert sorted(seen) == list(range(S.BT))
     _written[S.key] = ({off + h for off in act for h in range(2)}, set(place))
@@ -248,11 +289,13 @@ def fragment_maps(S):
 
 
 def acc_val(S, amap, bmap, wgi, w, lane, f, i):
-    # wgmma(acc[NH mb + nh], fr[ks][mb], desc + half nh): D row = A row of block mb, D column =
-    # B row of half nh. Returns (tile row, token in the tile).
+    # wgmma(acc[NH mb + nh], fr[ks][mb], desc + block nh): D row = A row of block mb, D column =
+    # B row of token block nh (m64nNk16, N = 2 NACC: d[i], i < NACC). Returns (tile row, token
+    # in the tile).
     mb, nh = f // S.NH, f % S.NH
-    assert 0 <= f < S.MB * S.NH and f == S.NH * mb + nh and 0 <= i < 64
+    assert 0 <= f < S.MB * S.NH and f == S.NH * mb + nh and 0 <= i < S.NACC, (S, f, i)
     drow, dcol = d_frag(w, lane, i)
+    assert 0 <= drow < 64 and 0 <= dcol < 2 * S.NACC
     return amap[(wgi, mb)][drow], bmap[nh][dcol]
 
 
@@ -309,17 +352,23 @@ def check_affine(S):
 
 
 def check_epilogue(S, mode, layout, I, n0, left):
-    """gemm1_epilogue<MODE, MB, NH> for a tile at column n0 with `left` = rows - m0 tokens left."""
+    """gemm1_epilogue<MODE, MB, BT, WF> for a tile at column n0 with `left` = rows - m0 tokens
+    left."""
     amap, bmap, _ = fragment_maps(S)
     MB = S.MB
     gated = mode == GATED
     PRE = gated and MB == 1
     STR = 36 if PRE else 68
-    PT = (64 if gated else 128) if MB == 2 else (128 if gated else 64)
+    PT = (64 if gated else S.BT) if MB == 2 else (128 if gated else 64)  # tokens per pass
     NBLK = 1 if PRE else 2
-    PASSES = 2 if MB == 2 else (S.NH if gated else 2 * S.NH)
-    if S.key == (1, 1, True):  # DeepSeek FP8: gated 1 pass of 128 tokens, plain 2 of 64
-        assert (PASSES, PT) == ((1, 128) if gated else (2, 64))
+    PASSES = (S.BT // 64 if gated else 2) if MB == 2 else (S.NH if gated else 2 * S.NH)
+    # the intended passes of each instantiated shape: (PASSES, PT) gated / plain. MB = 2: gated
+    # 64 tokens a pass, plain one m64 block a pass for all BT tokens; MB = 1: gated one 128-token
+    # block a pass, plain 64 tokens a pass
+    design = {(2, 128, False): ((2, 64), (2, 128)), (1, 256, False): ((2, 128), (4, 64)),
+              (2, 64, False): ((1, 64), (2, 64)), (1, 128, True): ((1, 128), (2, 64))}
+    if S.key in design:
+        assert (PASSES, PT) == design[S.key][0 if gated else 1], (S, mode, PASSES, PT)
     TC = tile_cols(S, mode)
     nwords = S.EPI_BYTES // 4
 
@@ -331,14 +380,14 @@ def check_epilogue(S, mode, layout, I, n0, left):
         stored = set()
         for p in range(PASSES):
             buf = {}
-            for i in range(64):
+            for i in range(S.NACC):
                 banks = {}  # (store statement, warp) -> banks
                 for w in range(4):
                     for lane in range(32):
                         gq, tq = lane >> 2, lane & 3
                         rr = (i >> 1) & 1
                         c = 16 * w + gq + 8 * rr
-                        tok = 8 * (i >> 2) + 2 * tq + (i & 1)  # token within the 128-token half
+                        tok = 8 * (i >> 2) + 2 * tq + (i & 1)  # token within the WN-token block
 
                         def A(f, ii):
                             row, tk = acc_val(S, amap, bmap, wgi, w, lane, f, ii)
@@ -427,8 +476,8 @@ def check_gemm2_stores(S, H, n0, left):
         for mb in range(S.MB):
             h = n0 + rl + 64 * mb
             for nh in range(S.NH):
-                for i in range(16):
-                    m = 128 * nh + 8 * i + 2 * tq  # (relative to m0)
+                for i in range(S.NACC // 4):
+                    m = S.WN * nh + 8 * i + 2 * tq  # (relative to m0)
                     for q in range(4):
                         dm, dh = q & 1, 8 * (q >> 1)
                         row, tk = acc_val(S, amap, bmap, wgi, w, lane, S.NH * mb + nh, 4 * i + q)
@@ -469,7 +518,7 @@ def map_tile(S, mode, groups, t, ntn, Is, acts_gated):
         else:
             hi = mid - 1
     g = lo
-    m0 = (mt - groups[g]["tile0_wg"]) * 128 * S.NH
+    m0 = (mt - groups[g]["tile0_wg"]) * S.BT
     n0 = nt * tile_cols(S, mode)
     if mode == GEMM2:
         return True, g, m0, n0
@@ -477,19 +526,55 @@ def map_tile(S, mode, groups, t, ntn, Is, acts_gated):
 
 
 def launch_bound(S, mode, rows, groups, H, I_max):
-    # launch<MODE, MB, NH, WF>: an upper bound of the tiles (every tiled group has > SKINNY_MAX rows)
+    # launch<MODE, MB, BT, WF>: an upper bound of the tiles (every tiled group has > SKINNY_MAX rows)
     TC = tile_cols(S, mode)
     ntn = ((H if mode == GEMM2 else I_max) + TC - 1) // TC
     tg = min(rows // (SKINNY_MAX + 1), groups)
-    return (rows // (128 * S.NH) + tg + 1) * ntn
+    return (rows // S.BT + tg + 1) * ntn
 
 
-def check_schedule(S, rng, trials):
+def wg_bt_of(blk, env, rows_per_expert):
+    # moe_cuda.cu wg_bt_of: DeepSeek FP8 128; MXM_CUDA_WG_BT = 64 / 256 forces either, any other
+    # value 128; by default 256 from MXM_CUDA_WG256_MIN_ROWS = 512 rows per expert, else 128
+    if blk:
+        return 128
+    if env is not None:
+        return env if env in (64, 256) else 128
+    return 256 if rows_per_expert >= 512 else 128
+
+
+def launch_shape(blk, wg_bt):
+    # gemm_wgmma.cu launch_shape: the (MB, BT, BLK) launched for a.blk / a.wg_bt
+    if blk:
+        return (1, 128, True)
+    if wg_bt == 256:
+        return (1, 256, False)
+    if wg_bt == 64:
+        return (2, 64, False)
+    return (2, 128, False)
+
+
+def check_shape_choice(shapes):
+    """Every a.wg_bt the forward can set (permute.cu counts its m-tiles of a.wg_bt rows) launches a
+    shape whose map_tile steps m0 by BT = a.wg_bt; every shape modelled here is launched."""
+    launched = {}
+    for blk in (False, True):
+        for env in (None, 0, 1, 32, 64, 96, 128, 192, 256, 512):
+            for rpe in (1, 100, 511, 512, 4096):
+                wg_bt = wg_bt_of(blk, env, rpe)
+                key = launch_shape(blk, wg_bt)
+                assert key[1] == wg_bt, (blk, env, rpe, wg_bt, key)
+                launched.setdefault(key, set()).add(wg_bt)
+    assert set(launched) == {S.key for S in shapes}, (sorted(launched), shapes)
+    assert all(len(v) == 1 for v in launched.values())
+    return {k: v.pop() for k, v in launched.items()}
+
+
+def check_schedule(S, rng, trials, wg_bt):
     BT = S.BT
-    # the permute's m-tiles: a.wg_bt rows (moe_cuda.cu wg_bt_of: 128 for DeepSeek FP8, else the
-    # MXFP8 shape's tokens); map_tile counts tile0_wg in 128 NH tokens: they must agree
-    wg_bt = 128 if S.BLK else S.BT
-    assert wg_bt == 128 * S.NH
+    # the permute's m-tiles: a.wg_bt rows (the value that launches this shape, check_shape_choice);
+    # map_tile counts tile0_wg in BT tokens: they must agree
+    assert launch_shape(S.BLK, wg_bt) == S.key and wg_bt == S.BT
     for trial in range(trials):
         e_loc = rng.randint(1, 40)
         shared = rng.random() < 0.5
@@ -595,8 +680,8 @@ def check_k_tail(S):
 
 # ---- DeepSeek FP8 (BLK) --------------------------------------------------------------------
 # The kernel's BLK index expressions, one per function (a planted-bug run edits these lines).
-def blk_xs_tok(S, f, i, tq):  # promote: xs[tok], tok = 128 (f % NH) + 8 (i >> 2) + 2 tq + (i & 1)
-    return 128 * (f % S.NH) + 8 * (i >> 2) + 2 * tq + (i & 1)
+def blk_xs_tok(S, f, i, tq):  # promote: xs[tok], tok = WN (f % NH) + 8 (i >> 2) + 2 tq + (i & 1)
+    return S.WN * (f % S.NH) + 8 * (i >> 2) + 2 * tq + (i & 1)
 
 
 def blk_wsc_idx(S, f, i):  # promote: wsc[f / NH][(i >> 1) & 1]
@@ -633,7 +718,7 @@ def blk_frag_list(S):
             gq, tq = lane >> 2, lane & 3
             rl = 64 * S.MB * wgi + 16 * w + gq
             for f in range(S.MB * S.NH):
-                for i in range(64):
+                for i in range(S.NACC):
                     row, tk = acc_val(S, amap, bmap, wgi, w, lane, f, i)
                     out.append((rl, tq, f, i, row, tk))
         _blk_frags[S.key] = out
@@ -829,9 +914,13 @@ def check_blk_pipeline(S, rng, trials):
 if __name__ == "__main__":
     t_start = time.time()
     rng = random.Random(1)
-    # the three shapes the kernel instantiates: MXFP8 (2, 1) and (1, 2), DeepSeek FP8 (1, 1)
-    shapes = (Shape(2), Shape(1), Shape(1, 1, True))
-    names = "MB=2, MB=1, BLK (1,1)"
+    # the four shapes the kernel instantiates: MXFP8 (MB, BT) = (2, 128), (1, 256), (2, 64),
+    # DeepSeek FP8 (1, 128)
+    shapes = (Shape(2, 128), Shape(1, 256), Shape(2, 64), Shape(1, 128, True))
+    names = "MB=2 BT=128, MB=1 BT=256, MB=2 BT=64, BLK (1,128)"
+    wg_bts = check_shape_choice(shapes)
+    print("shape choice: a.wg_bt %s launches BT = a.wg_bt (%s): OK"
+          % ("/".join(str(wg_bts[S.key]) for S in shapes), names))
     cases_op = ((320, 416, 0), (320, 416, 1), (320, 416, 2), (96, 160, 0), (1856, 2688, 7), (1856, 2688, 14))
     blk_stats = {}
     for S in shapes:
@@ -849,12 +938,13 @@ if __name__ == "__main__":
                         check_blk_wsc(S, mode, layout, I, H, n0, blk_stats)
     print("shared memory (%s): stages on 1024-byte atoms, regions in order, <= 227 KB (%s bytes): OK"
           % (names, "/".join(str(S.smem_bytes) for S in shapes)))
-    print("operands (%s): codes/activations placement = fragment/descriptor reads (both token halves); "
-          "scale rows = code rows; gate/up pairing: OK" % names)
+    print("operands (%s): codes/activations placement = fragment/descriptor reads (every token block, "
+          "N = WN); scale rows = code rows; gate/up pairing: OK" % names)
     for S in shapes:
         for mode in (GATED, PLAIN):
             TC = tile_cols(S, mode)
-            cases = [(GU, 4096, 0, S.BT), (GU, 320, 2 * TC if 2 * TC < 320 else TC, 97), (GU, 64, 0, 300)]
+            part = 97 if 97 < S.BT else 37  # a partial tile
+            cases = [(GU, 4096, 0, S.BT), (GU, 320, 2 * TC if 2 * TC < 320 else TC, part), (GU, 64, 0, 300)]
             if mode == GATED:
                 cases += [(UG, 4096, TC, S.BT + 5), (IL, 4096, 0, 1), (IL, 160, 0, S.BT)]
             for layout, I, n0, left in cases:
@@ -862,26 +952,43 @@ if __name__ == "__main__":
     print("GEMM1 epilogue (%s; gated, plain): buffer written once per pass, read once, right (token, j) "
           "and gate/up, conflict-free, every (token, j) stored once: OK" % names)
     for S in shapes:
-        for H, n0, left in ((4096, 0, S.BT), (416, S.BW, 100), (160, 0, 3)):
+        for H, n0, left in ((4096, 0, S.BT), (416, S.BW, 100 if 100 < S.BT else 45), (160, 0, 3)):
             check_gemm2_stores(S, H, n0, left)
     print("GEMM2 stores (%s): every (token, h) of a tile once, matching the D fragment: OK" % names)
+    # The token-block offsets WN nh (B descriptor, GEMM2 rows, the promote's token below) differ
+    # from 128 nh only where NH = 2 and WN = 64, which no instantiated shape has (NH = 2 only at
+    # BT = 256, WN = 128); so they are also checked on a hypothetical (MB, BT) = (1, 128) of two
+    # m64n64k16 token blocks (WN = 64, NH = 2, acc[2][32]; its GEMM1 epilogue is not modelled).
+    HW = Shape(1, 128, WN=64)
+    assert (HW.NH, HW.NACC) == (2, 32)
+    for mode in (GATED, PLAIN, GEMM2):
+        for layout in (GU, UG, IL) if mode == GATED else (GU,):
+            check_operands(HW, mode, layout, 320, 416, 0)
+    for H, n0, left in ((4096, 0, HW.BT), (416, HW.BW, 100), (160, 0, 3)):
+        check_gemm2_stores(HW, H, n0, left)
+    print("token blocks of WN = 64 (hypothetical %s): descriptor + nh WN rows, GEMM2 rows m0 + WN nh: OK"
+          % HW)
+    sched_trials = {(2, 128, False): 1000, (1, 256, False): 1000, (2, 64, False): 1000, (1, 128, True): 600}
     for S in shapes:
-        check_schedule(S, rng, 1000 if not S.BLK else 600)
-    print("tile schedule (%s: 1000/1000/600 random routings, grids 1/7/132): every output "
-          "(group, row, column block) exactly once: OK" % names)
+        check_schedule(S, rng, sched_trials[S.key], wg_bts[S.key])
+    print("tile schedule (%s: %s random routings, grids 1/7/132): every output "
+          "(group, row, column block) exactly once: OK"
+          % (names, "/".join(str(sched_trials[S.key]) for S in shapes)))
     for S in shapes:
         check_k_tail(S)
     print("K tails (%s): zero-fill predicates exact; BLK scale indices inside the rows: OK" % names)
-    # DeepSeek FP8 specifics. The promote's index math is generic in (MB, NH): besides the
-    # instantiated (1, 1), its consumer side is also checked on hypothetical BLK (2, 1) and (1, 2)
-    # shapes (not instantiated: (1, 2) would not fit shared memory with 6 stages, and its 128
-    # producer threads copy only 128 of its 256 tokens' scales).
-    SB = shapes[2]
-    hyp = (Shape(2, 1, True), Shape(1, 2, True))
+    # DeepSeek FP8 specifics. The promote's index math is generic in (MB, BT): besides the
+    # instantiated (1, 128), its consumer side is also checked on hypothetical BLK (2, 128),
+    # (1, 256), (2, 64) and (1, 128) on WN = 64 shapes (not instantiated: (1, 256) would not fit
+    # shared memory with 6 stages, and its 128 producer threads copy only 128 of its 256 tokens'
+    # scales).
+    SB = shapes[3]
+    assert SB.BLK
+    hyp = (Shape(2, 128, True), Shape(1, 256, True), Shape(2, 64, True), Shape(1, 128, True, WN=64))
     for S in (SB,) + hyp:
         check_blk_tokens(S)
     print("BLK (1): the promote's xs[tok] is the accumulator element's token, every (thread, f, i) "
-          "(also hypothetical BLK (2,1), (1,2)): OK")
+          "(also hypothetical BLK %s): OK" % ", ".join(map(repr, hyp)))
     check_blk_xs_copies(SB)
     check_blk_pipeline(SB, rng, 150)
     print("BLK (2): xs copies at OFF_XS + 4 tid (%d..%d of the %d-byte slot, clear of activations and "
