@@ -540,6 +540,17 @@ static void test_decode_routing(void **state) {
             if (m == MXM_ROUTE_DEEPSEEK_V3) c.n_group = 4, c.topk_group = 2;
             compare("decode", c, Ts[i], (int)(i % 2), 1, 0);
         }
+    /* The device routes a token per warp (route_warp.cuh): 72 experts give lanes 2 or 3 of them
+     * (and DeepSeekV3 8 groups of 9, 3 kept); T = 1 keeps the scratch in shared memory, T = 64
+     * in global memory, T = 300 takes the routing kernel after the prologue's range. */
+    const int64_t Tw[] = {1, 64, 300};
+    for (int m = 0; m < MXM_ROUTE_COUNT_; m++)
+        for (size_t i = 0; i < sizeof Tw / sizeof Tw[0]; i++) {
+            mxm_moe_config c = cfg_of(160, 96, 72, m == MXM_ROUTE_LLAMA4 ? 1 : 6, MXM_ACT_SILU);
+            c.routing_method = m, c.routed_scaling_factor = 2.5f;
+            if (m == MXM_ROUTE_DEEPSEEK_V3) c.n_group = 8, c.topk_group = 3;
+            compare("decode-e72", c, Tw[i], (int)(i % 2), 1, 0);
+        }
 }
 
 long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */

@@ -123,35 +123,36 @@ MXM_HD void mxm_route_select_plain(const float *key, int32_t E, int32_t K, uint6
     mxm_route_topk_sort_desc(heap, K);
 }
 
+/* DeepSeekV3 group score of the gs keys key[b..b+gs): the fp32 sum of the two largest (the key
+ * itself when gs is 1). */
+MXM_HD float mxm_route_group_score(const float *key, int32_t b, int32_t gs) {
+    if (gs == 1) return key[b];
+    uint64_t k1 = mxm_route_order_key(key[b], b), k2 = mxm_route_order_key(key[b + 1], b + 1);
+    if (k2 > k1) {
+        const uint64_t t = k1;
+        k1 = k2;
+        k2 = t;
+    }
+    for (int32_t i = b + 2; i < b + gs; i++) {
+        const uint64_t k = mxm_route_order_key(key[i], i);
+        if (k > k2) {
+            if (k > k1) {
+                k2 = k1;
+                k1 = k;
+            } else {
+                k2 = k;
+            }
+        }
+    }
+    return key[mxm_route_order_index(k1)] + key[mxm_route_order_index(k2)];
+}
+
 /* DeepSeekV3 grouped top-K of u = key[0..E) into heap[0..K), sorted descending. */
 MXM_HD void mxm_route_select_grouped(const mxm_route_params *p, const float *key, uint64_t *heap,
                                      float *gscore, uint8_t *gkeep) {
     const int32_t E = p->num_experts, G = p->n_group, gs = E / G;
-    for (int32_t g = 0; g < G; g++) {
-        const int32_t b = g * gs;
-        if (gs == 1) {
-            gscore[g] = key[b];
-            continue;
-        }
-        uint64_t k1 = mxm_route_order_key(key[b], b), k2 = mxm_route_order_key(key[b + 1], b + 1);
-        if (k2 > k1) {
-            const uint64_t t = k1;
-            k1 = k2;
-            k2 = t;
-        }
-        for (int32_t i = b + 2; i < b + gs; i++) {
-            const uint64_t k = mxm_route_order_key(key[i], i);
-            if (k > k2) {
-                if (k > k1) {
-                    k2 = k1;
-                    k1 = k;
-                } else {
-                    k2 = k;
-                }
-            }
-        }
-        gscore[g] = key[mxm_route_order_index(k1)] + key[mxm_route_order_index(k2)];
-    }
+    for (int32_t g = 0; g < G; g++)
+        gscore[g] = mxm_route_group_score(key, g * gs, gs);
     mxm_route_topk_heap tg = {heap, 0, p->topk_group};
     for (int32_t g = 0; g < G; g++)
         mxm_route_topk_push(&tg, mxm_route_order_key(gscore[g], g));
@@ -202,130 +203,131 @@ MXM_HD void mxm_route_softmax_inplace(float *z, int32_t E) {
         z[i] = (float)((double)z[i] / sum);
 }
 
-/* Routes token t of logits [T, E]: ids/weights rows t. scratch: mxm_route_layout(p) bytes. */
-MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32_t logits_dtype,
-                            const void *bias, int32_t bias_dtype, int64_t t, int32_t *ids,
-                            float *weights, void *scratch) {
+/* True when p's selection keys are the softmax of the logits (methods 0 and 3). */
+MXM_HD int mxm_route_softmax_keys(const mxm_route_params *p) {
+    return p->method == MXM_ROUTE_DEFAULT || p->method == MXM_ROUTE_RENORMALIZE_NAIVE;
+}
+
+/* The selection key of logit z of expert i before any softmax (softmax methods: z itself); *val
+ * gets the unbiased sigmoid for methods 2 and 7 (untouched otherwise). */
+MXM_HD float mxm_route_prekey(const mxm_route_params *p, const void *bias, int32_t bias_dtype,
+                              int32_t i, float z, float *val) {
+    switch (p->method) {
+    case MXM_ROUTE_SIGMOID_RENORM:
+    case MXM_ROUTE_SIGMOID:
+        return mxm_sigmoidf(z);
+    case MXM_ROUTE_DEEPSEEK_V3:
+    case MXM_ROUTE_MINIMAX2: {
+        const float sg = mxm_sigmoidf(z);
+        *val = sg;
+        if (!bias) return sg;
+        float b = mxm_route_load_f(bias, bias_dtype, i);
+        if (mxm_route_grouped(p) && p->profile == MXM_PROFILE_TRTLLM) b = mxm_round_bf16(b);
+        return sg + b;
+    }
+    default: /* softmax methods (applied after), renormalize, llama4, topk, topk_sigmoid */
+        return z;
+    }
+}
+
+/* ids and weights of one token from its selection (heap[0..K), descending order keys), its keys
+ * and (methods 2, 7) unbiased sigmoids. */
+MXM_HD void mxm_route_weights(const mxm_route_params *p, const float *key, const float *val,
+                              const uint64_t *heap, int32_t *id, float *w) {
+    const int32_t K = p->top_k;
+    for (int32_t j = 0; j < K; j++)
+        id[j] = mxm_route_order_index(heap[j]);
+    switch (p->method) {
+    case MXM_ROUTE_DEFAULT:
+    case MXM_ROUTE_TOPK:
+    case MXM_ROUTE_SIGMOID:
+        for (int32_t j = 0; j < K; j++)
+            w[j] = key[id[j]];
+        break;
+    case MXM_ROUTE_SIGMOID_RENORM:
+        if (p->norm_topk_prob) {
+            double sum = 0.0;
+            for (int32_t j = 0; j < K; j++)
+                sum += (double)key[id[j]];
+            const double den = sum < 1e-20 ? 1e-20 : sum; /* NaN stays NaN */
+            for (int32_t j = 0; j < K; j++)
+                w[j] = (float)((double)key[id[j]] / den);
+        } else {
+            for (int32_t j = 0; j < K; j++)
+                w[j] = key[id[j]];
+        }
+        break;
+    case MXM_ROUTE_RENORMALIZE: {
+        const float m = key[id[0]]; /* the largest selected logit (NaN only if all are) */
+        double sum = 0.0;
+        for (int32_t j = 0; j < K; j++) {
+            w[j] = expf(key[id[j]] - m);
+            sum += (double)w[j];
+        }
+        for (int32_t j = 0; j < K; j++)
+            w[j] = (float)((double)w[j] / sum);
+        break;
+    }
+    case MXM_ROUTE_RENORMALIZE_NAIVE: {
+        double sum = 0.0;
+        for (int32_t j = 0; j < K; j++)
+            sum += (double)key[id[j]];
+        for (int32_t j = 0; j < K; j++)
+            w[j] = (float)((double)key[id[j]] / sum);
+        break;
+    }
+    case MXM_ROUTE_DEEPSEEK_V3:
+    case MXM_ROUTE_MINIMAX2: {
+        double sum = 0.0;
+        for (int32_t j = 0; j < K; j++)
+            sum += (double)val[id[j]];
+        const double den = sum + 1e-20, S = (double)p->routed_scaling_factor;
+        for (int32_t j = 0; j < K; j++)
+            w[j] = (float)(S * (double)val[id[j]] / den);
+        break;
+    }
+    case MXM_ROUTE_LLAMA4:
+    case MXM_ROUTE_TOPK_SIGMOID:
+        for (int32_t j = 0; j < K; j++)
+            w[j] = mxm_sigmoidf(key[id[j]]);
+        break;
+    default: /* unreachable: p was checked */
+        break;
+    }
+    if (p->profile == MXM_PROFILE_TRTLLM)
+        for (int32_t j = 0; j < K; j++)
+            w[j] = mxm_round_bf16(w[j]);
+}
+
+/* The scratch pieces of one token (mxm_route_layout). */
+MXM_HD mxm_route_scratch mxm_route_scratch_at(const mxm_route_params *p, void *scratch) {
     int64_t off[5];
     mxm_route_layout(p, off);
     char *base = (char *)scratch;
     const mxm_route_scratch s = {(uint64_t *)(void *)(base + off[0]),
                                  (float *)(void *)(base + off[1]), (float *)(void *)(base + off[2]),
                                  (float *)(void *)(base + off[3]), (uint8_t *)(base + off[4])};
-    const int32_t E = p->num_experts, K = p->top_k, method = p->method;
-    const int grouped = mxm_route_grouped(p);
-    const int round_bias = grouped && p->profile == MXM_PROFILE_TRTLLM;
-    const int round_weights = p->profile == MXM_PROFILE_TRTLLM;
-    const int use_bias = bias && (method == MXM_ROUTE_DEEPSEEK_V3 || method == MXM_ROUTE_MINIMAX2);
-    float *key = s.key, *val = s.val;
-    uint64_t *heap = s.heap;
-
-    {
-        const int64_t row = t * (int64_t)E;
-        for (int32_t i = 0; i < E; i++)
-            key[i] = mxm_route_load_f(logits, logits_dtype, row + i);
-
-        /* selection keys */
-        switch (method) {
-        case MXM_ROUTE_DEFAULT:
-        case MXM_ROUTE_RENORMALIZE_NAIVE:
-            mxm_route_softmax_inplace(key, E);
-            break;
-        case MXM_ROUTE_SIGMOID_RENORM:
-        case MXM_ROUTE_SIGMOID:
-            for (int32_t i = 0; i < E; i++)
-                key[i] = mxm_sigmoidf(key[i]);
-            break;
-        case MXM_ROUTE_DEEPSEEK_V3:
-        case MXM_ROUTE_MINIMAX2:
-            for (int32_t i = 0; i < E; i++) {
-                const float sg = mxm_sigmoidf(key[i]);
-                val[i] = sg;
-                float b = 0.0f;
-                if (use_bias) {
-                    b = mxm_route_load_f(bias, bias_dtype, i);
-                    if (round_bias) b = mxm_round_bf16(b);
-                }
-                key[i] = use_bias ? sg + b : sg;
-            }
-            break;
-        default: /* renormalize, llama4, topk, topk_sigmoid: the logits themselves */
-            break;
-        }
-
-        if (grouped)
-            mxm_route_select_grouped(p, key, heap, s.gscore, s.gkeep);
-        else
-            mxm_route_select_plain(key, E, K, heap);
-
-        int32_t *id = ids + t * (int64_t)K;
-        float *w = weights + t * (int64_t)K;
-        for (int32_t j = 0; j < K; j++)
-            id[j] = mxm_route_order_index(heap[j]);
-
-        /* weights */
-        switch (method) {
-        case MXM_ROUTE_DEFAULT:
-        case MXM_ROUTE_TOPK:
-        case MXM_ROUTE_SIGMOID:
-            for (int32_t j = 0; j < K; j++)
-                w[j] = key[id[j]];
-            break;
-        case MXM_ROUTE_SIGMOID_RENORM:
-            if (p->norm_topk_prob) {
-                double sum = 0.0;
-                for (int32_t j = 0; j < K; j++)
-                    sum += (double)key[id[j]];
-                const double den = sum < 1e-20 ? 1e-20 : sum; /* NaN stays NaN */
-                for (int32_t j = 0; j < K; j++)
-                    w[j] = (float)((double)key[id[j]] / den);
-            } else {
-                for (int32_t j = 0; j < K; j++)
-                    w[j] = key[id[j]];
-            }
-            break;
-        case MXM_ROUTE_RENORMALIZE: {
-            const float m = key[id[0]]; /* the largest selected logit (NaN only if all are) */
-            double sum = 0.0;
-            for (int32_t j = 0; j < K; j++) {
-                w[j] = expf(key[id[j]] - m);
-                sum += (double)w[j];
-            }
-            for (int32_t j = 0; j < K; j++)
-                w[j] = (float)((double)w[j] / sum);
-            break;
-        }
-        case MXM_ROUTE_RENORMALIZE_NAIVE: {
-            double sum = 0.0;
-            for (int32_t j = 0; j < K; j++)
-                sum += (double)key[id[j]];
-            for (int32_t j = 0; j < K; j++)
-                w[j] = (float)((double)key[id[j]] / sum);
-            break;
-        }
-        case MXM_ROUTE_DEEPSEEK_V3:
-        case MXM_ROUTE_MINIMAX2: {
-            double sum = 0.0;
-            for (int32_t j = 0; j < K; j++)
-                sum += (double)val[id[j]];
-            const double den = sum + 1e-20, S = (double)p->routed_scaling_factor;
-            for (int32_t j = 0; j < K; j++)
-                w[j] = (float)(S * (double)val[id[j]] / den);
-            break;
-        }
-        case MXM_ROUTE_LLAMA4:
-        case MXM_ROUTE_TOPK_SIGMOID:
-            for (int32_t j = 0; j < K; j++)
-                w[j] = mxm_sigmoidf(key[id[j]]);
-            break;
-        default: /* unreachable: p was checked */
-            break;
-        }
-        if (round_weights)
-            for (int32_t j = 0; j < K; j++)
-                w[j] = mxm_round_bf16(w[j]);
-    }
+    return s;
 }
 
+/* Routes token t of logits [T, E]: ids/weights rows t. scratch: mxm_route_layout(p) bytes. The
+ * reference of the device's warp-per-token twin (src/cuda/route_warp.cuh). */
+MXM_HD void mxm_route_token(const mxm_route_params *p, const void *logits, int32_t logits_dtype,
+                            const void *bias, int32_t bias_dtype, int64_t t, int32_t *ids,
+                            float *weights, void *scratch) {
+    const mxm_route_scratch s = mxm_route_scratch_at(p, scratch);
+    const int32_t E = p->num_experts, K = p->top_k;
+    const int use_bias = p->method == MXM_ROUTE_DEEPSEEK_V3 || p->method == MXM_ROUTE_MINIMAX2;
+    const int64_t row = t * (int64_t)E;
+    for (int32_t i = 0; i < E; i++)
+        s.key[i] = mxm_route_prekey(p, use_bias ? bias : NULL, bias_dtype, i,
+                                    mxm_route_load_f(logits, logits_dtype, row + i), &s.val[i]);
+    if (mxm_route_softmax_keys(p)) mxm_route_softmax_inplace(s.key, E);
+    if (mxm_route_grouped(p))
+        mxm_route_select_grouped(p, s.key, s.heap, s.gscore, s.gkeep);
+    else
+        mxm_route_select_plain(s.key, E, K, s.heap);
+    mxm_route_weights(p, s.key, s.val, s.heap, ids + t * (int64_t)K, weights + t * (int64_t)K);
+}
 
 #endif
