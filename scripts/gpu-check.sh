@@ -80,7 +80,7 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
   # MXM_CUDA_WGMMA) over AB_VALUES (default "0 1"); build-time variants in
   # .prebuilt/variants/mxmoe_NAME (e.g. cmake -DCMAKE_CUDA_FLAGS=-DSK_MIN_BLOCKS=3) beside.
   # AB_ENVS="A=1 A=1,B=2 ..." instead runs each comma-separated set of assignments; AB_BINS picks
-  # the binaries.
+  # the binaries; AB_ROUTED=1 routes from logits (Nano's shared expert included) instead of given ids.
   var=${AB_VAR:-MXM_CUDA_CODES}
   envs=${AB_ENVS:-}
   [ -n "$envs" ] || for v in ${AB_VALUES:-0 1}; do envs="$envs $var=$v"; done
@@ -89,7 +89,7 @@ if [ "$what" = all ] || [ "$what" = codes-ab ]; then
       [ -x "$bin" ] || continue
       tag=${bin##*/mxmoe}; tag=${tag#_}
       for set in $envs; do
-        env ${set//,/ } "$bin" bench --backend cuda --given-ids --no-shared --shapes "$shape" \
+        env ${set//,/ } "$bin" bench --backend cuda $([ "${AB_ROUTED:-0}" = 1 ] || echo --given-ids --no-shared) --shapes "$shape" \
           --tokens "${AB_TOKENS:-1,8,32,64,256}" --routing uniform --reps 10 --json "$OUT/ab_${set//[=,]/_}${tag:+_$tag}_$shape.json" 2>&1 |
           grep -vE "^(building|measuring)" | sed "s/^/$set${tag:+ $tag} /" | tee -a "$OUT/bench_ab.txt"
       done

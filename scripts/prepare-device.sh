@@ -7,7 +7,8 @@
 #   .peers/     the vLLM Triton peer (a copy of ../shared/peers/vllm_triton); the `cpu` mode's
 #               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
 #   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
-# Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe and test_cuda builds (gpu-check.sh codes-ab, test).
+# Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe and test_cuda builds (gpu-check.sh codes-ab, test);
+# PREV=REV: an earlier commit's mxmoe beside them (.prebuilt/variants/mxmoe_prev).
 # Then: run(command="scripts/gpu-check.sh ...", carry=[".pack"]) (.pack/carry.tar.xz holds the four).
 #   scripts/prepare-device.sh
 set -euo pipefail
@@ -37,6 +38,16 @@ for v in ${VARIANTS:-}; do
   mkdir -p .prebuilt/variants && cp "build-variant-$name/mxmoe" ".prebuilt/variants/mxmoe_$name" &&
     cp "build-variant-$name/test_cuda" ".prebuilt/variants/test_cuda_$name"
 done
+# PREV=REV: that commit's mxmoe as .prebuilt/variants/mxmoe_prev, for a same-call A/B against an
+# earlier binary (gpu-check.sh codes-ab with AB_BINS="build-gpu/mxmoe .prebuilt/variants/mxmoe_prev").
+if [ -n "${PREV:-}" ]; then
+  git worktree remove --force build-prev-src >/dev/null 2>&1 || rm -rf build-prev-src
+  git worktree add -f --detach build-prev-src "$PREV" >/dev/null
+  cmake -S build-prev-src -B build-prev -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build build-prev -j "$(nproc)" --target mxmoe_cli >/dev/null
+  mkdir -p .prebuilt/variants && cp build-prev/mxmoe .prebuilt/variants/mxmoe_prev
+  git worktree remove --force build-prev-src
+fi
 git rev-parse HEAD >.prebuilt/COMMIT
 # The device call carries the working tree and these folders within 64 MiB; the tree's fixtures take
 # about half, so the folders travel as one xz archive (~3 MB; gpu-check.sh unpacks it).
