@@ -9,6 +9,7 @@
 
 #include "mxmoe.h"
 #include "route/route.h"
+#include "route/route_core.h"
 #include "testutil.h"
 
 /* ---- helpers -------------------------------------------------------------------------------- */
@@ -834,6 +835,82 @@ static void test_method_names(void **state) {
     assert_int_equal(mxm_routing_method_from_name(NULL), -1);
 }
 
+/* The device's warp-per-token selection (src/cuda/route_warp.cuh), its lanes run here one after
+ * another: each pick is the maximum of mxm_route_lane_pick over 32 lanes, each below the last;
+ * grouped, a group score per lane (mxm_route_group_score) and topk_group picks over the scores
+ * decide the kept groups. Its order keys must equal the host heap's (mxm_route_select_plain /
+ * _grouped) on keys with NaNs, infinities, signed zeros and ties, for E from 1 to 300. */
+static uint64_t warp_pick(const float *keys, int32_t n, uint64_t below, const uint8_t *keep,
+                          int32_t per) {
+    uint64_t best = 0;
+    for (int32_t lane = 0; lane < 32; lane++) {
+        const uint64_t k = mxm_route_lane_pick(keys, n, below, keep, per, lane, 32);
+        best = k > best ? k : best;
+    }
+    return best;
+}
+
+static void test_warp_selection_matches_heap(void **state) {
+    (void)state;
+    tu_rng r = tu_rng_fresh();
+    const float special[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 1.0f, 0.5f};
+    float *key = malloc(4 * 300), *gscore = malloc(4 * 300);
+    uint64_t *heap = malloc(8 * 300), *warp = malloc(8 * 300);
+    uint8_t *gkeep = malloc(300), *wkeep = malloc(300);
+    int cases = 0, grouped_cases = 0;
+    for (int it = 0; it < 4000; it++) {
+        const int32_t E = (int32_t)tu_randint(&r, 1, 300);
+        const int mode =
+            it %
+            4; /* 0: normal, 1: ties (few distinct values), 2: specials mixed in, 3: all equal */
+        for (int32_t i = 0; i < E; i++) {
+            float v = (float)tu_normal(&r);
+            if (mode == 1) v = (float)tu_randint(&r, -2, 2) * 0.25f;
+            if (mode == 2 && tu_randint(&r, 0, 3) == 0) v = special[tu_randint(&r, 0, 6)];
+            if (mode == 3) v = 0.125f;
+            key[i] = v;
+        }
+        const int32_t K = (int32_t)tu_randint(&r, 1, E < 16 ? E : 16);
+        mxm_route_select_plain(key, E, K, heap);
+        uint64_t below = ~0ull;
+        for (int32_t j = 0; j < K; j++)
+            warp[j] = below = warp_pick(key, E, below, NULL, 1);
+        assert_memory_equal(warp, heap, 8 * (size_t)K);
+        cases++;
+        /* grouped: G divides E, the kept groups hold at least K experts */
+        int32_t G = (int32_t)tu_randint(&r, 1, E < 40 ? E : 40);
+        while (E % G)
+            G--;
+        const int32_t gs = E / G, tg = (int32_t)tu_randint(&r, 1, G);
+        if (G < 2 || tg * gs < K) continue;
+        mxm_route_params p;
+        memset(&p, 0, sizeof p);
+        p.num_experts = E, p.top_k = K, p.n_group = G, p.topk_group = tg;
+        p.method = MXM_ROUTE_DEEPSEEK_V3;
+        mxm_route_select_grouped(&p, key, heap, gscore, gkeep);
+        for (int32_t g = 0; g < G; g++) {
+            assert_true(fbits(mxm_route_group_score(key, g * gs, gs)) == fbits(gscore[g]) ||
+                        (isnan(gscore[g]) && isnan(mxm_route_group_score(key, g * gs, gs))));
+            wkeep[g] = 0;
+        }
+        below = ~0ull;
+        for (int32_t j = 0; j < tg; j++) {
+            below = warp_pick(gscore, G, below, NULL, 1);
+            wkeep[mxm_route_order_index(below)] = 1;
+        }
+        assert_memory_equal(wkeep, gkeep, (size_t)G);
+        below = ~0ull;
+        for (int32_t j = 0; j < K; j++)
+            warp[j] = below = warp_pick(key, E, below, wkeep, gs);
+        assert_memory_equal(warp, heap, 8 * (size_t)K);
+        grouped_cases++;
+    }
+    printf("warp selection: %d plain and %d grouped cases equal the heap's\n", cases,
+           grouped_cases);
+    assert_true(grouped_cases > 500);
+    free(key), free(gscore), free(heap), free(warp), free(gkeep), free(wkeep);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_method_names),
@@ -846,6 +923,7 @@ int main(void) {
         cmocka_unit_test(test_ngroup_zero_one_equivalent),
         cmocka_unit_test(test_threads_and_row_ranges),
         cmocka_unit_test(test_nan_and_inf_logits),
+        cmocka_unit_test(test_warp_selection_matches_heap),
     };
     const char *filter = getenv("MXM_TEST_FILTER"); /* e.g. MXM_TEST_FILTER='test_err*' */
     if (filter) cmocka_set_test_filter(filter);

@@ -26,19 +26,12 @@ __device__ __forceinline__ uint64_t mxm_route_warp_max_key(uint64_t v) {
     return v;
 }
 
-// The largest order key below `below` among keys[i] of this lane's experts (i = lane, lane + 32,
-// ... < n; where keep is set, only those with keep[i / per]), warp-wide; 0 (below every order key
-// of an index < 2^32 - 1) when there is none.
+// The warp-wide pick (mxm_route_lane_pick, then the maximum over the lanes).
 __device__ __forceinline__ uint64_t mxm_route_warp_pick(const float *keys, int32_t n,
                                                         uint64_t below, const uint8_t *keep,
                                                         int32_t per) {
-    uint64_t best = 0;
-    for (int32_t i = threadIdx.x & 31; i < n; i += 32) {
-        if (keep && !keep[i / per]) continue;
-        const uint64_t k = mxm_route_order_key(keys[i], i);
-        if (k < below && k > best) best = k;
-    }
-    return mxm_route_warp_max_key(best);
+    return mxm_route_warp_max_key(
+        mxm_route_lane_pick(keys, n, below, keep, per, (int32_t)(threadIdx.x & 31), 32));
 }
 
 static __device__ void mxm_route_token_warp(const mxm_route_params *p, const void *logits,

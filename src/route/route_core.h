@@ -123,6 +123,23 @@ MXM_HD void mxm_route_select_plain(const float *key, int32_t E, int32_t K, uint6
     mxm_route_topk_sort_desc(heap, K);
 }
 
+/* One lane's share of a warp-wide pick (the device's route_warp.cuh): the largest order key below
+ * `below` among keys[i] for i = lane, lane + nlanes, ... < n (where keep is given, only those with
+ * keep[i / per]), or 0 when there is none (every order key of an index below 2^32 - 1 is above 0).
+ * The pick is the maximum over the lanes; K picks, each below the last, select what
+ * mxm_route_select_plain's heap does, in the same order, because the order is total. */
+MXM_HD uint64_t mxm_route_lane_pick(const float *keys, int32_t n, uint64_t below,
+                                    const uint8_t *keep, int32_t per, int32_t lane,
+                                    int32_t nlanes) {
+    uint64_t best = 0;
+    for (int32_t i = lane; i < n; i += nlanes) {
+        if (keep && !keep[i / per]) continue;
+        const uint64_t k = mxm_route_order_key(keys[i], i);
+        if (k < below && k > best) best = k;
+    }
+    return best;
+}
+
 /* DeepSeekV3 group score of the gs keys key[b..b+gs): the fp32 sum of the two largest (the key
  * itself when gs is 1). */
 MXM_HD float mxm_route_group_score(const float *key, int32_t b, int32_t gs) {
