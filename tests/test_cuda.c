@@ -542,15 +542,20 @@ static void test_decode_routing(void **state) {
         }
     /* The device routes a token per warp (route_warp.cuh): 72 experts give lanes 2 or 3 of them
      * (and DeepSeekV3 8 groups of 9, 3 kept); T = 1 keeps the scratch in shared memory, T = 64
-     * in global memory, T = 300 takes the routing kernel after the prologue's range. */
+     * in global memory, T = 300 takes the routing kernel after the prologue's range. Then the
+     * same with MXM_CUDA_ROUTE_WARP=0 (a thread per token, read at every forward). */
     const int64_t Tw[] = {1, 64, 300};
-    for (int m = 0; m < MXM_ROUTE_COUNT_; m++)
-        for (size_t i = 0; i < sizeof Tw / sizeof Tw[0]; i++) {
-            mxm_moe_config c = cfg_of(160, 96, 72, m == MXM_ROUTE_LLAMA4 ? 1 : 6, MXM_ACT_SILU);
-            c.routing_method = m, c.routed_scaling_factor = 2.5f;
-            if (m == MXM_ROUTE_DEEPSEEK_V3) c.n_group = 8, c.topk_group = 3;
-            compare("decode-e72", c, Tw[i], (int)(i % 2), 1, 0);
-        }
+    for (int warp = 1; warp >= 0; warp--) {
+        setenv("MXM_CUDA_ROUTE_WARP", warp ? "1" : "0", 1);
+        for (int m = 0; m < MXM_ROUTE_COUNT_; m++)
+            for (size_t i = 0; i < sizeof Tw / sizeof Tw[0]; i++) {
+                mxm_moe_config c = cfg_of(160, 96, 72, m == MXM_ROUTE_LLAMA4 ? 1 : 6, MXM_ACT_SILU);
+                c.routing_method = m, c.routed_scaling_factor = 2.5f;
+                if (m == MXM_ROUTE_DEEPSEEK_V3) c.n_group = 8, c.topk_group = 3;
+                compare(warp ? "decode-e72" : "decode-e72-thr", c, Tw[i], (int)(i % 2), 1, 0);
+            }
+    }
+    unsetenv("MXM_CUDA_ROUTE_WARP");
 }
 
 long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */

@@ -170,8 +170,8 @@ struct mxm_cuda_args {
     int32_t *pos;            // [T, K] permuted row or -1
     int32_t *row_token;      // [rows_total] token of each permuted row
     int32_t *counts;         // [3]: MMA tiles in use, skinny groups in use, wgmma m-tiles in use
-    int32_t
-        wg_bt; // rows (tokens) per m-tile of gemm_wgmma.cu: 64, 128 or 256 (moe_cuda.cu wg_bt_of)
+    int32_t wg_bt;      // rows (tokens) per m-tile of gemm_wgmma.cu: 64, 128 or 256 (moe_cuda.cu)
+    int32_t route_warp; // routing from logits: a warp per token (route_warp.cuh), else a thread
     unsigned long long *probe; // timeline slots (src/moe/timeline.h) or null
     int32_t *skinny_list;    // [groups] the groups with 1..SKINNY_MAX rows
     __nv_bfloat16 *xq;       // [T, H] the activations the GEMMs see (DeepSeek FP8 W8A8: the E4M3 codes' values)

@@ -42,6 +42,15 @@ static bool wgmma_on(const mxm_cuda_args &a) {
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WGMMA_MIN_ROWS * a.E;
 }
 
+// Routing from logits on the device: a warp per token (route_warp.cuh; the default), or
+// MXM_CUDA_ROUTE_WARP=0: a thread per token running the host's mxm_route_token (one thread walked a
+// token's E logits and its heap: 25 us of Qwen3's 55 us step at T = 1 on an H100, session 26).
+// Read at every forward, so one process can A/B both.
+static int32_t route_warp_on() {
+    const char *e = getenv("MXM_CUDA_ROUTE_WARP");
+    return !(e && e[0] == '0');
+}
+
 // The MXFP8 wgmma kernels' m-tile: 256 tokens (128 weight rows per tile, half the weight decode
 // per FLOP) when the step averages at least MXM_CUDA_WG256_MIN_ROWS rows per expert (T K / E, as
 // above), else 128 (256 weight rows; less of a tile wasted on groups of 33..255 rows). H100,
@@ -249,6 +258,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.xsf = cs->codes ? (float *)(base + l.xsf) : nullptr;
     a.xsf_stride = (int32_t)xsf_stride(c.hidden_size);
     a.wg_bt = wg_bt_of(a);
+    a.route_warp = route_warp_on();
     a.probe = timeline_probe();
 
     // Group table: weight pointers and activation parameters (the device fills rows and offsets).

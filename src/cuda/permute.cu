@@ -134,13 +134,17 @@ __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_arg
     }
     extern __shared__ __align__(16) int32_t sh[]; // n, cursor: 2 x groups; then routing scratch
     int32_t *n = sh, *cursor = sh + a.groups;
-    // One warp per token (route_warp.cuh); its scratch sits in shared memory when it fits
-    // (in.route_smem), which shortens the dependent loads of the lane-0 parts.
+    // One warp per token (route_warp.cuh; a.route_warp), else one thread per token; the scratch
+    // sits in shared memory when it fits (in.route_smem), which shortens the serial parts' loads.
     char *scratch = in.route_smem ? (char *)sh + prologue_scratch_offset(a.groups) : in.route_scratch;
-    if (in.logits)
+    if (in.logits && a.route_warp)
         for (int64_t t = threadIdx.x / 32; t < a.T; t += blockDim.x / 32)
             mxm_route_token_warp(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t,
                                  a.ids, a.wts, scratch + t * in.route_stride);
+    else if (in.logits)
+        for (int64_t t = threadIdx.x; t < a.T; t += blockDim.x)
+            mxm_route_token(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t, a.ids,
+                            a.wts, scratch + t * in.route_stride);
     for (int g = threadIdx.x; g < a.groups; g += blockDim.x)
         n[g] = g == a.e_loc ? a.T : 0;
     __syncthreads(); // the routing's ids (global, this block) and the zeroed counts
