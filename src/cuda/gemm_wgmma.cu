@@ -46,9 +46,10 @@ namespace {
 // 128-token tile half wastes; 6 stages of 24 KB). DeepSeek FP8 (BLK) runs MB = 1, BT = 128: its
 // per-128-block partial sums take another 64 registers beside the accumulators, and each stage
 // carries the tile's 128 activation scales of its 128-block of K.
+// Tokens per wgmma (its N) of a tile of bt tokens.
 constexpr int wn_of(int bt) {
     return bt < 128 ? bt : 128;
-} // tokens per wgmma (its N)
+}
 template <int MB, int BT_, bool BLK> struct wg_shape {
     static constexpr int BT = BT_;       // tokens per tile
     static constexpr int WN = wn_of(BT); // tokens per wgmma
@@ -108,6 +109,11 @@ enum { MODE_GATED = 0, MODE_PLAIN = 1, MODE_GEMM2 = 2 };
 // Columns (GEMM1: intermediate, GEMM2: h) covered by one n-tile.
 template <int MODE, int MB> constexpr int tile_cols() {
     return MODE == MODE_GATED ? 64 * MB : 128 * MB;
+}
+// n-tiles per m-tile (kernel and launch bound): H (GEMM2) or the widest group's I, in tile_cols.
+template <int MODE, int MB> __host__ __device__ int n_tiles(const mxm_cuda_args &a) {
+    constexpr int TC = tile_cols<MODE, MB>();
+    return ((MODE == MODE_GEMM2 ? a.H : a.I_max) + TC - 1) / TC;
 }
 
 // ---- PTX wrappers -------------------------------------------------------------------------------
@@ -304,7 +310,7 @@ __device__ __forceinline__ int weight_row(int layout, int I, int H, int n0, int 
 //  - MB = 1, gated: pass p takes token half p; a thread holds gate and up of one (column, token)
 //    in fragment rows g and g + 8, so it stores the activated value (stride 36; columns
 //    n0 + 32 wgi + (0..31)).
-//  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the 128 NH (stride 68; columns
+//  - MB = 1, plain: pass p takes tokens 64p..64p+63 of the tile's 128 NH (stride 68; columns
 //    n0 + 64 wgi + (0..63)).
 template <int MODE, int MB, int BT, int WF>
 __device__ __forceinline__ void gemm1_epilogue(const mxm_cuda_args &a, const mxm_cuda_group &G,
@@ -405,8 +411,7 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
         for (int g = tid; g < a.groups; g += THREADS)
             stab[g] = a.group[g].tile0_wg;
     __syncthreads();
-    constexpr int TC = tile_cols<MODE, MB>();
-    const int ntn = MODE == MODE_GEMM2 ? (a.H + TC - 1) / TC : (a.I_max + TC - 1) / TC;
+    const int ntn = n_tiles<MODE, MB>(a);
     const int ntiles = a.counts[2] * ntn;
     // DeepSeek FP8 W8A8: the tokens' 1x128 activation scales (GEMM1: a.xs by token; GEMM2: a.acts
     // by permuted row); weight-only layers scale the activations by 1.
@@ -703,8 +708,7 @@ int sm_count() {
 // rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
 template <int MODE, int MB, int BT, int WF>
 mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
-    constexpr int TC = tile_cols<MODE, MB>();
-    const int ntn = ((MODE == MODE_GEMM2 ? a.H : a.I_max) + TC - 1) / TC;
+    const int ntn = n_tiles<MODE, MB>(a);
     const int64_t rows = (int64_t)a.T * a.K + (a.groups > a.e_loc ? a.T : 0);
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
