@@ -558,6 +558,33 @@ static void test_decode_routing(void **state) {
     unsetenv("MXM_CUDA_ROUTE_WARP");
 }
 
+/* The decode prologue's L2 prefetch (src/cuda/l2_prefetch.h) changes no result: budgets of none,
+ * 3 KB (each touched group's share ends inside its GEMM1 codes, pieces of a few hundred bytes)
+ * and 3/5 of the L2 ("l2"); from given ids and from logits (the prefetch blocks route T <= 8 tokens
+ * themselves, T = 9 leaves them out), a shared expert, DeepSeek FP8 weights, an expert-parallel
+ * slice. Each case against the CPU backend, twice (bit-identical runs), as everywhere. */
+static void test_l2_prefetch(void **state) {
+    (void)state;
+    static const char *budgets[] = {"0", "3", "l2"};
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        setenv("MXM_CUDA_L2_PREFETCH_KB", budgets[b], 1);
+        mxm_moe_config c = cfg_of(256, 96, 32, 4, MXM_ACT_SILU);
+        compare("l2pf", c, 1, 0, 1, 0);
+        compare("l2pf", c, 8, 1, 1, 0);
+        compare("l2pf", c, 9, 0, 1, 0);
+        compare("l2pf", c, 64, 1, 0, 0);
+        c.shared_intermediate_size = 160;
+        compare("l2pf-shared", c, 1, 0, 1, 0);
+        c = cfg_of(256, 128, 16, 3, MXM_ACT_SILU);
+        c.weight_format = MXM_WFMT_FP8_BLOCK;
+        compare("l2pf-fp8b", c, 2, 0, 0, 0);
+        c = cfg_of(160, 96, 32, 2, MXM_ACT_RELU2_NO_MUL);
+        c.local_num_experts = 8, c.local_expert_offset = 8;
+        compare("l2pf-ep", c, 3, 0, 1, 0);
+    }
+    unsetenv("MXM_CUDA_L2_PREFETCH_KB");
+}
+
 long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */
 
 /* The device's E4M3 conversions (the hardware converter) equal their integer twins: every fp32
@@ -780,14 +807,23 @@ int main(void) {
      * them again on wgmma. The default picks one of the two by rows per expert. */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e4m3_device),        cmocka_unit_test(test_modes),
-        cmocka_unit_test(test_layouts_and_shared), cmocka_unit_test(test_shapes_routing),
-        cmocka_unit_test(test_fp8_block),          cmocka_unit_test(test_prequantized_x),
-        cmocka_unit_test(test_nan_propagation),    cmocka_unit_test(test_group_sizes),
-        cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
-        cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
-        cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
-        cmocka_unit_test(test_wgmma256),           cmocka_unit_test(test_wgmma64),
+        cmocka_unit_test(test_e4m3_device),
+        cmocka_unit_test(test_modes),
+        cmocka_unit_test(test_layouts_and_shared),
+        cmocka_unit_test(test_shapes_routing),
+        cmocka_unit_test(test_fp8_block),
+        cmocka_unit_test(test_prequantized_x),
+        cmocka_unit_test(test_nan_propagation),
+        cmocka_unit_test(test_group_sizes),
+        cmocka_unit_test(test_decode_routing),
+        cmocka_unit_test(test_one_token),
+        cmocka_unit_test(test_l2_prefetch),
+        cmocka_unit_test(test_integer_exact),
+        cmocka_unit_test(test_expert_parallel),
+        cmocka_unit_test(test_graph_replay),
+        cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_wgmma256),
+        cmocka_unit_test(test_wgmma64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -83,6 +83,10 @@ struct mxm_probe_scope {
 // was granted, so the attribute is set once per size. mxm_cuda_launch calls it past 48 KB.
 mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes);
 
+// Device attributes the launches size themselves by (moe_cuda.cu; cached per device).
+enum mxm_cuda_attr_id { MXM_ATTR_SMS, MXM_ATTR_L2_BYTES, MXM_ATTR_COUNT_ };
+int mxm_cuda_attr(mxm_cuda_attr_id id);
+
 template <typename... Params, typename... Args>
 static mxm_status mxm_cuda_launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
                                   Args &&...args) {

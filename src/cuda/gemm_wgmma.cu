@@ -689,21 +689,6 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
     }
 }
 
-// Streaming multiprocessors of the current device (cached per device).
-int sm_count() {
-    static int count[64];
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-    if (!count[dev]) {
-        int n = 0;
-        if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-            n <= 0)
-            return 132;
-        count[dev] = n;
-    }
-    return count[dev];
-}
-
 // One persistent CTA per SM, fewer when an upper bound of the tiles is smaller: every group's
 // rows rounded up to whole m-tiles (a tiled group has more than SKINNY_MAX rows).
 template <int MODE, int MB, int BT, int WF>
@@ -713,7 +698,7 @@ mxm_status launch(const mxm_cuda_args &a, cudaStream_t s) {
     const int64_t tg =
         rows / (MXM_CUDA_SKINNY_MAX + 1) < a.groups ? rows / (MXM_CUDA_SKINNY_MAX + 1) : a.groups;
     const int64_t bound = (rows / BT + tg + 1) * ntn;
-    const int sms = sm_count(), grid = (int)(bound < sms ? bound : sms);
+    const int sms = mxm_cuda_attr(MXM_ATTR_SMS), grid = (int)(bound < sms ? bound : sms);
     if (grid <= 0) return MXM_OK;
     return mxm_cuda_launch(wgmma_kernel<MODE, MB, BT, WF>, grid, THREADS,
                            smem_bytes<MB, BT, mxm_cuda_fmt<WF>::block128>(), s, a);

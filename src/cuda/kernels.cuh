@@ -35,6 +35,10 @@ struct mxm_cuda_prologue_in {
     char *route_scratch; // [T, route_stride]
     int64_t route_stride;
     int32_t route_smem;  // set by mxm_cuda_prologue: the scratch lives in shared memory
+    int64_t pf_bytes;    // L2 prefetch budget of the step (l2_prefetch.h; 0: none)
+    // Set by mxm_cuda_prologue: the activation blocks after block 0, the prefetch blocks after
+    // them, and where a prefetch block keeps the ids it routes itself (from logits).
+    int32_t x_blocks, pf_blocks, pf_ids_offset;
 };
 mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, cudaStream_t s);
 // Groups with 1..MXM_CUDA_SKINNY_MAX rows: GEMM1 + activation + requantization, then GEMM2.

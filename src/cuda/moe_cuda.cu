@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <mutex>
 
 #include "cuda/kernels.cuh"
@@ -70,6 +71,17 @@ static int32_t wg_bt_of(const mxm_cuda_args &a) {
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WG256_MIN_ROWS * a.E ? 256 : 128;
 }
 
+// The decode prologue's L2 prefetch budget (l2_prefetch.h), MXM_CUDA_L2_PREFETCH_KB: a number of
+// KB, or "l2" for 3/5 of the device's L2 (a step's prefetched weights and its own traffic fit
+// together); unset or 0: off, until a same-call A/B on a GPU measures it. Read at every forward.
+static int64_t l2_prefetch_bytes() {
+    const char *e = getenv("MXM_CUDA_L2_PREFETCH_KB");
+    if (!e || !e[0]) return 0;
+    if (!strcmp(e, "l2")) return (int64_t)mxm_cuda_attr(MXM_ATTR_L2_BYTES) / 5 * 3;
+    const long long kb = atoll(e);
+    return kb > 0 ? 1024 * (int64_t)kb : 0;
+}
+
 // The timeline probe's slots (moe/timeline.h), allocated on first use; MXM_CUDA_TIMELINE=1 (read
 // at every forward) hands them to the kernels. One set per process: a diagnostic for one device.
 static unsigned long long *timeline_slots;
@@ -120,6 +132,23 @@ mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes) {
     if (i == n && n < 256) granted[n++] = {kernel, dev, 0};
     if (i < n) granted[i].bytes = bytes;
     return MXM_OK;
+}
+
+// The device attributes that launches size themselves by, cached per device (each
+// cudaDeviceGetAttribute once); a failed query gives an H100's value.
+int mxm_cuda_attr(mxm_cuda_attr_id id) {
+    static const cudaDeviceAttr attr[MXM_ATTR_COUNT_] = {cudaDevAttrMultiProcessorCount,
+                                                         cudaDevAttrL2CacheSize};
+    static const int fallback[MXM_ATTR_COUNT_] = {132, 50 << 20};
+    static std::atomic<int> cache[64][MXM_ATTR_COUNT_];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return fallback[id];
+    int v = cache[dev][id].load(std::memory_order_relaxed);
+    if (!v) {
+        if (cudaDeviceGetAttribute(&v, attr[id], dev) != cudaSuccess || v <= 0) return fallback[id];
+        cache[dev][id].store(v, std::memory_order_relaxed);
+    }
+    return v;
 }
 
 extern "C" int32_t mxm_cuda_available(void) {
@@ -301,6 +330,7 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         pin.logits = in->router_logits, pin.logits_dtype = in->logits_dtype;
         pin.bias = in->routing_bias, pin.bias_dtype = in->bias_dtype;
         pin.rp = p->route, pin.route_scratch = base + l.route, pin.route_stride = cs->route_bytes;
+        pin.pf_bytes = l2_prefetch_bytes();
         if ((st = mxm_cuda_prologue(a, pin, s))) return st;
     } else {
         if ((st = mxm_cuda_prepare_x(a, in->x, in->x_dtype, in->x_scale, in->x_scale_transposed, s))) return st;

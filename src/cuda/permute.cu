@@ -4,10 +4,12 @@
 // bit-identical run to run.
 //
 // Two ways there:
-//  - decode (T <= MXM_CUDA_PROLOGUE_MAX_T): one launch. Block 0 routes (one thread per token),
-//    counts, scans and scatters in shared memory; the other blocks quantize the activations.
+//  - decode (T <= MXM_CUDA_PROLOGUE_MAX_T): one launch. Block 0 routes (a warp per token),
+//    counts, scans and scatters in shared memory; the next blocks quantize the activations, and
+//    the last ones ask the L2 for the touched experts' weights (l2_prefetch.h).
 //  - prefill: prepare_x, route and three kernels here (count, offsets, scatter), each wide.
 #include "cuda/kernels.cuh"
+#include "cuda/l2_prefetch.h"
 #include "cuda/prepare.cuh"
 #include "cuda/route_warp.cuh"
 
@@ -121,9 +123,79 @@ mxm_status mxm_cuda_permute(const mxm_cuda_args &a, int32_t *cursor, cudaStream_
 // Where the routing scratch starts in the prologue's shared memory (after 2 x groups counters).
 static __host__ __device__ int64_t prologue_scratch_offset(int groups) { return (2 * 4 * (int64_t)groups + 15) / 16 * 16; }
 #define PROLOGUE_SCRATCH_SMEM (32 * 1024) // routing scratch kept in shared memory up to this size
+// Routing from logits, the prefetch blocks route the step's tokens themselves (a warp per token,
+// the same bits as block 0) up to this many tokens; past it they are left out.
+#define PF_ROUTE_MAX_T 8
+
+__device__ __forceinline__ void l2_prefetch_bulk(const void *p, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+}
+
+// A group's four segments (l2_prefetch.h): GEMM1's codes [M1, H] and scales, GEMM2's codes
+// [H, I] and scales, in the layer's format.
+__device__ void l2_prefetch_segments(const mxm_cuda_args &a, const mxm_cuda_group &G,
+                                     const uint8_t *p[MXM_PF_SEGS], int64_t len[MXM_PF_SEGS]) {
+    const int64_t I = G.I, M1 = (mxm_act_is_gated(G.act) ? 2 : 1) * I, H = a.H;
+    p[0] = G.w13, p[1] = (const uint8_t *)G.sc13, p[2] = G.w2, p[3] = (const uint8_t *)G.sc2;
+    len[0] = M1 * H, len[2] = H * I;
+    if (a.blk) { // one f32 per 128 x 128 block
+        len[1] = 4 * ((M1 + 127) / 128) * ((H + 127) / 128);
+        len[3] = 4 * ((H + 127) / 128) * ((I + 127) / 128);
+    } else { // one byte per 32 weights of a row
+        len[1] = M1 * (H / 32), len[3] = H * (I / 32);
+    }
+}
+
+// Prefetch block `part` of in.pf_blocks: marks the step's touched groups (the given ids, or its
+// own routing of the tokens into shared memory; the shared expert always), gives each the same
+// share of in.pf_bytes, and takes every in.pf_blocks-th (piece, group) item, pieces of all groups
+// interleaved so that each block's bulk prefetches spread over the groups.
+__device__ void l2_prefetch_part(const mxm_cuda_args &a, const mxm_cuda_prologue_in &in, int part) {
+    extern __shared__ __align__(16) int32_t sh[];
+    int32_t *touched = sh; // [groups]
+    for (int g = threadIdx.x; g < a.groups; g += blockDim.x)
+        touched[g] = g == a.e_loc; // the shared expert takes every token
+    const int32_t *ids = a.ids;
+    if (in.logits) {
+        int32_t *rid = (int32_t *)((char *)sh + in.pf_ids_offset);
+        float *rw = (float *)(rid + (int64_t)a.T * a.K);
+        char *scratch = (char *)sh + prologue_scratch_offset(a.groups);
+        for (int64_t t = threadIdx.x / 32; t < a.T; t += blockDim.x / 32)
+            mxm_route_token_warp(&in.rp, in.logits, in.logits_dtype, in.bias, in.bias_dtype, t, rid,
+                                 rw, scratch + t * in.route_stride);
+        ids = rid;
+    }
+    __syncthreads(); // the flags (and the ids routed here)
+    for (int64_t i = threadIdx.x; i < (int64_t)a.T * a.K; i += blockDim.x) {
+        const int32_t e = ids[i] - a.off;
+        if (e >= 0 && e < a.e_loc) atomicOr(&touched[e], 1);
+    }
+    __syncthreads();
+    int nt = 0;
+    for (int g0 = 0; g0 < a.groups; g0 += blockDim.x)
+        nt += __syncthreads_count(g0 + (int)threadIdx.x < a.groups && touched[g0 + threadIdx.x]);
+    if (nt == 0) return; // no local expert in the step
+    const int64_t share = in.pf_bytes / nt, items = mxm_pf_pieces_bound(share) * a.groups;
+    for (int64_t it = (int64_t)part * blockDim.x + threadIdx.x; it < items;
+         it += (int64_t)in.pf_blocks * blockDim.x) {
+        const int g = (int)(it % a.groups);
+        if (!touched[g]) continue;
+        const uint8_t *p[MXM_PF_SEGS];
+        int64_t len[MXM_PF_SEGS], off, n;
+        l2_prefetch_segments(a, a.group[g], p, len);
+        const int s = mxm_pf_piece(len, share, it / a.groups, &off, &n);
+        uintptr_t at;
+        const uint32_t bytes = s >= 0 && p[s] ? mxm_pf_aligned((uintptr_t)p[s], off, n, &at) : 0;
+        if (bytes) l2_prefetch_bulk((const void *)at, bytes);
+    }
+}
 
 __global__ void __launch_bounds__(PROLOGUE_THREADS) prologue_kernel(mxm_cuda_args a, mxm_cuda_prologue_in in) {
     MXM_KERNEL_ENTRY(a, MXM_SITE_PROLOGUE);
+    if ((int)blockIdx.x > in.x_blocks) { // L2 prefetch
+        l2_prefetch_part(a, in, (int)blockIdx.x - 1 - in.x_blocks);
+        return;
+    }
     if (blockIdx.x > 0) { // activations
         if (a.blk)
             mxm_prepare_x_fp8block(a, (int64_t)(blockIdx.x - 1) * (PROLOGUE_THREADS / 32) + threadIdx.x / 32, in.x,
@@ -168,7 +240,18 @@ mxm_status mxm_cuda_prologue(const mxm_cuda_args &a, const mxm_cuda_prologue_in 
     mxm_cuda_prologue_in pin = in;
     const int64_t scratch = in.logits ? (int64_t)a.T * in.route_stride : 0;
     pin.route_smem = scratch > 0 && scratch <= PROLOGUE_SCRATCH_SMEM && in.route_stride % 16 == 0;
-    const size_t smem = pin.route_smem ? (size_t)(prologue_scratch_offset(a.groups) + scratch)
-                                       : 2 * sizeof(int32_t) * (size_t)a.groups;
-    return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks), PROLOGUE_THREADS, smem, s, a, pin);
+    size_t smem = pin.route_smem ? (size_t)(prologue_scratch_offset(a.groups) + scratch)
+                                 : 2 * sizeof(int32_t) * (size_t)a.groups;
+    // The prefetch blocks: half the SMs, no more than the items need. From logits they route the
+    // tokens themselves (scratch in shared memory, ids and weights past it), up to PF_ROUTE_MAX_T.
+    pin.x_blocks = (int32_t)xblocks, pin.pf_blocks = 0, pin.pf_ids_offset = (int32_t)smem;
+    if (in.pf_bytes > 0 && (!in.logits || (pin.route_smem && a.T <= PF_ROUTE_MAX_T))) {
+        const int64_t items = mxm_pf_pieces_bound(in.pf_bytes) * a.groups;
+        const int64_t need = (items + PROLOGUE_THREADS - 1) / PROLOGUE_THREADS,
+                      half = mxm_cuda_attr(MXM_ATTR_SMS) / 2;
+        pin.pf_blocks = (int32_t)(need < half ? need : half);
+        if (in.logits) smem += 8 * (size_t)a.T * a.K;
+    }
+    return mxm_cuda_launch(prologue_kernel, (unsigned)(1 + xblocks + pin.pf_blocks),
+                           PROLOGUE_THREADS, smem, s, a, pin);
 }
