@@ -35,7 +35,9 @@
 #define SK_ROW_WARPS 4         // warps along the rows; SK_THREADS / 32 / SK_ROW_WARPS halves of K
 #define SK_ROWS 64             // weight rows per block
 #define SK_KC 128              // K per stage
+#ifndef SK_STAGES // ring depth (a build-time A/B knob: VARIANTS="st8=-DSK_STAGES=8")
 #define SK_STAGES 6
+#endif
 #define SK_SC_AHEAD 4 // stages between loading a weight scale byte and its use
 #ifndef SK_MIN_BLOCKS // blocks per SM the registers are budgeted for (a build-time A/B knob)
 #define SK_MIN_BLOCKS 2
