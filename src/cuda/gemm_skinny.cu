@@ -312,20 +312,21 @@ __device__ __forceinline__ int sk_group(const mxm_cuda_args &a) {
     return (int)blockIdx.x < n ? g : -1;
 }
 
-template <int KIND, int WF, bool CODES, int NT>
-__device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
-                                        int nt_max, unsigned char *ring) {
+// A block's copy pieces and MX scale-byte sources for (group G, chunk), fixed for the item's K loop
+// (sk_copies, sk_scale_src; the scale sources are null for DeepSeek FP8, whose 128x128 scales
+// sk_body reads itself). brows: the token rows of the group's n8 tiles (8 NT).
+template <int KIND, bool BLK, bool CODES>
+__device__ __forceinline__ void sk_setup(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
+                                         int nt_max, int brows, sk_copies &cp, sk_scale_src &ss) {
     const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
-    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
-    const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
-    const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max, CODES);
+    const int rw = warp % SK_ROW_WARPS;
+    const int n = G.rows;
     const bool gemm1 = KIND != SK_GEMM2;
     const int K = gemm1 ? a.H : G.I;
     const uint8_t *wbase = gemm1 ? G.w13 : G.w2;
     const void *sbase = gemm1 ? G.sc13 : G.sc2;
     const int64_t kb32 = K / 32;
     const int ca = t % 8, cb = t % 16; // the thread's 16-byte chunk of a weight / token row
-    sk_copies cp;
 #pragma unroll
     for (int i = 0; i < SK_W_COPIES; i++) {
         const int row = t / 8 + (SK_THREADS / 8) * i;
@@ -334,7 +335,6 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         cp.w_lim[i] = r >= 0 ? K - 16 * ca : 0;
         cp.w_dst[i] = row * SK_KC + sk_chunk<CODES>(row, ca) * 16;
     }
-    const int brows = NT * 8;
     if (CODES) { // code row t / 8, chunk ca; scale row t (warp 0)
         const int tok = t / 8, stok = t;
         const int64_t prow = tok < n ? (int64_t)G.row0 + tok : -1,
@@ -368,8 +368,6 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         }
     }
 
-    sk_scale_src ss;
-    const float *brow[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
@@ -378,12 +376,111 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                       ? mxm_cuda_fmt<MXM_WFMT_MXFP8>::scales(sbase) + wr * kb32 + koff / 32
                       : nullptr;
         ss.lim[r] = !BLK && wr >= 0 ? K - koff : 0;
+    }
+    if (CODES) sk_scale_lane(ss, c);
+}
+
+// After an item's K loop: the two K halves' sums meet (through red), then GEMM2 stores its rows
+// of y, GEMM1 activates into ep[token][column] and requantizes one (token, 32-column block) per
+// warp. ep: MXM_CUDA_SKINNY_MAX x 65 floats; red: 128 threads x SK_NT_MAX x 4 floats.
+template <int KIND, int WF, bool CODES, int NT>
+__device__ __forceinline__ void sk_epilogue(const mxm_cuda_args &a, const mxm_cuda_group &G,
+                                            int chunk, float (&acc)[NT][4], float *ep,
+                                            float *red_base) {
+    const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
+    const int rw = warp % SK_ROW_WARPS;
+    const int n = G.rows;
+    // The second half's warps hand their sums to the first half's (past the GEMM1 buffer ep).
+    {
+        float *red = red_base + (t % (32 * SK_ROW_WARPS)) * (NT * 4);
+        if (sk_half() == 1)
+#pragma unroll
+            for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    red[4 * ni + q] = acc[ni][q];
+        __syncthreads();
+        if (sk_half() == 0)
+#pragma unroll
+            for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    acc[ni][q] += red[4 * ni + q];
+    }
+    const bool first_half = sk_half() == 0;
+
+    const bool trt = a.profile == MXM_PROFILE_TRTLLM;
+    if (KIND == SK_GEMM2) {
+        if (!first_half) return;
+        const int h0 = chunk * SK_ROWS + 16 * rw + g;
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int tok = 8 * ni + 2 * c + (q % 2), h = h0 + 8 * (q / 2);
+                if (tok < n && h < a.H) {
+                    const float v = acc[ni][q];
+                    a.y[(int64_t)(G.row0 + tok) * a.H + h] = trt ? mxm_round_bf16(v) : v;
+                }
+            }
+        return;
+    }
+    // GEMM1: activation into ep[token][column], then one warp per (token, 32-column block).
+    constexpr int COLS = KIND == SK_GEMM1_GATED ? 32 : 64, EP = COLS + 1;
+    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
+    if (first_half)
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int tok = 8 * ni + 2 * c + e;
+                if (KIND == SK_GEMM1_GATED) {
+                    ep[tok * EP + 8 * rw + g] =
+                        mxm_act_gated(G.act, acc[ni][e], acc[ni][2 + e], ap);
+                } else {
+                    ep[tok * EP + 16 * rw + g] = mxm_act_plain(G.act, acc[ni][e]);
+                    ep[tok * EP + 16 * rw + g + 8] = mxm_act_plain(G.act, acc[ni][2 + e]);
+                }
+            }
+    __syncthreads();
+    const int j0 = chunk * COLS, nb = COLS / 32;
+    for (int u = warp; u < n * nb; u += SK_THREADS / 32) {
+        const int tok = u / nb, b = u % nb;
+        if (j0 + 32 * b >= G.I) continue; // I is a multiple of 32: whole blocks are in or out
+        float v[1] = {ep[tok * EP + 32 * b + lane]};
+        if (CODES) {
+            mxm_gemm1_store_codes(a, v[0], (int64_t)G.row0 + tok, j0 + 32 * b);
+            continue;
+        }
+        const int64_t o[1] = {(int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane};
+        const bool keep[1] = {true};
+        mxm_gemm1_store<WF>(a, v, o, keep);
+    }
+}
+
+template <int KIND, int WF, bool CODES, int NT>
+__device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
+                                        int nt_max, unsigned char *ring) {
+    const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
+    const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
+    const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max, CODES);
+    const bool gemm1 = KIND != SK_GEMM2;
+    const int K = gemm1 ? a.H : G.I;
+    const uint8_t *wbase = gemm1 ? G.w13 : G.w2;
+    const void *sbase = gemm1 ? G.sc13 : G.sc2;
+    sk_copies cp;
+    sk_scale_src ss;
+    sk_setup<KIND, BLK, CODES>(a, G, chunk, nt_max, 8 * NT, cp, ss);
+    const float *brow[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
         const int64_t kbl = (K + 127) / 128;
         brow[r] = BLK && wr >= 0
                       ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
                       : nullptr;
     }
-    if (CODES) sk_scale_lane(ss, c);
     // DeepSeek FP8 W8A8: the activation rows' 1x128 scales of this thread's accumulator columns.
     const float *xsrow[NT][2];
     const bool w8a8 = BLK && mxm_cuda_blk_w8a8(a);
@@ -481,74 +578,8 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     }
     cp_async_wait<0>();
     __syncthreads(); // the ring becomes the epilogue buffer
-    // The second half's warps hand their sums to the first half's (past the GEMM1 buffer ep).
-    {
-        float *red =
-            reinterpret_cast<float *>(ring + SK_RED_OFFSET) + (t % (32 * SK_ROW_WARPS)) * (NT * 4);
-        if (sk_half() == 1)
-#pragma unroll
-            for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    red[4 * ni + q] = acc[ni][q];
-        __syncthreads();
-        if (sk_half() == 0)
-#pragma unroll
-            for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    acc[ni][q] += red[4 * ni + q];
-    }
-    const bool first_half = sk_half() == 0;
-
-    const bool trt = a.profile == MXM_PROFILE_TRTLLM;
-    if (KIND == SK_GEMM2) {
-        if (!first_half) return;
-        const int h0 = chunk * SK_ROWS + 16 * rw + g;
-#pragma unroll
-        for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                const int tok = 8 * ni + 2 * c + (q % 2), h = h0 + 8 * (q / 2);
-                if (tok < n && h < a.H) {
-                    const float v = acc[ni][q];
-                    a.y[(int64_t)(G.row0 + tok) * a.H + h] = trt ? mxm_round_bf16(v) : v;
-                }
-            }
-        return;
-    }
-    // GEMM1: activation into ep[token][column], then one warp per (token, 32-column block).
-    constexpr int COLS = KIND == SK_GEMM1_GATED ? 32 : 64, EP = COLS + 1;
-    float *ep = reinterpret_cast<float *>(ring);
-    const mxm_act_params ap = {G.alpha, G.beta, G.limit};
-    if (first_half)
-#pragma unroll
-        for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int tok = 8 * ni + 2 * c + e;
-                if (KIND == SK_GEMM1_GATED) {
-                    ep[tok * EP + 8 * rw + g] =
-                        mxm_act_gated(G.act, acc[ni][e], acc[ni][2 + e], ap);
-                } else {
-                    ep[tok * EP + 16 * rw + g] = mxm_act_plain(G.act, acc[ni][e]);
-                    ep[tok * EP + 16 * rw + g + 8] = mxm_act_plain(G.act, acc[ni][2 + e]);
-                }
-            }
-    __syncthreads();
-    const int j0 = chunk * COLS, nb = COLS / 32;
-    for (int u = warp; u < n * nb; u += SK_THREADS / 32) {
-        const int tok = u / nb, b = u % nb;
-        if (j0 + 32 * b >= G.I) continue; // I is a multiple of 32: whole blocks are in or out
-        float v[1] = {ep[tok * EP + 32 * b + lane]};
-        if (CODES) {
-            mxm_gemm1_store_codes(a, v[0], (int64_t)G.row0 + tok, j0 + 32 * b);
-            continue;
-        }
-        const int64_t o[1] = {(int64_t)(G.row0 + tok) * a.I_max + j0 + 32 * b + lane};
-        const bool keep[1] = {true};
-        mxm_gemm1_store<WF>(a, v, o, keep);
-    }
+    sk_epilogue<KIND, WF, CODES, NT>(a, G, chunk, acc, reinterpret_cast<float *>(ring),
+                                     reinterpret_cast<float *>(ring + SK_RED_OFFSET));
 }
 
 template <int KIND, int WF, bool CODES>
