@@ -585,6 +585,31 @@ static void test_l2_prefetch(void **state) {
     unsetenv("MXM_CUDA_L2_PREFETCH_KB");
 }
 
+/* The skinny kernels' persistent variant (MXM_CUDA_SKINNY_PERSIST=1, MXFP8): H = 768 and I = 640
+ * give every item at least SK_STAGES - 1 stages, so the ring runs on from item to item (GEMM1
+ * gated: E = 32 groups x 20 chunks at T = 64, more items than 2 blocks per SM take at once);
+ * H = 288 / I = 96 do not (each item primes its own stages); a shared expert of another gating
+ * (two GEMM1 launches skipping each other's items), skewed routing, an EP slice, both skinny
+ * paths where W8A8 (the compare's variants). Against the CPU backend, twice. */
+static void test_skinny_persistent(void **state) {
+    (void)state;
+    setenv("MXM_CUDA_SKINNY_PERSIST", "1", 1);
+    mxm_moe_config c = cfg_of(768, 640, 32, 4, MXM_ACT_SILU);
+    compare("sk-persist", c, 1, 0, 0, 0);
+    compare("sk-persist", c, 64, 0, 0, 0);
+    compare("sk-persist", c, 200, 1, 1, 0);
+    c.shared_intermediate_size = 704, c.shared_activation = MXM_ACT_RELU2_NO_MUL;
+    compare("sk-persist-sh", c, 48, 0, 1, 0);
+    c = cfg_of(288, 96, 32, 6, MXM_ACT_RELU2_NO_MUL);
+    compare("sk-persist-k", c, 64, 1, 0, 0);
+    c.act_quant = MXM_ACT_QUANT_NONE;
+    compare("sk-persist-k", c, 16, 0, 1, 0);
+    c = cfg_of(768, 640, 32, 2, MXM_ACT_SILU);
+    c.local_num_experts = 8, c.local_expert_offset = 24;
+    compare("sk-persist-ep", c, 40, 1, 1, 0);
+    unsetenv("MXM_CUDA_SKINNY_PERSIST");
+}
+
 long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */
 
 /* The device's E4M3 conversions (the hardware converter) equal their integer twins: every fp32
@@ -807,23 +832,15 @@ int main(void) {
      * them again on wgmma. The default picks one of the two by rows per expert. */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e4m3_device),
-        cmocka_unit_test(test_modes),
-        cmocka_unit_test(test_layouts_and_shared),
-        cmocka_unit_test(test_shapes_routing),
-        cmocka_unit_test(test_fp8_block),
-        cmocka_unit_test(test_prequantized_x),
-        cmocka_unit_test(test_nan_propagation),
-        cmocka_unit_test(test_group_sizes),
-        cmocka_unit_test(test_decode_routing),
-        cmocka_unit_test(test_one_token),
-        cmocka_unit_test(test_l2_prefetch),
-        cmocka_unit_test(test_integer_exact),
-        cmocka_unit_test(test_expert_parallel),
-        cmocka_unit_test(test_graph_replay),
-        cmocka_unit_test(test_wgmma),
-        cmocka_unit_test(test_wgmma256),
-        cmocka_unit_test(test_wgmma64),
+        cmocka_unit_test(test_e4m3_device),        cmocka_unit_test(test_modes),
+        cmocka_unit_test(test_layouts_and_shared), cmocka_unit_test(test_shapes_routing),
+        cmocka_unit_test(test_fp8_block),          cmocka_unit_test(test_prequantized_x),
+        cmocka_unit_test(test_nan_propagation),    cmocka_unit_test(test_group_sizes),
+        cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
+        cmocka_unit_test(test_l2_prefetch),        cmocka_unit_test(test_skinny_persistent),
+        cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
+        cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_wgmma256),           cmocka_unit_test(test_wgmma64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

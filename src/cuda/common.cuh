@@ -166,6 +166,8 @@ struct mxm_cuda_args {
     int32_t T, H, K, E, e_loc, off, groups; // groups = e_loc + (shared ? 1 : 0)
     int32_t wfmt, layout, act_quant, profile, rule, gated_routed, gated_shared; // gated_shared -1: none
     int32_t I_max;
+    int32_t I_min;           // the narrowest group's I (routed or shared)
+    int32_t sk_persist;      // gemm_skinny.cu's persistent variant (moe_cuda.cu)
     int32_t blk;             // DeepSeek FP8 weights (128x128 block scales, 1x128 activation scales)
     int32_t HB, IB;          // 128-blocks along H and along I_max
     mxm_cuda_group *group;   // [groups]

@@ -616,6 +616,209 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     }
 }
 
+// ---- the persistent variant (a.sk_persist; MXFP8 weights)
+// ---------------------------------------- Work item i = (slot i % n of the skinny list, chunk i /
+// n), n = a.counts[1]: the order of the grid above. Block b takes items b, b + gridDim.x, ... (2
+// blocks per SM). When every item has at least SK_STAGES - 1 stages (xitem: K >= (SK_STAGES - 1)
+// SK_KC for every group, host), the ring and the scale-byte queue run on across items: the
+// iterations that would issue past an item's last stage issue its successor's first ones, so an
+// item starts with SK_STAGES - 1 stages in flight instead of a memory latency and a dependent setup
+// chain. Slot of a stream stage: the issue of stage P at iteration P - (SK_STAGES - 1) goes to slot
+// `fill` = use + SK_STAGES - 1 of that iteration, which is the slot `use` of iteration P (mod
+// SK_STAGES), within and across items. Without xitem each item primes its own first stages (slots
+// use.., as the grid kernel does). The epilogue buffers sit past the ring, which holds the next
+// item's stages meanwhile.
+#define SKP_EPI_BYTES (SK_RED_OFFSET + 32 * SK_ROW_WARPS * SK_NT_MAX * 16)
+
+struct skp_item {
+    int i; // item index (>= nitems: none)
+    int g, chunk;
+};
+
+// From item i on, the block's first item with work (the group's gating matches KIND, the chunk
+// lies inside the group's rows).
+template <int KIND> __device__ skp_item skp_find(const mxm_cuda_args &a, int i, int n, int nitems) {
+    for (; i < nitems; i += gridDim.x) {
+        const int g = __ldcg(a.skinny_list + i % n), chunk = i / n;
+        const mxm_cuda_group &G = a.group[g];
+        if (KIND != SK_GEMM2 && mxm_act_is_gated(G.act) != (KIND == SK_GEMM1_GATED)) continue;
+        if (KIND == SK_GEMM1_GATED   ? chunk * 32 >= G.I
+            : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
+                                     : chunk * SK_ROWS >= a.H)
+            continue;
+        return {i, g, chunk};
+    }
+    return {nitems, -1, 0};
+}
+
+// The stream state a block carries from item to item.
+struct skp_stream {
+    int use, fill; // ring slots of the stage computed next and of the next issue
+    sk_scales cur, ahead[SK_SC_AHEAD];
+};
+
+// One item's K loop and epilogue; nx: the next item's copies and scale sources (nx_on: it exists
+// and xitem holds), whose first stages and scale bytes the loop's last iterations issue.
+template <int KIND, bool CODES, int NT>
+__device__ __forceinline__ void
+skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt_max,
+              unsigned char *ring, skp_stream &st, const sk_copies &cp, const sk_scale_src &ss,
+              bool nx_on, const sk_copies &ncp, const sk_scale_src &nss, int nnst,
+              const void *ndummy) {
+    const int stage_bytes = sk_stage_bytes(nt_max, CODES);
+    const int K = KIND != SK_GEMM2 ? a.H : G.I, nst = (K + SK_KC - 1) / SK_KC;
+    const void *dummy = KIND != SK_GEMM2 ? (const void *)G.w13 : (const void *)G.w2;
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
+    float acc[NT][4];
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            acc[ni][q] = 0.0f;
+    for (int it = 0; it < nst; it++) {
+        cp_async_wait<SK_STAGES - 2>();
+        __syncthreads();
+        const int ns = it + SK_STAGES - 1;
+        const uint32_t slot = ring_s + st.fill * stage_bytes;
+        if (ns < nst)
+            sk_issue<CODES>(slot, cp, dummy, ns * SK_KC);
+        else if (nx_on && ns - nst < nnst)
+            sk_issue<CODES>(slot, ncp, ndummy, (ns - nst) * SK_KC);
+        cp_async_commit();
+        st.fill = st.fill + 1 == SK_STAGES ? 0 : st.fill + 1;
+        const unsigned char *A = ring + st.use * stage_bytes;
+        st.use = st.use + 1 == SK_STAGES ? 0 : st.use + 1;
+        if (CODES)
+            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, st.cur,
+                                 acc);
+        else
+            sk_compute<NT, MXM_WFMT_MXFP8>(A, A + SK_A_BYTES, st.cur, acc);
+        st.cur = st.ahead[0];
+#pragma unroll
+        for (int i = 0; i + 1 < SK_SC_AHEAD; i++)
+            st.ahead[i] = st.ahead[i + 1];
+        const int sa = it + 1 + SK_SC_AHEAD;
+        if (sa < nst || !nx_on)
+            sk_load_scales<CODES>(st.ahead[SK_SC_AHEAD - 1], ss, sa * SK_KC);
+        else
+            sk_load_scales<CODES>(st.ahead[SK_SC_AHEAD - 1], nss, (sa - nst) * SK_KC);
+    }
+    __syncthreads(); // every warp's last stage read; the epilogue buffers' previous use is over
+    float *ep = reinterpret_cast<float *>(ring + SK_STAGES * stage_bytes);
+    sk_epilogue<KIND, MXM_WFMT_MXFP8, CODES, NT>(
+        a, G, chunk, acc, ep,
+        reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(ep) + SK_RED_OFFSET));
+}
+
+// Issues an item's first SK_STAGES - 1 stages into the slots from st.use on and loads its first
+// scale bytes (an item that starts the stream, or any item without xitem). do_w / do_x as sk_issue.
+template <bool CODES>
+__device__ __forceinline__ void
+skp_prime(uint32_t ring_s, int stage_bytes, skp_stream &st, const sk_copies &cp,
+          const sk_scale_src &ss, const void *dummy, int nst, bool do_w, bool do_x, bool scales) {
+#pragma unroll
+    for (int s = 0; s < SK_STAGES - 1; s++) {
+        const int slot = (st.use + s) % SK_STAGES;
+        if (s < nst) sk_issue<CODES>(ring_s + slot * stage_bytes, cp, dummy, s * SK_KC, do_w, do_x);
+        cp_async_commit();
+    }
+    st.fill = (st.use + SK_STAGES - 1) % SK_STAGES;
+    if (!scales) return;
+    sk_load_scales<CODES>(st.cur, ss, 0);
+#pragma unroll
+    for (int i = 0; i < SK_SC_AHEAD; i++)
+        sk_load_scales<CODES>(st.ahead[i], ss, (i + 1) * SK_KC);
+}
+
+template <int KIND, bool CODES>
+__global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
+    skinny_persist_kernel(mxm_cuda_args a, int nt_max, int chunks, int xitem) {
+    extern __shared__ __align__(128) unsigned char sk_ring[];
+    MXM_PROBE_SCOPE(a, KIND == SK_GEMM2 ? MXM_SITE_SKINNY2 : MXM_SITE_SKINNY1);
+    constexpr bool GEMM2 = KIND == SK_GEMM2;
+    if (!GEMM2) { // GEMM2 waits after its first weight copies
+        mxm_griddep_wait();
+        mxm_probe_ready(a.probe, MXM_SITE_SKINNY1);
+        mxm_griddep_launch();
+    }
+    const int n = __ldcg(a.counts + 1), nitems = n * chunks;
+    skp_item cur = skp_find<KIND>(a, blockIdx.x, n, nitems);
+    if (cur.g < 0) {
+        if (GEMM2) { // the chain goes on (GEMM2 has not waited yet)
+            mxm_griddep_wait();
+            mxm_probe_ready(a.probe, MXM_SITE_SKINNY2);
+            mxm_griddep_launch();
+        }
+        return;
+    }
+    const int stage_bytes = sk_stage_bytes(nt_max, CODES);
+    const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(sk_ring);
+    skp_stream st;
+    st.use = 0;
+    sk_copies cp, ncp;
+    sk_scale_src ss, nss;
+    mxm_cuda_group G = a.group[cur.g];
+    sk_setup<KIND, false, CODES>(a, G, cur.chunk, nt_max, 8 * ((G.rows + 7) / 8), cp, ss);
+    const int K0 = GEMM2 ? G.I : a.H;
+    const void *dummy = GEMM2 ? (const void *)G.w2 : (const void *)G.w13;
+    // The first item: GEMM2 streams its weight stages while GEMM1 still runs, then waits for the
+    // intermediate and copies the token pieces (as the grid kernel).
+    skp_prime<CODES>(ring_s, stage_bytes, st, cp, ss, dummy, (K0 + SK_KC - 1) / SK_KC, true, !GEMM2,
+                     true);
+    if (GEMM2) {
+        mxm_griddep_wait();
+        mxm_probe_ready(a.probe, MXM_SITE_SKINNY2);
+        mxm_griddep_launch();
+        skp_prime<CODES>(ring_s, stage_bytes, st, cp, ss, dummy, (K0 + SK_KC - 1) / SK_KC, false,
+                         true, false);
+        cp_async_wait<0>(); // the token pieces of the first stages came last
+        // the second prime committed SK_STAGES - 1 more (now complete) groups: the loop's waits
+        // count from the latest, so they only wait longer than needed, never too little
+    }
+    for (;;) {
+        const skp_item nxt = skp_find<KIND>(a, cur.i + gridDim.x, n, nitems);
+        mxm_cuda_group nG = G;
+        int nnst = 0;
+        const void *ndummy = dummy;
+        if (nxt.g >= 0) {
+            nG = a.group[nxt.g];
+            nnst = ((GEMM2 ? nG.I : a.H) + SK_KC - 1) / SK_KC;
+            ndummy = GEMM2 ? (const void *)nG.w2 : (const void *)nG.w13;
+            if (xitem)
+                sk_setup<KIND, false, CODES>(a, nG, nxt.chunk, nt_max, 8 * ((nG.rows + 7) / 8), ncp,
+                                             nss);
+        }
+        const bool nx_on = xitem && nxt.g >= 0;
+        switch ((G.rows + 7) / 8) {
+        case 1:
+            skp_item_body<KIND, CODES, 1>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
+                                          nss, nnst, ndummy);
+            break;
+        case 2:
+            skp_item_body<KIND, CODES, 2>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
+                                          nss, nnst, ndummy);
+            break;
+        case 3:
+            skp_item_body<KIND, CODES, 3>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
+                                          nss, nnst, ndummy);
+            break;
+        default:
+            skp_item_body<KIND, CODES, 4>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
+                                          nss, nnst, ndummy);
+            break;
+        }
+        if (nxt.g < 0) break;
+        cur = nxt, G = nG, dummy = ndummy;
+        if (xitem) {
+            cp = ncp, ss = nss; // its first stages and scale bytes are in flight
+        } else {
+            sk_setup<KIND, false, CODES>(a, G, cur.chunk, nt_max, 8 * ((G.rows + 7) / 8), cp, ss);
+            skp_prime<CODES>(ring_s, stage_bytes, st, cp, ss, dummy, nnst, true, true, true);
+        }
+    }
+    cp_async_wait<0>(); // nothing in flight when the block leaves
+}
+
 // The launch's n8 tiles per block: no group holds more rows than T x K (or T, the shared expert).
 static int sk_nt_max(const mxm_cuda_args &a) {
     const int64_t rows = (int64_t)a.T * a.K < MXM_CUDA_SKINNY_MAX ? (int64_t)a.T * a.K : MXM_CUDA_SKINNY_MAX;
@@ -631,6 +834,17 @@ static int sk_group_bound(const mxm_cuda_args &a) {
 template <int KIND, int WF, bool CODES>
 static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
+    if constexpr (WF == MXM_WFMT_MXFP8) {
+        if (a.sk_persist) { // two blocks per SM, no more than the items
+            const int64_t items = (int64_t)sk_group_bound(a) * chunks,
+                          slots = 2 * (int64_t)mxm_cuda_attr(MXM_ATTR_SMS);
+            const int K_min = KIND == SK_GEMM2 ? a.I_min : a.H;
+            const int xitem = K_min >= (SK_STAGES - 1) * SK_KC;
+            return mxm_cuda_launch(skinny_persist_kernel<KIND, CODES>,
+                                   dim3((unsigned)(items < slots ? items : slots)), SK_THREADS,
+                                   (size_t)(smem + SKP_EPI_BYTES), s, a, nt_max, chunks, xitem);
+        }
+    }
     return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
                            SK_THREADS, (size_t)smem, s, a, nt_max);
 }

@@ -71,6 +71,15 @@ static int32_t wg_bt_of(const mxm_cuda_args &a) {
     return (int64_t)a.T * a.K >= (int64_t)MXM_CUDA_WG256_MIN_ROWS * a.E ? 256 : 128;
 }
 
+// The skinny kernels (decode, groups of up to MXM_CUDA_SKINNY_MAX rows) as persistent blocks that
+// issue their next work item's first stages during the current one's last (gemm_skinny.cu;
+// MXFP8 weights): MXM_CUDA_SKINNY_PERSIST=1, off by default until a GPU A/B measures it (T = 8-256
+// streams 73-92% of copy bandwidth with a block per item, H100 session 26). Read at every forward.
+static int32_t skinny_persist_on() {
+    const char *e = getenv("MXM_CUDA_SKINNY_PERSIST");
+    return e && e[0] == '1';
+}
+
 // The decode prologue's L2 prefetch budget (l2_prefetch.h), MXM_CUDA_L2_PREFETCH_KB: a number of
 // KB, or "l2" for 3/5 of the device's L2 (a step's prefetched weights and its own traffic fit
 // together); unset or 0: off, until a same-call A/B on a GPU measures it. Read at every forward.
@@ -273,6 +282,10 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     a.rule = c.scale_rule, a.gated_routed = p->gated;
     a.gated_shared = c.shared_intermediate_size ? mxm_act_is_gated(p->shared_act) : -1;
     a.I_max = c.shared_intermediate_size > c.intermediate_size ? c.shared_intermediate_size : c.intermediate_size;
+    a.I_min = c.shared_intermediate_size && c.shared_intermediate_size < c.intermediate_size
+                  ? c.shared_intermediate_size
+                  : c.intermediate_size;
+    a.sk_persist = skinny_persist_on();
     a.blk = c.weight_format == MXM_WFMT_FP8_BLOCK;
     a.HB = (a.H + 127) / 128, a.IB = (a.I_max + 127) / 128;
     a.group = cs->dev_groups;

@@ -23,6 +23,12 @@ cut at K), its scale loads (two bytes per row and stage), the K permutation insi
 (lane c's 8 codes 8c..8c+7 of a row feed MMA m as k pairs 2c, 2c+1 <- 8c+4m+{0,1} and 2c+8,
 2c+9 <- 8c+4m+{2,3}), the per-block scaling of the MMA sums, and that a half-warp's 8-byte
 shared loads touch 16 distinct 8-byte bank pairs.
+The persistent variant's stream (skinny_persist_kernel: skp_prime, skp_item_body, the item
+loop) is modelled by check_persistent_stream: ring slots, cp.async commit groups and
+wait_group, the scale-byte queue; every computed stage must find its own bytes complete in the
+slot it reads and its own scale bytes at the queue's head, and no issue may overwrite a stage
+that is not computed yet (items of random stage counts, with and without xitem, GEMM2's
+weights-then-tokens prime).
 Fresh random shapes each run; exits non-zero on any mismatch.
 """
 import os
@@ -252,6 +258,88 @@ def check(rng, kind, layout, codes=False):
     return f"{kind:6s} layout={layout} codes={int(codes)} H={H} I={I} n={n}"
 
 
+STAGES, SC_AHEAD = 6, 4  # SK_STAGES, SK_SC_AHEAD
+
+
+def check_persistent_stream(rng, gemm2):
+    """One block's items through skinny_persist_kernel's ring and scale queue."""
+    xitem = bool(rng.integers(0, 2))
+    lo = STAGES - 1 if xitem else 1
+    nsts = [int(rng.integers(lo, lo + 12)) for _ in range(int(rng.integers(1, 7)))]
+    slots = [None] * STAGES  # the (item, stage) a slot holds
+    parts = {}               # (item, stage) -> parts issued ("w", "x")
+    groups, complete, computed = [], set(), set()
+    batch = set()
+
+    def issue(slot, item, stage, what):
+        held = slots[slot]
+        assert held is None or held == (item, stage) or held in computed, ("overwrites", held, item, stage)
+        slots[slot] = (item, stage)
+        for p in what:
+            parts.setdefault((item, stage), set()).add(p)
+            batch.add((item, stage, p))
+
+    def commit():
+        groups.append(set(batch))
+        batch.clear()
+
+    def wait(n):  # cp.async.wait_group n: all but the n most recent groups are complete
+        for gr in groups[:len(groups) - n]:
+            complete.update(gr)
+
+    st = {"use": 0, "fill": 0, "cur": None, "ahead": [None] * SC_AHEAD}
+
+    def load_sc(item, stage):  # sk_load_scales: past K it loads 127 (a stage of no use)
+        return (item, stage) if stage < nsts[item] else None
+
+    def prime(item, what, scales):  # skp_prime
+        for s_ in range(STAGES - 1):
+            if s_ < nsts[item]:
+                issue((st["use"] + s_) % STAGES, item, s_, what)
+            commit()
+        st["fill"] = (st["use"] + STAGES - 1) % STAGES
+        if scales:
+            st["cur"] = load_sc(item, 0)
+            st["ahead"] = [load_sc(item, i + 1) for i in range(SC_AHEAD)]
+
+    def body(item, nx_on):  # skp_item_body's K loop
+        nst, nnst = nsts[item], nsts[item + 1] if item + 1 < len(nsts) else 0
+        for it in range(nst):
+            wait(STAGES - 2)
+            ns = it + STAGES - 1
+            if ns < nst:
+                issue(st["fill"], item, ns, "wx")
+            elif nx_on and ns - nst < nnst:
+                issue(st["fill"], item + 1, ns - nst, "wx")
+            commit()
+            st["fill"] = (st["fill"] + 1) % STAGES
+            slot = st["use"]
+            st["use"] = (st["use"] + 1) % STAGES
+            assert slots[slot] == (item, it), ("slot holds", slots[slot], item, it)
+            for p in "wx":
+                assert (item, it, p) in complete, ("incomplete", item, it, p)
+            assert st["cur"] == (item, it), ("scale queue", st["cur"], item, it)
+            computed.add((item, it))
+            st["cur"] = st["ahead"][0]
+            st["ahead"] = st["ahead"][1:] + [None]
+            sa = it + 1 + SC_AHEAD
+            st["ahead"][-1] = load_sc(item, sa) if sa < nst or not nx_on else load_sc(item + 1, sa - nst)
+
+    # skinny_persist_kernel: the first item (GEMM2: weights, wait for GEMM1, tokens, wait_group 0)
+    prime(0, "w" if gemm2 else "wx", True)
+    if gemm2:
+        prime(0, "x", False)
+        wait(0)
+    for item in range(len(nsts)):
+        nx_on = xitem and item + 1 < len(nsts)
+        body(item, nx_on)
+        if item + 1 < len(nsts) and not xitem:
+            prime(item + 1, "wx", True)
+    wait(0)
+    assert len(computed) == sum(nsts)
+    return f"stream gemm2={int(gemm2)} xitem={int(xitem)} stages={nsts}"
+
+
 def main():
     seed = int(os.environ.get("MXM_TEST_SEED", np.random.SeedSequence().entropy % (1 << 63)))
     print(f"seed {seed}")
@@ -260,7 +348,12 @@ def main():
     cases = [(k, lay, codes) for codes in (False, True) for k, lay in cases]
     for kind, layout, codes in cases:
         print("PASS", check(rng, kind, layout, codes))
-    print(f"{len(cases)} passed, 0 failed")
+    streams = 400
+    for i in range(streams):
+        r = check_persistent_stream(rng, gemm2=bool(i % 2))
+        if i < 4:
+            print("PASS", r)
+    print(f"{len(cases)} layouts and {streams} persistent streams passed, 0 failed")
     return 0
 
 
