@@ -84,7 +84,7 @@ struct mxm_probe_scope {
 mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes);
 
 // Device attributes the launches size themselves by (moe_cuda.cu; cached per device).
-enum mxm_cuda_attr_id { MXM_ATTR_SMS, MXM_ATTR_L2_BYTES, MXM_ATTR_COUNT_ };
+enum mxm_cuda_attr_id { MXM_ATTR_SMS, MXM_ATTR_L2_BYTES, MXM_ATTR_SMEM_PER_SM, MXM_ATTR_COUNT_ };
 int mxm_cuda_attr(mxm_cuda_attr_id id);
 
 template <typename... Params, typename... Args>

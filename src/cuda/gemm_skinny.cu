@@ -616,18 +616,18 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     }
 }
 
-// ---- the persistent variant (a.sk_persist; MXFP8 weights)
-// ---------------------------------------- Work item i = (slot i % n of the skinny list, chunk i /
-// n), n = a.counts[1]: the order of the grid above. Block b takes items b, b + gridDim.x, ... (2
-// blocks per SM). When every item has at least SK_STAGES - 1 stages (xitem: K >= (SK_STAGES - 1)
-// SK_KC for every group, host), the ring and the scale-byte queue run on across items: the
-// iterations that would issue past an item's last stage issue its successor's first ones, so an
-// item starts with SK_STAGES - 1 stages in flight instead of a memory latency and a dependent setup
-// chain. Slot of a stream stage: the issue of stage P at iteration P - (SK_STAGES - 1) goes to slot
-// `fill` = use + SK_STAGES - 1 of that iteration, which is the slot `use` of iteration P (mod
-// SK_STAGES), within and across items. Without xitem each item primes its own first stages (slots
-// use.., as the grid kernel does). The epilogue buffers sit past the ring, which holds the next
-// item's stages meanwhile.
+// ---- the persistent variant (a.sk_persist; MXFP8 weights) -----------------------------------
+// Work item i = (slot i % n of the skinny list, chunk i / n), n = a.counts[1]: the order of the
+// grid above. Block b takes items b, b + gridDim.x, ... (SK_MIN_BLOCKS per SM, or as many as the
+// shared memory holds: the bf16 path's ring leaves room for one). When every item has at least
+// SK_STAGES - 1 stages (xitem: K >= (SK_STAGES - 1) SK_KC for every group, host), the ring and the
+// scale-byte queue run on across items: the iterations that would issue past an item's last stage
+// issue its successor's first ones, so an item starts with SK_STAGES - 1 stages in flight instead
+// of a memory latency and a dependent setup chain. Slot of a stream stage: the issue of stage P at
+// iteration P - (SK_STAGES - 1) goes to slot `fill` = use + SK_STAGES - 1 of that iteration, which
+// is the slot `use` of iteration P (mod SK_STAGES), within and across items. Without xitem each
+// item primes its own first stages (slots use.., as the grid kernel does). The epilogue buffers
+// sit past the ring, which holds the next item's stages meanwhile.
 #define SKP_EPI_BYTES (SK_RED_OFFSET + 32 * SK_ROW_WARPS * SK_NT_MAX * 16)
 
 struct skp_item {
@@ -835,9 +835,13 @@ template <int KIND, int WF, bool CODES>
 static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
     if constexpr (WF == MXM_WFMT_MXFP8) {
-        if (a.sk_persist) { // two blocks per SM, no more than the items
+        if (a.sk_persist) { // SK_MIN_BLOCKS per SM where the shared memory holds them, <= the items
+            const int per_sm = mxm_cuda_attr(MXM_ATTR_SMEM_PER_SM) / (smem + SKP_EPI_BYTES + 1024);
             const int64_t items = (int64_t)sk_group_bound(a) * chunks,
-                          slots = 2 * (int64_t)mxm_cuda_attr(MXM_ATTR_SMS);
+                          slots = (int64_t)mxm_cuda_attr(MXM_ATTR_SMS) * (per_sm < 1 ? 1
+                                                                          : per_sm < SK_MIN_BLOCKS
+                                                                              ? per_sm
+                                                                              : SK_MIN_BLOCKS);
             const int K_min = KIND == SK_GEMM2 ? a.I_min : a.H;
             const int xitem = K_min >= (SK_STAGES - 1) * SK_KC;
             return mxm_cuda_launch(skinny_persist_kernel<KIND, CODES>,

@@ -146,9 +146,10 @@ mxm_status mxm_cuda_smem_limit(const void *kernel, size_t bytes) {
 // The device attributes that launches size themselves by, cached per device (each
 // cudaDeviceGetAttribute once); a failed query gives an H100's value.
 int mxm_cuda_attr(mxm_cuda_attr_id id) {
-    static const cudaDeviceAttr attr[MXM_ATTR_COUNT_] = {cudaDevAttrMultiProcessorCount,
-                                                         cudaDevAttrL2CacheSize};
-    static const int fallback[MXM_ATTR_COUNT_] = {132, 50 << 20};
+    static const cudaDeviceAttr attr[MXM_ATTR_COUNT_] = {
+        cudaDevAttrMultiProcessorCount, cudaDevAttrL2CacheSize,
+        cudaDevAttrMaxSharedMemoryPerMultiprocessor};
+    static const int fallback[MXM_ATTR_COUNT_] = {132, 50 << 20, 228 << 10};
     static std::atomic<int> cache[64][MXM_ATTR_COUNT_];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return fallback[id];
