@@ -590,7 +590,8 @@ static void test_l2_prefetch(void **state) {
  * gated: E = 32 groups x 20 chunks at T = 64, more items than 2 blocks per SM take at once);
  * H = 288 / I = 96 do not (each item primes its own stages); a shared expert of another gating
  * (two GEMM1 launches skipping each other's items), skewed routing, an EP slice, both skinny
- * paths where W8A8 (the compare's variants). Against the CPU backend, twice. */
+ * paths where W8A8 (the compare's variants), DeepSeek FP8 weights. Against the CPU backend, twice.
+ */
 static void test_skinny_persistent(void **state) {
     (void)state;
     setenv("MXM_CUDA_SKINNY_PERSIST", "1", 1);
@@ -607,6 +608,11 @@ static void test_skinny_persistent(void **state) {
     c = cfg_of(768, 640, 32, 2, MXM_ACT_SILU);
     c.local_num_experts = 8, c.local_expert_offset = 24;
     compare("sk-persist-ep", c, 40, 1, 1, 0);
+    c = cfg_of(768, 640, 32, 4, MXM_ACT_SILU); /* DeepSeek FP8: per-stage 128-block scales */
+    c.weight_format = MXM_WFMT_FP8_BLOCK;
+    compare("sk-persist-fp8b", c, 64, 0, 0, 0);
+    c.act_quant = MXM_ACT_QUANT_NONE;
+    compare("sk-persist-fp8b", c, 5, 1, 1, 0);
     unsetenv("MXM_CUDA_SKINNY_PERSIST");
 }
 

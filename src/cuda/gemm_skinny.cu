@@ -380,6 +380,69 @@ __device__ __forceinline__ void sk_setup(const mxm_cuda_args &a, const mxm_cuda_
     if (CODES) sk_scale_lane(ss, c);
 }
 
+// DeepSeek FP8 (BLK): the thread's two rows' 128x128 weight scales (brow, by 128-block of K) and,
+// W8A8, the activation rows' 1x128 scales of its accumulator columns (xsrow); null otherwise.
+template <int KIND, bool BLK, int NT>
+__device__ __forceinline__ void sk_blk_sources(const mxm_cuda_args &a, const mxm_cuda_group &G,
+                                               int chunk, const float *(&brow)[2],
+                                               const float *(&xsrow)[NT][2]) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x / 32, g = lane / 4, c = lane % 4;
+    const bool gemm1 = KIND != SK_GEMM2;
+    const int K = gemm1 ? a.H : G.I;
+    const void *sbase = gemm1 ? G.sc13 : G.sc2;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * (warp % SK_ROW_WARPS) + g + 8 * r);
+        const int64_t kbl = (K + 127) / 128;
+        brow[r] = BLK && wr >= 0
+                      ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
+                      : nullptr;
+    }
+    const bool w8a8 = BLK && mxm_cuda_blk_w8a8(a);
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int tok = 8 * ni + 2 * c + e;
+            xsrow[ni][e] = nullptr;
+            if (w8a8 && tok < G.rows)
+                xsrow[ni][e] = gemm1 ? a.xs + (int64_t)a.row_token[G.row0 + tok] * a.HB
+                                     : a.acts + (int64_t)(G.row0 + tok) * a.IB;
+        }
+}
+
+// One stage (ring slot A) into acc: MXFP8 by sk_compute_codes (CODES) or sk_compute with the
+// stage's scale bytes sc; DeepSeek FP8 sums the stage (one 128-block of K) into part on its own
+// and adds it to acc times its weight and activation scales.
+template <int WF, bool CODES, int NT>
+__device__ __forceinline__ void
+sk_stage(const unsigned char *A, int nt_max, int it, const sk_scales &sc, const float *(&brow)[2],
+         const float *(&xsrow)[NT][2], float (&part)[NT][4], float (&acc)[NT][4]) {
+    if constexpr (mxm_cuda_fmt<WF>::block128) {
+        float sb[2], sa[NT][2];
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            sb[r] = brow[r] ? __ldg(brow[r] + it) : 0.0f;
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + it) : 1.0f;
+        sk_compute<NT, WF>(A, A + SK_A_BYTES, sc, part);
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                acc[ni][q] = fmaf(part[ni][q], sb[q / 2] * sa[ni][q % 2], acc[ni][q]);
+                part[ni][q] = 0.0f;
+            }
+    } else if (CODES) {
+        sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, sc, acc);
+    } else {
+        sk_compute<NT, WF>(A, A + SK_A_BYTES, sc, acc);
+    }
+}
+
 // After an item's K loop: the two K halves' sums meet (through red), then GEMM2 stores its rows
 // of y, GEMM1 activates into ep[token][column] and requantizes one (token, 32-column block) per
 // warp. ep: MXM_CUDA_SKINNY_MAX x 65 floats; red: 128 threads x SK_NT_MAX x 4 floats.
@@ -461,39 +524,16 @@ __device__ __forceinline__ void sk_epilogue(const mxm_cuda_args &a, const mxm_cu
 template <int KIND, int WF, bool CODES, int NT>
 __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk,
                                         int nt_max, unsigned char *ring) {
-    const int t = threadIdx.x, lane = t & 31, warp = t / 32, g = lane / 4, c = lane % 4;
     constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
-    const int rw = warp % SK_ROW_WARPS; // the warp's 16 rows: 16 rw..
-    const int n = G.rows, stage_bytes = sk_stage_bytes(nt_max, CODES);
+    const int stage_bytes = sk_stage_bytes(nt_max, CODES);
     const bool gemm1 = KIND != SK_GEMM2;
     const int K = gemm1 ? a.H : G.I;
     const uint8_t *wbase = gemm1 ? G.w13 : G.w2;
-    const void *sbase = gemm1 ? G.sc13 : G.sc2;
     sk_copies cp;
     sk_scale_src ss;
     sk_setup<KIND, BLK, CODES>(a, G, chunk, nt_max, 8 * NT, cp, ss);
-    const float *brow[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int64_t wr = sk_weight_row<KIND>(a, G, chunk, 16 * rw + g + 8 * r);
-        const int64_t kbl = (K + 127) / 128;
-        brow[r] = BLK && wr >= 0
-                      ? mxm_cuda_fmt<MXM_WFMT_FP8_BLOCK>::scales(sbase) + (wr / 128) * kbl
-                      : nullptr;
-    }
-    // DeepSeek FP8 W8A8: the activation rows' 1x128 scales of this thread's accumulator columns.
-    const float *xsrow[NT][2];
-    const bool w8a8 = BLK && mxm_cuda_blk_w8a8(a);
-#pragma unroll
-    for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int tok = 8 * ni + 2 * c + e;
-            xsrow[ni][e] = nullptr;
-            if (w8a8 && tok < n)
-                xsrow[ni][e] = gemm1 ? a.xs + (int64_t)a.row_token[G.row0 + tok] * a.HB
-                                     : a.acts + (int64_t)(G.row0 + tok) * a.IB;
-        }
+    const float *brow[2], *xsrow[NT][2];
+    sk_blk_sources<KIND, BLK, NT>(a, G, chunk, brow, xsrow);
 
     float acc[NT][4], part[NT][4];
 #pragma unroll
@@ -544,30 +584,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
         fill = fill + 1 == SK_STAGES ? 0 : fill + 1;
         const unsigned char *A = ring + use * stage_bytes;
         use = use + 1 == SK_STAGES ? 0 : use + 1;
-        if (BLK) {
-            float sb[2], sa[NT][2];
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-                sb[r] = brow[r] ? __ldg(brow[r] + it) : 0.0f;
-#pragma unroll
-            for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-                for (int e = 0; e < 2; e++)
-                    sa[ni][e] = xsrow[ni][e] ? __ldg(xsrow[ni][e] + it) : 1.0f;
-            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, part);
-#pragma unroll
-            for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    acc[ni][q] = fmaf(part[ni][q], sb[q / 2] * sa[ni][q % 2], acc[ni][q]);
-                    part[ni][q] = 0.0f;
-                }
-        } else if (CODES) {
-            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, cur,
-                                 acc);
-        } else {
-            sk_compute<NT, WF>(A, A + SK_A_BYTES, cur, acc);
-        }
+        sk_stage<WF, CODES, NT>(A, nt_max, it, cur, brow, xsrow, part, acc);
         if (!BLK) {
             cur = ahead[0];
 #pragma unroll
@@ -616,7 +633,7 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     }
 }
 
-// ---- the persistent variant (a.sk_persist; MXFP8 weights) -----------------------------------
+// ---- the persistent variant (a.sk_persist) -----------------------------------------------------
 // Work item i = (slot i % n of the skinny list, chunk i / n), n = a.counts[1]: the order of the
 // grid above. Block b takes items b, b + gridDim.x, ... (SK_MIN_BLOCKS per SM, or as many as the
 // shared memory holds: the bf16 path's ring leaves room for one). When every item has at least
@@ -659,7 +676,7 @@ struct skp_stream {
 
 // One item's K loop and epilogue; nx: the next item's copies and scale sources (nx_on: it exists
 // and xitem holds), whose first stages and scale bytes the loop's last iterations issue.
-template <int KIND, bool CODES, int NT>
+template <int KIND, int WF, bool CODES, int NT>
 __device__ __forceinline__ void
 skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt_max,
               unsigned char *ring, skp_stream &st, const sk_copies &cp, const sk_scale_src &ss,
@@ -669,12 +686,15 @@ skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt
     const int K = KIND != SK_GEMM2 ? a.H : G.I, nst = (K + SK_KC - 1) / SK_KC;
     const void *dummy = KIND != SK_GEMM2 ? (const void *)G.w13 : (const void *)G.w2;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
-    float acc[NT][4];
+    constexpr bool BLK = mxm_cuda_fmt<WF>::block128;
+    const float *brow[2], *xsrow[NT][2];
+    sk_blk_sources<KIND, BLK, NT>(a, G, chunk, brow, xsrow);
+    float acc[NT][4], part[NT][4];
 #pragma unroll
     for (int ni = 0; ni < NT; ni++)
 #pragma unroll
         for (int q = 0; q < 4; q++)
-            acc[ni][q] = 0.0f;
+            acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
     for (int it = 0; it < nst; it++) {
         cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
@@ -688,11 +708,7 @@ skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt
         st.fill = st.fill + 1 == SK_STAGES ? 0 : st.fill + 1;
         const unsigned char *A = ring + st.use * stage_bytes;
         st.use = st.use + 1 == SK_STAGES ? 0 : st.use + 1;
-        if (CODES)
-            sk_compute_codes<NT>(A, A + SK_A_BYTES, A + SK_A_BYTES + nt_max * 8 * SK_BC_ROW, st.cur,
-                                 acc);
-        else
-            sk_compute<NT, MXM_WFMT_MXFP8>(A, A + SK_A_BYTES, st.cur, acc);
+        sk_stage<WF, CODES, NT>(A, nt_max, it, st.cur, brow, xsrow, part, acc);
         st.cur = st.ahead[0];
 #pragma unroll
         for (int i = 0; i + 1 < SK_SC_AHEAD; i++)
@@ -705,7 +721,7 @@ skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt
     }
     __syncthreads(); // every warp's last stage read; the epilogue buffers' previous use is over
     float *ep = reinterpret_cast<float *>(ring + SK_STAGES * stage_bytes);
-    sk_epilogue<KIND, MXM_WFMT_MXFP8, CODES, NT>(
+    sk_epilogue<KIND, WF, CODES, NT>(
         a, G, chunk, acc, ep,
         reinterpret_cast<float *>(reinterpret_cast<unsigned char *>(ep) + SK_RED_OFFSET));
 }
@@ -730,7 +746,7 @@ skp_prime(uint32_t ring_s, int stage_bytes, skp_stream &st, const sk_copies &cp,
         sk_load_scales<CODES>(st.ahead[i], ss, (i + 1) * SK_KC);
 }
 
-template <int KIND, bool CODES>
+template <int KIND, int WF, bool CODES>
 __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     skinny_persist_kernel(mxm_cuda_args a, int nt_max, int chunks, int xitem) {
     extern __shared__ __align__(128) unsigned char sk_ring[];
@@ -758,7 +774,8 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     sk_copies cp, ncp;
     sk_scale_src ss, nss;
     mxm_cuda_group G = a.group[cur.g];
-    sk_setup<KIND, false, CODES>(a, G, cur.chunk, nt_max, 8 * ((G.rows + 7) / 8), cp, ss);
+    sk_setup<KIND, mxm_cuda_fmt<WF>::block128, CODES>(a, G, cur.chunk, nt_max,
+                                                      8 * ((G.rows + 7) / 8), cp, ss);
     const int K0 = GEMM2 ? G.I : a.H;
     const void *dummy = GEMM2 ? (const void *)G.w2 : (const void *)G.w13;
     // The first item: GEMM2 streams its weight stages while GEMM1 still runs, then waits for the
@@ -785,26 +802,26 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
             nnst = ((GEMM2 ? nG.I : a.H) + SK_KC - 1) / SK_KC;
             ndummy = GEMM2 ? (const void *)nG.w2 : (const void *)nG.w13;
             if (xitem)
-                sk_setup<KIND, false, CODES>(a, nG, nxt.chunk, nt_max, 8 * ((nG.rows + 7) / 8), ncp,
-                                             nss);
+                sk_setup<KIND, mxm_cuda_fmt<WF>::block128, CODES>(
+                    a, nG, nxt.chunk, nt_max, 8 * ((nG.rows + 7) / 8), ncp, nss);
         }
         const bool nx_on = xitem && nxt.g >= 0;
         switch ((G.rows + 7) / 8) {
         case 1:
-            skp_item_body<KIND, CODES, 1>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
-                                          nss, nnst, ndummy);
+            skp_item_body<KIND, WF, CODES, 1>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on,
+                                              ncp, nss, nnst, ndummy);
             break;
         case 2:
-            skp_item_body<KIND, CODES, 2>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
-                                          nss, nnst, ndummy);
+            skp_item_body<KIND, WF, CODES, 2>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on,
+                                              ncp, nss, nnst, ndummy);
             break;
         case 3:
-            skp_item_body<KIND, CODES, 3>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
-                                          nss, nnst, ndummy);
+            skp_item_body<KIND, WF, CODES, 3>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on,
+                                              ncp, nss, nnst, ndummy);
             break;
         default:
-            skp_item_body<KIND, CODES, 4>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on, ncp,
-                                          nss, nnst, ndummy);
+            skp_item_body<KIND, WF, CODES, 4>(a, G, cur.chunk, nt_max, sk_ring, st, cp, ss, nx_on,
+                                              ncp, nss, nnst, ndummy);
             break;
         }
         if (nxt.g < 0) break;
@@ -812,7 +829,8 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
         if (xitem) {
             cp = ncp, ss = nss; // its first stages and scale bytes are in flight
         } else {
-            sk_setup<KIND, false, CODES>(a, G, cur.chunk, nt_max, 8 * ((G.rows + 7) / 8), cp, ss);
+            sk_setup<KIND, mxm_cuda_fmt<WF>::block128, CODES>(a, G, cur.chunk, nt_max,
+                                                              8 * ((G.rows + 7) / 8), cp, ss);
             skp_prime<CODES>(ring_s, stage_bytes, st, cp, ss, dummy, nnst, true, true, true);
         }
     }
@@ -834,20 +852,16 @@ static int sk_group_bound(const mxm_cuda_args &a) {
 template <int KIND, int WF, bool CODES>
 static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t s) {
     const int nt_max = sk_nt_max(a), smem = SK_STAGES * sk_stage_bytes(nt_max, CODES);
-    if constexpr (WF == MXM_WFMT_MXFP8) {
-        if (a.sk_persist) { // SK_MIN_BLOCKS per SM where the shared memory holds them, <= the items
-            const int per_sm = mxm_cuda_attr(MXM_ATTR_SMEM_PER_SM) / (smem + SKP_EPI_BYTES + 1024);
-            const int64_t items = (int64_t)sk_group_bound(a) * chunks,
-                          slots = (int64_t)mxm_cuda_attr(MXM_ATTR_SMS) * (per_sm < 1 ? 1
-                                                                          : per_sm < SK_MIN_BLOCKS
-                                                                              ? per_sm
-                                                                              : SK_MIN_BLOCKS);
-            const int K_min = KIND == SK_GEMM2 ? a.I_min : a.H;
-            const int xitem = K_min >= (SK_STAGES - 1) * SK_KC;
-            return mxm_cuda_launch(skinny_persist_kernel<KIND, CODES>,
-                                   dim3((unsigned)(items < slots ? items : slots)), SK_THREADS,
-                                   (size_t)(smem + SKP_EPI_BYTES), s, a, nt_max, chunks, xitem);
-        }
+    if (a.sk_persist) { // SK_MIN_BLOCKS per SM where the shared memory holds them, <= the items
+        const int per_sm = mxm_cuda_attr(MXM_ATTR_SMEM_PER_SM) / (smem + SKP_EPI_BYTES + 1024);
+        const int blocks = per_sm < 1 ? 1 : per_sm < SK_MIN_BLOCKS ? per_sm : SK_MIN_BLOCKS;
+        const int64_t items = (int64_t)sk_group_bound(a) * chunks,
+                      slots = (int64_t)mxm_cuda_attr(MXM_ATTR_SMS) * blocks;
+        const int K_min = KIND == SK_GEMM2 ? a.I_min : a.H;
+        const int xitem = K_min >= (SK_STAGES - 1) * SK_KC;
+        return mxm_cuda_launch(skinny_persist_kernel<KIND, WF, CODES>,
+                               dim3((unsigned)(items < slots ? items : slots)), SK_THREADS,
+                               (size_t)(smem + SKP_EPI_BYTES), s, a, nt_max, chunks, xitem);
     }
     return mxm_cuda_launch(skinny_kernel<KIND, WF, CODES>, dim3(sk_group_bound(a), chunks),
                            SK_THREADS, (size_t)smem, s, a, nt_max);

@@ -72,8 +72,8 @@ static int32_t wg_bt_of(const mxm_cuda_args &a) {
 }
 
 // The skinny kernels (decode, groups of up to MXM_CUDA_SKINNY_MAX rows) as persistent blocks that
-// issue their next work item's first stages during the current one's last (gemm_skinny.cu;
-// MXFP8 weights): MXM_CUDA_SKINNY_PERSIST=1, off by default until a GPU A/B measures it (T = 8-256
+// issue their next work item's first stages during the current one's last (gemm_skinny.cu):
+// MXM_CUDA_SKINNY_PERSIST=1, off by default until a GPU A/B measures it (T = 8-256
 // streams 73-92% of copy bandwidth with a block per item, H100 session 26). Read at every forward.
 static int32_t skinny_persist_on() {
     const char *e = getenv("MXM_CUDA_SKINNY_PERSIST");
