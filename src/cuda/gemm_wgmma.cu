@@ -88,6 +88,13 @@ static_assert(64 * 68 * 4 <= wg_shape<1, 128, true>::EPI_BYTES, "plain MB = 1 ep
 #define MXM_WG_SC_AHEAD 2
 #endif
 constexpr int WG_SC_AHEAD = MXM_WG_SC_AHEAD;
+// Benchmark-only knock-outs, to see where a tile's time goes (wrong results: never a default;
+// built as gpu-check.sh VARIANTS, e.g. "noepi=-DMXM_WG_ABLATE=1"): bit 0 drops the epilogues
+// (GEMM1's activation, requantization and stores; GEMM2's stores), bit 1 the weight decode (the
+// code bytes go to the wgmma as they are), bit 2 the consumers' code loads too.
+#ifndef MXM_WG_ABLATE
+#define MXM_WG_ABLATE 0
+#endif
 constexpr int THREADS = 384;
 // Register split (setmaxnreg; the entry cap 168 x 384 = 64512 per CTA must hold 128 producer +
 // 256 consumer threads). ptxas 13.0, no spills anywhere: GEMM1 96/200; GEMM2 72/216 (its
@@ -176,7 +183,7 @@ template <uint32_t R> __device__ __forceinline__ void setmaxnreg_dec() {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R));
 }
 // Barrier of one consumer warpgroup (ids 1 and 2; 0 is __syncthreads).
-__device__ __forceinline__ void wg_bar(int wgi) {
+[[maybe_unused]] __device__ __forceinline__ void wg_bar(int wgi) {
     if (wgi)
         asm volatile("bar.sync 2, 128;\n" ::: "memory");
     else
@@ -587,11 +594,21 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
                     const int koff = ((ks ^ sw) << 4);
 #pragma unroll
                     for (int mb = 0; mb < MB; mb++) {
+                        if constexpr ((MXM_WG_ABLATE & 4) != 0) {
+                            fr[ks][mb][0] = fr[ks][mb][1] = fr[ks][mb][2] = fr[ks][mb][3] =
+                                0x3C003C00u + (uint32_t)(ks + mb);
+                            continue;
+                        }
                         const uint32_t p = codes + mb * 64 * 64 + koff;
                         const uint32_t x00 = lds_u16(p);              // row g,   k 2t
                         const uint32_t x01 = lds_u16(p + 8);          // row g,   k 8+2t
                         const uint32_t x10 = lds_u16(p + 8 * 64);     // row g+8, k 2t
                         const uint32_t x11 = lds_u16(p + 8 * 64 + 8); // row g+8, k 8+2t
+                        if constexpr ((MXM_WG_ABLATE & 2) != 0) {
+                            fr[ks][mb][0] = x00 * 0x10001u, fr[ks][mb][1] = x10 * 0x10001u;
+                            fr[ks][mb][2] = x01 * 0x10001u, fr[ks][mb][3] = x11 * 0x10001u;
+                            continue;
+                        }
                         const int b = ks >> 1;
                         fr[ks][mb][0] = dec_exact(x00, scf[mb][0][b]);
                         fr[ks][mb][1] = dec_exact(x10, scf[mb][1][b]);
@@ -662,7 +679,10 @@ __global__ void __launch_bounds__(THREADS, 1) wgmma_kernel(mxm_cuda_args a) {
             // Fragment (mb, nh, i) of this thread: tile row rl + 64 mb + 8 ((i >> 1) & 1),
             // token m0 + WN nh + 8 (i >> 2) + 2 tq + (i & 1).
             const int rows = G.rows, row0 = G.row0;
-            if (MODE == MODE_GEMM2) {
+            if constexpr ((MXM_WG_ABLATE & 1) !=
+                          0) { // keeps the sums alive, stores (almost) nothing
+                if (acc[0][0] == 1.25e-38f) a.y[row0] = acc[0][1];
+            } else if (MODE == MODE_GEMM2) {
                 const bool trt = a.profile == MXM_PROFILE_TRTLLM;
 #pragma unroll
                 for (int mb = 0; mb < MB; mb++) {
