@@ -616,6 +616,31 @@ static void test_skinny_persistent(void **state) {
     unsetenv("MXM_CUDA_SKINNY_PERSIST");
 }
 
+/* The tile kernels on the plan's side stream (MXM_CUDA_TILE_STREAM=1): steps where skewed routing
+ * gives both skinny and tile groups (mma.sync and wgmma tiles), a shared expert of another
+ * gating, an EP slice, DeepSeek FP8 weight-only (W8A8 keeps one stream), and two graphs replayed
+ * in turn with the fork and join captured. */
+static void test_graph_replay(void **state);
+static void test_tile_stream(void **state) {
+    setenv("MXM_CUDA_TILE_STREAM", "1", 1);
+    mxm_moe_config c = cfg_of(256, 192, 16, 4, MXM_ACT_SILU);
+    compare("tile-stream", c, 40, 1, 1, 0);
+    compare("tile-stream", c, 300, 1, 0, 0);
+    setenv("MXM_CUDA_WGMMA", "1", 1);
+    compare("tile-stream-wg", c, 300, 1, 1, 0);
+    unsetenv("MXM_CUDA_WGMMA");
+    c.shared_intermediate_size = 128, c.shared_activation = MXM_ACT_RELU2_NO_MUL;
+    compare("tile-stream-sh", c, 120, 1, 1, 0);
+    c = cfg_of(96, 64, 12, 3, MXM_ACT_SILU);
+    c.local_expert_offset = 5, c.local_num_experts = 4;
+    compare("tile-stream-ep", c, 200, 1, 1, 0);
+    c = cfg_of(256, 128, 16, 3, MXM_ACT_SILU);
+    c.weight_format = MXM_WFMT_FP8_BLOCK, c.act_quant = MXM_ACT_QUANT_NONE;
+    compare("tile-stream-fp8b", c, 160, 1, 0, 0);
+    test_graph_replay(state);
+    unsetenv("MXM_CUDA_TILE_STREAM");
+}
+
 long long mxm_test_e4m3_device_mismatches(unsigned int first[2]); /* tests/cuda_checks.cu */
 
 /* The device's E4M3 conversions (the hardware converter) equal their integer twins: every fp32
@@ -838,15 +863,25 @@ int main(void) {
      * them again on wgmma. The default picks one of the two by rows per expert. */
     setenv("MXM_CUDA_WGMMA", "0", 1);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_e4m3_device),        cmocka_unit_test(test_modes),
-        cmocka_unit_test(test_layouts_and_shared), cmocka_unit_test(test_shapes_routing),
-        cmocka_unit_test(test_fp8_block),          cmocka_unit_test(test_prequantized_x),
-        cmocka_unit_test(test_nan_propagation),    cmocka_unit_test(test_group_sizes),
-        cmocka_unit_test(test_decode_routing),     cmocka_unit_test(test_one_token),
-        cmocka_unit_test(test_l2_prefetch),        cmocka_unit_test(test_skinny_persistent),
-        cmocka_unit_test(test_integer_exact),      cmocka_unit_test(test_expert_parallel),
-        cmocka_unit_test(test_graph_replay),       cmocka_unit_test(test_wgmma),
-        cmocka_unit_test(test_wgmma256),           cmocka_unit_test(test_wgmma64),
+        cmocka_unit_test(test_e4m3_device),
+        cmocka_unit_test(test_modes),
+        cmocka_unit_test(test_layouts_and_shared),
+        cmocka_unit_test(test_shapes_routing),
+        cmocka_unit_test(test_fp8_block),
+        cmocka_unit_test(test_prequantized_x),
+        cmocka_unit_test(test_nan_propagation),
+        cmocka_unit_test(test_group_sizes),
+        cmocka_unit_test(test_decode_routing),
+        cmocka_unit_test(test_one_token),
+        cmocka_unit_test(test_l2_prefetch),
+        cmocka_unit_test(test_skinny_persistent),
+        cmocka_unit_test(test_tile_stream),
+        cmocka_unit_test(test_integer_exact),
+        cmocka_unit_test(test_expert_parallel),
+        cmocka_unit_test(test_graph_replay),
+        cmocka_unit_test(test_wgmma),
+        cmocka_unit_test(test_wgmma256),
+        cmocka_unit_test(test_wgmma64),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

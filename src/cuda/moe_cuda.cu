@@ -182,7 +182,20 @@ struct cuda_state {
     int uploaded;
     int64_t route_bytes; // routing scratch per token
     bool codes;          // the skinny kernels take the activations as codes (codes_on at plan time)
+    cudaStream_t side;   // the tile kernels' stream under MXM_CUDA_TILE_STREAM=1, and its events
+    cudaEvent_t fork, join;
 };
+
+// The tile kernels (groups over MXM_CUDA_SKINNY_MAX rows) on a stream of the plan's own, forked
+// after the prologue and joined before the combine, so the skinny chain does not wait on them:
+// at T = 8-256 a step usually has no tile group, yet each empty tile launch put about 2.5 us
+// between two skinny kernels (Qwen3 T = 64 timeline, H100 session 26). Not for DeepSeek FP8 W8A8,
+// whose requantization between the GEMMs covers every group. MXM_CUDA_TILE_STREAM=1, off until
+// a GPU A/B measures it; read at every forward.
+static bool tile_stream_on() {
+    const char *e = getenv("MXM_CUDA_TILE_STREAM");
+    return e && e[0] == '1';
+}
 
 static int64_t take(int64_t *cur, int64_t n) {
     return mxm_ws_take(cur, n, 256);
@@ -256,11 +269,20 @@ static mxm_status cuda_plan(mxm_moe_plan *p) {
     cuda_state *cs = (cuda_state *)p->backend_state;
     cs->route_bytes = route_bytes, cs->codes = codes;
     MXM_CUDA_TRY(cudaMalloc(&cs->dev_groups, sizeof(mxm_cuda_group) * ((size_t)p->e_loc + 1)));
+    // Made here, not at a forward, which may be inside a stream capture.
+    MXM_CUDA_TRY(cudaStreamCreateWithFlags(&cs->side, cudaStreamNonBlocking));
+    MXM_CUDA_TRY(cudaEventCreateWithFlags(&cs->fork, cudaEventDisableTiming));
+    MXM_CUDA_TRY(cudaEventCreateWithFlags(&cs->join, cudaEventDisableTiming));
     return MXM_OK;
 }
 
 static void cuda_destroy(mxm_moe_plan *p) {
-    if (p->backend_state) cudaFree(((cuda_state *)p->backend_state)->dev_groups);
+    cuda_state *cs = (cuda_state *)p->backend_state;
+    if (!cs) return;
+    cudaFree(cs->dev_groups);
+    if (cs->side) cudaStreamDestroy(cs->side);
+    if (cs->fork) cudaEventDestroy(cs->fork);
+    if (cs->join) cudaEventDestroy(cs->join);
 }
 
 static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
@@ -366,6 +388,17 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     const bool tiles = (int64_t)T * K > MXM_CUDA_SKINNY_MAX || (a.groups > p->e_loc && T > MXM_CUDA_SKINNY_MAX);
     const int32_t max_tiles = tiles ? (int32_t)(rows / MXM_CUDA_BM + tile_groups + 1) : 0;
     const bool wg = wgmma_on(a); // one decision for both GEMMs
+    if (max_tiles && tile_stream_on() && !mxm_cuda_blk_w8a8(a)) { // tiles beside the skinny chain
+        MXM_CUDA_TRY(cudaEventRecord(cs->fork, s));
+        MXM_CUDA_TRY(cudaStreamWaitEvent(cs->side, cs->fork, 0));
+        if ((st = wg ? mxm_cuda_wgmma1(a, cs->side) : mxm_cuda_mma1(a, max_tiles, cs->side)) ||
+            (st = wg ? mxm_cuda_wgmma2(a, cs->side) : mxm_cuda_mma2(a, max_tiles, cs->side)))
+            return st;
+        MXM_CUDA_TRY(cudaEventRecord(cs->join, cs->side));
+        if ((st = mxm_cuda_skinny1(a, s)) || (st = mxm_cuda_skinny2(a, s))) return st;
+        MXM_CUDA_TRY(cudaStreamWaitEvent(s, cs->join, 0));
+        return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
+    }
     if ((st = mxm_cuda_skinny1(a, s)) ||
         (st = wg ? (max_tiles ? mxm_cuda_wgmma1(a, s) : MXM_OK) : mxm_cuda_mma1(a, max_tiles, s)) ||
         (st = mxm_cuda_requant_fp8block(a, s)) || (st = mxm_cuda_skinny2(a, s)) ||
