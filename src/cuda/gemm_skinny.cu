@@ -172,6 +172,15 @@ __device__ __forceinline__ void sk_issue(uint32_t slot, const sk_copies &cp, con
     }
 }
 
+// Zeroes a thread's NT x 4 accumulators.
+template <int NT> __device__ __forceinline__ void sk_zero(float (&v)[NT][4]) {
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            v[ni][q] = 0.0f;
+}
+
 // The MX scale bytes of this thread's two rows for its warp's 64-wide half of a stage: the byte
 // of its 16 codes' 32-block (bf16 path: [r][0]); CODES: [0][0] only, the byte of (row c / 2,
 // block c % 2) of the quad's rows and blocks (sk_load_scales).
@@ -244,11 +253,7 @@ __device__ __forceinline__ void sk_compute_codes(const unsigned char *A, const u
         for (int ni = 0; ni < NT; ni++)
             qb[ni] = *reinterpret_cast<const uint2 *>(B + (8 * ni + g) * SK_BC_ROW + sw);
         float part[NT][4];
-#pragma unroll
-        for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                part[ni][q] = 0.0f;
+        sk_zero(part);
 #pragma unroll
         for (int m = 0; m < 2; m++) {
             uint32_t af[4], b0, b1; // a0a1 row g, a2a3 row g+8, a4a5 / a6a7 the same rows at k + 8
@@ -536,10 +541,7 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
     sk_blk_sources<KIND, BLK, NT>(a, G, chunk, brow, xsrow);
 
     float acc[NT][4], part[NT][4];
-#pragma unroll
-    for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
+    sk_zero(acc), sk_zero(part);
 
     const int nst = (K + SK_KC - 1) / SK_KC;
     const uint32_t ring_s = (uint32_t)__cvta_generic_to_shared(ring);
@@ -690,11 +692,7 @@ skp_item_body(const mxm_cuda_args &a, const mxm_cuda_group &G, int chunk, int nt
     const float *brow[2], *xsrow[NT][2];
     sk_blk_sources<KIND, BLK, NT>(a, G, chunk, brow, xsrow);
     float acc[NT][4], part[NT][4];
-#pragma unroll
-    for (int ni = 0; ni < NT; ni++)
-#pragma unroll
-        for (int q = 0; q < 4; q++)
-            acc[ni][q] = 0.0f, part[ni][q] = 0.0f;
+    sk_zero(acc), sk_zero(part);
     for (int it = 0; it < nst; it++) {
         cp_async_wait<SK_STAGES - 2>();
         __syncthreads();
