@@ -3,7 +3,8 @@
 # 16-core host Xeon (no network there; docs/BENCHMARKS.md, CPU sections). Builds a CPU-only mxmoe
 # and ggml from the source copy in .peers/ggml with the peer harness .peers/ggml_moe_peer.c, then
 # for each pass and shape runs, back to back: `mxmoe bench --backend cpu --given-ids` with
-# MXM_KERNELS=avx512 and =amx (the sets this CPU runs), and ggml_moe_peer --roof in Q8_0 and BF16.
+# MXM_KERNELS=avx512 and =amx (the sets this CPU runs), and ggml_moe_peer --roof in Q8_0 and BF16;
+# first bench_gemv (the decode GEMV of every set alone, one thread).
 # Everything goes to $OUT (default out/cpu-peer): machine.txt (CPU model, flags, cores,
 # compilers, ggml version), build logs, one log per run, JSON from mxmoe, and summary.txt.
 #
@@ -73,7 +74,7 @@ fi
 
 jobs=$(nproc)
 cmake -S . -B build-cpu-peer -DCMAKE_BUILD_TYPE=Release -DMXM_CUDA=OFF >"$OUT/build_mxmoe.log" 2>&1 &&
-  cmake --build build-cpu-peer -j"$jobs" --target mxmoe_cli >>"$OUT/build_mxmoe.log" 2>&1 ||
+  cmake --build build-cpu-peer -j"$jobs" --target mxmoe_cli bench_gemv >>"$OUT/build_mxmoe.log" 2>&1 ||
   { tail -30 "$OUT/build_mxmoe.log"; exit 1; }
 cmake -S .peers/ggml -B /tmp/cpu-peer-ggml -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DBUILD_SHARED_LIBS=OFF \
   -DGGML_BUILD_TESTS=OFF -DGGML_BUILD_EXAMPLES=OFF -DGGML_CCACHE=OFF >"$OUT/build_ggml.log" 2>&1 &&
@@ -84,6 +85,9 @@ cmake -S .peers/ggml -B /tmp/cpu-peer-ggml -DCMAKE_BUILD_TYPE=Release -DGGML_NAT
   { tail -30 "$OUT/build_ggml.log"; exit 1; }
 MXM=build-cpu-peer/mxmoe PEER=/tmp/cpu-peer-ggml/ggml_moe_peer
 echo "build ok (a set this CPU cannot run falls back to the best one: each run's mode line says which ran)"
+
+# The decode GEMV alone, every set this CPU runs, one thread (Qwen3's GEMM1 and GEMM2 K).
+for k in 2048 768; do build-cpu-peer/bench_gemv --k $k >"$OUT/gemv_k$k.txt" 2>&1; echo "bench_gemv k=$k rc=$?"; done
 
 # Interleaved: the shape loop inside the pass loop, each tool right after the other on one shape,
 # so that a slow minute of the machine hits all of them.
@@ -106,6 +110,7 @@ done
 # One table: every run's lines per shape (mxmoe: its roof lines and T rows; ggml: as it prints).
 {
   cat "$OUT/machine.txt"
+  cat "$OUT"/gemv_k*.txt
   for shape in ${SHAPES//,/ }; do
     for pass in $(seq 1 "$PASSES"); do
       for set in ${SETS//,/ }; do

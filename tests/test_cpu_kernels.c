@@ -3,7 +3,8 @@
  * be bit-identical (the decode is exact in both; a NaN may differ in sign and payload), the GEMV
  * dot products and the packed micro-kernel's (1-6 tokens x 16 panel rows) equal up to fp32
  * summation order (1e-5 of sum |x w| beyond k * 2^-149 of subnormal rounding; sums near the fp32
- * range only checked for NaN/Inf). Fresh random codes (NaN codes included), scales that take the
+ * range only checked for NaN/Inf), and a token's GEMV sums bit-identical alone and beside 1-3 other
+ * tokens. Fresh random codes (NaN codes included), scales that take the
  * fast paths and scales that must not (MXFP8 bytes around 134 and 246, tiny ones, 0xFF; FP8 scales
  * around 2^8 and 2^120, infinite, NaN, subnormal, negative), k a multiple of 32 but not always of
  * 128, odd row offsets and strides.
@@ -160,6 +161,21 @@ static void check_format(int fmt, const mxm_cpu_kernels *opt) {
                     assert_true(e <= 1e-5);
                     assert_true(err_of(f, exact, mag, k) <= 1e-5);
                 }
+            /* a token's sums, bit for bit, the same alone as beside the others (the layer runs an
+             * expert's 1-4 tokens in one call: a token's result must not depend on them) */
+            for (int t = 0; t < nt && nt > 1; t++) {
+                float alone[16];
+                tu_poison_f32(alone, 16);
+                gemv(opt, &w, r0, rstep, ng, (const float *const *)xs + t, 1, alone);
+                for (int j = 0; j < ng; j++)
+                    if (memcmp(&alone[j], &out_o[t * 4 + j], 4) &&
+                        !(isnan(alone[j]) && isnan(out_o[t * 4 + j]))) {
+                        print_error(
+                            "set %s: gemv token %d of %d, row %d: alone %a, beside others %a\n",
+                            opt->name, t, nt, j, alone[j], out_o[t * 4 + j]);
+                        fail();
+                    }
+            }
             for (int t = 0; t < nt; t++) free(xs[t]);
 
             /* the packed micro-kernel on the reference panel, 1-6 tokens (every micro-tile height) */

@@ -162,8 +162,8 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
 }
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
- * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). NT*NR + 4
- * vector registers live: nothing spills. FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
+ * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). The 1-2 token
+ * kernels (NR = 4 rows); FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
 #define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
     __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
                                                                    int64_t k, const float *const *x, float *out, \
@@ -192,8 +192,55 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, mx, scale_mx, 2)
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, fb, scale_fp8block, 2)
+/* The 3-4 token kernels (NR = 2): the same FMAs into each accumulator in the same order as
+ * DEFINE_GEMV (so a token's sums do not depend on how many tokens share the call), but one decoded
+ * vector at a time and x reloaded from L1 for every row. DEFINE_GEMV's form keeps x and four
+ * decoded vectors live, which with 8 accumulators is more than AVX2's 16 vector registers: GCC kept
+ * the accumulators on the stack (a store and a reload per block and row). Same process, one thread,
+ * interleaved (docs/BENCHMARKS.md): 1.2-1.3x at 3-4 tokens in L2 and from memory, while this form
+ * is 7% slower than DEFINE_GEMV at 1-2 tokens x 4 rows. */
+#define DEFINE_GEMV_ROWX(FMT, SCALE_AT, NT, NR)                                                    \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
+        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
+        float *out, int64_t ldo) {                                                                 \
+        __m256 acc[NT][NR];                                                                        \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();  \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
+        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
+            if ((c & 63) == 0)                                                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                               \
+                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
+                const uint8_t *q = w[j] + c;                                                       \
+                const blk_scale b = SCALE_AT(s[j], c);                                             \
+                if (__builtin_expect(b.fast && codes_ok(q), 1)) {                                  \
+                    const float *xb[NT];                                                           \
+                    _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                         \
+                        xb[t] = x[t] + c;                                                          \
+                        __asm__("" : "+r"(xb[t])); /* no x vector kept across rows */              \
+                    }                                                                              \
+                    _Pragma("GCC unroll 4") for (int i = 0; i < MXM_MX_BLOCK; i += 8) {            \
+                        const __m256 wv = dec8(q + i, b.f);                                        \
+                        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[t][j] =           \
+                            _mm256_fmadd_ps(_mm256_loadu_ps(xb[t] + i), wv, acc[t][j]);            \
+                    }                                                                              \
+                } else {                                                                           \
+                    float tmp[MXM_MX_BLOCK];                                                       \
+                    decode_block_slow(q, b.s, tmp);                                                \
+                    _Pragma("GCC unroll 4") for (int i = 0; i < MXM_MX_BLOCK; i += 8)              \
+                        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[t][j] =           \
+                            _mm256_fmadd_ps(_mm256_loadu_ps(x[t] + c + i),                         \
+                                            _mm256_loadu_ps(tmp + i), acc[t][j]);                  \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) out[t * ldo + j] =                \
+                hsum(acc[t][j]);                                                                   \
+    }
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV_ROWX, mx, scale_mx, 2)
+MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV_ROWX, fb, scale_fp8block, 2)
 
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 

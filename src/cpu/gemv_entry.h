@@ -96,17 +96,18 @@ static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, i
     }
 
 /* A set's GEMV kernels of one format: gemv_FMT_<tokens>_<rows> for 1-4 tokens by 4 rows (1-2
- * tokens) or R34 rows (3-4 tokens) and by 1 row, through the set's own DEFINE(FMT, SCALE_AT, NT,
- * NR), then gemv_rows_FMT over them. */
-#define MXM_DEFINE_GEMV_SET(DEFINE, FMT, SCALE_AT, R34)                                            \
-    DEFINE(FMT, SCALE_AT, 1, 4)                                                                    \
-    DEFINE(FMT, SCALE_AT, 2, 4)                                                                    \
-    DEFINE(FMT, SCALE_AT, 3, R34)                                                                  \
-    DEFINE(FMT, SCALE_AT, 4, R34)                                                                  \
-    DEFINE(FMT, SCALE_AT, 1, 1)                                                                    \
-    DEFINE(FMT, SCALE_AT, 2, 1)                                                                    \
-    DEFINE(FMT, SCALE_AT, 3, 1)                                                                    \
-    DEFINE(FMT, SCALE_AT, 4, 1)                                                                    \
+ * tokens) or R34 rows (3-4 tokens) and by 1 row, through the set's own DEFINE12(FMT, SCALE_AT, NT,
+ * NR) for 1-2 tokens and DEFINE34 for 3-4 (a set whose registers hold both the same way passes
+ * one macro twice), then gemv_rows_FMT over them. */
+#define MXM_DEFINE_GEMV_SET(DEFINE12, DEFINE34, FMT, SCALE_AT, R34)                                \
+    DEFINE12(FMT, SCALE_AT, 1, 4)                                                                  \
+    DEFINE12(FMT, SCALE_AT, 2, 4)                                                                  \
+    DEFINE34(FMT, SCALE_AT, 3, R34)                                                                \
+    DEFINE34(FMT, SCALE_AT, 4, R34)                                                                \
+    DEFINE12(FMT, SCALE_AT, 1, 1)                                                                  \
+    DEFINE12(FMT, SCALE_AT, 2, 1)                                                                  \
+    DEFINE34(FMT, SCALE_AT, 3, 1)                                                                  \
+    DEFINE34(FMT, SCALE_AT, 4, 1)                                                                  \
     MXM_DEFINE_GEMV_ROWS(FMT, R34)
 
 /* mxm_cpu_gemm_init_SUFFIX: the set's panel GEMM and its MXFP8 and DeepSeek FP8 rows (panel
