@@ -367,7 +367,9 @@ MXM_API const char *mxm_moe_plan_kernels(const mxm_moe_plan *plan);
  * on the CPU. Tokens routed to no local expert get zeros (expert parallelism: the output is this
  * rank's partial sum). NaN/Inf inputs propagate as NaN; they never crash. CUDA backend: every
  * pointer is device memory, and out / out_routed must be 16-byte aligned (MXM_ERR_INVALID_ARG
- * otherwise). */
+ * otherwise). One forward of a plan at a time: the plan holds per-forward state (the CUDA
+ * backend's group table, side stream and events), so forwards that may overlap (other threads,
+ * other streams, concurrent graph captures) each need their own plan and workspace. */
 MXM_API mxm_status mxm_moe_forward(mxm_moe_plan *plan, const mxm_moe_weights *weights,
                                    const mxm_moe_inputs *inputs, const mxm_moe_outputs *outputs,
                                    void *workspace, int64_t workspace_bytes, void *stream);

@@ -586,8 +586,9 @@ static void test_l2_prefetch(void **state) {
 }
 
 /* The skinny kernels' persistent variant (MXM_CUDA_SKINNY_PERSIST=1, MXFP8): H = 768 and I = 640
- * give every item at least SK_STAGES - 1 stages, so the ring runs on from item to item (GEMM1
- * gated: E = 32 groups x 20 chunks at T = 64, more items than 2 blocks per SM take at once);
+ * give every item at least SKP_XITEM_STAGES stages of the default build (5), so the ring runs on
+ * from item to item (GEMM1 gated: E = 32 groups x 20 chunks at T = 64, more items than 2 blocks
+ * per SM take at once); H = 1024 / I = 896 (7 stages) do so in the 8-stage build too;
  * H = 288 / I = 96 do not (each item primes its own stages); a shared expert of another gating
  * (two GEMM1 launches skipping each other's items), skewed routing, an EP slice, both skinny
  * paths where W8A8 (the compare's variants), DeepSeek FP8 weights. Against the CPU backend, twice.
@@ -613,6 +614,8 @@ static void test_skinny_persistent(void **state) {
     compare("sk-persist-fp8b", c, 64, 0, 0, 0);
     c.act_quant = MXM_ACT_QUANT_NONE;
     compare("sk-persist-fp8b", c, 5, 1, 1, 0);
+    c = cfg_of(1024, 896, 16, 2, MXM_ACT_SILU);
+    compare("sk-persist-k7", c, 24, 1, 1, 0);
     unsetenv("MXM_CUDA_SKINNY_PERSIST");
 }
 
@@ -628,7 +631,7 @@ static void test_tile_stream(void **state) {
     compare("tile-stream", c, 300, 1, 0, 0);
     setenv("MXM_CUDA_WGMMA", "1", 1);
     compare("tile-stream-wg", c, 300, 1, 1, 0);
-    unsetenv("MXM_CUDA_WGMMA");
+    setenv("MXM_CUDA_WGMMA", "0", 1); /* main's setting for the groups before test_wgmma */
     c.shared_intermediate_size = 128, c.shared_activation = MXM_ACT_RELU2_NO_MUL;
     compare("tile-stream-sh", c, 120, 1, 1, 0);
     c = cfg_of(96, 64, 12, 3, MXM_ACT_SILU);
@@ -824,7 +827,8 @@ static void wgmma_tile_cases(void **state, const char *bt, const int counts[16],
     compare_group_counts("wg-groups", counts);
     mxm_moe_config c = cfg_of(288, 224, 4, 1, MXM_ACT_SILU);
     for (int i = 0; i < 3; i++) {
-        int forced[4] = {0, 0, 0, 0};
+        static int forced[4]; /* static: a failed compare leaves forced_counts set */
+        memset(forced, 0, sizeof forced);
         forced[(i + 1) % 4] = one[i];
         if (i == 2) c.intermediate_size = 96, c.activation = MXM_ACT_RELU2_NO_MUL;
         forced_counts = forced;

@@ -637,10 +637,10 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
 
 // ---- the persistent variant (a.sk_persist) -----------------------------------------------------
 // Work item i = (slot i % n of the skinny list, chunk i / n), n = a.counts[1]: the order of the
-// grid above. Block b takes items b, b + gridDim.x, ... (SK_MIN_BLOCKS per SM, or as many as the
-// shared memory holds: the bf16 path's ring leaves room for one). When every item has at least
-// SK_STAGES - 1 stages (xitem: K >= (SK_STAGES - 1) SK_KC for every group, host), the ring and the
-// scale-byte queue run on across items: the iterations that would issue past an item's last stage
+// grid above. Block b takes items b, b + gridDim.x, ... (SK_MIN_BLOCKS per SM, or fewer where the
+// shared memory holds fewer: sk_launch_as). When every item has at least SKP_XITEM_STAGES stages
+// (xitem: K >= SKP_XITEM_STAGES * SK_KC for every group, host), the ring and the scale-byte queue
+// run on across items: the iterations that would issue past an item's last stage
 // issue its successor's first ones, so an item starts with SK_STAGES - 1 stages in flight instead
 // of a memory latency and a dependent setup chain. Slot of a stream stage: the issue of stage P at
 // iteration P - (SK_STAGES - 1) goes to slot `fill` = use + SK_STAGES - 1 of that iteration, which
@@ -648,6 +648,11 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
 // item primes its own first stages (slots use.., as the grid kernel does). The epilogue buffers
 // sit past the ring, which holds the next item's stages meanwhile.
 #define SKP_EPI_BYTES (SK_RED_OFFSET + 32 * SK_ROW_WARPS * SK_NT_MAX * 16)
+// The fewest stages per item for xitem: the ring's SK_STAGES - 1 stages ahead, and the scale
+// queue's SK_SC_AHEAD + 1 (an item's successor's first scale byte is loaded at its iteration
+// nst - 1 - SK_SC_AHEAD; with fewer stages it would load a placeholder: builds with SK_STAGES <= 5,
+// tests/oracle/test_skinny_layout.py).
+#define SKP_XITEM_STAGES (SK_STAGES - 1 > SK_SC_AHEAD + 1 ? SK_STAGES - 1 : SK_SC_AHEAD + 1)
 
 struct skp_item {
     int i; // item index (>= nitems: none)
@@ -856,7 +861,7 @@ static mxm_status sk_launch_as(const mxm_cuda_args &a, int chunks, cudaStream_t 
         const int64_t items = (int64_t)sk_group_bound(a) * chunks,
                       slots = (int64_t)mxm_cuda_attr(MXM_ATTR_SMS) * blocks;
         const int K_min = KIND == SK_GEMM2 ? a.I_min : a.H;
-        const int xitem = K_min >= (SK_STAGES - 1) * SK_KC;
+        const int xitem = K_min >= SKP_XITEM_STAGES * SK_KC;
         return mxm_cuda_launch(skinny_persist_kernel<KIND, WF, CODES>,
                                dim3((unsigned)(items < slots ? items : slots)), SK_THREADS,
                                (size_t)(smem + SKP_EPI_BYTES), s, a, nt_max, chunks, xitem);

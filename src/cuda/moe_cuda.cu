@@ -87,8 +87,8 @@ static int64_t l2_prefetch_bytes() {
     const char *e = getenv("MXM_CUDA_L2_PREFETCH_KB");
     if (!e || !e[0]) return 0;
     if (!strcmp(e, "l2")) return (int64_t)mxm_cuda_attr(MXM_ATTR_L2_BYTES) / 5 * 3;
-    const long long kb = atoll(e);
-    return kb > 0 ? 1024 * (int64_t)kb : 0;
+    const long long kb = atoll(e); // capped at 1 TB: no overflow below
+    return kb > 0 ? 1024 * (int64_t)(kb < (1ll << 30) ? kb : (1ll << 30)) : 0;
 }
 
 // The timeline probe's slots (moe/timeline.h), allocated on first use; MXM_CUDA_TIMELINE=1 (read
@@ -391,13 +391,15 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
     if (max_tiles && tile_stream_on() && !mxm_cuda_blk_w8a8(a)) { // tiles beside the skinny chain
         MXM_CUDA_TRY(cudaEventRecord(cs->fork, s));
         MXM_CUDA_TRY(cudaStreamWaitEvent(cs->side, cs->fork, 0));
-        if ((st = wg ? mxm_cuda_wgmma1(a, cs->side) : mxm_cuda_mma1(a, max_tiles, cs->side)) ||
-            (st = wg ? mxm_cuda_wgmma2(a, cs->side) : mxm_cuda_mma2(a, max_tiles, cs->side)))
-            return st;
+        // Forked: the side stream joins s again on every path, failed launches included (an
+        // unjoined stream fails a capture, and its kernels would run on after the error returns).
+        if (!(st = wg ? mxm_cuda_wgmma1(a, cs->side) : mxm_cuda_mma1(a, max_tiles, cs->side)) &&
+            !(st = wg ? mxm_cuda_wgmma2(a, cs->side) : mxm_cuda_mma2(a, max_tiles, cs->side)) &&
+            !(st = mxm_cuda_skinny1(a, s)))
+            st = mxm_cuda_skinny2(a, s);
         MXM_CUDA_TRY(cudaEventRecord(cs->join, cs->side));
-        if ((st = mxm_cuda_skinny1(a, s)) || (st = mxm_cuda_skinny2(a, s))) return st;
         MXM_CUDA_TRY(cudaStreamWaitEvent(s, cs->join, 0));
-        return mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
+        return st ? st : mxm_cuda_combine(a, out->out, out->out_routed, out->out_dtype, s);
     }
     if ((st = mxm_cuda_skinny1(a, s)) ||
         (st = wg ? (max_tiles ? mxm_cuda_wgmma1(a, s) : MXM_OK) : mxm_cuda_mma1(a, max_tiles, s)) ||

@@ -28,7 +28,7 @@ loop) is modelled by check_persistent_stream: ring slots, cp.async commit groups
 wait_group, the scale-byte queue; every computed stage must find its own bytes complete in the
 slot it reads and its own scale bytes at the queue's head, and no issue may overwrite a stage
 that is not computed yet (items of random stage counts, with and without xitem, GEMM2's
-weights-then-tokens prime).
+weights-then-tokens prime), for ring depths SK_STAGES of 5 (below the scale queue's span), 6 and 8.
 Fresh random shapes each run; exits non-zero on any mismatch.
 """
 import os
@@ -258,13 +258,20 @@ def check(rng, kind, layout, codes=False):
     return f"{kind:6s} layout={layout} codes={int(codes)} H={H} I={I} n={n}"
 
 
-STAGES, SC_AHEAD = 6, 4  # SK_STAGES, SK_SC_AHEAD
+SC_AHEAD = 4  # SK_SC_AHEAD
+STAGES_BUILDS = (5, 6, 8)  # SK_STAGES: below the queue's span (5), the default, the st8 variant
 
 
-def check_persistent_stream(rng, gemm2):
-    """One block's items through skinny_persist_kernel's ring and scale queue."""
+def xitem_stages(STAGES):
+    """SKP_XITEM_STAGES: the fewest stages every item needs for the cross-item stream (the ring's
+    look-ahead and the scale queue's)."""
+    return max(STAGES - 1, SC_AHEAD + 1)
+
+
+def check_persistent_stream(rng, gemm2, STAGES):
+    """One block's items through skinny_persist_kernel's ring and scale queue (SK_STAGES = STAGES)."""
     xitem = bool(rng.integers(0, 2))
-    lo = STAGES - 1 if xitem else 1
+    lo = xitem_stages(STAGES) if xitem else 1
     nsts = [int(rng.integers(lo, lo + 12)) for _ in range(int(rng.integers(1, 7)))]
     slots = [None] * STAGES  # the (item, stage) a slot holds
     parts = {}               # (item, stage) -> parts issued ("w", "x")
@@ -337,7 +344,7 @@ def check_persistent_stream(rng, gemm2):
             prime(item + 1, "wx", True)
     wait(0)
     assert len(computed) == sum(nsts)
-    return f"stream gemm2={int(gemm2)} xitem={int(xitem)} stages={nsts}"
+    return f"stream SK_STAGES={STAGES} gemm2={int(gemm2)} xitem={int(xitem)} stages={nsts}"
 
 
 def main():
@@ -350,7 +357,7 @@ def main():
         print("PASS", check(rng, kind, layout, codes))
     streams = 400
     for i in range(streams):
-        r = check_persistent_stream(rng, gemm2=bool(i % 2))
+        r = check_persistent_stream(rng, bool(i % 2), STAGES_BUILDS[i % len(STAGES_BUILDS)])
         if i < 4:
             print("PASS", r)
     print(f"{len(cases)} layouts and {streams} persistent streams passed, 0 failed")
