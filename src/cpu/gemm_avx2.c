@@ -162,8 +162,8 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
 }
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
- * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). The 1-2 token
- * kernels (NR = 4 rows); FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
+ * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). The one-token
+ * kernels (4 rows per step); FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
 #define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
     __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
                                                                    int64_t k, const float *const *x, float *out, \
@@ -192,13 +192,15 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
         for (int t = 0; t < NT; t++)                                                                \
             for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
     }
-/* The 3-4 token kernels (NR = 2): the same FMAs into each accumulator in the same order as
- * DEFINE_GEMV (so a token's sums do not depend on how many tokens share the call), but one decoded
- * vector at a time and x reloaded from L1 for every row. DEFINE_GEMV's form keeps x and four
- * decoded vectors live, which with 8 accumulators is more than AVX2's 16 vector registers: GCC kept
- * the accumulators on the stack (a store and a reload per block and row). Same process, one thread,
- * interleaved (docs/BENCHMARKS.md): 1.2-1.3x at 3-4 tokens in L2 and from memory, while this form
- * is 7% slower than DEFINE_GEMV at 1-2 tokens x 4 rows. */
+/* The 2-4 token kernels (2 rows per step): the same FMAs into each accumulator in the same order
+ * as DEFINE_GEMV (so a token's sums do not depend on how many tokens share the call), but one
+ * decoded vector at a time and x reloaded from L1 for every row. DEFINE_GEMV's form keeps x and
+ * four decoded vectors live, which with 8 accumulators is more than AVX2's 16 vector registers:
+ * GCC kept the accumulators on the stack (a store and a reload per block and row). bench_gemv's
+ * weights, one thread, alternating with the previous build (docs/BENCHMARKS.md): 1.15-1.26x at
+ * 3-4 tokens and 1.0-1.06x at 2 tokens (which took 4 rows per step in DEFINE_GEMV's form), in L2
+ * and from memory; at one token DEFINE_GEMV's form keeps everything in registers and is 7%
+ * faster than this one. */
 #define DEFINE_GEMV_ROWX(FMT, SCALE_AT, NT, NR)                                                    \
     __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
         const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
@@ -239,8 +241,11 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) out[t * ldo + j] =                \
                 hsum(acc[t][j]);                                                                   \
     }
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV_ROWX, mx, scale_mx, 2)
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV_ROWX, fb, scale_fp8block, 2)
+/* Rows per call step: 4 at one token, 2 at 2-4 tokens (DEFINE_GEMV_ROWX). */
+MXM_DEFINE_GEMV_SET(mx, scale_mx, DEFINE_GEMV, 4, DEFINE_GEMV_ROWX, 2, DEFINE_GEMV_ROWX, 2,
+                    DEFINE_GEMV_ROWX, 2)
+MXM_DEFINE_GEMV_SET(fb, scale_fp8block, DEFINE_GEMV, 4, DEFINE_GEMV_ROWX, 2, DEFINE_GEMV_ROWX, 2,
+                    DEFINE_GEMV_ROWX, 2)
 
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx2)
 

@@ -193,8 +193,9 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
             }                                                                                       \
         }                                                                                           \
     }
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV, mx, scale_mx, 4)
-MXM_DEFINE_GEMV_SET(DEFINE_GEMV, DEFINE_GEMV, fb, scale_fp8block, 4)
+MXM_DEFINE_GEMV_SET(mx, scale_mx, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4)
+MXM_DEFINE_GEMV_SET(fb, scale_fp8block, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV,
+                    4)
 
 MXM_DEFINE_GEMV_ENTRY_POINTS(avx512)
 

@@ -52,63 +52,38 @@ static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, i
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 
-/* gemv_rows_FMT: rows wr[0..nr) (scales sr) for nt (1..4) tokens, 4 rows at a time for 1-2 tokens
- * and R34 rows at a time for 3-4 (the set's register budget), then one at a time. It calls the
- * set's gemv_FMT_<nt>_<rows> kernels, which must be defined before it. */
-#define MXM_DEFINE_GEMV_ROWS(FMT, R34)                                                             \
+/* A set's GEMV kernels of one format, one row per token count t = 1..4: the set's own macro D_t
+ * defines gemv_FMT_<t>_<R_t>, which takes R_t (> 1) weight rows at a time (what the set's
+ * registers hold for t tokens), and gemv_FMT_<t>_1 for the rows left over; then gemv_rows_FMT(wr,
+ * sr, nr, k, x, nt, out, ldo) runs rows wr[0..nr) (scales sr) for nt tokens through them. Every
+ * D_t must add the same products into a token's sums in the same order, so that a token's result
+ * does not depend on how many tokens share the call (test_cpu_kernels checks it). */
+#define MXM_DEFINE_GEMV_SET(FMT, SCALE_AT, D1, R1, D2, R2, D3, R3, D4, R4)                         \
+    D1(FMT, SCALE_AT, 1, R1)                                                                       \
+    D1(FMT, SCALE_AT, 1, 1)                                                                        \
+    D2(FMT, SCALE_AT, 2, R2)                                                                       \
+    D2(FMT, SCALE_AT, 2, 1)                                                                        \
+    D3(FMT, SCALE_AT, 3, R3)                                                                       \
+    D3(FMT, SCALE_AT, 3, 1)                                                                        \
+    D4(FMT, SCALE_AT, 4, R4)                                                                       \
+    D4(FMT, SCALE_AT, 4, 1)                                                                        \
     static void gemv_rows_##FMT(const uint8_t *const *wr, const void *const *sr, int nr,           \
                                 int64_t k, const float *const *x, int nt, float *out,              \
                                 int64_t ldo) {                                                     \
+        typedef void (*kernel)(const uint8_t *const *, const void *const *, int64_t,               \
+                               const float *const *, float *, int64_t);                            \
+        static const kernel step[4] = {gemv_##FMT##_1_##R1, gemv_##FMT##_2_##R2,                   \
+                                       gemv_##FMT##_3_##R3, gemv_##FMT##_4_##R4};                  \
+        static const kernel one[4] = {gemv_##FMT##_1_1, gemv_##FMT##_2_1, gemv_##FMT##_3_1,        \
+                                      gemv_##FMT##_4_1};                                           \
+        static const int rows[4] = {R1, R2, R3, R4};                                               \
+        const int t = nt - 1;                                                                      \
         int j = 0;                                                                                 \
-        const int step = nt <= 2 ? 4 : R34;                                                        \
-        for (; j + step <= nr; j += step) {                                                        \
-            switch (nt) {                                                                          \
-            case 1:                                                                                \
-                gemv_##FMT##_1_4(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            case 2:                                                                                \
-                gemv_##FMT##_2_4(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            case 3:                                                                                \
-                gemv_##FMT##_3_##R34(wr + j, sr + j, k, x, out + j, ldo);                          \
-                break;                                                                             \
-            default:                                                                               \
-                gemv_##FMT##_4_##R34(wr + j, sr + j, k, x, out + j, ldo);                          \
-                break;                                                                             \
-            }                                                                                      \
-        }                                                                                          \
-        for (; j < nr; j++) {                                                                      \
-            switch (nt) {                                                                          \
-            case 1:                                                                                \
-                gemv_##FMT##_1_1(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            case 2:                                                                                \
-                gemv_##FMT##_2_1(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            case 3:                                                                                \
-                gemv_##FMT##_3_1(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            default:                                                                               \
-                gemv_##FMT##_4_1(wr + j, sr + j, k, x, out + j, ldo);                              \
-                break;                                                                             \
-            }                                                                                      \
-        }                                                                                          \
+        for (; j + rows[t] <= nr; j += rows[t])                                                    \
+            step[t](wr + j, sr + j, k, x, out + j, ldo);                                           \
+        for (; j < nr; j++)                                                                        \
+            one[t](wr + j, sr + j, k, x, out + j, ldo);                                            \
     }
-
-/* A set's GEMV kernels of one format: gemv_FMT_<tokens>_<rows> for 1-4 tokens by 4 rows (1-2
- * tokens) or R34 rows (3-4 tokens) and by 1 row, through the set's own DEFINE12(FMT, SCALE_AT, NT,
- * NR) for 1-2 tokens and DEFINE34 for 3-4 (a set whose registers hold both the same way passes
- * one macro twice), then gemv_rows_FMT over them. */
-#define MXM_DEFINE_GEMV_SET(DEFINE12, DEFINE34, FMT, SCALE_AT, R34)                                \
-    DEFINE12(FMT, SCALE_AT, 1, 4)                                                                  \
-    DEFINE12(FMT, SCALE_AT, 2, 4)                                                                  \
-    DEFINE34(FMT, SCALE_AT, 3, R34)                                                                \
-    DEFINE34(FMT, SCALE_AT, 4, R34)                                                                \
-    DEFINE12(FMT, SCALE_AT, 1, 1)                                                                  \
-    DEFINE12(FMT, SCALE_AT, 2, 1)                                                                  \
-    DEFINE34(FMT, SCALE_AT, 3, 1)                                                                  \
-    DEFINE34(FMT, SCALE_AT, 4, 1)                                                                  \
-    MXM_DEFINE_GEMV_ROWS(FMT, R34)
 
 /* mxm_cpu_gemm_init_SUFFIX: the set's panel GEMM and its MXFP8 and DeepSeek FP8 rows (panel
  * packing and GEMV), which the file defines as pack_mxfp8_panel_SUFFIX, ... */
