@@ -33,14 +33,7 @@ typedef struct weights {
     double bytes; /* codes + scales */
 } weights;
 
-static void *xalloc(size_t n) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64)) {
-        fprintf(stderr, "bench_gemv: out of memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
+static void *xalloc(size_t n) { return bench_alloc("bench_gemv", n); }
 
 /* Deterministic normal values (Box-Muller on a 64-bit LCG). */
 static float normal(uint64_t *st) {

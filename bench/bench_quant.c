@@ -24,14 +24,7 @@
 #include "formats/formats.h"
 #include "mxmoe.h"
 
-static void *xalloc(size_t n) {
-    void *p = NULL;
-    if (posix_memalign(&p, 64, n ? n : 64)) {
-        fprintf(stderr, "bench_quant: out of memory (%zu bytes)\n", n);
-        exit(1);
-    }
-    return p;
-}
+static void *xalloc(size_t n) { return bench_alloc("bench_quant", n); }
 
 /* ---- kernels ------------------------------------------------------------------------------- */
 

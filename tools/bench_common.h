@@ -8,6 +8,7 @@
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,6 +17,17 @@ static inline double bench_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* n bytes, 64-byte aligned, for a benchmark program named prog: exits with a message when out of
+ * memory. */
+static inline void *bench_alloc(const char *prog, size_t n) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, n ? n : 64)) {
+        fprintf(stderr, "%s: out of memory (%zu bytes)\n", prog, n);
+        exit(1);
+    }
+    return p;
 }
 
 /* GB/s of reading a large buffer (sum of floats) with nthreads, best of reps. */
