@@ -33,7 +33,9 @@ typedef struct weights {
     double bytes; /* codes + scales */
 } weights;
 
-static void *xalloc(size_t n) { return bench_alloc("bench_gemv", n); }
+static void *xalloc(size_t n) {
+    return bench_alloc("bench_gemv", n);
+}
 
 /* Deterministic normal values (Box-Muller on a 64-bit LCG). */
 static float normal(uint64_t *st) {

@@ -24,7 +24,9 @@
 #include "formats/formats.h"
 #include "mxmoe.h"
 
-static void *xalloc(size_t n) { return bench_alloc("bench_quant", n); }
+static void *xalloc(size_t n) {
+    return bench_alloc("bench_quant", n);
+}
 
 /* ---- kernels ------------------------------------------------------------------------------- */
 
