@@ -4,7 +4,7 @@
 # and ggml from the source copy in .peers/ggml with the peer harness .peers/ggml_moe_peer.c, then
 # for each pass and shape runs, back to back: `mxmoe bench --backend cpu --given-ids` with
 # MXM_KERNELS=avx512 and =amx (the sets this CPU runs), and ggml_moe_peer --roof in Q8_0 and BF16;
-# first bench_gemv (the decode GEMV of every set alone, one thread).
+# first the CPU kernel tests and bench_gemv (the decode GEMV of every set alone, one thread).
 # Everything goes to $OUT (default out/cpu-peer): machine.txt (CPU model, flags, cores,
 # compilers, ggml version), build logs, one log per run, JSON from mxmoe, and summary.txt.
 #
@@ -86,8 +86,23 @@ cmake -S .peers/ggml -B /tmp/cpu-peer-ggml -DCMAKE_BUILD_TYPE=Release -DGGML_NAT
 MXM=build-cpu-peer/mxmoe PEER=/tmp/cpu-peer-ggml/ggml_moe_peer
 echo "build ok (a set this CPU cannot run falls back to the best one: each run's mode line says which ran)"
 
-# The decode GEMV alone, every set this CPU runs, one thread (Qwen3's GEMM1 and GEMM2 K).
-for k in 2048 768; do build-cpu-peer/bench_gemv --k $k >"$OUT/gemv_k$k.txt" 2>&1; echo "bench_gemv k=$k rc=$?"; done
+# The CPU kernel tests on this CPU's sets (avx512, avx512bf16, amx: the development machines may
+# have none of them); a failure is reported, and the benchmarks still run.
+if cmake --build build-cpu-peer -j"$jobs" --target test_cpu_kernels test_moe test_ep >>"$OUT/build_tests.log" 2>&1; then
+  for t in test_cpu_kernels test_moe test_ep; do build-cpu-peer/$t >"$OUT/$t.log" 2>&1; echo "$t rc=$? ($(grep -cE '^\[ *OK' "$OUT/$t.log") ok)"; done
+else
+  echo "CPU tests did not build (cmocka?): $OUT/build_tests.log"
+fi
+# The decode GEMV alone, every set this CPU runs, one thread (Qwen3's GEMM1 and GEMM2 K); with an
+# earlier commit's bench_gemv (prepare-device.sh PREV=REV), the two interleaved, twice.
+prev=.prebuilt/variants/bench_gemv_prev
+for pass in 1 2; do
+  for k in 2048 768; do
+    if [ -x $prev ]; then $prev --k $k >"$OUT/gemv_k${k}_prev_p$pass.txt" 2>&1; echo "bench_gemv_prev k=$k rc=$?"; fi
+    build-cpu-peer/bench_gemv --k $k >"$OUT/gemv_k${k}_p$pass.txt" 2>&1; echo "bench_gemv k=$k rc=$?"
+  done
+  [ -x $prev ] || break
+done
 
 # Interleaved: the shape loop inside the pass loop, each tool right after the other on one shape,
 # so that a slow minute of the machine hits all of them.
@@ -110,7 +125,8 @@ done
 # One table: every run's lines per shape (mxmoe: its roof lines and T rows; ggml: as it prints).
 {
   cat "$OUT/machine.txt"
-  cat "$OUT"/gemv_k*.txt
+  for f in "$OUT"/gemv_k*.txt; do echo "== $(basename "$f")"; cat "$f"; done
+  grep -hE "PASSED|FAILED" "$OUT"/test_*.log 2>/dev/null
   for shape in ${SHAPES//,/ }; do
     for pass in $(seq 1 "$PASSES"); do
       for set in ${SETS//,/ }; do

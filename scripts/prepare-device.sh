@@ -8,7 +8,7 @@
 #               ggml source copy comes from `scripts/cpu-peer.sh --populate /path/to/ggml`
 #   .wheels/    ml_dtypes for the device's Python (3.12) only: the carry limit is 64 MiB
 # Optional VARIANTS="NAME=NVCC_FLAGS ...": extra mxmoe and test_cuda builds (gpu-check.sh codes-ab, test);
-# PREV=REV: an earlier commit's mxmoe beside them (.prebuilt/variants/mxmoe_prev).
+# PREV=REV: an earlier commit's mxmoe (and bench_gemv) beside them (.prebuilt/variants/*_prev).
 # Then: run(command="scripts/gpu-check.sh ...", carry=[".pack"]) (.pack/carry.tar.xz holds the four).
 #   scripts/prepare-device.sh
 set -euo pipefail
@@ -49,6 +49,11 @@ if [ -n "${PREV:-}" ]; then
   cmake -S build-prev-src -B build-prev -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
   cmake --build build-prev -j "$(nproc)" --target mxmoe_cli >/dev/null
   mkdir -p .prebuilt/variants && cp build-prev/mxmoe .prebuilt/variants/mxmoe_prev
+  # and its bench_gemv where it has one (cpu-peer.sh runs it beside this tree's)
+  if [ -f build-prev-src/bench/bench_gemv.c ]; then
+    cmake --build build-prev -j "$(nproc)" --target bench_gemv >/dev/null
+    cp build-prev/bench_gemv .prebuilt/variants/bench_gemv_prev
+  fi
   git worktree remove --force build-prev-src
 fi
 git rev-parse HEAD >.prebuilt/COMMIT

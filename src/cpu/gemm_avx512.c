@@ -163,35 +163,38 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
  * Per 32-block and row: two decoded vectors, then 2*NT FMAs with x (from L1). */
-#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
-                                                                   int64_t k, const float *const *x, float *out, \
-                                                                   int64_t ldo) {                   \
-        __m512 acc[NT][NR];                                                                         \
-        for (int t = 0; t < NT; t++)                                                                \
-            for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();                           \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
+#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
+        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
+        float *out, int64_t ldo) {                                                                 \
+        __m512 acc[NT][NR];                                                                        \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();  \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
          * that the hardware prefetcher barely ramps up on) */                                     \
-        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
-        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
-            if ((c & 63) == 0)                                                                      \
-                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
-            for (int j = 0; j < NR; j++) {                                                          \
-                __m512 w0, w1;                                                                      \
-                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                  \
-                for (int t = 0; t < NT; t++) {                                                      \
-                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c), w0, acc[t][j]);          \
-                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c + 16), w1, acc[t][j]);     \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-        for (int t = 0; t < NT; t++) {                                                              \
-            if (NR == 4) {                                                                          \
-                _mm_storeu_ps(out + t * ldo, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR])); \
-            } else {                                                                                \
-                for (int j = 0; j < NR; j++) out[t * ldo + j] = _mm512_reduce_add_ps(acc[t][j]);    \
-            }                                                                                       \
-        }                                                                                           \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
+        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
+            if ((c & 63) == 0)                                                                     \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                               \
+                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
+                __m512 w0, w1;                                                                     \
+                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                 \
+                _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                             \
+                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c), w0, acc[t][j]);         \
+                    acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c + 16), w1, acc[t][j]);    \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                     \
+            if (NR == 4) {                                                                         \
+                _mm_storeu_ps(out + t * ldo,                                                       \
+                              reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR])); \
+            } else {                                                                               \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) out[t * ldo + j] =            \
+                    _mm512_reduce_add_ps(acc[t][j]);                                               \
+            }                                                                                      \
+        }                                                                                          \
     }
 MXM_DEFINE_GEMV_SET(mx, scale_mx, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4)
 MXM_DEFINE_GEMV_SET(fb, scale_fp8block, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV, 4, DEFINE_GEMV,

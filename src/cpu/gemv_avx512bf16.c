@@ -59,11 +59,10 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
  * row count, so a token's sums do not depend on how many tokens (and so rows per call) share the
  * call. */
 #define dot_store(acc, NT, NR, out, ldo)                                                           \
-    for (int t = 0; t < NT; t++) {                                                                 \
+    _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                         \
         float r[4];                                                                                \
         _mm_storeu_ps(r, reduce4(acc[t][0], acc[t][1 % NR], acc[t][2 % NR], acc[t][3 % NR]));      \
-        for (int j = 0; j < NR; j++)                                                               \
-            out[t * ldo + j] = r[j];                                                               \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) out[t * ldo + j] = r[j];              \
     }
 
 /* Columns c .. c + 64 (in: the columns that exist) of NT tokens x NR rows: per row one decode,
@@ -71,15 +70,15 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
 #define dot_chunk(NT, NR, c, in, pf, p)                                                            \
     do {                                                                                           \
         __m512i xa[NT], xb[NT];                                                                    \
-        for (int t = 0; t < NT; t++) {                                                             \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                     \
             xa[t] = _mm512_loadu_si512(x[t] + (c));                                                \
             xb[t] = _mm512_loadu_si512(x[t] + (c) + 32);                                           \
         }                                                                                          \
-        for (int j = 0; j < NR; j++) {                                                             \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                     \
             _mm_prefetch((const char *)(w[j] + (c) + (pf)), _MM_HINT_T0);                          \
             __m512i wa, wb;                                                                        \
             dec64(_mm512_maskz_loadu_epi8(in, w[j] + (c)), &tb, &wa, &wb);                         \
-            for (int t = 0; t < NT; t++) {                                                         \
+            _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                                 \
                 p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wa, (__m512bh)xa[t]);                \
                 p[t][j] = _mm512_dpbf16_ps(p[t][j], (__m512bh)wb, (__m512bh)xb[t]);                \
             }                                                                                      \
@@ -95,11 +94,10 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
         (void)xs;                                                                                  \
         const dot_tables tb = tables_load();                                                       \
         __m512 acc[NT][NR], sv[NR];                                                                \
-        for (int t = 0; t < NT; t++)                                                               \
-            for (int j = 0; j < NR; j++)                                                           \
-                acc[t][j] = _mm512_setzero_ps();                                                   \
-        for (int j = 0; j < NR; j++)                                                               \
-            sv[j] = _mm512_setzero_ps(); /* set at column 0 */                                     \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();  \
+        _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) sv[j] =                               \
+            _mm512_setzero_ps(); /* set at column 0 */                                             \
         const int64_t nkb = k / MXM_MX_BLOCK;                                                      \
         /* the same columns NR rows further on: the next call's rows */                            \
         const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
@@ -108,20 +106,20 @@ MXM_AINLINE __m512 scales16(const uint8_t *s, int64_t n) {
         for (int64_t c = 0; c < k; c += 64) {                                                      \
             const int64_t kb = c / MXM_MX_BLOCK;                                                   \
             if ((kb & 15) == 0) {                                                                  \
-                for (int j = 0; j < NR; j++)                                                       \
-                    sv[j] = scales16((const uint8_t *)s[j] + kb, nkb - kb);                        \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) sv[j] =                       \
+                    scales16((const uint8_t *)s[j] + kb, nkb - kb);                                \
                 idx = idx0;                                                                        \
             }                                                                                      \
             const __mmask64 in = k - c >= 64 ? ~0ull : 0xFFFFFFFFull;                              \
             __m512 p[NT][NR];                                                                      \
-            for (int t = 0; t < NT; t++)                                                           \
-                for (int j = 0; j < NR; j++)                                                       \
-                    p[t][j] = _mm512_setzero_ps();                                                 \
+            _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                   \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) p[t][j] =                     \
+                    _mm512_setzero_ps();                                                           \
             dot_chunk(NT, NR, c, in, pf, p);                                                       \
-            for (int j = 0; j < NR; j++) {                                                         \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
                 const __m512 sc = _mm512_permutexvar_ps(idx, sv[j]);                               \
-                for (int t = 0; t < NT; t++)                                                       \
-                    acc[t][j] = _mm512_fmadd_ps(p[t][j], sc, acc[t][j]);                           \
+                _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[t][j] =                   \
+                    _mm512_fmadd_ps(p[t][j], sc, acc[t][j]);                                       \
             }                                                                                      \
             idx = _mm512_add_epi32(idx, _mm512_set1_epi32(2));                                     \
         }                                                                                          \
@@ -145,24 +143,23 @@ DEFINE_DOT(4, 1)
         const float *const *xs, float *out, int64_t ldo) {                                         \
         const dot_tables tb = tables_load();                                                       \
         __m512 acc[NT][NR];                                                                        \
-        for (int t = 0; t < NT; t++)                                                               \
-            for (int j = 0; j < NR; j++)                                                           \
-                acc[t][j] = _mm512_setzero_ps();                                                   \
+        _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();  \
         const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
         for (int64_t c0 = 0; c0 < k; c0 += MXM_FP8_BLOCK) {                                        \
             const int64_t b = c0 / MXM_FP8_BLOCK;                                                  \
             const int64_t c1 = k - c0 < MXM_FP8_BLOCK ? k : c0 + MXM_FP8_BLOCK;                    \
             __m512 p[NT][NR];                                                                      \
-            for (int t = 0; t < NT; t++)                                                           \
-                for (int j = 0; j < NR; j++)                                                       \
-                    p[t][j] = _mm512_setzero_ps();                                                 \
+            _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                   \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) p[t][j] =                     \
+                    _mm512_setzero_ps();                                                           \
             for (int64_t c = c0; c < c1; c += 64) {                                                \
                 const __mmask64 in = c1 - c >= 64 ? ~0ull : 0xFFFFFFFFull;                         \
                 dot_chunk(NT, NR, c, in, pf, p);                                                   \
             }                                                                                      \
-            for (int j = 0; j < NR; j++) {                                                         \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
                 const __m512 sw = _mm512_set1_ps(((const float *)s[j])[b]);                        \
-                for (int t = 0; t < NT; t++) {                                                     \
+                _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                             \
                     const __m512 q =                                                               \
                         xs ? _mm512_mul_ps(p[t][j], _mm512_set1_ps(xs[t][b])) : p[t][j];           \
                     acc[t][j] = _mm512_fmadd_ps(q, sw, acc[t][j]);                                 \
