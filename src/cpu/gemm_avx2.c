@@ -27,49 +27,66 @@ static inline __m256 dec8(const uint8_t *q, __m256 f) {
     return _mm256_mul_ps(_mm256_castsi256_ps(v), f);
 }
 
-/* True when no code of the 32-block at q is a NaN code (0x7F / 0xFF). */
-static inline int codes_ok(const uint8_t *q) {
+/* The NaN codes (0x7F / 0xFF) of the 32-block at q: 0xFF bytes where they are. */
+static inline __m256i nan_codes(const uint8_t *q) {
     const __m256i v = _mm256_loadu_si256((const __m256i *)q);
     const __m256i m = _mm256_set1_epi8(0x7F);
-    return _mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(v, m), m)) == 0;
+    return _mm256_cmpeq_epi8(_mm256_and_si256(v, m), m);
 }
 
-/* A 32-block's scale: `fast` when f = scale * 2^120 is a normal fp32, so that dec8(q, f) is
- * exactly e4m3(q) * scale rounded once (the exact product is the same real number); s is the
- * scale itself for the scalar path. */
+/* True when no code of the 32-block at q is a NaN code. */
+static inline int codes_ok(const uint8_t *q) {
+    return _mm256_movemask_epi8(nan_codes(q)) == 0;
+}
+
+/* A 32-block's scale factor: `fast` when f = scale * 2^120 is a normal fp32, so that dec8(q, f)
+ * is exactly e4m3(q) * scale rounded once (the exact product is the same real number). The scale
+ * itself, which only the scalar path needs, comes from the format's *_value function, called on
+ * that path alone: computed with the factor, its special cases cost the fast path a few branches
+ * and instructions per block and row (docs/BENCHMARKS.md, session 28). */
 typedef struct blk_scale {
     int fast;
     __m256 f;
-    float s;
 } blk_scale;
 
 /* MXFP8: E8M0 byte b, 2^(b-127); fast for b <= 134 (not the NaN byte). */
 static inline __attribute__((always_inline)) blk_scale scale_mx(const void *s, int64_t c) {
     const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
-    return (blk_scale){b <= 134, _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23))), mxm_e8m0_decode(b)};
+    return (blk_scale){b <= 134, _mm256_castsi256_ps(_mm256_set1_epi32((int)((b + 120u) << 23)))};
+}
+static inline __attribute__((always_inline)) float scale_mx_value(const void *s, int64_t c) {
+    return mxm_e8m0_decode(((const uint8_t *)s)[c / MXM_MX_BLOCK]);
 }
 
 /* DeepSeek FP8: the f32 scale of the 128-block holding column c; fast for |s| < 2^8 (not NaN). */
 static inline __attribute__((always_inline)) blk_scale scale_fp8block(const void *s, int64_t c) {
     const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
-    return (blk_scale){(v < 0 ? -v : v) < 256.0f, _mm256_set1_ps(v * 0x1p120f), v};
+    return (blk_scale){(v < 0 ? -v : v) < 256.0f, _mm256_set1_ps(v * 0x1p120f)};
+}
+static inline __attribute__((always_inline)) float scale_fp8block_value(const void *s, int64_t c) {
+    return ((const float *)s)[c / MXM_FP8_BLOCK];
 }
 
 typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
+typedef float (*scale_value_fn)(const void *s, int64_t c);
 
-static void decode_block_slow(const uint8_t *q, float s, float *out) {
+/* The scalar path (blocks with a NaN code or a scale outside the fast range: rare), out of line. */
+__attribute__((noinline, cold)) static void decode_block_slow(const uint8_t *q, float s,
+                                                              float *out) {
     for (int i = 0; i < MXM_MX_BLOCK; i++) out[i] = mxm_e4m3_decode(q[i]) * s;
 }
 
-/* One weight row of k codes (scales of the row: s, read through scale_at) -> fp32. */
-static inline __attribute__((always_inline)) void decode_row(const uint8_t *q, const void *s, int64_t k,
-                                                             float *out, scale_at_fn scale_at) {
+/* One weight row of k codes (scales of the row: s, read through scale_at / scale_value) -> fp32. */
+static inline __attribute__((always_inline)) void decode_row(const uint8_t *q, const void *s,
+                                                             int64_t k, float *out,
+                                                             scale_at_fn scale_at,
+                                                             scale_value_fn scale_value) {
     for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {
         const blk_scale b = scale_at(s, c);
         if (b.fast && codes_ok(q + c)) {
             for (int i = 0; i < MXM_MX_BLOCK; i += 8) _mm256_storeu_ps(out + c + i, dec8(q + c + i, b.f));
         } else {
-            decode_block_slow(q + c, b.s, out + c);
+            decode_block_slow(q + c, scale_value(s, c), out + c);
         }
     }
 }
@@ -84,7 +101,8 @@ static void pack_mxfp8_panel_avx2(const void *wv, const void *sv, int64_t k, int
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr) decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx);
+        if (j < nr)
+            decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx, scale_mx_value);
         else zero_row(panel + j * k, k);
     }
 }
@@ -96,7 +114,9 @@ static void pack_fp8block_panel_avx2(const void *wv, const void *sv, int64_t k, 
     const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr) decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block);
+        if (j < nr)
+            decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block,
+                       scale_fp8block_value);
         else zero_row(panel + j * k, k);
     }
 }
@@ -149,49 +169,77 @@ static void gemm_panel16_avx2(const float *const *a, int mr, const float *panel,
 
 /* The 32 values of one block as four vectors: decoded in registers, or through the scalar
  * path for the rare special blocks. */
-static inline __attribute__((always_inline)) void load_block(const uint8_t *q, blk_scale b, __m256 *w0, __m256 *w1,
-                                                             __m256 *w2, __m256 *w3) {
+static inline __attribute__((always_inline)) void load_block(const uint8_t *q, const void *s,
+                                                             int64_t c, scale_at_fn scale_at,
+                                                             scale_value_fn scale_value, __m256 *w0,
+                                                             __m256 *w1, __m256 *w2, __m256 *w3) {
+    const blk_scale b = scale_at(s, c);
     if (__builtin_expect(b.fast && codes_ok(q), 1)) {
         *w0 = dec8(q, b.f), *w1 = dec8(q + 8, b.f), *w2 = dec8(q + 16, b.f), *w3 = dec8(q + 24, b.f);
     } else {
         float tmp[MXM_MX_BLOCK];
-        decode_block_slow(q, b.s, tmp);
+        decode_block_slow(q, scale_value(s, c), tmp);
         *w0 = _mm256_loadu_ps(tmp), *w1 = _mm256_loadu_ps(tmp + 8);
         *w2 = _mm256_loadu_ps(tmp + 16), *w3 = _mm256_loadu_ps(tmp + 24);
     }
 }
 
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
- * Per 32-block and row: four decoded vectors, then 4*NT FMAs with x (from L1). The one-token
- * kernels (4 rows per step); FMT: mx (E8M0 per 32) or fb (f32 per 128x128). */
-#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                          \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(const uint8_t *const *w, const void *const *s, \
-                                                                   int64_t k, const float *const *x, float *out, \
-                                                                   int64_t ldo) {                   \
-        __m256 acc[NT][NR];                                                                         \
-        for (int t = 0; t < NT; t++)                                                                \
-            for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();                           \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams   \
-         * that the hardware prefetcher barely ramps up on) */                                     \
-        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                         \
-        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                             \
-            if ((c & 63) == 0)                                                                      \
-                for (int j = 0; j < NR; j++) _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0); \
-            for (int j = 0; j < NR; j++) {                                                          \
-                __m256 w0, w1, w2, w3;                                                              \
-                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1, &w2, &w3);                        \
-                for (int t = 0; t < NT; t++) {                                                      \
-                    const float *xt = x[t] + c;                                                     \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);                \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][j]);            \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 16), w2, acc[t][j]);           \
-                    acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);           \
-                }                                                                                   \
-            }                                                                                       \
-        }                                                                                           \
-        for (int t = 0; t < NT; t++)                                                                \
-            for (int j = 0; j < NR; j++) out[t * ldo + j] = hsum(acc[t][j]);                        \
+ * Per 32-block: one test for all NR rows (scales in the fast range, no NaN code), then per row
+ * four decoded vectors and 4*NT FMAs with x (from L1); a block that fails the test takes
+ * load_block row by row. The one-token kernels (4 rows per step); FMT: mx (E8M0 per 32) or fb
+ * (f32 per 128x128). GEMV_FMAS: row j's block into its NT accumulators (the kernel's x, c, acc). */
+#define GEMV_FMAS(NT, j, w0, w1, w2, w3)                                                           \
+    for (int t = 0; t < NT; t++) {                                                                 \
+        const float *xt = x[t] + c;                                                                \
+        __asm__("" : "+r"(xt)); /* x from L1 for every row: no x vector kept */                    \
+        acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt), w0, acc[t][j]);                           \
+        acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 8), w1, acc[t][j]);                       \
+        acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 16), w2, acc[t][j]);                      \
+        acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);                      \
     }
+#define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
+        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
+        float *out, int64_t ldo) {                                                                 \
+        __m256 acc[NT][NR];                                                                        \
+        for (int t = 0; t < NT; t++)                                                               \
+            for (int j = 0; j < NR; j++)                                                           \
+                acc[t][j] = _mm256_setzero_ps();                                                   \
+        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
+         * that the hardware prefetcher barely ramps up on) */                                     \
+        const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
+        for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
+            if ((c & 63) == 0)                                                                     \
+                for (int j = 0; j < NR; j++)                                                       \
+                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            int fast = 1;                                                                          \
+            __m256i nan = _mm256_setzero_si256();                                                  \
+            _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
+                fast &= SCALE_AT(s[j], c).fast;                                                    \
+                nan = _mm256_or_si256(nan, nan_codes(w[j] + c));                                   \
+            }                                                                                      \
+            if (__builtin_expect(fast && !_mm256_movemask_epi8(nan), 1)) {                         \
+                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                             \
+                    const uint8_t *q = w[j] + c;                                                   \
+                    const __m256 f = SCALE_AT(s[j], c).f;                                          \
+                    const __m256 w0 = dec8(q, f), w1 = dec8(q + 8, f);                             \
+                    const __m256 w2 = dec8(q + 16, f), w3 = dec8(q + 24, f);                       \
+                    GEMV_FMAS(NT, j, w0, w1, w2, w3)                                               \
+                }                                                                                  \
+            } else {                                                                               \
+                for (int j = 0; j < NR; j++) {                                                     \
+                    __m256 w0, w1, w2, w3;                                                         \
+                    load_block(w[j] + c, s[j], c, SCALE_AT, SCALE_AT##_value, &w0, &w1, &w2, &w3); \
+                    GEMV_FMAS(NT, j, w0, w1, w2, w3)                                               \
+                }                                                                                  \
+            }                                                                                      \
+        }                                                                                          \
+        for (int t = 0; t < NT; t++)                                                               \
+            for (int j = 0; j < NR; j++)                                                           \
+                out[t * ldo + j] = hsum(acc[t][j]);                                                \
+    }
+
 /* The 2-4 token kernels (2 rows per step): the same FMAs into each accumulator in the same order
  * as DEFINE_GEMV (so a token's sums do not depend on how many tokens share the call), but one
  * decoded vector at a time and x reloaded from L1 for every row. DEFINE_GEMV's form keeps x and
@@ -229,7 +277,7 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, b
                     }                                                                              \
                 } else {                                                                           \
                     float tmp[MXM_MX_BLOCK];                                                       \
-                    decode_block_slow(q, b.s, tmp);                                                \
+                    decode_block_slow(q, SCALE_AT##_value(s[j], c), tmp);                          \
                     _Pragma("GCC unroll 4") for (int i = 0; i < MXM_MX_BLOCK; i += 8)              \
                         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) acc[t][j] =           \
                             _mm256_fmadd_ps(_mm256_loadu_ps(x[t] + c + i),                         \
