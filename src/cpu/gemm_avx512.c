@@ -37,51 +37,64 @@ MXM_AINLINE int codes_ok(const uint8_t *q) {
     return _mm256_cmpeq_epi8_mask(_mm256_and_si256(_mm256_loadu_si256((const __m256i *)q), m), m) == 0;
 }
 
+/* A 32-block's scale factor (fast: f finite, see above); the scale itself, which only the scalar
+ * path needs, from the format's *_value function on that path alone (as gemm_avx2.c: computed
+ * with the factor, mxm_e8m0_decode's special cases cost the fast path per block and row). */
 typedef struct blk_scale {
     int fast;
     __m512 f;
-    float s;
 } blk_scale;
 
 /* MXFP8: E8M0 byte b, 2^(b-127); f = 2^(b-119), fast for b <= 246 (not the NaN byte). */
 MXM_AINLINE blk_scale scale_mx(const void *s, int64_t c) {
     const uint8_t b = ((const uint8_t *)s)[c / MXM_MX_BLOCK];
-    return (blk_scale){b <= 246, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 8u) << 23))), mxm_e8m0_decode(b)};
+    return (blk_scale){b <= 246, _mm512_castsi512_ps(_mm512_set1_epi32((int)((b + 8u) << 23)))};
+}
+MXM_AINLINE float scale_mx_value(const void *s, int64_t c) {
+    return mxm_e8m0_decode(((const uint8_t *)s)[c / MXM_MX_BLOCK]);
 }
 
 /* DeepSeek FP8: the f32 scale of the 128-block holding column c; f = s * 2^8 (exact), fast for
  * |s| < 2^120 (not NaN). */
 MXM_AINLINE blk_scale scale_fp8block(const void *s, int64_t c) {
     const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
-    return (blk_scale){(v < 0 ? -v : v) < 0x1p120f, _mm512_set1_ps(v * 256.0f), v};
+    return (blk_scale){(v < 0 ? -v : v) < 0x1p120f, _mm512_set1_ps(v * 256.0f)};
+}
+MXM_AINLINE float scale_fp8block_value(const void *s, int64_t c) {
+    return ((const float *)s)[c / MXM_FP8_BLOCK];
 }
 
 typedef blk_scale (*scale_at_fn)(const void *s, int64_t c);
+typedef float (*scale_value_fn)(const void *s, int64_t c);
 
-static void decode_block_slow(const uint8_t *q, float s, float *out) {
+/* The scalar path (blocks with a NaN code or a scale outside the fast range: rare), out of line. */
+__attribute__((noinline, cold)) static void decode_block_slow(const uint8_t *q, float s,
+                                                              float *out) {
     for (int i = 0; i < MXM_MX_BLOCK; i++) out[i] = mxm_e4m3_decode(q[i]) * s;
 }
 
-/* The 32 values of one block as two vectors: decoded in registers, or through the scalar path
- * for the rare special blocks. */
-MXM_AINLINE void load_block(const uint8_t *q, blk_scale b, __m512 *w0, __m512 *w1) {
+/* The 32 values of row block (s, c) at q as two vectors: decoded in registers, or through the
+ * scalar path for the rare special blocks. */
+MXM_AINLINE void load_block(const uint8_t *q, const void *s, int64_t c, scale_at_fn scale_at,
+                            scale_value_fn scale_value, __m512 *w0, __m512 *w1) {
+    const blk_scale b = scale_at(s, c);
     if (__builtin_expect(b.fast && codes_ok(q), 1)) {
         dec32(q, b.f, w0, w1);
     } else {
         float tmp[MXM_MX_BLOCK];
-        decode_block_slow(q, b.s, tmp);
+        decode_block_slow(q, scale_value(s, c), tmp);
         *w0 = _mm512_loadu_ps(tmp), *w1 = _mm512_loadu_ps(tmp + 16);
     }
 }
 
 /* One weight row of k codes -> fp32; prefetches the row pf bytes further on (the panel's rows
  * are short streams). */
-MXM_AINLINE void decode_row(const uint8_t *q, const void *s, int64_t k, float *out, scale_at_fn scale_at,
-                            int64_t pf) {
+MXM_AINLINE void decode_row(const uint8_t *q, const void *s, int64_t k, float *out,
+                            scale_at_fn scale_at, scale_value_fn scale_value, int64_t pf) {
     for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {
         if ((c & 63) == 0) _mm_prefetch((const char *)(q + c + pf), _MM_HINT_T0);
         __m512 w0, w1;
-        load_block(q + c, scale_at(s, c), &w0, &w1);
+        load_block(q + c, s, c, scale_at, scale_value, &w0, &w1);
         _mm512_storeu_ps(out + c, w0);
         _mm512_storeu_ps(out + c + 16, w1);
     }
@@ -97,7 +110,9 @@ static void pack_mxfp8_panel_avx512(const void *wv, const void *sv, int64_t k, i
     const int64_t kb = k / MXM_MX_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr) decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx, 2 * rstep * k);
+        if (j < nr)
+            decode_row(w + r * k, ws + r * kb, k, panel + j * k, scale_mx, scale_mx_value,
+                       2 * rstep * k);
         else zero_row(panel + j * k, k);
     }
 }
@@ -109,7 +124,9 @@ static void pack_fp8block_panel_avx512(const void *wv, const void *sv, int64_t k
     const int64_t kb = (k + MXM_FP8_BLOCK - 1) / MXM_FP8_BLOCK;
     for (int j = 0; j < 16; j++) {
         const int64_t r = r0 + j * rstep;
-        if (j < nr) decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block, 2 * rstep * k);
+        if (j < nr)
+            decode_row(w + r * k, ws + (r / MXM_FP8_BLOCK) * kb, k, panel + j * k, scale_fp8block,
+                       scale_fp8block_value, 2 * rstep * k);
         else zero_row(panel + j * k, k);
     }
 }
@@ -179,7 +196,7 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
                     _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
                 __m512 w0, w1;                                                                     \
-                load_block(w[j] + c, SCALE_AT(s[j], c), &w0, &w1);                                 \
+                load_block(w[j] + c, s[j], c, SCALE_AT, SCALE_AT##_value, &w0, &w1);               \
                 _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++) {                             \
                     acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c), w0, acc[t][j]);         \
                     acc[t][j] = _mm512_fmadd_ps(_mm512_loadu_ps(x[t] + c + 16), w1, acc[t][j]);    \
