@@ -61,7 +61,7 @@ static inline __attribute__((always_inline)) float scale_mx_value(const void *s,
 /* DeepSeek FP8: the f32 scale of the 128-block holding column c; fast for |s| < 2^8 (not NaN). */
 static inline __attribute__((always_inline)) blk_scale scale_fp8block(const void *s, int64_t c) {
     const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
-    return (blk_scale){(v < 0 ? -v : v) < 256.0f, _mm256_set1_ps(v * 0x1p120f)};
+    return (blk_scale){fabsf(v) < 256.0f, _mm256_set1_ps(v * 0x1p120f)};
 }
 static inline __attribute__((always_inline)) float scale_fp8block_value(const void *s, int64_t c) {
     return ((const float *)s)[c / MXM_FP8_BLOCK];

@@ -58,7 +58,7 @@ MXM_AINLINE float scale_mx_value(const void *s, int64_t c) {
  * |s| < 2^120 (not NaN). */
 MXM_AINLINE blk_scale scale_fp8block(const void *s, int64_t c) {
     const float v = ((const float *)s)[c / MXM_FP8_BLOCK];
-    return (blk_scale){(v < 0 ? -v : v) < 0x1p120f, _mm512_set1_ps(v * 256.0f)};
+    return (blk_scale){fabsf(v) < 0x1p120f, _mm512_set1_ps(v * 256.0f)};
 }
 MXM_AINLINE float scale_fp8block_value(const void *s, int64_t c) {
     return ((const float *)s)[c / MXM_FP8_BLOCK];
