@@ -199,20 +199,14 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, c
         acc[t][j] = _mm256_fmadd_ps(_mm256_loadu_ps(xt + 24), w3, acc[t][j]);                      \
     }
 #define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
-        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
-        float *out, int64_t ldo) {                                                                 \
+    MXM_GEMV_KERNEL(FMT, NT, NR) {                                                                 \
         __m256 acc[NT][NR];                                                                        \
         for (int t = 0; t < NT; t++)                                                               \
             for (int j = 0; j < NR; j++)                                                           \
                 acc[t][j] = _mm256_setzero_ps();                                                   \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
-         * that the hardware prefetcher barely ramps up on) */                                     \
         const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
-            if ((c & 63) == 0)                                                                     \
-                for (int j = 0; j < NR; j++)                                                       \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            mxm_gemv_prefetch(w, NR, c, pf);                                                       \
             int fast = 1;                                                                          \
             __m256i nan = _mm256_setzero_si256();                                                  \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
@@ -250,17 +244,13 @@ static inline __attribute__((always_inline)) void load_block(const uint8_t *q, c
  * and from memory; at one token DEFINE_GEMV's form keeps everything in registers and is 7%
  * faster than this one. */
 #define DEFINE_GEMV_ROWX(FMT, SCALE_AT, NT, NR)                                                    \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
-        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
-        float *out, int64_t ldo) {                                                                 \
+    MXM_GEMV_KERNEL(FMT, NT, NR) {                                                                 \
         __m256 acc[NT][NR];                                                                        \
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm256_setzero_ps();  \
         const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
-            if ((c & 63) == 0)                                                                     \
-                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                               \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            mxm_gemv_prefetch(w, NR, c, pf);                                                       \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
                 const uint8_t *q = w[j] + c;                                                       \
                 const blk_scale b = SCALE_AT(s[j], c);                                             \

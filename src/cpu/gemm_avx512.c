@@ -181,19 +181,13 @@ static void gemm_panel16_avx512(const float *const *a, int mr, const float *pane
 /* NT tokens x NR rows straight from the FP8 codes: each weight byte is read and decoded once.
  * Per 32-block and row: two decoded vectors, then 2*NT FMAs with x (from L1). */
 #define DEFINE_GEMV(FMT, SCALE_AT, NT, NR)                                                         \
-    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
-        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
-        float *out, int64_t ldo) {                                                                 \
+    MXM_GEMV_KERNEL(FMT, NT, NR) {                                                                 \
         __m512 acc[NT][NR];                                                                        \
         _Pragma("GCC unroll 4") for (int t = 0; t < NT; t++)                                       \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) acc[t][j] = _mm512_setzero_ps();  \
-        /* the same columns NR rows further on: the next call's rows (rows are short streams       \
-         * that the hardware prefetcher barely ramps up on) */                                     \
         const int64_t pf = NR > 1 ? (w[1] - w[0]) * NR : k;                                        \
         for (int64_t c = 0; c < k; c += MXM_MX_BLOCK) {                                            \
-            if ((c & 63) == 0)                                                                     \
-                _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++)                               \
-                    _mm_prefetch((const char *)(w[j] + c + pf), _MM_HINT_T0);                      \
+            mxm_gemv_prefetch(w, NR, c, pf);                                                       \
             _Pragma("GCC unroll 4") for (int j = 0; j < NR; j++) {                                 \
                 __m512 w0, w1;                                                                     \
                 load_block(w[j] + c, s[j], c, SCALE_AT, SCALE_AT##_value, &w0, &w1);               \

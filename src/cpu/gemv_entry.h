@@ -52,6 +52,22 @@ static inline void mxm_gemv_fb_rows(const void *wv, const void *sv, int64_t k, i
         gemv_rows_fb(wr, sr, nr, k, x, nt, out, ldo);                                              \
     }
 
+/* The signature of a set's GEMV kernel gemv_FMT_<NT>_<NR>: NR weight rows w[j] (scale rows s[j])
+ * of k codes, NT tokens x[t], out[t * ldo + j]. */
+#define MXM_GEMV_KERNEL(FMT, NT, NR)                                                               \
+    __attribute__((noinline)) static void gemv_##FMT##_##NT##_##NR(                                \
+        const uint8_t *const *w, const void *const *s, int64_t k, const float *const *x,           \
+        float *out, int64_t ldo)
+
+/* Every 64 columns c: the same columns of the nr rows pf bytes further on (the next call's rows:
+ * rows are short streams that the hardware prefetcher barely ramps up on). */
+static inline __attribute__((always_inline)) void mxm_gemv_prefetch(const uint8_t *const *w, int nr,
+                                                                    int64_t c, int64_t pf) {
+    if ((c & 63) == 0)
+        for (int j = 0; j < nr; j++)
+            __builtin_prefetch(w[j] + c + pf, 0, 3);
+}
+
 /* A set's GEMV kernels of one format, one row per token count t = 1..4: the set's own macro D_t
  * defines gemv_FMT_<t>_<R_t>, which takes R_t (> 1) weight rows at a time (what the set's
  * registers hold for t tokens), and gemv_FMT_<t>_1 for the rows left over; then gemv_rows_FMT(wr,
