@@ -2,16 +2,17 @@
  * thread, called as the MoE layer calls it (4 weight rows per call, 1-4 tokens sharing the call),
  * with its ceilings measured in the same run.
  *
- *   bench_gemv [--k K] [--tokens 1,2,3,4] [--format mxfp8|fp8_block] [--rounds N]
+ *   bench_gemv [--k K] [--tokens 1,2,3,4] [--format mxfp8|fp8_block] [--rounds N] [--memory-mib M]
  *
  * Two placements of the weights: "L2" (about 256 KiB of codes, called over and over: what the
- * kernel's instructions allow) and "memory" (256 MiB, above the L3 of the CPUs here, streamed once
- * per call sweep: what a decode step sees). Figures are GB/s of weight bytes (codes + scales) read:
- * the best sweep of each round, median over the rounds; the sets and token counts take turns within
- * a round, so a noisy neighbour slows all of them alike. Ceilings of one thread, same run: the
- * memory-read roof (memory placement) and the fp32 FMA roof over 2 * tokens flops per weight. The
- * weights are Gaussian rows quantized by the library (MXFP8: RCEIL; DeepSeek FP8: 128x128 blocks,
- * amax / 448), so subnormal codes and special blocks occur as often as in real checkpoints. */
+ * kernel's instructions allow) and "memory" (M MiB, default 256: above the L3 of the CPUs here,
+ * streamed once per sweep: what a decode step sees). Figures are GB/s of weight bytes (codes +
+ * scales) read: the best sweep of each round, median over the rounds; the sets and token counts
+ * take turns within a round, so a noisy neighbour slows all of them alike. Ceilings of one thread,
+ * same run: the memory-read roof (memory placement) and the fp32 FMA roof over 2 * tokens flops per
+ * weight. The weights are Gaussian rows quantized by the library (MXFP8: RCEIL; DeepSeek FP8:
+ * 128x128 blocks, amax / 448), so subnormal codes and special blocks occur as often as in real
+ * checkpoints. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,22 +99,36 @@ static void sweep(const mxm_cpu_kernels *ks, const weights *w, const float *cons
     }
 }
 
+/* A whole decimal integer in [lo, hi], or exits with a usage error naming the option. */
+static int64_t parse_int(const char *opt, const char *s, int64_t lo, int64_t hi) {
+    char *end = NULL;
+    const long long v = strtoll(s, &end, 10);
+    if (!*s || *end || v < lo || v > hi) {
+        fprintf(stderr, "bench_gemv: %s takes an integer in %lld..%lld, not '%s'\n", opt,
+                (long long)lo, (long long)hi, s);
+        exit(2);
+    }
+    return v;
+}
+
 static int cmp_double(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
 }
 
 int main(int argc, char **argv) {
-    int64_t k = 2048;
+    int64_t k = 2048, memory_mib = 256;
     int rounds = 7, fmt = MXM_WFMT_MXFP8;
     char tokens_arg[64] = "1,2,3,4";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--k") && i + 1 < argc)
-            k = atoll(argv[++i]);
+            k = parse_int("--k", argv[++i], MXM_MX_BLOCK, 1 << 20);
+        else if (!strcmp(argv[i], "--memory-mib") && i + 1 < argc)
+            memory_mib = parse_int("--memory-mib", argv[++i], 1, 4096);
         else if (!strcmp(argv[i], "--tokens") && i + 1 < argc)
             snprintf(tokens_arg, sizeof tokens_arg, "%s", argv[++i]);
         else if (!strcmp(argv[i], "--rounds") && i + 1 < argc)
-            rounds = atoi(argv[++i]);
+            rounds = (int)parse_int("--rounds", argv[++i], 1, ROUNDS_MAX);
         else if (!strcmp(argv[i], "--format") && i + 1 < argc) {
             const char *f = argv[++i];
             if (!strcmp(f, "mxfp8"))
@@ -126,35 +141,38 @@ int main(int argc, char **argv) {
                 return 2;
             }
         } else {
-            fprintf(
-                stderr,
-                "usage: %s [--k K] [--tokens 1,2,3,4] [--format mxfp8|fp8_block] [--rounds N]\n",
-                argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--k K] [--tokens 1,2,3,4] [--format mxfp8|fp8_block] [--rounds N] "
+                    "[--memory-mib M]\n",
+                    argv[0]);
             return 2;
         }
     }
     int tokens[MXM_GEMV_MAX_TOKENS], ntok = 0;
     for (char *p = strtok(tokens_arg, ","); p; p = strtok(NULL, ",")) {
-        const int t = atoi(p);
-        if (t < 1 || t > MXM_GEMV_MAX_TOKENS || ntok == MXM_GEMV_MAX_TOKENS) {
-            fprintf(stderr, "bench_gemv: --tokens takes up to %d counts in 1..%d\n",
-                    MXM_GEMV_MAX_TOKENS, MXM_GEMV_MAX_TOKENS);
+        const int t = (int)parse_int("--tokens", p, 1, MXM_GEMV_MAX_TOKENS);
+        if (ntok == MXM_GEMV_MAX_TOKENS) {
+            fprintf(stderr, "bench_gemv: --tokens takes up to %d counts\n", MXM_GEMV_MAX_TOKENS);
             return 2;
         }
         tokens[ntok++] = t;
     }
-    if (k < MXM_MX_BLOCK || k % MXM_MX_BLOCK || k > (1 << 20) || rounds < 1 ||
-        rounds > ROUNDS_MAX) {
-        fprintf(stderr, "bench_gemv: --k must be a multiple of 32 in 32..2^20, --rounds 1..%d\n",
-                ROUNDS_MAX);
+    if (!ntok) {
+        fprintf(stderr, "bench_gemv: --tokens names no token count\n");
+        return 2;
+    }
+    if (k % MXM_MX_BLOCK) {
+        fprintf(stderr, "bench_gemv: --k must be a multiple of 32\n");
         return 2;
     }
 
     const mxm_cpu_kernels *sets[MAX_SETS];
     const int nsets = mxm_cpu_kernel_sets(sets, MAX_SETS); /* the reference first */
     const mxm_cpu_kernels *ref = sets[0];
-    const int64_t rows_l2 = ((256 << 10) / k + 3) / 4 * 4,
-                  rows_mem = ((256ll << 20) / k + 3) / 4 * 4;
+    /* whole 4-row calls, at least one */
+    const int64_t rows_l2 = ((256 << 10) / k + 3) / 4 * 4 + 4 * ((256 << 10) / k < 1),
+                  rows_mem =
+                      ((memory_mib << 20) / k + 3) / 4 * 4 + 4 * ((memory_mib << 20) / k < 1);
     const weights wl = make_weights(ref, fmt, rows_l2, k), wm = make_weights(ref, fmt, rows_mem, k);
     float *x[MXM_GEMV_MAX_TOKENS];
     uint64_t st = 7;
