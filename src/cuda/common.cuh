@@ -152,6 +152,7 @@ inline mxm_status mxm_cuda_by_gating(bool gated_routed, int32_t gated_shared, F 
 struct mxm_cuda_group {
     const uint8_t *w13, *w2;            // E4M3 codes
     const void *sc13, *sc2;             // their scales, in the layer's format (mxm_cuda_fmt)
+    int64_t sc13_bytes, sc2_bytes;      // their sizes (mxm_weight_scale_bytes), for the L2 prefetch
     int32_t rows;                       // tokens routed to this group
     int32_t row0;                       // first permuted row
     int32_t tile0;                      // first MMA m-tile (prefix over groups with rows > SKINNY_MAX)

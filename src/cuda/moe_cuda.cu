@@ -334,6 +334,9 @@ static mxm_status cuda_forward(const mxm_moe_plan *p, const mxm_moe_weights *w,
         memset(&G, 0, sizeof G);
         G.w13 = (const uint8_t *)e.w13, G.w2 = (const uint8_t *)e.w2;
         G.sc13 = e.w13_scale, G.sc2 = e.w2_scale;
+        G.sc13_bytes = mxm_weight_scale_bytes(c.weight_format, (e.gated ? 2 : 1) * (int64_t)e.I,
+                                              c.hidden_size);
+        G.sc2_bytes = mxm_weight_scale_bytes(c.weight_format, c.hidden_size, e.I);
         G.I = e.I, G.act = e.act;
         G.alpha = e.alpha, G.beta = e.beta, G.limit = e.limit;
         hg[g] = G;

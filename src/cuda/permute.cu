@@ -131,19 +131,13 @@ __device__ __forceinline__ void l2_prefetch_bulk(const void *p, uint32_t bytes) 
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 }
 
-// A group's four segments (l2_prefetch.h): GEMM1's codes [M1, H] and scales, GEMM2's codes
-// [H, I] and scales, in the layer's format.
+// A group's four segments (l2_prefetch.h): GEMM1's codes [M1, H] (one byte each) and scales,
+// GEMM2's codes [H, I] and scales (their sizes from the host's format table, in the group).
 __device__ void l2_prefetch_segments(const mxm_cuda_args &a, const mxm_cuda_group &G,
                                      const uint8_t *p[MXM_PF_SEGS], int64_t len[MXM_PF_SEGS]) {
     const int64_t I = G.I, M1 = (mxm_act_is_gated(G.act) ? 2 : 1) * I, H = a.H;
     p[0] = G.w13, p[1] = (const uint8_t *)G.sc13, p[2] = G.w2, p[3] = (const uint8_t *)G.sc2;
-    len[0] = M1 * H, len[2] = H * I;
-    if (a.blk) { // one f32 per 128 x 128 block
-        len[1] = 4 * ((M1 + 127) / 128) * ((H + 127) / 128);
-        len[3] = 4 * ((H + 127) / 128) * ((I + 127) / 128);
-    } else { // one byte per 32 weights of a row
-        len[1] = M1 * (H / 32), len[3] = H * (I / 32);
-    }
+    len[0] = M1 * H, len[1] = G.sc13_bytes, len[2] = H * I, len[3] = G.sc2_bytes;
 }
 
 // Prefetch block `part` of in.pf_blocks: marks the step's touched groups (the given ids, or its
