@@ -601,6 +601,17 @@ __device__ __forceinline__ void sk_body(const mxm_cuda_args &a, const mxm_cuda_g
                                      reinterpret_cast<float *>(ring + SK_RED_OFFSET));
 }
 
+// Whether (group G, chunk) is work for a KIND launch: the group's gating matches KIND (gated and
+// plain GEMM1 groups take launches of their own) and the chunk lies inside its output rows.
+template <int KIND>
+__device__ __forceinline__ bool sk_has_work(const mxm_cuda_args &a, const mxm_cuda_group &G,
+                                            int chunk) {
+    if (KIND != SK_GEMM2 && mxm_act_is_gated(G.act) != (KIND == SK_GEMM1_GATED)) return false;
+    return KIND == SK_GEMM1_GATED   ? chunk * 32 < G.I
+           : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS < G.I
+                                    : chunk * SK_ROWS < a.H;
+}
+
 template <int KIND, int WF, bool CODES>
 __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     skinny_kernel(mxm_cuda_args a, int nt_max) {
@@ -614,11 +625,8 @@ __global__ void __launch_bounds__(SK_THREADS, SK_MIN_BLOCKS)
     const int g = sk_group(a);
     if (g < 0) return;
     const mxm_cuda_group G = a.group[g];
-    if (KIND != SK_GEMM2 && mxm_act_is_gated(G.act) != (KIND == SK_GEMM1_GATED)) return;
     const int chunk = blockIdx.y;
-    if (KIND == SK_GEMM1_GATED ? chunk * 32 >= G.I : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
-                                                                             : chunk * SK_ROWS >= a.H)
-        return;
+    if (!sk_has_work<KIND>(a, G, chunk)) return;
     switch ((G.rows + 7) / 8) { // the group's n8 tiles (rows <= MXM_CUDA_SKINNY_MAX <= 8 nt_max)
     case 1:
         sk_body<KIND, WF, CODES, 1>(a, G, chunk, nt_max, sk_ring);
@@ -659,18 +667,11 @@ struct skp_item {
     int g, chunk;
 };
 
-// From item i on, the block's first item with work (the group's gating matches KIND, the chunk
-// lies inside the group's rows).
+// From item i on, the block's first item with work (sk_has_work).
 template <int KIND> __device__ skp_item skp_find(const mxm_cuda_args &a, int i, int n, int nitems) {
     for (; i < nitems; i += gridDim.x) {
         const int g = __ldcg(a.skinny_list + i % n), chunk = i / n;
-        const mxm_cuda_group &G = a.group[g];
-        if (KIND != SK_GEMM2 && mxm_act_is_gated(G.act) != (KIND == SK_GEMM1_GATED)) continue;
-        if (KIND == SK_GEMM1_GATED   ? chunk * 32 >= G.I
-            : KIND == SK_GEMM1_PLAIN ? chunk * SK_ROWS >= G.I
-                                     : chunk * SK_ROWS >= a.H)
-            continue;
-        return {i, g, chunk};
+        if (sk_has_work<KIND>(a, a.group[g], chunk)) return {i, g, chunk};
     }
     return {nitems, -1, 0};
 }
